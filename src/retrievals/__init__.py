@@ -1,0 +1,7 @@
+"""retrievals: fine-tune, evaluate and serve retrieval models."""
+
+__version__ = "0.1.0"
+
+from .models.embedding import AutoModelForEmbedding  # noqa: E402
+
+__all__ = ["AutoModelForEmbedding", "__version__"]

@@ -1,0 +1,171 @@
+"""Shared model machinery: the persisted config, backbone/tokenizer loading, LoRA and atomic saving."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional, Type, TypeVar
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+)
+
+from ..utils import logger, require
+
+CONFIG_NAME = "retrievals_config.json"
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+
+C = TypeVar("C", bound="ModelConfig")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Base of every model's persisted config: a flat dataclass written as ``retrievals_config.json``."""
+
+    model_type: str = ""
+    lora_base: Optional[str] = None  # base model of a LoRA adapter saved in the same folder
+
+    def to_dict(self) -> Dict[str, Any]:
+        from .. import __version__
+
+        return {**dataclasses.asdict(self), "retrievals_version": __version__}
+
+    def save(self, directory: str | os.PathLike) -> None:
+        path = Path(directory) / CONFIG_NAME
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls: Type[C], directory: str | os.PathLike) -> Optional[C]:
+        path = Path(directory) / CONFIG_NAME
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def update(self, **overrides: Any) -> None:
+        """Set every override that is not None."""
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(self, key, value)
+
+
+def is_decoder_only(config: PretrainedConfig) -> bool:
+    """True for decoder-only LLM architectures (Llama, Qwen2, Mistral ...), False for BERT-like encoders."""
+    model_type = getattr(config, "model_type", "")
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def is_lora_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / ADAPTER_CONFIG_NAME).is_file()
+
+
+def lora_base_of(path: str | os.PathLike) -> str:
+    """The base model recorded in a LoRA adapter folder."""
+    data = json.loads((Path(path) / ADAPTER_CONFIG_NAME).read_text(encoding="utf-8"))
+    base = data.get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{Path(path) / ADAPTER_CONFIG_NAME}: field 'base_model_name_or_path' is missing.")
+    return base
+
+
+def load_tokenizer(path: str, padding_side: Optional[str] = None, trust_remote_code: bool = False):
+    """Load a tokenizer and give it a pad token when it has none (decoder LLMs)."""
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+    if padding_side is not None:
+        tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def load_backbone(
+    path: str,
+    causal_lm: bool = False,
+    dtype: Optional[torch.dtype] = None,
+    trust_remote_code: bool = False,
+) -> torch.nn.Module:
+    """Load the transformer: the bare ``AutoModel`` or, with ``causal_lm``, the model with its LM head."""
+    cls = AutoModelForCausalLM if causal_lm else AutoModel
+    kwargs: Dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    return cls.from_pretrained(path, **kwargs)
+
+
+def hf_config(path: str, trust_remote_code: bool = False) -> PretrainedConfig:
+    return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def add_lora(
+    model: torch.nn.Module,
+    r: int = 8,
+    alpha: int = 16,
+    dropout: float = 0.05,
+    target_modules: Optional[list[str]] = None,
+    task_type: str = "FEATURE_EXTRACTION",
+) -> torch.nn.Module:
+    """Wrap ``model`` with fresh LoRA adapters (all linear layers unless ``target_modules`` is given)."""
+    peft = require("peft", "lora")
+    config = peft.LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules or "all-linear",
+        task_type=task_type,
+    )
+    return peft.get_peft_model(model, config)
+
+
+def load_lora(model: torch.nn.Module, adapter_path: str, is_trainable: bool = False) -> torch.nn.Module:
+    peft = require("peft", "lora")
+    return peft.PeftModel.from_pretrained(model, adapter_path, is_trainable=is_trainable)
+
+
+def is_peft_model(model: torch.nn.Module) -> bool:
+    try:
+        import peft
+    except ImportError:
+        return False
+    return isinstance(model, peft.PeftModel)
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a scratch folder; on success move its entries into ``target`` one rename at a time.
+
+    A run killed while saving leaves only a hidden ``.tmp-save-*`` folder, never half-written files
+    under their final names. Entries already in ``target`` that the save does not produce are kept.
+    """
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".tmp-save-", dir=target))
+    try:
+        yield scratch
+        for entry in sorted(scratch.iterdir(), key=lambda p: p.name == CONFIG_NAME):  # config last
+            final = target / entry.name
+            if final.is_dir() and not final.is_symlink():
+                shutil.rmtree(final)
+            os.replace(entry, final)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def warn_unsupported_prefix(kind: str) -> None:
+    logger.warning(
+        "The %s instruction is a template with text after '{}': sentence-transformers cannot express it as a "
+        "prompt, so the sentence-transformers files are written without it. retrievals reloads it exactly.",
+        kind,
+    )

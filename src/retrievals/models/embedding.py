@@ -1,0 +1,360 @@
+"""``AutoModelForEmbedding``: dense text embedders from encoder models or decoder LLMs (with LoRA)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from tqdm.auto import trange
+
+from ..utils import apply_instruction, instruction_as_prefix, logger, resolve_device, resolve_dtype
+from .base import (
+    ModelConfig,
+    add_lora,
+    atomic_directory,
+    hf_config,
+    is_decoder_only,
+    is_lora_dir,
+    is_peft_model,
+    load_backbone,
+    load_lora,
+    load_tokenizer,
+    lora_base_of,
+    warn_unsupported_prefix,
+)
+from .pooling import POOLING_METHODS, pool
+from .st_format import read_st_settings, write_st_files
+
+Batch = Dict[str, torch.Tensor]
+
+
+@dataclass
+class EmbeddingConfig(ModelConfig):
+    """Everything inference needs besides the weights; saved as ``retrievals_config.json``."""
+
+    model_type: str = "embedding"
+    pooling_method: str = "cls"
+    normalize_embeddings: bool = True
+    query_instruction: str = ""
+    document_instruction: str = ""
+    query_max_length: int = 512
+    document_max_length: int = 512
+    append_eos: bool = False  # append the EOS token to every text (decoder LLM recipes with last-token pooling)
+    padding_side: str = "right"
+    decoder: bool = False
+
+
+@dataclass
+class EmbeddingOutput:
+    query_embeddings: Optional[torch.Tensor] = None
+    document_embeddings: Optional[torch.Tensor] = None
+
+
+class AutoModelForEmbedding(nn.Module):
+    """A transformer plus pooling that turns texts into vectors.
+
+    Build it with :meth:`from_pretrained`; use :meth:`encode`, :meth:`encode_queries` and
+    :meth:`encode_corpus` for inference; train it with ``retrievals.pipelines.embed``.
+    """
+
+    def __init__(self, backbone: nn.Module, tokenizer: Any, config: EmbeddingConfig) -> None:
+        super().__init__()
+        if config.pooling_method not in POOLING_METHODS:
+            raise ValueError(f"Unknown pooling_method {config.pooling_method!r}; choose one of {list(POOLING_METHODS)}.")
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.retrieval_config = config
+        self.config = getattr(backbone, "config", None)  # what transformers' Trainer looks for
+        self.tokenizer.padding_side = config.padding_side
+        self._eos_added_by_tokenizer = self._tokenizer_appends_eos()
+
+    # ------------------------------------------------------------------ loading / saving
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_name_or_path: str,
+        pooling_method: Optional[str] = None,
+        normalize_embeddings: Optional[bool] = None,
+        query_instruction: Optional[str] = None,
+        document_instruction: Optional[str] = None,
+        query_max_length: Optional[int] = None,
+        document_max_length: Optional[int] = None,
+        append_eos: Optional[bool] = None,
+        padding_side: Optional[str] = None,
+        use_lora: bool = False,
+        lora_path: Optional[str] = None,
+        lora_r: int = 8,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.05,
+        lora_target_modules: Optional[List[str]] = None,
+        tokenizer_name: Optional[str] = None,
+        dtype: Optional[Union[str, torch.dtype]] = None,
+        device: Optional[Union[str, torch.device]] = None,
+        trust_remote_code: bool = False,
+        **unused: Any,
+    ) -> "AutoModelForEmbedding":
+        """Load an embedder from a retrievals, sentence-transformers, plain transformers or LoRA adapter folder.
+
+        Arguments left as ``None`` come from the saved config (``retrievals_config.json``), then from
+        sentence-transformers files (pooling, normalize, max length, prompts), then from defaults:
+        ``last`` pooling with EOS appended for decoder LLMs, ``cls`` for encoders. ``use_lora`` adds
+        fresh adapters for training; ``lora_path`` loads trained ones onto the base model.
+        """
+        for key in unused:
+            if key not in {"causal_lm", "model_type"}:
+                raise TypeError(f"from_pretrained() got an unexpected keyword argument {key!r}")
+        path = str(model_name_or_path)
+        config = EmbeddingConfig.load(path) if os.path.isdir(path) else None
+        base_path = path
+        adapter_path = lora_path
+        if is_lora_dir(path):  # a folder holding only a LoRA adapter (+ our config and tokenizer)
+            adapter_path = path
+            base_path = (config.lora_base if config and config.lora_base else None) or lora_base_of(path)
+        if config is None:
+            config = EmbeddingConfig()
+            hf_cfg = hf_config(base_path, trust_remote_code)
+            config.decoder = is_decoder_only(hf_cfg)
+            config.pooling_method = "last" if config.decoder else "cls"
+            config.append_eos = config.decoder
+            limit = getattr(hf_cfg, "max_position_embeddings", None) or 512
+            config.query_max_length = config.document_max_length = min(512, int(limit))
+            config.update(**read_st_settings(path))
+        config.update(
+            pooling_method=pooling_method,
+            normalize_embeddings=normalize_embeddings,
+            query_instruction=query_instruction,
+            document_instruction=document_instruction,
+            query_max_length=query_max_length,
+            document_max_length=document_max_length,
+            append_eos=append_eos,
+            padding_side=padding_side,
+        )
+        tokenizer_path = tokenizer_name or (path if _has_tokenizer(path) else base_path)
+        tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=trust_remote_code)
+        if padding_side is None and not (Path(path) / "retrievals_config.json").is_file():
+            config.padding_side = tokenizer.padding_side
+        device_ = resolve_device(device)
+        backbone = load_backbone(base_path, dtype=resolve_dtype(dtype, device_), trust_remote_code=trust_remote_code)
+        if adapter_path:
+            backbone = load_lora(backbone, adapter_path, is_trainable=use_lora)
+            config.lora_base = base_path
+        elif use_lora:
+            backbone = add_lora(backbone, lora_r, lora_alpha, lora_dropout, lora_target_modules)
+            config.lora_base = base_path
+        model = cls(backbone, tokenizer, config)
+        return model.to(device_)
+
+    def save_pretrained(self, path: str | os.PathLike, merge_lora: bool = False) -> None:
+        """Save weights (or the LoRA adapter), tokenizer, ``retrievals_config.json`` and sentence-transformers files.
+
+        With a LoRA model, ``merge_lora=True`` writes a full merged model instead of the adapter.
+        The files are written into a scratch folder and moved into place, so a killed save leaves
+        no half-written model.
+        """
+        config = copy.deepcopy(self.retrieval_config)
+        backbone = self.backbone
+        lora = is_peft_model(backbone)
+        if lora and merge_lora:
+            backbone = copy.deepcopy(backbone).merge_and_unload()
+            config.lora_base = None
+            lora = False
+        with atomic_directory(path) as scratch:
+            backbone.save_pretrained(scratch)
+            self.tokenizer.save_pretrained(scratch)
+            if not lora:
+                config.lora_base = None
+                self._write_st_files(scratch, config)
+            config.save(scratch)
+
+    def _write_st_files(self, path: Path, config: EmbeddingConfig) -> None:
+        prompts = []
+        for kind, instruction in (("query", config.query_instruction), ("document", config.document_instruction)):
+            prefix = instruction_as_prefix(instruction)
+            if prefix is None:
+                warn_unsupported_prefix(kind)
+            prompts.append(prefix)
+        if config.append_eos and not self._eos_added_by_tokenizer:
+            logger.warning(
+                "This model appends EOS to every text, which sentence-transformers does not do: load it with "
+                "retrievals.AutoModelForEmbedding for identical embeddings."
+            )
+        write_st_files(
+            path,
+            embedding_dim=int(self.embedding_dim),
+            pooling_method=config.pooling_method,
+            normalize=config.normalize_embeddings,
+            max_seq_length=max(config.query_max_length, config.document_max_length),
+            query_prompt=prompts[0],
+            document_prompt=prompts[1],
+        )
+
+    def load_weights(self, path: str | os.PathLike) -> None:
+        """Load weights saved by :meth:`save_pretrained` (used when resuming a training checkpoint)."""
+        path = Path(path)
+        if is_peft_model(self.backbone):
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(self.backbone, load_file(str(path / "adapter_model.safetensors")))
+            return
+        files = sorted(path.glob("model*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"{path}: no model*.safetensors to load.")
+        state: Dict[str, torch.Tensor] = {}
+        for file in files:
+            state.update(load_file(str(file)))
+        self.backbone.load_state_dict(state, strict=False)
+        missing = set(self.backbone.state_dict()) - set(state)
+        tied = {k for k in missing if "lm_head" in k or "position_ids" in k}
+        if missing - tied:
+            raise ValueError(f"{path}: checkpoint lacks weights {sorted(missing - tied)[:5]} ...")
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.backbone.config.hidden_size)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None) -> None:
+        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
+        self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if is_peft_model(self.backbone):
+            self.backbone.enable_input_require_grads()
+
+    # ------------------------------------------------------------------ tokenization
+    def _tokenizer_appends_eos(self) -> bool:
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            return False
+        ids = self.tokenizer("a", add_special_tokens=True)["input_ids"]
+        return bool(ids) and ids[-1] == eos
+
+    def tokenize(self, texts: Sequence[str], is_query: bool = False, max_length: Optional[int] = None) -> List[List[int]]:
+        """Token ids (unpadded) of ``texts`` with the query or document instruction applied and truncation.
+
+        The one tokenization used by training and inference alike.
+        """
+        cfg = self.retrieval_config
+        instruction = cfg.query_instruction if is_query else cfg.document_instruction
+        limit = max_length or (cfg.query_max_length if is_query else cfg.document_max_length)
+        add_eos = cfg.append_eos and not self._eos_added_by_tokenizer and self.tokenizer.eos_token_id is not None
+        texts = [apply_instruction(instruction, t) for t in texts]
+        ids = self.tokenizer(texts, truncation=True, max_length=limit - 1 if add_eos else limit, padding=False)["input_ids"]
+        if add_eos:
+            eos = self.tokenizer.eos_token_id
+            ids = [seq if seq and seq[-1] == eos else seq + [eos] for seq in ids]
+        return ids
+
+    def pad(self, sequences: Sequence[Sequence[int]]) -> Batch:
+        """Pad to the longest sequence of this batch (dynamic padding) on the tokenizer's side."""
+        longest = max(len(s) for s in sequences)
+        pad_id = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+        left = self.tokenizer.padding_side == "left"
+        for row, seq in enumerate(sequences):
+            n = len(seq)
+            sl = slice(longest - n, longest) if left else slice(0, n)
+            input_ids[row, sl] = torch.as_tensor(seq, dtype=torch.long)
+            attention_mask[row, sl] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    # ------------------------------------------------------------------ forward
+    def embed(self, batch: Batch, normalize: Optional[bool] = None) -> torch.Tensor:
+        """Pooled (and, by config, L2-normalised) embeddings of a padded batch."""
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        if self.retrieval_config.decoder:  # correct positions under left padding
+            inputs["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        hidden = self.backbone(**inputs).last_hidden_state
+        emb = pool(hidden, batch["attention_mask"], self.retrieval_config.pooling_method)
+        if self.retrieval_config.normalize_embeddings if normalize is None else normalize:
+            emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
+        return emb
+
+    def forward(self, query: Optional[Batch] = None, document: Optional[Batch] = None) -> EmbeddingOutput:
+        """Embed a query batch and/or a document batch in one call (one forward per DDP step)."""
+        return EmbeddingOutput(
+            query_embeddings=self.embed(query) if query is not None else None,
+            document_embeddings=self.embed(document) if document is not None else None,
+        )
+
+    # ------------------------------------------------------------------ inference
+    @torch.inference_mode()
+    def encode(
+        self,
+        sentences: Union[str, Sequence[str]],
+        batch_size: int = 32,
+        show_progress_bar: Optional[bool] = None,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        normalize_embeddings: Optional[bool] = None,
+        is_query: bool = False,
+        max_length: Optional[int] = None,
+        device: Optional[Union[str, torch.device]] = None,
+    ) -> Union[np.ndarray, torch.Tensor]:
+        """Embed texts in batches sorted by length, padded per batch; results come back in input order."""
+        single = isinstance(sentences, str)
+        texts = [sentences] if single else list(sentences)
+        if device is not None:
+            self.to(device)
+        was_training = self.training
+        self.eval()
+        ids = self.tokenize(texts, is_query=is_query, max_length=max_length)
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        out = torch.empty((len(ids), self.embedding_dim), dtype=torch.float32)
+        if show_progress_bar is None:
+            show_progress_bar = len(ids) > 10 * batch_size and logger.getEffectiveLevel() <= 20
+        dev = self.device
+        for start in trange(0, len(ids), batch_size, desc="Encoding", disable=not show_progress_bar):
+            idx = order[start : start + batch_size]
+            batch = {k: v.to(dev) for k, v in self.pad([ids[i] for i in idx]).items()}
+            out[idx] = self.embed(batch, normalize=normalize_embeddings).float().cpu()
+        self.train(was_training)
+        result = out[0] if single else out
+        if convert_to_tensor:
+            return result
+        return result.numpy() if convert_to_numpy else result
+
+    def encode_queries(self, queries: Union[str, Sequence[str]], **kwargs: Any) -> Union[np.ndarray, torch.Tensor]:
+        """:meth:`encode` with the query instruction and query max length."""
+        return self.encode(queries, is_query=True, **kwargs)
+
+    def encode_corpus(self, corpus: Union[str, Sequence[Any]], **kwargs: Any) -> Union[np.ndarray, torch.Tensor]:
+        """:meth:`encode` for documents: strings, or dicts with ``text`` and optional ``title`` (BEIR)."""
+        if isinstance(corpus, str):
+            return self.encode(corpus, is_query=False, **kwargs)
+        texts = [_doc_text(d) for d in corpus]
+        return self.encode(texts, is_query=False, **kwargs)
+
+    def similarity(self, queries: np.ndarray | torch.Tensor, documents: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Dot product (cosine for normalised embeddings) between every query and document."""
+        return torch.as_tensor(queries) @ torch.as_tensor(documents).T
+
+    def __repr__(self) -> str:
+        fields = {f.name: getattr(self.retrieval_config, f.name) for f in dataclasses.fields(self.retrieval_config)}
+        return f"AutoModelForEmbedding({type(self.backbone).__name__}, {fields})"
+
+
+def _has_tokenizer(path: str) -> bool:
+    p = Path(path)
+    return p.is_dir() and any((p / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
+
+
+def _doc_text(doc: Any) -> str:
+    if isinstance(doc, str):
+        return doc
+    if isinstance(doc, dict):
+        title = (doc.get("title") or "").strip()
+        text = doc.get("text") or ""
+        return f"{title} {text}".strip() if title else text
+    raise TypeError(f"A corpus entry must be a string or a dict with 'text', got {type(doc).__name__}.")

@@ -1,0 +1,82 @@
+"""Small helpers shared across the package: devices, dtypes, instructions, optional imports."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any, Optional, Union
+
+import torch
+
+logger = logging.getLogger("retrievals")
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
+    """The given device, or CUDA when available, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(dtype: Optional[Union[str, torch.dtype]], device: torch.device) -> Optional[torch.dtype]:
+    """Map a dtype name to a torch dtype; half precision on CPU falls back to float32 with a warning."""
+    if dtype is None or dtype == "auto":
+        return None
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"Unknown dtype {dtype!r}; choose one of {sorted(_DTYPES)} or 'auto'.")
+        dtype = _DTYPES[dtype]
+    if device.type == "cpu" and dtype == torch.float16:
+        logger.warning("float16 is not supported for inference on CPU here; using float32 instead.")
+        return torch.float32
+    return dtype
+
+
+def apply_instruction(instruction: Optional[str], text: str) -> str:
+    """Apply an instruction to a text.
+
+    A template with ``{}`` has the text put in place of its first ``{}``; any other
+    instruction is a prefix. An empty or missing instruction returns the text unchanged.
+    """
+    if not instruction:
+        return text
+    if "{}" in instruction:
+        return instruction.replace("{}", text, 1)
+    return instruction + text
+
+
+def instruction_as_prefix(instruction: Optional[str]) -> Optional[str]:
+    """The prefix equivalent of an instruction, or None when it cannot be written as a prefix."""
+    if not instruction:
+        return ""
+    if "{}" not in instruction:
+        return instruction
+    head, _, tail = instruction.partition("{}")
+    return head if tail == "" else None
+
+
+def unescape_cli(text: Optional[str]) -> Optional[str]:
+    """Turn the two-character sequences ``\\n`` and ``\\t`` typed in a shell into real newlines/tabs."""
+    if text is None:
+        return None
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def require(module: str, extra: str) -> Any:
+    """Import an optional dependency or fail with the pip command that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise ImportError(
+            f"This feature needs the optional package '{module}'. Install it with: pip install 'retrievals[{extra}]'"
+        ) from exc
