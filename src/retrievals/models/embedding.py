@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import trange
 
-from ..utils import apply_instruction, instruction_as_prefix, logger, resolve_device, resolve_dtype
+from ..utils import instruction_as_prefix, logger, resolve_device, resolve_dtype
 from .base import (
     ModelConfig,
     add_lora,
@@ -31,6 +31,7 @@ from .base import (
     warn_unsupported_prefix,
 )
 from .pooling import POOLING_METHODS, pool
+from .processing import TextProcessor
 from .st_format import read_st_settings, write_st_files
 
 Batch = Dict[str, torch.Tensor]
@@ -73,8 +74,7 @@ class AutoModelForEmbedding(nn.Module):
         self.tokenizer = tokenizer
         self.retrieval_config = config
         self.config = getattr(backbone, "config", None)  # what transformers' Trainer looks for
-        self.tokenizer.padding_side = config.padding_side
-        self._eos_added_by_tokenizer = self._tokenizer_appends_eos()
+        self.processor = TextProcessor(tokenizer, config)
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -181,7 +181,7 @@ class AutoModelForEmbedding(nn.Module):
             if prefix is None:
                 warn_unsupported_prefix(kind)
             prompts.append(prefix)
-        if config.append_eos and not self._eos_added_by_tokenizer:
+        if config.append_eos and not self.processor.eos_added_by_tokenizer:
             logger.warning(
                 "This model appends EOS to every text, which sentence-transformers does not do: load it with "
                 "retrievals.AutoModelForEmbedding for identical embeddings."
@@ -232,42 +232,12 @@ class AutoModelForEmbedding(nn.Module):
             self.backbone.enable_input_require_grads()
 
     # ------------------------------------------------------------------ tokenization
-    def _tokenizer_appends_eos(self) -> bool:
-        eos = self.tokenizer.eos_token_id
-        if eos is None:
-            return False
-        ids = self.tokenizer("a", add_special_tokens=True)["input_ids"]
-        return bool(ids) and ids[-1] == eos
-
     def tokenize(self, texts: Sequence[str], is_query: bool = False, max_length: Optional[int] = None) -> List[List[int]]:
-        """Token ids (unpadded) of ``texts`` with the query or document instruction applied and truncation.
-
-        The one tokenization used by training and inference alike.
-        """
-        cfg = self.retrieval_config
-        instruction = cfg.query_instruction if is_query else cfg.document_instruction
-        limit = max_length or (cfg.query_max_length if is_query else cfg.document_max_length)
-        add_eos = cfg.append_eos and not self._eos_added_by_tokenizer and self.tokenizer.eos_token_id is not None
-        texts = [apply_instruction(instruction, t) for t in texts]
-        ids = self.tokenizer(texts, truncation=True, max_length=limit - 1 if add_eos else limit, padding=False)["input_ids"]
-        if add_eos:
-            eos = self.tokenizer.eos_token_id
-            ids = [seq if seq and seq[-1] == eos else seq + [eos] for seq in ids]
-        return ids
+        """Token ids of ``texts`` (see :meth:`TextProcessor.tokenize`)."""
+        return self.processor.tokenize(texts, is_query=is_query, max_length=max_length)
 
     def pad(self, sequences: Sequence[Sequence[int]]) -> Batch:
-        """Pad to the longest sequence of this batch (dynamic padding) on the tokenizer's side."""
-        longest = max(len(s) for s in sequences)
-        pad_id = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-        left = self.tokenizer.padding_side == "left"
-        for row, seq in enumerate(sequences):
-            n = len(seq)
-            sl = slice(longest - n, longest) if left else slice(0, n)
-            input_ids[row, sl] = torch.as_tensor(seq, dtype=torch.long)
-            attention_mask[row, sl] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+        return self.processor.pad(sequences)
 
     # ------------------------------------------------------------------ forward
     def embed(self, batch: Batch, normalize: Optional[bool] = None) -> torch.Tensor:

@@ -1,0 +1,65 @@
+"""Training dataset: one query with a group of 1 positive + (train_group_size - 1) negatives."""
+
+from __future__ import annotations
+
+import random
+from typing import Dict, List, Sequence, Union
+
+from torch.utils.data import Dataset
+
+from .readers import Record
+
+
+class TrainDataset(Dataset):
+    """Samples each item's group deterministically from (seed, epoch, index), so resumed and
+    multi-process runs see the same groups.
+
+    Negatives are drawn without replacement when there are enough and with replacement when a
+    record has fewer than needed. With ``unfold_each_positive`` every (query, positive) pair is an
+    item; otherwise one positive is drawn per epoch.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        train_group_size: int = 2,
+        seed: int = 42,
+        unfold_each_positive: bool = False,
+    ) -> None:
+        if train_group_size < 1:
+            raise ValueError(f"train_group_size must be >= 1 (1 positive + negatives), got {train_group_size}.")
+        self.records = list(records)
+        self.group_size = train_group_size
+        self.seed = seed
+        self.epoch = 0
+        self.items: List[tuple[int, int]] = (
+            [(r, p) for r, rec in enumerate(self.records) for p in range(len(rec.positives))]
+            if unfold_each_positive
+            else [(r, -1) for r in range(len(self.records))]
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Dict[str, Union[str, List[str]]]:
+        rec_idx, pos_idx = self.items[index]
+        record = self.records[rec_idx]
+        rng = random.Random(f"{self.seed}-{self.epoch}-{index}")
+        positive = record.positives[pos_idx] if pos_idx >= 0 else rng.choice(record.positives)
+        return {"query": record.query, "documents": [positive] + sample_negatives(record.negatives, self.group_size - 1, rng)}
+
+
+def sample_negatives(negatives: Sequence[str], n: int, rng: random.Random) -> List[str]:
+    """``n`` negatives: without replacement when enough exist, else all of them plus random repeats."""
+    if n <= 0:
+        return []
+    if not negatives:
+        raise ValueError("no negatives to sample from")
+    if len(negatives) >= n:
+        return rng.sample(list(negatives), n)
+    picked = list(negatives)
+    rng.shuffle(picked)
+    return picked + rng.choices(list(negatives), k=n - len(picked))

@@ -1,0 +1,25 @@
+"""Training losses, one ``nn.Module`` per file, looked up by name with :func:`get_loss`."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Dict, Type
+
+from torch import nn
+
+from .infonce import InfoNCELoss
+from .triplet import TripletMarginLoss
+
+EMBEDDING_LOSSES: Dict[str, Type[nn.Module]] = {"infonce": InfoNCELoss, "triplet": TripletMarginLoss}
+
+
+def get_loss(name: str, registry: Dict[str, Type[nn.Module]] = EMBEDDING_LOSSES, **kwargs: Any) -> nn.Module:
+    """Build the loss called ``name`` from the settings it accepts; an unknown name fails with the choices."""
+    key = name.lower().replace("-", "_")
+    if key not in registry:
+        raise ValueError(f"Unknown loss {name!r}; choose one of {sorted(registry)}.")
+    accepted = inspect.signature(registry[key].__init__).parameters
+    return registry[key](**{k: v for k, v in kwargs.items() if k in accepted})
+
+
+__all__ = ["EMBEDDING_LOSSES", "InfoNCELoss", "TripletMarginLoss", "get_loss"]

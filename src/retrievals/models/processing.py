@@ -1,0 +1,54 @@
+"""Text processing shared by training and inference: instructions, truncation, EOS and dynamic padding."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from ..utils import apply_instruction
+
+
+class TextProcessor:
+    """Tokenizer plus the model config's text settings; small and picklable for data-loader workers.
+
+    ``config`` needs ``query_instruction``, ``document_instruction``, ``query_max_length``,
+    ``document_max_length``, ``append_eos`` and ``padding_side``.
+    """
+
+    def __init__(self, tokenizer: Any, config: Any) -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+        tokenizer.padding_side = config.padding_side
+        eos = tokenizer.eos_token_id
+        ids = tokenizer("a", add_special_tokens=True)["input_ids"] if eos is not None else []
+        self.eos_added_by_tokenizer = bool(ids) and ids[-1] == eos
+
+    def tokenize(self, texts: Sequence[str], is_query: bool = False, max_length: Optional[int] = None) -> List[List[int]]:
+        """Unpadded token ids with the query or document instruction applied and truncation to the max length.
+
+        With ``append_eos`` the EOS token ends every sequence (counted within the max length).
+        """
+        cfg = self.config
+        instruction = cfg.query_instruction if is_query else cfg.document_instruction
+        limit = max_length or (cfg.query_max_length if is_query else cfg.document_max_length)
+        eos = self.tokenizer.eos_token_id
+        add_eos = cfg.append_eos and not self.eos_added_by_tokenizer and eos is not None
+        texts = [apply_instruction(instruction, t) for t in texts]
+        ids = self.tokenizer(texts, truncation=True, max_length=limit - 1 if add_eos else limit, padding=False)["input_ids"]
+        if add_eos:
+            ids = [seq if seq and seq[-1] == eos else seq + [eos] for seq in ids]
+        return ids
+
+    def pad(self, sequences: Sequence[Sequence[int]]) -> Dict[str, torch.Tensor]:
+        """Pad to the longest sequence of this batch on the tokenizer's padding side."""
+        longest = max(len(s) for s in sequences)
+        input_ids = torch.full((len(sequences), longest), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+        left = self.tokenizer.padding_side == "left"
+        for row, seq in enumerate(sequences):
+            n = len(seq)
+            span = slice(longest - n, longest) if left else slice(0, n)
+            input_ids[row, span] = torch.as_tensor(seq, dtype=torch.long)
+            attention_mask[row, span] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}

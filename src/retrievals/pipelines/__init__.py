@@ -1,0 +1,1 @@
+"""Command-line drivers: ``python -m retrievals.pipelines.<name>`` (also under torchrun)."""

@@ -1,0 +1,178 @@
+"""Train an embedder or encode texts with one: ``python -m retrievals.pipelines.embed --help``.
+
+Works as written under ``torchrun --nproc_per_node N -m retrievals.pipelines.embed ...``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+from transformers import HfArgumentParser, set_seed
+
+from ..data import EmbeddingCollator, TrainDataset, load_records
+from ..data.readers import DataError
+from ..losses import EMBEDDING_LOSSES, get_loss
+from ..models.embedding import AutoModelForEmbedding
+from ..training import RetrievalTrainer, RetrievalTrainingArguments
+from ..training.arguments import DataArguments
+from ..training.output_dir import OutputDirError, resolve_output_dir
+from ..utils import logger, unescape_cli
+
+
+@dataclass
+class EmbedModelArguments:
+    model_name_or_path: str = field(metadata={"help": "Local folder or hub id of the base model."})
+    tokenizer_name: Optional[str] = None
+    pooling_method: Optional[str] = field(default=None, metadata={"help": "cls | mean | last (default: from the model)."})
+    normalize_embeddings: Optional[bool] = None
+    query_instruction: Optional[str] = field(default=None, metadata={"help": "Prefix, or template with {}."})
+    document_instruction: Optional[str] = None
+    append_eos: Optional[bool] = None
+    padding_side: Optional[str] = None
+    use_lora: bool = False
+    lora_path: Optional[str] = None
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: Optional[List[str]] = None
+    causal_lm: bool = field(default=False, metadata={"help": "Accepted for compatibility; decoders are detected."})
+    model_dtype: Optional[str] = field(default=None, metadata={"help": "Weights dtype: float32 | bfloat16 | float16."})
+    trust_remote_code: bool = False
+
+
+@dataclass
+class EncodeArguments:
+    do_encode: bool = field(default=False, metadata={"help": "Encode --encode_data and write embeddings."})
+    encode_data: Optional[str] = field(default=None, metadata={"help": "JSONL (field --encode_key) or a .txt file."})
+    encode_key: str = "text"
+    encode_is_query: bool = False
+    encode_output: Optional[str] = field(default=None, metadata={"help": "Output .npy (default: output_dir/embeddings.npy)."})
+    encode_batch_size: int = 64
+
+
+def build_model(model_args: EmbedModelArguments, data_args: DataArguments) -> AutoModelForEmbedding:
+    q_len = data_args.query_max_length or data_args.max_length
+    d_len = data_args.document_max_length or data_args.max_length
+    return AutoModelForEmbedding.from_pretrained(
+        model_args.model_name_or_path,
+        pooling_method=model_args.pooling_method,
+        normalize_embeddings=model_args.normalize_embeddings,
+        query_instruction=unescape_cli(model_args.query_instruction),
+        document_instruction=unescape_cli(model_args.document_instruction),
+        query_max_length=q_len,
+        document_max_length=d_len,
+        append_eos=model_args.append_eos,
+        padding_side=model_args.padding_side,
+        use_lora=model_args.use_lora,
+        lora_path=model_args.lora_path,
+        lora_r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        lora_target_modules=model_args.lora_target_modules,
+        tokenizer_name=model_args.tokenizer_name,
+        dtype=model_args.model_dtype,
+        device="cpu",  # the Trainer moves it to the training device
+        trust_remote_code=model_args.trust_remote_code,
+    )
+
+
+def train(model_args: EmbedModelArguments, data_args: DataArguments, args: RetrievalTrainingArguments) -> AutoModelForEmbedding:
+    """Validate data, build model and trainer, train (resuming when possible) and save to output_dir."""
+    if args.loss_fn.lower() not in EMBEDDING_LOSSES:
+        raise ValueError(f"Unknown loss {args.loss_fn!r}; choose one of {sorted(EMBEDDING_LOSSES)}.")
+    if not data_args.train_data:
+        raise DataError("--do_train needs --train_data (JSONL/JSON files or folders).")
+    needs_negatives = data_args.train_group_size - 1
+    records = load_records(
+        data_args.train_data, data_args.query_key, data_args.positive_key, data_args.negative_key, min_negatives=needs_negatives
+    )
+    checkpoint = args.resume_from_checkpoint or resolve_output_dir(args.output_dir, args.overwrite_output_dir, args.resume)
+    if checkpoint:
+        logger.warning("Resuming from %s", checkpoint)
+    set_seed(args.seed)
+    model = build_model(model_args, data_args)
+    dataset = TrainDataset(records, data_args.train_group_size, args.seed, data_args.unfold_each_positive)
+    loss = get_loss(
+        args.loss_fn,
+        temperature=args.temperature,
+        margin=args.margin,
+        use_inbatch_neg=args.use_inbatch_neg,
+        negatives_cross_device=args.negatives_cross_device,
+    )
+    trainer = RetrievalTrainer(
+        model=model, args=args, train_dataset=dataset, data_collator=EmbeddingCollator(model.processor), loss_fn=loss
+    )
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(args.output_dir)
+    if args.save_merged and trainer.is_world_process_zero() and model.retrieval_config.lora_base:
+        model.save_pretrained(Path(args.output_dir) / "merged", merge_lora=True)
+    trainer.save_state()
+    return model
+
+
+def read_texts(path: str, key: str) -> List[str]:
+    """Texts from a .txt file (one per line) or JSONL (field ``key``), with file:line errors."""
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"{file}: no such file.")
+    lines = file.read_text(encoding="utf-8").splitlines()
+    if file.suffix not in {".jsonl", ".json"}:
+        return [line for line in lines if line.strip()]
+    texts = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{file}:{lineno}: invalid JSON ({exc.msg}).") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get(key), str):
+            raise DataError(f"{file}:{lineno}: field '{key}' must be a string.")
+        texts.append(obj[key])
+    return texts
+
+
+def encode(model: AutoModelForEmbedding, enc: EncodeArguments, output_dir: str) -> Path:
+    if not enc.encode_data:
+        raise DataError("--do_encode needs --encode_data (a .txt or .jsonl file).")
+    texts = read_texts(enc.encode_data, enc.encode_key)
+    emb = model.encode(texts, batch_size=enc.encode_batch_size, is_query=enc.encode_is_query, show_progress_bar=True)
+    out = Path(enc.encode_output or Path(output_dir) / "embeddings.npy")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp.npy")
+    np.save(tmp, emb)
+    tmp.replace(out)
+    logger.warning("Wrote %d embeddings of dim %d to %s", emb.shape[0], emb.shape[1], out)
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = HfArgumentParser((EmbedModelArguments, DataArguments, RetrievalTrainingArguments, EncodeArguments))
+    model_args, data_args, args, enc = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if args.should_log else logging.WARNING)
+    try:
+        model = None
+        if args.do_train:
+            model = train(model_args, data_args, args)
+        if enc.do_encode:
+            if model is None:
+                model = build_model(model_args, data_args)
+            if args.process_index == 0:
+                encode(model, enc, args.output_dir)
+        if not (args.do_train or enc.do_encode):
+            parser.error("nothing to do: pass --do_train and/or --do_encode")
+    except (DataError, OutputDirError, ValueError) as exc:
+        logger.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

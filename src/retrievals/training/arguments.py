@@ -1,0 +1,58 @@
+"""``TrainingArguments`` with the retrieval settings and a CPU fallback for mixed precision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import TrainingArguments
+
+from ..utils import logger
+
+
+@dataclass
+class RetrievalTrainingArguments(TrainingArguments):
+    """Every ``transformers.TrainingArguments`` flag plus the loss settings.
+
+    ``--fp16``/``--bf16`` without a CUDA GPU warn and train in float32 instead of failing.
+    """
+
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Allow replacing a finished model already in output_dir."}
+    )
+    resume: bool = field(
+        default=True, metadata={"help": "Resume from the last complete checkpoint of an unfinished run in output_dir."}
+    )
+    loss_fn: str = field(default="infonce", metadata={"help": "Loss name (see retrievals.losses)."})
+    temperature: float = field(default=0.02, metadata={"help": "Softmax temperature of contrastive losses."})
+    margin: float = field(default=0.2, metadata={"help": "Margin of margin-based losses."})
+    use_inbatch_neg: bool = field(default=True, metadata={"help": "Use every document in the batch as a negative."})
+    negatives_cross_device: bool = field(
+        default=False, metadata={"help": "Share in-batch negatives across processes (torchrun)."}
+    )
+    save_merged: bool = field(default=False, metadata={"help": "LoRA runs: also save a merged model in output_dir/merged."})
+
+    def __post_init__(self) -> None:
+        if (self.fp16 or self.bf16) and not torch.cuda.is_available():
+            logger.warning(
+                "--%s asks for mixed precision but no CUDA GPU is available: training in float32 instead.",
+                "fp16" if self.fp16 else "bf16",
+            )
+            self.fp16 = self.bf16 = False
+        self.remove_unused_columns = False  # our collators read raw text fields
+        super().__post_init__()
+
+
+@dataclass
+class DataArguments:
+    """Where the training data is and how to read and group it."""
+
+    train_data: list[str] = field(default_factory=list, metadata={"help": "JSONL/JSON files or folders of them."})
+    query_key: str = field(default="query")
+    positive_key: str = field(default="positive")
+    negative_key: str = field(default="negative")
+    train_group_size: int = field(default=2, metadata={"help": "1 positive + (n - 1) negatives per query."})
+    unfold_each_positive: bool = field(default=False, metadata={"help": "One training item per (query, positive)."})
+    query_max_length: int | None = field(default=None, metadata={"help": "Max tokens of a query (with instruction)."})
+    document_max_length: int | None = field(default=None, metadata={"help": "Max tokens of a document."})
+    max_length: int | None = field(default=None, metadata={"help": "Sets both max lengths when given."})

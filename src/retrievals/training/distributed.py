@@ -1,0 +1,29 @@
+"""Helpers for torchrun / torch.distributed."""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import torch.distributed as dist
+
+
+def world() -> Tuple[int, int]:
+    """(rank, world_size), (0, 1) outside distributed runs."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_with_grad(tensor: torch.Tensor) -> Tuple[torch.Tensor, int]:
+    """Concatenate ``tensor`` from every process along dim 0, keeping the autograd graph.
+
+    Returns the gathered tensor and this process's rank (its block starts at ``rank * len(tensor)``).
+    Outside distributed runs it returns ``tensor`` unchanged and rank 0.
+    """
+    rank, size = world()
+    if size == 1:
+        return tensor, 0
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor.contiguous()), dim=0), rank

@@ -1,0 +1,55 @@
+"""The ``transformers.Trainer`` subclass shared by every model type."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback
+from transformers.trainer import TRAINING_ARGS_NAME
+
+
+class _SetEpoch(TrainerCallback):
+    """Tell the dataset which epoch it is, so group sampling changes per epoch and is reproducible."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):  # noqa: D401
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(int(state.epoch or 0))
+
+
+class RetrievalTrainer(Trainer):
+    """Trainer whose loss is a separate module applied to the model's outputs.
+
+    The model's ``forward`` returns embeddings (or scores); ``loss_fn(*outputs)`` is the loss.
+    Saving and checkpoint loading go through the model's own ``save_pretrained``/``load_weights``,
+    so every checkpoint is a folder that ``from_pretrained`` loads.
+    """
+
+    def __init__(self, *args: Any, loss_fn: nn.Module, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.loss_fn = loss_fn
+        if self.train_dataset is not None:
+            self.add_callback(_SetEpoch(self.train_dataset))
+
+    def compute_loss(self, model: nn.Module, inputs: Dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        loss = self.loss_fn(*self.loss_inputs(outputs))
+        return (loss, outputs) if return_outputs else loss
+
+    @staticmethod
+    def loss_inputs(outputs: Any) -> tuple:
+        return (outputs.query_embeddings, outputs.document_embeddings)
+
+    def _save(self, output_dir: Optional[str] = None, state_dict: Optional[dict] = None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        model = self.accelerator.unwrap_model(self.model)
+        model.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Optional[nn.Module] = None) -> None:
+        (model or self.model).load_weights(resume_from_checkpoint)
