@@ -158,15 +158,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if args.should_log else logging.WARNING)
     try:
         model = None
-        if args.do_train:
+        if args.do_train or (data_args.train_data and not enc.do_encode):
             model = train(model_args, data_args, args)
         if enc.do_encode:
             if model is None:
                 model = build_model(model_args, data_args)
             if args.process_index == 0:
                 encode(model, enc, args.output_dir)
-        if not (args.do_train or enc.do_encode):
-            parser.error("nothing to do: pass --do_train and/or --do_encode")
+        if model is None:
+            parser.error("nothing to do: pass --do_train with --train_data, and/or --do_encode")
     except (DataError, OutputDirError, ValueError) as exc:
         logger.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)

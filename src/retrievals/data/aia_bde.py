@@ -1,0 +1,80 @@
+"""The AIA-BDE v2.0 Portuguese FAQ retrieval data, split by FAQ for training and held-out testing.
+
+File format: one ``TAG:text`` per line. ``P`` starts an FAQ (its question), ``R`` is its answer,
+``VIN``/``VUC`` are human paraphrases of the question (the queries). A document is ``P + " " + R``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+QUERY_TAGS = ("VIN", "VUC")
+
+
+@dataclass
+class FAQ:
+    faq_id: str
+    question: str
+    answer: str = ""
+    queries: List[str] = field(default_factory=list)
+
+    @property
+    def document(self) -> str:
+        return f"{self.question} {self.answer}".strip()
+
+
+def parse_aia_bde(path: str | Path) -> List[FAQ]:
+    """Every FAQ of the file, in order, with its paraphrase queries."""
+    faqs: List[FAQ] = []
+    current: Optional[FAQ] = None
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        tag, sep, text = line.partition(":")
+        if not sep:
+            continue
+        text = text.strip()
+        if tag == "P":
+            current = FAQ(faq_id=f"faq{len(faqs)}", question=text)
+            faqs.append(current)
+        elif current is None:
+            continue
+        elif tag == "R":
+            current.answer = text
+        elif tag in QUERY_TAGS and text:
+            current.queries.append(text)
+    if not faqs:
+        raise ValueError(f"{path}: no FAQ ('P:' lines) found.")
+    return faqs
+
+
+@dataclass
+class RetrievalSplit:
+    """Corpus (every FAQ), and train/test queries whose FAQs do not overlap."""
+
+    corpus: Dict[str, str]
+    train_queries: Dict[str, str]
+    train_qrels: Dict[str, Dict[str, int]]
+    test_queries: Dict[str, str]
+    test_qrels: Dict[str, Dict[str, int]]
+    train_faq_ids: List[str]
+
+
+def split_by_faq(faqs: List[FAQ], test_fraction: float = 0.3, seed: int = 0) -> RetrievalSplit:
+    """Hold out ``test_fraction`` of the FAQs (and all their queries) for testing."""
+    ids = [f.faq_id for f in faqs]
+    rng = random.Random(seed)
+    rng.shuffle(ids)
+    test_ids = set(ids[: round(len(ids) * test_fraction)])
+    split = RetrievalSplit({f.faq_id: f.document for f in faqs}, {}, {}, {}, {}, [])
+    for faq in faqs:
+        is_test = faq.faq_id in test_ids
+        if not is_test:
+            split.train_faq_ids.append(faq.faq_id)
+        queries, qrels = (split.test_queries, split.test_qrels) if is_test else (split.train_queries, split.train_qrels)
+        for i, query in enumerate(faq.queries):
+            qid = f"{faq.faq_id}-q{i}"
+            queries[qid] = query
+            qrels[qid] = {faq.faq_id: 1}
+    return split

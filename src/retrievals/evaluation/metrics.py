@@ -1,0 +1,86 @@
+"""Ranking metrics with the standard (trec_eval) definitions.
+
+A run maps query id -> {doc id: score}; qrels map query id -> {doc id: relevance}. Documents are
+ranked by score, ties broken by doc id in descending order as trec_eval does. A document counts as
+relevant when its relevance is > 0; nDCG uses graded relevance and takes its ideal ranking from
+every judged document of the query, retrieved or not. Queries without relevant documents are
+skipped, like trec_eval.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterable, List, Mapping
+
+Run = Mapping[str, Mapping[str, float]]
+Qrels = Mapping[str, Mapping[str, int]]
+
+
+def rank(scores: Mapping[str, float]) -> List[str]:
+    """Doc ids by score descending, ties by doc id descending."""
+    return [doc for doc, _ in sorted(scores.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)]
+
+
+def ndcg_at_k(ranking: List[str], judged: Mapping[str, int], k: int) -> float:
+    dcg = sum(judged.get(doc, 0) / math.log2(i + 2) for i, doc in enumerate(ranking[:k]) if judged.get(doc, 0) > 0)
+    ideal = sorted((r for r in judged.values() if r > 0), reverse=True)[:k]
+    idcg = sum(r / math.log2(i + 2) for i, r in enumerate(ideal))
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+def average_precision(ranking: List[str], judged: Mapping[str, int], k: int | None = None) -> float:
+    n_rel = sum(1 for r in judged.values() if r > 0)
+    hits, total = 0, 0.0
+    for i, doc in enumerate(ranking[:k] if k else ranking):
+        if judged.get(doc, 0) > 0:
+            hits += 1
+            total += hits / (i + 1)
+    return total / n_rel if n_rel else 0.0
+
+
+def reciprocal_rank(ranking: List[str], judged: Mapping[str, int], k: int | None = None) -> float:
+    for i, doc in enumerate(ranking[:k] if k else ranking):
+        if judged.get(doc, 0) > 0:
+            return 1.0 / (i + 1)
+    return 0.0
+
+
+def recall_at_k(ranking: List[str], judged: Mapping[str, int], k: int) -> float:
+    n_rel = sum(1 for r in judged.values() if r > 0)
+    return sum(1 for doc in ranking[:k] if judged.get(doc, 0) > 0) / n_rel if n_rel else 0.0
+
+
+def precision_at_k(ranking: List[str], judged: Mapping[str, int], k: int) -> float:
+    """Relevant documents in the top k divided by k (trec_eval's P_k)."""
+    return sum(1 for doc in ranking[:k] if judged.get(doc, 0) > 0) / k
+
+
+def hit_at_k(ranking: List[str], judged: Mapping[str, int], k: int) -> float:
+    """1 if any relevant document is in the top k, else 0 (so its mean is at most 1)."""
+    return float(any(judged.get(doc, 0) > 0 for doc in ranking[:k]))
+
+
+def evaluate_run(run: Run, qrels: Qrels, k_values: Iterable[int] = (1, 3, 5, 10, 100)) -> Dict[str, float]:
+    """Mean of every metric over the judged queries: ``map``, ``mrr``, ``ndcg@k``, ``mrr@k``,
+    ``map@k``, ``recall@k``, ``precision@k`` and ``hit@k``. Queries missing from the run score 0."""
+    k_values = sorted(set(k_values))
+    totals: Dict[str, float] = {}
+    n = 0
+    for qid, judged in qrels.items():
+        if not any(r > 0 for r in judged.values()):
+            continue
+        n += 1
+        ranking = rank(run.get(qid, {}))
+        values = {"map": average_precision(ranking, judged), "mrr": reciprocal_rank(ranking, judged)}
+        for k in k_values:
+            values[f"ndcg@{k}"] = ndcg_at_k(ranking, judged, k)
+            values[f"map@{k}"] = average_precision(ranking, judged, k)
+            values[f"mrr@{k}"] = reciprocal_rank(ranking, judged, k)
+            values[f"recall@{k}"] = recall_at_k(ranking, judged, k)
+            values[f"precision@{k}"] = precision_at_k(ranking, judged, k)
+            values[f"hit@{k}"] = hit_at_k(ranking, judged, k)
+        for key, value in values.items():
+            totals[key] = totals.get(key, 0.0) + value
+    if n == 0:
+        raise ValueError("qrels hold no query with a relevant document.")
+    return {key: value / n for key, value in totals.items()}

@@ -1,0 +1,28 @@
+"""Corpus retrieval evaluation of an embedder: encode, search exactly, score with the metrics."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, Mapping
+
+from ..index.exact import exact_search
+from .metrics import evaluate_run
+
+
+def retrieve(model: Any, corpus: Mapping[str, str], queries: Mapping[str, str], top_k: int = 100, batch_size: int = 64,
+             show_progress_bar: bool = False) -> Dict[str, Dict[str, float]]:
+    """A run (query id -> {doc id: score}) of the top ``top_k`` documents per query."""
+    doc_ids = list(corpus)
+    query_ids = list(queries)
+    doc_emb = model.encode_corpus([corpus[d] for d in doc_ids], batch_size=batch_size, show_progress_bar=show_progress_bar)
+    q_emb = model.encode_queries([queries[q] for q in query_ids], batch_size=batch_size, show_progress_bar=show_progress_bar)
+    scores, indices = exact_search(q_emb, doc_emb, top_k=top_k)
+    return {
+        qid: {doc_ids[j]: float(s) for s, j in zip(scores[row], indices[row])} for row, qid in enumerate(query_ids)
+    }
+
+
+def evaluate_embedder(model: Any, corpus: Mapping[str, str], queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]],
+                      k_values: Iterable[int] = (1, 3, 5, 10, 100), batch_size: int = 64, show_progress_bar: bool = False) -> Dict[str, float]:
+    """Metrics of ``model`` retrieving from ``corpus`` for ``queries`` judged by ``qrels``."""
+    run = retrieve(model, corpus, queries, top_k=max(k_values), batch_size=batch_size, show_progress_bar=show_progress_bar)
+    return evaluate_run(run, qrels, k_values)
