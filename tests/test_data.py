@@ -1,0 +1,95 @@
+import json
+
+import pytest
+
+from retrievals.data import DataError, EmbeddingCollator, TrainDataset, load_records
+from retrievals.data.dataset import sample_negatives
+
+
+def write(path, lines):
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def test_string_and_list_fields(tmp_path):
+    f = write(tmp_path / "d.jsonl", [
+        json.dumps({"query": "q1", "positive": "a single positive text", "negative": "one negative"}),
+        json.dumps({"query": "q2", "positive": ["p1", "p2"], "negative": ["n1", "n2", "n3"]}),
+    ])
+    recs = load_records(f)
+    assert recs[0].positives == ["a single positive text"]  # never split into characters
+    assert recs[0].negatives == ["one negative"]
+    assert recs[1].positives == ["p1", "p2"] and len(recs[1].negatives) == 3
+    assert recs[1].origin.endswith("d.jsonl:2")
+
+
+def test_custom_keys_json_array_and_folder(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "a.json").write_text(json.dumps([{"q": "x", "pos": ["y"], "neg": []}]))
+    write(folder / "b.jsonl", [json.dumps({"q": "z", "pos": "w"})])
+    recs = load_records(str(folder), query_key="q", positive_key="pos", negative_key="neg")
+    assert [r.query for r in recs] == ["x", "z"]
+
+
+def test_datasets_dataset_source():
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_list([{"query": "q", "positive": ["p"], "negative": ["n"]}])
+    assert load_records(ds)[0].negatives == ["n"]
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"positive": ["p"]}', "d.jsonl:2: missing field 'query'"),
+        ('{"query": "q", "positive": []}', "d.jsonl:2: field 'positive' is empty"),
+        ('{"query": "q", "positive": ""}', "d.jsonl:2: field 'positive' is empty"),
+        ('{"query": "q", "positive": [1]}', "d.jsonl:2: field 'positive'[0] must be a string"),
+        ('{"query": "q", "positive": ["p"], "negative": 3}', "d.jsonl:2: field 'negative' must be a string or a list"),
+        ('{"query": "q", "positive": ["p"]', "d.jsonl:2: invalid JSON"),
+        ('["not", "an", "object"]', "d.jsonl:2: expected a JSON object"),
+    ],
+)
+def test_bad_input_names_file_line_field(tmp_path, line, message):
+    f = write(tmp_path / "d.jsonl", [json.dumps({"query": "ok", "positive": "ok"}), line])
+    with pytest.raises(DataError) as err:
+        load_records(f)
+    assert message in str(err.value)
+
+
+def test_missing_negatives_when_group_needs_them(tmp_path):
+    f = write(tmp_path / "d.jsonl", [json.dumps({"query": "q", "positive": "p"})])
+    with pytest.raises(DataError, match=r"d.jsonl:1: field 'negative' is empty but train_group_size"):
+        load_records(f, min_negatives=1)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        load_records(str(tmp_path / "nope.jsonl"))
+
+
+def test_group_sampling(tmp_path):
+    import random
+
+    rng = random.Random(0)
+    assert sorted(sample_negatives(["a", "b", "c"], 3, rng)) == ["a", "b", "c"]  # without replacement
+    short = sample_negatives(["a", "b"], 5, rng)
+    assert len(short) == 5 and set(short) == {"a", "b"}  # with replacement when short
+    f = write(tmp_path / "d.jsonl", [json.dumps({"query": f"q{i}", "positive": ["p1", "p2"], "negative": ["n1", "n2", "n3"]}) for i in range(4)])
+    ds = TrainDataset(load_records(f), train_group_size=3, seed=1)
+    item = ds[0]
+    assert len(item["documents"]) == 3 and item["documents"][0] in {"p1", "p2"}
+    assert len(set(item["documents"][1:])) == 2
+    assert ds[0] == ds[0]  # deterministic for (seed, epoch, index)
+    unfolded = TrainDataset(load_records(f), train_group_size=1, unfold_each_positive=True)
+    assert len(unfolded) == 8 and [unfolded[i]["documents"][0] for i in range(2)] == ["p1", "p2"]
+
+
+def test_collator_uses_model_tokenization(tiny_bert):
+    from retrievals import AutoModelForEmbedding
+
+    model = AutoModelForEmbedding.from_pretrained(tiny_bert, query_instruction="query: ", query_max_length=8)
+    batch = EmbeddingCollator(model.processor)([{"query": "tax card " * 20, "documents": ["fee", "office time day"]}])
+    assert batch["query"]["input_ids"].shape == (1, 8)
+    assert batch["document"]["input_ids"].shape[0] == 2
+    assert batch["query"]["input_ids"][0].tolist() == model.tokenize(["tax card " * 20], is_query=True)[0]

@@ -1,0 +1,128 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from retrievals import AutoModelForEmbedding
+from retrievals.models.pooling import pool
+from retrievals.utils import apply_instruction
+
+from .conftest import corpus_lines
+
+TEXTS = corpus_lines(13)
+
+
+def test_pooling_is_padding_side_independent():
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 5, 4)
+    right = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    shifted = torch.zeros_like(hidden)
+    shifted[0, 2:] = hidden[0, :3]
+    shifted[1] = hidden[1]
+    left = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    for method in ("cls", "mean", "last"):
+        assert torch.allclose(pool(hidden, right, method), pool(shifted, left, method)), method
+    assert torch.equal(pool(hidden, right, "last")[0], hidden[0, 2])
+    with pytest.raises(ValueError, match="choose one of"):
+        pool(hidden, right, "max")
+
+
+def test_instructions():
+    assert apply_instruction("Query: ", "x") == "Query: x"
+    assert apply_instruction("Instruct: find {}\nanswer", "x") == "Instruct: find x\nanswer"
+    assert apply_instruction("", "x") == "x"
+    assert apply_instruction("no braces and no trailing space", "x") == "no braces and no trailing spacex"
+
+
+@pytest.mark.parametrize("kind, pooling, side", [
+    ("bert", "cls", "right"), ("bert", "mean", "right"), ("bert", "last", "right"), ("bert", "mean", "left"),
+    ("qwen", "last", "left"), ("qwen", "last", "right"), ("qwen", "mean", "left"), ("qwen", "cls", "right"),
+])
+def test_batched_equals_single(kind, pooling, side, tiny_bert, tiny_qwen):
+    path = tiny_bert if kind == "bert" else tiny_qwen
+    model = AutoModelForEmbedding.from_pretrained(path, pooling_method=pooling, padding_side=side, query_instruction="q: ")
+    batched = model.encode(TEXTS, batch_size=5, is_query=True)
+    single = np.stack([model.encode(t, is_query=True) for t in TEXTS])
+    assert batched.shape == (len(TEXTS), model.embedding_dim)
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
+
+
+def test_decoder_defaults_last_pooling_with_eos(tiny_qwen):
+    model = AutoModelForEmbedding.from_pretrained(tiny_qwen)
+    cfg = model.retrieval_config
+    assert cfg.decoder and cfg.pooling_method == "last" and cfg.append_eos
+    ids = model.tokenize(["tax card " * 100], max_length=16)[0]
+    assert len(ids) == 16 and ids[-1] == model.tokenizer.eos_token_id
+    assert model.tokenizer.pad_token is not None
+
+
+def test_encoder_defaults(tiny_bert):
+    cfg = AutoModelForEmbedding.from_pretrained(tiny_bert).retrieval_config
+    assert not cfg.decoder and cfg.pooling_method == "cls" and not cfg.append_eos
+
+
+def test_output_types(tiny_bert):
+    model = AutoModelForEmbedding.from_pretrained(tiny_bert)
+    assert isinstance(model.encode(TEXTS[:2], convert_to_tensor=True), torch.Tensor)
+    assert model.encode("one text").shape == (model.embedding_dim,)
+    raw = model.encode(TEXTS[:3], normalize_embeddings=False)
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
+    corpus = model.encode_corpus([{"title": "t", "text": TEXTS[0]}, TEXTS[1]])
+    np.testing.assert_allclose(corpus[0], model.encode("t " + TEXTS[0]), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["bert", "qwen"])
+def test_save_reload_identical(kind, tiny_bert, tiny_qwen, tmp_path):
+    path = tiny_bert if kind == "bert" else tiny_qwen
+    model = AutoModelForEmbedding.from_pretrained(
+        path, pooling_method="mean", query_instruction="Instruct: {}\nQuery:", document_instruction="doc: ",
+        query_max_length=20, document_max_length=40, padding_side="left",
+    )
+    model.save_pretrained(tmp_path / "saved")
+    reloaded = AutoModelForEmbedding.from_pretrained(str(tmp_path / "saved"))
+    assert reloaded.retrieval_config == model.retrieval_config
+    for is_query in (True, False):
+        np.testing.assert_array_equal(model.encode(TEXTS, is_query=is_query), reloaded.encode(TEXTS, is_query=is_query))
+    saved = json.loads((tmp_path / "saved" / "retrievals_config.json").read_text())
+    assert saved["query_instruction"] == "Instruct: {}\nQuery:" and saved["pooling_method"] == "mean"
+
+
+def test_reads_sentence_transformers_folder(tiny_bert, tmp_path):
+    from retrievals.models.st_format import read_st_settings, write_st_files
+
+    write_st_files(tmp_path, 32, "mean", True, 77, "query: ", "passage: ")
+    settings = read_st_settings(tmp_path)
+    assert settings == {"normalize_embeddings": True, "pooling_method": "mean", "query_max_length": 77,
+                        "document_max_length": 77, "query_instruction": "query: ", "document_instruction": "passage: "}
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "lasttoken"}))
+    assert read_st_settings(tmp_path)["pooling_method"] == "last"
+
+
+def test_lora_adapter_and_merged_roundtrip(tiny_qwen, tmp_path):
+    pytest.importorskip("peft")
+    model = AutoModelForEmbedding.from_pretrained(tiny_qwen, use_lora=True, lora_r=4, query_instruction="Q: ")
+    with torch.no_grad():  # make the adapter non-trivial (B starts at zero)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    expected = model.encode(TEXTS, is_query=True)
+    model.save_pretrained(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    assert not (tmp_path / "adapter" / "model.safetensors").exists()
+    reloaded = AutoModelForEmbedding.from_pretrained(str(tmp_path / "adapter"))
+    np.testing.assert_allclose(reloaded.encode(TEXTS, is_query=True), expected, atol=1e-5)
+    model.save_pretrained(tmp_path / "merged", merge_lora=True)
+    merged = AutoModelForEmbedding.from_pretrained(str(tmp_path / "merged"))
+    assert merged.retrieval_config.lora_base is None
+    np.testing.assert_allclose(merged.encode(TEXTS, is_query=True), expected, atol=1e-5)
+    via_lora_path = AutoModelForEmbedding.from_pretrained(tiny_qwen, lora_path=str(tmp_path / "adapter"), query_instruction="Q: ")
+    np.testing.assert_allclose(via_lora_path.encode(TEXTS, is_query=True), expected, atol=1e-5)
+
+
+def test_unknown_pooling_and_kwarg(tiny_bert):
+    with pytest.raises(ValueError, match="choose one of"):
+        AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="max")
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        AutoModelForEmbedding.from_pretrained(tiny_bert, poolng_method="cls")

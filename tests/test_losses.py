@@ -1,0 +1,52 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from retrievals.losses import InfoNCELoss, TripletMarginLoss, get_loss
+
+
+def embeddings(b=4, g=3, d=8):
+    torch.manual_seed(0)
+    return F.normalize(torch.randn(b, d), dim=-1), F.normalize(torch.randn(b * g, d), dim=-1)
+
+
+def test_infonce_inbatch_matches_manual():
+    q, d = embeddings()
+    loss = InfoNCELoss(temperature=0.05)(q, d)
+    scores = q @ d.T / 0.05
+    manual = -torch.stack([scores[i].log_softmax(-1)[i * 3] for i in range(4)]).mean()
+    assert loss.item() == pytest.approx(manual.item(), rel=1e-5)
+
+
+def test_infonce_group_only():
+    q, d = embeddings()
+    loss = InfoNCELoss(temperature=0.05, use_inbatch_neg=False)(q, d)
+    scores = torch.einsum("bd,bgd->bg", q, d.view(4, 3, -1)) / 0.05
+    assert loss.item() == pytest.approx(F.cross_entropy(scores, torch.zeros(4, dtype=torch.long)).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="train_group_size >= 2"):
+        InfoNCELoss(use_inbatch_neg=False)(q, d[:4])
+
+
+def test_loss_lowers_for_better_embeddings_and_has_gradient():
+    q, d = embeddings()
+    q.requires_grad_(True)
+    loss = InfoNCELoss(temperature=0.05)(q, d)
+    loss.backward()
+    assert q.grad.abs().sum() > 0
+    aligned = d.view(4, 3, -1)[:, 0]
+    assert InfoNCELoss(temperature=0.05)(aligned, d) < loss
+
+
+def test_triplet():
+    q, d = embeddings()
+    positives = d.view(4, 3, -1)[:, 0]
+    assert TripletMarginLoss(margin=0.0)(positives, d).item() == pytest.approx(0.0, abs=1e-6)
+    assert TripletMarginLoss(margin=2.0)(positives, d).item() > 0
+    with pytest.raises(ValueError, match="train_group_size >= 2"):
+        TripletMarginLoss()(q, d[:4])
+
+
+def test_unknown_loss_lists_choices():
+    with pytest.raises(ValueError, match=r"Unknown loss 'cosine_magic'; choose one of \['infonce', 'triplet'\]"):
+        get_loss("cosine_magic")
+    assert isinstance(get_loss("InfoNCE", temperature=0.1, margin=1.0), InfoNCELoss)

@@ -1,0 +1,43 @@
+import random
+
+import pytest
+
+from retrievals.evaluation.metrics import evaluate_run
+
+pytrec_eval = pytest.importorskip("pytrec_eval")
+
+
+def trec(run, qrels, k):
+    measures = {"map", "recip_rank", f"ndcg_cut.{k}", f"P.{k}", f"recall.{k}"}
+    per_query = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
+    mean = lambda key: sum(v[key] for v in per_query.values()) / len(per_query)  # noqa: E731
+    cut = {q: dict(sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:k]) for q, docs in run.items()}
+    rr_cut = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(cut)
+    return {"map": mean("map"), "mrr": mean("recip_rank"), f"ndcg@{k}": mean(f"ndcg_cut_{k}"), f"precision@{k}": mean(f"P_{k}"),
+            f"recall@{k}": mean(f"recall_{k}"), f"mrr@{k}": sum(v["recip_rank"] for v in rr_cut.values()) / len(rr_cut)}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_runs_match_trec_eval(seed):
+    rng = random.Random(seed)
+    qrels, run = {}, {}
+    for q in range(20):
+        docs = [f"d{i}" for i in range(50)]
+        judged = rng.sample(docs, rng.randint(1, 8))
+        qrels[f"q{q}"] = {d: rng.choice([0, 1, 2, 3]) for d in judged}
+        qrels[f"q{q}"][judged[0]] = max(1, qrels[f"q{q}"][judged[0]])
+        run[f"q{q}"] = {d: float(rng.randint(0, 10)) for d in rng.sample(docs, rng.randint(1, 30))}  # many ties
+    ours = evaluate_run(run, qrels, k_values=(10,))
+    for key, value in trec(run, qrels, 10).items():
+        assert ours[key] == pytest.approx(value, abs=1e-4), key
+
+
+def test_edge_cases():
+    qrels = {"q1": {"a": 1, "b": 1}, "q2": {"x": 2}, "q3": {"n": 0}}
+    run = {"q1": {"a": 0.9, "c": 0.5}}  # q2 not retrieved at all; q3 has no relevant doc -> skipped
+    ours = evaluate_run(run, qrels, k_values=(1, 10))
+    theirs = trec({"q1": run["q1"], "q2": {"zzz": 0.0}}, {"q1": qrels["q1"], "q2": qrels["q2"]}, 10)
+    for key, value in theirs.items():
+        assert ours[key] == pytest.approx(value, abs=1e-4), key
+    assert ours["ndcg@10"] < 0.5  # nDCG counts the unretrieved positive b in the ideal ranking
+    assert ours["hit@10"] == 0.5 and ours["hit@1"] <= 1.0

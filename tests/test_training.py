@@ -1,0 +1,105 @@
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrievals import AutoModelForEmbedding
+from retrievals.pipelines import embed
+from retrievals.training.output_dir import last_complete_checkpoint
+
+from .conftest import corpus_lines
+
+
+def cli(model, data, out, *extra):
+    return ["--model_name_or_path", model, "--train_data", data, "--output_dir", str(out), "--do_train",
+            "--per_device_train_batch_size", "4", "--learning_rate", "1e-3", "--logging_steps", "1",
+            "--train_group_size", "2", "--query_max_length", "16", "--document_max_length", "32",
+            "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no", *extra]
+
+
+def final_loss(out):
+    state = json.loads((Path(out) / "trainer_state.json").read_text())
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    return losses[0], losses[-1], state["global_step"]
+
+
+def test_train_lowers_loss_saves_and_reloads(tiny_bert, train_file, tmp_path, caplog):
+    out = tmp_path / "out"
+    code = embed.main(cli(tiny_bert, train_file, out, "--num_train_epochs", "4", "--fp16", "--temperature", "0.05"))
+    assert code == 0
+    assert "no CUDA GPU is available: training in float32" in caplog.text
+    first, last, steps = final_loss(out)
+    assert steps == 32 and last < first
+    model = AutoModelForEmbedding.from_pretrained(str(out))
+    assert model.retrieval_config.query_max_length == 16
+    base = AutoModelForEmbedding.from_pretrained(tiny_bert)
+    texts = corpus_lines(5)
+    assert not np.allclose(model.encode(texts), base.encode(texts))  # weights changed and were saved
+    # sentence-transformers loads the same folder with identical output
+    st = pytest.importorskip("sentence_transformers")
+    np.testing.assert_allclose(st.SentenceTransformer(str(out), device="cpu").encode(texts), model.encode(texts), atol=1e-5)
+
+
+def test_refuses_to_overwrite_a_model_unless_asked(tiny_bert, train_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "1")) == 0
+    before = (out / "model.safetensors").read_bytes()
+    assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "1")) == 2
+    assert "already holds a model; pass --overwrite_output_dir" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == before
+    assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "1", "--overwrite_output_dir")) == 0
+
+
+def test_killed_run_resumes_to_the_same_weights(tiny_bert, train_file, tmp_path, caplog):
+    args = ("--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--seed", "7")
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert embed.main(cli(tiny_bert, train_file, straight, *args)) == 0
+    assert embed.main(cli(tiny_bert, train_file, killed, *args)) == 0
+    # simulate a kill while saving checkpoint-4: no final model, checkpoint-4 without trainer_state.json
+    for entry in killed.iterdir():
+        if not entry.name.startswith("checkpoint-"):
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    (killed / "checkpoint-4" / "trainer_state.json").unlink()
+    assert last_complete_checkpoint(killed).endswith("checkpoint-2")
+    assert embed.main(cli(tiny_bert, train_file, killed, *args)) == 0
+    assert "Resuming from" in caplog.text and "checkpoint-2" in caplog.text
+    texts = corpus_lines(6)
+    a = AutoModelForEmbedding.from_pretrained(str(straight)).encode(texts)
+    b = AutoModelForEmbedding.from_pretrained(str(killed)).encode(texts)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_unknown_loss_and_bad_data_fail_before_training(tiny_bert, train_file, tmp_path, capsys):
+    assert embed.main(cli(tiny_bert, train_file, tmp_path / "o1", "--loss_fn", "nope")) == 2
+    assert "Unknown loss 'nope'; choose one of ['infonce', 'triplet']" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "q", "positive": ["p"], "negative": ["n"]}\n{"query": "q2", "negative": ["n"]}\n')
+    assert embed.main(cli(tiny_bert, str(bad), tmp_path / "o2")) == 2
+    assert "bad.jsonl:2: missing field 'positive'" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
+
+
+def test_lora_decoder_training_and_merged(tiny_qwen, train_file, tmp_path):
+    pytest.importorskip("peft")
+    out = tmp_path / "lora"
+    args = cli(tiny_qwen, train_file, out, "--max_steps", "3", "--use_lora", "True", "--save_merged", "True",
+               "--query_instruction", "Given a query\\nQuery: ", "--document_instruction", "# Document: ")
+    assert embed.main(args) == 0
+    assert (out / "adapter_config.json").is_file() and (out / "merged" / "model.safetensors").is_file()
+    adapter = AutoModelForEmbedding.from_pretrained(str(out))
+    merged = AutoModelForEmbedding.from_pretrained(str(out / "merged"))
+    assert adapter.retrieval_config.query_instruction == "Given a query\nQuery: "  # \n typed in a shell is a newline
+    texts = corpus_lines(5)
+    np.testing.assert_allclose(adapter.encode_queries(texts), merged.encode_queries(texts), atol=1e-5)
+
+
+def test_do_encode_writes_embeddings(tiny_bert, tmp_path):
+    data = tmp_path / "corpus.jsonl"
+    texts = corpus_lines(7)
+    data.write_text("\n".join(json.dumps({"text": t}) for t in texts) + "\n")
+    out = tmp_path / "enc"
+    assert embed.main(["--model_name_or_path", tiny_bert, "--output_dir", str(out), "--do_encode", "--encode_data", str(data)]) == 0
+    emb = np.load(out / "embeddings.npy")
+    np.testing.assert_allclose(emb, AutoModelForEmbedding.from_pretrained(tiny_bert).encode(texts), atol=1e-6)
