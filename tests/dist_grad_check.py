@@ -1,0 +1,39 @@
+"""Run under torchrun: gradients of InfoNCE with cross-device negatives for a fixed global batch.
+
+    torchrun --nproc_per_node N tests/dist_grad_check.py MODEL_DIR OUT.pt
+
+Each of the N processes takes its share of the same 4-query global batch; rank 0 saves the
+DDP-averaged gradients. N=1 and N=2 must give the same gradients.
+"""
+
+import sys
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from retrievals import AutoModelForEmbedding
+from retrievals.data import EmbeddingCollator
+from retrievals.losses import InfoNCELoss
+
+
+def main(model_dir: str, out: str) -> None:
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    model = AutoModelForEmbedding.from_pretrained(model_dir, pooling_method="mean")
+    model.train()
+    items = [{"query": f"tax card question {i} " * (i + 1), "documents": [f"answer {i} fee office", f"passport form {i} renew"]} for i in range(4)]
+    share = len(items) // world
+    batch = EmbeddingCollator(model.processor)(items[rank * share : (rank + 1) * share])
+    ddp = DistributedDataParallel(model)
+    output = ddp(**batch)
+    loss = InfoNCELoss(temperature=0.05, negatives_cross_device=True)(output.query_embeddings, output.document_embeddings)
+    loss.backward()
+    if rank == 0:
+        torch.save({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, out)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
