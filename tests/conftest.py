@@ -100,3 +100,24 @@ def train_file(tmp_path) -> str:
         for i in range(32):
             f.write(json.dumps({"query": lines[i], "positive": [lines[i + 32]], "negative": [lines[(i + 7) % 64], lines[(i + 11) % 64]]}) + "\n")
     return str(path)
+
+
+def run_torchrun(nproc: int, *args: str, cwd=None, timeout: int = 600, threads: int = 1):
+    """Run ``torchrun --nproc_per_node nproc ARGS`` on CPU; kill the whole process group on timeout."""
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(Path(__file__).parent.parent)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+           "--master_port", str(29500 + (os.getpid() * 7 + nproc) % 2000), *args]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=cwd, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"torchrun timed out after {timeout}s: {stderr[-4000:]}")
+    assert proc.returncode == 0, stderr[-4000:]
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)

@@ -26,7 +26,7 @@ def main(model_dir: str, out: str) -> None:
     items = [{"query": f"tax card question {i} " * (i + 1), "documents": [f"answer {i} fee office", f"passport form {i} renew"]} for i in range(4)]
     share = len(items) // world
     batch = EmbeddingCollator(model.processor)(items[rank * share : (rank + 1) * share])
-    ddp = DistributedDataParallel(model)
+    ddp = DistributedDataParallel(model, find_unused_parameters=True)  # as transformers' Trainer sets it for our models
     output = ddp(**batch)
     loss = InfoNCELoss(temperature=0.05, negatives_cross_device=True)(output.query_embeddings, output.document_embeddings)
     loss.backward()

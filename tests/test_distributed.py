@@ -1,8 +1,5 @@
 """torchrun on CPU (gloo): cross-device negatives and the seed command with 2 processes."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,21 +7,15 @@ import torch
 
 from retrievals import AutoModelForEmbedding
 
+from .conftest import run_torchrun
+
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).parent
 
 
-def torchrun(nproc, *args, cwd=None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(29500 + nproc + os.getpid() % 500), *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
-
-
 def test_cross_device_gradients_match_single_process(tiny_bert, tmp_path):
-    torchrun(1, str(HERE / "dist_grad_check.py"), tiny_bert, str(tmp_path / "one.pt"))
-    torchrun(2, str(HERE / "dist_grad_check.py"), tiny_bert, str(tmp_path / "two.pt"))
+    run_torchrun(1, str(HERE / "dist_grad_check.py"), tiny_bert, str(tmp_path / "one.pt"))
+    run_torchrun(2, str(HERE / "dist_grad_check.py"), tiny_bert, str(tmp_path / "two.pt"))
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert one.keys() == two.keys() and len(one) > 10
     for name in one:
@@ -34,7 +25,7 @@ def test_cross_device_gradients_match_single_process(tiny_bert, tmp_path):
 
 def test_seed_command_two_processes(tiny_bert, train_file, tmp_path):
     out = tmp_path / "out"
-    torchrun(2, "-m", "retrievals.pipelines.embed", "--output_dir", str(out), "--overwrite_output_dir",
+    run_torchrun(2, "-m", "retrievals.pipelines.embed", "--output_dir", str(out), "--overwrite_output_dir",
              "--model_name_or_path", tiny_bert, "--do_train", "--train_data", train_file, "--positive_key", "positive",
              "--negative_key", "negative", "--learning_rate", "3e-5", "--fp16", "--num_train_epochs", "1",
              "--per_device_train_batch_size", "4", "--dataloader_drop_last", "True", "--query_max_length", "64",

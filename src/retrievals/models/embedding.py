@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import trange
+from transformers.utils import ModelOutput
 
 from ..utils import instruction_as_prefix, logger, resolve_device, resolve_dtype
 from .base import (
@@ -54,7 +55,10 @@ class EmbeddingConfig(ModelConfig):
 
 
 @dataclass
-class EmbeddingOutput:
+class EmbeddingOutput(ModelOutput):
+    """A ``ModelOutput`` (a registered pytree), so DDP finds the tensors and its unused-parameter
+    search works (BERT's pooler gets no gradient)."""
+
     query_embeddings: Optional[torch.Tensor] = None
     document_embeddings: Optional[torch.Tensor] = None
 
