@@ -126,3 +126,13 @@ def test_unknown_pooling_and_kwarg(tiny_bert):
         AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="max")
     with pytest.raises(TypeError, match="unexpected keyword"):
         AutoModelForEmbedding.from_pretrained(tiny_bert, poolng_method="cls")
+
+
+@pytest.mark.parametrize("kind, side", [("bert", "right"), ("qwen", "left"), ("qwen", "right")])
+def test_chunked_embed_equals_one_pass(kind, side, tiny_bert, tiny_qwen):
+    model = AutoModelForEmbedding.from_pretrained(tiny_bert if kind == "bert" else tiny_qwen, padding_side=side, pooling_method="mean")
+    batch = model.pad(model.tokenize(corpus_lines(40)))
+    with torch.no_grad():
+        chunked = model.embed(batch, chunk_size=8)
+        whole = model.embed(batch, chunk_size=1000)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-4)

@@ -248,13 +248,31 @@ class AutoModelForEmbedding(nn.Module):
         return self.processor.pad(sequences)
 
     # ------------------------------------------------------------------ forward
-    def embed(self, batch: Batch, normalize: Optional[bool] = None) -> torch.Tensor:
-        """Pooled (and, by config, L2-normalised) embeddings of a padded batch."""
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    def embed(self, batch: Batch, normalize: Optional[bool] = None, chunk_size: int = 32) -> torch.Tensor:
+        """Pooled (and, by config, L2-normalised) embeddings of a padded batch.
+
+        A batch larger than ``chunk_size`` (such as the positives and negatives of a training
+        batch) runs as length-sorted chunks, each cut to its own longest sequence, so short texts
+        do not pay for the padding of long ones.
+        """
+        mask = batch["attention_mask"]
+        if mask.shape[0] <= chunk_size:
+            return self._embed_padded(batch["input_ids"], mask, normalize)
+        order = torch.argsort(mask.sum(dim=1), descending=True)
+        left = self.processor.tokenizer.padding_side == "left"
+        parts = []
+        for idx in order.split(chunk_size):
+            width = int(mask[idx].sum(dim=1).max())
+            cols = slice(mask.shape[1] - width, None) if left else slice(0, width)
+            parts.append(self._embed_padded(batch["input_ids"][idx][:, cols], mask[idx][:, cols], normalize))
+        return torch.cat(parts)[torch.argsort(order)]
+
+    def _embed_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, normalize: Optional[bool]) -> torch.Tensor:
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self.retrieval_config.decoder:  # correct positions under left padding
-            inputs["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+            inputs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         hidden = self.backbone(**inputs).last_hidden_state
-        emb = pool(hidden, batch["attention_mask"], self.retrieval_config.pooling_method)
+        emb = pool(hidden, attention_mask, self.retrieval_config.pooling_method)
         if self.retrieval_config.normalize_embeddings if normalize is None else normalize:
             emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
         return emb
