@@ -103,3 +103,17 @@ def test_do_encode_writes_embeddings(tiny_bert, tmp_path):
     assert embed.main(["--model_name_or_path", tiny_bert, "--output_dir", str(out), "--do_encode", "--encode_data", str(data)]) == 0
     emb = np.load(out / "embeddings.npy")
     np.testing.assert_allclose(emb, AutoModelForEmbedding.from_pretrained(tiny_bert).encode(texts), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind, extra", [("bert", ()), ("qwen", ("--use_lora", "True"))])
+def test_gradient_checkpointing_trains(kind, extra, tiny_bert, tiny_qwen, train_file, tmp_path):
+    if extra:
+        pytest.importorskip("peft")
+    out = tmp_path / "gc"
+    path = tiny_bert if kind == "bert" else tiny_qwen
+    assert embed.main(cli(path, train_file, out, "--max_steps", "3", "--gradient_checkpointing", "true", *extra)) == 0
+    first, last, steps = final_loss(out)
+    assert steps == 3 and np.isfinite(last)
+    texts = corpus_lines(4)
+    assert not np.allclose(AutoModelForEmbedding.from_pretrained(str(out)).encode(texts),
+                           AutoModelForEmbedding.from_pretrained(path).encode(texts))

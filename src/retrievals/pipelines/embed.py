@@ -5,7 +5,6 @@ Works as written under ``torchrun --nproc_per_node N -m retrievals.pipelines.emb
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ import numpy as np
 from transformers import HfArgumentParser, set_seed
 
 from ..data import EmbeddingCollator, TrainDataset, load_records
-from ..data.readers import DataError
+from ..data.readers import DataError, iter_raw
 from ..losses import EMBEDDING_LOSSES, get_loss
 from ..models.embedding import AutoModelForEmbedding
 from ..training import RetrievalTrainer, RetrievalTrainingArguments
@@ -117,23 +116,16 @@ def train(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
 
 
 def read_texts(path: str, key: str) -> List[str]:
-    """Texts from a .txt file (one per line) or JSONL (field ``key``), with file:line errors."""
+    """Texts from a .txt file (one per line) or JSON/JSONL (field ``key``), with file:line errors."""
     file = Path(path)
     if not file.is_file():
         raise DataError(f"{file}: no such file.")
-    lines = file.read_text(encoding="utf-8").splitlines()
     if file.suffix not in {".jsonl", ".json"}:
-        return [line for line in lines if line.strip()]
+        return [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
     texts = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{file}:{lineno}: invalid JSON ({exc.msg}).") from None
+    for where, obj in iter_raw(str(file)):
         if not isinstance(obj, dict) or not isinstance(obj.get(key), str):
-            raise DataError(f"{file}:{lineno}: field '{key}' must be a string.")
+            raise DataError(f"{where}: field '{key}' must be a string.")
         texts.append(obj[key])
     return texts
 
