@@ -233,11 +233,15 @@ class AutoModelForEmbedding(nn.Module):
     def embedding_dim(self) -> int:
         return int(self.backbone.config.hidden_size)
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None) -> None:
-        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
-        self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: Optional[dict] = None, **kwargs: Any) -> None:
+        """Recompute activations in backward to save memory (``--gradient_checkpointing``)."""
+        ckpt_kwargs = activation_checkpointing_kwargs or {"use_reentrant": False}
+        self.backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt_kwargs, **kwargs)
         if is_peft_model(self.backbone):
             self.backbone.enable_input_require_grads()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None) -> None:
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs)
 
     # ------------------------------------------------------------------ tokenization
     def tokenize(self, texts: Sequence[str], is_query: bool = False, max_length: Optional[int] = None) -> List[List[int]]:
