@@ -41,3 +41,18 @@ def test_edge_cases():
         assert ours[key] == pytest.approx(value, abs=1e-4), key
     assert ours["ndcg@10"] < 0.5  # nDCG counts the unretrieved positive b in the ideal ranking
     assert ours["hit@10"] == 0.5 and ours["hit@1"] <= 1.0
+
+
+def test_evaluate_embedder_map_uses_full_depth(tiny_bert):
+    from retrievals import AutoModelForEmbedding
+    from retrievals.evaluation import evaluate_embedder
+
+    from .conftest import corpus_lines
+
+    lines = corpus_lines(40)
+    corpus = {f"d{i}": t for i, t in enumerate(lines[:30])}
+    queries = {f"q{i}": t for i, t in enumerate(lines[30:])}
+    qrels = {q: {f"d{i}": 1} for i, q in enumerate(queries)}
+    res = evaluate_embedder(AutoModelForEmbedding.from_pretrained(tiny_bert), corpus, queries, qrels, k_values=(1,))
+    assert res["map"] >= res["mrr@1"] and res["map"] > 0  # every positive is within depth 30, so MAP > 0 for all
+    assert res["recall@1"] <= 1.0

@@ -22,7 +22,11 @@ def retrieve(model: Any, corpus: Mapping[str, str], queries: Mapping[str, str], 
 
 
 def evaluate_embedder(model: Any, corpus: Mapping[str, str], queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]],
-                      k_values: Iterable[int] = (1, 3, 5, 10, 100), batch_size: int = 64, show_progress_bar: bool = False) -> Dict[str, float]:
-    """Metrics of ``model`` retrieving from ``corpus`` for ``queries`` judged by ``qrels``."""
-    run = retrieve(model, corpus, queries, top_k=max(k_values), batch_size=batch_size, show_progress_bar=show_progress_bar)
+                      k_values: Iterable[int] = (1, 3, 5, 10, 100), top_k: int = 100, batch_size: int = 64,
+                      show_progress_bar: bool = False) -> Dict[str, float]:
+    """Metrics of ``model`` retrieving the top ``top_k`` (at least max k) documents from ``corpus`` for
+    ``queries`` judged by ``qrels``; MAP and MRR without a cut are computed over that depth."""
+    k_values = tuple(k_values)
+    depth = max(top_k, *k_values)
+    run = retrieve(model, corpus, queries, top_k=depth, batch_size=batch_size, show_progress_bar=show_progress_bar)
     return evaluate_run(run, qrels, k_values)
