@@ -136,3 +136,20 @@ def test_chunked_embed_equals_one_pass(kind, side, tiny_bert, tiny_qwen):
         chunked = model.embed(batch, chunk_size=8)
         whole = model.embed(batch, chunk_size=1000)
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-4)
+
+
+def test_decoder_with_eos_loads_identically_in_sentence_transformers(tiny_qwen, tmp_path):
+    st = pytest.importorskip("sentence_transformers")
+    model = AutoModelForEmbedding.from_pretrained(tiny_qwen, query_instruction="Query: ", padding_side="right",
+                                                  query_max_length=24, document_max_length=24)
+    assert model.retrieval_config.append_eos and not model.processor.eos_added_by_tokenizer
+    texts = corpus_lines(9) + ["tax card " * 40]  # the last one is truncated
+    expected_q, expected_d = model.encode_queries(texts), model.encode_corpus(texts)
+    model.save_pretrained(tmp_path / "m")
+    reloaded = AutoModelForEmbedding.from_pretrained(str(tmp_path / "m"))
+    assert reloaded.processor.eos_added_by_tokenizer  # the saved tokenizer now adds EOS itself
+    assert reloaded.tokenize(texts) == model.tokenize(texts)
+    np.testing.assert_allclose(reloaded.encode_queries(texts), expected_q, atol=1e-6)
+    theirs = st.SentenceTransformer(str(tmp_path / "m"), device="cpu")
+    np.testing.assert_allclose(theirs.encode_query(texts), expected_q, atol=1e-5)
+    np.testing.assert_allclose(theirs.encode_document(texts), expected_d, atol=1e-5)

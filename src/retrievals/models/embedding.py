@@ -176,7 +176,7 @@ class AutoModelForEmbedding(nn.Module):
             lora = False
         with atomic_directory(path) as scratch:
             backbone.save_pretrained(scratch)
-            self.tokenizer.save_pretrained(scratch)
+            self._tokenizer_for_saving(config).save_pretrained(scratch)
             if not lora:
                 config.lora_base = None
                 self._write_st_files(scratch, config)
@@ -189,10 +189,10 @@ class AutoModelForEmbedding(nn.Module):
             if prefix is None:
                 warn_unsupported_prefix(kind)
             prompts.append(prefix)
-        if config.append_eos and not self.processor.eos_added_by_tokenizer:
+        if config.append_eos and not self.processor.eos_added_by_tokenizer and not _is_fast(self.tokenizer):
             logger.warning(
-                "This model appends EOS to every text, which sentence-transformers does not do: load it with "
-                "retrievals.AutoModelForEmbedding for identical embeddings."
+                "This model appends EOS to every text and its tokenizer is not a fast one, so sentence-transformers "
+                "will not: load it with retrievals.AutoModelForEmbedding for identical embeddings."
             )
         write_st_files(
             path,
@@ -203,6 +203,26 @@ class AutoModelForEmbedding(nn.Module):
             query_prompt=prompts[0],
             document_prompt=prompts[1],
         )
+
+    def _tokenizer_for_saving(self, config: EmbeddingConfig) -> Any:
+        """The tokenizer to save: when the model appends EOS itself, a copy whose post-processor adds it,
+        so the saved folder tokenizes the same in retrievals and sentence-transformers (as Qwen3-Embedding does).
+
+        Truncation then counts the EOS within the max length, exactly as :class:`TextProcessor` does.
+        """
+        tokenizer = self.tokenizer
+        if not (config.append_eos and not self.processor.eos_added_by_tokenizer and _is_fast(tokenizer)):
+            return tokenizer
+        from tokenizers import processors
+
+        tokenizer = copy.deepcopy(tokenizer)
+        eos, eos_id = tokenizer.eos_token, tokenizer.eos_token_id
+        add_eos = processors.TemplateProcessing(
+            single=f"$A:0 {eos}:0", pair=f"$A:0 {eos}:0 $B:1 {eos}:1", special_tokens=[(eos, eos_id)]
+        )
+        backend = tokenizer.backend_tokenizer
+        backend.post_processor = processors.Sequence([backend.post_processor, add_eos]) if backend.post_processor else add_eos
+        return tokenizer
 
     def load_weights(self, path: str | os.PathLike) -> None:
         """Load weights saved by :meth:`save_pretrained` (used when resuming a training checkpoint)."""
@@ -343,6 +363,10 @@ class AutoModelForEmbedding(nn.Module):
     def __repr__(self) -> str:
         fields = {f.name: getattr(self.retrieval_config, f.name) for f in dataclasses.fields(self.retrieval_config)}
         return f"AutoModelForEmbedding({type(self.backbone).__name__}, {fields})"
+
+
+def _is_fast(tokenizer: Any) -> bool:
+    return getattr(tokenizer, "backend_tokenizer", None) is not None and tokenizer.eos_token_id is not None
 
 
 def _has_tokenizer(path: str) -> bool:
