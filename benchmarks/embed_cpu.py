@@ -47,16 +47,17 @@ def triplets(split, negatives):
     return rows
 
 
-def train_ours(model_path, rows, out, max_steps=None, epochs=1.0):
+def train_ours(model_path, rows, out, max_steps=None, epochs=1.0, q_len=Q_LEN, d_len=D_LEN, extra=()):
     data = Path(out) / "train.jsonl"
     data.parent.mkdir(parents=True, exist_ok=True)
     data.write_text("".join(json.dumps({"query": q, "positive": [p], "negative": [n]}) + "\n" for q, p, n in rows))
     cli = ["--model_name_or_path", model_path, "--train_data", str(data), "--output_dir", str(Path(out) / "model"),
            "--do_train", "--per_device_train_batch_size", str(BATCH), "--learning_rate", str(LR), "--temperature", str(TEMPERATURE),
-           "--train_group_size", "2", "--query_max_length", str(Q_LEN), "--document_max_length", str(D_LEN),
+           "--train_group_size", "2", "--query_max_length", str(q_len), "--document_max_length", str(d_len),
            "--warmup_steps", "0.1", "--logging_steps", "10", "--save_strategy", "no", "--report_to", "none",
            "--disable_tqdm", "true", "--seed", "42", "--dataloader_drop_last", "true"]
     cli += ["--max_steps", str(max_steps)] if max_steps else ["--num_train_epochs", str(epochs)]
+    cli += list(extra)
     from transformers import HfArgumentParser
 
     from retrievals.training import RetrievalTrainingArguments
@@ -68,18 +69,18 @@ def train_ours(model_path, rows, out, max_steps=None, epochs=1.0):
     return time.perf_counter() - start, str(Path(out) / "model")
 
 
-def train_theirs(model_path, rows, out, max_steps=None, epochs=1.0):
+def train_theirs(model_path, rows, out, max_steps=None, epochs=1.0, max_len=D_LEN, **precision):
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.losses import MultipleNegativesRankingLoss
 
     model = SentenceTransformer(model_path, device="cpu")
-    model.max_seq_length = D_LEN
+    model.max_seq_length = max_len
     ds = Dataset.from_dict({"anchor": [r[0] for r in rows], "positive": [r[1] for r in rows], "negative": [r[2] for r in rows]})
     kwargs = {"max_steps": max_steps} if max_steps else {"num_train_epochs": epochs}
     args = SentenceTransformerTrainingArguments(
         output_dir=str(Path(out) / "st"), per_device_train_batch_size=BATCH, learning_rate=LR, warmup_steps=0.1,
-        logging_steps=10, save_strategy="no", report_to="none", disable_tqdm=True, seed=42, dataloader_drop_last=True, **kwargs)
+        logging_steps=10, save_strategy="no", report_to="none", disable_tqdm=True, seed=42, dataloader_drop_last=True, **kwargs, **precision)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds,
                                          loss=MultipleNegativesRankingLoss(model, scale=1.0 / TEMPERATURE))
     start = time.perf_counter()
