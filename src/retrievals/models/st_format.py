@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from ..utils import logger
+
 _POOL_FLAGS = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "last": "pooling_mode_lasttoken"}
 _POOL_NAMES = {"cls": "cls", "mean": "mean", "lasttoken": "last", "last": "last"}
 
@@ -84,3 +86,11 @@ def write_st_files(
     prompts = {"query": query_prompt or "", "document": document_prompt or ""}
     st_config = {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine" if normalize else "dot"}
     (path / "config_sentence_transformers.json").write_text(json.dumps(st_config, indent=2) + "\n", encoding="utf-8")
+
+
+def warn_unsupported_prefix(kind: str) -> None:
+    logger.warning(
+        "The %s instruction is a template with text after '{}': sentence-transformers cannot express it as a "
+        "prompt, so the sentence-transformers files are written without it. retrievals reloads it exactly.",
+        kind,
+    )

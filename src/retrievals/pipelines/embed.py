@@ -16,7 +16,7 @@ from transformers import HfArgumentParser, set_seed
 
 from ..data import EmbeddingCollator, TrainDataset, load_records
 from ..data.readers import DataError, iter_raw
-from ..losses import EMBEDDING_LOSSES, get_loss
+from ..losses import get_loss
 from ..models.embedding import AutoModelForEmbedding
 from ..training import RetrievalTrainer, RetrievalTrainingArguments
 from ..training.arguments import DataArguments
@@ -83,8 +83,13 @@ def build_model(model_args: EmbedModelArguments, data_args: DataArguments) -> Au
 
 def train(model_args: EmbedModelArguments, data_args: DataArguments, args: RetrievalTrainingArguments) -> AutoModelForEmbedding:
     """Validate data, build model and trainer, train (resuming when possible) and save to output_dir."""
-    if args.loss_fn.lower() not in EMBEDDING_LOSSES:
-        raise ValueError(f"Unknown loss {args.loss_fn!r}; choose one of {sorted(EMBEDDING_LOSSES)}.")
+    loss = get_loss(  # first, so a wrong name fails before any data or model is loaded
+        args.loss_fn,
+        temperature=args.temperature,
+        margin=args.margin,
+        use_inbatch_neg=args.use_inbatch_neg,
+        negatives_cross_device=args.negatives_cross_device,
+    )
     if not data_args.train_data:
         raise DataError("--do_train needs --train_data (JSONL/JSON files or folders).")
     needs_negatives = data_args.train_group_size - 1
@@ -97,13 +102,6 @@ def train(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
     set_seed(args.seed)
     model = build_model(model_args, data_args)
     dataset = TrainDataset(records, data_args.train_group_size, args.seed, data_args.unfold_each_positive)
-    loss = get_loss(
-        args.loss_fn,
-        temperature=args.temperature,
-        margin=args.margin,
-        use_inbatch_neg=args.use_inbatch_neg,
-        negatives_cross_device=args.negatives_cross_device,
-    )
     trainer = RetrievalTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=EmbeddingCollator(model.processor), loss_fn=loss
     )
