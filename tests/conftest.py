@@ -104,7 +104,7 @@ def train_file(tmp_path) -> str:
     return str(path)
 
 
-def run_torchrun(nproc: int, *args: str, cwd=None, timeout: int = 600, threads: int = 1):
+def run_torchrun(nproc: int, *args: str, cwd=None, timeout: int = 300, threads: int = 1):
     """Run ``torchrun --nproc_per_node nproc ARGS`` on CPU; kill the whole process group on timeout."""
     import signal
     import subprocess
@@ -118,6 +118,10 @@ def run_torchrun(nproc: int, *args: str, cwd=None, timeout: int = 600, threads: 
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        import psutil  # torchrun starts its workers in sessions of their own: kill the whole tree
+
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
         os.killpg(proc.pid, signal.SIGKILL)
         stdout, stderr = proc.communicate()
         raise AssertionError(f"torchrun timed out after {timeout}s: {stderr[-4000:]}")

@@ -15,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from retrievals import AutoModelForEmbedding
 from retrievals.data import EmbeddingCollator
 from retrievals.losses import InfoNCELoss
+from retrievals.training.distributed import shutdown_distributed
 
 
 def main(model_dir: str, out: str) -> None:
@@ -32,7 +33,10 @@ def main(model_dir: str, out: str) -> None:
     loss.backward()
     if rank == 0:
         torch.save({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, out)
-    dist.destroy_process_group()
+    # Free DDP's reducer while the group is still registered: if the reducer held the last
+    # reference, the gloo group's destructor would join its threads with the GIL held and hang.
+    del ddp, output, loss
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

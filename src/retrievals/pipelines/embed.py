@@ -20,6 +20,7 @@ from ..losses import get_loss
 from ..models.embedding import AutoModelForEmbedding
 from ..training import RetrievalTrainer, RetrievalTrainingArguments
 from ..training.arguments import DataArguments
+from ..training.distributed import shutdown_distributed
 from ..training.output_dir import OutputDirError, resolve_output_dir
 from ..utils import logger, unescape_cli
 
@@ -157,6 +158,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 encode(model, enc, args.output_dir)
         if model is None:
             parser.error("nothing to do: pass --do_train with --train_data, and/or --do_encode")
+        shutdown_distributed()
     except (DataError, OutputDirError, ValueError) as exc:
         logger.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)

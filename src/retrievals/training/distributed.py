@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Tuple
 
 import torch
@@ -29,3 +30,16 @@ def gather_with_grad(tensor: torch.Tensor) -> Tuple[torch.Tensor, int]:
     from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(tensor.contiguous()), dim=0), rank
+
+
+def shutdown_distributed() -> None:
+    """Destroy the default process group, if any, after freeing objects that hold it.
+
+    Called at the end of a torchrun pipeline. Without it the group is freed during interpreter
+    teardown, possibly from a DDP reducer's destructor that holds the GIL while gloo's worker
+    threads need it: the process then hangs instead of exiting.
+    """
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()
+        dist.barrier()
+        dist.destroy_process_group()
