@@ -3,5 +3,6 @@
 __version__ = "0.1.0"
 
 from .models.embedding import AutoModelForEmbedding  # noqa: E402
+from .models.rankers import AutoModelForRanking, RerankResult  # noqa: E402
 
-__all__ = ["AutoModelForEmbedding", "__version__"]
+__all__ = ["AutoModelForEmbedding", "AutoModelForRanking", "RerankResult", "__version__"]

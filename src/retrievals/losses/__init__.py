@@ -8,9 +8,12 @@ from typing import Any, Dict, Type
 from torch import nn
 
 from .infonce import InfoNCELoss
+from .listwise_ce import ListwiseCrossEntropyLoss
+from .pointwise_bce import PointwiseBCELoss
 from .triplet import TripletMarginLoss
 
 EMBEDDING_LOSSES: Dict[str, Type[nn.Module]] = {"infonce": InfoNCELoss, "triplet": TripletMarginLoss}
+RANKING_LOSSES: Dict[str, Type[nn.Module]] = {"ce": ListwiseCrossEntropyLoss, "bce": PointwiseBCELoss}
 
 
 def get_loss(name: str, registry: Dict[str, Type[nn.Module]] = EMBEDDING_LOSSES, **kwargs: Any) -> nn.Module:
@@ -22,4 +25,7 @@ def get_loss(name: str, registry: Dict[str, Type[nn.Module]] = EMBEDDING_LOSSES,
     return registry[key](**{k: v for k, v in kwargs.items() if k in accepted})
 
 
-__all__ = ["EMBEDDING_LOSSES", "InfoNCELoss", "TripletMarginLoss", "get_loss"]
+__all__ = [
+    "EMBEDDING_LOSSES", "InfoNCELoss", "ListwiseCrossEntropyLoss", "PointwiseBCELoss", "RANKING_LOSSES", "TripletMarginLoss",
+    "get_loss",
+]

@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Type, TypeVar
 
+from safetensors.torch import load_file
+
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 from transformers.models.auto.modeling_auto import (
@@ -79,6 +81,12 @@ def lora_base_of(path: str | os.PathLike) -> str:
     if not base:
         raise ValueError(f"{Path(path) / ADAPTER_CONFIG_NAME}: field 'base_model_name_or_path' is missing.")
     return base
+
+
+def has_tokenizer(path: str) -> bool:
+    """Whether ``path`` is a folder with tokenizer files."""
+    p = Path(path)
+    return p.is_dir() and any((p / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
 
 
 def load_tokenizer(path: str, padding_side: Optional[str] = None, trust_remote_code: bool = False):
@@ -162,3 +170,47 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
+
+
+def load_backbone_weights(backbone: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Load weights that ``save_pretrained`` wrote into ``backbone`` (LoRA adapter or full weights).
+
+    Used when resuming a training checkpoint; fails when the checkpoint lacks weights the model has.
+    """
+    path = Path(path)
+    if is_peft_model(backbone):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(backbone, load_file(str(path / "adapter_model.safetensors")))
+        return
+    files = sorted(path.glob("model*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{path}: no model*.safetensors to load.")
+    state: Dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(load_file(str(file)))
+    backbone.load_state_dict(state, strict=False)
+    missing = set(backbone.state_dict()) - set(state)
+    tied = {k for k in missing if "lm_head" in k or "position_ids" in k}
+    if missing - tied:
+        raise ValueError(f"{path}: checkpoint lacks weights {sorted(missing - tied)[:5]} ...")
+
+
+class CheckpointingMixin:
+    """``--gradient_checkpointing`` support for models that keep their transformer in ``self.backbone``."""
+
+    backbone: torch.nn.Module
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: Optional[dict] = None, **kwargs: Any) -> None:
+        """Recompute activations in backward to save memory."""
+        ckpt_kwargs = activation_checkpointing_kwargs or {"use_reentrant": False}
+        self.backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt_kwargs, **kwargs)
+        if is_peft_model(self.backbone):
+            self.backbone.enable_input_require_grads()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None) -> None:
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device

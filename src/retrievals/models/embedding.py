@@ -11,21 +11,23 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import trange
 from transformers.utils import ModelOutput
 
 from ..utils import instruction_as_prefix, logger, resolve_device, resolve_dtype
 from .base import (
+    CheckpointingMixin,
     ModelConfig,
     add_lora,
     atomic_directory,
+    has_tokenizer,
     hf_config,
     is_decoder_only,
     is_lora_dir,
     is_peft_model,
     load_backbone,
+    load_backbone_weights,
     load_lora,
     load_tokenizer,
     lora_base_of,
@@ -62,7 +64,7 @@ class EmbeddingOutput(ModelOutput):
     document_embeddings: Optional[torch.Tensor] = None
 
 
-class AutoModelForEmbedding(nn.Module):
+class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
     """A transformer plus pooling that turns texts into vectors.
 
     Build it with :meth:`from_pretrained`; use :meth:`encode`, :meth:`encode_queries` and
@@ -141,7 +143,7 @@ class AutoModelForEmbedding(nn.Module):
             append_eos=append_eos,
             padding_side=padding_side,
         )
-        tokenizer_path = tokenizer_name or (path if _has_tokenizer(path) else base_path)
+        tokenizer_path = tokenizer_name or (path if has_tokenizer(path) else base_path)
         tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=trust_remote_code)
         if padding_side is None and not saved_by_us:
             config.padding_side = tokenizer.padding_side
@@ -225,42 +227,12 @@ class AutoModelForEmbedding(nn.Module):
 
     def load_weights(self, path: str | os.PathLike) -> None:
         """Load weights saved by :meth:`save_pretrained` (used when resuming a training checkpoint)."""
-        path = Path(path)
-        if is_peft_model(self.backbone):
-            from peft import set_peft_model_state_dict
-
-            set_peft_model_state_dict(self.backbone, load_file(str(path / "adapter_model.safetensors")))
-            return
-        files = sorted(path.glob("model*.safetensors"))
-        if not files:
-            raise FileNotFoundError(f"{path}: no model*.safetensors to load.")
-        state: Dict[str, torch.Tensor] = {}
-        for file in files:
-            state.update(load_file(str(file)))
-        self.backbone.load_state_dict(state, strict=False)
-        missing = set(self.backbone.state_dict()) - set(state)
-        tied = {k for k in missing if "lm_head" in k or "position_ids" in k}
-        if missing - tied:
-            raise ValueError(f"{path}: checkpoint lacks weights {sorted(missing - tied)[:5]} ...")
+        load_backbone_weights(self.backbone, path)
 
     # ------------------------------------------------------------------ properties
     @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
     def embedding_dim(self) -> int:
         return int(self.backbone.config.hidden_size)
-
-    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: Optional[dict] = None, **kwargs: Any) -> None:
-        """Recompute activations in backward to save memory (``--gradient_checkpointing``)."""
-        ckpt_kwargs = activation_checkpointing_kwargs or {"use_reentrant": False}
-        self.backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt_kwargs, **kwargs)
-        if is_peft_model(self.backbone):
-            self.backbone.enable_input_require_grads()
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None) -> None:
-        self.activation_checkpointing_enable(gradient_checkpointing_kwargs)
 
     # ------------------------------------------------------------------ tokenization
     def tokenize(self, texts: Sequence[str], is_query: bool = False, max_length: Optional[int] = None) -> List[List[int]]:
@@ -366,11 +338,6 @@ class AutoModelForEmbedding(nn.Module):
 
 def _is_fast(tokenizer: Any) -> bool:
     return getattr(tokenizer, "backend_tokenizer", None) is not None and tokenizer.eos_token_id is not None
-
-
-def _has_tokenizer(path: str) -> bool:
-    p = Path(path)
-    return p.is_dir() and any((p / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
 
 
 def _doc_text(doc: Any) -> str:

@@ -42,13 +42,28 @@ class TextProcessor:
 
     def pad(self, sequences: Sequence[Sequence[int]]) -> Dict[str, torch.Tensor]:
         """Pad to the longest sequence of this batch on the tokenizer's padding side."""
-        longest = max(len(s) for s in sequences)
-        input_ids = torch.full((len(sequences), longest), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-        left = self.tokenizer.padding_side == "left"
-        for row, seq in enumerate(sequences):
-            n = len(seq)
-            span = slice(longest - n, longest) if left else slice(0, n)
-            input_ids[row, span] = torch.as_tensor(seq, dtype=torch.long)
-            attention_mask[row, span] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+        return pad_ids(sequences, self.tokenizer.pad_token_id, left=self.tokenizer.padding_side == "left")
+
+
+def pad_ids(
+    sequences: Sequence[Sequence[int]],
+    pad_id: int,
+    left: bool = False,
+    token_type_ids: Optional[Sequence[Sequence[int]]] = None,
+) -> Dict[str, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` (and ``token_type_ids`` when given) padded to the batch's longest."""
+    longest = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    types = torch.zeros((len(sequences), longest), dtype=torch.long) if token_type_ids is not None else None
+    for row, seq in enumerate(sequences):
+        n = len(seq)
+        span = slice(longest - n, longest) if left else slice(0, n)
+        input_ids[row, span] = torch.as_tensor(seq, dtype=torch.long)
+        attention_mask[row, span] = 1
+        if types is not None:
+            types[row, span] = torch.as_tensor(token_type_ids[row], dtype=torch.long)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if types is not None:
+        batch["token_type_ids"] = types
+    return batch

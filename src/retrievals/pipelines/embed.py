@@ -12,16 +12,17 @@ from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
-from transformers import HfArgumentParser, set_seed
+from transformers import HfArgumentParser
 
-from ..data import EmbeddingCollator, TrainDataset, load_records
+from ..data import EmbeddingCollator
 from ..data.readers import DataError, iter_raw
 from ..losses import get_loss
 from ..models.embedding import AutoModelForEmbedding
-from ..training import RetrievalTrainer, RetrievalTrainingArguments
+from ..training import RetrievalTrainingArguments
 from ..training.arguments import DataArguments
 from ..training.distributed import shutdown_distributed
-from ..training.output_dir import OutputDirError, resolve_output_dir
+from ..training.output_dir import OutputDirError
+from ..training.run import run_training
 from ..utils import logger, unescape_cli
 
 
@@ -91,27 +92,9 @@ def train(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
         use_inbatch_neg=args.use_inbatch_neg,
         negatives_cross_device=args.negatives_cross_device,
     )
-    if not data_args.train_data:
-        raise DataError("--do_train needs --train_data (JSONL/JSON files or folders).")
-    needs_negatives = data_args.train_group_size - 1
-    records = load_records(
-        data_args.train_data, data_args.query_key, data_args.positive_key, data_args.negative_key, min_negatives=needs_negatives
+    return run_training(
+        lambda: build_model(model_args, data_args), lambda model: EmbeddingCollator(model.processor), loss, data_args, args
     )
-    checkpoint = args.resume_from_checkpoint or resolve_output_dir(args.output_dir, args.overwrite_output_dir, args.resume)
-    if checkpoint:
-        logger.warning("Resuming from %s", checkpoint)
-    set_seed(args.seed)
-    model = build_model(model_args, data_args)
-    dataset = TrainDataset(records, data_args.train_group_size, args.seed, data_args.unfold_each_positive)
-    trainer = RetrievalTrainer(
-        model=model, args=args, train_dataset=dataset, data_collator=EmbeddingCollator(model.processor), loss_fn=loss
-    )
-    trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(args.output_dir)
-    if args.save_merged and trainer.is_world_process_zero() and model.retrieval_config.lora_base:
-        model.save_pretrained(Path(args.output_dir) / "merged", merge_lora=True)
-    trainer.save_state()
-    return model
 
 
 def read_texts(path: str, key: str) -> List[str]:

@@ -55,4 +55,11 @@ class DataArguments:
     unfold_each_positive: bool = field(default=False, metadata={"help": "One training item per (query, positive)."})
     query_max_length: int | None = field(default=None, metadata={"help": "Max tokens of a query (with instruction)."})
     document_max_length: int | None = field(default=None, metadata={"help": "Max tokens of a document."})
-    max_length: int | None = field(default=None, metadata={"help": "Sets both max lengths when given."})
+    max_length: int | None = field(default=None, metadata={"help": "Sets both max lengths when given (rerankers: the input length)."})
+    max_len: int | None = field(default=None, metadata={"help": "Same as --max_length."})
+
+    def __post_init__(self) -> None:
+        if self.max_len is not None:
+            if self.max_length is not None and self.max_length != self.max_len:
+                raise ValueError(f"--max_len {self.max_len} and --max_length {self.max_length} disagree; pass one.")
+            self.max_length = self.max_len

@@ -43,7 +43,8 @@ class RetrievalTrainer(Trainer):
 
     @staticmethod
     def loss_inputs(outputs: Any) -> tuple:
-        return (outputs.query_embeddings, outputs.document_embeddings)
+        """The output's tensors in field order: (query, document embeddings) or (scores, targets)."""
+        return outputs.to_tuple()
 
     def _save(self, output_dir: Optional[str] = None, state_dict: Optional[dict] = None) -> None:
         output_dir = output_dir or self.args.output_dir

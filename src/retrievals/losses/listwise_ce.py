@@ -1,0 +1,28 @@
+"""Softmax cross-entropy over each query's candidate scores (rerankers)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ListwiseCrossEntropyLoss(nn.Module):
+    """Cross-entropy of each query's positive among its candidates, scores divided by ``temperature``.
+
+    Inputs: ``scores`` [B, C] (a query's group [positive, negatives], or every document of the
+    batch for in-batch negatives) and ``targets`` [B], the column of each query's positive.
+    Needs ``train_group_size >= 2`` or in-batch candidates. The default for every reranker:
+    temperature 1 for raw logits (cross-encoder, LLM), about 0.05 for ColBERT's [-1, 1] scores.
+    """
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}.")
+        self.temperature = temperature
+
+    def forward(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if scores.shape[1] < 2:
+            raise ValueError("ListwiseCrossEntropyLoss needs at least 2 candidates per query (train_group_size >= 2).")
+        return F.cross_entropy(scores.float() / self.temperature, targets)

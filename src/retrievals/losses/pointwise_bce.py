@@ -1,0 +1,25 @@
+"""Pointwise binary cross-entropy on reranker scores."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PointwiseBCELoss(nn.Module):
+    """Each (query, candidate) is a binary example: label 1 for the positive, 0 for the rest.
+
+    Inputs: ``scores`` [B, C] (logits) and ``targets`` [B], the column of each query's positive.
+    Use it when scores must be calibrated probabilities (``sigmoid(score)``) or groups have a
+    single candidate; the listwise loss usually ranks better.
+    """
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        labels = torch.zeros_like(scores, dtype=torch.float32)
+        labels[torch.arange(scores.shape[0], device=scores.device), targets] = 1.0
+        return F.binary_cross_entropy_with_logits(scores.float() / self.temperature, labels)

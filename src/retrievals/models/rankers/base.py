@@ -1,0 +1,282 @@
+"""What every reranker shares: config, result type, loading/saving, windowed batched scoring."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type, Union
+
+import torch
+from torch import nn
+from tqdm.auto import trange
+from transformers.utils import ModelOutput
+
+from ...utils import logger, resolve_device, resolve_dtype
+from ..base import (
+    CheckpointingMixin,
+    ModelConfig,
+    add_lora,
+    atomic_directory,
+    has_tokenizer,
+    hf_config,
+    is_lora_dir,
+    is_peft_model,
+    load_backbone_weights,
+    load_lora,
+    load_tokenizer,
+    lora_base_of,
+)
+
+Pair = Tuple[str, str]
+Batch = Dict[str, torch.Tensor]
+
+
+@dataclass
+class RankerConfig(ModelConfig):
+    """Settings every reranker persists in ``retrievals_config.json``.
+
+    ``max_length`` is the longest input the model sees: the whole (query, document) pair for
+    cross-encoders and LLM rerankers, the document for ColBERT. Longer documents are split into
+    windows of that size overlapping by ``window_overlap`` tokens and scored by their best window
+    (``score_windows=False``: first window only, as in training).
+    """
+
+    model_type: str = ""
+    query_instruction: str = ""
+    document_instruction: str = ""
+    query_max_length: int = 64
+    max_length: int = 512
+    window_overlap: int = 32
+    score_windows: bool = True
+
+
+@dataclass
+class RerankResult:
+    """One reranked document: its position in the input list, the text, the score and its rank (0 = best)."""
+
+    index: int
+    document: str
+    score: float
+    rank: int
+
+
+@dataclass
+class RankingOutput(ModelOutput):
+    """Training output: ``scores`` [queries, candidates] and the column of each query's positive."""
+
+    scores: Optional[torch.Tensor] = None
+    targets: Optional[torch.Tensor] = None
+
+
+class BaseRanker(CheckpointingMixin, nn.Module):
+    """A reranker: subclasses set ``config_class``/``model_type``, load their backbone and turn a
+    (query, document) pair into scoring units (one per document window).
+
+    Subclass contract:
+
+    * ``_load_backbone(path, config, dtype, trust_remote_code)`` -> the transformer,
+    * ``processor``: builds units with ``units(query, document, all_windows)`` and batches them with
+      ``collate_units(units)``; as a data collator it turns ``[{"query", "documents"}]`` into the
+      keyword arguments of ``forward``,
+    * ``score_units(batch)`` -> one score per unit (the same function training uses),
+    * ``forward(**training_batch)`` -> :class:`RankingOutput`.
+    """
+
+    config_class: ClassVar[Type[RankerConfig]] = RankerConfig
+    model_type: ClassVar[str] = ""
+    lora_task_type: ClassVar[str] = "FEATURE_EXTRACTION"
+
+    def __init__(self, backbone: nn.Module, tokenizer: Any, config: RankerConfig) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.retrieval_config = config
+        self.config = getattr(backbone, "config", None)  # what transformers' Trainer looks for
+        self.processor = self._make_processor()
+
+    # ------------------------------------------------------------------ building
+    def _make_processor(self) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def _load_backbone(cls, path: str, config: RankerConfig, dtype: Optional[torch.dtype], trust_remote_code: bool) -> nn.Module:
+        raise NotImplementedError
+
+    @classmethod
+    def _default_config(cls, path: str, trust_remote_code: bool) -> RankerConfig:
+        config = cls.config_class(model_type=cls.model_type)
+        limit = getattr(hf_config(path, trust_remote_code), "max_position_embeddings", None) or 512
+        config.max_length = min(config.max_length, int(limit))
+        return config
+
+    def _load_extra(self, path: str, fresh: bool) -> None:
+        """Load weights kept outside the backbone (ColBERT's projection)."""
+
+    def _save_extra(self, path: Path) -> None:
+        """Save weights kept outside the backbone."""
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_name_or_path: str,
+        use_lora: bool = False,
+        lora_path: Optional[str] = None,
+        lora_r: int = 8,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.05,
+        lora_target_modules: Optional[List[str]] = None,
+        tokenizer_name: Optional[str] = None,
+        dtype: Optional[Union[str, torch.dtype]] = None,
+        device: Optional[Union[str, torch.device]] = None,
+        trust_remote_code: bool = False,
+        **settings: Any,
+    ) -> "BaseRanker":
+        """Load a reranker saved by this library, a plain transformers model or a LoRA adapter folder.
+
+        ``settings`` are config fields (``max_length``, ``query_instruction``, ``task_prompt``,
+        ``colbert_dim`` ...); those left as None come from the saved config, else from defaults.
+        """
+        names = {f.name for f in dataclasses.fields(cls.config_class)}
+        unknown = set(settings) - names
+        if unknown:
+            raise TypeError(f"{cls.__name__}.from_pretrained() got unexpected arguments {sorted(unknown)}; known: {sorted(names)}")
+        path = str(model_name_or_path)
+        config = cls.config_class.load(path) if os.path.isdir(path) else None
+        if config is not None and config.model_type != cls.model_type:
+            raise ValueError(f"{path} holds a {config.model_type!r} model, not {cls.model_type!r}.")
+        saved_by_us = config is not None
+        base_path, adapter_path = path, lora_path
+        if is_lora_dir(path):
+            adapter_path = path
+            base_path = (config.lora_base if config and config.lora_base else None) or lora_base_of(path)
+        if config is None:
+            config = cls._default_config(base_path, trust_remote_code)
+        config.update(**settings)
+        tokenizer_path = tokenizer_name or (path if has_tokenizer(path) else base_path)
+        tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=trust_remote_code)
+        device_ = resolve_device(device)
+        backbone = cls._load_backbone(base_path, config, resolve_dtype(dtype, device_), trust_remote_code)
+        if adapter_path:
+            backbone = load_lora(backbone, adapter_path, is_trainable=use_lora)
+            config.lora_base = base_path
+        elif use_lora:
+            backbone = add_lora(backbone, lora_r, lora_alpha, lora_dropout, lora_target_modules, task_type=cls.lora_task_type)
+            config.lora_base = base_path
+        model = cls(backbone, tokenizer, config)
+        model._load_extra(path, fresh=not saved_by_us)
+        return model.to(device_)
+
+    def save_pretrained(self, path: str | os.PathLike, merge_lora: bool = False) -> None:
+        """Save weights (or the LoRA adapter), tokenizer and ``retrievals_config.json``, atomically.
+
+        With a LoRA model, ``merge_lora=True`` writes a full merged model instead of the adapter.
+        """
+        config = copy.deepcopy(self.retrieval_config)
+        backbone = self.backbone
+        lora = is_peft_model(backbone)
+        if lora and merge_lora:
+            backbone = copy.deepcopy(backbone).merge_and_unload()
+            lora = False
+        with atomic_directory(path) as scratch:
+            backbone.save_pretrained(scratch)
+            self.tokenizer.save_pretrained(scratch)
+            self._save_extra(scratch)
+            if not lora:
+                config.lora_base = None
+            config.save(scratch)
+
+    def load_weights(self, path: str | os.PathLike) -> None:
+        """Load weights saved by :meth:`save_pretrained` (resuming a training checkpoint)."""
+        load_backbone_weights(self.backbone, path)
+        self._load_extra(str(path), fresh=False)
+
+    # ------------------------------------------------------------------ scoring
+    def score_units(self, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _postprocess(self, scores: torch.Tensor) -> torch.Tensor:
+        """Map raw scores to [0, 1] for ``normalize=True`` (sigmoid unless a subclass knows better)."""
+        return torch.sigmoid(scores)
+
+    @torch.inference_mode()
+    def compute_score(
+        self,
+        pairs: Union[Pair, Sequence[Pair]],
+        batch_size: int = 32,
+        normalize: bool = False,
+        show_progress_bar: Optional[bool] = None,
+    ) -> Union[float, List[float]]:
+        """Score (query, document) pairs; one pair gives a float, a list gives a list in input order.
+
+        Inputs are batched by length with dynamic padding; a document longer than ``max_length``
+        gets the score of its best window. Scores do not depend on the batch a pair lands in.
+        """
+        single = isinstance(pairs, tuple) and len(pairs) == 2 and isinstance(pairs[0], str)
+        items = [pairs] if single else list(pairs)
+        for i, pair in enumerate(items):
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
+                raise TypeError(f"pairs[{i}] must be a (query, document) pair of strings, got {pair!r:.80}.")
+        units: List[Tuple[int, Any]] = []
+        for i, (query, document) in enumerate(items):
+            units.extend((i, unit) for unit in self.processor.units(query, document, self.retrieval_config.score_windows))
+        order = sorted(range(len(units)), key=lambda k: -self.processor.unit_length(units[k][1]))
+        unit_scores = torch.empty(len(units), dtype=torch.float32)
+        if show_progress_bar is None:
+            show_progress_bar = len(units) > 10 * batch_size and logger.getEffectiveLevel() <= 20
+        was_training = self.training
+        self.eval()
+        dev = self.device
+        for start in trange(0, len(order), batch_size, desc="Scoring", disable=not show_progress_bar):
+            idx = order[start : start + batch_size]
+            batch = self.processor.collate_units([units[k][1] for k in idx])
+            batch = {k: v.to(dev) for k, v in batch.items()}
+            unit_scores[idx] = self.score_units(batch).float().cpu()
+        self.train(was_training)
+        owners = torch.tensor([owner for owner, _ in units], dtype=torch.long)
+        scores = torch.full((len(items),), float("-inf")).scatter_reduce(0, owners, unit_scores, reduce="amax")
+        if normalize:
+            scores = self._postprocess(scores)
+        return float(scores[0]) if single else scores.tolist()
+
+    def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        top_k: Optional[int] = None,
+        batch_size: int = 32,
+        normalize: bool = False,
+    ) -> List[RerankResult]:
+        """Score ``documents`` against ``query`` and return the best ``top_k`` (all by default), best first."""
+        if not documents:
+            return []
+        scores = self.compute_score([(query, d) for d in documents], batch_size=batch_size, normalize=normalize)
+        order = sorted(range(len(documents)), key=lambda i: (-scores[i], i))[: top_k or len(documents)]
+        return [RerankResult(index=i, document=documents[i], score=scores[i], rank=r) for r, i in enumerate(order)]
+
+    def __repr__(self) -> str:
+        fields = {f.name: getattr(self.retrieval_config, f.name) for f in dataclasses.fields(self.retrieval_config)}
+        return f"{type(self).__name__}({type(self.backbone).__name__}, {fields})"
+
+
+def group_targets(batch: int, device: torch.device) -> torch.Tensor:
+    """Targets when each query is scored against its own group only: the positive is column 0."""
+    return torch.zeros(batch, dtype=torch.long, device=device)
+
+
+def windows(ids: Sequence[int], size: int, overlap: int, all_windows: bool) -> List[List[int]]:
+    """Split ``ids`` into windows of ``size`` tokens, consecutive ones sharing ``overlap`` tokens."""
+    ids = list(ids)
+    if size < 1:
+        raise ValueError(f"no room left for the document (window size {size}): raise max_length.")
+    if len(ids) <= size or not all_windows:
+        return [ids[:size]]
+    step = max(1, size - min(overlap, size // 2))
+    out = []
+    for start in range(0, len(ids), step):
+        out.append(ids[start : start + size])
+        if start + size >= len(ids):
+            break
+    return out

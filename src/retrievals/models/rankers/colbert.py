@@ -1,0 +1,205 @@
+"""ColBERT late interaction: L2-normalised token vectors, MaxSim averaged over query tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...utils import apply_instruction
+from ..base import load_backbone
+from ..processing import pad_ids
+from .base import BaseRanker, Batch, RankerConfig, RankingOutput, group_targets
+
+COLBERT_LINEAR = "colbert_linear.pt"  # the projection's state dict, as bge-m3 ships it
+
+
+@dataclass
+class ColBERTConfig(RankerConfig):
+    """``colbert_dim``: size of the token vectors (<= 0: the encoder's hidden size, as in bge-m3).
+    ``max_length`` is the document length; ``query_max_length`` the query length."""
+
+    model_type: str = "colbert"
+    colbert_dim: int = 128
+    query_max_length: int = 64
+
+
+def maxsim(q: torch.Tensor, q_mask: torch.Tensor, d: torch.Tensor, d_mask: torch.Tensor, all_pairs: bool = False) -> torch.Tensor:
+    """Late-interaction score: for each query token the best cosine over document tokens, averaged
+    over the query's tokens (so scores lie in [-1, 1] whatever the query length).
+
+    ``q`` [Q, Lq, dim], ``d`` [D, Ld, dim] with masks [Q, Lq], [D, Ld]. Pairwise (``Q == D``) gives
+    [Q]; ``all_pairs`` gives [Q, D]; ``d`` of shape [Q, G, Ld, dim] (groups) gives [Q, G].
+    """
+    if d.dim() == 4:
+        sim = torch.einsum("bqh,bgkh->bgqk", q, d).masked_fill(~d_mask.bool()[:, :, None, :], -1e4)
+    elif all_pairs:
+        sim = torch.einsum("bqh,nkh->bnqk", q, d).masked_fill(~d_mask.bool()[None, :, None, :], -1e4)
+    else:
+        sim = torch.einsum("bqh,bkh->bqk", q, d).masked_fill(~d_mask.bool()[:, None, :], -1e4)
+    best = sim.max(dim=-1).values  # [..., Lq]
+    qm = q_mask.to(best.dtype)
+    if best.dim() == 3:
+        qm = qm[:, None, :]
+    return (best * qm).sum(-1) / qm.sum(-1).clamp(min=1)
+
+
+class ColBERTProcessor:
+    """Queries capped at ``query_max_length``; documents cut, or split into overlapping windows, at ``max_length``."""
+
+    def __init__(self, tokenizer: Any, config: ColBERTConfig) -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+        self.n_special = tokenizer.num_special_tokens_to_add(pair=False)
+
+    def query_ids(self, query: str) -> List[int]:
+        text = apply_instruction(self.config.query_instruction, query)
+        return self.tokenizer(text, truncation=True, max_length=self.config.query_max_length)["input_ids"]
+
+    def document_ids(self, document: str, all_windows: bool) -> List[List[int]]:
+        cfg = self.config
+        text = apply_instruction(cfg.document_instruction, document)
+        room = cfg.max_length - self.n_special
+        enc = self.tokenizer(text, truncation=True, max_length=cfg.max_length, stride=min(cfg.window_overlap, room // 2),
+                             return_overflowing_tokens=all_windows, verbose=False)
+        return enc["input_ids"] if all_windows else [enc["input_ids"]]
+
+    def units(self, query: str, document: str, all_windows: bool) -> List[Tuple[List[int], List[int]]]:
+        q = self.query_ids(query)
+        return [(q, d) for d in self.document_ids(document, all_windows)]
+
+    @staticmethod
+    def unit_length(unit: Tuple[List[int], List[int]]) -> int:
+        return len(unit[1])
+
+    def pad(self, sequences: Sequence[Sequence[int]]) -> Batch:
+        return pad_ids(sequences, self.tokenizer.pad_token_id)
+
+    def collate_units(self, units: Sequence[Tuple[List[int], List[int]]]) -> Batch:
+        q = self.pad([u[0] for u in units])
+        d = self.pad([u[1] for u in units])
+        return {"query_input_ids": q["input_ids"], "query_attention_mask": q["attention_mask"],
+                "document_input_ids": d["input_ids"], "document_attention_mask": d["attention_mask"]}
+
+    def __call__(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
+        """Training batch: queries, and their groups' documents query-major (first window only)."""
+        docs = [self.document_ids(doc, False)[0] for item in items for doc in item["documents"]]
+        return {"query": self.pad([self.query_ids(item["query"]) for item in items]), "document": self.pad(docs),
+                "group_size": len(items[0]["documents"])}
+
+
+class ColBERT(BaseRanker):
+    """Encoder + linear projection to ``colbert_dim``; score = :func:`maxsim` of normalised token vectors.
+
+    The first token ([CLS]) is left out of both sides, as bge-m3 does. Training and inference score
+    with the same function. ``use_inbatch_neg`` (set by the trainer) scores every query against
+    every document of the batch.
+    """
+
+    config_class = ColBERTConfig
+    model_type = "colbert"
+
+    def __init__(self, backbone: nn.Module, tokenizer: Any, config: ColBERTConfig) -> None:
+        super().__init__(backbone, tokenizer, config)
+        hidden = int(backbone.config.hidden_size)
+        dim = config.colbert_dim if config.colbert_dim > 0 else hidden
+        config.colbert_dim = dim
+        self.colbert_linear = nn.Linear(hidden, dim).to(next(backbone.parameters()).dtype)
+        probe = tokenizer("a")["input_ids"]
+        self.skip_first = bool(probe) and probe[0] in tokenizer.all_special_ids
+        self.use_inbatch_neg = False
+
+    def _make_processor(self) -> ColBERTProcessor:
+        self.tokenizer.padding_side = "right"
+        return ColBERTProcessor(self.tokenizer, self.retrieval_config)
+
+    @classmethod
+    def _default_config(cls, path: str, trust_remote_code: bool) -> RankerConfig:
+        config = super()._default_config(path, trust_remote_code)
+        linear = Path(path) / COLBERT_LINEAR
+        if linear.is_file():
+            config.colbert_dim = int(torch.load(linear, map_location="cpu", weights_only=True)["weight"].shape[0])
+        return config
+
+    @classmethod
+    def _load_backbone(cls, path: str, config: RankerConfig, dtype: Optional[torch.dtype], trust_remote_code: bool) -> nn.Module:
+        return load_backbone(path, dtype=dtype, trust_remote_code=trust_remote_code)
+
+    def _load_extra(self, path: str, fresh: bool) -> None:
+        file = Path(path) / COLBERT_LINEAR
+        if not file.is_file():
+            if not fresh:
+                raise FileNotFoundError(f"{file}: missing; a saved ColBERT model needs its projection.")
+            return
+        state = torch.load(file, map_location="cpu", weights_only=True)
+        expected = tuple(self.colbert_linear.weight.shape)
+        if tuple(state["weight"].shape) != expected:
+            raise ValueError(f"{file}: projection of shape {tuple(state['weight'].shape)}, the model expects {expected} (colbert_dim).")
+        self.colbert_linear.load_state_dict(state)
+
+    def _save_extra(self, path: Path) -> None:
+        torch.save({k: v.detach().cpu().contiguous() for k, v in self.colbert_linear.state_dict().items()}, path / COLBERT_LINEAR)
+
+    # ------------------------------------------------------------------ vectors and scores
+    def token_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Normalised token vectors [B, L, dim] (padding zeroed) and their mask, first token dropped."""
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.skip_first:
+            hidden, attention_mask = hidden[:, 1:], attention_mask[:, 1:]
+        vectors = F.normalize(self.colbert_linear(hidden).float(), p=2, dim=-1)
+        return vectors * attention_mask[..., None], attention_mask
+
+    def score_units(self, batch: Batch) -> torch.Tensor:
+        q, qm = self.token_vectors(batch["query_input_ids"], batch["query_attention_mask"])
+        d, dm = self.token_vectors(batch["document_input_ids"], batch["document_attention_mask"])
+        return maxsim(q, qm, d, dm)
+
+    def _postprocess(self, scores: torch.Tensor) -> torch.Tensor:
+        return (scores + 1) / 2  # cosine-based MaxSim average lies in [-1, 1]
+
+    def forward(self, query: Batch, document: Batch, group_size: int) -> RankingOutput:
+        q, qm = self.token_vectors(query["input_ids"], query["attention_mask"])
+        d, dm = self.token_vectors(document["input_ids"], document["attention_mask"])
+        batch = q.shape[0]
+        if self.use_inbatch_neg:
+            scores = maxsim(q, qm, d, dm, all_pairs=True)
+            targets = torch.arange(batch, device=q.device) * group_size
+        else:
+            scores = maxsim(q, qm, d.view(batch, group_size, *d.shape[1:]), dm.view(batch, group_size, -1))
+            targets = group_targets(batch, q.device)
+        return RankingOutput(scores=scores, targets=targets)
+
+    @torch.inference_mode()
+    def encode_documents(self, documents: Sequence[str], batch_size: int = 32) -> List[List[torch.Tensor]]:
+        """Token vectors of each document, one [tokens, dim] tensor per window, to score later
+        with :meth:`score_vectors` (the same scores as :meth:`compute_score`)."""
+        was_training = self.training
+        self.eval()
+        flat = [(i, ids) for i, doc in enumerate(documents)
+                for ids in self.processor.document_ids(doc, self.retrieval_config.score_windows)]
+        out: List[List[torch.Tensor]] = [[] for _ in documents]
+        for start in range(0, len(flat), batch_size):
+            chunk = flat[start : start + batch_size]
+            batch = {k: v.to(self.device) for k, v in self.processor.pad([ids for _, ids in chunk]).items()}
+            vecs, mask = self.token_vectors(batch["input_ids"], batch["attention_mask"])
+            for (owner, _), v, m in zip(chunk, vecs, mask):
+                out[owner].append(v[m.bool()].cpu())
+        self.train(was_training)
+        return out
+
+    @torch.inference_mode()
+    def score_vectors(self, query: str, document_vectors: Sequence[Sequence[torch.Tensor]]) -> List[float]:
+        """Scores of ``query`` against documents encoded by :meth:`encode_documents` (best window each)."""
+        ids = torch.tensor([self.processor.query_ids(query)], device=self.device)
+        q, qm = self.token_vectors(ids, torch.ones_like(ids))
+        scores = []
+        for wins in document_vectors:
+            best = max(
+                float(maxsim(q, qm, w[None].to(q.device), torch.ones(1, w.shape[0], device=q.device))[0]) for w in wins
+            )
+            scores.append(best)
+        return scores

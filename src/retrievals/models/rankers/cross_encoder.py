@@ -1,0 +1,103 @@
+"""Cross-encoder reranker: the (query, document) pair through one encoder, one relevance logit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification
+
+from ...utils import apply_instruction, logger
+from ..base import hf_config
+from ..processing import pad_ids
+from .base import BaseRanker, Batch, RankerConfig, RankingOutput, group_targets
+
+
+@dataclass
+class CrossEncoderConfig(RankerConfig):
+    model_type: str = "cross-encoder"
+
+
+def cut_text(tokenizer: Any, text: str, max_tokens: int) -> str:
+    """``text`` cut after its first ``max_tokens`` tokens (on a token boundary)."""
+    enc = tokenizer(text, add_special_tokens=False, truncation=True, max_length=max_tokens, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    return text[: offsets[-1][1]] if len(offsets) == max_tokens else text
+
+
+class PairProcessor:
+    """Tokenizes (query, document) pairs: the query (with instruction) capped at ``query_max_length``,
+    the document truncated, or split into overlapping windows, to fit ``max_length``."""
+
+    def __init__(self, tokenizer: Any, config: CrossEncoderConfig) -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+        self.n_special = tokenizer.num_special_tokens_to_add(pair=True)
+        self.use_types = "token_type_ids" in tokenizer.model_input_names
+
+    def units(self, query: str, document: str, all_windows: bool) -> List[Dict[str, List[int]]]:
+        cfg, tok = self.config, self.tokenizer
+        q = cut_text(tok, apply_instruction(cfg.query_instruction, query), cfg.query_max_length)
+        d = apply_instruction(cfg.document_instruction, document)
+        room = cfg.max_length - self.n_special - len(tok(q, add_special_tokens=False)["input_ids"])
+        if room < 1:
+            raise ValueError(f"max_length={cfg.max_length} leaves no room for the document: raise it or lower query_max_length.")
+        enc = tok(q, d, truncation="only_second", max_length=cfg.max_length, stride=min(cfg.window_overlap, room // 2),
+                  return_overflowing_tokens=all_windows, verbose=False)
+        ids = enc["input_ids"] if all_windows else [enc["input_ids"]]
+        types = (enc["token_type_ids"] if all_windows else [enc["token_type_ids"]]) if self.use_types else [None] * len(ids)
+        return [{"input_ids": i, "token_type_ids": t} for i, t in zip(ids, types)]
+
+    @staticmethod
+    def unit_length(unit: Dict[str, List[int]]) -> int:
+        return len(unit["input_ids"])
+
+    def collate_units(self, units: Sequence[Dict[str, List[int]]]) -> Batch:
+        types = [u["token_type_ids"] for u in units] if self.use_types else None
+        return pad_ids([u["input_ids"] for u in units], self.tokenizer.pad_token_id, token_type_ids=types)
+
+    def __call__(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
+        """Training batch: every (query, document) of every group, query-major, first window only."""
+        units = [self.units(item["query"], doc, False)[0] for item in items for doc in item["documents"]]
+        return {"pairs": self.collate_units(units), "group_size": len(items[0]["documents"])}
+
+
+class CrossEncoder(BaseRanker):
+    """Encoder with a sequence-classification head of exactly one logit: the relevance score.
+
+    A base encoder (or a checkpoint with a head of another size) gets a fresh 1-logit head.
+    Train with ``loss_fn=ce`` (softmax over each query's [positive, negatives]) or ``bce``.
+    """
+
+    config_class = CrossEncoderConfig
+    model_type = "cross-encoder"
+    lora_task_type = "SEQ_CLS"
+
+    def _make_processor(self) -> PairProcessor:
+        self.tokenizer.padding_side = "right"
+        if self.backbone.config.pad_token_id is None:  # decoder backbones find the last token through the pad id
+            self.backbone.config.pad_token_id = self.tokenizer.pad_token_id
+        return PairProcessor(self.tokenizer, self.retrieval_config)
+
+    @classmethod
+    def _load_backbone(cls, path: str, config: RankerConfig, dtype: Optional[torch.dtype], trust_remote_code: bool) -> nn.Module:
+        hf = hf_config(path, trust_remote_code)
+        has_head = any(a.endswith("ForSequenceClassification") for a in (getattr(hf, "architectures", None) or []))
+        kwargs: Dict[str, Any] = {"trust_remote_code": trust_remote_code, "num_labels": 1}
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        if has_head and hf.num_labels != 1:
+            logger.warning("%s has a %d-label head; a reranker scores with one logit: using a fresh 1-logit head.", path, hf.num_labels)
+            kwargs["ignore_mismatched_sizes"] = True
+        elif not has_head:
+            logger.info("%s has no classification head: adding a fresh 1-logit head (train it before use).", path)
+        return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+
+    def score_units(self, batch: Batch) -> torch.Tensor:
+        return self.backbone(**batch).logits[:, 0]
+
+    def forward(self, pairs: Batch, group_size: int) -> RankingOutput:
+        scores = self.score_units(pairs).view(-1, group_size)
+        return RankingOutput(scores=scores, targets=group_targets(scores.shape[0], scores.device))

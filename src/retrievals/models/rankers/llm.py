@@ -1,0 +1,136 @@
+"""LLM reranker: a decoder LM reads a prompt with the query and document; score = the "Yes" logit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ...utils import logger
+from ..base import load_backbone
+from ..processing import pad_ids
+from .base import BaseRanker, Batch, RankerConfig, RankingOutput, group_targets, windows
+
+DEFAULT_PROMPT = (
+    "Given a query A and a passage B, determine whether the passage contains an answer to the query "
+    "by providing a prediction of either 'Yes' or 'No'."
+)
+SCORE_MODES = ("yes", "yes_minus_no")
+
+
+@dataclass
+class LLMRankerConfig(RankerConfig):
+    """The prompt is ``[BOS] query_instruction(query) separator document_instruction(doc) separator task_prompt``;
+    the score is the logit of ``target_token`` there (``score_mode="yes_minus_no"``: minus ``negative_token``'s).
+    Instructions are prefixes or ``{}`` templates; their tokens and the prompt are never truncated."""
+
+    model_type: str = "llm"
+    query_instruction: str = "A: "
+    document_instruction: str = "B: "
+    task_prompt: str = DEFAULT_PROMPT
+    separator: str = "\n"
+    target_token: str = "Yes"
+    negative_token: str = "No"
+    score_mode: str = "yes"
+    query_max_length: int = 128
+
+
+class PromptProcessor:
+    """Builds prompt token ids piece by piece, so truncation and windows cut only the query and document text."""
+
+    def __init__(self, tokenizer: Any, config: LLMRankerConfig) -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+        probe = tokenizer("a")["input_ids"]
+        bos = tokenizer.bos_token_id
+        self.bos = [bos] if bos is not None and probe and probe[0] == bos else []
+        self.sep = self._ids(config.separator)
+        self.suffix = self.sep + self._ids(config.task_prompt) if config.task_prompt else []
+        self.query_parts = self._parts(config.query_instruction)
+        self.document_parts = self._parts(config.document_instruction)
+
+    def _ids(self, text: str) -> List[int]:
+        return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] if text else []
+
+    def _parts(self, instruction: str) -> Tuple[List[int], List[int]]:
+        head, _, tail = instruction.partition("{}") if "{}" in instruction else (instruction, "", "")
+        return self._ids(head), self._ids(tail)
+
+    def units(self, query: str, document: str, all_windows: bool) -> List[List[int]]:
+        cfg = self.config
+        (qh, qt), (dh, dt) = self.query_parts, self.document_parts
+        q = qh + self._ids(query)[: max(0, cfg.query_max_length - len(qh) - len(qt))] + qt
+        head = self.bos + q + self.sep + dh
+        tail = dt + self.suffix
+        room = cfg.max_length - len(head) - len(tail)
+        if room < 1:
+            raise ValueError(
+                f"max_length={cfg.max_length} leaves no room for the document after the prompt "
+                f"({len(head) + len(tail)} tokens): raise max_length or lower query_max_length."
+            )
+        return [head + w + tail for w in windows(self._ids(document), room, cfg.window_overlap, all_windows)]
+
+    @staticmethod
+    def unit_length(unit: Sequence[int]) -> int:
+        return len(unit)
+
+    def collate_units(self, units: Sequence[Sequence[int]]) -> Batch:
+        return pad_ids(units, self.tokenizer.pad_token_id, left=True)
+
+    def __call__(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
+        """Training batch: every (query, document) prompt of every group, query-major, first window only."""
+        units = [self.units(item["query"], doc, False)[0] for item in items for doc in item["documents"]]
+        return {"pairs": self.collate_units(units), "group_size": len(items[0]["documents"])}
+
+
+class LLMRanker(BaseRanker):
+    """Decoder LM reranker scored by the target token's logit at the last real token (any padding side).
+
+    Training (``forward``), evaluation and inference (``compute_score``) all call :meth:`score_units`.
+    """
+
+    config_class = LLMRankerConfig
+    model_type = "llm"
+    lora_task_type = "CAUSAL_LM"
+
+    def __init__(self, backbone: nn.Module, tokenizer: Any, config: LLMRankerConfig) -> None:
+        if config.score_mode not in SCORE_MODES:
+            raise ValueError(f"Unknown score_mode {config.score_mode!r}; choose one of {list(SCORE_MODES)}.")
+        super().__init__(backbone, tokenizer, config)
+        self.target_id = self._token_id(config.target_token)
+        self.negative_id = self._token_id(config.negative_token)
+
+    def _token_id(self, token: str) -> int:
+        ids = self.tokenizer(token, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(f"target token {token!r} is empty for this tokenizer.")
+        if len(ids) > 1:
+            logger.warning("%r is %d tokens for this tokenizer; scoring with its first token.", token, len(ids))
+        return int(ids[0])
+
+    def _make_processor(self) -> PromptProcessor:
+        return PromptProcessor(self.tokenizer, self.retrieval_config)
+
+    @classmethod
+    def _load_backbone(cls, path: str, config: RankerConfig, dtype: Optional[torch.dtype], trust_remote_code: bool) -> nn.Module:
+        return load_backbone(path, causal_lm=True, dtype=dtype, trust_remote_code=trust_remote_code)
+
+    def score_units(self, batch: Batch) -> torch.Tensor:
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        if bool(mask[:, -1].all()):  # left padded: every sequence ends in the last column
+            logits = self.backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=1).logits[:, -1]
+        else:  # right padded: read the last real token of each row
+            last = mask.shape[1] - 1 - mask.flip(-1).argmax(-1)
+            logits = self.backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
+            logits = logits[torch.arange(ids.shape[0], device=ids.device), last]
+        score = logits[:, self.target_id].float()
+        if self.retrieval_config.score_mode == "yes_minus_no":
+            score = score - logits[:, self.negative_id].float()
+        return score
+
+    def forward(self, pairs: Batch, group_size: int) -> RankingOutput:
+        scores = self.score_units(pairs).view(-1, group_size)
+        return RankingOutput(scores=scores, targets=group_targets(scores.shape[0], scores.device))

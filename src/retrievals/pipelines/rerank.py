@@ -1,0 +1,139 @@
+"""Train a reranker (cross-encoder, ColBERT or LLM): ``python -m retrievals.pipelines.rerank --help``.
+
+Works as written under ``torchrun --nproc_per_node N -m retrievals.pipelines.rerank ...``. The model
+lands in ``--output_dir`` and loads with ``retrievals.AutoModelForRanking.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from transformers import HfArgumentParser
+
+from ..data.readers import DataError
+from ..losses import RANKING_LOSSES, get_loss
+from ..models.rankers import AutoModelForRanking, BaseRanker, ColBERT, infer_model_type, normalize_model_type
+from ..training import RetrievalTrainingArguments
+from ..training.arguments import DataArguments
+from ..training.distributed import shutdown_distributed
+from ..training.output_dir import OutputDirError
+from ..training.run import run_training
+from ..utils import logger, unescape_cli
+
+DEFAULT_TEMPERATURE = {"cross-encoder": 1.0, "llm": 1.0, "colbert": 0.05}
+
+
+@dataclass
+class RerankModelArguments:
+    model_name_or_path: str = field(metadata={"help": "Local folder or hub id of the base model."})
+    model_type: Optional[str] = field(default=None, metadata={"help": "cross-encoder | colbert | llm (default: inferred)."})
+    causal_lm: bool = field(default=False, metadata={"help": "Score with the LM head's target-token logit (model_type llm)."})
+    tokenizer_name: Optional[str] = None
+    use_lora: bool = False
+    lora_path: Optional[str] = None
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: Optional[List[str]] = None
+    task_prompt: Optional[str] = field(default=None, metadata={"help": "LLM: the question after query and document."})
+    query_instruction: Optional[str] = field(default=None, metadata={"help": "Prefix, or template with {}."})
+    document_instruction: Optional[str] = None
+    target_token: Optional[str] = field(default=None, metadata={"help": "LLM: token whose logit is the score (Yes)."})
+    negative_token: Optional[str] = None
+    score_mode: Optional[str] = field(default=None, metadata={"help": "LLM: yes | yes_minus_no."})
+    colbert_dim: Optional[int] = field(default=None, metadata={"help": "ColBERT: token vector size (<= 0: hidden size)."})
+    model_dtype: Optional[str] = field(default=None, metadata={"help": "Weights dtype: float32 | bfloat16 | float16."})
+    trust_remote_code: bool = False
+
+
+@dataclass
+class RerankTrainingArguments(RetrievalTrainingArguments):
+    loss_fn: str = field(default="ce", metadata={"help": f"One of {sorted(RANKING_LOSSES)}."})
+    temperature: Optional[float] = field(
+        default=None, metadata={"help": "Score temperature (default: 1 for cross-encoder/llm, 0.05 for colbert)."}
+    )
+    use_inbatch_neg: bool = field(default=False, metadata={"help": "ColBERT: every document of the batch is a candidate."})
+
+
+def resolve_model_type(model_args: RerankModelArguments) -> str:
+    if model_args.model_type:
+        kind = normalize_model_type(model_args.model_type)
+    elif model_args.causal_lm:
+        kind = "llm"
+    else:
+        kind = infer_model_type(model_args.model_name_or_path, model_args.trust_remote_code)
+    if model_args.causal_lm and kind != "llm":
+        raise ValueError(f"--causal_lm True scores with the LM head: use --model_type llm, not {kind}.")
+    return kind
+
+
+def build_model(model_args: RerankModelArguments, data_args: DataArguments, kind: str) -> BaseRanker:
+    settings = {
+        "query_instruction": unescape_cli(model_args.query_instruction),
+        "document_instruction": unescape_cli(model_args.document_instruction),
+        "query_max_length": data_args.query_max_length,
+        "max_length": data_args.max_length or data_args.document_max_length,
+    }
+    if kind == "llm":
+        settings.update(task_prompt=unescape_cli(model_args.task_prompt), target_token=model_args.target_token,
+                        negative_token=model_args.negative_token, score_mode=model_args.score_mode)
+    if kind == "colbert":
+        settings["colbert_dim"] = model_args.colbert_dim
+    return AutoModelForRanking.from_pretrained(
+        model_args.model_name_or_path,
+        model_type=kind,
+        use_lora=model_args.use_lora,
+        lora_path=model_args.lora_path,
+        lora_r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        lora_target_modules=model_args.lora_target_modules,
+        tokenizer_name=model_args.tokenizer_name,
+        dtype=model_args.model_dtype,
+        device="cpu",  # the Trainer moves it to the training device
+        trust_remote_code=model_args.trust_remote_code,
+        **{k: v for k, v in settings.items() if v is not None},
+    )
+
+
+def train(model_args: RerankModelArguments, data_args: DataArguments, args: RerankTrainingArguments) -> BaseRanker:
+    kind = resolve_model_type(model_args)
+    if args.negatives_cross_device:
+        raise ValueError("--negatives_cross_device is for embedders; rerankers score each query's own candidates.")
+    if args.use_inbatch_neg and kind != "colbert":
+        raise ValueError(f"--use_inbatch_neg true is supported for colbert only, not {kind}.")
+    if data_args.train_group_size < 2 and not args.use_inbatch_neg and args.loss_fn == "ce":
+        raise ValueError("--loss_fn ce needs --train_group_size >= 2 (a positive and at least one negative).")
+    temperature = args.temperature if args.temperature is not None else DEFAULT_TEMPERATURE[kind]
+    loss = get_loss(args.loss_fn, RANKING_LOSSES, temperature=temperature)
+
+    def build() -> BaseRanker:
+        model = build_model(model_args, data_args, kind)
+        if isinstance(model, ColBERT):
+            model.use_inbatch_neg = args.use_inbatch_neg
+        return model
+
+    return run_training(build, lambda model: model.processor, loss, data_args, args)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = HfArgumentParser((RerankModelArguments, DataArguments, RerankTrainingArguments))
+    model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if args.should_log else logging.WARNING)
+    if not (args.do_train or data_args.train_data):
+        parser.error("nothing to do: pass --train_data (and --do_train)")
+    try:
+        train(model_args, data_args, args)
+        shutdown_distributed()
+    except (DataError, OutputDirError, ValueError) as exc:
+        logger.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
