@@ -129,7 +129,7 @@ def load_records(
         if min_negatives and not record.negatives:
             raise DataError(
                 f"{where}: field '{negative_key}' is empty but train_group_size needs {min_negatives} negative(s) "
-                "per query; add negatives (see retrievals.pipelines.build_hn) or use --train_group_size 1."
+                "per query; add hard negatives or use --train_group_size 1."
             )
         records.append(record)
     if not records:

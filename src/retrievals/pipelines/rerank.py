@@ -121,11 +121,12 @@ def train(model_args: RerankModelArguments, data_args: DataArguments, args: Rera
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = HfArgumentParser((RerankModelArguments, DataArguments, RerankTrainingArguments))
-    model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if args.should_log else logging.WARNING)
-    if not (args.do_train or data_args.train_data):
-        parser.error("nothing to do: pass --train_data (and --do_train)")
     try:
+        model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            level=logging.INFO if args.should_log else logging.WARNING)
+        if not (args.do_train or data_args.train_data):
+            parser.error("nothing to do: pass --train_data (and --do_train)")
         train(model_args, data_args, args)
         shutdown_distributed()
     except (DataError, OutputDirError, ValueError) as exc:

@@ -28,8 +28,8 @@ def cut_text(tokenizer: Any, text: str, max_tokens: int) -> str:
 
 
 class PairProcessor:
-    """Tokenizes (query, document) pairs: the query (with instruction) capped at ``query_max_length``,
-    the document truncated, or split into overlapping windows, to fit ``max_length``."""
+    """Tokenizes (query, document) pairs: the query (with instruction) capped at ``query_max_length``
+    and at half of ``max_length``, the document truncated, or split into overlapping windows, to fit."""
 
     def __init__(self, tokenizer: Any, config: CrossEncoderConfig) -> None:
         self.tokenizer = tokenizer
@@ -39,7 +39,8 @@ class PairProcessor:
 
     def units(self, query: str, document: str, all_windows: bool) -> List[Dict[str, List[int]]]:
         cfg, tok = self.config, self.tokenizer
-        q = cut_text(tok, apply_instruction(cfg.query_instruction, query), cfg.query_max_length)
+        q_cap = min(cfg.query_max_length, max(1, (cfg.max_length - self.n_special) // 2))  # the document keeps half
+        q = cut_text(tok, apply_instruction(cfg.query_instruction, query), q_cap)
         d = apply_instruction(cfg.document_instruction, document)
         room = cfg.max_length - self.n_special - len(tok(q, add_special_tokens=False)["input_ids"])
         if room < 1:

@@ -61,9 +61,10 @@ class PromptProcessor:
     def units(self, query: str, document: str, all_windows: bool) -> List[List[int]]:
         cfg = self.config
         (qh, qt), (dh, dt) = self.query_parts, self.document_parts
-        q = qh + self._ids(query)[: max(0, cfg.query_max_length - len(qh) - len(qt))] + qt
-        head = self.bos + q + self.sep + dh
         tail = dt + self.suffix
+        fixed = len(self.bos) + len(qh) + len(qt) + len(self.sep) + len(dh) + len(tail)
+        q_cap = min(cfg.query_max_length - len(qh) - len(qt), (cfg.max_length - fixed) // 2)  # the document keeps half
+        head = self.bos + qh + self._ids(query)[: max(0, q_cap)] + qt + self.sep + dh
         room = cfg.max_length - len(head) - len(tail)
         if room < 1:
             raise ValueError(

@@ -1,0 +1,285 @@
+"""Rerankers on tiny random models: heads, scoring invariants, save/reload, training signal, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from retrievals import AutoModelForRanking, RerankResult
+from retrievals.losses import RANKING_LOSSES, get_loss
+from retrievals.models.rankers import ColBERT, CrossEncoder, LLMRanker, maxsim
+from retrievals.pipelines import rerank as rerank_cli
+
+from .conftest import corpus_lines
+
+LONG = " ".join(corpus_lines(12))  # far longer than max_length below: several windows
+PAIRS = [("tax card renew", LONG), ("passport fee", "passport office fee online"), ("a", "b"),
+         ("birth certificate", "register a birth certificate at the office " * 3)]
+SHORT_PROMPT = {"task_prompt": "Is B relevant to A? Answer Yes or No."}
+
+
+@pytest.fixture(params=["cross-encoder", "colbert", "llm"])
+def kind(request):
+    return request.param
+
+
+def load(kind, tiny_bert, tiny_qwen, **kw):
+    if kind == "llm":
+        return AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm", max_length=64, **{**SHORT_PROMPT, **kw})
+    return AutoModelForRanking.from_pretrained(tiny_bert, model_type=kind, max_length=32, **kw)
+
+
+def test_types(kind, tiny_bert, tiny_qwen):
+    model = load(kind, tiny_bert, tiny_qwen)
+    assert isinstance(model, {"cross-encoder": CrossEncoder, "colbert": ColBERT, "llm": LLMRanker}[kind])
+    assert model.retrieval_config.model_type == kind
+
+
+def test_cross_encoder_has_exactly_one_logit(tiny_bert, tmp_path):
+    from transformers import BertForSequenceClassification
+
+    model = AutoModelForRanking.from_pretrained(tiny_bert, model_type="cross-encoder")
+    assert model.backbone.config.num_labels == 1 and model.backbone.classifier.out_features == 1
+    two = BertForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    two.save_pretrained(tmp_path / "two")
+    model.tokenizer.save_pretrained(tmp_path / "two")
+    fresh = AutoModelForRanking.from_pretrained(str(tmp_path / "two"))
+    assert isinstance(fresh, CrossEncoder) and fresh.backbone.classifier.out_features == 1
+    assert isinstance(fresh.compute_score(("a", "b")), float)
+
+
+def test_batched_equals_single(kind, tiny_bert, tiny_qwen):
+    model = load(kind, tiny_bert, tiny_qwen)
+    batched = model.compute_score(PAIRS, batch_size=8)
+    single = [model.compute_score(p) for p in PAIRS]
+    small_batches = model.compute_score(PAIRS, batch_size=1)
+    torch.testing.assert_close(torch.tensor(batched), torch.tensor(single), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.tensor(batched), torch.tensor(small_batches), atol=1e-5, rtol=0)
+
+
+def test_long_documents_score_by_best_window(kind, tiny_bert, tiny_qwen):
+    model = load(kind, tiny_bert, tiny_qwen)
+    model.eval()
+    units = model.processor.units(*PAIRS[0], True)
+    assert len(units) > 2
+    per_window = model.score_units(model.processor.collate_units(units))
+    assert model.compute_score(PAIRS[0]) == pytest.approx(float(per_window.detach().max()), abs=1e-5)
+    model.retrieval_config.score_windows = False
+    assert model.compute_score(PAIRS[0]) == pytest.approx(float(per_window[0]), abs=1e-5)
+
+
+def test_save_reload_identical(kind, tiny_bert, tiny_qwen, tmp_path):
+    model = load(kind, tiny_bert, tiny_qwen, query_instruction="Q: ", document_instruction="D: {} .")
+    model.save_pretrained(tmp_path / "m")
+    again = AutoModelForRanking.from_pretrained(str(tmp_path / "m"))  # type, prompt, lengths from the saved config
+    assert type(again) is type(model) and again.retrieval_config == model.retrieval_config
+    torch.testing.assert_close(torch.tensor(again.compute_score(PAIRS)), torch.tensor(model.compute_score(PAIRS)), atol=1e-6, rtol=0)
+
+
+def test_training_signal(kind, tiny_bert, tiny_qwen):
+    """The loss has a non-zero gradient for every trainable tensor and a few steps lower it."""
+    torch.manual_seed(0)
+    model = load(kind, tiny_bert, tiny_qwen)
+    lines = corpus_lines(24)
+    items = [{"query": lines[i], "documents": [lines[i + 4], lines[i + 12], lines[i + 20]]} for i in range(4)]
+    batch = model.processor(items)
+    loss_fn = get_loss("ce", RANKING_LOSSES, temperature=rerank_cli.DEFAULT_TEMPERATURE[kind])
+    model.train()
+    first = loss_fn(*model(**batch).to_tuple())
+    first.backward()
+    head = {"cross-encoder": "classifier", "colbert": "colbert_linear", "llm": "layers.1"}[kind]
+    grads = {n: p.grad for n, p in model.named_parameters() if head in n}
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads.values())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2 if kind == "cross-encoder" else 1e-3)  # random 1-logit head
+    for _ in range(20):
+        optimizer.zero_grad()
+        loss = loss_fn(*model(**batch).to_tuple())
+        loss.backward()
+        optimizer.step()
+    assert float(loss) < float(first) * 0.5
+
+
+def test_training_and_inference_score_alike(kind, tiny_bert, tiny_qwen):
+    """``forward`` (training) and ``compute_score`` (inference) give the same scores for the same pairs."""
+    model = load(kind, tiny_bert, tiny_qwen).eval()
+    items = [{"query": "tax card", "documents": ["renew the tax card", "passport fee", "birth"]},
+             {"query": "passport", "documents": ["passport office", "tax", "card online form"]}]
+    with torch.no_grad():
+        scores = model(**model.processor(items)).scores
+    pairs = [(it["query"], d) for it in items for d in it["documents"]]
+    torch.testing.assert_close(scores.flatten().float(), torch.tensor(model.compute_score(pairs)), atol=1e-5, rtol=0)
+
+
+def test_llm_padding_side_does_not_matter(tiny_qwen):
+    model = AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm", max_length=64, **SHORT_PROMPT)
+    units = [model.processor.units(q, d, False)[0] for q, d in PAIRS]
+    left = model.processor.collate_units(units)
+    right = {k: v for k, v in __import__("retrievals.models.processing", fromlist=["pad_ids"]).pad_ids(
+        units, model.tokenizer.pad_token_id, left=False).items()}
+    with torch.no_grad():
+        torch.testing.assert_close(model.score_units(left), model.score_units(right), atol=1e-5, rtol=0)
+
+
+def test_llm_truncation_keeps_prompt(tiny_qwen):
+    model = AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm", max_length=48, query_instruction="A: ",
+                                                document_instruction="B: {} end", **SHORT_PROMPT)
+    proc = model.processor
+    suffix = proc._ids(" end") + proc.suffix
+    for all_windows in (False, True):
+        units = proc.units("tax card " * 40, LONG, all_windows)
+        assert all(len(u) <= 48 for u in units)
+        for unit in units:
+            assert unit[-len(suffix):] == suffix  # instruction tail and task prompt survive truncation
+            start = proc.query_parts[0]
+            assert unit[: len(start)] == start
+    assert "Is B relevant" in model.tokenizer.decode(units[-1])
+    with pytest.raises(ValueError, match="no room for the document"):
+        AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm", max_length=8, **SHORT_PROMPT).compute_score(("a", "b"))
+
+
+def test_llm_yes_minus_no(tiny_qwen):
+    yes = AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm", max_length=64, **SHORT_PROMPT)
+    diff = AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm", max_length=64, score_mode="yes_minus_no", **SHORT_PROMPT)
+    units = yes.processor.collate_units([yes.processor.units("a", "b", False)[0]])
+    with torch.no_grad():
+        logits = yes.backbone(**units).logits[0, -1]
+    assert yes.compute_score(("a", "b")) == pytest.approx(float(logits[yes.target_id]), abs=1e-5)
+    assert diff.compute_score(("a", "b")) == pytest.approx(float(logits[yes.target_id] - logits[yes.negative_id]), abs=1e-5)
+    with pytest.raises(ValueError, match="score_mode"):
+        AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm", score_mode="maybe")
+
+
+def test_llm_lora_adapter_and_merged(tiny_qwen, tmp_path):
+    model = AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm", max_length=64, use_lora=True, **SHORT_PROMPT)
+    with torch.no_grad():  # make the adapter non-trivial
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    expected = torch.tensor(model.compute_score(PAIRS))
+    model.save_pretrained(tmp_path / "adapter")
+    model.save_pretrained(tmp_path / "merged", merge_lora=True)
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    for folder in ("adapter", "merged"):
+        again = AutoModelForRanking.from_pretrained(str(tmp_path / folder))
+        torch.testing.assert_close(torch.tensor(again.compute_score(PAIRS)), expected, atol=1e-4, rtol=0)
+    plain = torch.tensor(AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm", max_length=64, **SHORT_PROMPT).compute_score(PAIRS))
+    assert not torch.allclose(plain, expected, atol=1e-3)
+
+
+def test_colbert_maxsim_is_normalised(tiny_bert):
+    model = AutoModelForRanking.from_pretrained(tiny_bert, model_type="colbert", colbert_dim=16, max_length=64, query_max_length=64)
+    text = "renew the tax card online at the office"
+    assert model.compute_score((text, text)) == pytest.approx(1.0, abs=1e-5)  # every query token finds itself
+    scores = model.compute_score(PAIRS)
+    assert all(-1 - 1e-5 <= s <= 1 + 1e-5 for s in scores)
+    q = torch.nn.functional.normalize(torch.randn(2, 5, 8), dim=-1)
+    d = torch.nn.functional.normalize(torch.randn(2, 7, 8), dim=-1)
+    qm = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    dm = torch.tensor([[1, 1, 0, 0, 0, 0, 0], [1] * 7])
+    expected = [(q[i, : qm[i].sum()] @ d[i, : dm[i].sum()].T).max(-1).values.mean() for i in range(2)]
+    torch.testing.assert_close(maxsim(q, qm, d, dm), torch.stack(expected))
+    torch.testing.assert_close(maxsim(q, qm, d, dm, all_pairs=True).diagonal(), torch.stack(expected))
+
+
+def test_colbert_projection_layout_and_precomputed_vectors(tiny_bert, tmp_path):
+    model = AutoModelForRanking.from_pretrained(tiny_bert, model_type="colbert", colbert_dim=16, max_length=32)
+    model.save_pretrained(tmp_path / "m")
+    state = torch.load(tmp_path / "m" / "colbert_linear.pt", weights_only=True)
+    assert set(state) == {"weight", "bias"} and tuple(state["weight"].shape) == (16, 32)
+    # a bge-m3-style folder: plain encoder + colbert_linear.pt, no retrievals config
+    import shutil
+
+    shutil.copytree(tmp_path / "m", tmp_path / "m3")
+    (tmp_path / "m3" / "retrievals_config.json").unlink()
+    m3 = AutoModelForRanking.from_pretrained(str(tmp_path / "m3"), max_length=32)
+    assert isinstance(m3, ColBERT) and m3.retrieval_config.colbert_dim == 16
+    torch.testing.assert_close(torch.tensor(m3.compute_score(PAIRS)), torch.tensor(model.compute_score(PAIRS)), atol=1e-6, rtol=0)
+    vectors = model.encode_documents([d for _, d in PAIRS])
+    assert len(vectors[0]) > 1 and vectors[0][0].shape[1] == 16  # the long document has several windows
+    for query, _ in PAIRS:
+        direct = model.compute_score([(query, d) for _, d in PAIRS])
+        torch.testing.assert_close(torch.tensor(model.score_vectors(query, vectors)), torch.tensor(direct), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="colbert_dim"):
+        AutoModelForRanking.from_pretrained(str(tmp_path / "m"), colbert_dim=8)
+
+
+def test_colbert_in_batch_negatives(tiny_bert):
+    model = AutoModelForRanking.from_pretrained(tiny_bert, model_type="colbert", max_length=32)
+    model.use_inbatch_neg = True
+    items = [{"query": f"q {i}", "documents": ["tax card", "passport"]} for i in range(3)]
+    out = model(**model.processor(items))
+    assert out.scores.shape == (3, 6) and out.targets.tolist() == [0, 2, 4]
+
+
+def test_rerank_results(kind, tiny_bert, tiny_qwen):
+    model = load(kind, tiny_bert, tiny_qwen)
+    docs = [d for _, d in PAIRS]
+    results = model.rerank("tax card", docs, top_k=2)
+    scores = model.compute_score([("tax card", d) for d in docs])
+    assert [type(r) for r in results] == [RerankResult, RerankResult]
+    assert [r.rank for r in results] == [0, 1]
+    assert [r.index for r in results] == sorted(range(len(docs)), key=lambda i: -scores[i])[:2]
+    assert results[0].document == docs[results[0].index] and results[0].score == pytest.approx(max(scores))
+    assert model.rerank("q", []) == []
+    normalized = model.compute_score(PAIRS, normalize=True)
+    assert all(0 <= s <= 1 for s in normalized)
+
+
+def test_bad_input(tiny_bert, tiny_qwen):
+    model = AutoModelForRanking.from_pretrained(tiny_bert, model_type="cross-encoder")
+    with pytest.raises(TypeError, match=r"pairs\[1\]"):
+        model.compute_score([("a", "b"), ("only one",)])
+    with pytest.raises(ValueError, match="choose one of"):
+        AutoModelForRanking.from_pretrained(tiny_bert, model_type="bi-encoder")
+    with pytest.raises(ValueError, match="causal_lm"):
+        AutoModelForRanking.from_pretrained(tiny_bert, model_type="colbert", causal_lm=True)
+    with pytest.raises(TypeError, match="unexpected"):
+        AutoModelForRanking.from_pretrained(tiny_bert, model_type="cross-encoder", colbert_dim=8)
+
+
+def _cli(model, data, out, *extra):
+    return ["--output_dir", str(out), "--model_name_or_path", model, "--train_data", data, "--report_to", "none",
+            "--per_device_train_batch_size", "2", "--num_train_epochs", "1", "--max_steps", "2", *extra]
+
+
+def test_cli_trains_each_type_and_reloads(kind, tiny_bert, tiny_qwen, train_file, tmp_path):
+    out = tmp_path / "out"
+    model_path = tiny_qwen if kind == "llm" else tiny_bert
+    extra = ["--model_type", kind, "--max_len", "64" if kind == "llm" else "32", "--train_group_size", "3", "--fp16"]
+    if kind == "llm":
+        extra += ["--causal_lm", "True", "--use_lora", "True", "--task_prompt", SHORT_PROMPT["task_prompt"],
+                  "--query_instruction", "A: ", "--document_instruction", "B: "]
+    assert rerank_cli.main(_cli(model_path, train_file, out, *extra)) == 0
+    saved = json.loads((out / "retrievals_config.json").read_text())
+    assert saved["model_type"] == kind and saved["max_length"] == (64 if kind == "llm" else 32)
+    if kind == "llm":
+        assert saved["task_prompt"] == SHORT_PROMPT["task_prompt"] and saved["lora_base"] == tiny_qwen
+    model = AutoModelForRanking.from_pretrained(str(out))
+    checkpoint = AutoModelForRanking.from_pretrained(str(out / "checkpoint-2"))
+    torch.testing.assert_close(torch.tensor(model.compute_score(PAIRS)), torch.tensor(checkpoint.compute_score(PAIRS)))
+    # a second run does not replace the finished model
+    assert rerank_cli.main(_cli(model_path, train_file, out, *extra)) == 2
+
+
+def test_cli_bad_input(tiny_bert, train_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "q", "positive": "p", "negative": ["n"]}\n{"query": "q2", "positive": ["p2"]}\n')
+    assert rerank_cli.main(_cli(tiny_bert, str(bad), out, "--train_group_size", "3")) == 2
+    assert "bad.jsonl:2: field 'negative' is empty" in capsys.readouterr().err
+    assert rerank_cli.main(_cli(tiny_bert, train_file, out, "--loss_fn", "hinge")) == 2
+    assert "choose one of ['bce', 'ce']" in capsys.readouterr().err
+    assert rerank_cli.main(_cli(tiny_bert, train_file, out, "--model_type", "cross-encoder", "--use_inbatch_neg", "true")) == 2
+    assert "colbert only" in capsys.readouterr().err
+    assert rerank_cli.main(_cli(tiny_bert, train_file, out, "--max_len", "32", "--max_length", "64")) == 2
+    assert not out.exists() or not (out / "retrievals_config.json").exists()
+
+
+def test_cli_bce_loss(tiny_bert, train_file, tmp_path):
+    out = tmp_path / "out"
+    assert rerank_cli.main(_cli(tiny_bert, train_file, out, "--model_type", "cross-encoder", "--loss_fn", "bce",
+                                "--train_group_size", "2", "--max_length", "32")) == 0
+    assert isinstance(AutoModelForRanking.from_pretrained(str(out)), CrossEncoder)
