@@ -1,6 +1,6 @@
 """Evaluation: ranking metrics and retrieval evaluation of models."""
 
 from .metrics import evaluate_run
-from .retrieval import evaluate_embedder
+from .retrieval import evaluate_embedder, rerank_run, retrieve
 
-__all__ = ["evaluate_embedder", "evaluate_run"]
+__all__ = ["evaluate_embedder", "evaluate_run", "rerank_run", "retrieve"]

@@ -30,3 +30,22 @@ def evaluate_embedder(model: Any, corpus: Mapping[str, str], queries: Mapping[st
     depth = max(top_k, *k_values)
     run = retrieve(model, corpus, queries, top_k=depth, batch_size=batch_size, show_progress_bar=show_progress_bar)
     return evaluate_run(run, qrels, k_values)
+
+
+def rerank_run(ranker: Any, corpus: Mapping[str, str], queries: Mapping[str, str], run: Mapping[str, Mapping[str, float]],
+               top_k: int = 20, batch_size: int = 32, show_progress_bar: bool = False) -> Dict[str, Dict[str, float]]:
+    """Rescore each query's best ``top_k`` first-stage candidates with ``ranker.compute_score``.
+
+    The candidates below ``top_k`` are dropped, so metrics measure the reranked list alone.
+    """
+    pairs, owners = [], []
+    for qid, scores in run.items():
+        best = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]
+        for doc_id, _ in best:
+            pairs.append((queries[qid], corpus[doc_id]))
+            owners.append((qid, doc_id))
+    new_scores = ranker.compute_score(pairs, batch_size=batch_size, show_progress_bar=show_progress_bar) if pairs else []
+    reranked: Dict[str, Dict[str, float]] = {qid: {} for qid in run}
+    for (qid, doc_id), score in zip(owners, new_scores):
+        reranked[qid][doc_id] = float(score)
+    return reranked

@@ -33,7 +33,7 @@ from .base import (
     lora_base_of,
 )
 from .pooling import POOLING_METHODS, pool
-from .processing import TextProcessor
+from .processing import TextProcessor, run_in_length_chunks
 from .st_format import read_st_settings, warn_unsupported_prefix, write_st_files
 
 Batch = Dict[str, torch.Tensor]
@@ -250,17 +250,10 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
         batch) runs as length-sorted chunks, each cut to its own longest sequence, so short texts
         do not pay for the padding of long ones.
         """
-        mask = batch["attention_mask"]
-        if mask.shape[0] <= chunk_size:
-            return self._embed_padded(batch["input_ids"], mask, normalize)
-        order = torch.argsort(mask.sum(dim=1), descending=True)
         left = self.processor.tokenizer.padding_side == "left"
-        parts = []
-        for idx in order.split(chunk_size):
-            width = int(mask[idx].sum(dim=1).max())
-            cols = slice(mask.shape[1] - width, None) if left else slice(0, width)
-            parts.append(self._embed_padded(batch["input_ids"][idx][:, cols], mask[idx][:, cols], normalize))
-        return torch.cat(parts)[torch.argsort(order)]
+        return run_in_length_chunks(
+            lambda b: self._embed_padded(b["input_ids"], b["attention_mask"], normalize), batch, chunk_size, left
+        )
 
     def _embed_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, normalize: Optional[bool]) -> torch.Tensor:
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}

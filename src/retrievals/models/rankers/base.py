@@ -32,6 +32,7 @@ from ..base import (
 
 Pair = Tuple[str, str]
 Batch = Dict[str, torch.Tensor]
+TRAIN_CHUNK = 16  # training batches run as length-sorted chunks of this many inputs (less padding)
 
 
 @dataclass

@@ -11,8 +11,8 @@ from transformers import AutoModelForSequenceClassification
 
 from ...utils import apply_instruction, logger
 from ..base import hf_config
-from ..processing import pad_ids
-from .base import BaseRanker, Batch, RankerConfig, RankingOutput, group_targets
+from ..processing import pad_ids, run_in_length_chunks
+from .base import TRAIN_CHUNK, BaseRanker, Batch, RankerConfig, RankingOutput, group_targets
 
 
 @dataclass
@@ -100,5 +100,5 @@ class CrossEncoder(BaseRanker):
         return self.backbone(**batch).logits[:, 0]
 
     def forward(self, pairs: Batch, group_size: int) -> RankingOutput:
-        scores = self.score_units(pairs).view(-1, group_size)
+        scores = run_in_length_chunks(self.score_units, pairs, TRAIN_CHUNK).view(-1, group_size)
         return RankingOutput(scores=scores, targets=group_targets(scores.shape[0], scores.device))

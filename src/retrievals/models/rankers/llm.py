@@ -10,8 +10,8 @@ from torch import nn
 
 from ...utils import logger
 from ..base import load_backbone
-from ..processing import pad_ids
-from .base import BaseRanker, Batch, RankerConfig, RankingOutput, group_targets, windows
+from ..processing import pad_ids, run_in_length_chunks
+from .base import TRAIN_CHUNK, BaseRanker, Batch, RankerConfig, RankingOutput, group_targets, windows
 
 DEFAULT_PROMPT = (
     "Given a query A and a passage B, determine whether the passage contains an answer to the query "
@@ -133,5 +133,5 @@ class LLMRanker(BaseRanker):
         return score
 
     def forward(self, pairs: Batch, group_size: int) -> RankingOutput:
-        scores = self.score_units(pairs).view(-1, group_size)
+        scores = run_in_length_chunks(self.score_units, pairs, TRAIN_CHUNK, left=True).view(-1, group_size)
         return RankingOutput(scores=scores, targets=group_targets(scores.shape[0], scores.device))

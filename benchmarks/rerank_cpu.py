@@ -1,0 +1,206 @@
+"""Reranker benchmark on this CPU: throughput vs sentence-transformers' CrossEncoder, and quality of
+all three reranker kinds on AIA-BDE, side by side in one run.
+
+    .venv/bin/python benchmarks/rerank_cpu.py [--quality] [--out benchmarks/results/rerank_cpu.json]
+
+* Throughput (same model: all-MiniLM-L6-v2 with a fresh 1-logit head; same pairs; 32 pairs a batch;
+  256 tokens max; fp32): training pairs/s over ``--steps`` optimizer steps (ours: 8 queries x group 4,
+  listwise CE; theirs: CrossEncoderTrainer, 32 labelled pairs, BCE) and scoring pairs/s (``compute_score``
+  vs ``CrossEncoder.predict``; ours with ``score_windows=False``, i.e. truncating long documents as
+  sentence-transformers does), whose scores must agree. Scoring with windows is timed too.
+* ``--quality``: the held-out FAQs' queries (``--eval_queries`` of them) get the top 20 FAQs of zero-shot
+  all-MiniLM-L6-v2; each reranker reorders them before and after one epoch of fine-tuning on the training
+  FAQs (hard negatives mined with the same retriever, ranks 3-30): MAP and MRR@10 of the reranked list.
+  Cross-encoder and ColBERT start from all-MiniLM-L6-v2, the LLM reranker from SmolLM2-135M-Instruct + LoRA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from retrievals import AutoModelForEmbedding, AutoModelForRanking, __version__  # noqa: E402
+from retrievals.assets import fetch  # noqa: E402
+from retrievals.data.aia_bde import parse_aia_bde, split_by_faq  # noqa: E402
+from retrievals.evaluation import evaluate_run, rerank_run, retrieve  # noqa: E402
+from retrievals.pipelines import demo, rerank  # noqa: E402
+
+PAIR_BATCH, GROUP, MAX_LEN, TOP_K = 32, 4, 256, 20
+KINDS = {  # model, lr, queries per batch, max_len, extra CLI flags, training queries (None: all)
+    "cross-encoder": ("minilm", 5e-5, PAIR_BATCH // GROUP, MAX_LEN, [], None),
+    "colbert": ("minilm", 5e-5, PAIR_BATCH // GROUP, MAX_LEN, ["--query_max_length", "64"], None),
+    "llm": ("smollm2", 5e-4, 4, MAX_LEN, ["--causal_lm", "True", "--use_lora", "True", "--lora_r", "16", "--lora_alpha", "32"], 600),
+}
+
+
+def train(kind, model_path, data, out, lr, batch, max_len, extra, max_steps=None):
+    cli = ["--model_name_or_path", model_path, "--model_type", kind, "--train_data", str(data), "--output_dir", str(out),
+           "--do_train", "--per_device_train_batch_size", str(batch), "--learning_rate", str(lr), "--train_group_size", str(GROUP),
+           "--max_len", str(max_len), "--warmup_steps", "0.1", "--logging_steps", "10", "--save_strategy", "no",
+           "--report_to", "none", "--disable_tqdm", "true", "--seed", "42", "--dataloader_drop_last", "true", *extra]
+    cli += ["--max_steps", str(max_steps)] if max_steps else ["--num_train_epochs", "1"]
+    from transformers import HfArgumentParser
+
+    from retrievals.training.arguments import DataArguments
+
+    m, d, a = HfArgumentParser((rerank.RerankModelArguments, DataArguments, rerank.RerankTrainingArguments)).parse_args_into_dataclasses(args=cli)
+    start = time.perf_counter()
+    rerank.train(m, d, a)
+    return time.perf_counter() - start
+
+
+def write_groups(split, negatives, qids, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for qid in qids:
+            pos = [split.corpus[d] for d in split.train_qrels[qid]]
+            f.write(json.dumps({"query": split.train_queries[qid], "positive": pos,
+                                "negative": [split.corpus[d] for d in negatives[qid]]}, ensure_ascii=False) + "\n")
+
+
+def throughput(minilm, split, negatives, work, steps):
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+
+    qids = list(split.train_queries)[: steps * PAIR_BATCH // GROUP]
+    write_groups(split, negatives, qids, work / "speed.jsonl")
+    t_ours = train("cross-encoder", minilm, work / "speed.jsonl", work / "ours_speed", 5e-5, PAIR_BATCH // GROUP, MAX_LEN, [], steps)
+    rows = {"query": [], "document": [], "label": []}
+    for qid in qids:
+        docs = [split.corpus[next(iter(split.train_qrels[qid]))]] + [split.corpus[d] for d in negatives[qid]]
+        for i, doc in enumerate(docs):
+            rows["query"].append(split.train_queries[qid])
+            rows["document"].append(doc)
+            rows["label"].append(float(i == 0))
+    theirs = CrossEncoder(minilm, num_labels=1, max_length=MAX_LEN, device="cpu")
+    args = CrossEncoderTrainingArguments(output_dir=str(work / "st"), per_device_train_batch_size=PAIR_BATCH, learning_rate=5e-5,
+                                         warmup_steps=0.1, max_steps=steps, logging_steps=10, save_strategy="no", report_to="none",
+                                         disable_tqdm=True, seed=42, dataloader_drop_last=True)
+    trainer = CrossEncoderTrainer(model=theirs, args=args, train_dataset=Dataset.from_dict(rows), loss=BinaryCrossEntropyLoss(theirs))
+    start = time.perf_counter()
+    trainer.train()
+    t_theirs = time.perf_counter() - start
+    train_rate = {"retrievals": round(steps * PAIR_BATCH / t_ours, 2), "sentence_transformers": round(steps * PAIR_BATCH / t_theirs, 2)}
+    train_rate["ratio"] = round(train_rate["retrievals"] / train_rate["sentence_transformers"], 2)
+    print("train pairs/s", train_rate, flush=True)
+
+    # scoring: the same trained weights in both libraries
+    ours = AutoModelForRanking.from_pretrained(str(work / "ours_speed"), score_windows=False)  # truncate, as ST does
+    theirs = CrossEncoder(str(work / "ours_speed"), max_length=MAX_LEN, device="cpu")
+    rng = random.Random(0)
+    test_q, docs = list(split.test_queries.values()), list(split.corpus.values())
+    pairs = [(rng.choice(test_q), rng.choice(docs)) for _ in range(800)]
+    timings, outputs = {}, {}
+    for name, fn in (("retrievals", lambda: ours.compute_score(pairs, batch_size=PAIR_BATCH, normalize=True)),
+                     ("sentence_transformers", lambda: theirs.predict(pairs, batch_size=PAIR_BATCH))):
+        best = float("inf")
+        for _ in range(2):
+            t = time.perf_counter()
+            outputs[name] = np.asarray(fn(), dtype=np.float32)
+            best = min(best, time.perf_counter() - t)
+        timings[name] = round(len(pairs) / best, 1)
+    timings["ratio"] = round(timings["retrievals"] / timings["sentence_transformers"], 2)
+    timings["max_abs_score_difference"] = float(np.abs(outputs["retrievals"] - outputs["sentence_transformers"]).max())
+    ours.retrieval_config.score_windows = True
+    t = time.perf_counter()
+    ours.compute_score(pairs, batch_size=PAIR_BATCH)
+    timings["retrievals_with_windows"] = round(len(pairs) / (time.perf_counter() - t), 1)
+    print("score pairs/s", timings, flush=True)
+    return train_rate, timings
+
+
+def quality(paths, split, negatives, work, eval_queries, only):
+    rng = random.Random(0)
+    test_ids = sorted(split.test_queries)
+    rng.shuffle(test_ids)
+    queries = {q: split.test_queries[q] for q in test_ids[:eval_queries]}
+    qrels = {q: split.test_qrels[q] for q in queries}
+    first_stage = AutoModelForEmbedding.from_pretrained(paths["minilm"], query_max_length=64, document_max_length=MAX_LEN)
+    run = retrieve(first_stage, split.corpus, queries, top_k=TOP_K)
+    report = {"first_stage": _metrics(run, qrels), "eval_queries": len(queries), "candidates_per_query": TOP_K}
+    print("first stage (zero-shot all-MiniLM-L6-v2)", report["first_stage"], flush=True)
+    for kind, (model_key, lr, batch, max_len, extra, n_train) in KINDS.items():
+        if only and kind not in only:
+            continue
+        qids = list(split.train_queries)
+        if n_train:
+            random.Random(1).shuffle(qids)
+            qids = qids[:n_train]
+        data = work / f"{kind}.jsonl"
+        write_groups(split, negatives, qids, data)
+        settings = {"max_length": max_len}
+        before_model = AutoModelForRanking.from_pretrained(paths[model_key], model_type=kind, **settings)
+        t = time.perf_counter()
+        before = _metrics(rerank_run(before_model, split.corpus, queries, run, top_k=TOP_K), qrels)
+        score_s = time.perf_counter() - t
+        del before_model
+        seconds = train(kind, paths[model_key], data, work / kind, lr, batch, max_len, extra)
+        tuned = AutoModelForRanking.from_pretrained(str(work / kind))
+        after = _metrics(rerank_run(tuned, split.corpus, queries, run, top_k=TOP_K), qrels)
+        report[kind] = {"before": before, "after": after, "train_queries": len(qids), "group": GROUP, "lr": lr,
+                        "train_minutes": round(seconds / 60, 1), "rerank_seconds": round(score_s, 1),
+                        "base": {"minilm": "all-MiniLM-L6-v2", "smollm2": "SmolLM2-135M-Instruct"}[model_key],
+                        "flags": extra}
+        print(kind, report[kind], flush=True)
+    return report
+
+
+def _metrics(run, qrels):
+    res = evaluate_run(run, qrels, k_values=(10,))
+    return {k: round(res[k], 4) for k in ("map", "mrr@10", "ndcg@10")}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--quality", action="store_true")
+    p.add_argument("--only", nargs="*", default=None, help="quality for these kinds only")
+    p.add_argument("--eval_queries", type=int, default=300)
+    p.add_argument("--out", default="benchmarks/results/rerank_cpu.json")
+    opts = p.parse_args()
+    torch.manual_seed(0)
+    import sentence_transformers
+    import transformers
+
+    paths = {"minilm": str(fetch("all-MiniLM-L6-v2"))}
+    split = split_by_faq(parse_aia_bde(fetch("aia-bde")), 0.3, 0)
+    base = AutoModelForEmbedding.from_pretrained(paths["minilm"], query_max_length=64, document_max_length=MAX_LEN)
+    negatives = demo.mine_hard_negatives(base, split, n=GROUP - 1, start_rank=3, depth=30)
+    results = {
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
+        "date": datetime.date.today().isoformat(),
+        "versions": {"retrievals": __version__, "sentence_transformers": sentence_transformers.__version__,
+                     "transformers": transformers.__version__, "torch": torch.__version__, "python": platform.python_version()},
+        "settings": {"pair_batch": PAIR_BATCH, "group": GROUP, "max_length": MAX_LEN, "precision": "fp32", "train_steps": opts.steps},
+    }
+    work = Path(tempfile.mkdtemp(prefix="bench-rerank-"))
+    try:
+        results["cross_encoder_train_pairs_per_s"], results["cross_encoder_score_pairs_per_s"] = throughput(
+            paths["minilm"], split, negatives, work, opts.steps)
+        if opts.quality:
+            paths["smollm2"] = str(fetch("SmolLM2-135M-Instruct"))
+            results["quality_heldout"] = quality(paths, split, negatives, work, opts.eval_queries, opts.only)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(opts.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
