@@ -33,3 +33,25 @@ def test_seed_command_two_processes(tiny_bert, train_file, tmp_path):
              "--use_inbatch_neg", "true", "--negatives_cross_device", "true", "--report_to", "none")
     model = AutoModelForEmbedding.from_pretrained(str(out))
     assert model.encode("tax card").shape == (32,)
+
+
+def test_retrieve_encodes_shards_across_two_processes(tiny_bert, tmp_path):
+    from retrievals.evaluation.io import read_trec_run, save_beir
+
+    from .conftest import corpus_lines
+
+    lines = corpus_lines(50)
+    save_beir(tmp_path / "beir", {f"d{i}": t for i, t in enumerate(lines)}, {f"q{i}": lines[i][:20] for i in range(5)},
+              {f"q{i}": {f"d{i}": 1} for i in range(5)})
+    common = ["--dataset", str(tmp_path / "beir"), "--model_name_or_path", tiny_bert, "--pooling_method", "mean",
+              "--index_type", "exact", "--top_k", "10", "--shard_size", "10"]
+    run_torchrun(2, "-m", "retrievals.pipelines.retrieve", *common, "--output", str(tmp_path / "two.trec"),
+                 "--cache_dir", str(tmp_path / "cache2"))
+    assert len(list((tmp_path / "cache2").glob("shard-*.npy"))) == 5
+    from retrievals.pipelines import retrieve
+
+    assert retrieve.main([*common, "--output", str(tmp_path / "one.trec")]) == 0
+    one, two = read_trec_run(tmp_path / "one.trec"), read_trec_run(tmp_path / "two.trec")
+    assert one.keys() == two.keys()
+    for q in one:
+        assert list(one[q]) == list(two[q])

@@ -1,5 +1,11 @@
-"""Search over document vectors."""
+"""Search over documents: one base class (:class:`Index`) and one file per backend."""
 
-from .exact import exact_search
+from .base import INDEXES, Index, Run
+from .bm25 import BM25Index
+from .exact import ExactIndex, exact_search
+from .faiss_index import FAISS_TYPES, FaissIndex
+from .hybrid import reciprocal_rank_fusion
+from .retrieval import AutoRetrieval, build_dense_index
 
-__all__ = ["exact_search"]
+__all__ = ["AutoRetrieval", "BM25Index", "build_dense_index", "ExactIndex", "FAISS_TYPES", "FaissIndex", "INDEXES", "Index", "Run", "exact_search",
+           "reciprocal_rank_fusion"]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from .base import Index, as_matrix
 
 
 def exact_search(
@@ -27,3 +30,27 @@ def exact_search(
         scores.append(s)
         indices.append(i)
     return torch.cat(scores).numpy(), torch.cat(indices).numpy()
+
+
+class ExactIndex(Index):
+    """Document vectors kept in memory, searched exactly by inner product (cosine for normalised vectors)."""
+
+    backend = "exact"
+
+    def __init__(self, vectors: Any, ids: Sequence[str]) -> None:
+        super().__init__(ids)
+        self.vectors = as_matrix(vectors)
+        if self.vectors.shape[0] != len(self.ids):
+            raise ValueError(f"{self.vectors.shape[0]} vectors for {len(self.ids)} ids")
+
+    def search(self, queries: Any, top_k: int = 10) -> Tuple[np.ndarray, List[List[str]]]:
+        scores, idx = exact_search(as_matrix(queries), self.vectors, top_k)
+        return scores, [[self.ids[j] for j in row] for row in idx]
+
+    def _save(self, folder: Path) -> Dict[str, Any]:
+        np.save(folder / "vectors.npy", self.vectors)
+        return {"dim": int(self.vectors.shape[1])}
+
+    @classmethod
+    def _load(cls, folder: Path, ids: List[str], settings: Dict[str, Any]) -> "ExactIndex":
+        return cls(np.load(folder / "vectors.npy"), ids)

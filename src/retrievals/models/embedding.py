@@ -320,6 +320,18 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
         texts = [_doc_text(d) for d in corpus]
         return self.encode(texts, is_query=False, **kwargs)
 
+    def build_index(self, sentences: Sequence[Any], index_path: Optional[str] = None, index_type: str = "flat",
+                    ids: Optional[Sequence[str]] = None, batch_size: int = 32, **index_kwargs: Any) -> Any:
+        """Encode ``sentences`` as documents and index them (``flat``/``ivf``/``hnsw`` with faiss, or
+        ``exact``); ids default to positions. Saved to ``index_path`` when given."""
+        from ..index import build_dense_index
+
+        vectors = self.encode_corpus(sentences, batch_size=batch_size)
+        index = build_dense_index(vectors, ids if ids is not None else [str(i) for i in range(len(vectors))], index_type, **index_kwargs)
+        if index_path:
+            index.save(index_path)
+        return index
+
     def similarity(self, queries: np.ndarray | torch.Tensor, documents: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Dot product (cosine for normalised embeddings) between every query and document."""
         return torch.as_tensor(queries) @ torch.as_tensor(documents).T

@@ -57,6 +57,10 @@ class DataArguments:
     document_max_length: int | None = field(default=None, metadata={"help": "Max tokens of a document."})
     max_length: int | None = field(default=None, metadata={"help": "Sets both max lengths when given (rerankers: the input length)."})
     max_len: int | None = field(default=None, metadata={"help": "Same as --max_length."})
+    eval_data: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Held-out records (same format as train_data) scored every --eval_steps: MAP, MRR@10, nDCG@10."},
+    )
 
     def __post_init__(self) -> None:
         if self.max_len is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 from typing import Tuple
 
 import torch
@@ -43,3 +44,13 @@ def shutdown_distributed() -> None:
         gc.collect()
         dist.barrier()
         dist.destroy_process_group()
+
+
+def init_distributed() -> None:
+    """Start the default process group under torchrun (gloo on CPU, nccl on GPUs) for pipelines that
+    do not go through the Trainer; a no-op for a single process or when already started."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)

@@ -32,13 +32,18 @@ def run_training(
         data_args.train_data, data_args.query_key, data_args.positive_key, data_args.negative_key,
         min_negatives=data_args.train_group_size - 1,
     )
+    eval_records = (
+        load_records(data_args.eval_data, data_args.query_key, data_args.positive_key, data_args.negative_key)
+        if data_args.eval_data else None
+    )
     checkpoint = args.resume_from_checkpoint or resolve_output_dir(args.output_dir, args.overwrite_output_dir, args.resume)
     if checkpoint:
         logger.warning("Resuming from %s", checkpoint)
     set_seed(args.seed)
     model = build_model()
     dataset = TrainDataset(records, data_args.train_group_size, args.seed, data_args.unfold_each_positive)
-    trainer = RetrievalTrainer(model=model, args=args, train_dataset=dataset, data_collator=make_collator(model), loss_fn=loss)
+    trainer = RetrievalTrainer(model=model, args=args, train_dataset=dataset, data_collator=make_collator(model), loss_fn=loss,
+                               eval_records=eval_records)
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(args.output_dir)
     if args.save_merged and trainer.is_world_process_zero() and model.retrieval_config.lora_base:

@@ -30,9 +30,12 @@ class RetrievalTrainer(Trainer):
     so every checkpoint is a folder that ``from_pretrained`` loads.
     """
 
-    def __init__(self, *args: Any, loss_fn: nn.Module, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, loss_fn: nn.Module, eval_records: Optional[list] = None, **kwargs: Any) -> None:
+        if eval_records:  # Trainer checks that an eval dataset exists when --eval_strategy is set
+            kwargs.setdefault("eval_dataset", eval_records)
         super().__init__(*args, **kwargs)
         self.loss_fn = loss_fn
+        self.eval_records = eval_records
         if self.train_dataset is not None:
             self.add_callback(_SetEpoch(self.train_dataset))
 
@@ -45,6 +48,19 @@ class RetrievalTrainer(Trainer):
     def loss_inputs(outputs: Any) -> tuple:
         """The output's tensors in field order: (query, document embeddings) or (scores, targets)."""
         return outputs.to_tuple()
+
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> Dict[str, float]:
+        """With held-out records (``--eval_data``): reranking-style MAP / MRR@10 / nDCG@10 of the current
+        model, logged with the training metrics. Without: the Trainer's own evaluation."""
+        if not self.eval_records:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        from ..evaluation.reranking import evaluate_reranking
+
+        model = self.accelerator.unwrap_model(self.model)
+        metrics = {f"{metric_key_prefix}_{k}": round(v, 4) for k, v in evaluate_reranking(model, self.eval_records).items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
     def _save(self, output_dir: Optional[str] = None, state_dict: Optional[dict] = None) -> None:
         output_dir = output_dir or self.args.output_dir

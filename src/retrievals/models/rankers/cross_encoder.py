@@ -17,7 +17,11 @@ from .base import TRAIN_CHUNK, BaseRanker, Batch, RankerConfig, RankingOutput, g
 
 @dataclass
 class CrossEncoderConfig(RankerConfig):
+    """By default the query is only capped at half of ``max_length`` (as sentence-transformers' truncation does
+    for short queries and long documents)."""
+
     model_type: str = "cross-encoder"
+    query_max_length: int = 512
 
 
 def cut_text(tokenizer: Any, text: str, max_tokens: int) -> str:

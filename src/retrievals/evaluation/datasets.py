@@ -1,0 +1,41 @@
+"""Evaluation datasets by name or folder: ``aia-bde`` (held-out FAQs), a Vaswani TREC folder, or a BEIR folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict
+
+from ..data.readers import DataError
+from .io import dataset_hash, load_beir
+
+
+@dataclass
+class EvalDataset:
+    name: str
+    corpus: Dict[str, str]
+    queries: Dict[str, str]
+    qrels: Dict[str, Dict[str, int]]
+
+    @property
+    def hash(self) -> str:
+        return dataset_hash(self.corpus, self.queries, self.qrels)
+
+
+def load_eval_dataset(name_or_path: str, split: str = "test") -> EvalDataset:
+    """``aia-bde``: the held-out 30% of FAQs (split by FAQ, seed 0), retrieval from all 855 FAQs;
+    a folder with ``doc-text.trec``: Vaswani; a folder with ``corpus.jsonl``: BEIR (``qrels/<split>.tsv``)."""
+    if name_or_path == "aia-bde":
+        from ..assets import fetch
+        from ..data.aia_bde import parse_aia_bde, split_by_faq
+
+        data = split_by_faq(parse_aia_bde(fetch("aia-bde")), 0.3, 0)
+        return EvalDataset("aia-bde (held-out FAQs)", data.corpus, data.test_queries, data.test_qrels)
+    folder = Path(name_or_path)
+    if (folder / "doc-text.trec").is_file():
+        from ..data.vaswani import load_vaswani
+
+        return EvalDataset(f"vaswani ({folder.name})", *load_vaswani(folder))
+    if (folder / "corpus.jsonl").is_file():
+        return EvalDataset(f"beir ({folder.name}, {split})", *load_beir(folder, split))
+    raise DataError(f"{name_or_path}: not 'aia-bde', a Vaswani folder (doc-text.trec) or a BEIR folder (corpus.jsonl)")

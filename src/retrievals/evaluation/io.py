@@ -1,0 +1,127 @@
+"""Evaluation data in and out: BEIR folders, TREC run and qrels files, JSONL corpora and queries."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Dict, Mapping, Tuple
+
+from ..data.readers import DataError
+
+Corpus = Dict[str, str]
+Queries = Dict[str, str]
+Qrels = Dict[str, Dict[str, int]]
+Run = Dict[str, Dict[str, float]]
+
+
+def read_jsonl_texts(path: str | os.PathLike, id_key: str = "_id", text_key: str = "text", title_key: str = "title") -> Dict[str, str]:
+    """``{id: text}`` from JSONL records (BEIR corpus/queries layout; ``title`` is prepended when present)."""
+    out: Dict[str, str] = {}
+    path = Path(path)
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{line_no}: invalid JSON ({exc.msg})") from None
+            key = id_key if id_key in obj else ("id" if "id" in obj else None)
+            if key is None or not isinstance(obj.get(text_key), str):
+                raise DataError(f"{path}:{line_no}: needs an '{id_key}' (or 'id') and a string '{text_key}'")
+            title = (obj.get(title_key) or "").strip()
+            out[str(obj[key])] = f"{title} {obj[text_key]}".strip() if title else obj[text_key]
+    return out
+
+
+def read_qrels(path: str | os.PathLike) -> Qrels:
+    """TREC qrels (``qid 0 docid rel``) or BEIR TSV (``query-id corpus-id score`` with a header)."""
+    qrels: Qrels = {}
+    path = Path(path)
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            parts = line.split()
+            if not parts or (line_no == 1 and parts[0] in {"query-id", "qid", "query_id"}):
+                continue
+            if len(parts) == 4:
+                qid, _, doc, rel = parts
+            elif len(parts) == 3:
+                qid, doc, rel = parts
+            else:
+                raise DataError(f"{path}:{line_no}: expected 'qid 0 docid relevance' or 'qid docid relevance'")
+            try:
+                qrels.setdefault(qid, {})[doc] = int(float(rel))
+            except ValueError:
+                raise DataError(f"{path}:{line_no}: relevance {rel!r} is not a number") from None
+    return qrels
+
+
+def write_qrels(qrels: Mapping[str, Mapping[str, int]], path: str | os.PathLike) -> None:
+    lines = [f"{q} 0 {d} {r}\n" for q, docs in qrels.items() for d, r in docs.items()]
+    _atomic_write(Path(path), "".join(lines))
+
+
+def read_trec_run(path: str | os.PathLike) -> Run:
+    """A TREC run file: ``qid Q0 docid rank score tag``."""
+    run: Run = {}
+    path = Path(path)
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 6:
+                raise DataError(f"{path}:{line_no}: expected 'qid Q0 docid rank score tag'")
+            run.setdefault(parts[0], {})[parts[2]] = float(parts[4])
+    return run
+
+
+def write_trec_run(run: Mapping[str, Mapping[str, float]], path: str | os.PathLike, tag: str = "retrievals") -> None:
+    lines = []
+    for qid, scores in run.items():
+        ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+        lines.extend(f"{qid} Q0 {doc} {i} {score:.6f} {tag}\n" for i, (doc, score) in enumerate(ranked, start=1))
+    _atomic_write(Path(path), "".join(lines))
+
+
+def load_beir(folder: str | os.PathLike, split: str = "test") -> Tuple[Corpus, Queries, Qrels]:
+    """A BEIR folder: ``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``; queries limited to the judged ones."""
+    folder = Path(folder)
+    for need in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv"):
+        if not (folder / need).is_file():
+            raise DataError(f"{folder / need}: missing (a BEIR folder has corpus.jsonl, queries.jsonl, qrels/{split}.tsv)")
+    qrels = read_qrels(folder / "qrels" / f"{split}.tsv")
+    queries = {q: t for q, t in read_jsonl_texts(folder / "queries.jsonl").items() if q in qrels}
+    return read_jsonl_texts(folder / "corpus.jsonl"), queries, qrels
+
+
+def save_beir(folder: str | os.PathLike, corpus: Mapping[str, str], queries: Mapping[str, str], qrels: Qrels, split: str = "test") -> None:
+    folder = Path(folder)
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    _atomic_write(folder / "corpus.jsonl", "".join(json.dumps({"_id": k, "text": v}, ensure_ascii=False) + "\n" for k, v in corpus.items()))
+    _atomic_write(folder / "queries.jsonl", "".join(json.dumps({"_id": k, "text": v}, ensure_ascii=False) + "\n" for k, v in queries.items()))
+    rows = ["query-id\tcorpus-id\tscore\n"] + [f"{q}\t{d}\t{r}\n" for q, docs in qrels.items() for d, r in docs.items()]
+    _atomic_write(folder / "qrels" / f"{split}.tsv", "".join(rows))
+
+
+def dataset_hash(corpus: Mapping[str, str], queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]]) -> str:
+    """sha256 over the sorted corpus, queries and qrels: two reports with the same hash used the same data."""
+    digest = hashlib.sha256()
+    for part in (corpus, queries):
+        for key in sorted(part):
+            digest.update(f"{key}\t{part[key]}\n".encode())
+    for q in sorted(qrels):
+        for d in sorted(qrels[q]):
+            digest.update(f"{q}\t{d}\t{qrels[q][d]}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+

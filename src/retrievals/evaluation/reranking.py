@@ -1,0 +1,40 @@
+"""Reranking-style evaluation (as C-MTEB's T2Reranking): each query scored against its own candidates."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Sequence
+
+import numpy as np
+
+from ..data.readers import Record
+from .metrics import evaluate_run
+
+
+def score_candidates(model: Any, query: str, documents: Sequence[str], batch_size: int = 32) -> List[float]:
+    """Scores of ``documents`` for ``query``: ``compute_score`` for rerankers, dot products of
+    ``encode_queries``/``encode_corpus`` embeddings for embedders."""
+    if hasattr(model, "compute_score"):
+        return list(model.compute_score([(query, d) for d in documents], batch_size=batch_size))
+    q = np.asarray(model.encode_queries([query], batch_size=batch_size))
+    d = np.asarray(model.encode_corpus(list(documents), batch_size=batch_size))
+    return (q @ d.T)[0].tolist()
+
+
+def evaluate_reranking(model: Any, records: Iterable[Record], k_values: Iterable[int] = (10,), batch_size: int = 32) -> Dict[str, float]:
+    """MAP, MRR@k and nDCG@k of ranking each record's positives + negatives (positives relevant).
+
+    Works for embedders and rerankers alike; the query's whole candidate list is ranked, so MAP is
+    over all candidates.
+    """
+    run: Dict[str, Dict[str, float]] = {}
+    qrels: Dict[str, Dict[str, int]] = {}
+    for i, record in enumerate(records):
+        docs = list(record.positives) + list(record.negatives)
+        ids = [f"p{j}" for j in range(len(record.positives))] + [f"n{j}" for j in range(len(record.negatives))]
+        scores = score_candidates(model, record.query, docs, batch_size)
+        run[str(i)] = dict(zip(ids, map(float, scores)))
+        qrels[str(i)] = {f"p{j}": 1 for j in range(len(record.positives))}
+    k_values = tuple(k_values)
+    metrics = evaluate_run(run, qrels, k_values)
+    keep = ["map"] + [f"{m}@{k}" for k in k_values for m in ("mrr", "ndcg")]
+    return {key: metrics[key] for key in keep}

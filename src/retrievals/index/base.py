@@ -1,0 +1,82 @@
+"""The index interface: searchable documents with string ids, saved to and loaded from a folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Dict, List, Sequence, Tuple, Type
+
+import numpy as np
+
+from ..models.base import atomic_directory
+
+Run = Dict[str, Dict[str, float]]
+META = "index_meta.json"
+INDEXES: Dict[str, Type["Index"]] = {}
+
+
+class Index(ABC):
+    """One subclass per backend (exact, faiss, bm25). ``search`` takes query vectors (dense
+    backends) or query texts (BM25) and returns scores [Q, k] and the matching document ids."""
+
+    backend: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.backend:
+            INDEXES[cls.backend] = cls
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        self.ids = [str(i) for i in ids]
+        if len(set(self.ids)) != len(self.ids):
+            raise ValueError("document ids must be unique")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @abstractmethod
+    def search(self, queries: Any, top_k: int = 10) -> Tuple[np.ndarray, List[List[str]]]:
+        """Scores [n_queries, k] (best first) and the ids of those documents."""
+
+    def search_run(self, query_ids: Sequence[str], queries: Any, top_k: int = 100) -> Run:
+        """A run: query id -> {document id: score} of the best ``top_k``."""
+        scores, ids = self.search(queries, top_k)
+        return {str(q): {d: float(s) for d, s in zip(row_ids, row) if d is not None} for q, row, row_ids in zip(query_ids, scores, ids)}
+
+    @abstractmethod
+    def _save(self, folder: Path) -> Dict[str, Any]:
+        """Write the backend's files into ``folder``; return settings to keep in the metadata."""
+
+    @classmethod
+    @abstractmethod
+    def _load(cls, folder: Path, ids: List[str], settings: Dict[str, Any]) -> "Index":
+        """Rebuild from what :meth:`_save` wrote."""
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Save the index with its document ids (atomically: a killed save leaves the old files)."""
+        with atomic_directory(path) as scratch:
+            settings = self._save(scratch)
+            (scratch / "ids.json").write_text(json.dumps(self.ids, ensure_ascii=False), encoding="utf-8")
+            meta = {"backend": self.backend, "size": len(self.ids), "settings": settings}
+            (scratch / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+    @staticmethod
+    def load(path: str | os.PathLike) -> "Index":
+        """Load any saved index; the backend comes from ``index_meta.json``."""
+        folder = Path(path)
+        meta_file = folder / META
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"{meta_file}: missing; not an index saved by retrievals.")
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        backend = meta.get("backend")
+        if backend not in INDEXES:
+            raise ValueError(f"{meta_file}: unknown backend {backend!r}; known: {sorted(INDEXES)}.")
+        ids = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
+        return INDEXES[backend]._load(folder, ids, meta.get("settings", {}))
+
+
+def as_matrix(vectors: Any) -> np.ndarray:
+    array = np.ascontiguousarray(np.asarray(vectors.detach().cpu() if hasattr(vectors, "detach") else vectors, dtype=np.float32))
+    return array[None, :] if array.ndim == 1 else array

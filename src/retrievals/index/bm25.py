@@ -1,0 +1,52 @@
+"""BM25 over raw texts with bm25s (optional dependency: ``pip install 'retrievals[bm25]'``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..utils import require
+from .base import Index
+
+
+class BM25Index(Index):
+    """Lexical BM25 (``k1``, ``b``, bm25s ``method``); texts are lowercased and split into words.
+    ``stopwords``: a language code bm25s knows (such as ``"en"``) or None."""
+
+    backend = "bm25"
+
+    def __init__(self, texts: Optional[Sequence[str]], ids: Sequence[str], k1: float = 1.5, b: float = 0.75,
+                 method: str = "lucene", stopwords: Optional[str] = None, _retriever: Any = None) -> None:
+        super().__init__(ids)
+        bm25s = require("bm25s", "bm25")
+        self.k1, self.b, self.method, self.stopwords = k1, b, method, stopwords
+        if _retriever is not None:
+            self.retriever = _retriever
+            return
+        texts = list(texts or [])
+        if len(texts) != len(self.ids):
+            raise ValueError(f"{len(texts)} texts for {len(self.ids)} ids")
+        self.retriever = bm25s.BM25(k1=k1, b=b, method=method)
+        self.retriever.index(bm25s.tokenize(texts, stopwords=stopwords, show_progress=False), show_progress=False)
+
+    def search(self, queries: Sequence[str], top_k: int = 10) -> Tuple[np.ndarray, List[List[str]]]:
+        bm25s = require("bm25s", "bm25")
+        if isinstance(queries, str):
+            queries = [queries]
+        k = min(top_k, len(self.ids))
+        tokens = bm25s.tokenize(list(queries), stopwords=self.stopwords, show_progress=False)
+        docs, scores = self.retriever.retrieve(tokens, k=k, show_progress=False, n_threads=1)
+        return np.asarray(scores, dtype=np.float32), [[self.ids[int(j)] for j in row] for row in docs]
+
+    def _save(self, folder: Path) -> Dict[str, Any]:
+        self.retriever.save(str(folder / "bm25s"))
+        return {"k1": self.k1, "b": self.b, "method": self.method, "stopwords": self.stopwords}
+
+    @classmethod
+    def _load(cls, folder: Path, ids: List[str], settings: Dict[str, Any]) -> "BM25Index":
+        bm25s = require("bm25s", "bm25")
+        retriever = bm25s.BM25.load(str(folder / "bm25s"))
+        return cls(None, ids, settings.get("k1", 1.5), settings.get("b", 0.75), settings.get("method", "lucene"),
+                   settings.get("stopwords"), _retriever=retriever)

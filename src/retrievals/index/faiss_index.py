@@ -1,0 +1,72 @@
+"""faiss backends: flat inner product, IVF and HNSW (optional dependency: ``pip install 'retrievals[faiss]'``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..utils import require
+from .base import Index, as_matrix
+
+FAISS_TYPES = ("flat", "ivf", "hnsw")
+
+
+class FaissIndex(Index):
+    """Inner-product faiss index (cosine for normalised vectors), saved with its document ids.
+
+    ``index_type``: ``flat`` (exact), ``ivf`` (``nlist`` clusters, ``nprobe`` searched; default
+    nlist ~ 4 sqrt(n)) or ``hnsw`` (``m`` links, ``ef_search``).
+    """
+
+    backend = "faiss"
+
+    def __init__(self, vectors: Any, ids: Sequence[str], index_type: str = "flat", nlist: Optional[int] = None,
+                 nprobe: int = 16, m: int = 32, ef_search: int = 128, _index: Any = None) -> None:
+        super().__init__(ids)
+        faiss = require("faiss", "faiss")
+        if index_type not in FAISS_TYPES:
+            raise ValueError(f"Unknown faiss index_type {index_type!r}; choose one of {list(FAISS_TYPES)}.")
+        self.index_type, self.nprobe, self.m, self.ef_search = index_type, nprobe, m, ef_search
+        if _index is not None:
+            self.index = _index
+        else:
+            x = as_matrix(vectors)
+            if x.shape[0] != len(self.ids):
+                raise ValueError(f"{x.shape[0]} vectors for {len(self.ids)} ids")
+            dim = x.shape[1]
+            if index_type == "flat":
+                self.index = faiss.IndexFlatIP(dim)
+            elif index_type == "ivf":
+                nlist = nlist or max(1, min(int(4 * np.sqrt(len(x))), len(x) // 39 or 1))
+                self.index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+                self.index.train(x)
+            else:
+                self.index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
+            self.index.add(x)
+        self.nlist = getattr(self.index, "nlist", None)
+        self._apply_search_settings()
+
+    def _apply_search_settings(self) -> None:
+        if self.index_type == "ivf":
+            self.index.nprobe = self.nprobe
+        elif self.index_type == "hnsw":
+            self.index.hnsw.efSearch = self.ef_search
+
+    def search(self, queries: Any, top_k: int = 10) -> Tuple[np.ndarray, List[List[str]]]:
+        k = min(top_k, len(self.ids))
+        scores, idx = self.index.search(as_matrix(queries), k)
+        return scores, [[self.ids[j] if j >= 0 else None for j in row] for row in idx]
+
+    def _save(self, folder: Path) -> Dict[str, Any]:
+        faiss = require("faiss", "faiss")
+        faiss.write_index(self.index, str(folder / "index.faiss"))
+        return {"index_type": self.index_type, "nlist": self.nlist, "nprobe": self.nprobe, "m": self.m, "ef_search": self.ef_search}
+
+    @classmethod
+    def _load(cls, folder: Path, ids: List[str], settings: Dict[str, Any]) -> "FaissIndex":
+        faiss = require("faiss", "faiss")
+        index = faiss.read_index(str(folder / "index.faiss"))
+        return cls(None, ids, settings["index_type"], settings.get("nlist"), settings.get("nprobe", 16),
+                   settings.get("m", 32), settings.get("ef_search", 128), _index=index)

@@ -1,0 +1,175 @@
+"""Mine hard negatives for training data: ``python -m retrievals.pipelines.build_hn --help``.
+
+    python -m retrievals.pipelines.build_hn --model_name_or_path MODEL --input_file train.jsonl \\
+        --output_file train_hn.jsonl --range_for_sampling 2-200 --negative_number 15
+
+For each query the pool (``--candidate_pool``, or every positive and negative of the input) is ranked
+by the embedder; candidates ranked within ``--range_for_sampling`` that are not positives are kept
+unless they score above ``--false_negative_ratio`` x the weakest positive's score (likely unlabelled
+positives). ``--reranker_model`` applies the same filter with a reranker's normalised scores.
+Pool embeddings are cached in resumable shards (``--cache_dir``). Queries that end up with fewer
+negatives than asked get a warning, never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+from transformers import HfArgumentParser
+
+from ..data.readers import DataError, Record, iter_raw, load_records
+from ..index.exact import exact_search
+from ..index.sharded import encode_sharded
+from ..utils import logger, unescape_cli
+
+
+@dataclass
+class HardNegativeArguments:
+    model_name_or_path: str = field(metadata={"help": "Embedder that ranks the pool."})
+    input_file: str = field(metadata={"help": "Training JSONL: query, positive, (negative)."})
+    output_file: str = field(metadata={"help": "Where to write the records with mined negatives."})
+    candidate_pool: Optional[str] = field(default=None, metadata={"help": "JSONL with 'text' (or a .txt, one per line)."})
+    range_for_sampling: str = field(default="2-200", metadata={"help": "Rank window START-END (0-based) to sample from."})
+    negative_number: int = 15
+    false_negative_ratio: float = field(default=0.95, metadata={"help": "Drop candidates scoring above ratio x positive."})
+    reranker_model: Optional[str] = None
+    keep_original_negatives: bool = False
+    query_key: str = "query"
+    positive_key: str = "positive"
+    negative_key: str = "negative"
+    query_instruction: Optional[str] = None
+    document_instruction: Optional[str] = None
+    max_length: Optional[int] = None
+    batch_size: int = 64
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "Resumable pool embedding shards."})
+    shard_size: int = 10000
+    seed: int = 42
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing --output_file."})
+
+
+def parse_range(text: str) -> Tuple[int, int]:
+    try:
+        start, end = (int(x) for x in text.split("-"))
+    except ValueError:
+        raise ValueError(f"--range_for_sampling {text!r}: expected START-END, such as 2-200") from None
+    if not 0 <= start < end:
+        raise ValueError(f"--range_for_sampling {text!r}: need 0 <= START < END")
+    return start, end
+
+
+def read_pool(path: str) -> List[str]:
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"{file}: no such file.")
+    if file.suffix == ".txt":
+        return [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    texts = []
+    for where, obj in iter_raw(str(file)):
+        if isinstance(obj, str):
+            texts.append(obj)
+        elif isinstance(obj, dict) and isinstance(obj.get("text"), str):
+            texts.append(obj["text"])
+        else:
+            raise DataError(f"{where}: field 'text' must be a string.")
+    return texts
+
+
+def mine(a: HardNegativeArguments, records: List[Record], pool: List[str], model) -> Tuple[List[List[str]], Dict[str, int]]:
+    start, end = parse_range(a.range_for_sampling)
+    if a.cache_dir:
+        pool_emb = encode_sharded(model, pool, a.cache_dir, a.shard_size, a.batch_size)
+    else:
+        pool_emb = model.encode_corpus(pool, batch_size=a.batch_size, show_progress_bar=True)
+    q_emb = model.encode_queries([r.query for r in records], batch_size=a.batch_size, show_progress_bar=True)
+    positives = [p for r in records for p in r.positives]
+    p_emb = model.encode_corpus(positives, batch_size=a.batch_size)
+    _, ranked = exact_search(q_emb, pool_emb, top_k=min(end, len(pool)))
+    reranker = None
+    if a.reranker_model:
+        from ..models.rankers import AutoModelForRanking
+
+        reranker = AutoModelForRanking.from_pretrained(a.reranker_model)
+    stats = {"short": 0, "empty": 0, "dropped_as_false_negative": 0}
+    out, offset = [], 0
+    for i, record in enumerate(records):
+        n_pos = len(record.positives)
+        pos_scores = np.asarray(q_emb[i]) @ np.asarray(p_emb[offset : offset + n_pos]).T
+        offset += n_pos
+        threshold = a.false_negative_ratio * float(np.min(pos_scores))
+        own = set(record.positives)
+        window = [int(j) for j in ranked[i][start:end] if pool[int(j)] not in own]
+        scores = np.asarray(pool_emb[window]) @ np.asarray(q_emb[i]) if window else np.zeros(0)
+        keep = [j for j, s in zip(window, scores) if s <= threshold]
+        if reranker is not None and keep:
+            rr = reranker.compute_score([(record.query, pool[j]) for j in keep] + [(record.query, p) for p in record.positives],
+                                        normalize=True)
+            limit = a.false_negative_ratio * min(rr[len(keep):])
+            keep = [j for j, s in zip(keep, rr[: len(keep)]) if s <= limit]
+        stats["dropped_as_false_negative"] += len(window) - len(keep)
+        rng = random.Random(f"{a.seed}-{i}")
+        chosen = rng.sample(keep, a.negative_number) if len(keep) > a.negative_number else keep
+        negatives = [pool[j] for j in chosen]
+        if a.keep_original_negatives:
+            negatives = list(record.negatives) + [n for n in negatives if n not in record.negatives]
+        if len(negatives) < a.negative_number:
+            stats["short"] += 1
+            stats["empty"] += not negatives
+        out.append(negatives)
+    return out, stats
+
+
+def run(a: HardNegativeArguments) -> Dict[str, int]:
+    output = Path(a.output_file)
+    if output.exists() and not a.overwrite:
+        raise ValueError(f"{output} exists; pass --overwrite to replace it.")
+    parse_range(a.range_for_sampling)
+    records = load_records(a.input_file, a.query_key, a.positive_key, a.negative_key)
+    if a.candidate_pool:
+        pool = read_pool(a.candidate_pool)
+    else:
+        pool = list(dict.fromkeys(t for r in records for t in (*r.positives, *r.negatives)))
+    if not pool:
+        raise DataError("the candidate pool is empty")
+    from ..models.embedding import AutoModelForEmbedding
+
+    model = AutoModelForEmbedding.from_pretrained(
+        a.model_name_or_path, query_instruction=unescape_cli(a.query_instruction),
+        document_instruction=unescape_cli(a.document_instruction), query_max_length=a.max_length, document_max_length=a.max_length)
+    negatives, stats = mine(a, records, pool, model)
+    if stats["short"]:
+        logger.warning("%d of %d queries got fewer than %d negatives (%d got none): widen --range_for_sampling, "
+                       "raise --false_negative_ratio or add a --candidate_pool.", stats["short"], len(records),
+                       a.negative_number, stats["empty"])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        for record, negs in zip(records, negatives):
+            handle.write(json.dumps({a.query_key: record.query, a.positive_key: record.positives, a.negative_key: negs},
+                                    ensure_ascii=False) + "\n")
+    os.replace(tmp, output)
+    stats["queries"] = len(records)
+    print(json.dumps(stats))
+    return stats
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    try:
+        (args,) = HfArgumentParser((HardNegativeArguments,)).parse_args_into_dataclasses(args=argv)
+        run(args)
+    except (DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

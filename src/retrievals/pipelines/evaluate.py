@@ -1,0 +1,107 @@
+"""Evaluate models on a dataset and write a report: ``python -m retrievals.pipelines.evaluate --help``.
+
+    python -m retrievals.pipelines.evaluate --dataset aia-bde --output_dir reports/aia \\
+        --models base=path/to/base tuned=outputs/demo/model \\
+        [--rerankers ce=path/to/reranker --first_stage base --rerank_top_k 20]
+
+Embedders retrieve from the whole corpus (exact search); rerankers reorder the top ``--rerank_top_k``
+of ``--first_stage`` (one of the ``--models`` names, or ``bm25``). The report (JSON, Markdown, PNG)
+holds every setting that affects scores, library versions and a hash of the dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from transformers import HfArgumentParser
+
+from ..data.readers import DataError
+from ..evaluation.datasets import load_eval_dataset
+from ..evaluation.metrics import evaluate_run
+from ..evaluation.report import REPORTED, model_settings, write_report
+from ..evaluation.retrieval import rerank_run, retrieve
+from ..index import BM25Index
+
+
+@dataclass
+class EvaluateArguments:
+    dataset: str = field(metadata={"help": "aia-bde, a Vaswani folder or a BEIR folder."})
+    output_dir: str = field(metadata={"help": "Where report.json / report.md / report.png go."})
+    models: List[str] = field(default_factory=list, metadata={"help": "Embedders as NAME=PATH."})
+    rerankers: List[str] = field(default_factory=list, metadata={"help": "Rerankers as NAME=PATH."})
+    first_stage: Optional[str] = field(default=None, metadata={"help": "A --models NAME, or bm25 (default: the first model)."})
+    rerank_top_k: int = 20
+    top_k: int = 100
+    batch_size: int = 64
+    title: Optional[str] = None
+
+
+def named(specs: List[str]) -> List[Tuple[str, str]]:
+    out = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"{spec!r}: expected NAME=PATH")
+        out.append((name, path))
+    return out
+
+
+def evaluate(a: EvaluateArguments) -> Dict[str, Dict]:
+    from ..models.embedding import AutoModelForEmbedding
+    from ..models.rankers import AutoModelForRanking
+
+    data = load_eval_dataset(a.dataset)
+    models, rerankers = named(a.models), named(a.rerankers)
+    if not models and not rerankers:
+        raise ValueError("nothing to evaluate: pass --models and/or --rerankers")
+    k_values = (10, 100)
+    rows, runs = [], {}
+    for name, path in models:
+        model = AutoModelForEmbedding.from_pretrained(path)
+        start = time.perf_counter()
+        runs[name] = retrieve(model, data.corpus, data.queries, top_k=max(a.top_k, 100), batch_size=a.batch_size)
+        metrics = evaluate_run(runs[name], data.qrels, k_values)
+        rows.append({"name": name, "kind": "embedder", "path": path, "seconds": round(time.perf_counter() - start, 1),
+                     "metrics": {m: round(metrics[m], 4) for m in REPORTED}, "settings": model_settings(model)})
+    if rerankers:
+        first = a.first_stage or (models[0][0] if models else "bm25")
+        if first == "bm25":
+            ids = list(data.corpus)
+            query_ids = list(data.queries)
+            runs["bm25"] = BM25Index([data.corpus[d] for d in ids], ids).search_run(
+                query_ids, [data.queries[q] for q in query_ids], a.top_k)
+        elif first not in runs:
+            raise ValueError(f"--first_stage {first!r} is neither bm25 nor one of --models {list(runs)}")
+        for name, path in rerankers:
+            model = AutoModelForRanking.from_pretrained(path)
+            start = time.perf_counter()
+            run = rerank_run(model, data.corpus, data.queries, runs[first], top_k=a.rerank_top_k, batch_size=a.batch_size)
+            metrics = evaluate_run(run, data.qrels, k_values)
+            rows.append({"name": name, "kind": f"reranker over {first} top {a.rerank_top_k}", "path": path,
+                         "seconds": round(time.perf_counter() - start, 1),
+                         "metrics": {m: round(metrics[m], 4) for m in REPORTED}, "settings": model_settings(model)})
+    dataset = {"name": data.name, "hash": data.hash, "queries": len(data.queries), "documents": len(data.corpus)}
+    paths = write_report(a.output_dir, dataset, rows, a.title or f"Evaluation on {data.name}")
+    for row in rows:
+        print(f"{row['name']:>20} {row['kind']:<28} " + " ".join(f"{m} {row['metrics'][m]:.4f}" for m in REPORTED))
+    print("report:", ", ".join(str(p) for p in paths.values()))
+    return {"rows": rows, "paths": paths}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    try:
+        (args,) = HfArgumentParser((EvaluateArguments,)).parse_args_into_dataclasses(args=argv)
+        evaluate(args)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

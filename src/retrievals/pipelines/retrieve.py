@@ -1,0 +1,148 @@
+"""Retrieve with an index and write a TREC run: ``python -m retrievals.pipelines.retrieve --help``.
+
+    python -m retrievals.pipelines.retrieve --dataset aia-bde --model_name_or_path MODEL \\
+        --index_type flat --top_k 100 --output run.trec [--rerank_model RERANKER --rerank_top_k 20]
+
+Backends: ``exact`` | ``flat`` | ``ivf`` | ``hnsw`` (dense, faiss for the last three), ``bm25``, and
+``hybrid`` (reciprocal-rank fusion of BM25 and the dense index). Corpus embeddings are encoded in
+resumable shards (``--cache_dir``), split across processes under torchrun. With qrels (``--dataset``
+or ``--qrels``) the metrics are printed and written next to the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from transformers import HfArgumentParser
+
+from ..data.readers import DataError
+from ..evaluation.datasets import load_eval_dataset
+from ..evaluation.io import read_jsonl_texts, read_qrels, write_trec_run
+from ..evaluation.metrics import evaluate_run
+from ..evaluation.retrieval import rerank_run
+from ..index import FAISS_TYPES, BM25Index, Index, build_dense_index, reciprocal_rank_fusion
+from ..index.sharded import encode_sharded
+from ..training.distributed import init_distributed, shutdown_distributed, world
+from ..utils import logger, unescape_cli
+
+DENSE = ("exact", *FAISS_TYPES)
+INDEX_TYPES = (*DENSE, "bm25", "hybrid")
+
+
+@dataclass
+class RetrieveArguments:
+    output: str = field(metadata={"help": "TREC run file to write."})
+    dataset: Optional[str] = field(default=None, metadata={"help": "aia-bde, a Vaswani folder or a BEIR folder."})
+    corpus: Optional[str] = field(default=None, metadata={"help": "JSONL with _id/id and text (when no --dataset)."})
+    queries: Optional[str] = field(default=None, metadata={"help": "JSONL with _id/id and text (when no --dataset)."})
+    qrels: Optional[str] = field(default=None, metadata={"help": "TREC or BEIR qrels: print metrics."})
+    model_name_or_path: Optional[str] = field(default=None, metadata={"help": "Embedder (dense and hybrid)."})
+    index_type: str = field(default="flat", metadata={"help": f"One of {list(INDEX_TYPES)}."})
+    index_dir: Optional[str] = field(default=None, metadata={"help": "Load the index from here, or build and save it here."})
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "Corpus embedding shards (resumable)."})
+    shard_size: int = 10000
+    batch_size: int = 64
+    top_k: int = 100
+    hybrid_k: int = field(default=60, metadata={"help": "Reciprocal-rank fusion constant."})
+    pooling_method: Optional[str] = None
+    query_instruction: Optional[str] = None
+    document_instruction: Optional[str] = None
+    max_length: Optional[int] = None
+    rerank_model: Optional[str] = field(default=None, metadata={"help": "Reranker applied to the top --rerank_top_k."})
+    rerank_top_k: int = 20
+
+
+def load_inputs(a: RetrieveArguments):
+    if a.dataset:
+        data = load_eval_dataset(a.dataset)
+        return data.corpus, data.queries, data.qrels
+    if not (a.corpus and a.queries):
+        raise DataError("pass --dataset, or --corpus and --queries")
+    return read_jsonl_texts(a.corpus), read_jsonl_texts(a.queries), read_qrels(a.qrels) if a.qrels else None
+
+
+def dense_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, str], index_type: str):
+    from ..models.embedding import AutoModelForEmbedding
+
+    if not a.model_name_or_path:
+        raise DataError(f"--index_type {a.index_type} needs --model_name_or_path (an embedder)")
+    model = AutoModelForEmbedding.from_pretrained(
+        a.model_name_or_path, pooling_method=a.pooling_method, query_instruction=unescape_cli(a.query_instruction),
+        document_instruction=unescape_cli(a.document_instruction), query_max_length=a.max_length, document_max_length=a.max_length)
+    folder = Path(a.index_dir) / "dense" if a.index_dir else None
+    if folder is not None and (folder / "index_meta.json").is_file():
+        index = Index.load(folder)
+        logger.warning("Loaded the %s index from %s", index.backend, folder)
+    else:
+        doc_ids = list(corpus)
+        texts = [corpus[d] for d in doc_ids]
+        if a.cache_dir:
+            vectors = encode_sharded(model, texts, a.cache_dir, a.shard_size, a.batch_size)
+        else:
+            vectors = model.encode_corpus(texts, batch_size=a.batch_size, show_progress_bar=True)
+        index = build_dense_index(vectors, doc_ids, index_type)
+        if folder is not None and world()[0] == 0:
+            index.save(folder)
+    query_ids = list(queries)
+    q = model.encode_queries([queries[i] for i in query_ids], batch_size=a.batch_size)
+    return index.search_run(query_ids, q, a.top_k)
+
+
+def bm25_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, str]):
+    folder = Path(a.index_dir) / "bm25" if a.index_dir else None
+    if folder is not None and (folder / "index_meta.json").is_file():
+        index = Index.load(folder)
+    else:
+        doc_ids = list(corpus)
+        index = BM25Index([corpus[d] for d in doc_ids], doc_ids)
+        if folder is not None and world()[0] == 0:
+            index.save(folder)
+    query_ids = list(queries)
+    return index.search_run(query_ids, [queries[i] for i in query_ids], a.top_k)
+
+
+def run_retrieval(a: RetrieveArguments) -> Dict[str, Dict[str, float]]:
+    if a.index_type not in INDEX_TYPES:
+        raise ValueError(f"Unknown --index_type {a.index_type!r}; choose one of {list(INDEX_TYPES)}.")
+    corpus, queries, qrels = load_inputs(a)
+    if a.index_type == "bm25":
+        run = bm25_run(a, corpus, queries)
+    elif a.index_type == "hybrid":
+        run = reciprocal_rank_fusion([bm25_run(a, corpus, queries), dense_run(a, corpus, queries, "flat")], k=a.hybrid_k, top_k=a.top_k)
+    else:
+        run = dense_run(a, corpus, queries, a.index_type)
+    if a.rerank_model:
+        from ..models.rankers import AutoModelForRanking
+
+        run = rerank_run(AutoModelForRanking.from_pretrained(a.rerank_model), corpus, queries, run, top_k=a.rerank_top_k,
+                         show_progress_bar=True)
+    if world()[0] == 0:
+        write_trec_run(run, a.output, tag=f"retrievals-{a.index_type}")
+        if qrels:
+            metrics = {k: round(v, 4) for k, v in evaluate_run(run, qrels, (1, 10, 100)).items()
+                       if k in {"map", "mrr@10", "ndcg@10", "recall@10", "recall@100", "hit@1"}}
+            Path(a.output + ".metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            print(json.dumps(metrics))
+    return run
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    try:
+        (args,) = HfArgumentParser((RetrieveArguments,)).parse_args_into_dataclasses(args=argv)
+        init_distributed()
+        run_retrieval(args)
+        shutdown_distributed()
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

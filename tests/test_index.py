@@ -1,0 +1,201 @@
+"""Index backends, fusion, evaluation IO and the retrieval / mining / evaluation pipelines on tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from retrievals import AutoModelForEmbedding
+from retrievals.data.readers import DataError
+from retrievals.evaluation.io import load_beir, read_qrels, read_trec_run, save_beir, write_qrels, write_trec_run
+from retrievals.index import AutoRetrieval, BM25Index, ExactIndex, FaissIndex, Index, reciprocal_rank_fusion
+from retrievals.index.sharded import encode_sharded
+
+from .conftest import corpus_lines
+
+
+@pytest.fixture(scope="module")
+def vectors():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 24)).astype("float32")
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x, [f"d{i}" for i in range(400)]
+
+
+@pytest.mark.parametrize("index_type", ["flat", "ivf", "hnsw"])
+def test_faiss_matches_exact_and_round_trips(vectors, index_type, tmp_path):
+    x, ids = vectors
+    queries = x[:20] + 0.05 * np.random.default_rng(1).normal(size=(20, 24)).astype("float32")
+    exact_scores, exact_ids = ExactIndex(x, ids).search(queries, 10)
+    index = FaissIndex(x, ids, index_type, nprobe=64 if index_type == "ivf" else 16)
+    scores, found = index.search(queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact_ids)])
+    assert recall >= (1.0 if index_type == "flat" else 0.9)
+    if index_type == "flat":
+        np.testing.assert_allclose(scores, exact_scores, atol=1e-5)
+    index.save(tmp_path / "idx")
+    loaded = Index.load(tmp_path / "idx")
+    assert isinstance(loaded, FaissIndex) and loaded.ids == ids and loaded.index_type == index_type
+    assert loaded.search(queries, 10)[1] == found
+
+
+def test_exact_index_and_auto_retrieval(vectors, tmp_path):
+    x, ids = vectors
+    ExactIndex(x, ids).save(tmp_path / "e")
+    scores, positions = AutoRetrieval().similarity_search(x[5], index_path=str(tmp_path / "e"), top_k=3)
+    assert positions[0][0] == 5 and scores[0][0] == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ValueError, match="unique"):
+        ExactIndex(x[:2], ["a", "a"])
+    with pytest.raises(FileNotFoundError, match="index_meta.json"):
+        Index.load(tmp_path)
+
+
+def test_bm25_ranks_lexical_matches_and_round_trips(tmp_path):
+    texts = ["renew the tax card online", "passport office fee", "birth certificate register", "tax office address"]
+    index = BM25Index(texts, ["a", "b", "c", "d"])
+    _, ids = index.search(["tax card", "passport"], 2)
+    assert ids[0][0] == "a" and ids[1][0] == "b"
+    index.save(tmp_path / "bm25")
+    assert Index.load(tmp_path / "bm25").search(["tax card"], 2)[1] == [ids[0]]
+
+
+def test_reciprocal_rank_fusion():
+    fused = reciprocal_rank_fusion([{"q": {"a": 3.0, "b": 2.0, "c": 1.0}}, {"q": {"c": 9.0, "a": 1.0}}], k=60)
+    assert fused["q"]["a"] == pytest.approx(1 / 61 + 1 / 62)
+    assert fused["q"]["c"] == pytest.approx(1 / 63 + 1 / 61)
+    assert fused["q"]["b"] == pytest.approx(1 / 62)
+    assert list(reciprocal_rank_fusion([{"q": {"a": 1.0, "b": 2.0}}], top_k=1)["q"]) == ["b"]
+    with pytest.raises(ValueError, match="weights"):
+        reciprocal_rank_fusion([{}], weights=[1, 2])
+
+
+def test_model_build_index(tiny_bert, tmp_path):
+    model = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean")
+    docs = corpus_lines(30)
+    model.build_index(docs, index_path=str(tmp_path / "faiss"))
+    _, positions = AutoRetrieval().similarity_search(model.encode_corpus(docs[7]), index_path=str(tmp_path / "faiss"), top_k=1)
+    assert positions[0][0] == 7
+
+
+def test_trec_and_beir_round_trip(tmp_path):
+    run = {"q1": {"d1": 0.5, "d2": 0.7}, "q2": {"d3": 1.0}}
+    write_trec_run(run, tmp_path / "run.trec")
+    assert read_trec_run(tmp_path / "run.trec") == run
+    assert (tmp_path / "run.trec").read_text().splitlines()[0] == "q1 Q0 d2 1 0.700000 retrievals"
+    qrels = {"q1": {"d2": 1}, "q2": {"d3": 2}}
+    write_qrels(qrels, tmp_path / "qrels")
+    assert read_qrels(tmp_path / "qrels") == qrels
+    save_beir(tmp_path / "beir", {"d1": "a", "d2": "b", "d3": "c"}, {"q1": "x", "q2": "y", "q3": "unjudged"}, qrels)
+    corpus, queries, loaded = load_beir(tmp_path / "beir")
+    assert corpus == {"d1": "a", "d2": "b", "d3": "c"} and queries == {"q1": "x", "q2": "y"} and loaded == qrels
+    (tmp_path / "bad").write_text("q1 0 d1 1\nq1 d1\n")
+    with pytest.raises(DataError, match="bad:2"):
+        read_qrels(tmp_path / "bad")
+    with pytest.raises(DataError, match="corpus.jsonl: missing"):
+        load_beir(tmp_path)
+
+
+def test_sharded_encoding_resumes(tiny_bert, tmp_path):
+    model = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean")
+    texts = corpus_lines(25)
+    full = encode_sharded(model, texts, tmp_path / "cache", shard_size=10)
+    assert sorted(p.name for p in (tmp_path / "cache").glob("shard-*.npy")) == ["shard-00000.npy", "shard-00001.npy", "shard-00002.npy"]
+    np.testing.assert_allclose(full, model.encode_corpus(texts), atol=1e-5)
+    (tmp_path / "cache" / "shard-00001.npy").unlink()  # a run killed after two shards
+    calls = []
+    original = model.encode
+    model.encode = lambda t, **kw: calls.append(len(t)) or original(t, **kw)
+    np.testing.assert_allclose(encode_sharded(model, texts, tmp_path / "cache", shard_size=10), full, atol=1e-6)
+    assert calls == [10]  # only the missing shard was encoded again
+    with pytest.raises(ValueError, match="another corpus"):
+        encode_sharded(model, texts[:5], tmp_path / "cache", shard_size=10)
+
+
+@pytest.fixture
+def beir_folder(tmp_path):
+    lines = corpus_lines(60)
+    corpus = {f"d{i}": t for i, t in enumerate(lines)}
+    queries = {f"q{i}": " ".join(lines[i].split()[:4]) for i in range(0, 60, 6)}
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(0, 60, 6)}
+    save_beir(tmp_path / "beir", corpus, queries, qrels)
+    return tmp_path / "beir"
+
+
+@pytest.mark.parametrize("index_type", ["exact", "flat", "hnsw", "bm25", "hybrid"])
+def test_retrieve_pipeline(index_type, tiny_bert, beir_folder, tmp_path):
+    from retrievals.pipelines import retrieve
+
+    out = tmp_path / "run.trec"
+    args = ["--dataset", str(beir_folder), "--index_type", index_type, "--top_k", "20", "--output", str(out),
+            "--index_dir", str(tmp_path / "idx"), "--cache_dir", str(tmp_path / "cache"), "--shard_size", "25"]
+    if index_type != "bm25":
+        args += ["--model_name_or_path", tiny_bert, "--pooling_method", "mean"]
+    assert retrieve.main(args) == 0
+    run = read_trec_run(out)
+    assert len(run) == 10 and all(len(docs) <= 20 for docs in run.values())
+    metrics = json.loads((tmp_path / "run.trec.metrics.json").read_text())
+    if index_type == "bm25":  # each query is the first words of its document
+        assert metrics["recall@10"] == 1.0 and metrics["mrr@10"] > 0.6
+    assert retrieve.main(args) == 0  # second run loads the saved index
+    assert read_trec_run(out) == run
+
+
+def test_retrieve_pipeline_errors(beir_folder, tmp_path, capsys):
+    from retrievals.pipelines import retrieve
+
+    assert retrieve.main(["--dataset", str(beir_folder), "--index_type", "flat", "--output", str(tmp_path / "r")]) == 2
+    assert "needs --model_name_or_path" in capsys.readouterr().err
+    assert retrieve.main(["--dataset", str(tmp_path), "--index_type", "bm25", "--output", str(tmp_path / "r")]) == 2
+    assert "not 'aia-bde'" in capsys.readouterr().err
+
+
+def test_build_hn(tiny_bert, train_file, tmp_path, caplog):
+    from retrievals.pipelines import build_hn
+
+    out = tmp_path / "hn.jsonl"
+    base = ["--model_name_or_path", tiny_bert, "--input_file", train_file, "--output_file", str(out)]
+    assert build_hn.main(base + ["--range_for_sampling", "0-30", "--negative_number", "3", "--false_negative_ratio", "10"]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    source = [json.loads(line) for line in open(train_file)]
+    assert len(records) == len(source)
+    for rec, src in zip(records, source):
+        assert len(rec["negative"]) == 3 and not set(rec["negative"]) & set(src["positive"])
+    assert build_hn.main(base) == 2  # no silent overwrite
+    with caplog.at_level("WARNING"):  # ask for more than exists: a warning, not a crash
+        assert build_hn.main(base + ["--overwrite", "--range_for_sampling", "0-5", "--negative_number", "50"]) == 0
+    assert "fewer than 50 negatives" in caplog.text
+    # a strict false-negative filter (candidates must score below 0 x the positive's score) keeps less
+    assert build_hn.main(base + ["--overwrite", "--range_for_sampling", "0-30", "--negative_number", "30",
+                                 "--false_negative_ratio", "-10"]) == 0
+    assert all(not json.loads(line)["negative"] for line in out.read_text().splitlines())
+
+
+def test_evaluate_pipeline_report(tiny_bert, beir_folder, tmp_path):
+    from retrievals.models.rankers import AutoModelForRanking
+    from retrievals.pipelines import evaluate
+
+    AutoModelForRanking.from_pretrained(tiny_bert, model_type="cross-encoder", max_length=64).save_pretrained(tmp_path / "ce")
+    out = tmp_path / "report"
+    assert evaluate.main(["--dataset", str(beir_folder), "--output_dir", str(out), "--models", f"base={tiny_bert}",
+                          "--rerankers", f"ce={tmp_path / 'ce'}", "--first_stage", "bm25", "--rerank_top_k", "5"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [r["name"] for r in report["results"]] == ["base", "ce"]
+    assert report["dataset"]["queries"] == 10 and len(report["dataset"]["hash"]) == 16
+    assert report["results"][0]["settings"]["pooling_method"] == "cls" and "transformers" in report["environment"]
+    assert report["results"][1]["settings"]["model_type"] == "cross-encoder"
+    assert "| base | embedder |" in (out / "report.md").read_text()
+    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_during_training(tiny_bert, train_file, tmp_path):
+    from retrievals.pipelines import embed
+
+    out = tmp_path / "out"
+    assert embed.main(["--model_name_or_path", tiny_bert, "--train_data", train_file, "--eval_data", train_file,
+                       "--output_dir", str(out), "--max_steps", "4", "--eval_strategy", "steps", "--eval_steps", "2",
+                       "--per_device_train_batch_size", "4", "--report_to", "none", "--train_group_size", "2"]) == 0
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    evals = [h for h in history if "eval_map" in h]
+    assert [h["step"] for h in evals] == [2, 4] and all(0 < h["eval_mrr@10"] <= 1 for h in evals)
