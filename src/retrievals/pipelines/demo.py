@@ -68,6 +68,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--query_max_length", type=int, default=64)
     p.add_argument("--document_max_length", type=int, default=128)
     p.add_argument("--hard_negatives", type=int, default=4, help="Negatives mined per query (0: in-batch only).")
+    p.add_argument("--use_lora", action="store_true", help="Train LoRA adapters (decoder LLMs).")
+    p.add_argument("--query_instruction", default=None)
+    p.add_argument("--document_instruction", default=None)
     p.add_argument("--seed", type=int, default=42)
     return p.parse_args(argv)
 
@@ -83,7 +86,8 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"held-out: {len(split.corpus) - len(split.train_faq_ids)} FAQs / {len(split.test_queries)} queries", flush=True)
 
     base = AutoModelForEmbedding.from_pretrained(model_path, query_max_length=opts.query_max_length,
-                                                 document_max_length=opts.document_max_length)
+                                                 document_max_length=opts.document_max_length,
+                                                 query_instruction=opts.query_instruction, document_instruction=opts.document_instruction)
     print("[eval] zero-shot model on held-out queries ...", flush=True)
     before = evaluate_embedder(base, split.corpus, split.test_queries, split.test_qrels, k_values=(10,), show_progress_bar=True)
     group = opts.train_group_size if opts.hard_negatives else 1
@@ -103,7 +107,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--query_max_length", str(opts.query_max_length), "--document_max_length", str(opts.document_max_length),
         "--warmup_steps", "0.1", "--logging_steps", "10", "--save_steps", "20", "--save_total_limit", "1",
         "--seed", str(opts.seed), "--disable_tqdm", "false", "--report_to", "none",
-    ] + (["--overwrite_output_dir"] if opts.overwrite_output_dir else [])
+    ] + (["--overwrite_output_dir"] if opts.overwrite_output_dir else []) + (["--use_lora", "True"] if opts.use_lora else [])
+    for flag in ("query_instruction", "document_instruction"):
+        if getattr(opts, flag) is not None:
+            cli += [f"--{flag}", getattr(opts, flag)]
     parser = HfArgumentParser((embed.EmbedModelArguments, DataArguments, RetrievalTrainingArguments))
     model_args, data_args, train_args = parser.parse_args_into_dataclasses(args=cli)
     print(f"[train] {len(split.train_queries)} queries, group {group}, batch {opts.per_device_train_batch_size}, "

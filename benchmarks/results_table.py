@@ -1,0 +1,88 @@
+"""The results table: one row per experiment of the seed's table, original vs fine-tuned, on AIA-BDE.
+
+    .venv/bin/python benchmarks/results_table.py --run embed embed_no_hn embed_llm   # the embedder rows (about 30 min here)
+    .venv/bin/python benchmarks/rerank_cpu.py --quality                               # the reranker rows (about 45 min here)
+    .venv/bin/python benchmarks/results_table.py                                       # table from the saved results
+
+Embedder rows run the main job (``retrievals.pipelines.demo``) and keep its ``results.json`` in
+``benchmarks/results/table/``; reranker rows come from ``benchmarks/results/rerank_cpu.json``. The
+table is written to ``benchmarks/results/results_table.md`` (and ``.json``) and copied into README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+RESULTS = ROOT / "benchmarks" / "results"
+EMBED_ROWS = {  # name: (experiment, model, demo flags)
+    "embed": ("embed pairwise finetune, mined hard negatives", "all-MiniLM-L6-v2", []),
+    "embed_no_hn": ("embed pairwise finetune, in-batch negatives only", "all-MiniLM-L6-v2", ["--hard_negatives", "0"]),
+    "embed_llm": ("embed llm finetune (LoRA)", "SmolLM2-135M-Instruct",
+                  ["--use_lora", "--learning_rate", "2e-4", "--per_device_train_batch_size", "16", "--hard_negatives", "1",
+                   "--query_instruction", "Given a question, retrieve the FAQ that answers it\nQuery: "]),
+}
+
+
+def run_embed_row(name: str) -> None:
+    from retrievals.assets import fetch
+    from retrievals.pipelines import demo
+
+    _, model, flags = EMBED_ROWS[name]
+    out = ROOT / "outputs" / "table" / name
+    argv = ["--output_dir", str(out), "--overwrite_output_dir", *flags]
+    if model != "all-MiniLM-L6-v2":
+        argv += ["--model_name_or_path", str(fetch(model))]
+    demo.main(argv)
+    (RESULTS / "table").mkdir(parents=True, exist_ok=True)
+    shutil.copy(out / "results.json", RESULTS / "table" / f"{name}.json")
+
+
+def build_table() -> str:
+    rows = []
+    for name, (experiment, model, flags) in EMBED_ROWS.items():
+        file = RESULTS / "table" / f"{name}.json"
+        if not file.is_file():
+            continue
+        r = json.loads(file.read_text())
+        rows.append({"experiment": experiment, "model": model, "task": "retrieval from all 855 FAQs",
+                     "original": r["before"], "finetuned": r["after"], "minutes": round(r["train_seconds"] / 60, 1),
+                     "command": f"benchmarks/results_table.py --run {name}"})
+    rerank = RESULTS / "rerank_cpu.json"
+    if rerank.is_file():
+        q = json.loads(rerank.read_text()).get("quality_heldout", {})
+        label = {"cross-encoder": "rerank cross encoder", "colbert": "rerank colbert", "llm": "rerank llm finetune (LoRA)"}
+        for kind, experiment in label.items():
+            if kind in q:
+                rows.append({"experiment": experiment, "model": q[kind]["base"],
+                             "task": f"rerank top {q['candidates_per_query']} of zero-shot MiniLM ({q['eval_queries']} queries)",
+                             "original": q[kind]["before"], "finetuned": q[kind]["after"], "minutes": q[kind]["train_minutes"],
+                             "command": "benchmarks/rerank_cpu.py --quality"})
+    lines = ["| experiment | model | task (AIA-BDE held-out FAQs) | nDCG@10 original → fine-tuned | MAP | MRR@10 | train min | command |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cells = [f"{r['original'][m]:.3f} → **{r['finetuned'][m]:.3f}**" for m in ("ndcg@10", "map", "mrr@10")]
+        lines.append(f"| {r['experiment']} | {r['model']} | {r['task']} | " + " | ".join(cells) + f" | {r['minutes']} | `{r['command']}` |")
+    table = "\n".join(lines) + "\n"
+    (RESULTS / "results_table.md").write_text(table)
+    (RESULTS / "results_table.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return table
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--run", nargs="*", default=[], choices=sorted(EMBED_ROWS), help="embedder rows to (re)run")
+    opts = p.parse_args()
+    for name in opts.run:
+        run_embed_row(name)
+    print(build_table())
+
+
+if __name__ == "__main__":
+    main()
