@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Type, TypeVar
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Type, TypeVar
 
 from safetensors.torch import load_file
 
@@ -140,6 +140,36 @@ def add_lora(
 def load_lora(model: torch.nn.Module, adapter_path: str, is_trainable: bool = False) -> torch.nn.Module:
     peft = require("peft", "lora")
     return peft.PeftModel.from_pretrained(model, adapter_path, is_trainable=is_trainable)
+
+
+def resolve_lora_paths(path: str, saved_lora_base: Optional[str], lora_path: Optional[str]) -> Tuple[str, Optional[str]]:
+    """(base model path, adapter path): a folder holding only a LoRA adapter loads onto its recorded base."""
+    if is_lora_dir(path):
+        return saved_lora_base or lora_base_of(path), path
+    return path, lora_path
+
+
+def attach_lora(
+    backbone: torch.nn.Module,
+    config: ModelConfig,
+    base_path: str,
+    adapter_path: Optional[str],
+    use_lora: bool,
+    r: int = 8,
+    alpha: int = 16,
+    dropout: float = 0.05,
+    target_modules: Optional[List[str]] = None,
+    task_type: str = "FEATURE_EXTRACTION",
+) -> torch.nn.Module:
+    """Load trained adapters (trainable with ``use_lora``) or add fresh ones; records the base in ``config``."""
+    if adapter_path:
+        backbone = load_lora(backbone, adapter_path, is_trainable=use_lora)
+    elif use_lora:
+        backbone = add_lora(backbone, r, alpha, dropout, target_modules, task_type=task_type)
+    else:
+        return backbone
+    config.lora_base = base_path
+    return backbone
 
 
 def is_peft_model(model: torch.nn.Module) -> bool:

@@ -19,18 +19,16 @@ from ..utils import instruction_as_prefix, logger, resolve_device, resolve_dtype
 from .base import (
     CheckpointingMixin,
     ModelConfig,
-    add_lora,
     atomic_directory,
+    attach_lora,
     has_tokenizer,
     hf_config,
     is_decoder_only,
-    is_lora_dir,
     is_peft_model,
     load_backbone,
     load_backbone_weights,
-    load_lora,
     load_tokenizer,
-    lora_base_of,
+    resolve_lora_paths,
 )
 from .pooling import POOLING_METHODS, pool
 from .processing import TextProcessor, run_in_length_chunks
@@ -119,11 +117,7 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
         path = str(model_name_or_path)
         config = EmbeddingConfig.load(path) if os.path.isdir(path) else None
         saved_by_us = config is not None
-        base_path = path
-        adapter_path = lora_path
-        if is_lora_dir(path):  # a folder holding only a LoRA adapter (+ our config and tokenizer)
-            adapter_path = path
-            base_path = (config.lora_base if config and config.lora_base else None) or lora_base_of(path)
+        base_path, adapter_path = resolve_lora_paths(path, config.lora_base if config else None, lora_path)
         if config is None:
             config = EmbeddingConfig()
             hf_cfg = hf_config(base_path, trust_remote_code)
@@ -153,12 +147,8 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
             config.padding_side = "right"
         device_ = resolve_device(device)
         backbone = load_backbone(base_path, dtype=resolve_dtype(dtype, device_), trust_remote_code=trust_remote_code)
-        if adapter_path:
-            backbone = load_lora(backbone, adapter_path, is_trainable=use_lora)
-            config.lora_base = base_path
-        elif use_lora:
-            backbone = add_lora(backbone, lora_r, lora_alpha, lora_dropout, lora_target_modules)
-            config.lora_base = base_path
+        backbone = attach_lora(backbone, config, base_path, adapter_path, use_lora, lora_r, lora_alpha, lora_dropout,
+                               lora_target_modules)
         model = cls(backbone, tokenizer, config)
         return model.to(device_)
 

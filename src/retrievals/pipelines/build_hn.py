@@ -14,7 +14,6 @@ negatives than asked get a warning, never a crash.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
 import sys
@@ -23,12 +22,12 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-from transformers import HfArgumentParser
 
 from ..data.readers import DataError, Record, iter_raw, load_records
 from ..index.exact import exact_search
 from ..index.sharded import encode_sharded
 from ..utils import logger, unescape_cli
+from .cli import run_cli
 
 
 @dataclass
@@ -161,14 +160,7 @@ def run(a: HardNegativeArguments) -> Dict[str, int]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    try:
-        (args,) = HfArgumentParser((HardNegativeArguments,)).parse_args_into_dataclasses(args=argv)
-        run(args)
-    except (DataError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli([HardNegativeArguments], run, argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from ..data.readers import DataError, iter_raw
 from ..losses import get_loss
 from ..models.embedding import AutoModelForEmbedding
 from ..training import RetrievalTrainingArguments
-from ..training.arguments import DataArguments
+from ..training.arguments import DataArguments, ModelLoadingArguments
 from ..training.distributed import shutdown_distributed
 from ..training.output_dir import OutputDirError
 from ..training.run import run_training
@@ -27,24 +27,14 @@ from ..utils import logger, unescape_cli
 
 
 @dataclass
-class EmbedModelArguments:
-    model_name_or_path: str = field(metadata={"help": "Local folder or hub id of the base model."})
-    tokenizer_name: Optional[str] = None
+class EmbedModelArguments(ModelLoadingArguments):
     pooling_method: Optional[str] = field(default=None, metadata={"help": "cls | mean | last (default: from the model)."})
     normalize_embeddings: Optional[bool] = None
     query_instruction: Optional[str] = field(default=None, metadata={"help": "Prefix, or template with {}."})
     document_instruction: Optional[str] = None
     append_eos: Optional[bool] = None
     padding_side: Optional[str] = None
-    use_lora: bool = False
-    lora_path: Optional[str] = None
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_target_modules: Optional[List[str]] = None
     causal_lm: bool = field(default=False, metadata={"help": "Accepted for compatibility; decoders are detected."})
-    model_dtype: Optional[str] = field(default=None, metadata={"help": "Weights dtype: float32 | bfloat16 | float16."})
-    trust_remote_code: bool = False
 
 
 @dataclass
@@ -70,16 +60,7 @@ def build_model(model_args: EmbedModelArguments, data_args: DataArguments) -> Au
         document_max_length=d_len,
         append_eos=model_args.append_eos,
         padding_side=model_args.padding_side,
-        use_lora=model_args.use_lora,
-        lora_path=model_args.lora_path,
-        lora_r=model_args.lora_r,
-        lora_alpha=model_args.lora_alpha,
-        lora_dropout=model_args.lora_dropout,
-        lora_target_modules=model_args.lora_target_modules,
-        tokenizer_name=model_args.tokenizer_name,
-        dtype=model_args.model_dtype,
-        device="cpu",  # the Trainer moves it to the training device
-        trust_remote_code=model_args.trust_remote_code,
+        **model_args.loading_kwargs(),
     )
 
 

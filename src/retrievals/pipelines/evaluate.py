@@ -11,20 +11,17 @@ holds every setting that affects scores, library versions and a hash of the data
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from transformers import HfArgumentParser
-
-from ..data.readers import DataError
 from ..evaluation.datasets import load_eval_dataset
 from ..evaluation.metrics import evaluate_run
 from ..evaluation.report import REPORTED, model_settings, write_report
 from ..evaluation.retrieval import rerank_run, retrieve
 from ..index import BM25Index
+from .cli import run_cli
 
 
 @dataclass
@@ -93,14 +90,7 @@ def evaluate(a: EvaluateArguments) -> Dict[str, Dict]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    try:
-        (args,) = HfArgumentParser((EvaluateArguments,)).parse_args_into_dataclasses(args=argv)
-        evaluate(args)
-    except (DataError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli([EvaluateArguments], evaluate, argv)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,15 @@ from transformers import HfArgumentParser
 
 from ..data.readers import DataError
 from ..losses import RANKING_LOSSES, get_loss
-from ..models.rankers import AutoModelForRanking, BaseRanker, ColBERT, infer_model_type, normalize_model_type
+from ..models.rankers import (
+    AutoModelForRanking,
+    BaseRanker,
+    ColBERT,
+    infer_model_type,
+    normalize_model_type,
+)
 from ..training import RetrievalTrainingArguments
-from ..training.arguments import DataArguments
+from ..training.arguments import DataArguments, ModelLoadingArguments
 from ..training.distributed import shutdown_distributed
 from ..training.output_dir import OutputDirError
 from ..training.run import run_training
@@ -27,17 +33,9 @@ DEFAULT_TEMPERATURE = {"cross-encoder": 1.0, "llm": 1.0, "colbert": 0.05}
 
 
 @dataclass
-class RerankModelArguments:
-    model_name_or_path: str = field(metadata={"help": "Local folder or hub id of the base model."})
+class RerankModelArguments(ModelLoadingArguments):
     model_type: Optional[str] = field(default=None, metadata={"help": "cross-encoder | colbert | llm (default: inferred)."})
     causal_lm: bool = field(default=False, metadata={"help": "Score with the LM head's target-token logit (model_type llm)."})
-    tokenizer_name: Optional[str] = None
-    use_lora: bool = False
-    lora_path: Optional[str] = None
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_target_modules: Optional[List[str]] = None
     task_prompt: Optional[str] = field(default=None, metadata={"help": "LLM: the question after query and document."})
     query_instruction: Optional[str] = field(default=None, metadata={"help": "Prefix, or template with {}."})
     document_instruction: Optional[str] = None
@@ -45,8 +43,6 @@ class RerankModelArguments:
     negative_token: Optional[str] = None
     score_mode: Optional[str] = field(default=None, metadata={"help": "LLM: yes | yes_minus_no."})
     colbert_dim: Optional[int] = field(default=None, metadata={"help": "ColBERT: token vector size (<= 0: hidden size)."})
-    model_dtype: Optional[str] = field(default=None, metadata={"help": "Weights dtype: float32 | bfloat16 | float16."})
-    trust_remote_code: bool = False
 
 
 @dataclass
@@ -85,16 +81,7 @@ def build_model(model_args: RerankModelArguments, data_args: DataArguments, kind
     return AutoModelForRanking.from_pretrained(
         model_args.model_name_or_path,
         model_type=kind,
-        use_lora=model_args.use_lora,
-        lora_path=model_args.lora_path,
-        lora_r=model_args.lora_r,
-        lora_alpha=model_args.lora_alpha,
-        lora_dropout=model_args.lora_dropout,
-        lora_target_modules=model_args.lora_target_modules,
-        tokenizer_name=model_args.tokenizer_name,
-        dtype=model_args.model_dtype,
-        device="cpu",  # the Trainer moves it to the training device
-        trust_remote_code=model_args.trust_remote_code,
+        **model_args.loading_kwargs(),
         **{k: v for k, v in settings.items() if v is not None},
     )
 

@@ -12,23 +12,27 @@ or ``--qrels``) the metrics are printed and written next to the run.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
-
-from transformers import HfArgumentParser
 
 from ..data.readers import DataError
 from ..evaluation.datasets import load_eval_dataset
 from ..evaluation.io import read_jsonl_texts, read_qrels, write_trec_run
 from ..evaluation.metrics import evaluate_run
 from ..evaluation.retrieval import rerank_run
-from ..index import FAISS_TYPES, BM25Index, Index, build_dense_index, reciprocal_rank_fusion
+from ..index import (
+    FAISS_TYPES,
+    BM25Index,
+    Index,
+    build_dense_index,
+    reciprocal_rank_fusion,
+)
 from ..index.sharded import encode_sharded
 from ..training.distributed import init_distributed, shutdown_distributed, world
 from ..utils import logger, unescape_cli
+from .cli import run_cli
 
 DENSE = ("exact", *FAISS_TYPES)
 INDEX_TYPES = (*DENSE, "bm25", "hybrid")
@@ -131,17 +135,14 @@ def run_retrieval(a: RetrieveArguments) -> Dict[str, Dict[str, float]]:
     return run
 
 
+def _retrieve_main(args: RetrieveArguments) -> None:
+    init_distributed()
+    run_retrieval(args)
+    shutdown_distributed()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    try:
-        (args,) = HfArgumentParser((RetrieveArguments,)).parse_args_into_dataclasses(args=argv)
-        init_distributed()
-        run_retrieval(args)
-        shutdown_distributed()
-    except (DataError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli([RetrieveArguments], _retrieve_main, argv)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
 
 import torch
 from transformers import TrainingArguments
@@ -67,3 +68,26 @@ class DataArguments:
             if self.max_length is not None and self.max_length != self.max_len:
                 raise ValueError(f"--max_len {self.max_len} and --max_length {self.max_length} disagree; pass one.")
             self.max_length = self.max_len
+
+
+@dataclass
+class ModelLoadingArguments:
+    """Flags every pipeline uses to load its model: weights, tokenizer, LoRA, dtype."""
+
+    model_name_or_path: str = field(metadata={"help": "Local folder or hub id of the base model."})
+    tokenizer_name: Optional[str] = None
+    use_lora: bool = False
+    lora_path: Optional[str] = None
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: Optional[List[str]] = None
+    model_dtype: Optional[str] = field(default=None, metadata={"help": "Weights dtype: float32 | bfloat16 | float16."})
+    trust_remote_code: bool = False
+
+    def loading_kwargs(self) -> Dict[str, Any]:
+        """Keyword arguments of ``from_pretrained``; the model stays on CPU (the Trainer moves it)."""
+        return {"use_lora": self.use_lora, "lora_path": self.lora_path, "lora_r": self.lora_r, "lora_alpha": self.lora_alpha,
+                "lora_dropout": self.lora_dropout, "lora_target_modules": self.lora_target_modules,
+                "tokenizer_name": self.tokenizer_name, "dtype": self.model_dtype, "device": "cpu",
+                "trust_remote_code": self.trust_remote_code}

@@ -18,16 +18,14 @@ from ...utils import logger, resolve_device, resolve_dtype
 from ..base import (
     CheckpointingMixin,
     ModelConfig,
-    add_lora,
     atomic_directory,
+    attach_lora,
     has_tokenizer,
     hf_config,
-    is_lora_dir,
     is_peft_model,
     load_backbone_weights,
-    load_lora,
     load_tokenizer,
-    lora_base_of,
+    resolve_lora_paths,
 )
 
 Pair = Tuple[str, str]
@@ -149,10 +147,7 @@ class BaseRanker(CheckpointingMixin, nn.Module):
         if config is not None and config.model_type != cls.model_type:
             raise ValueError(f"{path} holds a {config.model_type!r} model, not {cls.model_type!r}.")
         saved_by_us = config is not None
-        base_path, adapter_path = path, lora_path
-        if is_lora_dir(path):
-            adapter_path = path
-            base_path = (config.lora_base if config and config.lora_base else None) or lora_base_of(path)
+        base_path, adapter_path = resolve_lora_paths(path, config.lora_base if config else None, lora_path)
         if config is None:
             config = cls._default_config(base_path, trust_remote_code)
         config.update(**settings)
@@ -160,12 +155,8 @@ class BaseRanker(CheckpointingMixin, nn.Module):
         tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=trust_remote_code)
         device_ = resolve_device(device)
         backbone = cls._load_backbone(base_path, config, resolve_dtype(dtype, device_), trust_remote_code)
-        if adapter_path:
-            backbone = load_lora(backbone, adapter_path, is_trainable=use_lora)
-            config.lora_base = base_path
-        elif use_lora:
-            backbone = add_lora(backbone, lora_r, lora_alpha, lora_dropout, lora_target_modules, task_type=cls.lora_task_type)
-            config.lora_base = base_path
+        backbone = attach_lora(backbone, config, base_path, adapter_path, use_lora, lora_r, lora_alpha, lora_dropout,
+                               lora_target_modules, task_type=cls.lora_task_type)
         model = cls(backbone, tokenizer, config)
         model._load_extra(path, fresh=not saved_by_us)
         return model.to(device_)

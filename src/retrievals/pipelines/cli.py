@@ -1,0 +1,27 @@
+"""What every pipeline's ``main`` does: parse dataclass arguments, run, turn bad input into exit code 2."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, Callable, List, Optional, Sequence
+
+from transformers import HfArgumentParser
+
+from ..data.readers import DataError
+from ..training.output_dir import OutputDirError
+
+USER_ERRORS = (DataError, OutputDirError, ValueError, FileNotFoundError)
+
+
+def run_cli(arg_classes: Sequence[type], body: Callable[..., Any], argv: Optional[List[str]] = None) -> int:
+    """Parse ``argv`` into ``arg_classes`` and call ``body(*parsed)``; a user error prints
+    ``error: <message>`` (naming file, line and field where it can) and returns 2."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    try:
+        parsed = HfArgumentParser(tuple(arg_classes)).parse_args_into_dataclasses(args=argv)
+        body(*parsed)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
