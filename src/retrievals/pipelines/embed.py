@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
-from transformers import HfArgumentParser
 
 from ..data import EmbeddingCollator
 from ..data.readers import DataError, iter_raw
@@ -21,9 +20,9 @@ from ..models.embedding import AutoModelForEmbedding
 from ..training import RetrievalTrainingArguments
 from ..training.arguments import DataArguments, ModelLoadingArguments
 from ..training.distributed import shutdown_distributed
-from ..training.output_dir import OutputDirError
 from ..training.run import run_training
 from ..utils import logger, unescape_cli
+from .cli import run_cli
 
 
 @dataclass
@@ -107,27 +106,25 @@ def encode(model: AutoModelForEmbedding, enc: EncodeArguments, output_dir: str) 
     return out
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = HfArgumentParser((EmbedModelArguments, DataArguments, RetrievalTrainingArguments, EncodeArguments))
-    model_args, data_args, args, enc = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if args.should_log else logging.WARNING)
-    try:
-        model = None
-        if args.do_train or (data_args.train_data and not enc.do_encode):
-            model = train(model_args, data_args, args)
-        if enc.do_encode:
-            if model is None:
-                model = build_model(model_args, data_args)
-            if args.process_index == 0:
-                encode(model, enc, args.output_dir)
+def _main(model_args: EmbedModelArguments, data_args: DataArguments, args: RetrievalTrainingArguments,
+          enc: EncodeArguments) -> None:
+    if args.should_log:
+        logging.getLogger().setLevel(logging.INFO)
+    model = None
+    if args.do_train or (data_args.train_data and not enc.do_encode):
+        model = train(model_args, data_args, args)
+    if enc.do_encode:
         if model is None:
-            parser.error("nothing to do: pass --do_train with --train_data, and/or --do_encode")
-        shutdown_distributed()
-    except (DataError, OutputDirError, ValueError) as exc:
-        logger.error("%s", exc)
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+            model = build_model(model_args, data_args)
+        if args.process_index == 0:
+            encode(model, enc, args.output_dir)
+    if model is None:
+        raise ValueError("nothing to do: pass --do_train with --train_data, and/or --do_encode")
+    shutdown_distributed()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_cli([EmbedModelArguments, DataArguments, RetrievalTrainingArguments, EncodeArguments], _main, argv)
 
 
 if __name__ == "__main__":

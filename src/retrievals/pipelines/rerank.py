@@ -11,9 +11,6 @@ import sys
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from transformers import HfArgumentParser
-
-from ..data.readers import DataError
 from ..losses import RANKING_LOSSES, get_loss
 from ..models.rankers import (
     AutoModelForRanking,
@@ -25,9 +22,9 @@ from ..models.rankers import (
 from ..training import RetrievalTrainingArguments
 from ..training.arguments import DataArguments, ModelLoadingArguments
 from ..training.distributed import shutdown_distributed
-from ..training.output_dir import OutputDirError
 from ..training.run import run_training
-from ..utils import logger, unescape_cli
+from ..utils import unescape_cli
+from .cli import run_cli
 
 DEFAULT_TEMPERATURE = {"cross-encoder": 1.0, "llm": 1.0, "colbert": 0.05}
 
@@ -106,21 +103,17 @@ def train(model_args: RerankModelArguments, data_args: DataArguments, args: Rera
     return run_training(build, lambda model: model.processor, loss, data_args, args)
 
 
+def _main(model_args: RerankModelArguments, data_args: DataArguments, args: RerankTrainingArguments) -> None:
+    if args.should_log:
+        logging.getLogger().setLevel(logging.INFO)
+    if not (args.do_train or data_args.train_data):
+        raise ValueError("nothing to do: pass --train_data (and --do_train)")
+    train(model_args, data_args, args)
+    shutdown_distributed()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = HfArgumentParser((RerankModelArguments, DataArguments, RerankTrainingArguments))
-    try:
-        model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                            level=logging.INFO if args.should_log else logging.WARNING)
-        if not (args.do_train or data_args.train_data):
-            parser.error("nothing to do: pass --train_data (and --do_train)")
-        train(model_args, data_args, args)
-        shutdown_distributed()
-    except (DataError, OutputDirError, ValueError) as exc:
-        logger.error("%s", exc)
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli([RerankModelArguments, DataArguments, RerankTrainingArguments], _main, argv)
 
 
 if __name__ == "__main__":
