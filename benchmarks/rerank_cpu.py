@@ -196,6 +196,9 @@ def main() -> None:
     }
     out = Path(opts.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    previous_quality = json.loads(out.read_text()).get("quality_heldout") if out.is_file() else None
+    if opts.quality and opts.only and previous_quality:
+        results["quality_heldout"] = previous_quality  # kept while the new kinds are measured
     if opts.keep_quality and not opts.quality and out.is_file():
         previous = json.loads(out.read_text())
         if "quality_heldout" in previous:
@@ -216,8 +219,7 @@ def main() -> None:
         save()
         if opts.quality:
             paths["smollm2"] = str(fetch("SmolLM2-135M-Instruct"))
-            previous = json.loads(out.read_text()).get("quality_heldout") if opts.only and out.is_file() else None
-            quality(paths, split, negatives, work, opts.eval_queries, opts.only, save, previous)
+            quality(paths, split, negatives, work, opts.eval_queries, opts.only, save, previous_quality if opts.only else None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results, indent=2))
