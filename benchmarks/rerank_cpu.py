@@ -178,6 +178,7 @@ def main() -> None:
     p.add_argument("--eval_queries", type=int, default=100)
     p.add_argument("--out", default="benchmarks/results/rerank_cpu.json")
     p.add_argument("--keep_quality", action="store_true", help="rerun throughput only, keep --out's quality results")
+    p.add_argument("--skip_throughput", action="store_true", help="keep --out's throughput results, measure quality only")
     opts = p.parse_args()
     torch.manual_seed(0)
     import sentence_transformers
@@ -214,8 +215,13 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-rerank-"))
     try:
-        results["cross_encoder_train_pairs_per_s"], results["cross_encoder_score_pairs_per_s"] = throughput(
-            paths["minilm"], split, negatives, work, opts.steps)
+        if opts.skip_throughput and out.is_file():
+            earlier = json.loads(out.read_text())
+            for key in ("cross_encoder_train_pairs_per_s", "cross_encoder_score_pairs_per_s", "settings", "date", "versions"):
+                results[key] = earlier[key]
+        else:
+            results["cross_encoder_train_pairs_per_s"], results["cross_encoder_score_pairs_per_s"] = throughput(
+                paths["minilm"], split, negatives, work, opts.steps)
         save()
         if opts.quality:
             paths["smollm2"] = str(fetch("SmolLM2-135M-Instruct"))
