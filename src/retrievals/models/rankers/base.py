@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type, Union
@@ -70,7 +71,7 @@ class RankingOutput(ModelOutput):
     targets: Optional[torch.Tensor] = None
 
 
-class BaseRanker(CheckpointingMixin, nn.Module):
+class BaseRanker(CheckpointingMixin, nn.Module, metaclass=ABCMeta):
     """A reranker: subclasses set ``config_class``/``model_type``, load their backbone and turn a
     (query, document) pair into scoring units (one per document window).
 
@@ -97,12 +98,14 @@ class BaseRanker(CheckpointingMixin, nn.Module):
         self.processor = self._make_processor()
 
     # ------------------------------------------------------------------ building
+    @abstractmethod
     def _make_processor(self) -> Any:
-        raise NotImplementedError
+        """The processor that builds and batches this model's inputs."""
 
     @classmethod
+    @abstractmethod
     def _load_backbone(cls, path: str, config: RankerConfig, dtype: Optional[torch.dtype], trust_remote_code: bool) -> nn.Module:
-        raise NotImplementedError
+        """The transformer this kind of reranker runs."""
 
     @classmethod
     def _default_config(cls, path: str, trust_remote_code: bool) -> RankerConfig:
@@ -186,8 +189,9 @@ class BaseRanker(CheckpointingMixin, nn.Module):
         self._load_extra(str(path), fresh=False)
 
     # ------------------------------------------------------------------ scoring
+    @abstractmethod
     def score_units(self, batch: Batch) -> torch.Tensor:
-        raise NotImplementedError
+        """One score per input unit of a padded batch (used by training and inference alike)."""
 
     def _postprocess(self, scores: torch.Tensor) -> torch.Tensor:
         """Map raw scores to [0, 1] for ``normalize=True`` (sigmoid unless a subclass knows better)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -24,11 +24,11 @@ class CrossEncoderConfig(RankerConfig):
     query_max_length: int = 512
 
 
-def cut_text(tokenizer: Any, text: str, max_tokens: int) -> str:
-    """``text`` cut after its first ``max_tokens`` tokens (on a token boundary)."""
+def cut_text(tokenizer: Any, text: str, max_tokens: int) -> Tuple[str, int]:
+    """``text`` cut after its first ``max_tokens`` tokens (on a token boundary), and its token count."""
     enc = tokenizer(text, add_special_tokens=False, truncation=True, max_length=max_tokens, return_offsets_mapping=True)
     offsets = enc["offset_mapping"]
-    return text[: offsets[-1][1]] if len(offsets) == max_tokens else text
+    return (text[: offsets[-1][1]] if len(offsets) == max_tokens else text), len(offsets)
 
 
 class PairProcessor:
@@ -44,9 +44,9 @@ class PairProcessor:
     def units(self, query: str, document: str, all_windows: bool) -> List[Dict[str, List[int]]]:
         cfg, tok = self.config, self.tokenizer
         q_cap = min(cfg.query_max_length, max(1, (cfg.max_length - self.n_special) // 2))  # the document keeps half
-        q = cut_text(tok, apply_instruction(cfg.query_instruction, query), q_cap)
+        q, q_tokens = cut_text(tok, apply_instruction(cfg.query_instruction, query), q_cap)
         d = apply_instruction(cfg.document_instruction, document)
-        room = cfg.max_length - self.n_special - len(tok(q, add_special_tokens=False)["input_ids"])
+        room = cfg.max_length - self.n_special - q_tokens
         if room < 1:
             raise ValueError(f"max_length={cfg.max_length} leaves no room for the document: raise it or lower query_max_length.")
         enc = tok(q, d, truncation="only_second", max_length=cfg.max_length, stride=min(cfg.window_overlap, room // 2),
