@@ -153,3 +153,24 @@ def test_decoder_with_eos_loads_identically_in_sentence_transformers(tiny_qwen, 
     theirs = st.SentenceTransformer(str(tmp_path / "m"), device="cpu")
     np.testing.assert_allclose(theirs.encode_query(texts), expected_q, atol=1e-5)
     np.testing.assert_allclose(theirs.encode_document(texts), expected_d, atol=1e-5)
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_length_chunks_split_only_when_padding_saved(left):
+    from retrievals.models.processing import pad_ids, run_in_length_chunks
+
+    calls = []
+
+    def row_sums(b):
+        calls.append(tuple(b["input_ids"].shape))
+        return (b["input_ids"] * b["attention_mask"]).sum(dim=1)
+
+    varied = [[i + 1] * (i % 10 + 1) for i in range(40)]  # lengths 1..10
+    batch = pad_ids(varied, 0, left=left)
+    out = run_in_length_chunks(row_sums, batch, 8, left=left)
+    assert out.tolist() == [sum(s) for s in varied]  # results back in row order
+    assert len(calls) == 5 and sorted(w for _, w in calls) == [2, 4, 6, 8, 10]  # each chunk cut to its own longest
+    calls.clear()
+    similar = [[i + 1] * (10 if i % 2 else 9) for i in range(40)]  # chunking would save < 10% of tokens
+    out = run_in_length_chunks(row_sums, pad_ids(similar, 0, left=left), 8, left=left)
+    assert out.tolist() == [sum(s) for s in similar] and calls == [(40, 10)]

@@ -59,10 +59,20 @@ def test_batched_equals_single(kind, tiny_bert, tiny_qwen):
     torch.testing.assert_close(torch.tensor(batched), torch.tensor(small_batches), atol=1e-5, rtol=0)
 
 
+def test_units_of_a_list_equal_units_of_each_pair(kind, tiny_bert, tiny_qwen):
+    model = load(kind, tiny_bert, tiny_qwen)
+    pairs = PAIRS + [(PAIRS[0][0], "another short document"), ("", PAIRS[1][1])]  # a repeated and an empty query
+    for all_windows in (False, True):
+        together = model.processor.units(pairs, all_windows)
+        assert together == [model.processor.units([p], all_windows)[0] for p in pairs]
+        assert [len(u) for u in together] == [len(model.processor.units([p], all_windows)[0]) for p in pairs]
+    assert model.processor.units([], True) == []
+
+
 def test_long_documents_score_by_best_window(kind, tiny_bert, tiny_qwen):
     model = load(kind, tiny_bert, tiny_qwen)
     model.eval()
-    units = model.processor.units(*PAIRS[0], True)
+    units = model.processor.units([PAIRS[0]], True)[0]
     assert len(units) > 2
     per_window = model.score_units(model.processor.collate_units(units))
     assert model.compute_score(PAIRS[0]) == pytest.approx(float(per_window.detach().max()), abs=1e-5)
@@ -116,7 +126,7 @@ def test_training_and_inference_score_alike(kind, tiny_bert, tiny_qwen):
 
 def test_llm_padding_side_does_not_matter(tiny_qwen):
     model = AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm", max_length=64, **SHORT_PROMPT)
-    units = [model.processor.units(q, d, False)[0] for q, d in PAIRS]
+    units = [u[0] for u in model.processor.units(PAIRS, False)]
     left = model.processor.collate_units(units)
     right = {k: v for k, v in __import__("retrievals.models.processing", fromlist=["pad_ids"]).pad_ids(
         units, model.tokenizer.pad_token_id, left=False).items()}
@@ -130,7 +140,7 @@ def test_llm_truncation_keeps_prompt(tiny_qwen):
     proc = model.processor
     suffix = proc._ids(" end") + proc.suffix
     for all_windows in (False, True):
-        units = proc.units("tax card " * 40, LONG, all_windows)
+        units = proc.units([("tax card " * 40, LONG)], all_windows)[0]
         assert all(len(u) <= 48 for u in units)
         for unit in units:
             assert unit[-len(suffix):] == suffix  # instruction tail and task prompt survive truncation
@@ -144,7 +154,7 @@ def test_llm_truncation_keeps_prompt(tiny_qwen):
 def test_llm_yes_minus_no(tiny_qwen):
     yes = AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm", max_length=64, **SHORT_PROMPT)
     diff = AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm", max_length=64, score_mode="yes_minus_no", **SHORT_PROMPT)
-    units = yes.processor.collate_units([yes.processor.units("a", "b", False)[0]])
+    units = yes.processor.collate_units([yes.processor.units([("a", "b")], False)[0][0]])
     with torch.no_grad():
         logits = yes.backbone(**units).logits[0, -1]
     assert yes.compute_score(("a", "b")) == pytest.approx(float(logits[yes.target_id]), abs=1e-5)

@@ -78,7 +78,7 @@ class BaseRanker(CheckpointingMixin, nn.Module, metaclass=ABCMeta):
     Subclass contract:
 
     * ``_load_backbone(path, config, dtype, trust_remote_code)`` -> the transformer,
-    * ``processor``: builds units with ``units(query, document, all_windows)`` and batches them with
+    * ``processor``: builds each pair's units with ``units(pairs, all_windows)`` and batches them with
       ``collate_units(units)``; as a data collator it turns ``[{"query", "documents"}]`` into the
       keyword arguments of ``forward``,
     * ``score_units(batch)`` -> one score per unit (the same function training uses),
@@ -215,9 +215,8 @@ class BaseRanker(CheckpointingMixin, nn.Module, metaclass=ABCMeta):
         for i, pair in enumerate(items):
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
                 raise TypeError(f"pairs[{i}] must be a (query, document) pair of strings, got {pair!r:.80}.")
-        units: List[Tuple[int, Any]] = []
-        for i, (query, document) in enumerate(items):
-            units.extend((i, unit) for unit in self.processor.units(query, document, self.retrieval_config.score_windows))
+        per_pair = self.processor.units([tuple(p) for p in items], self.retrieval_config.score_windows)
+        units: List[Tuple[int, Any]] = [(i, unit) for i, pair_units in enumerate(per_pair) for unit in pair_units]
         order = sorted(range(len(units)), key=lambda k: -self.processor.unit_length(units[k][1]))
         unit_scores = torch.empty(len(units), dtype=torch.float32)
         if show_progress_bar is None:

@@ -56,21 +56,32 @@ class ColBERTProcessor:
         self.config = config
         self.n_special = tokenizer.num_special_tokens_to_add(pair=False)
 
-    def query_ids(self, query: str) -> List[int]:
-        text = apply_instruction(self.config.query_instruction, query)
-        return self.tokenizer(text, truncation=True, max_length=self.config.query_max_length)["input_ids"]
+    def query_ids(self, queries: Sequence[str]) -> List[List[int]]:
+        """Token ids of each query (with instruction), capped at ``query_max_length``; one batched call."""
+        texts = [apply_instruction(self.config.query_instruction, q) for q in queries]
+        return self.tokenizer(texts, truncation=True, max_length=self.config.query_max_length)["input_ids"] if texts else []
 
-    def document_ids(self, document: str, all_windows: bool) -> List[List[int]]:
+    def document_ids(self, documents: Sequence[str], all_windows: bool) -> List[List[List[int]]]:
+        """The windows' token ids of each document (only the first unless ``all_windows``); one batched call."""
+        if not documents:
+            return []
         cfg = self.config
-        text = apply_instruction(cfg.document_instruction, document)
+        texts = [apply_instruction(cfg.document_instruction, d) for d in documents]
         room = cfg.max_length - self.n_special
-        enc = self.tokenizer(text, truncation=True, max_length=cfg.max_length, stride=min(cfg.window_overlap, room // 2),
+        enc = self.tokenizer(texts, truncation=True, max_length=cfg.max_length, stride=min(cfg.window_overlap, room // 2),
                              return_overflowing_tokens=all_windows, verbose=False)
-        return enc["input_ids"] if all_windows else [enc["input_ids"]]
+        owners = enc["overflow_to_sample_mapping"] if all_windows else range(len(texts))
+        out: List[List[List[int]]] = [[] for _ in texts]
+        for ids, owner in zip(enc["input_ids"], owners):
+            out[owner].append(ids)
+        return out
 
-    def units(self, query: str, document: str, all_windows: bool) -> List[Tuple[List[int], List[int]]]:
-        q = self.query_ids(query)
-        return [(q, d) for d in self.document_ids(document, all_windows)]
+    def units(self, pairs: Sequence[Tuple[str, str]], all_windows: bool) -> List[List[Tuple[List[int], List[int]]]]:
+        """The (query ids, window ids) units of each pair; each distinct query is tokenized once."""
+        distinct = list(dict.fromkeys(q for q, _ in pairs))
+        q_ids = dict(zip(distinct, self.query_ids(distinct)))
+        docs = self.document_ids([d for _, d in pairs], all_windows)
+        return [[(q_ids[q], w) for w in wins] for (q, _), wins in zip(pairs, docs)]
 
     @staticmethod
     def unit_length(unit: Tuple[List[int], List[int]]) -> int:
@@ -87,8 +98,8 @@ class ColBERTProcessor:
 
     def __call__(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
         """Training batch: queries, and their groups' documents query-major (first window only)."""
-        docs = [self.document_ids(doc, False)[0] for item in items for doc in item["documents"]]
-        return {"query": self.pad([self.query_ids(item["query"]) for item in items]), "document": self.pad(docs),
+        docs = [wins[0] for wins in self.document_ids([doc for item in items for doc in item["documents"]], False)]
+        return {"query": self.pad(self.query_ids([item["query"] for item in items])), "document": self.pad(docs),
                 "group_size": len(items[0]["documents"])}
 
 
@@ -179,8 +190,8 @@ class ColBERT(BaseRanker):
         with :meth:`score_vectors` (the same scores as :meth:`compute_score`)."""
         was_training = self.training
         self.eval()
-        flat = [(i, ids) for i, doc in enumerate(documents)
-                for ids in self.processor.document_ids(doc, self.retrieval_config.score_windows)]
+        flat = [(i, ids) for i, wins in enumerate(self.processor.document_ids(list(documents), self.retrieval_config.score_windows))
+                for ids in wins]
         out: List[List[torch.Tensor]] = [[] for _ in documents]
         for start in range(0, len(flat), batch_size):
             chunk = flat[start : start + batch_size]
@@ -194,7 +205,7 @@ class ColBERT(BaseRanker):
     @torch.inference_mode()
     def score_vectors(self, query: str, document_vectors: Sequence[Sequence[torch.Tensor]]) -> List[float]:
         """Scores of ``query`` against documents encoded by :meth:`encode_documents` (best window each)."""
-        ids = torch.tensor([self.processor.query_ids(query)], device=self.device)
+        ids = torch.tensor(self.processor.query_ids([query]), device=self.device)
         q, qm = self.token_vectors(ids, torch.ones_like(ids))
         scores = []
         for wins in document_vectors:

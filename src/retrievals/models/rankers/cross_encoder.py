@@ -24,16 +24,10 @@ class CrossEncoderConfig(RankerConfig):
     query_max_length: int = 512
 
 
-def cut_text(tokenizer: Any, text: str, max_tokens: int) -> Tuple[str, int]:
-    """``text`` cut after its first ``max_tokens`` tokens (on a token boundary), and its token count."""
-    enc = tokenizer(text, add_special_tokens=False, truncation=True, max_length=max_tokens, return_offsets_mapping=True)
-    offsets = enc["offset_mapping"]
-    return (text[: offsets[-1][1]] if len(offsets) == max_tokens else text), len(offsets)
-
-
 class PairProcessor:
     """Tokenizes (query, document) pairs: the query (with instruction) capped at ``query_max_length``
-    and at half of ``max_length``, the document truncated, or split into overlapping windows, to fit."""
+    and at half of ``max_length``, the document truncated, or split into overlapping windows, to fit.
+    Each list of pairs is tokenized in two batched calls (distinct queries, then the pairs)."""
 
     def __init__(self, tokenizer: Any, config: CrossEncoderConfig) -> None:
         self.tokenizer = tokenizer
@@ -41,19 +35,31 @@ class PairProcessor:
         self.n_special = tokenizer.num_special_tokens_to_add(pair=True)
         self.use_types = "token_type_ids" in tokenizer.model_input_names
 
-    def units(self, query: str, document: str, all_windows: bool) -> List[Dict[str, List[int]]]:
+    def _cut_queries(self, queries: Sequence[str], cap: int) -> Dict[str, Tuple[str, int]]:
+        """Each distinct query (with instruction) cut after ``cap`` tokens on a token boundary, and its token count."""
+        texts = list(dict.fromkeys(apply_instruction(self.config.query_instruction, q) for q in queries))
+        enc = self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=cap, return_offsets_mapping=True)
+        return {t: (t[: offs[-1][1]] if len(offs) == cap else t, len(offs)) for t, offs in zip(texts, enc["offset_mapping"])}
+
+    def units(self, pairs: Sequence[Tuple[str, str]], all_windows: bool) -> List[List[Dict[str, Any]]]:
+        """The scoring units of each pair: its first window, or all of them."""
+        if not pairs:
+            return []
         cfg, tok = self.config, self.tokenizer
-        q_cap = min(cfg.query_max_length, max(1, (cfg.max_length - self.n_special) // 2))  # the document keeps half
-        q, q_tokens = cut_text(tok, apply_instruction(cfg.query_instruction, query), q_cap)
-        d = apply_instruction(cfg.document_instruction, document)
-        room = cfg.max_length - self.n_special - q_tokens
-        if room < 1:
+        room = cfg.max_length - self.n_special
+        q_cap = min(cfg.query_max_length, max(1, room // 2))  # the document keeps at least half
+        if room - q_cap < 1:
             raise ValueError(f"max_length={cfg.max_length} leaves no room for the document: raise it or lower query_max_length.")
-        enc = tok(q, d, truncation="only_second", max_length=cfg.max_length, stride=min(cfg.window_overlap, room // 2),
-                  return_overflowing_tokens=all_windows, verbose=False)
-        ids = enc["input_ids"] if all_windows else [enc["input_ids"]]
-        types = (enc["token_type_ids"] if all_windows else [enc["token_type_ids"]]) if self.use_types else [None] * len(ids)
-        return [{"input_ids": i, "token_type_ids": t} for i, t in zip(ids, types)]
+        cut = self._cut_queries([q for q, _ in pairs], q_cap)
+        queries = [cut[apply_instruction(cfg.query_instruction, q)][0] for q, _ in pairs]
+        documents = [apply_instruction(cfg.document_instruction, d) for _, d in pairs]
+        enc = tok(queries, documents, truncation="only_second", max_length=cfg.max_length,
+                  stride=min(cfg.window_overlap, (room - q_cap) // 2), return_overflowing_tokens=all_windows, verbose=False)
+        owners = enc["overflow_to_sample_mapping"] if all_windows else range(len(pairs))
+        out: List[List[Dict[str, Any]]] = [[] for _ in pairs]
+        for k, owner in enumerate(owners):
+            out[owner].append({"input_ids": enc["input_ids"][k], "token_type_ids": enc["token_type_ids"][k] if self.use_types else None})
+        return out
 
     @staticmethod
     def unit_length(unit: Dict[str, List[int]]) -> int:
@@ -65,8 +71,8 @@ class PairProcessor:
 
     def __call__(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
         """Training batch: every (query, document) of every group, query-major, first window only."""
-        units = [self.units(item["query"], doc, False)[0] for item in items for doc in item["documents"]]
-        return {"pairs": self.collate_units(units), "group_size": len(items[0]["documents"])}
+        units = self.units([(item["query"], doc) for item in items for doc in item["documents"]], False)
+        return {"pairs": self.collate_units([u[0] for u in units]), "group_size": len(items[0]["documents"])}
 
 
 class CrossEncoder(BaseRanker):

@@ -58,20 +58,30 @@ class PromptProcessor:
         head, _, tail = instruction.partition("{}") if "{}" in instruction else (instruction, "", "")
         return self._ids(head), self._ids(tail)
 
-    def units(self, query: str, document: str, all_windows: bool) -> List[List[int]]:
+    def _ids_many(self, texts: Sequence[str]) -> List[List[int]]:
+        return self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"] if texts else []
+
+    def units(self, pairs: Sequence[Tuple[str, str]], all_windows: bool) -> List[List[List[int]]]:
+        """The prompt token ids of each pair, one per document window (only the first unless ``all_windows``).
+        Distinct queries and the documents are tokenized in one batched call each."""
         cfg = self.config
         (qh, qt), (dh, dt) = self.query_parts, self.document_parts
         tail = dt + self.suffix
         fixed = len(self.bos) + len(qh) + len(qt) + len(self.sep) + len(dh) + len(tail)
-        q_cap = min(cfg.query_max_length - len(qh) - len(qt), (cfg.max_length - fixed) // 2)  # the document keeps half
-        head = self.bos + qh + self._ids(query)[: max(0, q_cap)] + qt + self.sep + dh
-        room = cfg.max_length - len(head) - len(tail)
-        if room < 1:
-            raise ValueError(
-                f"max_length={cfg.max_length} leaves no room for the document after the prompt "
-                f"({len(head) + len(tail)} tokens): raise max_length or lower query_max_length."
-            )
-        return [head + w + tail for w in windows(self._ids(document), room, cfg.window_overlap, all_windows)]
+        q_cap = max(0, min(cfg.query_max_length - len(qh) - len(qt), (cfg.max_length - fixed) // 2))  # the document keeps half
+        distinct = list(dict.fromkeys(q for q, _ in pairs))
+        q_ids = dict(zip(distinct, self._ids_many(distinct)))
+        out = []
+        for (query, _), doc_ids in zip(pairs, self._ids_many([d for _, d in pairs])):
+            head = self.bos + qh + q_ids[query][:q_cap] + qt + self.sep + dh
+            room = cfg.max_length - len(head) - len(tail)
+            if room < 1:
+                raise ValueError(
+                    f"max_length={cfg.max_length} leaves no room for the document after the prompt "
+                    f"({len(head) + len(tail)} tokens): raise max_length or lower query_max_length."
+                )
+            out.append([head + w + tail for w in windows(doc_ids, room, cfg.window_overlap, all_windows)])
+        return out
 
     @staticmethod
     def unit_length(unit: Sequence[int]) -> int:
@@ -82,8 +92,8 @@ class PromptProcessor:
 
     def __call__(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
         """Training batch: every (query, document) prompt of every group, query-major, first window only."""
-        units = [self.units(item["query"], doc, False)[0] for item in items for doc in item["documents"]]
-        return {"pairs": self.collate_units(units), "group_size": len(items[0]["documents"])}
+        units = self.units([(item["query"], doc) for item in items for doc in item["documents"]], False)
+        return {"pairs": self.collate_units([u[0] for u in units]), "group_size": len(items[0]["documents"])}
 
 
 class LLMRanker(BaseRanker):

@@ -1,0 +1,414 @@
+"""GPU benchmark (issues 1/4 and 2/4 reference shapes): retrievals vs sentence-transformers in one run.
+
+    python benchmarks/gpu.py --assets ASSETS --out benchmarks/results/gpu.json [--only embed ce colbert llm]
+
+``ASSETS`` holds the tokenizers only (``minilm/``: all-MiniLM-L6-v2's, ``smollm2/``: SmolLM2's; see
+``prepare_assets``); every model is randomly initialised at the reference shape, so no weights travel.
+
+* embed: bert-base shape, 32 queries of 32 tokens, 1 positive + 1 hard negative of 200 tokens, bf16.
+  Training triplets/s and peak memory: sentence-transformers (MultipleNegativesRankingLoss) and ours
+  (InfoNCE, in-batch negatives), each through its own Trainer; ours also with 4 data-loader workers, and
+  (section ``embed_compile``, last because compiling takes a while) with ``--torch_compile``. Encoding 200-token passages in fp16, batch 128.
+* ce: cross-encoder, bert-base shape, query 32 + passage 200 tokens, bf16 training of 64 pairs a step
+  (ours: 16 queries x group 4, listwise CE; theirs: CrossEncoderTrainer, 64 labelled pairs, BCE);
+  scoring 4,096 pairs in fp16, batch 128 (ours without windows, i.e. truncating as theirs does).
+* colbert: ours, bert-base shape, 16 queries x 8 documents of 200 tokens a step, bf16: queries/s.
+* llm: ours, Qwen2-1.5B shape with LoRA (r 8), group 4, 256 tokens, bf16 weights: queries/s and peak
+  memory at 4 queries a step, and at 8 and 16 with gradient checkpointing.
+
+Throughput is measured between the end of step ``--warmup`` and the last step (CUDA synchronised), so
+model loading, compilation and the first steps are excluded. ``--tiny`` runs 2-layer models on CPU to
+check the script itself. Results are written after every section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import platform
+import random
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from transformers import TrainerCallback  # noqa: E402
+
+import retrievals.training.run as run_module  # noqa: E402
+from retrievals import AutoModelForEmbedding, AutoModelForRanking, __version__  # noqa: E402
+from retrievals.training.trainer import RetrievalTrainer  # noqa: E402
+
+GPU = torch.cuda.is_available()
+# Open-Retrievals 0.0.14 on one H100 (issue 2/4), for the kinds sentence-transformers has no counterpart of
+OPEN_RETRIEVALS_H100 = {"colbert_queries_per_s": 24.8, "colbert_peak_gib": 15.4, "llm_queries_per_s": 5.2, "llm_peak_gib": 13.5}
+
+
+class StepTimer(TrainerCallback):
+    """Wall time from the end of step ``warmup`` to the end of the last step."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.start, self.seconds, self.steps = warmup, None, None, 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if GPU:
+            torch.cuda.synchronize()
+        if state.global_step == self.warmup:
+            self.start = time.perf_counter()
+        if state.global_step == state.max_steps and self.start is not None:
+            self.seconds = time.perf_counter() - self.start
+            self.steps = state.max_steps - self.warmup
+
+
+TIMER: list = []
+
+
+class TimedTrainer(RetrievalTrainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_callback(TIMER[-1])
+
+
+run_module.RetrievalTrainer = TimedTrainer  # our pipelines build their trainer in retrievals.training.run
+
+
+def fresh_memory() -> None:
+    gc.collect()
+    if GPU:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib() -> float:
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if GPU else 0.0
+
+
+def words_of(tokenizer) -> list:
+    """Vocabulary entries that are single tokens on their own (so n words ~ n tokens)."""
+    vocab = tokenizer.get_vocab()
+    out = []
+    for w in vocab:
+        plain = w.lstrip("Ġ")
+        if plain.isalpha() and len(plain) > 2 and len(tokenizer(" " + plain, add_special_tokens=False)["input_ids"]) == 1:
+            out.append(plain)
+        if len(out) >= 2000:
+            break
+    return out
+
+
+def text(words: list, n: int, rng: random.Random) -> str:
+    return " ".join(rng.choice(words) for _ in range(n))
+
+
+def save_bert(folder: Path, tokenizer_dir: Path, tiny: bool, **head) -> str:
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    shape = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128) if tiny else {}
+    config = BertConfig(vocab_size=tok.vocab_size, **shape, **head)
+    (BertForSequenceClassification if head else BertModel)(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def pipeline_args(module, cli: list):
+    from transformers import HfArgumentParser
+
+    from retrievals.training.arguments import DataArguments
+
+    if module.__name__.endswith("embed"):
+        from retrievals.training import RetrievalTrainingArguments
+
+        types = (module.EmbedModelArguments, DataArguments, RetrievalTrainingArguments)
+    else:
+        types = (module.RerankModelArguments, DataArguments, module.RerankTrainingArguments)
+    return HfArgumentParser(types).parse_args_into_dataclasses(args=cli)
+
+
+def common_flags(out: Path, data: Path, batch: int, steps: int, lr: float) -> list:
+    flags = ["--train_data", str(data), "--output_dir", str(out), "--do_train", "--per_device_train_batch_size", str(batch),
+             "--learning_rate", str(lr), "--max_steps", str(steps), "--logging_steps", "1000", "--save_strategy", "no",
+             "--report_to", "none", "--disable_tqdm", "true", "--seed", "42", "--dataloader_drop_last", "true"]
+    return flags + (["--bf16", "true"] if GPU else [])
+
+
+def timed_ours(module, cli: list, warmup: int, per_step: int) -> dict:
+    """Train through our pipeline; items a second (``per_step`` items a step) and peak memory."""
+    fresh_memory()
+    TIMER.append(StepTimer(warmup))
+    model = module.train(*pipeline_args(module, cli))
+    timer = TIMER.pop()
+    result = {"per_s": round(timer.steps * per_step / timer.seconds, 1), "peak_gib": peak_gib()}
+    del model
+    fresh_memory()
+    return result
+
+
+def timed_st_trainer(trainer, warmup: int, per_step: int) -> dict:
+    timer = StepTimer(warmup)
+    trainer.add_callback(timer)
+    trainer.train()
+    return {"per_s": round(timer.steps * per_step / timer.seconds, 1), "peak_gib": peak_gib()}
+
+
+def rate(fn, n: int) -> float:
+    fn()  # warm-up
+    if GPU:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if GPU:
+        torch.cuda.synchronize()
+    return round(n / (time.perf_counter() - start), 1)
+
+
+# --------------------------------------------------------------------------------------------- sections
+def bench_embed(work: Path, assets: Path, opts) -> dict:
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+
+    model = save_bert(work / "bert", assets / "minilm", opts.tiny)
+    from transformers import AutoTokenizer
+
+    words = words_of(AutoTokenizer.from_pretrained(model))
+    rng = random.Random(0)
+    steps, batch = opts.steps, 32
+    rows = [(text(words, 30, rng), text(words, 198, rng), text(words, 198, rng)) for _ in range(batch * steps)]
+    data = work / "embed.jsonl"
+    data.write_text("".join(json.dumps({"query": q, "positive": [p], "negative": [n]}) + "\n" for q, p, n in rows))
+    out = {}
+
+    fresh_memory()
+    st = SentenceTransformer(model, device="cuda" if GPU else "cpu")
+    st.max_seq_length = 256
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(work / "st"), per_device_train_batch_size=batch, learning_rate=5e-5, max_steps=steps, logging_steps=1000,
+        save_strategy="no", report_to="none", disable_tqdm=True, seed=42, dataloader_drop_last=True, bf16=GPU)
+    ds = Dataset.from_dict({"anchor": [r[0] for r in rows], "positive": [r[1] for r in rows], "negative": [r[2] for r in rows]})
+    trainer = SentenceTransformerTrainer(model=st, args=args, train_dataset=ds, loss=MultipleNegativesRankingLoss(st, scale=20.0))
+    out["sentence_transformers"] = timed_st_trainer(trainer, opts.warmup, batch)
+    del st, trainer
+    print("embed train, sentence-transformers", out["sentence_transformers"], flush=True)
+
+    variants = {"retrievals": [], "retrievals_workers4": ["--dataloader_num_workers", "4"]}
+    out.update(embed_variants(model, data, work, opts, variants, out["sentence_transformers"]["per_s"]))
+
+    # encode: 200-token passages, fp16, batch 128
+    passages = [r[1] for r in rows][: 4096 if GPU else 128]
+    dtype = torch.float16 if GPU else torch.float32
+    ours = AutoModelForEmbedding.from_pretrained(model, pooling_method="mean", document_max_length=256, dtype=dtype)
+    theirs = SentenceTransformer(model, device="cuda" if GPU else "cpu", model_kwargs={"dtype": dtype})
+    theirs.max_seq_length = 256
+    enc = {"retrievals": rate(lambda: ours.encode(passages, batch_size=128), len(passages)),
+           "sentence_transformers": rate(lambda: theirs.encode(passages, batch_size=128), len(passages))}
+    enc["ratio"] = round(enc["retrievals"] / enc["sentence_transformers"], 2)
+    a, b = ours.encode(passages[:256], batch_size=128, normalize_embeddings=False), theirs.encode(passages[:256], batch_size=128, normalize_embeddings=False)
+    enc["max_abs_difference"] = float(abs(a - b).max())
+    print("embed encode passages/s", enc, flush=True)
+    return {"train_triplets_per_s": out, "encode_passages_per_s": enc}
+
+
+def embed_variants(model: str, data: Path, work: Path, opts, variants: dict, reference: float) -> dict:
+    """Our embedder's training triplets/s for each set of extra flags, and its ratio to ``reference``."""
+    from retrievals.pipelines import embed
+
+    base = ["--model_name_or_path", model, "--train_group_size", "2", "--query_max_length", "64", "--document_max_length", "512",
+            "--temperature", "0.05", "--pooling_method", "mean"]
+    out = {}
+    for name, extra in variants.items():
+        try:
+            out[name] = timed_ours(embed, base + common_flags(work / name, data, 32, opts.steps, 5e-5) + extra, opts.warmup, 32)
+        except Exception as exc:  # a variant that fails is reported, the others still run
+            out[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            traceback.print_exc()
+        out[name + "_ratio"] = round(out[name].get("per_s", 0) / reference, 2)
+        print("embed train,", name, out[name], flush=True)
+    return out
+
+
+def bench_embed_compile(work: Path, assets: Path, opts) -> dict:
+    """``--torch_compile`` (last: compiling takes a while), against the sentence-transformers figure of ``embed``."""
+    reference = opts.results.get("embed", {}).get("train_triplets_per_s", {}).get("sentence_transformers", {}).get("per_s")
+    if not reference:
+        raise RuntimeError("run the embed section first (its sentence-transformers figure is the reference)")
+    variants = {"retrievals_compile": ["--torch_compile", "true", "--dataloader_num_workers", "4"]}
+    return embed_variants(str(work / "bert"), work / "embed.jsonl", work, opts, variants, reference)
+
+
+def ce_rows(words, n_queries: int, group: int, rng):
+    return [(text(words, 30, rng), [text(words, 198, rng) for _ in range(group)]) for _ in range(n_queries)]
+
+
+def bench_cross_encoder(work: Path, assets: Path, opts) -> dict:
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+    from transformers import AutoTokenizer
+
+    from retrievals.pipelines import rerank
+
+    model = save_bert(work / "bert_ce", assets / "minilm", opts.tiny, num_labels=1)
+    words = words_of(AutoTokenizer.from_pretrained(model))
+    rng = random.Random(1)
+    group, queries_per_step, steps = 4, 16, opts.steps
+    groups = ce_rows(words, queries_per_step * steps, group, rng)
+    data = work / "ce.jsonl"
+    data.write_text("".join(json.dumps({"query": q, "positive": [d[0]], "negative": d[1:]}) + "\n" for q, d in groups))
+    pairs_per_step = group * queries_per_step
+    out = {}
+    fresh_memory()
+    theirs = CrossEncoder(model, num_labels=1, max_length=256, device="cuda" if GPU else "cpu")
+    flat = {"query": [], "document": [], "label": []}
+    for q, docs in groups:
+        for i, d in enumerate(docs):
+            flat["query"].append(q), flat["document"].append(d), flat["label"].append(float(i == 0))
+    args = CrossEncoderTrainingArguments(output_dir=str(work / "st_ce"), per_device_train_batch_size=pairs_per_step, learning_rate=5e-5,
+                                         max_steps=steps, logging_steps=1000, save_strategy="no", report_to="none",
+                                         disable_tqdm=True, seed=42, dataloader_drop_last=True, bf16=GPU)
+    trainer = CrossEncoderTrainer(model=theirs, args=args, train_dataset=Dataset.from_dict(flat), loss=BinaryCrossEntropyLoss(theirs))
+    out["sentence_transformers"] = timed_st_trainer(trainer, opts.warmup, pairs_per_step)
+    del theirs, trainer
+    print("cross-encoder train, sentence-transformers", out["sentence_transformers"], flush=True)
+    cli = ["--model_name_or_path", model, "--model_type", "cross-encoder", "--train_group_size", str(group), "--max_len", "256"]
+    for name, extra in (("retrievals_workers4", ["--dataloader_num_workers", "4"]), ("retrievals", [])):  # the default saves the model
+        flags = cli + common_flags(work / "ours_ce", data, queries_per_step, steps, 5e-5) + extra + ["--overwrite_output_dir", "true"]
+        out[name] = timed_ours(rerank, flags, opts.warmup, pairs_per_step)
+        out[name + "_ratio"] = round(out[name]["per_s"] / out["sentence_transformers"]["per_s"], 2)
+    print("cross-encoder train pairs/s", out, flush=True)
+
+    pairs = [(q, d) for q, docs in groups for d in docs][: 4096 if GPU else 128]
+    dtype = torch.float16 if GPU else torch.float32
+    ours = AutoModelForRanking.from_pretrained(str(work / "ours_ce"), dtype=dtype, score_windows=False)
+    theirs = CrossEncoder(str(work / "ours_ce"), max_length=256, device="cuda" if GPU else "cpu", model_kwargs={"dtype": dtype})
+    score = {"retrievals": rate(lambda: ours.compute_score(pairs, batch_size=128), len(pairs)),
+             "sentence_transformers": rate(lambda: theirs.predict(pairs, batch_size=128), len(pairs))}
+    score["ratio"] = round(score["retrievals"] / score["sentence_transformers"], 2)
+    import numpy as np
+
+    a = np.asarray(ours.compute_score(pairs[:256], batch_size=128), dtype=np.float32)
+    b = np.asarray(theirs.predict(pairs[:256], batch_size=128, activation_fn=torch.nn.Identity()), dtype=np.float32)
+    score["max_abs_difference"] = float(np.abs(a - b).max())
+    print("cross-encoder score pairs/s", score, flush=True)
+    return {"train_pairs_per_s": out, "score_pairs_per_s": score}
+
+
+def bench_colbert(work: Path, assets: Path, opts) -> dict:
+    from transformers import AutoTokenizer
+
+    from retrievals.pipelines import rerank
+
+    model = save_bert(work / "bert_colbert", assets / "minilm", opts.tiny)
+    words = words_of(AutoTokenizer.from_pretrained(model))
+    group, queries_per_step = 8, 16
+    groups = ce_rows(words, queries_per_step * opts.steps, group, random.Random(2))
+    data = work / "colbert.jsonl"
+    data.write_text("".join(json.dumps({"query": q, "positive": [d[0]], "negative": d[1:]}) + "\n" for q, d in groups))
+    cli = ["--model_name_or_path", model, "--model_type", "colbert", "--train_group_size", str(group), "--max_len", "256",
+           "--query_max_length", "64"]
+    res = timed_ours(rerank, cli + common_flags(work / "ours_colbert", data, queries_per_step, opts.steps, 5e-5), opts.warmup, queries_per_step)
+    res["vs_open_retrievals_h100"] = round(res["per_s"] / OPEN_RETRIEVALS_H100["colbert_queries_per_s"], 2)
+    print("colbert train queries/s", res, flush=True)
+    return {"train_queries_per_s": res, "documents_per_query": group}
+
+
+def bench_llm(work: Path, assets: Path, opts) -> dict:
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from retrievals.pipelines import rerank
+
+    tok = AutoTokenizer.from_pretrained(assets / "smollm2")
+    shape = (dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+             if opts.tiny else dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                                   num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1e6))
+    config = Qwen2Config(vocab_size=151936, tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **shape)
+    folder = work / "qwen2"
+    with torch.device("cuda" if GPU else "cpu"):
+        Qwen2ForCausalLM._from_config(config, dtype=torch.bfloat16).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    gc.collect()
+    words = words_of(tok)
+    group, steps = 4, opts.steps
+    out = {}
+    ckpt = ["--gradient_checkpointing", "true"]
+    for name, batch, extra in (("batch4", 4, []), ("batch8_checkpointing", 8, ckpt), ("batch16_checkpointing", 16, ckpt)):
+        groups = ce_rows(words, batch * steps, group, random.Random(3))
+        data = work / f"llm_{name}.jsonl"
+        data.write_text("".join(json.dumps({"query": q, "positive": [d[0]], "negative": d[1:]}) + "\n" for q, d in groups))
+        cli = ["--model_name_or_path", str(folder), "--model_type", "llm", "--causal_lm", "True", "--use_lora", "True",
+               "--model_dtype", "bfloat16" if GPU else "float32", "--train_group_size", str(group), "--max_len", "256", *extra]
+        try:
+            res = timed_ours(rerank, cli + common_flags(work / f"ours_llm_{name}", data, batch, steps, 1e-4), opts.warmup, batch)
+            res["vs_open_retrievals_h100"] = round(res["per_s"] / OPEN_RETRIEVALS_H100["llm_queries_per_s"], 2)
+        except Exception as exc:
+            res = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            traceback.print_exc()
+        out[name] = res
+        print("llm train queries/s", name, res, flush=True)
+    return {"train_queries_per_s": out, "shape": "Qwen2-1.5B" if not opts.tiny else "tiny", "group": group, "max_len": 256,
+            "lora_r": 8}
+
+
+SECTIONS = {"embed": bench_embed, "ce": bench_cross_encoder, "colbert": bench_colbert, "llm": bench_llm,
+            "embed_compile": bench_embed_compile}
+
+
+def prepare_assets(folder: Path) -> None:
+    """Copy the two tokenizers (from this machine's cached assets) into ``folder``."""
+    from transformers import AutoTokenizer
+
+    from retrievals.assets import fetch
+
+    AutoTokenizer.from_pretrained(fetch("all-MiniLM-L6-v2")).save_pretrained(folder / "minilm")
+    AutoTokenizer.from_pretrained(fetch("SmolLM2-135M-Instruct")).save_pretrained(folder / "smollm2")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--assets", default=".bench_assets")
+    p.add_argument("--prepare_assets", action="store_true", help="write the tokenizers into --assets and stop")
+    p.add_argument("--only", nargs="*", default=list(SECTIONS))
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--tiny", action="store_true")
+    p.add_argument("--out", default="benchmarks/results/gpu.json")
+    opts = p.parse_args()
+    assets = Path(opts.assets)
+    if opts.prepare_assets:
+        prepare_assets(assets)
+        return
+    import sentence_transformers
+    import transformers
+
+    results = {"device": torch.cuda.get_device_name(0) if GPU else "cpu", "date": datetime.date.today().isoformat(),
+               "versions": {"retrievals": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+                            "sentence_transformers": sentence_transformers.__version__, "python": platform.python_version()},
+               "settings": {"steps": opts.steps, "warmup_steps": opts.warmup, "train_precision": "bf16" if GPU else "fp32",
+                            "score_precision": "fp16" if GPU else "fp32", "shape": "tiny" if opts.tiny else "reference"},
+               "open_retrievals_h100_reference": OPEN_RETRIEVALS_H100}
+    work = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
+    opts.results = results
+    for name in opts.only:
+        start = time.perf_counter()
+        try:
+            results[name] = SECTIONS[name](work, assets, opts)
+        except Exception as exc:  # one broken section must not cost the others
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            traceback.print_exc()
+        results[name]["section_seconds"] = round(time.perf_counter() - start, 1)
+        Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(opts.out).write_text(json.dumps(results, indent=2) + "\n")
+        fresh_memory()
+    shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
