@@ -7,8 +7,11 @@
 
 * embed: bert-base shape, 32 queries of 32 tokens, 1 positive + 1 hard negative of 200 tokens, bf16.
   Training triplets/s and peak memory: sentence-transformers (MultipleNegativesRankingLoss) and ours
-  (InfoNCE, in-batch negatives), each through its own Trainer; ours also with 4 data-loader workers, and
+  (InfoNCE, in-batch negatives), each through its own Trainer; ours with its default data-loader workers
+  (4 on a GPU machine) and without, and
   (section ``embed_compile``, last because compiling takes a while) with ``--torch_compile``. Encoding 200-token passages in fp16, batch 128.
+* profile: torch.profiler over 5 training steps of our embedder (after ``embed``): wall vs GPU kernel
+  time a step, tables in ``profile_embed.txt`` beside ``--out``.
 * ce: cross-encoder, bert-base shape, query 32 + passage 200 tokens, bf16 training of 64 pairs a step
   (ours: 16 queries x group 4, listwise CE; theirs: CrossEncoderTrainer, 64 labelled pairs, BCE);
   scoring 4,096 pairs in fp16, batch 128 (ours without windows, i.e. truncating as theirs does).
@@ -198,7 +201,7 @@ def bench_embed(work: Path, assets: Path, opts) -> dict:
     del st, trainer
     print("embed train, sentence-transformers", out["sentence_transformers"], flush=True)
 
-    variants = {"retrievals": [], "retrievals_workers4": ["--dataloader_num_workers", "4"]}
+    variants = {"retrievals": [], "retrievals_no_workers": ["--dataloader_num_workers", "0"]}
     out.update(embed_variants(model, data, work, opts, variants, out["sentence_transformers"]["per_s"]))
 
     # encode: 200-token passages, fp16, batch 128
@@ -278,7 +281,7 @@ def bench_cross_encoder(work: Path, assets: Path, opts) -> dict:
     del theirs, trainer
     print("cross-encoder train, sentence-transformers", out["sentence_transformers"], flush=True)
     cli = ["--model_name_or_path", model, "--model_type", "cross-encoder", "--train_group_size", str(group), "--max_len", "256"]
-    for name, extra in (("retrievals_workers4", ["--dataloader_num_workers", "4"]), ("retrievals", [])):  # the default saves the model
+    for name, extra in (("retrievals_no_workers", ["--dataloader_num_workers", "0"]), ("retrievals", [])):  # the default saves the model
         flags = cli + common_flags(work / "ours_ce", data, queries_per_step, steps, 5e-5) + extra + ["--overwrite_output_dir", "true"]
         out[name] = timed_ours(rerank, flags, opts.warmup, pairs_per_step)
         out[name + "_ratio"] = round(out[name]["per_s"] / out["sentence_transformers"]["per_s"], 2)
@@ -356,8 +359,55 @@ def bench_llm(work: Path, assets: Path, opts) -> dict:
             "lora_r": 8}
 
 
+class StepProfiler(TrainerCallback):
+    """torch.profiler over steps ``first`` .. ``last``; tables go to ``path``."""
+
+    def __init__(self, first: int, last: int, path: Path) -> None:
+        self.first, self.last, self.path, self.prof, self.start = first, last, path, None, 0.0
+        self.summary: dict = {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        from torch.profiler import ProfilerActivity, profile
+
+        if state.global_step == self.first:
+            torch.cuda.synchronize() if GPU else None
+            self.prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if GPU else []))
+            self.prof.__enter__()
+            self.start = time.perf_counter()
+        elif state.global_step == self.last and self.prof is not None:
+            torch.cuda.synchronize() if GPU else None
+            wall = time.perf_counter() - self.start
+            self.prof.__exit__(None, None, None)
+            events = self.prof.key_averages()
+            device_us = sum(e.self_device_time_total for e in events)
+            steps = self.last - self.first
+            self.summary = {"wall_ms_per_step": round(1000 * wall / steps, 1),
+                            "gpu_kernel_ms_per_step": round(device_us / 1000 / steps, 1),
+                            "gpu_busy": round(device_us / 1e6 / wall, 2)}
+            with open(self.path, "w") as f:
+                f.write(json.dumps(self.summary) + "\n")
+                f.write(events.table(sort_by="self_device_time_total" if GPU else "self_cpu_time_total", row_limit=30))
+                f.write(events.table(sort_by="self_cpu_time_total", row_limit=20))
+
+
+def bench_profile(work: Path, assets: Path, opts) -> dict:
+    """Where a training step of our embedder spends its time (run ``embed`` first: it writes the model and data)."""
+    from retrievals.pipelines import embed
+
+    prof = StepProfiler(20, 25, Path(opts.out).parent / "profile_embed.txt")
+    base = ["--model_name_or_path", str(work / "bert"), "--train_group_size", "2", "--query_max_length", "64",
+            "--document_max_length", "512", "--temperature", "0.05", "--pooling_method", "mean"]
+    TIMER.append(prof)
+    try:
+        embed.train(*pipeline_args(embed, base + common_flags(work / "profiled", work / "embed.jsonl", 32, 30, 5e-5)))
+    finally:
+        TIMER.pop()
+    print("profile", prof.summary, flush=True)
+    return prof.summary
+
+
 SECTIONS = {"embed": bench_embed, "ce": bench_cross_encoder, "colbert": bench_colbert, "llm": bench_llm,
-            "embed_compile": bench_embed_compile}
+            "embed_compile": bench_embed_compile, "profile": bench_profile}
 
 
 def prepare_assets(folder: Path) -> None:
@@ -379,6 +429,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--out", default="benchmarks/results/gpu.json")
+    p.add_argument("--update", default=None, help="an earlier results file: keep its sections that this run does not measure")
     opts = p.parse_args()
     assets = Path(opts.assets)
     if opts.prepare_assets:
@@ -393,6 +444,11 @@ def main() -> None:
                "settings": {"steps": opts.steps, "warmup_steps": opts.warmup, "train_precision": "bf16" if GPU else "fp32",
                             "score_precision": "fp16" if GPU else "fp32", "shape": "tiny" if opts.tiny else "reference"},
                "open_retrievals_h100_reference": OPEN_RETRIEVALS_H100}
+    if opts.update and Path(opts.update).is_file():
+        earlier = json.loads(Path(opts.update).read_text())
+        results = {**{k: v for k, v in earlier.items() if k in SECTIONS and k not in opts.only}, **results}
+        results["earlier_sections_from"] = {"file": opts.update, "date": earlier.get("date"), "device": earlier.get("device"),
+                                            "versions": earlier.get("versions")}
     work = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
     opts.results = results
     for name in opts.only:

@@ -117,3 +117,28 @@ def test_gradient_checkpointing_trains(kind, extra, tiny_bert, tiny_qwen, train_
     texts = corpus_lines(4)
     assert not np.allclose(AutoModelForEmbedding.from_pretrained(str(out)).encode(texts),
                            AutoModelForEmbedding.from_pretrained(path).encode(texts))
+
+
+@pytest.mark.parametrize("use_lora", [False, True])
+def test_checkpointing_accepts_both_trainer_calls(use_lora, tiny_qwen):
+    """transformers' Trainer calls ``activation_checkpointing_enable`` (newer) or ``gradient_checkpointing_enable``
+    (older releases), both with ``every_n_layers`` and ``offload``."""
+    if use_lora:
+        pytest.importorskip("peft")
+    for call in ("activation_checkpointing_enable", "gradient_checkpointing_enable"):
+        model = AutoModelForEmbedding.from_pretrained(tiny_qwen, use_lora=use_lora)
+        getattr(model, call)(None, every_n_layers=1, offload=False)
+        base = model.backbone.get_base_model() if use_lora else model.backbone
+        assert any(getattr(m, "gradient_checkpointing", False) for m in base.modules())
+
+
+def test_dataloader_workers_default(monkeypatch):
+    import torch
+
+    from retrievals.training import RetrievalTrainingArguments
+
+    assert RetrievalTrainingArguments("out").dataloader_num_workers == (4 if torch.cuda.is_available() else 0)
+    assert RetrievalTrainingArguments("out", dataloader_num_workers=2).dataloader_num_workers == 2
+    assert RetrievalTrainingArguments("out", dataloader_num_workers=0).dataloader_num_workers == 0
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert RetrievalTrainingArguments("out").dataloader_num_workers == 0  # too few cores to spare any

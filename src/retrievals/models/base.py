@@ -232,14 +232,19 @@ class CheckpointingMixin:
     backbone: torch.nn.Module
 
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs: Optional[dict] = None, **kwargs: Any) -> None:
-        """Recompute activations in backward to save memory."""
+        """Recompute activations in backward to save memory (``kwargs``: the Trainer's ``every_n_layers``, ``offload``)."""
         ckpt_kwargs = activation_checkpointing_kwargs or {"use_reentrant": False}
-        self.backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt_kwargs, **kwargs)
+        enable = getattr(self.backbone, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs=ckpt_kwargs, **kwargs)
+        else:  # transformers releases before the rename
+            self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs, **kwargs)
         if is_peft_model(self.backbone):
             self.backbone.enable_input_require_grads()
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None) -> None:
-        self.activation_checkpointing_enable(gradient_checkpointing_kwargs)
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None, **kwargs: Any) -> None:
+        """The name transformers' Trainer calls in releases before ``activation_checkpointing_enable``."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
 
     @property
     def device(self) -> torch.device:

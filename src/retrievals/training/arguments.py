@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -9,6 +10,8 @@ import torch
 from transformers import TrainingArguments
 
 from ..utils import logger
+
+AUTO_WORKERS = 4  # data-loader workers used by default on a GPU machine (tokenizing in the main process starves the GPU)
 
 
 @dataclass
@@ -31,6 +34,11 @@ class RetrievalTrainingArguments(TrainingArguments):
     negatives_cross_device: bool = field(
         default=False, metadata={"help": "Share in-batch negatives across processes (torchrun)."}
     )
+    dataloader_num_workers: int = field(
+        default=-1,
+        metadata={"help": "Data-loader worker processes, which tokenize while the GPU trains. -1 (default): "
+                          f"{AUTO_WORKERS} with a CUDA GPU and at least {2 * AUTO_WORKERS} CPU cores, else 0 (main process)."},
+    )
     save_merged: bool = field(default=False, metadata={"help": "LoRA runs: also save a merged model in output_dir/merged."})
 
     def __post_init__(self) -> None:
@@ -40,6 +48,9 @@ class RetrievalTrainingArguments(TrainingArguments):
                 "fp16" if self.fp16 else "bf16",
             )
             self.fp16 = self.bf16 = False
+        if self.dataloader_num_workers < 0:
+            enough_cores = (os.cpu_count() or 1) >= 2 * AUTO_WORKERS
+            self.dataloader_num_workers = AUTO_WORKERS if torch.cuda.is_available() and enough_cores else 0
         self.remove_unused_columns = False  # our collators read raw text fields
         super().__post_init__()
 
