@@ -1,0 +1,79 @@
+"""Checks that need a CUDA GPU: mixed-precision training through the CLIs (as the seed commands run them),
+device placement, and half-precision inference. Skipped on machines without one (CI); run them on a
+GPU machine with ``python -m pytest -q -m gpu tests/test_gpu.py``."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from retrievals import AutoModelForEmbedding, AutoModelForRanking
+from retrievals.pipelines import embed, rerank
+
+from .conftest import corpus_lines, run_torchrun
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+TEXTS = corpus_lines(24)
+
+
+def losses(out: Path):
+    state = json.loads((out / "trainer_state.json").read_text())
+    return [h["loss"] for h in state["log_history"] if "loss" in h]
+
+
+def train_args(model, data, out, *extra):
+    return ["--model_name_or_path", model, "--train_data", data, "--output_dir", str(out), "--do_train",
+            "--per_device_train_batch_size", "4", "--learning_rate", "1e-3", "--logging_steps", "1", "--max_steps", "6",
+            "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no", *extra]
+
+
+@pytest.mark.parametrize("precision", ["--fp16", "--bf16"])
+def test_embedder_mixed_precision_training(precision, tiny_bert, train_file, tmp_path):
+    out = tmp_path / "out"
+    assert embed.main(train_args(tiny_bert, train_file, out, precision, "true", "--train_group_size", "2")) == 0
+    curve = losses(out)
+    assert len(curve) == 6 and all(np.isfinite(curve))
+    gpu = AutoModelForEmbedding.from_pretrained(str(out))
+    assert gpu.device.type == "cuda"
+    cpu = AutoModelForEmbedding.from_pretrained(str(out), device="cpu")
+    np.testing.assert_allclose(gpu.encode(TEXTS), cpu.encode(TEXTS), atol=1e-4)  # saved = reloaded, on either device
+    np.testing.assert_allclose(gpu.encode(TEXTS, batch_size=5), np.stack([gpu.encode(t) for t in TEXTS]), atol=1e-5)
+
+
+def test_seed_embed_command_under_torchrun_fp16(tiny_bert, train_file, tmp_path):
+    out = tmp_path / "seed"
+    run_torchrun(1, "-m", "retrievals.pipelines.embed", "--output_dir", str(out), "--overwrite_output_dir",
+                 "--model_name_or_path", tiny_bert, "--do_train", "--train_data", train_file, "--positive_key", "positive",
+                 "--negative_key", "negative", "--learning_rate", "3e-5", "--fp16", "--num_train_epochs", "1",
+                 "--per_device_train_batch_size", "4", "--dataloader_drop_last", "True", "--query_max_length", "64",
+                 "--document_max_length", "512", "--train_group_size", "2", "--logging_steps", "100", "--temperature",
+                 "0.02", "--use_inbatch_neg", "false", "--report_to", "none")
+    assert AutoModelForEmbedding.from_pretrained(str(out)).encode("tax card").shape == (32,)
+
+
+@pytest.mark.parametrize("kind", ["cross-encoder", "colbert", "llm"])
+def test_reranker_fp16_training_and_device_agreement(kind, tiny_bert, tiny_qwen, train_file, tmp_path):
+    model = tiny_qwen if kind == "llm" else tiny_bert
+    extra = ["--causal_lm", "True", "--use_lora", "True"] if kind == "llm" else []
+    out = tmp_path / kind
+    assert rerank.main(train_args(model, train_file, out, "--model_type", kind, "--fp16", "true", "--train_group_size", "3",
+                                  "--max_len", "256" if kind == "llm" else "64", *extra)) == 0
+    assert all(np.isfinite(losses(out)))
+    gpu = AutoModelForRanking.from_pretrained(str(out))
+    cpu = AutoModelForRanking.from_pretrained(str(out), device="cpu")
+    pairs = [(TEXTS[i], TEXTS[-1 - i]) for i in range(10)] + [(TEXTS[0], " ".join(TEXTS))]  # the last needs windows
+    np.testing.assert_allclose(gpu.compute_score(pairs, batch_size=3), cpu.compute_score(pairs), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(gpu.compute_score(pairs, batch_size=4), [gpu.compute_score(p) for p in pairs], atol=1e-5)
+
+
+def test_half_precision_inference_tracks_float32(tiny_bert, tiny_qwen):
+    full = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean").encode(TEXTS)
+    half = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean", dtype="float16").encode(TEXTS)
+    assert half.dtype == np.float32 and np.min(np.sum(full * half, axis=1)) > 0.999  # normalised: cosine
+    pairs = [(TEXTS[i], TEXTS[i + 1]) for i in range(10)]
+    ref = np.array(AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm").compute_score(pairs))
+    bf16 = np.array(AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm", dtype="bfloat16").compute_score(pairs))
+    assert np.abs(bf16 - ref).max() < 0.05 * max(1.0, np.abs(ref).max())
