@@ -8,7 +8,7 @@ all three reranker kinds on AIA-BDE, side by side in one run.
   listwise CE; theirs: CrossEncoderTrainer, 32 labelled pairs, BCE) and scoring pairs/s (``compute_score``
   vs ``CrossEncoder.predict``; ours with ``score_windows=False``, i.e. truncating long documents as
   sentence-transformers does), whose scores must agree. Scoring with windows is timed too.
-* ``--quality``: ``--eval_queries`` held-out queries (FAQs never trained on) get the top 10 FAQs of zero-shot
+* ``--quality``: ``--eval_queries`` held-out queries (FAQs never trained on) get the top 20 FAQs of zero-shot
   all-MiniLM-L6-v2; each reranker reorders them before and after one epoch of fine-tuning on training
   queries (500 for cross-encoder and ColBERT from all-MiniLM-L6-v2, 120 for the LLM reranker from
   SmolLM2-135M-Instruct + LoRA; 3 hard negatives mined at ranks 3-30): MAP, MRR@10 and nDCG@10 of the
@@ -40,7 +40,7 @@ from retrievals.data.aia_bde import parse_aia_bde, split_by_faq  # noqa: E402
 from retrievals.evaluation import evaluate_run, rerank_run, retrieve  # noqa: E402
 from retrievals.pipelines import demo, rerank  # noqa: E402
 
-PAIR_BATCH, GROUP, MAX_LEN, TOP_K = 32, 4, 256, 10
+PAIR_BATCH, GROUP, MAX_LEN, TOP_K = 32, 4, 256, 20
 KINDS = {  # model, lr, queries per batch, max_len, extra CLI flags, training queries (None: all)
     "cross-encoder": ("minilm", 5e-5, PAIR_BATCH // GROUP, MAX_LEN, [], 500),
     "colbert": ("minilm", 5e-5, PAIR_BATCH // GROUP, MAX_LEN, ["--query_max_length", "64"], 500),

@@ -1,0 +1,155 @@
+"""LangChain (langchain-core 1.x) adapters: embeddings, a reranking document compressor, a retriever over
+our index, and a local causal LM.
+
+    pip install 'retrievals[langchain]'
+
+Each adapter takes a loaded model or a path plus ``model_kwargs`` (pooling, instructions, device,
+dtype ... as accepted by the model's ``from_pretrained``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+from ..utils import require
+
+require("langchain_core", "langchain")
+
+from langchain_core.callbacks import CallbackManagerForLLMRun, CallbackManagerForRetrieverRun  # noqa: E402
+from langchain_core.documents import BaseDocumentCompressor, Document  # noqa: E402
+from langchain_core.embeddings import Embeddings  # noqa: E402
+from langchain_core.language_models.llms import LLM  # noqa: E402
+from langchain_core.retrievers import BaseRetriever  # noqa: E402
+from pydantic import ConfigDict  # noqa: E402
+
+from ..index import Index, build_dense_index  # noqa: E402
+from ..models.embedding import AutoModelForEmbedding  # noqa: E402
+from ..models.generator import Generator  # noqa: E402
+from ..models.rankers import AutoModelForRanking  # noqa: E402
+
+
+def _load(model: Any, path: Optional[str], loader: Any, kwargs: Optional[Dict[str, Any]], what: str) -> Any:
+    if model is not None:
+        return model
+    if path is None:
+        raise ValueError(f"pass a loaded {what} (model=...) or a path (model_name_or_path=...)")
+    return loader.from_pretrained(path, **(kwargs or {}))
+
+
+class LangchainEmbedding(Embeddings):
+    """``Embeddings`` backed by :class:`AutoModelForEmbedding`: ``embed_query`` applies the query instruction."""
+
+    def __init__(self, model: Optional[AutoModelForEmbedding] = None, model_name: Optional[str] = None,
+                 model_kwargs: Optional[Dict[str, Any]] = None, encode_kwargs: Optional[Dict[str, Any]] = None) -> None:
+        self.model = _load(model, model_name, AutoModelForEmbedding, model_kwargs, "AutoModelForEmbedding")
+        self.encode_kwargs = dict(encode_kwargs or {})
+
+    def embed_documents(self, texts: List[str]) -> List[List[float]]:
+        return self.model.encode_corpus(list(texts), **self.encode_kwargs).tolist() if texts else []
+
+    def embed_query(self, text: str) -> List[float]:
+        return self.model.encode_queries([text], **self.encode_kwargs)[0].tolist()
+
+
+class LangchainReranker(BaseDocumentCompressor):
+    """Document compressor that keeps the ``top_n`` documents by reranker score, best first; each kept
+    document gets ``metadata["relevance_score"]`` (normalised to [0, 1])."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    model: Any
+    top_n: int = 3
+    batch_size: int = 32
+
+    def __init__(self, model: Any = None, model_name_or_path: Optional[str] = None,
+                 model_kwargs: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
+        super().__init__(model=_load(model, model_name_or_path, AutoModelForRanking, model_kwargs, "reranker"), **kwargs)
+
+    def compress_documents(self, documents: Sequence[Document], query: str, callbacks: Any = None) -> List[Document]:
+        docs = list(documents)
+        if not docs:
+            return []
+        results = self.model.rerank(query, [d.page_content for d in docs], top_k=self.top_n, batch_size=self.batch_size,
+                                    normalize=True)
+        return [Document(page_content=docs[r.index].page_content, id=docs[r.index].id,
+                         metadata={**docs[r.index].metadata, "relevance_score": r.score}) for r in results]
+
+
+class LangchainRetriever(BaseRetriever):
+    """Retriever over one of our indexes (faiss flat/IVF/HNSW or exact), optionally reranked.
+
+    Build it with :meth:`from_texts` or :meth:`from_documents`; ``k`` documents come back, each with
+    ``metadata["score"]`` (the index score). With a ``reranker``, the best ``fetch_k`` by the index are
+    reranked and its ``top_n`` kept.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    embedder: Any
+    index: Any
+    documents: List[Document]
+    k: int = 4
+    fetch_k: int = 20
+    reranker: Optional[LangchainReranker] = None
+
+    @classmethod
+    def from_documents(cls, documents: Sequence[Document], embedding: Any, index_type: str = "flat",
+                       batch_size: int = 32, **kwargs: Any) -> "LangchainRetriever":
+        """Encode ``documents`` with ``embedding`` (an :class:`AutoModelForEmbedding` or :class:`LangchainEmbedding`)."""
+        embedder = embedding.model if isinstance(embedding, LangchainEmbedding) else embedding
+        docs = list(documents)
+        vectors = embedder.encode_corpus([d.page_content for d in docs], batch_size=batch_size)
+        index = build_dense_index(vectors, [str(i) for i in range(len(docs))], index_type)
+        return cls(embedder=embedder, index=index, documents=docs, **kwargs)
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[str], embedding: Any, metadatas: Optional[Sequence[dict]] = None,
+                   **kwargs: Any) -> "LangchainRetriever":
+        metadatas = list(metadatas) if metadatas is not None else [{} for _ in texts]
+        if len(metadatas) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(metadatas)} metadatas")
+        return cls.from_documents([Document(page_content=t, metadata=dict(m)) for t, m in zip(texts, metadatas)],
+                                  embedding, **kwargs)
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> List[Document]:
+        index: Index = self.index
+        depth = max(self.k, self.fetch_k) if self.reranker is not None else self.k
+        scores, ids = index.search(self.embedder.encode_queries([query]), min(depth, len(index)))
+        found = [Document(page_content=self.documents[int(i)].page_content, id=self.documents[int(i)].id,
+                          metadata={**self.documents[int(i)].metadata, "score": float(s)})
+                 for s, i in zip(scores[0], ids[0]) if i is not None]
+        if self.reranker is not None:
+            return self.reranker.compress_documents(found, query)[: self.k]
+        return found
+
+
+class LangchainLLM(LLM):
+    """A local causal LM (for example SmolLM2-135M-Instruct) as a LangChain ``LLM``: the prompt is sent as one
+    chat turn; greedy decoding unless ``temperature > 0``."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    generator: Any
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+
+    def __init__(self, model_name_or_path: Optional[str] = None, generator: Optional[Generator] = None,
+                 model_kwargs: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
+        super().__init__(generator=_load(generator, model_name_or_path, Generator, model_kwargs, "Generator"), **kwargs)
+
+    @property
+    def _llm_type(self) -> str:
+        return "retrievals-local"
+
+    @property
+    def _identifying_params(self) -> Dict[str, Any]:
+        return {"model": getattr(self.generator.model.config, "_name_or_path", ""), "max_tokens": self.max_tokens,
+                "temperature": self.temperature}
+
+    def _call(self, prompt: str, stop: Optional[List[str]] = None, run_manager: Optional[CallbackManagerForLLMRun] = None,
+              **kwargs: Any) -> str:
+        return self.generator.generate(prompt, max_new_tokens=kwargs.get("max_tokens", self.max_tokens),
+                                       temperature=kwargs.get("temperature", self.temperature), top_k=self.top_k,
+                                       top_p=self.top_p, stop=stop)

@@ -1,0 +1,81 @@
+"""LlamaIndex (llama-index-core) adapters: an embedding model and a reranking node postprocessor.
+
+    pip install 'retrievals[llama-index]'
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from ..utils import require
+
+require("llama_index.core", "llama-index")
+
+from llama_index.core.base.embeddings.base import BaseEmbedding  # noqa: E402
+from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
+from llama_index.core.schema import NodeWithScore, QueryBundle  # noqa: E402
+from pydantic import PrivateAttr  # noqa: E402
+
+from ..models.embedding import AutoModelForEmbedding  # noqa: E402
+from ..models.rankers import AutoModelForRanking  # noqa: E402
+
+
+class LlamaIndexEmbedding(BaseEmbedding):
+    """``BaseEmbedding`` backed by :class:`AutoModelForEmbedding`; queries get the query instruction."""
+
+    _model: Any = PrivateAttr()
+    _encode_kwargs: Dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    def __init__(self, model: Optional[AutoModelForEmbedding] = None, model_name: Optional[str] = None,
+                 model_kwargs: Optional[Dict[str, Any]] = None, encode_kwargs: Optional[Dict[str, Any]] = None,
+                 **kwargs: Any) -> None:
+        if model is None and model_name is None:
+            raise ValueError("pass a loaded AutoModelForEmbedding (model=...) or a path (model_name=...)")
+        super().__init__(model_name=str(model_name or "retrievals"), **kwargs)
+        self._model = model if model is not None else AutoModelForEmbedding.from_pretrained(model_name, **(model_kwargs or {}))
+        self._encode_kwargs = dict(encode_kwargs or {})
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "RetrievalsEmbedding"
+
+    def _get_query_embedding(self, query: str) -> List[float]:
+        return self._model.encode_queries([query], **self._encode_kwargs)[0].tolist()
+
+    async def _aget_query_embedding(self, query: str) -> List[float]:
+        return self._get_query_embedding(query)
+
+    def _get_text_embedding(self, text: str) -> List[float]:
+        return self._get_text_embeddings([text])[0]
+
+    def _get_text_embeddings(self, texts: List[str]) -> List[List[float]]:
+        return self._model.encode_corpus(list(texts), **self._encode_kwargs).tolist() if texts else []
+
+
+class LlamaIndexReranker(BaseNodePostprocessor):
+    """Node postprocessor: rescores nodes with any of our rerankers (score normalised to [0, 1]) and keeps
+    the ``top_n`` best."""
+
+    top_n: int = 3
+    batch_size: int = 32
+    _model: Any = PrivateAttr()
+
+    def __init__(self, model: Any = None, model_name_or_path: Optional[str] = None,
+                 model_kwargs: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
+        if model is None and model_name_or_path is None:
+            raise ValueError("pass a loaded reranker (model=...) or a path (model_name_or_path=...)")
+        super().__init__(**kwargs)
+        self._model = model if model is not None else AutoModelForRanking.from_pretrained(model_name_or_path, **(model_kwargs or {}))
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "RetrievalsReranker"
+
+    def _postprocess_nodes(self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle] = None) -> List[NodeWithScore]:
+        if query_bundle is None:
+            raise ValueError("LlamaIndexReranker needs the query (query_bundle).")
+        if not nodes:
+            return []
+        texts = [n.node.get_content() for n in nodes]
+        results = self._model.rerank(query_bundle.query_str, texts, top_k=self.top_n, batch_size=self.batch_size, normalize=True)
+        return [NodeWithScore(node=nodes[r.index].node, score=r.score) for r in results]

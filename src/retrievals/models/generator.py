@@ -1,0 +1,82 @@
+"""A local causal LM that answers prompts: the generator of RAG pipelines (LangChain's ``LangchainLLM``)."""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Sequence, Union
+
+import torch
+
+from ..utils import resolve_device, resolve_dtype
+from .base import load_backbone, load_tokenizer
+
+
+class Generator:
+    """Chat-formatted text generation with a local decoder LM (greedy unless ``temperature > 0``).
+
+    ``generate(prompt)`` wraps the prompt as one user turn when the tokenizer has a chat template,
+    generates up to ``max_new_tokens`` and cuts the answer at the first ``stop`` string.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, use_chat_template: bool = True) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.use_chat_template = use_chat_template and getattr(tokenizer, "chat_template", None) is not None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_name_or_path: str,
+        dtype: Optional[Union[str, torch.dtype]] = None,
+        device: Optional[Union[str, torch.device]] = None,
+        use_chat_template: bool = True,
+        trust_remote_code: bool = False,
+    ) -> "Generator":
+        device_ = resolve_device(device)
+        model = load_backbone(str(model_name_or_path), causal_lm=True, dtype=resolve_dtype(dtype, device_),
+                              trust_remote_code=trust_remote_code).to(device_)
+        tokenizer = load_tokenizer(str(model_name_or_path), padding_side="left", trust_remote_code=trust_remote_code)
+        return cls(model, tokenizer, use_chat_template)
+
+    def format(self, prompt: str) -> str:
+        if not self.use_chat_template:
+            return prompt
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                  add_generation_prompt=True)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: Union[str, Sequence[str]],
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        stop: Optional[Sequence[str]] = None,
+        seed: Optional[int] = None,
+    ) -> Union[str, List[str]]:
+        """Answers to ``prompts`` (one string for one prompt); batched with left padding."""
+        single = isinstance(prompts, str)
+        texts = [self.format(p) for p in ([prompts] if single else prompts)]
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not self.use_chat_template)
+        batch = {k: v.to(self.model.device) for k, v in batch.items()}
+        sampling = temperature > 0
+        kwargs: dict = {"max_new_tokens": max_new_tokens, "do_sample": sampling, "pad_token_id": self.tokenizer.pad_token_id}
+        if sampling:
+            kwargs.update(temperature=temperature, top_k=top_k, top_p=top_p)
+            if seed is not None:
+                torch.manual_seed(seed)
+        else:  # greedy: clear sampling settings a model's generation_config may carry, so none is reported as unused
+            kwargs.update(temperature=None, top_k=None, top_p=None)
+        out = self.model.generate(**batch, **kwargs)
+        answers = self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        answers = [_cut_at_stop(a, stop).strip() for a in answers]
+        return answers[0] if single else answers
+
+
+def _cut_at_stop(text: str, stop: Optional[Sequence[str]]) -> str:
+    cut = len(text)
+    for s in stop or ():
+        i = text.find(s)
+        if i >= 0:
+            cut = min(cut, i)
+    return text[:cut]

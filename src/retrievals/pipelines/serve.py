@@ -1,0 +1,73 @@
+"""Serve an embedder and/or a reranker over HTTP: ``python -m retrievals.pipelines.serve --help``.
+
+    python -m retrievals.pipelines.serve --model_name_or_path outputs/embed \\
+        [--reranker_name_or_path outputs/rerank] --host 127.0.0.1 --port 8000
+
+Any folder this library saves (or a plain transformers model) loads; see ``retrievals.serving.app``
+for the endpoints. Needs ``pip install 'retrievals[server]'`` (FastAPI and uvicorn).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+from ..utils import require
+from .cli import run_cli
+
+
+@dataclass
+class ServeArguments:
+    model_name_or_path: Optional[str] = field(default=None, metadata={"help": "Embedder to serve at /v1/embeddings."})
+    reranker_name_or_path: Optional[str] = field(default=None, metadata={"help": "Reranker to serve at /v1/rerank."})
+    model_type: Optional[str] = field(default=None, metadata={"help": "Reranker kind: cross-encoder | colbert | llm (default: inferred)."})
+    pooling_method: Optional[str] = field(default=None, metadata={"help": "Embedder pooling (default: from the saved config)."})
+    served_model_name: Optional[str] = field(default=None, metadata={"help": "Embedder id in requests (default: folder name)."})
+    served_reranker_name: Optional[str] = field(default=None, metadata={"help": "Reranker id in requests (default: folder name)."})
+    dtype: Optional[str] = field(default=None, metadata={"help": "float32 | float16 | bfloat16 (default: float32)."})
+    device: Optional[str] = field(default=None, metadata={"help": "cpu | cuda (default: cuda when available)."})
+    host: str = field(default="127.0.0.1")
+    port: int = field(default=8000)
+    max_batch_size: int = field(default=256, metadata={"help": "Most inputs (or documents) in one request."})
+    max_input_chars: int = field(default=20000, metadata={"help": "Most characters in one input text."})
+    model_batch_size: int = field(default=32, metadata={"help": "Batch size of model calls."})
+    max_wait_ms: float = field(default=2.0, metadata={"help": "How long a model call waits for other requests to join."})
+
+
+def build_app(a: ServeArguments):
+    """Load the models and make the FastAPI app."""
+    from ..models.embedding import AutoModelForEmbedding
+    from ..models.rankers import AutoModelForRanking
+    from ..serving.app import ServerLimits, create_app
+
+    if not (a.model_name_or_path or a.reranker_name_or_path):
+        raise ValueError("pass --model_name_or_path (an embedder), --reranker_name_or_path (a reranker), or both")
+    embedder = reranker = None
+    if a.model_name_or_path:
+        kwargs = {"pooling_method": a.pooling_method} if a.pooling_method else {}
+        embedder = AutoModelForEmbedding.from_pretrained(a.model_name_or_path, dtype=a.dtype, device=a.device, **kwargs)
+    if a.reranker_name_or_path:
+        reranker = AutoModelForRanking.from_pretrained(a.reranker_name_or_path, model_type=a.model_type, dtype=a.dtype,
+                                                       device=a.device)
+    limits = ServerLimits(max_batch_size=a.max_batch_size, max_input_chars=a.max_input_chars,
+                          model_batch_size=a.model_batch_size, max_wait_ms=a.max_wait_ms)
+    return create_app(embedder, reranker,
+                      a.served_model_name or (Path(a.model_name_or_path).name if a.model_name_or_path else None),
+                      a.served_reranker_name or (Path(a.reranker_name_or_path).name if a.reranker_name_or_path else None),
+                      limits)
+
+
+def _main(a: ServeArguments) -> None:
+    uvicorn = require("uvicorn", "server")
+    app = build_app(a)
+    uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_cli([ServeArguments], _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

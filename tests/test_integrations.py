@@ -1,0 +1,116 @@
+"""LangChain and LlamaIndex adapters, with the real packages, on tiny random models."""
+
+import numpy as np
+import pytest
+
+from retrievals import AutoModelForEmbedding, AutoModelForRanking
+
+from .conftest import corpus_lines
+
+pytest.importorskip("langchain_core")
+DOCS = corpus_lines(30)
+QUERY = DOCS[4][:30]
+
+
+@pytest.fixture(scope="module")
+def embedder(tiny_bert):
+    return AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean", query_instruction="query: ")
+
+
+@pytest.fixture(scope="module")
+def reranker(tiny_bert):
+    return AutoModelForRanking.from_pretrained(tiny_bert, model_type="cross-encoder", max_length=64)
+
+
+def test_langchain_embedding_passes_options_through(tiny_bert, embedder):
+    from retrievals.integrations.langchain import LangchainEmbedding
+
+    lc = LangchainEmbedding(model_name=tiny_bert, model_kwargs={"pooling_method": "mean", "query_instruction": "query: "},
+                            encode_kwargs={"batch_size": 4})
+    assert lc.model.retrieval_config.pooling_method == "mean"
+    np.testing.assert_allclose(lc.embed_documents(DOCS[:6]), embedder.encode_corpus(DOCS[:6]), atol=1e-6)
+    np.testing.assert_allclose(lc.embed_query(QUERY), embedder.encode_queries([QUERY])[0], atol=1e-6)
+    assert not np.allclose(lc.embed_query(QUERY), lc.embed_documents([QUERY])[0])  # the query instruction applies
+    assert lc.embed_documents([]) == []
+    with pytest.raises(ValueError, match="pass a loaded"):
+        LangchainEmbedding()
+
+
+def test_original_import_path(embedder):
+    from retrievals.tools.langchain import LangchainEmbedding, LangchainLLM, LangchainReranker  # noqa: F401
+
+    assert LangchainEmbedding(model=embedder).model is embedder
+
+
+def test_langchain_reranker_keeps_top_n(reranker):
+    from langchain_core.documents import Document
+
+    from retrievals.integrations.langchain import LangchainReranker
+
+    docs = [Document(page_content=t, metadata={"row": i}) for i, t in enumerate(DOCS[:8])]
+    kept = LangchainReranker(model=reranker, top_n=3).compress_documents(docs, QUERY)
+    scores = reranker.compute_score([(QUERY, d) for d in DOCS[:8]], normalize=True)
+    best = sorted(range(8), key=lambda i: -scores[i])[:3]
+    assert [d.metadata["row"] for d in kept] == best
+    np.testing.assert_allclose([d.metadata["relevance_score"] for d in kept], [scores[i] for i in best], atol=1e-6)
+    assert LangchainReranker(model=reranker).compress_documents([], QUERY) == []
+
+
+@pytest.mark.parametrize("index_type", ["exact", "flat"])
+def test_langchain_retriever_over_our_index(index_type, embedder, reranker):
+    from retrievals.integrations.langchain import LangchainReranker, LangchainRetriever
+
+    if index_type == "flat":
+        pytest.importorskip("faiss")
+    retriever = LangchainRetriever.from_texts(DOCS, embedder, metadatas=[{"row": i} for i in range(len(DOCS))],
+                                              index_type=index_type, k=5)
+    found = retriever.invoke(QUERY)  # the Runnable interface
+    sims = embedder.encode_corpus(DOCS) @ embedder.encode_queries([QUERY])[0]
+    assert [d.metadata["row"] for d in found] == list(np.argsort(-sims)[:5])
+    np.testing.assert_allclose([d.metadata["score"] for d in found], np.sort(sims)[::-1][:5], atol=1e-5)
+
+    reranked = LangchainRetriever.from_texts(DOCS, embedder, k=2, fetch_k=10, index_type=index_type,
+                                             reranker=LangchainReranker(model=reranker, top_n=2)).invoke(QUERY)
+    pool = [DOCS[i] for i in np.argsort(-sims)[:10]]
+    scores = reranker.compute_score([(QUERY, d) for d in pool])
+    assert [d.page_content for d in reranked] == [pool[i] for i in np.argsort(-np.asarray(scores))[:2]]
+
+
+def test_langchain_llm_and_a_rag_chain(tiny_qwen, embedder):
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import PromptTemplate
+    from langchain_core.runnables import RunnablePassthrough
+
+    from retrievals.integrations.langchain import LangchainLLM, LangchainRetriever
+    from retrievals.models.generator import Generator
+
+    llm = LangchainLLM(model_name_or_path=tiny_qwen, max_tokens=6)
+    direct = Generator.from_pretrained(tiny_qwen).generate("say hello", max_new_tokens=6)
+    assert llm.invoke("say hello") == direct  # greedy: the same answer as the generator itself
+    assert isinstance(direct, str)
+    retriever = LangchainRetriever.from_texts(DOCS, embedder, index_type="exact", k=2)
+    prompt = PromptTemplate.from_template("Context:\n{context}\n\nQuestion: {question}\nAnswer:")
+    chain = ({"context": retriever | (lambda docs: "\n".join(d.page_content for d in docs)), "question": RunnablePassthrough()}
+             | prompt | llm | StrOutputParser())
+    assert isinstance(chain.invoke(QUERY), str)
+
+
+def test_llama_index_embedding_and_reranker(tiny_bert, embedder, reranker):
+    pytest.importorskip("llama_index.core")
+    from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+
+    from retrievals.integrations.llama_index import LlamaIndexEmbedding, LlamaIndexReranker
+
+    emb = LlamaIndexEmbedding(model_name=tiny_bert, model_kwargs={"pooling_method": "mean", "query_instruction": "query: "},
+                              embed_batch_size=4)
+    np.testing.assert_allclose(emb.get_query_embedding(QUERY), embedder.encode_queries([QUERY])[0], atol=1e-6)
+    np.testing.assert_allclose(emb.get_text_embedding_batch(DOCS[:9]), embedder.encode_corpus(DOCS[:9]), atol=1e-6)
+    np.testing.assert_allclose(emb.get_text_embedding(DOCS[0]), embedder.encode_corpus([DOCS[0]])[0], atol=1e-6)
+
+    nodes = [NodeWithScore(node=TextNode(text=t, id_=str(i)), score=0.0) for i, t in enumerate(DOCS[:7])]
+    kept = LlamaIndexReranker(model=reranker, top_n=2).postprocess_nodes(nodes, QueryBundle(QUERY))
+    scores = reranker.compute_score([(QUERY, d) for d in DOCS[:7]], normalize=True)
+    assert [n.node.id_ for n in kept] == [str(i) for i in np.argsort(-np.asarray(scores))[:2]]
+    np.testing.assert_allclose([n.score for n in kept], np.sort(scores)[::-1][:2], atol=1e-6)
+    with pytest.raises(ValueError, match="needs the query"):
+        LlamaIndexReranker(model=reranker).postprocess_nodes(nodes)
