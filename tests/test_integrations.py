@@ -114,3 +114,27 @@ def test_llama_index_embedding_and_reranker(tiny_bert, embedder, reranker):
     np.testing.assert_allclose([n.score for n in kept], np.sort(scores)[::-1][:2], atol=1e-6)
     with pytest.raises(ValueError, match="needs the query"):
         LlamaIndexReranker(model=reranker).postprocess_nodes(nodes)
+
+
+@pytest.mark.slow
+def test_rag_example_runs_offline_on_real_models():
+    """examples/rag_langchain.py with all-MiniLM-L6-v2, zero-shot ColBERT and SmolLM2-135M-Instruct (from PyPI)."""
+    pytest.importorskip("faiss")
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("rag_example", Path(__file__).parent.parent / "examples" / "rag_langchain.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    faqs = example.aia_bde_faqs()
+    gold = [i for i, f in enumerate(faqs) if f.startswith("Como pedir o Cartão Provisório de Identificação")]
+    assert gold
+    subset = sorted(set(range(150)) | set(gold))  # a slice of the corpus keeps the test short
+    texts = [faqs[i] for i in subset]
+    parts = example.build_chain(texts, max_tokens=16)
+    question = "Como posso obter o cartão provisório de identificação de pessoa coletiva?"
+    docs = parts["retriever"].invoke(question)
+    assert len(docs) == 3 and texts[docs[0].metadata["faq"]].startswith("Como pedir o Cartão Provisório")
+    assert all(0.0 <= d.metadata["relevance_score"] <= 1.0 for d in docs)
+    answer = parts["chain"].invoke(question)
+    assert isinstance(answer, str) and answer.strip()

@@ -196,6 +196,21 @@ def test_colbert_maxsim_is_normalised(tiny_bert):
     torch.testing.assert_close(maxsim(q, qm, d, dm, all_pairs=True).diagonal(), torch.stack(expected))
 
 
+def test_new_full_size_colbert_projection_starts_as_identity(tiny_bert):
+    model = AutoModelForRanking.from_pretrained(tiny_bert, model_type="colbert", colbert_dim=0, max_length=64)
+    hidden = model.backbone.config.hidden_size
+    assert model.retrieval_config.colbert_dim == hidden
+    torch.testing.assert_close(model.colbert_linear.weight, torch.eye(hidden))
+    batch = model.processor.collate_units([u[0] for u in model.processor.units(PAIRS[1:2], False)])
+    with torch.no_grad():  # the score is MaxSim over the encoder's own (normalised) token vectors
+        out = model.backbone(input_ids=batch["document_input_ids"], attention_mask=batch["document_attention_mask"])
+        own = torch.nn.functional.normalize(out.last_hidden_state[:, 1:], dim=-1)
+        vectors, _ = model.token_vectors(batch["document_input_ids"], batch["document_attention_mask"])
+    torch.testing.assert_close(vectors, own * batch["document_attention_mask"][:, 1:, None], atol=1e-5, rtol=1e-4)
+    smaller = AutoModelForRanking.from_pretrained(tiny_bert, model_type="colbert", colbert_dim=16, max_length=64)
+    assert smaller.colbert_linear.weight.shape == (16, hidden)  # a smaller projection starts random
+
+
 def test_colbert_projection_layout_and_precomputed_vectors(tiny_bert, tmp_path):
     model = AutoModelForRanking.from_pretrained(tiny_bert, model_type="colbert", colbert_dim=16, max_length=32)
     model.save_pretrained(tmp_path / "m")

@@ -20,7 +20,8 @@ COLBERT_LINEAR = "colbert_linear.pt"  # the projection's state dict, as bge-m3 s
 
 @dataclass
 class ColBERTConfig(RankerConfig):
-    """``colbert_dim``: size of the token vectors (<= 0: the encoder's hidden size, as in bge-m3).
+    """``colbert_dim``: size of the token vectors (<= 0: the encoder's hidden size, as in bge-m3). A new
+    projection of the hidden size starts as the identity (MaxSim over the encoder's own token vectors).
     ``max_length`` is the document length; ``query_max_length`` the query length."""
 
     model_type: str = "colbert"
@@ -145,6 +146,10 @@ class ColBERT(BaseRanker):
         if not file.is_file():
             if not fresh:
                 raise FileNotFoundError(f"{file}: missing; a saved ColBERT model needs its projection.")
+            if self.colbert_linear.in_features == self.colbert_linear.out_features:  # colbert_dim <= 0 or = hidden size
+                with torch.no_grad():  # start from the encoder's own token vectors: a usable zero-shot scorer
+                    self.colbert_linear.weight.copy_(torch.eye(self.colbert_linear.in_features))
+                    self.colbert_linear.bias.zero_()
             return
         state = torch.load(file, map_location="cpu", weights_only=True)
         expected = tuple(self.colbert_linear.weight.shape)
