@@ -68,3 +68,11 @@ def test_seed_llm_lora_command_as_written(tiny_qwen, train_file, tmp_path):
     assert cfg.pooling_method == "last" and cfg.lora_base == tiny_qwen and cfg.query_instruction.endswith("\nQuery: ")
     emb = model.encode_queries(TEXTS[:3])
     assert emb.shape == (3, 32) and np.isfinite(emb).all()
+
+
+def test_assets_command_prints_the_path(minilm, capsys):
+    from retrievals.assets import main
+
+    assert main(["all-MiniLM-L6-v2"]) == 0
+    assert capsys.readouterr().out.strip() == minilm
+    assert main(["no-such-asset"]) == 2 and "usage" in capsys.readouterr().err

@@ -17,7 +17,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 from .utils import logger
 
@@ -129,3 +129,17 @@ def fetch(name: str) -> Path:
             shutil.rmtree(root)
         os.replace(unpacked, root)
     return target
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m retrievals.assets NAME``: fetch an asset (once) and print its local path."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1 or args[0] not in ASSETS:
+        print(f"usage: python -m retrievals.assets {{{'|'.join(ASSETS)}}}", file=sys.stderr)
+        return 2
+    print(fetch(args[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
