@@ -104,6 +104,22 @@ def train_file(tmp_path) -> str:
     return str(path)
 
 
+def seed_embed_command(model: str, data: str, out, **changes: str) -> list:
+    """The seed README's "Pairwise embedding finetune" command as written (model, data and output dir
+    filled in), for ``run_torchrun``; ``changes`` replace a flag's value (``num_train_epochs="1"``) or add a flag."""
+    args = ["-m", "retrievals.pipelines.embed", "--output_dir", str(out), "--overwrite_output_dir", "--model_name_or_path",
+            model, "--do_train", "--train_data", data, "--positive_key", "positive", "--negative_key", "negative",
+            "--learning_rate", "3e-5", "--fp16", "--num_train_epochs", "5", "--per_device_train_batch_size", "32",
+            "--dataloader_drop_last", "True", "--query_max_length", "64", "--document_max_length", "512",
+            "--train_group_size", "2", "--logging_steps", "100", "--temperature", "0.02", "--use_inbatch_neg", "false"]
+    for flag, value in changes.items():
+        if f"--{flag}" in args:
+            args[args.index(f"--{flag}") + 1] = value
+        else:
+            args += [f"--{flag}", value]
+    return args
+
+
 def run_torchrun(nproc: int, *args: str, cwd=None, timeout: int = 300, threads: int = 1):
     """Run ``torchrun --nproc_per_node nproc ARGS`` on CPU; kill the whole process group on timeout."""
     import signal

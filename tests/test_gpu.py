@@ -12,7 +12,7 @@ import torch
 from retrievals import AutoModelForEmbedding, AutoModelForRanking
 from retrievals.pipelines import embed, rerank
 
-from .conftest import corpus_lines, run_torchrun
+from .conftest import corpus_lines, run_torchrun, seed_embed_command
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -45,12 +45,8 @@ def test_embedder_mixed_precision_training(precision, tiny_bert, train_file, tmp
 
 def test_seed_embed_command_under_torchrun_fp16(tiny_bert, train_file, tmp_path):
     out = tmp_path / "seed"
-    run_torchrun(1, "-m", "retrievals.pipelines.embed", "--output_dir", str(out), "--overwrite_output_dir",
-                 "--model_name_or_path", tiny_bert, "--do_train", "--train_data", train_file, "--positive_key", "positive",
-                 "--negative_key", "negative", "--learning_rate", "3e-5", "--fp16", "--num_train_epochs", "1",
-                 "--per_device_train_batch_size", "4", "--dataloader_drop_last", "True", "--query_max_length", "64",
-                 "--document_max_length", "512", "--train_group_size", "2", "--logging_steps", "100", "--temperature",
-                 "0.02", "--use_inbatch_neg", "false", "--report_to", "none")
+    run_torchrun(1, *seed_embed_command(tiny_bert, train_file, out, num_train_epochs="1", per_device_train_batch_size="4",
+                                        report_to="none"))
     assert AutoModelForEmbedding.from_pretrained(str(out)).encode("tax card").shape == (32,)
 
 

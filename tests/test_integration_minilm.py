@@ -5,7 +5,7 @@ import pytest
 
 from retrievals import AutoModelForEmbedding
 
-from .conftest import corpus_lines, run_torchrun
+from .conftest import corpus_lines, run_torchrun, seed_embed_command
 
 pytestmark = pytest.mark.slow
 st = pytest.importorskip("sentence_transformers")
@@ -35,14 +35,7 @@ def test_saved_with_instructions_loads_identically_in_sentence_transformers(mini
 def test_seed_pairwise_command_as_written(minilm, train_file, tmp_path):
     """The README's 'Pairwise embedding finetune' command, only model, data and output changed."""
     out = tmp_path / "t2_output"
-    result = run_torchrun(1, *[
-        "-m", "retrievals.pipelines.embed", "--output_dir", str(out), "--overwrite_output_dir",
-        "--model_name_or_path", minilm, "--do_train", "--train_data", train_file,
-        "--positive_key", "positive", "--negative_key", "negative", "--learning_rate", "3e-5", "--fp16",
-        "--num_train_epochs", "5", "--per_device_train_batch_size", "32", "--dataloader_drop_last", "True",
-        "--query_max_length", "64", "--document_max_length", "512", "--train_group_size", "2",
-        "--logging_steps", "100", "--temperature", "0.02", "--use_inbatch_neg", "false",
-    ], cwd=tmp_path, threads=2)
+    result = run_torchrun(1, *seed_embed_command(minilm, train_file, out), cwd=tmp_path, threads=2)
     assert "training in float32" in result.stderr
     tuned = AutoModelForEmbedding.from_pretrained(str(out))
     theirs = st.SentenceTransformer(str(out), device="cpu")
