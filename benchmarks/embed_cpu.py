@@ -69,18 +69,18 @@ def train_ours(model_path, rows, out, max_steps=None, epochs=1.0, q_len=Q_LEN, d
     return time.perf_counter() - start, str(Path(out) / "model")
 
 
-def train_theirs(model_path, rows, out, max_steps=None, epochs=1.0, max_len=D_LEN, **precision):
+def train_theirs(model_path, rows, out, max_steps=None, epochs=1.0, max_len=D_LEN, seed=42, device="cpu", **precision):
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.losses import MultipleNegativesRankingLoss
 
-    model = SentenceTransformer(model_path, device="cpu")
+    model = SentenceTransformer(model_path, device=device)
     model.max_seq_length = max_len
     ds = Dataset.from_dict({"anchor": [r[0] for r in rows], "positive": [r[1] for r in rows], "negative": [r[2] for r in rows]})
     kwargs = {"max_steps": max_steps} if max_steps else {"num_train_epochs": epochs}
     args = SentenceTransformerTrainingArguments(
         output_dir=str(Path(out) / "st"), per_device_train_batch_size=BATCH, learning_rate=LR, warmup_steps=0.1,
-        logging_steps=10, save_strategy="no", report_to="none", disable_tqdm=True, seed=42, dataloader_drop_last=True, **kwargs, **precision)
+        logging_steps=10, save_strategy="no", report_to="none", disable_tqdm=True, seed=seed, dataloader_drop_last=True, **kwargs, **precision)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds,
                                          loss=MultipleNegativesRankingLoss(model, scale=1.0 / TEMPERATURE))
     start = time.perf_counter()
