@@ -100,6 +100,16 @@ def test_embeddings_equal_in_process_encode(server, models):
     np.testing.assert_allclose(query["data"][0]["embedding"], emb.encode_queries([TEXTS[1]])[0], atol=1e-5)
 
 
+def test_the_openai_client_works_against_it(server, models):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
+    response = client.embeddings.create(model="emb", input=TEXTS[:3])  # the client asks for base64 by default
+    np.testing.assert_allclose([d.embedding for d in response.data], models[0].encode(TEXTS[:3]), atol=1e-5)
+    assert response.usage.prompt_tokens > 0
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="text-embedding-3-small", input="a")
+
+
 def test_rerank_equals_in_process_scores(server, models):
     ranker = models[1]
     docs = TEXTS[:6]
