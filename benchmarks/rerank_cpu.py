@@ -42,9 +42,9 @@ from retrievals.pipelines import demo, rerank  # noqa: E402
 
 PAIR_BATCH, GROUP, MAX_LEN, TOP_K = 32, 4, 256, 20
 KINDS = {  # model, lr, queries per batch, max_len, extra CLI flags, training queries (None: all)
-    "cross-encoder": ("minilm", 5e-5, PAIR_BATCH // GROUP, MAX_LEN, [], 500),
-    "colbert": ("minilm", 5e-5, PAIR_BATCH // GROUP, MAX_LEN, ["--query_max_length", "64"], 500),
     "llm": ("smollm2", 5e-4, 4, MAX_LEN, ["--causal_lm", "True", "--use_lora", "True", "--lora_r", "16", "--lora_alpha", "32"], 120),
+    "colbert": ("minilm", 5e-5, PAIR_BATCH // GROUP, MAX_LEN, ["--query_max_length", "64"], 500),
+    "cross-encoder": ("minilm", 5e-5, PAIR_BATCH // GROUP, MAX_LEN, [], 500),
 }
 
 
