@@ -281,9 +281,25 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
         texts = [sentences] if single else list(sentences)
         if device is not None:
             self.to(device)
+        ids = self.tokenize(texts, is_query=is_query, max_length=max_length)
+        out = self.encode_token_ids(ids, batch_size, show_progress_bar, normalize_embeddings)
+        result = out[0] if single else out
+        if convert_to_tensor:
+            return result
+        return result.numpy() if convert_to_numpy else result
+
+    @torch.inference_mode()
+    def encode_token_ids(
+        self,
+        ids: Sequence[Sequence[int]],
+        batch_size: int = 32,
+        show_progress_bar: Optional[bool] = None,
+        normalize_embeddings: Optional[bool] = None,
+    ) -> torch.Tensor:
+        """Float32 CPU embeddings of texts already tokenized by :meth:`tokenize` (for callers that also
+        need the token counts, such as the server), in input order."""
         was_training = self.training
         self.eval()
-        ids = self.tokenize(texts, is_query=is_query, max_length=max_length)
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         out = torch.empty((len(ids), self.embedding_dim), dtype=torch.float32)
         if show_progress_bar is None:
@@ -294,10 +310,7 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
             batch = {k: v.to(dev) for k, v in self.pad([ids[i] for i in idx]).items()}
             out[idx] = self.embed(batch, normalize=normalize_embeddings).float().cpu()
         self.train(was_training)
-        result = out[0] if single else out
-        if convert_to_tensor:
-            return result
-        return result.numpy() if convert_to_numpy else result
+        return out
 
     def encode_queries(self, queries: Union[str, Sequence[str]], **kwargs: Any) -> Union[np.ndarray, torch.Tensor]:
         """:meth:`encode` with the query instruction and query max length."""

@@ -169,9 +169,9 @@ def create_app(embedder: Any = None, reranker: Any = None, embedder_name: Option
         is_query = req.input_type == "query"
 
         def encode(batch: List[str]) -> List[Any]:
-            vectors = embedder.encode(batch, is_query=is_query, batch_size=limits.model_batch_size)
-            tokens = [len(ids) for ids in embedder.tokenize(batch, is_query=is_query)]
-            return list(zip(vectors, tokens))
+            ids = embedder.tokenize(batch, is_query=is_query)  # once: for the vectors and the usage count
+            vectors = embedder.encode_token_ids(ids, batch_size=limits.model_batch_size).numpy()
+            return [(vector, len(seq)) for vector, seq in zip(vectors, ids)]
 
         out = await run(("embed", is_query), texts, encode)
         data = []
