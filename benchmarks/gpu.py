@@ -1,6 +1,6 @@
 """GPU benchmark (issues 1/4 and 2/4 reference shapes): retrievals vs sentence-transformers in one run.
 
-    python benchmarks/gpu.py --assets ASSETS --out benchmarks/results/gpu.json [--only embed ce colbert llm]
+    python benchmarks/gpu.py --assets ASSETS --out benchmarks/results/gpu.json [--only embed ce colbert llm embed_compile ce_compile profile]
 
 ``ASSETS`` holds the tokenizers only (``minilm/``: all-MiniLM-L6-v2's, ``smollm2/``: SmolLM2's; see
 ``prepare_assets``); every model is randomly initialised at the reference shape, so no weights travel.
@@ -8,8 +8,10 @@
 * embed: bert-base shape, 32 queries of 32 tokens, 1 positive + 1 hard negative of 200 tokens, bf16.
   Training triplets/s and peak memory: sentence-transformers (MultipleNegativesRankingLoss) and ours
   (InfoNCE, in-batch negatives), each through its own Trainer; ours with its default data-loader workers
-  (4 on a GPU machine) and without, and
-  (section ``embed_compile``, last because compiling takes a while) with ``--torch_compile``. Encoding 200-token passages in fp16, batch 128.
+  (4 on a GPU machine) and without. Encoding 200-token passages in fp16, batch 128.
+* embed_compile, ce_compile (after embed and ce, whose sentence-transformers figures are the reference;
+  late because compiling takes a while): ours with ``--torch_compile true``, and with CUDA graphs too
+  (``--torch_compile_mode reduce-overhead --pad_to_multiple_of 8``: the data have two lengths, 32 and 200).
 * profile: torch.profiler over 5 training steps of our embedder (after ``embed``): wall vs GPU kernel
   time a step, tables in ``profile_embed.txt`` beside ``--out``.
 * ce: cross-encoder, bert-base shape, query 32 + passage 200 tokens, bf16 training of 64 pairs a step
@@ -201,8 +203,11 @@ def bench_embed(work: Path, assets: Path, opts) -> dict:
     del st, trainer
     print("embed train, sentence-transformers", out["sentence_transformers"], flush=True)
 
+    from retrievals.pipelines import embed
+
     variants = {"retrievals": [], "retrievals_no_workers": ["--dataloader_num_workers", "0"]}
-    out.update(embed_variants(model, data, work, opts, variants, out["sentence_transformers"]["per_s"]))
+    out.update(ours_variants(embed, ["--model_name_or_path", model, *EMBED_CLI], data, work, opts, variants,
+                             out["sentence_transformers"]["per_s"], batch, batch))
 
     # encode: 200-token passages, fp16, batch 128
     passages = [r[1] for r in rows][: 4096 if GPU else 128]
@@ -219,31 +224,51 @@ def bench_embed(work: Path, assets: Path, opts) -> dict:
     return {"train_triplets_per_s": out, "encode_passages_per_s": enc}
 
 
-def embed_variants(model: str, data: Path, work: Path, opts, variants: dict, reference: float) -> dict:
-    """Our embedder's training triplets/s for each set of extra flags, and its ratio to ``reference``."""
-    from retrievals.pipelines import embed
+EMBED_CLI = ["--train_group_size", "2", "--query_max_length", "64", "--document_max_length", "512", "--temperature", "0.05",
+             "--pooling_method", "mean"]
+# compiled variants (sections *_compile, last: compiling takes a while); "graphs" adds CUDA graphs, recorded once per
+# padded shape
+COMPILED = {"retrievals_compile": ["--torch_compile", "true"],
+            "retrievals_graphs": ["--torch_compile", "true", "--torch_compile_mode", "reduce-overhead", "--pad_to_multiple_of", "8"]}
 
-    base = ["--model_name_or_path", model, "--train_group_size", "2", "--query_max_length", "64", "--document_max_length", "512",
-            "--temperature", "0.05", "--pooling_method", "mean"]
+
+def ours_variants(module, cli: list, data: Path, work: Path, opts, variants: dict, reference: float, batch: int,
+                  per_step: int) -> dict:
+    """Our training items/s through ``module``'s pipeline for each set of extra flags (model saved in
+    ``work/<module>_<variant>``), and the ratio to ``reference``."""
     out = {}
     for name, extra in variants.items():
+        folder = work / f"{module.__name__.rsplit('.', 1)[-1]}_{name}"
+        flags = cli + common_flags(folder, data, batch, opts.steps, 5e-5) + extra + ["--overwrite_output_dir", "true"]
         try:
-            out[name] = timed_ours(embed, base + common_flags(work / name, data, 32, opts.steps, 5e-5) + extra, opts.warmup, 32)
+            out[name] = timed_ours(module, flags, opts.warmup, per_step)
         except Exception as exc:  # a variant that fails is reported, the others still run
             out[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
             traceback.print_exc()
         out[name + "_ratio"] = round(out[name].get("per_s", 0) / reference, 2)
-        print("embed train,", name, out[name], flush=True)
+        print(module.__name__, "train,", name, out[name], flush=True)
     return out
 
 
+def reference_of(opts, section: str, key: str) -> float:
+    """The sentence-transformers training figure of an earlier section of this run (or of the results file)."""
+    value = opts.results.get(section, {}).get(key, {}).get("sentence_transformers", {}).get("per_s")
+    if not value:
+        raise RuntimeError(f"run the {section} section first (its sentence-transformers figure is the reference)")
+    return value
+
+
 def bench_embed_compile(work: Path, assets: Path, opts) -> dict:
-    """``--torch_compile`` (last: compiling takes a while), against the sentence-transformers figure of ``embed``."""
-    reference = opts.results.get("embed", {}).get("train_triplets_per_s", {}).get("sentence_transformers", {}).get("per_s")
-    if not reference:
-        raise RuntimeError("run the embed section first (its sentence-transformers figure is the reference)")
-    variants = {"retrievals_compile": ["--torch_compile", "true", "--dataloader_num_workers", "4"]}
-    return embed_variants(str(work / "bert"), work / "embed.jsonl", work, opts, variants, reference)
+    """``--torch_compile``, without and with CUDA graphs, against the sentence-transformers figure of ``embed``."""
+    from retrievals.pipelines import embed
+
+    cli = ["--model_name_or_path", str(work / "bert"), *EMBED_CLI]
+    return ours_variants(embed, cli, work / "embed.jsonl", work, opts, COMPILED,
+                         reference_of(opts, "embed", "train_triplets_per_s"), 32, 32)
+
+
+CE_GROUP, CE_QUERIES = 4, 16  # a cross-encoder step: 16 queries x (1 positive + 3 negatives)
+CE_CLI = ["--model_type", "cross-encoder", "--train_group_size", str(CE_GROUP), "--max_len", "256"]
 
 
 def ce_rows(words, n_queries: int, group: int, rng):
@@ -261,7 +286,7 @@ def bench_cross_encoder(work: Path, assets: Path, opts) -> dict:
     model = save_bert(work / "bert_ce", assets / "minilm", opts.tiny, num_labels=1)
     words = words_of(AutoTokenizer.from_pretrained(model))
     rng = random.Random(1)
-    group, queries_per_step, steps = 4, 16, opts.steps
+    group, queries_per_step, steps = CE_GROUP, CE_QUERIES, opts.steps
     groups = ce_rows(words, queries_per_step * steps, group, rng)
     data = work / "ce.jsonl"
     data.write_text("".join(json.dumps({"query": q, "positive": [d[0]], "negative": d[1:]}) + "\n" for q, d in groups))
@@ -280,17 +305,15 @@ def bench_cross_encoder(work: Path, assets: Path, opts) -> dict:
     out["sentence_transformers"] = timed_st_trainer(trainer, opts.warmup, pairs_per_step)
     del theirs, trainer
     print("cross-encoder train, sentence-transformers", out["sentence_transformers"], flush=True)
-    cli = ["--model_name_or_path", model, "--model_type", "cross-encoder", "--train_group_size", str(group), "--max_len", "256"]
-    for name, extra in (("retrievals_no_workers", ["--dataloader_num_workers", "0"]), ("retrievals", [])):  # the default saves the model
-        flags = cli + common_flags(work / "ours_ce", data, queries_per_step, steps, 5e-5) + extra + ["--overwrite_output_dir", "true"]
-        out[name] = timed_ours(rerank, flags, opts.warmup, pairs_per_step)
-        out[name + "_ratio"] = round(out[name]["per_s"] / out["sentence_transformers"]["per_s"], 2)
-    print("cross-encoder train pairs/s", out, flush=True)
+    variants = {"retrievals": [], "retrievals_no_workers": ["--dataloader_num_workers", "0"]}
+    out.update(ours_variants(rerank, ["--model_name_or_path", model, *CE_CLI], data, work, opts, variants,
+                             out["sentence_transformers"]["per_s"], queries_per_step, pairs_per_step))
+    trained = str(work / "rerank_retrievals")
 
     pairs = [(q, d) for q, docs in groups for d in docs][: 4096 if GPU else 128]
     dtype = torch.float16 if GPU else torch.float32
-    ours = AutoModelForRanking.from_pretrained(str(work / "ours_ce"), dtype=dtype, score_windows=False)
-    theirs = CrossEncoder(str(work / "ours_ce"), max_length=256, device="cuda" if GPU else "cpu", model_kwargs={"dtype": dtype})
+    ours = AutoModelForRanking.from_pretrained(trained, dtype=dtype, score_windows=False)
+    theirs = CrossEncoder(trained, max_length=256, device="cuda" if GPU else "cpu", model_kwargs={"dtype": dtype})
     score = {"retrievals": rate(lambda: ours.compute_score(pairs, batch_size=128), len(pairs)),
              "sentence_transformers": rate(lambda: theirs.predict(pairs, batch_size=128), len(pairs))}
     score["ratio"] = round(score["retrievals"] / score["sentence_transformers"], 2)
@@ -301,6 +324,16 @@ def bench_cross_encoder(work: Path, assets: Path, opts) -> dict:
     score["max_abs_difference"] = float(np.abs(a - b).max())
     print("cross-encoder score pairs/s", score, flush=True)
     return {"train_pairs_per_s": out, "score_pairs_per_s": score}
+
+
+def bench_ce_compile(work: Path, assets: Path, opts) -> dict:
+    """Cross-encoder training with ``--torch_compile``, without and with CUDA graphs, against ``ce``'s
+    sentence-transformers figure."""
+    from retrievals.pipelines import rerank
+
+    cli = ["--model_name_or_path", str(work / "bert_ce"), *CE_CLI]
+    return ours_variants(rerank, cli, work / "ce.jsonl", work, opts, COMPILED, reference_of(opts, "ce", "train_pairs_per_s"),
+                         CE_QUERIES, CE_QUERIES * CE_GROUP)
 
 
 def bench_colbert(work: Path, assets: Path, opts) -> dict:
@@ -407,7 +440,7 @@ def bench_profile(work: Path, assets: Path, opts) -> dict:
 
 
 SECTIONS = {"embed": bench_embed, "ce": bench_cross_encoder, "colbert": bench_colbert, "llm": bench_llm,
-            "embed_compile": bench_embed_compile, "profile": bench_profile}
+            "embed_compile": bench_embed_compile, "ce_compile": bench_ce_compile, "profile": bench_profile}
 
 
 def prepare_assets(folder: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -12,11 +12,13 @@ class EmbeddingCollator:
 
     Documents are flattened query-major: row ``i * group + j`` is document ``j`` of query ``i``
     (``j == 0`` is the positive). Tokenization goes through ``model.processor`` so training sees
-    exactly what inference sees (instructions, truncation, EOS).
+    exactly what inference sees (instructions, truncation, EOS). ``pad_to_multiple_of`` rounds the padded
+    widths up (see :class:`retrievals.models.processing.PaddingOptions`).
     """
 
-    def __init__(self, processor: Any) -> None:
-        self.processor = processor  # a TextProcessor (``model.processor``)
+    def __init__(self, processor: Any, pad_to_multiple_of: Optional[int] = None) -> None:
+        # a TextProcessor (``model.processor``); a copy when padding differs, so inference keeps its own
+        self.processor = processor.with_pad_to_multiple_of(pad_to_multiple_of) if pad_to_multiple_of else processor
 
     def __call__(self, items: List[Dict[str, Any]]) -> Dict[str, Dict[str, torch.Tensor]]:
         queries = [item["query"] for item in items]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence
+import copy
+from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
 
 import torch
 
@@ -11,7 +12,25 @@ from ..utils import apply_instruction
 MIN_PADDING_SAVED = 0.1  # run_in_length_chunks splits a batch only when that saves at least this share of tokens
 
 
-class TextProcessor:
+P = TypeVar("P", bound="PaddingOptions")
+
+
+class PaddingOptions:
+    """``pad_to_multiple_of``, shared by every processor: batches padded to a multiple of it (fewer distinct
+    shapes for ``torch.compile`` and CUDA graphs, tensor-core friendly widths); ``None`` pads to the longest."""
+
+    pad_to_multiple_of: Optional[int] = None
+
+    def with_pad_to_multiple_of(self: P, multiple: Optional[int]) -> P:
+        """A copy (sharing the tokenizer) that pads to a multiple of ``multiple``; used as a training collator."""
+        if multiple is not None and multiple < 1:
+            raise ValueError(f"pad_to_multiple_of must be >= 1, got {multiple}.")
+        out = copy.copy(self)
+        out.pad_to_multiple_of = multiple
+        return out
+
+
+class TextProcessor(PaddingOptions):
     """Tokenizer plus the model config's text settings; small and picklable for data-loader workers.
 
     ``config`` needs ``query_instruction``, ``document_instruction``, ``query_max_length``,
@@ -44,7 +63,8 @@ class TextProcessor:
 
     def pad(self, sequences: Sequence[Sequence[int]]) -> Dict[str, torch.Tensor]:
         """Pad to the longest sequence of this batch on the tokenizer's padding side."""
-        return pad_ids(sequences, self.tokenizer.pad_token_id, left=self.tokenizer.padding_side == "left")
+        return pad_ids(sequences, self.tokenizer.pad_token_id, left=self.tokenizer.padding_side == "left",
+                       multiple_of=self.pad_to_multiple_of)
 
 
 def pad_ids(
@@ -52,9 +72,13 @@ def pad_ids(
     pad_id: int,
     left: bool = False,
     token_type_ids: Optional[Sequence[Sequence[int]]] = None,
+    multiple_of: Optional[int] = None,
 ) -> Dict[str, torch.Tensor]:
-    """``input_ids`` and ``attention_mask`` (and ``token_type_ids`` when given) padded to the batch's longest."""
+    """``input_ids`` and ``attention_mask`` (and ``token_type_ids`` when given) padded to the batch's longest,
+    rounded up to a multiple of ``multiple_of`` when given."""
     longest = max(len(s) for s in sequences)
+    if multiple_of:
+        longest = -(-longest // multiple_of) * multiple_of
     input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
     types = torch.zeros((len(sequences), longest), dtype=torch.long) if token_type_ids is not None else None
@@ -80,10 +104,11 @@ def run_in_length_chunks(
 
     When chunking would save less than :data:`MIN_PADDING_SAVED` of the batch's padded tokens (texts
     of similar length), the batch runs whole: one large pass beats several small ones on a GPU.
-    The lengths are read with one device-to-host copy, not one per chunk."""
+    The lengths are read with one device-to-host copy, not one per chunk. Under ``torch.compile`` the
+    batch runs whole: data-dependent chunk shapes would break the graph and defeat CUDA graphs."""
     mask = batch["attention_mask"]
     rows, width = mask.shape
-    if rows <= chunk_size:
+    if rows <= chunk_size or torch.compiler.is_compiling():
         return fn(batch)
     lengths = mask.sum(dim=1).tolist()
     order = sorted(range(rows), key=lambda i: -lengths[i])

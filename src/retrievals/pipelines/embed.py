@@ -72,9 +72,8 @@ def train(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
         use_inbatch_neg=args.use_inbatch_neg,
         negatives_cross_device=args.negatives_cross_device,
     )
-    return run_training(
-        lambda: build_model(model_args, data_args), lambda model: EmbeddingCollator(model.processor), loss, data_args, args
-    )
+    collator = lambda model: EmbeddingCollator(model.processor, args.pad_to_multiple_of)  # noqa: E731
+    return run_training(lambda: build_model(model_args, data_args), collator, loss, data_args, args)
 
 
 def read_texts(path: str, key: str) -> List[str]:

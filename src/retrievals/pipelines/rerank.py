@@ -100,7 +100,7 @@ def train(model_args: RerankModelArguments, data_args: DataArguments, args: Rera
             model.use_inbatch_neg = args.use_inbatch_neg
         return model
 
-    return run_training(build, lambda model: model.processor, loss, data_args, args)
+    return run_training(build, lambda model: model.processor.with_pad_to_multiple_of(args.pad_to_multiple_of), loss, data_args, args)
 
 
 def _main(model_args: RerankModelArguments, data_args: DataArguments, args: RerankTrainingArguments) -> None:

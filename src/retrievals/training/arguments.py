@@ -39,6 +39,11 @@ class RetrievalTrainingArguments(TrainingArguments):
         metadata={"help": "Data-loader worker processes, which tokenize while the GPU trains. -1 (default): "
                           f"{AUTO_WORKERS} with a CUDA GPU and at least {2 * AUTO_WORKERS} CPU cores, else 0 (main process)."},
     )
+    pad_to_multiple_of: Optional[int] = field(
+        default=None,
+        metadata={"help": "Pad training batches to a multiple of this many tokens (e.g. 64 with --torch_compile: few "
+                          "distinct shapes, so CUDA graphs are recorded once per shape). Default: the batch's longest."},
+    )
     save_merged: bool = field(default=False, metadata={"help": "LoRA runs: also save a merged model in output_dir/merged."})
 
     def __post_init__(self) -> None:

@@ -12,7 +12,7 @@ from torch import nn
 
 from ...utils import apply_instruction
 from ..base import load_backbone
-from ..processing import pad_ids
+from ..processing import PaddingOptions, pad_ids
 from .base import BaseRanker, Batch, RankerConfig, RankingOutput, group_targets
 
 COLBERT_LINEAR = "colbert_linear.pt"  # the projection's state dict, as bge-m3 ships it
@@ -49,7 +49,7 @@ def maxsim(q: torch.Tensor, q_mask: torch.Tensor, d: torch.Tensor, d_mask: torch
     return (best * qm).sum(-1) / qm.sum(-1).clamp(min=1)
 
 
-class ColBERTProcessor:
+class ColBERTProcessor(PaddingOptions):
     """Queries capped at ``query_max_length``; documents cut, or split into overlapping windows, at ``max_length``."""
 
     def __init__(self, tokenizer: Any, config: ColBERTConfig) -> None:
@@ -89,7 +89,7 @@ class ColBERTProcessor:
         return len(unit[1])
 
     def pad(self, sequences: Sequence[Sequence[int]]) -> Batch:
-        return pad_ids(sequences, self.tokenizer.pad_token_id)
+        return pad_ids(sequences, self.tokenizer.pad_token_id, multiple_of=self.pad_to_multiple_of)
 
     def collate_units(self, units: Sequence[Tuple[List[int], List[int]]]) -> Batch:
         q = self.pad([u[0] for u in units])

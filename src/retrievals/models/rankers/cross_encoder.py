@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification
 
 from ...utils import apply_instruction, logger
 from ..base import hf_config
-from ..processing import pad_ids, run_in_length_chunks
+from ..processing import PaddingOptions, pad_ids, run_in_length_chunks
 from .base import TRAIN_CHUNK, BaseRanker, Batch, RankerConfig, RankingOutput, group_targets
 
 
@@ -24,7 +24,7 @@ class CrossEncoderConfig(RankerConfig):
     query_max_length: int = 512
 
 
-class PairProcessor:
+class PairProcessor(PaddingOptions):
     """Tokenizes (query, document) pairs: the query (with instruction) capped at ``query_max_length``
     and at half of ``max_length``, the document truncated, or split into overlapping windows, to fit.
     Each list of pairs is tokenized in two batched calls (distinct queries, then the pairs)."""
@@ -67,7 +67,8 @@ class PairProcessor:
 
     def collate_units(self, units: Sequence[Dict[str, List[int]]]) -> Batch:
         types = [u["token_type_ids"] for u in units] if self.use_types else None
-        return pad_ids([u["input_ids"] for u in units], self.tokenizer.pad_token_id, token_type_ids=types)
+        return pad_ids([u["input_ids"] for u in units], self.tokenizer.pad_token_id, token_type_ids=types,
+                       multiple_of=self.pad_to_multiple_of)
 
     def __call__(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
         """Training batch: every (query, document) of every group, query-major, first window only."""

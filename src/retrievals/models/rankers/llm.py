@@ -10,7 +10,7 @@ from torch import nn
 
 from ...utils import logger
 from ..base import load_backbone
-from ..processing import pad_ids, run_in_length_chunks
+from ..processing import PaddingOptions, pad_ids, run_in_length_chunks
 from .base import TRAIN_CHUNK, BaseRanker, Batch, RankerConfig, RankingOutput, group_targets, windows
 
 DEFAULT_PROMPT = (
@@ -37,7 +37,7 @@ class LLMRankerConfig(RankerConfig):
     query_max_length: int = 128
 
 
-class PromptProcessor:
+class PromptProcessor(PaddingOptions):
     """Builds prompt token ids piece by piece, so truncation and windows cut only the query and document text."""
 
     def __init__(self, tokenizer: Any, config: LLMRankerConfig) -> None:
@@ -88,7 +88,7 @@ class PromptProcessor:
         return len(unit)
 
     def collate_units(self, units: Sequence[Sequence[int]]) -> Batch:
-        return pad_ids(units, self.tokenizer.pad_token_id, left=True)
+        return pad_ids(units, self.tokenizer.pad_token_id, left=True, multiple_of=self.pad_to_multiple_of)
 
     def __call__(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
         """Training batch: every (query, document) prompt of every group, query-major, first window only."""
