@@ -55,6 +55,17 @@ GPU = torch.cuda.is_available()
 # Open-Retrievals 0.0.14 on one H100 (issue 2/4), for the kinds sentence-transformers has no counterpart of
 OPEN_RETRIEVALS_H100 = {"colbert_queries_per_s": 24.8, "colbert_peak_gib": 15.4, "llm_queries_per_s": 5.2, "llm_peak_gib": 13.5}
 
+EMBED_CLI = ["--train_group_size", "2", "--query_max_length", "64", "--document_max_length", "512", "--temperature", "0.05",
+             "--pooling_method", "mean"]
+# ours with the default data-loader workers (4 on a GPU machine) and without
+EAGER = {"retrievals": [], "retrievals_no_workers": ["--dataloader_num_workers", "0"]}
+# compiled variants (sections *_compile, last: compiling takes a while); "graphs" adds CUDA graphs, recorded once per
+# padded shape
+COMPILED = {"retrievals_compile": ["--torch_compile", "true"],
+            "retrievals_graphs": ["--torch_compile", "true", "--torch_compile_mode", "reduce-overhead", "--pad_to_multiple_of", "8"]}
+CE_GROUP, CE_QUERIES = 4, 16  # a cross-encoder step: 16 queries x (1 positive + 3 negatives)
+CE_CLI = ["--model_type", "cross-encoder", "--train_group_size", str(CE_GROUP), "--max_len", "256"]
+
 
 class StepTimer(TrainerCallback):
     """Wall time from the end of step ``warmup`` to the end of the last step."""
@@ -205,8 +216,7 @@ def bench_embed(work: Path, assets: Path, opts) -> dict:
 
     from retrievals.pipelines import embed
 
-    variants = {"retrievals": [], "retrievals_no_workers": ["--dataloader_num_workers", "0"]}
-    out.update(ours_variants(embed, ["--model_name_or_path", model, *EMBED_CLI], data, work, opts, variants,
+    out.update(ours_variants(embed, ["--model_name_or_path", model, *EMBED_CLI], data, work, opts, EAGER,
                              out["sentence_transformers"]["per_s"], batch, batch))
 
     # encode: 200-token passages, fp16, batch 128
@@ -222,14 +232,6 @@ def bench_embed(work: Path, assets: Path, opts) -> dict:
     enc["max_abs_difference"] = float(abs(a - b).max())
     print("embed encode passages/s", enc, flush=True)
     return {"train_triplets_per_s": out, "encode_passages_per_s": enc}
-
-
-EMBED_CLI = ["--train_group_size", "2", "--query_max_length", "64", "--document_max_length", "512", "--temperature", "0.05",
-             "--pooling_method", "mean"]
-# compiled variants (sections *_compile, last: compiling takes a while); "graphs" adds CUDA graphs, recorded once per
-# padded shape
-COMPILED = {"retrievals_compile": ["--torch_compile", "true"],
-            "retrievals_graphs": ["--torch_compile", "true", "--torch_compile_mode", "reduce-overhead", "--pad_to_multiple_of", "8"]}
 
 
 def ours_variants(module, cli: list, data: Path, work: Path, opts, variants: dict, reference: float, batch: int,
@@ -267,10 +269,6 @@ def bench_embed_compile(work: Path, assets: Path, opts) -> dict:
                          reference_of(opts, "embed", "train_triplets_per_s"), 32, 32)
 
 
-CE_GROUP, CE_QUERIES = 4, 16  # a cross-encoder step: 16 queries x (1 positive + 3 negatives)
-CE_CLI = ["--model_type", "cross-encoder", "--train_group_size", str(CE_GROUP), "--max_len", "256"]
-
-
 def ce_rows(words, n_queries: int, group: int, rng):
     return [(text(words, 30, rng), [text(words, 198, rng) for _ in range(group)]) for _ in range(n_queries)]
 
@@ -305,8 +303,7 @@ def bench_cross_encoder(work: Path, assets: Path, opts) -> dict:
     out["sentence_transformers"] = timed_st_trainer(trainer, opts.warmup, pairs_per_step)
     del theirs, trainer
     print("cross-encoder train, sentence-transformers", out["sentence_transformers"], flush=True)
-    variants = {"retrievals": [], "retrievals_no_workers": ["--dataloader_num_workers", "0"]}
-    out.update(ours_variants(rerank, ["--model_name_or_path", model, *CE_CLI], data, work, opts, variants,
+    out.update(ours_variants(rerank, ["--model_name_or_path", model, *CE_CLI], data, work, opts, EAGER,
                              out["sentence_transformers"]["per_s"], queries_per_step, pairs_per_step))
     trained = str(work / "rerank_retrievals")
 
