@@ -91,7 +91,8 @@ def losses(out: Path) -> list:
 def test_compiled_training_matches_eager(kind, tiny_bert, train_file, tmp_path):
     """``--torch_compile true --pad_to_multiple_of 16`` trains to the same losses as eager training."""
     module = embed if kind == "embed" else rerank
-    extra = ["--max_steps", "4", "--seed", "3", "--temperature", "0.05"]
+    # SGD: Adam would turn rounding noise in near-zero gradients into full-size steps and hide what is compared
+    extra = ["--max_steps", "4", "--seed", "3", "--temperature", "0.05", "--optim", "sgd", "--learning_rate", "0.5"]
     if kind != "embed":
         extra += ["--model_type", kind]
     results = {}
@@ -106,5 +107,9 @@ def test_compiled_training_matches_eager(kind, tiny_bert, train_file, tmp_path):
         eager, compiled = (AutoModelForEmbedding.from_pretrained(str(tmp_path / n)).encode(texts) for n in ("eager", "compiled"))
     else:
         pairs = list(zip(texts, reversed(texts)))
-        eager, compiled = (AutoModelForRanking.from_pretrained(str(tmp_path / n)).compute_score(pairs) for n in ("eager", "compiled"))
-    np.testing.assert_allclose(compiled, eager, atol=1e-3)
+        eager, compiled = (np.array(AutoModelForRanking.from_pretrained(str(tmp_path / n)).compute_score(pairs))
+                           for n in ("eager", "compiled"))
+        # the listwise loss is blind to a constant shift, so the head's bias has no true gradient and its
+        # rounding noise moves every score alike: compare the scores without that shift
+        eager, compiled = eager - eager.mean(), compiled - compiled.mean()
+    np.testing.assert_allclose(compiled, eager, atol=1e-3 * np.ptp(eager))  # scaled: a random tiny model's spread is small
