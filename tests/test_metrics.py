@@ -56,3 +56,24 @@ def test_evaluate_embedder_map_uses_full_depth(tiny_bert):
     res = evaluate_embedder(AutoModelForEmbedding.from_pretrained(tiny_bert), corpus, queries, qrels, k_values=(1,))
     assert res["map"] >= res["mrr@1"] and res["map"] > 0  # every positive is within depth 30, so MAP > 0 for all
     assert res["recall@1"] <= 1.0
+
+
+def test_corpus_and_qrels_readers_name_file_and_line(tmp_path):
+    from retrievals.data.readers import DataError
+    from retrievals.evaluation.io import read_jsonl_texts, read_qrels
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"_id": "d1", "title": "Tax", "text": "card"}\n\n{"id": 2, "text": "renew"}\n')
+    assert read_jsonl_texts(corpus) == {"d1": "Tax card", "2": "renew"}
+    for bad, message in (('{"_id": "d3", "text": "ok"}\n{"_id": "d4"', "corpus.jsonl:2: invalid JSON"),
+                         ('{"_id": "d3", "text": 5}\n', "corpus.jsonl:1: needs an '_id' (or 'id') and a string 'text'"),
+                         ('["d3", "text"]\n', "corpus.jsonl:1: needs an '_id'")):
+        corpus.write_text(bad)
+        with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            read_jsonl_texts(corpus)
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq1 0 d2 2\n")
+    assert read_qrels(qrels) == {"q1": {"d1": 1, "d2": 2}}
+    qrels.write_text("q1 d1 yes\n")
+    with pytest.raises(DataError, match="qrels.tsv:1: relevance 'yes' is not a number"):
+        read_qrels(qrels)

@@ -57,8 +57,10 @@ def parse_record(
     return Record(query=query, positives=positives, negatives=negatives, origin=where)
 
 
-def _iter_file(path: Path) -> Iterator[Tuple[str, Any]]:
-    """(location, object) pairs from a JSONL file or a JSON file holding a list of objects."""
+def iter_json_objects(path: Union[str, os.PathLike]) -> Iterator[Tuple[str, Any]]:
+    """(location, object) pairs from a JSONL file or a JSON file holding a list of objects; the location
+    (``file:line`` or ``file: item i``) is what error messages name."""
+    path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file.")
     text = path.read_text(encoding="utf-8")
@@ -100,7 +102,7 @@ def iter_raw(source: Source) -> Iterator[Tuple[str, Any]]:
     """(location, raw object) pairs from files, folders, lists of those, a ``datasets.Dataset`` or a list of dicts."""
     if isinstance(source, (str, os.PathLike)):
         for file in _files(source):
-            yield from _iter_file(file)
+            yield from iter_json_objects(file)
         return
     items: Iterable[Any] = source
     if isinstance(source, (list, tuple)) and source and all(isinstance(s, (str, os.PathLike)) for s in source):

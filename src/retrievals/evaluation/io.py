@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Dict, Mapping, Tuple
 
-from ..data.readers import DataError
+from ..data.readers import DataError, iter_json_objects
 
 Corpus = Dict[str, str]
 Queries = Dict[str, str]
@@ -19,20 +19,12 @@ Run = Dict[str, Dict[str, float]]
 def read_jsonl_texts(path: str | os.PathLike, id_key: str = "_id", text_key: str = "text", title_key: str = "title") -> Dict[str, str]:
     """``{id: text}`` from JSONL records (BEIR corpus/queries layout; ``title`` is prepended when present)."""
     out: Dict[str, str] = {}
-    path = Path(path)
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{line_no}: invalid JSON ({exc.msg})") from None
-            key = id_key if id_key in obj else ("id" if "id" in obj else None)
-            if key is None or not isinstance(obj.get(text_key), str):
-                raise DataError(f"{path}:{line_no}: needs an '{id_key}' (or 'id') and a string '{text_key}'")
-            title = (obj.get(title_key) or "").strip()
-            out[str(obj[key])] = f"{title} {obj[text_key]}".strip() if title else obj[text_key]
+    for where, obj in iter_json_objects(path):
+        key = (id_key if id_key in obj else ("id" if "id" in obj else None)) if isinstance(obj, dict) else None
+        if key is None or not isinstance(obj.get(text_key), str):
+            raise DataError(f"{where}: needs an '{id_key}' (or 'id') and a string '{text_key}'")
+        title = (obj.get(title_key) or "").strip()
+        out[str(obj[key])] = f"{title} {obj[text_key]}".strip() if title else obj[text_key]
     return out
 
 
