@@ -62,7 +62,7 @@ class TextProcessor(PaddingOptions):
         return ids
 
     def pad(self, sequences: Sequence[Sequence[int]]) -> Dict[str, torch.Tensor]:
-        """Pad to the longest sequence of this batch on the tokenizer's padding side."""
+        """Pad to the longest sequence of this batch (rounded up to ``pad_to_multiple_of``) on the tokenizer's padding side."""
         return pad_ids(sequences, self.tokenizer.pad_token_id, left=self.tokenizer.padding_side == "left",
                        multiple_of=self.pad_to_multiple_of)
 
