@@ -66,7 +66,7 @@ def test_padding_to_a_multiple_changes_shapes_not_outputs(kind, tiny_bert, tiny_
     assert model.processor.pad_to_multiple_of is None
 
 
-@pytest.mark.parametrize("kind", ["embed", "cross-encoder", "colbert"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_training_forward_compiles_as_one_graph(kind, tiny_bert, tiny_qwen):
     """No graph break (no host sync, no data-dependent shape) in the training forward, so
     ``--torch_compile_mode reduce-overhead`` can run the whole step's forward as one CUDA graph."""

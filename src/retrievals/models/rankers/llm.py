@@ -129,14 +129,10 @@ class LLMRanker(BaseRanker):
         return load_backbone(path, causal_lm=True, dtype=dtype, trust_remote_code=trust_remote_code)
 
     def score_units(self, batch: Batch) -> torch.Tensor:
-        ids, mask = batch["input_ids"], batch["attention_mask"]
+        ids, mask = _end_aligned(batch["input_ids"], batch["attention_mask"])
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        if bool(mask[:, -1].all()):  # left padded: every sequence ends in the last column
-            logits = self.backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=1).logits[:, -1]
-        else:  # right padded: read the last real token of each row
-            last = mask.shape[1] - 1 - mask.flip(-1).argmax(-1)
-            logits = self.backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
-            logits = logits[torch.arange(ids.shape[0], device=ids.device), last]
+        # every row now ends in its last real token: only that column's logits are computed
+        logits = self.backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=1).logits[:, -1]
         score = logits[:, self.target_id].float()
         if self.retrieval_config.score_mode == "yes_minus_no":
             score = score - logits[:, self.negative_id].float()
@@ -145,3 +141,12 @@ class LLMRanker(BaseRanker):
     def forward(self, pairs: Batch, group_size: int) -> RankingOutput:
         scores = run_in_length_chunks(self.score_units, pairs, TRAIN_CHUNK, left=True).view(-1, group_size)
         return RankingOutput(scores=scores, targets=group_targets(scores.shape[0], scores.device))
+
+
+def _end_aligned(ids: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Rotate each row so that its last real token is in the last column (left padding), whatever the
+    padding side; left-padded rows are unchanged. No data-dependent branch: compiles as one graph."""
+    width = mask.shape[1]
+    last = width - 1 - mask.flip(-1).argmax(-1)  # column of each row's last real token
+    index = (torch.arange(width, device=mask.device) - (width - 1 - last)[:, None]) % width
+    return ids.gather(1, index), mask.gather(1, index)
