@@ -5,6 +5,8 @@ import pytest
 from retrievals.data import DataError, EmbeddingCollator, TrainDataset, load_records
 from retrievals.data.dataset import sample_negatives
 
+from .conftest import needs
+
 
 def write(path, lines):
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -33,7 +35,7 @@ def test_custom_keys_json_array_and_folder(tmp_path):
 
 
 def test_datasets_dataset_source():
-    datasets = pytest.importorskip("datasets")
+    datasets = needs("datasets")
     ds = datasets.Dataset.from_list([{"query": "q", "positive": ["p"], "negative": ["n"]}])
     assert load_records(ds)[0].negatives == ["n"]
 

@@ -8,7 +8,7 @@ from retrievals import AutoModelForEmbedding
 from retrievals.models.pooling import pool
 from retrievals.utils import apply_instruction
 
-from .conftest import corpus_lines
+from .conftest import corpus_lines, needs
 
 TEXTS = corpus_lines(13)
 
@@ -101,7 +101,7 @@ def test_reads_sentence_transformers_folder(tiny_bert, tmp_path):
 
 
 def test_lora_adapter_and_merged_roundtrip(tiny_qwen, tmp_path):
-    pytest.importorskip("peft")
+    needs("peft")
     model = AutoModelForEmbedding.from_pretrained(tiny_qwen, use_lora=True, lora_r=4, query_instruction="Q: ")
     with torch.no_grad():  # make the adapter non-trivial (B starts at zero)
         for name, param in model.named_parameters():
@@ -139,7 +139,7 @@ def test_chunked_embed_equals_one_pass(kind, side, tiny_bert, tiny_qwen):
 
 
 def test_decoder_with_eos_loads_identically_in_sentence_transformers(tiny_qwen, tmp_path):
-    st = pytest.importorskip("sentence_transformers")
+    st = needs("sentence_transformers")
     model = AutoModelForEmbedding.from_pretrained(tiny_qwen, query_instruction="Query: ", padding_side="right",
                                                   query_max_length=24, document_max_length=24)
     assert model.retrieval_config.append_eos and not model.processor.eos_added_by_tokenizer

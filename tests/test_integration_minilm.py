@@ -5,10 +5,10 @@ import pytest
 
 from retrievals import AutoModelForEmbedding
 
-from .conftest import corpus_lines, run_torchrun, seed_embed_command
+from .conftest import corpus_lines, needs, run_torchrun, seed_embed_command
 
 pytestmark = pytest.mark.slow
-st = pytest.importorskip("sentence_transformers")
+st = needs("sentence_transformers")
 
 TEXTS = ["Como posso pedir o cartão da empresa?", "hello world", "a much longer sentence " * 30, "x"] + corpus_lines(12)
 
@@ -44,7 +44,7 @@ def test_seed_pairwise_command_as_written(minilm, train_file, tmp_path):
 
 def test_seed_llm_lora_command_as_written(tiny_qwen, train_file, tmp_path):
     """The README's 'Pairwise LLM embedding finetune' command (a tiny Qwen2 stands in for the 7B model)."""
-    pytest.importorskip("peft")
+    needs("peft")
     out = tmp_path / "t2_output"
     run_torchrun(1, *[
         "-m", "retrievals.pipelines.embed", "--output_dir", str(out), "--overwrite_output_dir",

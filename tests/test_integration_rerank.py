@@ -15,7 +15,7 @@ from retrievals import AutoModelForRanking
 from retrievals.losses import RANKING_LOSSES, get_loss
 from retrievals.pipelines.rerank import DEFAULT_TEMPERATURE
 
-from .conftest import run_torchrun
+from .conftest import needs, run_torchrun
 
 pytestmark = pytest.mark.slow
 PROMPT = ("Given a query A and a passage B, determine whether the passage contains an answer to the query by providing "
@@ -109,7 +109,7 @@ def test_real_weights_train_and_score_consistently(kind, minilm, smollm2, aia_gr
 
 def test_seed_cross_encoder_command_as_written(minilm, aia_file, tmp_path):
     """'Cross encoder reranking' from the seed README; the saved model scores the same in sentence-transformers."""
-    st = pytest.importorskip("sentence_transformers")
+    st = needs("sentence_transformers")
     out = tmp_path / "t2_output"
     result = run_torchrun(1, *[
         "-m", "retrievals.pipelines.rerank", "--output_dir", str(out), "--overwrite_output_dir", "--model_name_or_path", minilm,

@@ -5,9 +5,9 @@ import pytest
 
 from retrievals import AutoModelForEmbedding, AutoModelForRanking
 
-from .conftest import corpus_lines
+from .conftest import corpus_lines, needs
 
-pytest.importorskip("langchain_core")
+needs("langchain_core")
 DOCS = corpus_lines(30)
 QUERY = DOCS[4][:30]
 
@@ -61,7 +61,7 @@ def test_langchain_retriever_over_our_index(index_type, embedder, reranker):
     from retrievals.integrations.langchain import LangchainReranker, LangchainRetriever
 
     if index_type == "flat":
-        pytest.importorskip("faiss")
+        needs("faiss")
     retriever = LangchainRetriever.from_texts(DOCS, embedder, metadatas=[{"row": i} for i in range(len(DOCS))],
                                               index_type=index_type, k=5)
     found = retriever.invoke(QUERY)  # the Runnable interface
@@ -96,7 +96,7 @@ def test_langchain_llm_and_a_rag_chain(tiny_qwen, embedder):
 
 
 def test_llama_index_embedding_and_reranker(tiny_bert, embedder, reranker):
-    pytest.importorskip("llama_index.core")
+    needs("llama_index.core")
     from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
     from retrievals.integrations.llama_index import LlamaIndexEmbedding, LlamaIndexReranker
@@ -119,7 +119,7 @@ def test_llama_index_embedding_and_reranker(tiny_bert, embedder, reranker):
 @pytest.mark.slow
 def test_rag_example_runs_offline_on_real_models():
     """examples/rag_langchain.py with all-MiniLM-L6-v2, zero-shot ColBERT and SmolLM2-135M-Instruct (from PyPI)."""
-    pytest.importorskip("faiss")
+    needs("faiss")
     import importlib.util
     from pathlib import Path
 

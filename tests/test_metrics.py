@@ -4,7 +4,9 @@ import pytest
 
 from retrievals.evaluation.metrics import evaluate_run
 
-pytrec_eval = pytest.importorskip("pytrec_eval")
+from .conftest import needs
+
+pytrec_eval = needs("pytrec_eval")
 
 
 def trec(run, qrels, k):

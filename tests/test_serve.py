@@ -15,11 +15,11 @@ import pytest
 
 from retrievals import AutoModelForEmbedding, AutoModelForRanking
 
-from .conftest import corpus_lines
+from .conftest import corpus_lines, needs
 
-httpx = pytest.importorskip("httpx")
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
+httpx = needs("httpx")
+needs("fastapi")
+needs("uvicorn")
 
 ROOT = Path(__file__).parent.parent
 TEXTS = corpus_lines(40)
@@ -103,7 +103,7 @@ def test_embeddings_equal_in_process_encode(server, models):
 
 
 def test_the_openai_client_works_against_it(server, models):
-    openai = pytest.importorskip("openai")
+    openai = needs("openai")
     client = openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
     response = client.embeddings.create(model="emb", input=TEXTS[:3])  # the client asks for base64 by default
     np.testing.assert_allclose([d.embedding for d in response.data], models[0].encode(TEXTS[:3]), atol=1e-5)

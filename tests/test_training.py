@@ -9,7 +9,7 @@ from retrievals import AutoModelForEmbedding
 from retrievals.pipelines import embed
 from retrievals.training.output_dir import last_complete_checkpoint
 
-from .conftest import corpus_lines
+from .conftest import corpus_lines, needs
 
 
 def cli(model, data, out, *extra):
@@ -38,7 +38,7 @@ def test_train_lowers_loss_saves_and_reloads(tiny_bert, train_file, tmp_path, ca
     texts = corpus_lines(5)
     assert not np.allclose(model.encode(texts), base.encode(texts))  # weights changed and were saved
     # sentence-transformers loads the same folder with identical output
-    st = pytest.importorskip("sentence_transformers")
+    st = needs("sentence_transformers")
     np.testing.assert_allclose(st.SentenceTransformer(str(out), device="cpu").encode(texts), model.encode(texts), atol=1e-5)
 
 
@@ -82,7 +82,7 @@ def test_unknown_loss_and_bad_data_fail_before_training(tiny_bert, train_file, t
 
 
 def test_lora_decoder_training_and_merged(tiny_qwen, train_file, tmp_path):
-    pytest.importorskip("peft")
+    needs("peft")
     out = tmp_path / "lora"
     args = cli(tiny_qwen, train_file, out, "--max_steps", "3", "--use_lora", "True", "--save_merged", "True",
                "--query_instruction", "Given a query\\nQuery: ", "--document_instruction", "# Document: ")
@@ -108,7 +108,7 @@ def test_do_encode_writes_embeddings(tiny_bert, tmp_path):
 @pytest.mark.parametrize("kind, extra", [("bert", ()), ("qwen", ("--use_lora", "True"))])
 def test_gradient_checkpointing_trains(kind, extra, tiny_bert, tiny_qwen, train_file, tmp_path):
     if extra:
-        pytest.importorskip("peft")
+        needs("peft")
     out = tmp_path / "gc"
     path = tiny_bert if kind == "bert" else tiny_qwen
     assert embed.main(cli(path, train_file, out, "--max_steps", "3", "--gradient_checkpointing", "true", *extra)) == 0
@@ -124,7 +124,7 @@ def test_checkpointing_accepts_both_trainer_calls(use_lora, tiny_qwen):
     """transformers' Trainer calls ``activation_checkpointing_enable`` (newer) or ``gradient_checkpointing_enable``
     (older releases), both with ``every_n_layers`` and ``offload``."""
     if use_lora:
-        pytest.importorskip("peft")
+        needs("peft")
     for call in ("activation_checkpointing_enable", "gradient_checkpointing_enable"):
         model = AutoModelForEmbedding.from_pretrained(tiny_qwen, use_lora=use_lora)
         getattr(model, call)(None, every_n_layers=1, offload=False)
