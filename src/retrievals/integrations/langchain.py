@@ -22,18 +22,11 @@ from langchain_core.language_models.llms import LLM  # noqa: E402
 from langchain_core.retrievers import BaseRetriever  # noqa: E402
 from pydantic import ConfigDict  # noqa: E402
 
-from ..index import Index, build_dense_index  # noqa: E402
+from ..index import Index  # noqa: E402
 from ..models.embedding import AutoModelForEmbedding  # noqa: E402
 from ..models.generator import Generator  # noqa: E402
 from ..models.rankers import AutoModelForRanking  # noqa: E402
-
-
-def _load(model: Any, path: Optional[str], loader: Any, kwargs: Optional[Dict[str, Any]], what: str) -> Any:
-    if model is not None:
-        return model
-    if path is None:
-        raise ValueError(f"pass a loaded {what} (model=...) or a path (model_name_or_path=...)")
-    return loader.from_pretrained(path, **(kwargs or {}))
+from .common import model_or_load  # noqa: E402
 
 
 class LangchainEmbedding(Embeddings):
@@ -41,7 +34,7 @@ class LangchainEmbedding(Embeddings):
 
     def __init__(self, model: Optional[AutoModelForEmbedding] = None, model_name: Optional[str] = None,
                  model_kwargs: Optional[Dict[str, Any]] = None, encode_kwargs: Optional[Dict[str, Any]] = None) -> None:
-        self.model = _load(model, model_name, AutoModelForEmbedding, model_kwargs, "AutoModelForEmbedding")
+        self.model = model_or_load(model, model_name, AutoModelForEmbedding, model_kwargs, "AutoModelForEmbedding")
         self.encode_kwargs = dict(encode_kwargs or {})
 
     def embed_documents(self, texts: List[str]) -> List[List[float]]:
@@ -63,7 +56,7 @@ class LangchainReranker(BaseDocumentCompressor):
 
     def __init__(self, model: Any = None, model_name_or_path: Optional[str] = None,
                  model_kwargs: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
-        super().__init__(model=_load(model, model_name_or_path, AutoModelForRanking, model_kwargs, "reranker"), **kwargs)
+        super().__init__(model=model_or_load(model, model_name_or_path, AutoModelForRanking, model_kwargs, "reranker"), **kwargs)
 
     def compress_documents(self, documents: Sequence[Document], query: str, callbacks: Any = None) -> List[Document]:
         docs = list(documents)
@@ -98,8 +91,7 @@ class LangchainRetriever(BaseRetriever):
         """Encode ``documents`` with ``embedding`` (an :class:`AutoModelForEmbedding` or :class:`LangchainEmbedding`)."""
         embedder = embedding.model if isinstance(embedding, LangchainEmbedding) else embedding
         docs = list(documents)
-        vectors = embedder.encode_corpus([d.page_content for d in docs], batch_size=batch_size)
-        index = build_dense_index(vectors, [str(i) for i in range(len(docs))], index_type)
+        index = embedder.build_index([d.page_content for d in docs], index_type=index_type, batch_size=batch_size)
         return cls(embedder=embedder, index=index, documents=docs, **kwargs)
 
     @classmethod
@@ -137,7 +129,7 @@ class LangchainLLM(LLM):
 
     def __init__(self, model_name_or_path: Optional[str] = None, generator: Optional[Generator] = None,
                  model_kwargs: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
-        super().__init__(generator=_load(generator, model_name_or_path, Generator, model_kwargs, "Generator"), **kwargs)
+        super().__init__(generator=model_or_load(generator, model_name_or_path, Generator, model_kwargs, "Generator"), **kwargs)
 
     @property
     def _llm_type(self) -> str:

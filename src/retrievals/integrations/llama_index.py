@@ -18,6 +18,7 @@ from pydantic import PrivateAttr  # noqa: E402
 
 from ..models.embedding import AutoModelForEmbedding  # noqa: E402
 from ..models.rankers import AutoModelForRanking  # noqa: E402
+from .common import model_or_load  # noqa: E402
 
 
 class LlamaIndexEmbedding(BaseEmbedding):
@@ -29,10 +30,9 @@ class LlamaIndexEmbedding(BaseEmbedding):
     def __init__(self, model: Optional[AutoModelForEmbedding] = None, model_name: Optional[str] = None,
                  model_kwargs: Optional[Dict[str, Any]] = None, encode_kwargs: Optional[Dict[str, Any]] = None,
                  **kwargs: Any) -> None:
-        if model is None and model_name is None:
-            raise ValueError("pass a loaded AutoModelForEmbedding (model=...) or a path (model_name=...)")
+        loaded = model_or_load(model, model_name, AutoModelForEmbedding, model_kwargs, "AutoModelForEmbedding")
         super().__init__(model_name=str(model_name or "retrievals"), **kwargs)
-        self._model = model if model is not None else AutoModelForEmbedding.from_pretrained(model_name, **(model_kwargs or {}))
+        self._model = loaded
         self._encode_kwargs = dict(encode_kwargs or {})
 
     @classmethod
@@ -62,10 +62,9 @@ class LlamaIndexReranker(BaseNodePostprocessor):
 
     def __init__(self, model: Any = None, model_name_or_path: Optional[str] = None,
                  model_kwargs: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
-        if model is None and model_name_or_path is None:
-            raise ValueError("pass a loaded reranker (model=...) or a path (model_name_or_path=...)")
+        loaded = model_or_load(model, model_name_or_path, AutoModelForRanking, model_kwargs, "reranker")
         super().__init__(**kwargs)
-        self._model = model if model is not None else AutoModelForRanking.from_pretrained(model_name_or_path, **(model_kwargs or {}))
+        self._model = loaded
 
     @classmethod
     def class_name(cls) -> str:
