@@ -61,8 +61,8 @@ EMBED_CLI = ["--train_group_size", "2", "--query_max_length", "64", "--document_
 EAGER = {"retrievals": [], "retrievals_no_workers": ["--dataloader_num_workers", "0"]}
 # compiled variants (sections *_compile, last: compiling takes a while); "graphs" adds CUDA graphs, recorded once per
 # padded shape
-COMPILED = {"retrievals_compile": ["--torch_compile", "true"],
-            "retrievals_graphs": ["--torch_compile", "true", "--torch_compile_mode", "reduce-overhead", "--pad_to_multiple_of", "8"]}
+COMPILED = {"retrievals_graphs": ["--torch_compile", "true", "--torch_compile_mode", "reduce-overhead", "--pad_to_multiple_of", "8"],
+            "retrievals_compile": ["--torch_compile", "true"]}
 CE_GROUP, CE_QUERIES = 4, 16  # a cross-encoder step: 16 queries x (1 positive + 3 negatives)
 CE_CLI = ["--model_type", "cross-encoder", "--train_group_size", str(CE_GROUP), "--max_len", "256"]
 
@@ -155,13 +155,42 @@ def common_flags(out: Path, data: Path, batch: int, steps: int, lr: float) -> li
     return flags + (["--bf16", "true"] if GPU else [])
 
 
+CUDAGRAPH_SKIPS: list = []
+
+
+def watch_cudagraph_skips() -> None:
+    """Record the reasons inductor gives when it skips CUDA graphs (``reduce-overhead`` then runs without them)."""
+    import torch._inductor.compile_fx  # noqa: F401  (the modules that log skips, imported before patching)
+    import torch._inductor.cudagraph_utils as utils
+    import torch._inductor.output_code  # noqa: F401
+
+    original = utils.log_cudagraph_skip_and_bump_counter
+
+    def record(msg: str) -> None:
+        CUDAGRAPH_SKIPS.append(msg[:300])
+        original(msg)
+
+    for mod in list(sys.modules.values()):
+        if getattr(mod, "__name__", "").startswith("torch._inductor") and \
+                getattr(mod, "log_cudagraph_skip_and_bump_counter", None) is original:
+            mod.log_cudagraph_skip_and_bump_counter = record
+
+
 def timed_ours(module, cli: list, warmup: int, per_step: int) -> dict:
-    """Train through our pipeline; items a second (``per_step`` items a step) and peak memory."""
+    """Train through our pipeline; items a second (``per_step`` items a step), peak memory and, for a
+    compiled run, the compiled graphs, graph breaks and CUDA-graph skips it caused."""
+    from torch._dynamo.utils import counters
+
     fresh_memory()
+    before = (counters["stats"]["unique_graphs"], sum(counters["graph_break"].values()), len(CUDAGRAPH_SKIPS))
     TIMER.append(StepTimer(warmup))
     model = module.train(*pipeline_args(module, cli))
     timer = TIMER.pop()
     result = {"per_s": round(timer.steps * per_step / timer.seconds, 1), "peak_gib": peak_gib()}
+    if "--torch_compile" in cli or "--torch_compile_mode" in cli:
+        result.update(graphs=counters["stats"]["unique_graphs"] - before[0],
+                      graph_breaks=sum(counters["graph_break"].values()) - before[1],
+                      cudagraph_skips=CUDAGRAPH_SKIPS[before[2]:])
     del model
     fresh_memory()
     return result
@@ -479,6 +508,8 @@ def main() -> None:
         results = {**{k: v for k, v in earlier.items() if k in SECTIONS and k not in opts.only}, **results}
         results["earlier_sections_from"] = {"file": opts.update, "date": earlier.get("date"), "device": earlier.get("device"),
                                             "versions": earlier.get("versions")}
+    if any(name.endswith("_compile") for name in opts.only):
+        watch_cudagraph_skips()
     work = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
     opts.results = results
     for name in opts.only:

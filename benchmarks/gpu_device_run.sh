@@ -5,9 +5,9 @@
 #   bash benchmarks/gpu_device_run.sh run [SECTIONS]   # on the GPU machine, carrying .whl and .bench_assets
 #
 # `run` installs the wheels the GPU machine lacks (sentence-transformers' trainer needs `datasets`) into
-# /tmp/site, runs the GPU tests, then benchmarks/gpu.py for SECTIONS (default: the compiled embedder and
-# cross-encoder runs, side by side with sentence-transformers), keeping the other sections of
-# benchmarks/results/gpu.json. Results land in benchmarks/results/ and in $OUT when that is set.
+# /tmp/site, runs benchmarks/gpu.py for SECTIONS (default: the compiled embedder and cross-encoder runs, side
+# by side with sentence-transformers), keeping the other sections of benchmarks/results/gpu.json, then the GPU
+# tests (at most TEST_SECONDS). Results and logs land in $OUT when that is set, else in benchmarks/results/.
 # RESULTS (another results file) and BENCH_FLAGS (e.g. "--tiny --steps 6 --warmup 2") check the script on a CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,13 +34,13 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 sections=("$@")
 [ ${#sections[@]} -eq 0 ] && sections=(embed ce embed_compile ce_compile)
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-"$PY" -m pytest -q -m gpu tests/test_gpu.py 2>&1 | tail -15
-results="${RESULTS:-benchmarks/results/gpu.json}"
+# the benchmark first, its results written after every section straight where they come back from ($OUT),
+# so a run cut short by the device's time limit still returns what it measured; the GPU tests after it
+results="${RESULTS:-${OUT:+$OUT/gpu.json}}"
+results="${results:-benchmarks/results/gpu.json}"
+logs="${OUT:-$(dirname "$results")}"
 # shellcheck disable=SC2086
 "$PY" benchmarks/gpu.py --assets .bench_assets --only "${sections[@]}" --update benchmarks/results/gpu.json \
-  --out "$results" ${BENCH_FLAGS:-}
-if [ -n "${OUT:-}" ]; then
-  cp "$results" "$OUT/"
-  profile="$(dirname "$results")/profile_embed.txt"
-  if [ -f "$profile" ]; then cp "$profile" "$OUT/"; fi
-fi
+  --out "$results" ${BENCH_FLAGS:-} 2>&1 | tee "$logs/bench.log" | grep -v "^ *warnings.warn\|Warning:" | tail -60 || echo "benchmark: non-zero exit (see bench.log)"
+timeout "${TEST_SECONDS:-240}" "$PY" -m pytest -q -m gpu tests/test_gpu.py > "$logs/tests.log" 2>&1 || true
+tail -15 "$logs/tests.log"
