@@ -142,3 +142,25 @@ def test_dataloader_workers_default(monkeypatch):
     assert RetrievalTrainingArguments("out", dataloader_num_workers=0).dataloader_num_workers == 0
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     assert RetrievalTrainingArguments("out").dataloader_num_workers == 0  # too few cores to spare any
+
+
+@pytest.mark.parametrize("nan_filter", [False, True])
+def test_non_finite_loss_is_logged_and_warned(nan_filter, tiny_bert, train_file, tmp_path, caplog, monkeypatch):
+    """By default no per-step nan check (a host sync): a nan loss shows in the log and warns; the transformers
+    filter is still available."""
+    from retrievals.training.trainer import RetrievalTrainer
+
+    compute = RetrievalTrainer.compute_loss
+
+    def nan_at_step_3(self, *args, **kwargs):
+        loss = compute(self, *args, **kwargs)
+        return loss * float("nan") if self.state.global_step == 3 else loss
+
+    monkeypatch.setattr(RetrievalTrainer, "compute_loss", nan_at_step_3)
+    flags = ["--max_steps", "4", "--optim", "sgd"] + (["--logging_nan_inf_filter", "true"] if nan_filter else [])
+    assert embed.main(cli(tiny_bert, train_file, tmp_path / "out", *flags)) == 0
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    assert len(losses) == 4 and all(np.isfinite(losses[:3]))
+    assert np.isfinite(losses[3]) == nan_filter  # the filter replaces the nan step by the running mean
+    assert ("training loss is nan at step 4" in caplog.text) != nan_filter

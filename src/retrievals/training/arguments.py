@@ -44,6 +44,12 @@ class RetrievalTrainingArguments(TrainingArguments):
         metadata={"help": "Pad training batches to a multiple of this many tokens (e.g. 64 with --torch_compile: few "
                           "distinct shapes, so CUDA graphs are recorded once per shape). Default: the batch's longest."},
     )
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={"help": "transformers' filter that leaves nan/inf step losses out of the logged loss. It checks every "
+                          "step, which stalls the CPU until the GPU finishes the step; off by default here: a nan/inf "
+                          "logged loss shows as such and warns."},
+    )
     save_merged: bool = field(default=False, metadata={"help": "LoRA runs: also save a merged model in output_dir/merged."})
 
     def __post_init__(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Dict, Optional
 
@@ -9,6 +10,8 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
+
+from ..utils import logger
 
 
 class _SetEpoch(TrainerCallback):
@@ -20,6 +23,18 @@ class _SetEpoch(TrainerCallback):
     def on_epoch_begin(self, args, state, control, **kwargs):  # noqa: D401
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(int(state.epoch or 0))
+
+
+class _WarnNonFiniteLoss(TrainerCallback):
+    """Warn when a logged training loss is nan or inf (checked at logging steps only: no per-step host sync)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D401
+        loss = (logs or {}).get("loss")
+        if isinstance(loss, (int, float)) and not math.isfinite(loss):
+            logger.warning(
+                "training loss is %s at step %d: lower --learning_rate, or use --bf16 instead of --fp16 "
+                "(--logging_nan_inf_filter true leaves such steps out of the logged loss)", loss, state.global_step,
+            )
 
 
 class RetrievalTrainer(Trainer):
@@ -38,6 +53,7 @@ class RetrievalTrainer(Trainer):
         self.eval_records = eval_records
         if self.train_dataset is not None:
             self.add_callback(_SetEpoch(self.train_dataset))
+        self.add_callback(_WarnNonFiniteLoss())
 
     def compute_loss(self, model: nn.Module, inputs: Dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
         outputs = model(**inputs)
