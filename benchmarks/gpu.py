@@ -21,8 +21,9 @@
 * llm: ours, Qwen2-1.5B shape with LoRA (r 8), group 4, 256 tokens, bf16 weights: queries/s and peak
   memory at 4 queries a step, and at 8 and 16 with gradient checkpointing.
 
-Throughput is measured between the end of step ``--warmup`` and the last step (CUDA synchronised), so
-model loading, compilation and the first steps are excluded. ``--tiny`` runs 2-layer models on CPU to
+Throughput is measured between the end of step ``--warmup`` and the last step (CUDA synchronised at those
+two steps only: a sync every step would stall the CPU as training itself does not), so model loading,
+compilation and the first steps are excluded. ``--tiny`` runs 2-layer models on CPU to
 check the script itself. Results are written after every section.
 """
 
@@ -32,6 +33,7 @@ import argparse
 import datetime
 import gc
 import json
+import os
 import platform
 import random
 import shutil
@@ -499,7 +501,11 @@ def main() -> None:
     import sentence_transformers
     import transformers
 
-    results = {"device": torch.cuda.get_device_name(0) if GPU else "cpu", "date": datetime.date.today().isoformat(),
+    machine = f"{os.cpu_count()} CPU cores"
+    if GPU:
+        machine = f"{torch.cuda.get_device_name(0)} ({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB), {machine}"
+    results = {"device": torch.cuda.get_device_name(0) if GPU else "cpu", "machine": machine,
+               "date": datetime.date.today().isoformat(),
                "versions": {"retrievals": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
                             "sentence_transformers": sentence_transformers.__version__, "python": platform.python_version()},
                "settings": {"steps": opts.steps, "warmup_steps": opts.warmup, "train_precision": "bf16" if GPU else "fp32",
