@@ -46,9 +46,10 @@ class RetrievalTrainingArguments(TrainingArguments):
     )
     logging_nan_inf_filter: bool = field(
         default=False,
-        metadata={"help": "transformers' filter that leaves nan/inf step losses out of the logged loss. It checks every "
-                          "step, which stalls the CPU until the GPU finishes the step; off by default here: a nan/inf "
-                          "logged loss shows as such and warns."},
+        metadata={"help": "Use transformers' filter that leaves nan/inf step losses out of the logged loss. It checks "
+                          "every step, which stalls the CPU until the GPU finishes the step. Off (default): our trainer "
+                          "does the same on the GPU (the last finite loss stands in) and the log warns how many steps "
+                          "had one."},
     )
     save_merged: bool = field(default=False, metadata={"help": "LoRA runs: also save a merged model in output_dir/merged."})
 

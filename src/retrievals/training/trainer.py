@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Dict, Optional
 
@@ -25,18 +24,6 @@ class _SetEpoch(TrainerCallback):
             self.dataset.set_epoch(int(state.epoch or 0))
 
 
-class _WarnNonFiniteLoss(TrainerCallback):
-    """Warn when a logged training loss is nan or inf (checked at logging steps only: no per-step host sync)."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D401
-        loss = (logs or {}).get("loss")
-        if isinstance(loss, (int, float)) and not math.isfinite(loss):
-            logger.warning(
-                "training loss is %s at step %d: lower --learning_rate, or use --bf16 instead of --fp16 "
-                "(--logging_nan_inf_filter true leaves such steps out of the logged loss)", loss, state.global_step,
-            )
-
-
 class RetrievalTrainer(Trainer):
     """Trainer whose loss is a separate module applied to the model's outputs.
 
@@ -53,7 +40,34 @@ class RetrievalTrainer(Trainer):
         self.eval_records = eval_records
         if self.train_dataset is not None:
             self.add_callback(_SetEpoch(self.train_dataset))
-        self.add_callback(_WarnNonFiniteLoss())
+        self._last_finite_loss: Optional[torch.Tensor] = None
+        self._non_finite_steps: Optional[torch.Tensor] = None
+
+    def training_step(self, model: nn.Module, inputs: Dict[str, Any], num_items_in_batch=None) -> torch.Tensor:
+        """transformers' step; unless ``--logging_nan_inf_filter true`` (transformers' own check, a host sync every
+        step), a nan/inf step loss is replaced on the device by the last finite one and counted; :meth:`log`
+        reports the count. So the logged loss stays meaningful, with no per-step sync."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.args.logging_nan_inf_filter:
+            return loss
+        finite = torch.isfinite(loss)
+        if self._non_finite_steps is None:
+            self._non_finite_steps = torch.zeros((), dtype=torch.long, device=loss.device)
+            self._last_finite_loss = torch.full_like(loss, float("nan"))
+        self._non_finite_steps += (~finite).long()
+        self._last_finite_loss = torch.where(finite, loss, self._last_finite_loss)
+        return self._last_finite_loss
+
+    def log(self, logs: Dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if "loss" in logs and self._non_finite_steps is not None:
+            count = int(self._non_finite_steps.item())  # logging steps already wait for the GPU
+            if count:
+                logger.warning(
+                    "%d training step(s) up to step %d had a nan/inf loss (logged as the previous finite loss): lower "
+                    "--learning_rate, or use --bf16 instead of --fp16", count, self.state.global_step,
+                )
+                self._non_finite_steps.zero_()
+        super().log(logs, *args, **kwargs)
 
     def compute_loss(self, model: nn.Module, inputs: Dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
         outputs = model(**inputs)
