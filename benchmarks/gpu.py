@@ -49,9 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from transformers import TrainerCallback  # noqa: E402
 
-import retrievals.training.run as run_module  # noqa: E402
 from retrievals import AutoModelForEmbedding, AutoModelForRanking, __version__  # noqa: E402
-from retrievals.training.trainer import RetrievalTrainer  # noqa: E402
+from timing import StepTimer, timing_our_training  # noqa: E402  (benchmarks/timing.py, beside this script)
 
 GPU = torch.cuda.is_available()
 # Open-Retrievals 0.0.14 on one H100 (issue 2/4), for the kinds sentence-transformers has no counterpart of
@@ -67,35 +66,6 @@ COMPILED = {"retrievals_graphs": ["--torch_compile", "true", "--torch_compile_mo
             "retrievals_compile": ["--torch_compile", "true"]}
 CE_GROUP, CE_QUERIES = 4, 16  # a cross-encoder step: 16 queries x (1 positive + 3 negatives)
 CE_CLI = ["--model_type", "cross-encoder", "--train_group_size", str(CE_GROUP), "--max_len", "256"]
-
-
-class StepTimer(TrainerCallback):
-    """Wall time from the end of step ``warmup`` to the end of the last step."""
-
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.seconds, self.steps = warmup, None, None, 0
-
-    def on_step_end(self, args, state, control, **kwargs):
-        # synchronize at the two ends only: a sync every step would stall the CPU as real training does not
-        if GPU and state.global_step in (self.warmup, state.max_steps):
-            torch.cuda.synchronize()
-        if state.global_step == self.warmup:
-            self.start = time.perf_counter()
-        if state.global_step == state.max_steps and self.start is not None:
-            self.seconds = time.perf_counter() - self.start
-            self.steps = state.max_steps - self.warmup
-
-
-TIMER: list = []
-
-
-class TimedTrainer(RetrievalTrainer):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.add_callback(TIMER[-1])
-
-
-run_module.RetrievalTrainer = TimedTrainer  # our pipelines build their trainer in retrievals.training.run
 
 
 def fresh_memory() -> None:
@@ -186,10 +156,9 @@ def timed_ours(module, cli: list, warmup: int, per_step: int) -> dict:
 
     fresh_memory()
     before = (counters["stats"]["unique_graphs"], sum(counters["graph_break"].values()), len(CUDAGRAPH_SKIPS))
-    TIMER.append(StepTimer(warmup))
-    model = module.train(*pipeline_args(module, cli))
-    timer = TIMER.pop()
-    result = {"per_s": round(timer.steps * per_step / timer.seconds, 1), "peak_gib": peak_gib()}
+    with timing_our_training(StepTimer(warmup)) as timer:
+        model = module.train(*pipeline_args(module, cli))
+    result = {"per_s": round(timer.rate(per_step), 1), "peak_gib": peak_gib()}
     if "--torch_compile" in cli or "--torch_compile_mode" in cli:
         result.update(graphs=counters["stats"]["unique_graphs"] - before[0],
                       graph_breaks=sum(counters["graph_break"].values()) - before[1],
@@ -203,7 +172,7 @@ def timed_st_trainer(trainer, warmup: int, per_step: int) -> dict:
     timer = StepTimer(warmup)
     trainer.add_callback(timer)
     trainer.train()
-    return {"per_s": round(timer.steps * per_step / timer.seconds, 1), "peak_gib": peak_gib()}
+    return {"per_s": round(timer.rate(per_step), 1), "peak_gib": peak_gib()}
 
 
 def rate(fn, n: int) -> float:
@@ -460,11 +429,8 @@ def bench_profile(work: Path, assets: Path, opts) -> dict:
     prof = StepProfiler(20, 25, Path(opts.out).parent / "profile_embed.txt")
     base = ["--model_name_or_path", str(work / "bert"), "--train_group_size", "2", "--query_max_length", "64",
             "--document_max_length", "512", "--temperature", "0.05", "--pooling_method", "mean"]
-    TIMER.append(prof)
-    try:
+    with timing_our_training(prof):
         embed.train(*pipeline_args(embed, base + common_flags(work / "profiled", work / "embed.jsonl", 32, 30, 5e-5)))
-    finally:
-        TIMER.pop()
     print("profile", prof.summary, flush=True)
     return prof.summary
 

@@ -4,10 +4,10 @@ all three reranker kinds on AIA-BDE, side by side in one run.
     .venv/bin/python benchmarks/rerank_cpu.py [--quality] [--out benchmarks/results/rerank_cpu.json]
 
 * Throughput (same model: all-MiniLM-L6-v2 with a fresh 1-logit head; same pairs; 32 pairs a batch;
-  256 tokens max; fp32): training pairs/s over ``--steps`` optimizer steps (ours: 8 queries x group 4,
-  listwise CE; theirs: CrossEncoderTrainer, 32 labelled pairs, BCE) and scoring pairs/s (``compute_score``
+  256 tokens max; fp32): training pairs/s over optimizer steps 2 to ``--steps`` (ours: 8 queries x group 4,
+  listwise CE; theirs: CrossEncoderTrainer, 32 labelled pairs, BCE; best of 2 runs each, taking turns) and scoring pairs/s (``compute_score``
   vs ``CrossEncoder.predict``; ours with ``score_windows=False``, i.e. truncating long documents as
-  sentence-transformers does), whose scores must agree. Scoring with windows is timed too.
+  sentence-transformers does; best and median of 5 rounds taken in turns), whose scores must agree. Scoring with windows is timed too.
 * ``--quality``: ``--eval_queries`` held-out queries (FAQs never trained on) get the top 20 FAQs of zero-shot
   all-MiniLM-L6-v2; each reranker reorders them before and after one epoch of fine-tuning on training
   queries (500 for cross-encoder and ColBERT from all-MiniLM-L6-v2, 120 for the LLM reranker from
@@ -39,8 +39,10 @@ from retrievals.assets import fetch  # noqa: E402
 from retrievals.data.aia_bde import parse_aia_bde, split_by_faq  # noqa: E402
 from retrievals.evaluation import evaluate_run, rerank_run, retrieve  # noqa: E402
 from retrievals.pipelines import demo, rerank  # noqa: E402
+from timing import StepTimer, side_by_side, take_turns, timing_our_training  # noqa: E402  (benchmarks/timing.py, beside this script)
 
 PAIR_BATCH, GROUP, MAX_LEN, TOP_K = 32, 4, 256, 20
+SCORE_ROUNDS, TRAIN_ROUNDS = 5, 2
 KINDS = {  # model, lr, queries per batch, max_len, extra CLI flags, training queries (None: all)
     "llm": ("smollm2", 5e-4, 4, MAX_LEN, ["--causal_lm", "True", "--use_lora", "True", "--lora_r", "16", "--lora_alpha", "32"], 120),
     "colbert": ("minilm", 5e-5, PAIR_BATCH // GROUP, MAX_LEN, ["--query_max_length", "64"], 500),
@@ -80,7 +82,6 @@ def throughput(minilm, split, negatives, work, steps):
 
     qids = list(split.train_queries)[: steps * PAIR_BATCH // GROUP]
     write_groups(split, negatives, qids, work / "speed.jsonl")
-    t_ours = train("cross-encoder", minilm, work / "speed.jsonl", work / "ours_speed", 5e-5, PAIR_BATCH // GROUP, MAX_LEN, [], steps)
     rows = {"query": [], "document": [], "label": []}
     for qid in qids:
         docs = [split.corpus[next(iter(split.train_qrels[qid]))]] + [split.corpus[d] for d in negatives[qid]]
@@ -88,16 +89,25 @@ def throughput(minilm, split, negatives, work, steps):
             rows["query"].append(split.train_queries[qid])
             rows["document"].append(doc)
             rows["label"].append(float(i == 0))
-    theirs = CrossEncoder(minilm, num_labels=1, max_length=MAX_LEN, device="cpu")
-    args = CrossEncoderTrainingArguments(output_dir=str(work / "st"), per_device_train_batch_size=PAIR_BATCH, learning_rate=5e-5,
-                                         warmup_steps=0.1, max_steps=steps, logging_steps=10, save_strategy="no", report_to="none",
-                                         disable_tqdm=True, seed=42, dataloader_drop_last=True)
-    trainer = CrossEncoderTrainer(model=theirs, args=args, train_dataset=Dataset.from_dict(rows), loss=BinaryCrossEntropyLoss(theirs))
-    start = time.perf_counter()
-    trainer.train()
-    t_theirs = time.perf_counter() - start
-    train_rate = {"retrievals": round(steps * PAIR_BATCH / t_ours, 2), "sentence_transformers": round(steps * PAIR_BATCH / t_theirs, 2)}
-    train_rate["ratio"] = round(train_rate["retrievals"] / train_rate["sentence_transformers"], 2)
+
+    def ours_rate() -> float:
+        with timing_our_training(StepTimer(1)) as timer:
+            train("cross-encoder", minilm, work / "speed.jsonl", work / "ours_speed", 5e-5, PAIR_BATCH // GROUP, MAX_LEN,
+                  ["--overwrite_output_dir", "true"], steps)
+        return timer.rate(PAIR_BATCH)
+
+    def theirs_rate() -> float:
+        theirs = CrossEncoder(minilm, num_labels=1, max_length=MAX_LEN, device="cpu")
+        args = CrossEncoderTrainingArguments(output_dir=str(work / "st"), per_device_train_batch_size=PAIR_BATCH, learning_rate=5e-5,
+                                             warmup_steps=0.1, max_steps=steps, logging_steps=10, save_strategy="no", report_to="none",
+                                             disable_tqdm=True, seed=42, dataloader_drop_last=True)
+        trainer = CrossEncoderTrainer(model=theirs, args=args, train_dataset=Dataset.from_dict(rows), loss=BinaryCrossEntropyLoss(theirs))
+        timer = StepTimer(1)
+        trainer.add_callback(timer)
+        trainer.train()
+        return timer.rate(PAIR_BATCH)
+
+    train_rate = take_turns({"retrievals": ours_rate, "sentence_transformers": theirs_rate}, TRAIN_ROUNDS)
     print("train pairs/s", train_rate, flush=True)
 
     # scoring: the same trained weights in both libraries
@@ -106,17 +116,11 @@ def throughput(minilm, split, negatives, work, steps):
     rng = random.Random(0)
     test_q, docs = list(split.test_queries.values()), list(split.corpus.values())
     pairs = [(rng.choice(test_q), rng.choice(docs)) for _ in range(800)]
-    timings, outputs = {}, {}
-    for name, fn in (("retrievals", lambda: ours.compute_score(pairs, batch_size=PAIR_BATCH, normalize=True)),
-                     ("sentence_transformers", lambda: theirs.predict(pairs, batch_size=PAIR_BATCH))):
-        best = float("inf")
-        for _ in range(2):
-            t = time.perf_counter()
-            outputs[name] = np.asarray(fn(), dtype=np.float32)
-            best = min(best, time.perf_counter() - t)
-        timings[name] = round(len(pairs) / best, 1)
-    timings["ratio"] = round(timings["retrievals"] / timings["sentence_transformers"], 2)
-    timings["max_abs_score_difference"] = float(np.abs(outputs["retrievals"] - outputs["sentence_transformers"]).max())
+    timings, outputs = side_by_side({"retrievals": lambda: ours.compute_score(pairs, batch_size=PAIR_BATCH, normalize=True),
+                                     "sentence_transformers": lambda: theirs.predict(pairs, batch_size=PAIR_BATCH)},
+                                    len(pairs), SCORE_ROUNDS)
+    difference = np.asarray(outputs["retrievals"], dtype=np.float32) - np.asarray(outputs["sentence_transformers"], dtype=np.float32)
+    timings["max_abs_score_difference"] = float(np.abs(difference).max())
     ours.retrieval_config.score_windows = True
     t = time.perf_counter()
     ours.compute_score(pairs, batch_size=PAIR_BATCH)
