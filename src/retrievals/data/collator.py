@@ -18,7 +18,7 @@ class EmbeddingCollator:
 
     def __init__(self, processor: Any, pad_to_multiple_of: Optional[int] = None) -> None:
         # a TextProcessor (``model.processor``); a copy when padding differs, so inference keeps its own
-        self.processor = processor.with_pad_to_multiple_of(pad_to_multiple_of) if pad_to_multiple_of else processor
+        self.processor = processor if pad_to_multiple_of is None else processor.with_pad_to_multiple_of(pad_to_multiple_of)
 
     def __call__(self, items: List[Dict[str, Any]]) -> Dict[str, Dict[str, torch.Tensor]]:
         queries = [item["query"] for item in items]

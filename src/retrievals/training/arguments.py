@@ -60,6 +60,8 @@ class RetrievalTrainingArguments(TrainingArguments):
                 "fp16" if self.fp16 else "bf16",
             )
             self.fp16 = self.bf16 = False
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
+            raise ValueError(f"--pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}.")
         if self.dataloader_num_workers < 0:
             enough_cores = (os.cpu_count() or 1) >= 2 * AUTO_WORKERS
             self.dataloader_num_workers = AUTO_WORKERS if torch.cuda.is_available() and enough_cores else 0
