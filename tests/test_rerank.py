@@ -221,6 +221,7 @@ def test_colbert_projection_layout_and_precomputed_vectors(tiny_bert, tmp_path):
 
     shutil.copytree(tmp_path / "m", tmp_path / "m3")
     (tmp_path / "m3" / "retrievals_config.json").unlink()
+    (tmp_path / "m3" / "retrievals_files.json").unlink()  # bge-m3 folders carry no retrievals file record
     m3 = AutoModelForRanking.from_pretrained(str(tmp_path / "m3"), max_length=32)
     assert isinstance(m3, ColBERT) and m3.retrieval_config.colbert_dim == 16
     torch.testing.assert_close(torch.tensor(m3.compute_score(PAIRS)), torch.tensor(model.compute_score(PAIRS)), atol=1e-6, rtol=0)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
+import re
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Type, TypeVar
+from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar
 
 from safetensors.torch import load_file
 
@@ -20,6 +18,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
+from ..files import atomic_directory, atomic_write_json, prepare_folder, verify_files  # noqa: F401 (re-exported)
 from ..utils import require
 
 CONFIG_NAME = "retrievals_config.json"
@@ -41,10 +40,7 @@ class ModelConfig:
         return {**dataclasses.asdict(self), "retrievals_version": __version__}
 
     def save(self, directory: str | os.PathLike) -> None:
-        path = Path(directory) / CONFIG_NAME
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_json(Path(directory) / CONFIG_NAME, self.to_dict())
 
     @classmethod
     def load(cls: Type[C], directory: str | os.PathLike) -> Optional[C]:
@@ -114,7 +110,68 @@ def load_backbone(
 
 
 def hf_config(path: str, trust_remote_code: bool = False) -> PretrainedConfig:
-    return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as exc:  # a hub id that could not be fetched: one line, not transformers' traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelPathError(f"{path}: not a local model folder, and loading it as a hub id failed: {first}") from None
+
+
+class ModelPathError(FileNotFoundError):
+    """A model path that does not exist or holds no model; the message names the path."""
+
+
+_WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def _offline() -> bool:
+    return any(os.environ.get(name, "").lower() in {"1", "true", "yes", "on"} for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def check_model_path(path: str | os.PathLike, what: str = "model") -> str:
+    """Validate a model path before anything loads, naming it in one line when it is wrong.
+
+    A local folder is first recovered from an interrupted save and its recorded checksums checked
+    (a truncated or altered weights file is named). A name that is not a local path is accepted only
+    when it can be a hub id and hub downloads are allowed.
+    """
+    text = os.fspath(path)
+    folder = Path(text).expanduser()
+    if not folder.exists():
+        if _HUB_ID.fullmatch(text) and not _offline():
+            return text
+        hint = " (hub ids are not tried: HF_HUB_OFFLINE is set)" if _HUB_ID.fullmatch(text) else ""
+        raise ModelPathError(f"{text}: no such {what} folder{hint}.")
+    if not folder.is_dir():
+        raise ModelPathError(f"{text}: is a file; a {what} is a folder (config.json, weights, tokenizer).")
+    prepare_folder(folder)
+    verify_files(folder)
+    if is_lora_dir(folder):
+        if not any(folder.glob("adapter_model.*")):
+            raise ModelPathError(f"{text}: LoRA adapter folder without adapter_model.safetensors.")
+        return str(folder)
+    if what == "tokenizer":
+        return str(folder)
+    if not (folder / "config.json").is_file():
+        raise ModelPathError(f"{text}: no config.json; not a transformers model folder.")
+    if not any(any(folder.glob(pattern)) for pattern in _WEIGHT_FILES):
+        raise ModelPathError(f"{text}: no weights (model.safetensors or pytorch_model.bin) in this folder.")
+    return str(folder)
+
+
+def local_abspath(path: str) -> str:
+    """An absolute path for a local folder (so a LoRA adapter finds its base from any working directory)."""
+    return os.path.abspath(os.path.expanduser(path)) if os.path.isdir(os.path.expanduser(path)) else path
+
+
+def record_lora_base(folder: Path, base: str) -> None:
+    """Write the (absolute) base model into a saved adapter's ``adapter_config.json`` too, for peft users."""
+    file = folder / ADAPTER_CONFIG_NAME
+    if file.is_file():
+        data = json.loads(file.read_text(encoding="utf-8"))
+        data["base_model_name_or_path"] = base
+        atomic_write_json(file, data)
 
 
 def add_lora(
@@ -168,7 +225,7 @@ def attach_lora(
         backbone = add_lora(backbone, r, alpha, dropout, target_modules, task_type=task_type)
     else:
         return backbone
-    config.lora_base = base_path
+    config.lora_base = local_abspath(base_path)
     return backbone
 
 
@@ -180,34 +237,13 @@ def is_peft_model(model: torch.nn.Module) -> bool:
     return isinstance(model, peft.PeftModel)
 
 
-@contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a scratch folder; on success move its entries into ``target`` one rename at a time.
-
-    A run killed while saving leaves only a hidden ``.tmp-save-*`` folder, never half-written files
-    under their final names. Entries already in ``target`` that the save does not produce are kept.
-    """
-    target = Path(target)
-    target.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".tmp-save-", dir=target))
-    try:
-        yield scratch
-        for entry in sorted(scratch.iterdir(), key=lambda p: p.name == CONFIG_NAME):  # config last
-            final = target / entry.name
-            if final.is_dir() and not final.is_symlink():
-                shutil.rmtree(final)
-            os.replace(entry, final)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-
 def load_backbone_weights(backbone: torch.nn.Module, path: str | os.PathLike) -> None:
     """Load weights that ``save_pretrained`` wrote into ``backbone`` (LoRA adapter or full weights).
 
     Used when resuming a training checkpoint; fails when the checkpoint lacks weights the model has.
     """
     path = Path(path)
+    verify_files(path)
     if is_peft_model(backbone):
         from peft import set_peft_model_state_dict
 

@@ -20,6 +20,8 @@ from .base import (
     CheckpointingMixin,
     ModelConfig,
     atomic_directory,
+    check_model_path,
+    record_lora_base,
     attach_lora,
     has_tokenizer,
     hf_config,
@@ -114,7 +116,11 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
         for key in unused:
             if key not in {"causal_lm", "model_type"}:
                 raise TypeError(f"from_pretrained() got an unexpected keyword argument {key!r}")
-        path = str(model_name_or_path)
+        path = check_model_path(model_name_or_path)
+        if lora_path:
+            lora_path = check_model_path(lora_path, "LoRA adapter")
+        if tokenizer_name and os.path.exists(tokenizer_name):
+            tokenizer_name = check_model_path(tokenizer_name, "tokenizer")
         config = EmbeddingConfig.load(path) if os.path.isdir(path) else None
         saved_by_us = config is not None
         base_path, adapter_path = resolve_lora_paths(path, config.lora_base if config else None, lora_path)
@@ -168,7 +174,9 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
         with atomic_directory(path) as scratch:
             backbone.save_pretrained(scratch)
             self._tokenizer_for_saving(config).save_pretrained(scratch)
-            if not lora:
+            if lora:
+                record_lora_base(scratch, config.lora_base)
+            else:
                 config.lora_base = None
                 self._write_st_files(scratch, config)
             config.save(scratch)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Optional, Type
 
-from ..base import CONFIG_NAME, hf_config, is_decoder_only, is_lora_dir, lora_base_of
+from ..base import CONFIG_NAME, check_model_path, hf_config, is_decoder_only, is_lora_dir, lora_base_of
 from .base import BaseRanker, RankerConfig, RankingOutput, RerankResult
 from .colbert import COLBERT_LINEAR, ColBERT, ColBERTConfig, maxsim
 from .cross_encoder import CrossEncoder, CrossEncoderConfig
@@ -49,7 +49,7 @@ class AutoModelForRanking:
     def from_pretrained(model_name_or_path: str, model_type: Optional[str] = None, causal_lm: bool = False, **kwargs: Any) -> BaseRanker:
         """``model_type``: cross-encoder | colbert | llm; inferred when None (``causal_lm=True`` means llm).
         Other keyword arguments go to the class's ``from_pretrained`` (LoRA, dtype, device, config fields)."""
-        path = str(model_name_or_path)
+        path = check_model_path(model_name_or_path)
         if model_type is not None:
             kind = normalize_model_type(model_type)
         elif causal_lm:

@@ -20,6 +20,8 @@ from ..base import (
     CheckpointingMixin,
     ModelConfig,
     atomic_directory,
+    check_model_path,
+    record_lora_base,
     attach_lora,
     has_tokenizer,
     hf_config,
@@ -145,7 +147,11 @@ class BaseRanker(CheckpointingMixin, nn.Module, metaclass=ABCMeta):
         unknown = set(settings) - names
         if unknown:
             raise TypeError(f"{cls.__name__}.from_pretrained() got unexpected arguments {sorted(unknown)}; known: {sorted(names)}")
-        path = str(model_name_or_path)
+        path = check_model_path(model_name_or_path)
+        if lora_path:
+            lora_path = check_model_path(lora_path, "LoRA adapter")
+        if tokenizer_name and os.path.exists(tokenizer_name):
+            tokenizer_name = check_model_path(tokenizer_name, "tokenizer")
         config = cls.config_class.load(path) if os.path.isdir(path) else None
         if config is not None and config.model_type != cls.model_type:
             raise ValueError(f"{path} holds a {config.model_type!r} model, not {cls.model_type!r}.")
@@ -179,7 +185,9 @@ class BaseRanker(CheckpointingMixin, nn.Module, metaclass=ABCMeta):
             backbone.save_pretrained(scratch)
             self.tokenizer.save_pretrained(scratch)
             self._save_extra(scratch)
-            if not lora:
+            if lora:
+                record_lora_base(scratch, config.lora_base)
+            else:
                 config.lora_base = None
             config.save(scratch)
 

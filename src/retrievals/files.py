@@ -1,0 +1,180 @@
+"""File writing that a killed process cannot leave half done: atomic files and journaled folder saves.
+
+The lowest layer of the package: it imports nothing from ``retrievals`` but the logger.
+
+A folder save (:func:`atomic_directory`) writes every entry into a hidden scratch folder inside the
+target, records the entries with their sha256 in ``retrievals_files.json``, then commits by writing a
+journal (one atomic rename). Only then are entries moved into place and the previous save's stale
+entries removed. :func:`recover` (run before every save and every load) finishes a committed save
+(roll forward) or drops an uncommitted scratch folder, so a reader always sees the complete previous
+save or the complete new one, whatever instant the writer was killed at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+from .utils import logger
+
+FILES_NAME = "retrievals_files.json"  # what a save wrote: relative path -> size and sha256
+JOURNAL_NAME = ".retrievals_save_journal.json"
+SCRATCH_PREFIX = ".tmp-save-"
+_HASH_CHUNK = 1 << 22
+
+
+class CorruptFileError(OSError):
+    """A file of a saved folder is missing, truncated or altered (its checksum does not match)."""
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: the old or the new content, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: object) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _walk_files(folder: Path) -> List[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def record_files(folder: Path) -> Dict[str, Dict[str, object]]:
+    """``{relative path: {"size", "sha256"}}`` of every file under ``folder``."""
+    return {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in _walk_files(folder) if p.name != FILES_NAME}
+
+
+def saved_entries(folder: str | os.PathLike) -> List[str]:
+    """Top-level entries the last save into ``folder`` wrote (from its ``retrievals_files.json``)."""
+    record = Path(folder) / FILES_NAME
+    if not record.is_file():
+        return []
+    try:
+        files = json.loads(record.read_text(encoding="utf-8")).get("files", {})
+    except (ValueError, OSError):
+        return []
+    return sorted({name.split("/", 1)[0] for name in files} | {FILES_NAME})
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        os.unlink(path)
+
+
+def recover(folder: str | os.PathLike) -> None:
+    """Finish a committed save that was interrupted, and delete scratch folders of uncommitted ones.
+
+    Idempotent: every step checks what is still to do, so a kill during recovery is recovered next time.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    journal_path = folder / JOURNAL_NAME
+    if journal_path.is_file():
+        journal = json.loads(journal_path.read_text(encoding="utf-8"))
+        scratch = folder / journal["scratch"]
+        for name in journal["remove"]:
+            _remove(folder / name)
+        for name in journal["move"]:
+            source = scratch / name
+            if source.exists() or source.is_symlink():
+                _remove(folder / name)
+                os.replace(source, folder / name)
+        os.unlink(journal_path)
+        logger.warning("%s: finished a save that was interrupted.", folder)
+    for entry in folder.iterdir():
+        if entry.name.startswith(SCRATCH_PREFIX) and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a scratch folder to write a complete save into; on exit, commit it into ``target``.
+
+    Entries of ``target`` that the previous save did not write (a user's README, notes, other folders)
+    are never touched unless the new save writes the same name. Entries the previous save wrote and the
+    new one does not (a full model replaced by a LoRA adapter) are removed, so the folder never mixes two saves.
+    """
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    recover(target)
+    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=target))
+    try:
+        yield scratch
+        atomic_write_json(scratch / FILES_NAME, {"files": record_files(scratch)})
+        new = sorted(entry.name for entry in scratch.iterdir())
+        stale = [name for name in saved_entries(target) if name not in new]
+        journal = {"scratch": scratch.name, "move": new, "remove": stale}
+        atomic_write_json(target / JOURNAL_NAME, journal)  # the commit point
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    recover(target)
+
+
+def verify_files(folder: str | os.PathLike, full: bool = True) -> None:
+    """Check every file a save recorded in ``folder``: present, same size and (``full``) same sha256.
+
+    Folders without a ``retrievals_files.json`` (not saved by retrievals) pass unchecked.
+    """
+    folder = Path(folder)
+    record = folder / FILES_NAME
+    if not record.is_file():
+        return
+    try:
+        files = json.loads(record.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, OSError) as exc:
+        raise CorruptFileError(f"{record}: unreadable ({exc}); the folder was damaged after it was saved.") from None
+    for name, info in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise CorruptFileError(f"{path}: missing (listed in {record.name}); the saved folder is incomplete.")
+        size = path.stat().st_size
+        if size != info["size"]:
+            raise CorruptFileError(f"{path}: {size} bytes, but {info['size']} were saved; the file is truncated or altered.")
+        if full and sha256_file(path) != info["sha256"]:
+            raise CorruptFileError(f"{path}: checksum does not match the one saved; the file is corrupted.")
+
+
+def prepare_folder(folder: str | os.PathLike) -> Optional[Path]:
+    """Recover ``folder`` (if it is a folder) so it holds one complete save; returns it as a Path or None."""
+    path = Path(folder)
+    if not path.is_dir():
+        return None
+    try:
+        recover(path)
+    except PermissionError as exc:
+        raise CorruptFileError(f"{path}: an interrupted save needs finishing, but the folder is read-only ({exc}).") from None
+    return path
