@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+from ..utils import logger
 
 Source = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]], Any]
 
@@ -57,39 +61,93 @@ def parse_record(
     return Record(query=query, positives=positives, negatives=negatives, origin=where)
 
 
+def read_text(path: Union[str, os.PathLike]) -> str:
+    """A whole data file decoded as UTF-8; every text reader goes through here.
+
+    A leading UTF-8 BOM (Excel, Notepad) is dropped. Bytes that are not UTF-8 raise a DataError naming
+    ``file:line`` and the byte, instead of a UnicodeDecodeError traceback that names neither.
+    """
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such file.")
+    data = Path(path).read_bytes()
+    start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[start:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = start + exc.start  # in the file's bytes, BOM included
+        line = data.count(b"\n", 0, offset) + 1
+        line_start = max(start, data.rfind(b"\n", 0, offset) + 1)
+        column = len(data[line_start:offset].decode("utf-8")) + 1  # in characters, as editors count; valid up to here
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[offset]:02x} at column {column}, file offset {offset}); "
+            "save the file as UTF-8."
+        ) from None
+
+
+def _lines(text: str) -> Iterator[Tuple[int, str]]:
+    # Split on "\n" only: str.splitlines() also splits on U+2028, U+0085 and friends, which JSON leaves
+    # unescaped inside strings, and would shift line numbers away from what an editor shows.
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        yield lineno, line[:-1] if line.endswith("\r") else line  # CRLF files
+
+
+def iter_lines(path: Union[str, os.PathLike]) -> Iterator[Tuple[int, str]]:
+    """(line number, line) pairs of a UTF-8 text file (see :func:`read_text`), line endings removed."""
+    return _lines(read_text(path))
+
+
 def iter_json_objects(path: Union[str, os.PathLike]) -> Iterator[Tuple[str, Any]]:
     """(location, object) pairs from a JSONL file or a JSON file holding a list of objects; the location
     (``file:line`` or ``file: item i``) is what error messages name."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file.")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     if path.suffix == ".json":
+        # The first character decides: "[" is a JSON array, and its errors are reported as such (where
+        # it breaks), never retried as JSON Lines; otherwise one JSON object, else JSON Lines saved as .json.
+        if re.match(r"[ \t\r\n]*\[", text):  # JSON's whitespace; no copy of a large file
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"{path}:{exc.lineno}:{exc.colno}: invalid JSON array ({exc.msg}); "
+                    "a .json file starting with '[' must hold one complete array of objects."
+                ) from None
+            for i, obj in enumerate(data):
+                yield f"{path}: item {i}", obj
+            return
         try:
             data = json.loads(text)
         except json.JSONDecodeError:
             data = None  # fall through: JSON Lines saved with a .json name
-        if isinstance(data, list):
-            for i, obj in enumerate(data):
-                yield f"{path}: item {i}", obj
-            return
         if isinstance(data, dict):
             yield f"{path}: item 0", data
             return
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in _lines(text):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno}).") from None
+            raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg}, column {exc.colno}).") from None
         yield f"{path}:{lineno}", obj
+
+
+DATA_SUFFIXES = (".jsonl", ".json")
 
 
 def _files(source: Union[str, os.PathLike]) -> List[Path]:
     path = Path(source)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in {".jsonl", ".json"} and p.is_file())
+        # Hidden files and folders (.ipynb_checkpoints/, .DS_Store, .git/) are never data: skipped silently.
+        # Other files with another extension are skipped too, but named, so a forgotten data.csv is noticed.
+        files, skipped = [], []
+        for p in sorted(path.rglob("*")):
+            if not p.is_file() or any(part.startswith(".") for part in p.relative_to(path).parts):
+                continue
+            (files if p.suffix in DATA_SUFFIXES else skipped).append(p)
+        if skipped:
+            names = ", ".join(str(p.relative_to(path)) for p in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
+            logger.warning(f"{path}: skipping {len(skipped)} file(s) that are not .jsonl or .json: {names}")
         if not files:
             raise DataError(f"{path}: folder has no .jsonl or .json files.")
         return files
@@ -126,6 +184,8 @@ def load_records(
     holds hard negatives); the error names the first record without.
     """
     records = []
+    first_seen: Dict[str, str] = {}
+    duplicates: List[Tuple[str, str, str]] = []  # (query, first origin, repeated origin)
     for where, obj in iter_raw(source):
         record = parse_record(obj, where, query_key, positive_key, negative_key)
         if min_negatives and not record.negatives:
@@ -133,7 +193,24 @@ def load_records(
                 f"{where}: field '{negative_key}' is empty but train_group_size needs {min_negatives} negative(s) "
                 "per query; add hard negatives or use --train_group_size 1."
             )
+        if record.query in first_seen:
+            duplicates.append((record.query, first_seen[record.query], where))
+        first_seen.setdefault(record.query, where)
         records.append(record)
     if not records:
         raise DataError(f"{source}: no records found.")
+    if duplicates:
+        _warn_duplicates(duplicates)
     return records
+
+
+def _warn_duplicates(duplicates: List[Tuple[str, str, str]], shown: int = 3) -> None:
+    """One warning for repeated query texts: not an error (the data may mean it), but when two records of
+    a query share a batch, each one's positive is scored as a negative of the other (a false in-batch negative)."""
+    texts = len({query for query, _, _ in duplicates})
+    examples = "; ".join(f"{query[:60]!r} at {first} and {again}" for query, first, again in duplicates[:shown])
+    logger.warning(
+        f"{texts} query text(s) occur in more than one record ({len(duplicates)} repeat(s)), e.g. {examples}. "
+        "Records of the same query in one batch become false in-batch negatives of each other; "
+        "merge their positives into one record unless that is intended."
+    )

@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 from typing import Dict, Mapping, Tuple
 
-from ..data.readers import DataError, iter_json_objects
+from ..data.readers import DataError, iter_json_objects, iter_lines
+from .metrics import rank
 
 Corpus = Dict[str, str]
 Queries = Dict[str, str]
@@ -31,22 +32,20 @@ def read_jsonl_texts(path: str | os.PathLike, id_key: str = "_id", text_key: str
 def read_qrels(path: str | os.PathLike) -> Qrels:
     """TREC qrels (``qid 0 docid rel``) or BEIR TSV (``query-id corpus-id score`` with a header)."""
     qrels: Qrels = {}
-    path = Path(path)
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            parts = line.split()
-            if not parts or (line_no == 1 and parts[0] in {"query-id", "qid", "query_id"}):
-                continue
-            if len(parts) == 4:
-                qid, _, doc, rel = parts
-            elif len(parts) == 3:
-                qid, doc, rel = parts
-            else:
-                raise DataError(f"{path}:{line_no}: expected 'qid 0 docid relevance' or 'qid docid relevance'")
-            try:
-                qrels.setdefault(qid, {})[doc] = int(float(rel))
-            except ValueError:
-                raise DataError(f"{path}:{line_no}: relevance {rel!r} is not a number") from None
+    for line_no, line in iter_lines(path):  # UTF-8 (a BOM is fine, so the header is still recognised)
+        parts = line.split()
+        if not parts or (line_no == 1 and parts[0] in {"query-id", "qid", "query_id"}):
+            continue
+        if len(parts) == 4:
+            qid, _, doc, rel = parts
+        elif len(parts) == 3:
+            qid, doc, rel = parts
+        else:
+            raise DataError(f"{path}:{line_no}: expected 'qid 0 docid relevance' or 'qid docid relevance'")
+        try:
+            qrels.setdefault(qid, {})[doc] = int(float(rel))
+        except ValueError:
+            raise DataError(f"{path}:{line_no}: relevance {rel!r} is not a number") from None
     return qrels
 
 
@@ -58,23 +57,25 @@ def write_qrels(qrels: Mapping[str, Mapping[str, int]], path: str | os.PathLike)
 def read_trec_run(path: str | os.PathLike) -> Run:
     """A TREC run file: ``qid Q0 docid rank score tag``."""
     run: Run = {}
-    path = Path(path)
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 6:
-                raise DataError(f"{path}:{line_no}: expected 'qid Q0 docid rank score tag'")
+    for line_no, line in iter_lines(path):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 6:
+            raise DataError(f"{path}:{line_no}: expected 'qid Q0 docid rank score tag'")
+        try:
             run.setdefault(parts[0], {})[parts[2]] = float(parts[4])
+        except ValueError:
+            raise DataError(f"{path}:{line_no}: score {parts[4]!r} is not a number") from None
     return run
 
 
 def write_trec_run(run: Mapping[str, Mapping[str, float]], path: str | os.PathLike, tag: str = "retrievals") -> None:
+    """Rows in the order the metrics rank them (``metrics.rank``: ties by doc id descending, as trec_eval),
+    so the file's rank column agrees with the scores reported for it."""
     lines = []
     for qid, scores in run.items():
-        ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
-        lines.extend(f"{qid} Q0 {doc} {i} {score:.6f} {tag}\n" for i, (doc, score) in enumerate(ranked, start=1))
+        lines.extend(f"{qid} Q0 {doc} {i} {scores[doc]:.6f} {tag}\n" for i, doc in enumerate(rank(scores), start=1))
     _atomic_write(Path(path), "".join(lines))
 
 

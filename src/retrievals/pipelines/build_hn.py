@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..data.readers import DataError, Record, iter_raw, load_records
+from ..data.readers import DataError, Record, iter_lines, iter_raw, load_records
 from ..index.exact import exact_search
 from ..index.sharded import encode_sharded
 from ..utils import logger, unescape_cli
@@ -69,7 +69,7 @@ def read_pool(path: str) -> List[str]:
     if not file.is_file():
         raise DataError(f"{file}: no such file.")
     if file.suffix == ".txt":
-        return [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [line.strip() for _, line in iter_lines(file) if line.strip()]
     texts = []
     for where, obj in iter_raw(str(file)):
         if isinstance(obj, str):

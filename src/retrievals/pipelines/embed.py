@@ -14,7 +14,7 @@ from typing import List, Optional
 import numpy as np
 
 from ..data import EmbeddingCollator
-from ..data.readers import DataError, iter_raw
+from ..data.readers import DataError, iter_lines, iter_raw
 from ..losses import get_loss
 from ..models.embedding import AutoModelForEmbedding
 from ..training import RetrievalTrainingArguments
@@ -82,7 +82,7 @@ def read_texts(path: str, key: str) -> List[str]:
     if not file.is_file():
         raise DataError(f"{file}: no such file.")
     if file.suffix not in {".jsonl", ".json"}:
-        return [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [line for _, line in iter_lines(file) if line.strip()]
     texts = []
     for where, obj in iter_raw(str(file)):
         if not isinstance(obj, dict) or not isinstance(obj.get(key), str):

@@ -1,0 +1,207 @@
+"""Readers: every bad input named (encoding, BOM, folders, broken JSON arrays, duplicate queries) and TREC
+runs written in the order the metrics rank them. Quick: no models."""
+
+import codecs
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from retrievals.data.readers import DataError, load_records
+from retrievals.evaluation.io import read_jsonl_texts, read_qrels, read_trec_run, write_trec_run
+from retrievals.evaluation.metrics import evaluate_run, rank
+from retrievals.pipelines.build_hn import read_pool
+from retrievals.pipelines.embed import read_texts
+
+from .conftest import needs
+
+BOM = codecs.BOM_UTF8
+PROPERTY = settings(max_examples=50, deadline=None)
+
+# Every text reader, with a 3-line file it accepts (line 2 is where a bad byte goes).
+READERS = {
+    "records.jsonl": (load_records, b'{"query": "a", "positive": "b"}\n{"query": "c", "positive": "d"}\n{"query": "e", "positive": "f"}\n'),
+    "records.json": (load_records, b'[{"query": "a", "positive": "b"},\n {"query": "c", "positive": "d"},\n {"query": "e", "positive": "f"}]\n'),
+    "texts.txt": (lambda p: read_texts(p, "text"), b"one\ntwo\nthree\n"),
+    "pool.txt": (read_pool, b"one\ntwo\nthree\n"),
+    "qrels.tsv": (read_qrels, b"query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t0\n"),
+    "run.trec": (read_trec_run, b"q1 Q0 d1 1 2.0 t\nq1 Q0 d2 2 1.0 t\nq1 Q0 d3 3 0.5 t\n"),
+    "corpus.jsonl": (read_jsonl_texts, b'{"_id": "d1", "text": "a"}\n{"_id": "d2", "text": "b"}\n{"_id": "d3", "text": "c"}\n'),
+}
+
+
+@pytest.mark.parametrize("name", READERS)
+def test_non_utf8_is_a_data_error_naming_file_line_and_column(tmp_path, name):
+    read, content = READERS[name]
+    lines = content.split(b"\n")
+    lines[1] = lines[1][:3] + b"\xe9" + lines[1][3:]  # a Latin-1 "é" in line 2, column 4
+    path = tmp_path / name
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(DataError) as err:
+        read(str(path))
+    assert f"{path}:2: not UTF-8 text (byte 0xe9 at column 4" in str(err.value)
+
+
+@pytest.mark.parametrize("name", READERS)
+def test_utf8_bom_is_accepted(tmp_path, name):
+    read, content = READERS[name]
+    plain, with_bom = tmp_path / name, tmp_path / "bom" / name
+    with_bom.parent.mkdir()
+    plain.write_bytes(content)
+    with_bom.write_bytes(BOM + content)
+    same = lambda out: [(r.query, r.positives) for r in out] if isinstance(out, list) and hasattr(out[0], "query") else out  # noqa: E731
+    assert same(read(str(with_bom))) == same(read(str(plain)))  # qrels: the header is still recognised as one
+
+
+def test_folder_reads_jsonl_and_json_only_skips_hidden_and_names_the_rest(tmp_path, caplog):
+    folder = tmp_path / "data"
+    for rel, content in {
+        "b.jsonl": '{"query": "b", "positive": "p"}\n',
+        "a/c.json": '[{"query": "c", "positive": "p"}]',
+        "a.jsonl": '{"query": "a", "positive": "p"}\n',
+        "notes.txt": "not data",
+        "data.csv": "query,positive\n",
+        ".DS_Store": "\x00",
+        ".ipynb_checkpoints/a-checkpoint.jsonl": '{"query": "stale", "positive": "p"}\n',
+        "a/.hidden.jsonl": '{"query": "hidden", "positive": "p"}\n',
+    }.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(content, encoding="utf-8")
+    with caplog.at_level("WARNING", logger="retrievals"):
+        records = load_records(str(folder))
+    assert [r.query for r in records] == ["c", "a", "b"]  # sorted paths: a/c.json, a.jsonl, b.jsonl
+    warnings = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
+    assert len(warnings) == 1 and "2 file(s)" in warnings[0]
+    assert "notes.txt" in warnings[0] and "data.csv" in warnings[0] and ".DS_Store" not in warnings[0]
+
+
+def test_broken_json_array_names_line_and_column(tmp_path):
+    f = tmp_path / "d.json"
+    f.write_text('[{"query": "a", "positive": "p"},\n {"query": "x", "pos', encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        load_records(str(f))
+    assert f"{f}:2:17: invalid JSON array (Unterminated string starting at)" in str(err.value)
+    # JSON Lines saved with a .json name, and a single object, still read
+    f.write_text('{"query": "a", "positive": "p"}\n{"query": "b", "positive": "q"}\n', encoding="utf-8")
+    assert [r.origin for r in load_records(str(f))] == [f"{f}:1", f"{f}:2"]
+    f.write_text('{\n  "query": "a",\n  "positive": "p"\n}\n', encoding="utf-8")
+    assert [r.query for r in load_records(str(f))] == ["a"]
+
+
+def test_text_lines_split_on_newline_only(tmp_path):
+    # U+2028 and U+0085 are line breaks to str.splitlines() but legal inside texts and JSON strings
+    f = tmp_path / "t.txt"
+    f.write_bytes("a\u2028b\r\nc\x85d\n".encode())
+    assert read_texts(str(f), "text") == ["a\u2028b", "c\x85d"]
+    assert read_pool(str(f)) == ["a\u2028b", "c\x85d"]
+
+
+def test_duplicate_queries_warn_once_with_both_locations(tmp_path, caplog):
+    f = tmp_path / "d.jsonl"
+    f.write_text("\n".join(json.dumps({"query": q, "positive": p}) for q, p in
+                           [("q1", "a"), ("q2", "b"), ("q1", "c"), ("q2", "d"), ("q1", "e"), ("q3", "f")]) + "\n")
+    with caplog.at_level("WARNING", logger="retrievals"):
+        records = load_records(str(f))
+    assert [(r.query, r.positives) for r in records] == [("q1", ["a"]), ("q2", ["b"]), ("q1", ["c"]),
+                                                         ("q2", ["d"]), ("q1", ["e"]), ("q3", ["f"])]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "2 query text(s) occur in more than one record (3 repeat(s))" in warnings[0]
+    assert f"'q1' at {f}:1 and {f}:3" in warnings[0] and f"'q2' at {f}:2 and {f}:4" in warnings[0]
+    assert "false in-batch negatives" in warnings[0]
+
+
+def test_written_run_with_ties_agrees_with_metrics_and_trec_eval(tmp_path):
+    pytrec_eval = needs("pytrec_eval")
+    run = {"q1": {"d1": 1.0, "d3": 1.0, "d2": 1.0, "d9": 0.5, "d10": 0.5}, "q2": {"a": 0.0, "b": 0.0, "c": 2.0}}
+    qrels = {"q1": {"d1": 1, "d10": 2}, "q2": {"a": 1}}
+    path = tmp_path / "run.trec"
+    write_trec_run(run, path)
+    rows = [line.split() for line in path.read_text().splitlines()]
+    for qid, scores in run.items():
+        mine = [row for row in rows if row[0] == qid]
+        assert [row[2] for row in mine] == rank(scores) and [int(row[3]) for row in mine] == list(range(1, len(mine) + 1))
+    with path.open() as handle:
+        theirs = pytrec_eval.RelevanceEvaluator(qrels, {"map", "recip_rank", "ndcg_cut.3"}).evaluate(pytrec_eval.parse_run(handle))
+    ours = evaluate_run(read_trec_run(path), qrels, k_values=(3,))
+    for mine, key in (("map", "map"), ("mrr", "recip_rank"), ("ndcg@3", "ndcg_cut_3")):
+        assert ours[mine] == pytest.approx(sum(v[key] for v in theirs.values()) / len(theirs), abs=1e-6), mine
+
+
+# --- properties -------------------------------------------------------------------------------------------
+
+# Any unicode (surrogates excluded: not encodable), plus the characters that break naive readers.
+_chars = st.characters(codec="utf-8") | st.sampled_from(['"', "\\", "\n", "\r", "\u2028", "\x85", "\ufeff", "\U0001f600"])
+_text = st.text(_chars, min_size=1, max_size=20).filter(str.strip)
+_record = st.fixed_dictionaries({"query": _text, "positive": st.lists(_text, min_size=1, max_size=3),
+                                 "negative": st.lists(_text, max_size=3)})
+
+
+def _encode(records, layout: str, bom: bool) -> bytes:
+    if layout == "json":
+        text = json.dumps(records, ensure_ascii=False, indent=1)
+    else:
+        newline = "\r\n" if layout == "jsonl-crlf" else "\n"
+        text = "".join(json.dumps(r, ensure_ascii=False) + newline for r in records)
+    return (BOM if bom else b"") + text.encode("utf-8")
+
+
+@PROPERTY
+@given(records=st.lists(_record, min_size=1, max_size=5), layout=st.sampled_from(["jsonl", "jsonl-crlf", "json"]), bom=st.booleans())
+def test_property_valid_records_read_back_equal(records, layout, bom):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / ("d.json" if layout == "json" else "d.jsonl")
+        path.write_bytes(_encode(records, layout, bom))
+        got = load_records(str(path))
+    assert [(r.query, r.positives, r.negatives) for r in got] == [(r["query"], r["positive"], r["negative"]) for r in records]
+
+
+@PROPERTY
+@given(records=st.lists(_record, min_size=1, max_size=5), data=st.data())
+def test_property_invalid_byte_names_its_line(records, data):
+    lines = _encode(records, "jsonl", bom=False).decode("utf-8").split("\n")[:-1]
+    k = data.draw(st.integers(1, len(lines)), label="line")
+    at = data.draw(st.integers(0, len(lines[k - 1])), label="column")  # a character boundary
+    lines = [line.encode("utf-8") for line in lines]
+    prefix = lines[k - 1].decode("utf-8")[:at].encode("utf-8")
+    lines[k - 1] = prefix + b"\xff" + lines[k - 1][len(prefix):]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "d.jsonl"
+        path.write_bytes(b"\n".join(lines) + b"\n")
+        with pytest.raises(DataError) as err:
+            load_records(str(path))
+    assert f"{path}:{k}: not UTF-8 text (byte 0xff at column {at + 1}" in str(err.value)
+
+
+@PROPERTY
+@given(records=st.lists(_record, min_size=1, max_size=4), bom=st.booleans(), data=st.data())
+def test_property_truncated_json_array_is_a_data_error(records, bom, data):
+    content = _encode(records, "json", bom)
+    cut = data.draw(st.integers(0, len(content) - 1), label="cut")  # cuts bytes: may split a BOM or a character
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "d.json"
+        path.write_bytes(content[:cut])
+        with pytest.raises(DataError) as err:  # any other exception type fails the test
+            load_records(str(path))
+    assert str(path) in str(err.value)
+
+
+_doc_id = st.from_regex(r"[A-Za-z0-9_.-]{1,6}", fullmatch=True)
+_score = st.integers(-4, 4).map(lambda i: i / 4)  # few values: many ties; exact at 6 decimals
+
+
+@PROPERTY
+@given(run=st.dictionaries(st.from_regex(r"q[0-9]{1,2}", fullmatch=True), st.dictionaries(_doc_id, _score, min_size=1, max_size=8),
+                           min_size=1, max_size=3))
+def test_property_trec_run_round_trip_keeps_rank_order(run):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "run.trec"
+        write_trec_run(run, path)
+        rows = [line.split() for line in path.read_text().splitlines()]
+        back = read_trec_run(path)
+    assert back == run
+    for qid, scores in run.items():
+        assert [row[2] for row in rows if row[0] == qid] == rank(scores) == rank(back[qid])
