@@ -47,22 +47,37 @@ def test_refuses_to_overwrite_a_model_unless_asked(tiny_bert, train_file, tmp_pa
     assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "1")) == 0
     before = (out / "model.safetensors").read_bytes()
     assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "1")) == 2
-    assert "already holds a model; pass --overwrite_output_dir" in capsys.readouterr().err
+    assert "already holds a finished model (retrievals_run.json); pass --overwrite_output_dir" in capsys.readouterr().err
     assert (out / "model.safetensors").read_bytes() == before
     assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "1", "--overwrite_output_dir")) == 0
 
 
-def test_killed_run_resumes_to_the_same_weights(tiny_bert, train_file, tmp_path, caplog):
+class Killed(BaseException):
+    """Stands in for SIGKILL: a BaseException, so no ``except Exception`` cleanup of ours runs."""
+
+
+def kill_at_step(monkeypatch, step):
+    from transformers import Trainer
+
+    original = Trainer.training_step
+
+    def training_step(self, *args, **kwargs):
+        if self.state.global_step == step:
+            raise Killed(f"killed at step {step}")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", training_step)
+
+
+def test_killed_run_resumes_to_the_same_weights(tiny_bert, train_file, tmp_path, caplog, monkeypatch):
     args = ("--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--seed", "7")
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert embed.main(cli(tiny_bert, train_file, straight, *args)) == 0
-    assert embed.main(cli(tiny_bert, train_file, killed, *args)) == 0
-    # simulate a kill while saving checkpoint-4: no final model, checkpoint-4 without trainer_state.json
-    for entry in killed.iterdir():
-        if not entry.name.startswith("checkpoint-"):
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-    (killed / "checkpoint-4" / "trainer_state.json").unlink()
-    assert last_complete_checkpoint(killed).endswith("checkpoint-2")
+    with monkeypatch.context() as patch:
+        kill_at_step(patch, 3)  # after checkpoint-2 was saved
+        with pytest.raises(Killed):
+            embed.main(cli(tiny_bert, train_file, killed, *args))
+    assert last_complete_checkpoint(killed).endswith("checkpoint-2") and not (killed / "model.safetensors").exists()
     assert embed.main(cli(tiny_bert, train_file, killed, *args)) == 0
     assert "Resuming from" in caplog.text and "checkpoint-2" in caplog.text
     texts = corpus_lines(6)

@@ -178,3 +178,17 @@ def prepare_folder(folder: str | os.PathLike) -> Optional[Path]:
     except PermissionError as exc:
         raise CorruptFileError(f"{path}: an interrupted save needs finishing, but the folder is read-only ({exc}).") from None
     return path
+
+
+class OutputExistsError(FileExistsError):
+    """An output file is already there and replacing it was not asked for."""
+
+
+def check_new_output(path: str | os.PathLike, overwrite: bool, flag: str = "--overwrite") -> Path:
+    """``path`` as a Path when it may be written: absent, or present with ``overwrite`` (the user named it)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputExistsError(f"{path}: is a folder; expected an output file path.")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} exists; pass {flag} to replace it, or choose another path.")
+    return path

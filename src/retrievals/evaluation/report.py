@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import os
 import platform
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
+
+from ..files import atomic_write_bytes, atomic_write_text
 
 REPORTED = ("ndcg@10", "map", "mrr@10", "recall@100")
 
@@ -34,13 +37,16 @@ def model_settings(model: Any) -> Dict[str, Any]:
     return settings
 
 
+REPORT_FILES = ("report.json", "report.md", "report.png")
+
+
 def write_report(folder: str | os.PathLike, dataset: Dict[str, Any], rows: Sequence[Dict[str, Any]], title: str) -> Dict[str, Path]:
     """Write ``report.json``, ``report.md`` and ``report.png`` (if matplotlib is installed) into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     report = {"title": title, "dataset": dataset, "environment": environment(), "results": list(rows)}
     paths = {"json": folder / "report.json", "md": folder / "report.md"}
-    paths["json"].write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write_text(paths["json"], json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     lines = [f"# {title}", "", f"Dataset: {dataset['name']} ({dataset['queries']} queries, {dataset['documents']} documents, "
              f"hash {dataset['hash']}). {report['environment']['date']}, retrievals {report['environment']['retrievals']}, "
              f"transformers {report['environment']['transformers']}, torch {report['environment']['torch']}.", "",
@@ -50,7 +56,7 @@ def write_report(folder: str | os.PathLike, dataset: Dict[str, Any], rows: Seque
     lines += ["", "Settings:", ""]
     for row in rows:
         lines.append(f"* **{row['name']}** (`{row['path']}`): " + ", ".join(f"{k}={v!r}" for k, v in row["settings"].items()))
-    paths["md"].write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(paths["md"], "\n".join(lines) + "\n")
     png = _chart(folder / "report.png", rows, title)
     if png:
         paths["png"] = png
@@ -77,6 +83,8 @@ def _chart(path: Path, rows: Sequence[Dict[str, Any]], title: str):
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110, format="png")
+    atomic_write_bytes(path, buffer.getvalue())
     plt.close(fig)
     return path

@@ -6,11 +6,11 @@ import json
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Sequence, Tuple, Type
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
 import numpy as np
 
-from ..models.base import atomic_directory
+from ..files import atomic_directory, prepare_folder, verify_files
 
 Run = Dict[str, Dict[str, float]]
 META = "index_meta.json"
@@ -54,18 +54,22 @@ class Index(ABC):
     def _load(cls, folder: Path, ids: List[str], settings: Dict[str, Any]) -> "Index":
         """Rebuild from what :meth:`_save` wrote."""
 
+    source: Optional[Dict[str, Any]] = None  # what the index was built from (model weights, corpus), saved with it
+
     def save(self, path: str | os.PathLike) -> None:
         """Save the index with its document ids (atomically: a killed save leaves the old files)."""
         with atomic_directory(path) as scratch:
             settings = self._save(scratch)
             (scratch / "ids.json").write_text(json.dumps(self.ids, ensure_ascii=False), encoding="utf-8")
-            meta = {"backend": self.backend, "size": len(self.ids), "settings": settings}
+            meta = {"backend": self.backend, "size": len(self.ids), "settings": settings, "source": self.source}
             (scratch / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
     @staticmethod
     def load(path: str | os.PathLike) -> "Index":
         """Load any saved index; the backend comes from ``index_meta.json``."""
         folder = Path(path)
+        prepare_folder(folder)
+        verify_files(folder)
         meta_file = folder / META
         if not meta_file.is_file():
             raise FileNotFoundError(f"{meta_file}: missing; not an index saved by retrievals.")
@@ -74,7 +78,9 @@ class Index(ABC):
         if backend not in INDEXES:
             raise ValueError(f"{meta_file}: unknown backend {backend!r}; known: {sorted(INDEXES)}.")
         ids = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
-        return INDEXES[backend]._load(folder, ids, meta.get("settings", {}))
+        index = INDEXES[backend]._load(folder, ids, meta.get("settings", {}))
+        index.source = meta.get("source")
+        return index
 
 
 def as_matrix(vectors: Any) -> np.ndarray:

@@ -10,6 +10,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+import torch
+
+from ..files import atomic_write_json
+from ..models.base import state_digest
 from ..training.distributed import world
 from ..utils import logger
 
@@ -19,24 +23,25 @@ def encode_sharded(model: Any, texts: Sequence[str], folder: str | os.PathLike, 
     """Embeddings of ``texts``, written as ``shard-00000.npy`` ... under ``folder`` and returned memory-mapped.
 
     Shard ``i`` is encoded by process ``i % world_size`` (torchrun), written to a temporary file and
-    renamed, so a killed run resumes at the first missing shard. A ``manifest.json`` with a hash of the
-    texts and the model settings guards against mixing shards of different corpora or models.
+    renamed, so a killed run resumes at the first missing shard. Shards live in a subfolder named by a
+    hash of the texts, the model's weights (as loaded) and its settings, so a cache folder shared by
+    several models or corpora serves each its own vectors.
     """
     if not texts:
         raise ValueError("no texts to encode")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    root = Path(folder)
     settings = json.dumps(getattr(model, "retrieval_config", None).__dict__ if hasattr(model, "retrieval_config") else {},
                           sort_keys=True, default=str)
-    digest = hashlib.sha256(("\n".join(texts) + "\x00" + settings + f"\x00{is_query}\x00{shard_size}").encode()).hexdigest()[:16]
+    weights = state_digest(model) if isinstance(model, torch.nn.Module) else type(model).__name__
+    digest = hashlib.sha256(json.dumps([list(texts), settings, weights, is_query, shard_size], ensure_ascii=False).encode())
+    # one subfolder per (texts, model weights, settings): another model or corpus gets its own shards, never these
+    folder = root / digest.hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / "manifest.json"
-    if manifest.is_file() and json.loads(manifest.read_text())["hash"] != digest:
-        raise ValueError(f"{folder} holds shards of another corpus, model or shard size; use an empty folder.")
     rank, size = world()
     if rank == 0 and not manifest.is_file():
-        tmp = manifest.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"hash": digest, "count": len(texts), "shard_size": shard_size}))
-        os.replace(tmp, manifest)
+        atomic_write_json(manifest, {"texts": len(texts), "shard_size": shard_size, "model_weights": weights,
+                                     "settings": json.loads(settings), "is_query": is_query})
     n_shards = max(1, -(-len(texts) // shard_size))
     for i in range(rank, n_shards, size):
         path = folder / f"shard-{i:05d}.npy"

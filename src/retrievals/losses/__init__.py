@@ -16,16 +16,23 @@ EMBEDDING_LOSSES: Dict[str, Type[nn.Module]] = {"infonce": InfoNCELoss, "triplet
 RANKING_LOSSES: Dict[str, Type[nn.Module]] = {"ce": ListwiseCrossEntropyLoss, "bce": PointwiseBCELoss}
 
 
-def get_loss(name: str, registry: Dict[str, Type[nn.Module]] = EMBEDDING_LOSSES, **kwargs: Any) -> nn.Module:
-    """Build the loss called ``name`` from the settings it accepts; an unknown name fails with the choices."""
+def loss_class(name: str, registry: Dict[str, Type[nn.Module]] = EMBEDDING_LOSSES) -> Type[nn.Module]:
+    """The loss class called ``name``; an unknown name fails with the choices."""
     key = name.lower().replace("-", "_")
     if key not in registry:
         raise ValueError(f"Unknown loss {name!r}; choose one of {sorted(registry)}.")
-    accepted = inspect.signature(registry[key].__init__).parameters
-    return registry[key](**{k: v for k, v in kwargs.items() if k in accepted})
+    return registry[key]
+
+
+def get_loss(name: str, registry: Dict[str, Type[nn.Module]] = EMBEDDING_LOSSES, **kwargs: Any) -> nn.Module:
+    """Build the loss called ``name`` from the settings it accepts (the training arguments reject a setting
+    given for a loss that does not use it)."""
+    cls = loss_class(name, registry)
+    accepted = inspect.signature(cls.__init__).parameters
+    return cls(**{k: v for k, v in kwargs.items() if k in accepted})
 
 
 __all__ = [
     "EMBEDDING_LOSSES", "InfoNCELoss", "ListwiseCrossEntropyLoss", "PointwiseBCELoss", "RANKING_LOSSES", "TripletMarginLoss",
-    "get_loss",
+    "get_loss", "loss_class",
 ]

@@ -23,6 +23,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..files import check_new_output
+from ..training.arguments import at_least
 from ..data.readers import DataError, Record, iter_lines, iter_raw, load_records
 from ..index.exact import exact_search
 from ..index.sharded import encode_sharded
@@ -52,6 +54,13 @@ class HardNegativeArguments:
     shard_size: int = 10000
     seed: int = 42
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing --output_file."})
+
+    def __post_init__(self) -> None:
+        for flag in ("negative_number", "batch_size", "shard_size", "max_length"):
+            at_least(f"--{flag}", getattr(self, flag), 1)
+        if not self.false_negative_ratio > 0:
+            raise ValueError(f"--false_negative_ratio must be > 0, got {self.false_negative_ratio}.")
+        parse_range(self.range_for_sampling)
 
 
 def parse_range(text: str) -> Tuple[int, int]:
@@ -126,9 +135,9 @@ def mine(a: HardNegativeArguments, records: List[Record], pool: List[str], model
 
 
 def run(a: HardNegativeArguments) -> Dict[str, int]:
-    output = Path(a.output_file)
-    if output.exists() and not a.overwrite:
-        raise ValueError(f"{output} exists; pass --overwrite to replace it.")
+    output = check_new_output(a.output_file, a.overwrite)
+    if output.exists() and Path(a.input_file).exists() and output.resolve() == Path(a.input_file).resolve():
+        raise ValueError(f"{output}: --output_file is the --input_file; write the mined records to another file.")
     parse_range(a.range_for_sampling)
     records = load_records(a.input_file, a.query_key, a.positive_key, a.negative_key)
     if a.candidate_pool:

@@ -9,9 +9,12 @@ from typing import Any, Callable, List, Optional, Sequence
 from transformers import HfArgumentParser
 
 from ..data.readers import DataError
+from ..files import CorruptFileError, OutputExistsError
 from ..training.output_dir import OutputDirError
+from ..training.trainer import NonFiniteWeightsError
 
-USER_ERRORS = (DataError, OutputDirError, ValueError, FileNotFoundError)
+USER_ERRORS = (DataError, OutputDirError, ValueError, FileNotFoundError, OutputExistsError, CorruptFileError,
+               NonFiniteWeightsError)
 
 
 def run_cli(arg_classes: Sequence[type], body: Callable[..., Any], argv: Optional[List[str]] = None) -> int:

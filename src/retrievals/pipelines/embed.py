@@ -5,15 +5,17 @@ Works as written under ``torchrun --nproc_per_node N -m retrievals.pipelines.emb
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 
 from ..data import EmbeddingCollator
+from ..files import atomic_write_bytes, check_new_output
 from ..data.readers import DataError, iter_lines, iter_raw
 from ..losses import get_loss
 from ..models.embedding import AutoModelForEmbedding
@@ -73,7 +75,8 @@ def train(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
         negatives_cross_device=args.negatives_cross_device,
     )
     collator = lambda model: EmbeddingCollator(model.processor, args.pad_to_multiple_of)  # noqa: E731
-    return run_training(lambda: build_model(model_args, data_args), collator, loss, data_args, args)
+    return run_training(lambda: build_model(model_args, data_args), collator, loss, data_args, args,
+                        model_path=model_args.model_name_or_path, settings=(asdict(model_args), asdict(data_args)))
 
 
 def read_texts(path: str, key: str) -> List[str]:
@@ -91,18 +94,23 @@ def read_texts(path: str, key: str) -> List[str]:
     return texts
 
 
-def encode(model: AutoModelForEmbedding, enc: EncodeArguments, output_dir: str) -> Path:
-    if not enc.encode_data:
-        raise DataError("--do_encode needs --encode_data (a .txt or .jsonl file).")
+def encode(model: AutoModelForEmbedding, enc: EncodeArguments, output_dir: str, overwrite: bool = False) -> Path:
+    out = encode_output_path(enc, output_dir, overwrite)
     texts = read_texts(enc.encode_data, enc.encode_key)
     emb = model.encode(texts, batch_size=enc.encode_batch_size, is_query=enc.encode_is_query, show_progress_bar=True)
-    out = Path(enc.encode_output or Path(output_dir) / "embeddings.npy")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.npy")
-    np.save(tmp, emb)
-    tmp.replace(out)
+    buffer = io.BytesIO()
+    np.save(buffer, emb)
+    atomic_write_bytes(out, buffer.getvalue())
     logger.warning("Wrote %d embeddings of dim %d to %s", emb.shape[0], emb.shape[1], out)
     return out
+
+
+def encode_output_path(enc: EncodeArguments, output_dir: str, overwrite: bool) -> Path:
+    """Where ``--do_encode`` writes, checked before any model loads: an existing file is replaced only with
+    ``--overwrite_output_dir``."""
+    if not enc.encode_data:
+        raise DataError("--do_encode needs --encode_data (a .txt or .jsonl file).")
+    return check_new_output(enc.encode_output or Path(output_dir) / "embeddings.npy", overwrite, "--overwrite_output_dir")
 
 
 def _main(model_args: EmbedModelArguments, data_args: DataArguments, args: RetrievalTrainingArguments,
@@ -110,13 +118,15 @@ def _main(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
     if args.should_log:
         logging.getLogger().setLevel(logging.INFO)
     model = None
+    if enc.do_encode:  # before training: a refused output must not cost a training run
+        encode_output_path(enc, args.output_dir, args.overwrite_output_dir)
     if args.do_train or (data_args.train_data and not enc.do_encode):
         model = train(model_args, data_args, args)
     if enc.do_encode:
         if model is None:
             model = build_model(model_args, data_args)
         if args.process_index == 0:
-            encode(model, enc, args.output_dir)
+            encode(model, enc, args.output_dir, overwrite=True)  # checked above
     if model is None:
         raise ValueError("nothing to do: pass --do_train with --train_data, and/or --do_encode")
     shutdown_distributed()

@@ -12,15 +12,18 @@ holds every setting that affects scores, library versions and a hash of the data
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from ..evaluation.datasets import load_eval_dataset
 from ..evaluation.metrics import evaluate_run
-from ..evaluation.report import REPORTED, model_settings, write_report
+from ..evaluation.report import REPORT_FILES, REPORTED, model_settings, write_report
 from ..evaluation.retrieval import rerank_run, retrieve
 from ..index import BM25Index
+from ..files import check_new_output
+from ..training.arguments import at_least
 from .cli import run_cli
 
 
@@ -35,6 +38,11 @@ class EvaluateArguments:
     top_k: int = 100
     batch_size: int = 64
     title: Optional[str] = None
+    overwrite: bool = field(default=False, metadata={"help": "Replace report files already in --output_dir."})
+
+    def __post_init__(self) -> None:
+        for flag in ("rerank_top_k", "top_k", "batch_size"):
+            at_least(f"--{flag}", getattr(self, flag), 1)
 
 
 def named(specs: List[str]) -> List[Tuple[str, str]]:
@@ -51,6 +59,8 @@ def evaluate(a: EvaluateArguments) -> Dict[str, Dict]:
     from ..models.embedding import AutoModelForEmbedding
     from ..models.rankers import AutoModelForRanking
 
+    for name in REPORT_FILES:  # before any work; other files in the folder are never touched
+        check_new_output(Path(a.output_dir) / name, a.overwrite)
     data = load_eval_dataset(a.dataset)
     models, rerankers = named(a.models), named(a.rerankers)
     if not models and not rerankers:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass, field
-from typing import List, Optional
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar, List, Optional
 
 from ..losses import RANKING_LOSSES, get_loss
 from ..models.rankers import (
@@ -49,6 +49,8 @@ class RerankTrainingArguments(RetrievalTrainingArguments):
         default=None, metadata={"help": "Score temperature (default: 1 for cross-encoder/llm, 0.05 for colbert)."}
     )
     use_inbatch_neg: bool = field(default=False, metadata={"help": "ColBERT: every document of the batch is a candidate."})
+
+    loss_registry: ClassVar[str] = "ranking"
 
 
 def resolve_model_type(model_args: RerankModelArguments) -> str:
@@ -100,7 +102,9 @@ def train(model_args: RerankModelArguments, data_args: DataArguments, args: Rera
             model.use_inbatch_neg = args.use_inbatch_neg
         return model
 
-    return run_training(build, lambda model: model.processor.with_pad_to_multiple_of(args.pad_to_multiple_of), loss, data_args, args)
+    return run_training(build, lambda model: model.processor.with_pad_to_multiple_of(args.pad_to_multiple_of), loss, data_args,
+                        args, model_path=model_args.model_name_or_path,
+                        settings=(asdict(model_args), asdict(data_args), {"model_type": kind}))
 
 
 def _main(model_args: RerankModelArguments, data_args: DataArguments, args: RerankTrainingArguments) -> None:

@@ -11,9 +11,10 @@ or ``--qrels``) the metrics are printed and written next to the run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -29,7 +30,10 @@ from ..index import (
     build_dense_index,
     reciprocal_rank_fusion,
 )
+from ..files import atomic_write_json, check_new_output
 from ..index.sharded import encode_sharded
+from ..training.arguments import at_least
+from ..models.base import state_digest
 from ..training.distributed import init_distributed, shutdown_distributed, world
 from ..utils import logger, unescape_cli
 from .cli import run_cli
@@ -59,6 +63,11 @@ class RetrieveArguments:
     max_length: Optional[int] = None
     rerank_model: Optional[str] = field(default=None, metadata={"help": "Reranker applied to the top --rerank_top_k."})
     rerank_top_k: int = 20
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing --output run file (and its metrics)."})
+
+    def __post_init__(self) -> None:
+        for flag in ("shard_size", "batch_size", "top_k", "hybrid_k", "rerank_top_k", "max_length"):
+            at_least(f"--{flag}", getattr(self, flag), 1)
 
 
 def load_inputs(a: RetrieveArguments):
@@ -79,9 +88,10 @@ def dense_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, s
         a.model_name_or_path, pooling_method=a.pooling_method, query_instruction=unescape_cli(a.query_instruction),
         document_instruction=unescape_cli(a.document_instruction), query_max_length=a.max_length, document_max_length=a.max_length)
     folder = Path(a.index_dir) / "dense" if a.index_dir else None
+    source = {"model_weights": state_digest(model), "model": asdict(model.retrieval_config), "corpus": corpus_digest(corpus),
+              "index_type": index_type}
     if folder is not None and (folder / "index_meta.json").is_file():
-        index = Index.load(folder)
-        logger.warning("Loaded the %s index from %s", index.backend, folder)
+        index = load_matching_index(folder, source)
     else:
         doc_ids = list(corpus)
         texts = [corpus[d] for d in doc_ids]
@@ -90,6 +100,7 @@ def dense_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, s
         else:
             vectors = model.encode_corpus(texts, batch_size=a.batch_size, show_progress_bar=True)
         index = build_dense_index(vectors, doc_ids, index_type)
+        index.source = source
         if folder is not None and world()[0] == 0:
             index.save(folder)
     query_ids = list(queries)
@@ -99,18 +110,36 @@ def dense_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, s
 
 def bm25_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, str]):
     folder = Path(a.index_dir) / "bm25" if a.index_dir else None
+    source = {"corpus": corpus_digest(corpus)}
     if folder is not None and (folder / "index_meta.json").is_file():
-        index = Index.load(folder)
+        index = load_matching_index(folder, source)
     else:
         doc_ids = list(corpus)
         index = BM25Index([corpus[d] for d in doc_ids], doc_ids)
+        index.source = source
         if folder is not None and world()[0] == 0:
             index.save(folder)
     query_ids = list(queries)
     return index.search_run(query_ids, [queries[i] for i in query_ids], a.top_k)
 
 
+def corpus_digest(corpus: Dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(list(corpus.items()), ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def load_matching_index(folder: Path, source: Dict) -> Index:
+    """A saved index, only when it was built from this model (weights and settings) and corpus: never another's vectors."""
+    index = Index.load(folder)
+    if index.source != json.loads(json.dumps(source, default=str)):
+        raise ValueError(f"{folder}: this index was built from another model, model settings or corpus; pass another "
+                         "--index_dir, or delete that folder to rebuild it.")
+    logger.warning("Loaded the %s index from %s", index.backend, folder)
+    return index
+
+
 def run_retrieval(a: RetrieveArguments) -> Dict[str, Dict[str, float]]:
+    check_new_output(a.output, a.overwrite)  # before any work: a refused output must not cost an encoding run
+    check_new_output(a.output + ".metrics.json", a.overwrite)
     if a.index_type not in INDEX_TYPES:
         raise ValueError(f"Unknown --index_type {a.index_type!r}; choose one of {list(INDEX_TYPES)}.")
     corpus, queries, qrels = load_inputs(a)
@@ -130,7 +159,7 @@ def run_retrieval(a: RetrieveArguments) -> Dict[str, Dict[str, float]]:
         if qrels:
             metrics = {k: round(v, 4) for k, v in evaluate_run(run, qrels, (1, 10, 100)).items()
                        if k in {"map", "mrr@10", "ndcg@10", "recall@10", "recall@100", "hit@1"}}
-            Path(a.output + ".metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            atomic_write_json(a.output + ".metrics.json", metrics)
             print(json.dumps(metrics))
     return run
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional
 
 import torch
 from transformers import TrainingArguments
@@ -62,11 +64,54 @@ class RetrievalTrainingArguments(TrainingArguments):
             self.fp16 = self.bf16 = False
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
             raise ValueError(f"--pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}.")
+        self._check_numbers()
         if self.dataloader_num_workers < 0:
             enough_cores = (os.cpu_count() or 1) >= 2 * AUTO_WORKERS
             self.dataloader_num_workers = AUTO_WORKERS if torch.cuda.is_available() and enough_cores else 0
         self.remove_unused_columns = False  # our collators read raw text fields
         super().__post_init__()
+
+
+    def _check_numbers(self) -> None:
+        """Every numeric flag is checked here, before any data or weights load: a value that would break
+        training or be silently ignored is an error naming the flag."""
+        at_least("--per_device_train_batch_size", self.per_device_train_batch_size, 1)
+        at_least("--per_device_eval_batch_size", self.per_device_eval_batch_size, 1)
+        at_least("--gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"--max_steps must be >= 1 (or -1: train --num_train_epochs), got {self.max_steps}; "
+                             "0 steps would save an untrained model.")
+        if self.max_steps == -1 and not self.num_train_epochs > 0:
+            raise ValueError(f"--num_train_epochs must be > 0, got {self.num_train_epochs}.")
+        if not self.learning_rate > 0:
+            raise ValueError(f"--learning_rate must be > 0, got {self.learning_rate}; the model would learn nothing.")
+        if self.temperature is not None and not self.temperature > 0:
+            raise ValueError(f"--temperature must be > 0, got {self.temperature}.")
+        if not self.margin >= 0:
+            raise ValueError(f"--margin must be >= 0, got {self.margin}.")
+        if not self.warmup_steps >= 0:
+            raise ValueError(f"--warmup_steps must be >= 0, got {self.warmup_steps}.")
+        self._check_loss_settings()
+
+    def _check_loss_settings(self) -> None:
+        """A loss setting given but not used by the chosen loss is an error, not a silent no-op."""
+        from ..losses import EMBEDDING_LOSSES, RANKING_LOSSES, loss_class
+
+        registry = RANKING_LOSSES if self.loss_registry == "ranking" else EMBEDDING_LOSSES
+        accepted = inspect.signature(loss_class(self.loss_fn, registry).__init__).parameters
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in ("temperature", "margin"):
+            if getattr(self, name) != defaults[name] and name not in accepted:
+                raise ValueError(f"--{name} does not apply to --loss_fn {self.loss_fn} (it would be ignored); drop it "
+                                 "or choose a loss that uses it.")
+
+    loss_registry: ClassVar[str] = "embedding"
+
+
+def at_least(flag: str, value: Optional[float], low: float) -> None:
+    """``value`` (when given) must be >= ``low``; the error names the flag."""
+    if value is not None and value < low:
+        raise ValueError(f"{flag} must be >= {low}, got {value}.")
 
 
 @dataclass
@@ -89,6 +134,9 @@ class DataArguments:
     )
 
     def __post_init__(self) -> None:
+        for flag in ("query_max_length", "document_max_length", "max_length", "max_len"):
+            at_least(f"--{flag}", getattr(self, flag), 1)
+        at_least("--train_group_size", self.train_group_size, 1)
         if self.max_len is not None:
             if self.max_length is not None and self.max_length != self.max_len:
                 raise ValueError(f"--max_len {self.max_len} and --max_length {self.max_length} disagree; pass one.")
@@ -109,6 +157,15 @@ class ModelLoadingArguments:
     lora_target_modules: Optional[List[str]] = None
     model_dtype: Optional[str] = field(default=None, metadata={"help": "Weights dtype: float32 | bfloat16 | float16."})
     trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        at_least("--lora_r", self.lora_r, 1)
+        if not self.lora_alpha > 0:
+            raise ValueError(f"--lora_alpha must be > 0, got {self.lora_alpha}.")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        if self.lora_target_modules and not self.use_lora:
+            raise ValueError("--lora_target_modules applies to new adapters: pass --use_lora True with it.")
 
     def loading_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments of ``from_pretrained``; the model stays on CPU (the Trainer moves it)."""

@@ -1,50 +1,211 @@
-"""Decide what a training run may do with its output folder: start, resume, or refuse."""
+"""What a training run may do with its output folder: start, resume, or refuse; and what it wrote there.
+
+A run keeps a manifest, ``retrievals_run.json``, in its output folder: its status (running or
+finished), the fingerprint of what decides its result (see :mod:`.fingerprint`) and every top-level
+entry it wrote. The rules:
+
+* Without ``--overwrite_output_dir`` a run starts only in a new or empty folder, or resumes its own
+  unfinished run there; a folder holding anything else is refused, naming what is there.
+* With it, a run replaces the entries an earlier run of ours wrote and never deletes or rewrites one
+  it did not write (the user's README, notes and folders stay as they are; the log says so).
+* A rerun resumes from the last complete checkpoint only when its fingerprint matches; otherwise it
+  stops before loading weights, naming what changed. ``--resume false`` retires old checkpoints.
+"""
 
 from __future__ import annotations
 
+import datetime
+import json
 import re
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, List, Optional, Set
 
+from ..files import FILES_NAME, JOURNAL_NAME, SCRATCH_PREFIX, atomic_write_json, recover, saved_entries
 from ..models.base import CONFIG_NAME
+from ..utils import logger
+from .fingerprint import FINGERPRINT_NAME, describe_changes
 
+MANIFEST_NAME = "retrievals_run.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-_MODEL_FILES = (CONFIG_NAME, "config.json", "model.safetensors", "adapter_model.safetensors", "pytorch_model.bin")
+_INTERNAL = {MANIFEST_NAME, JOURNAL_NAME}
+# Names a run of ours writes; a folder without our manifest holding one of them is not overwritten.
+_OUR_NAMES = re.compile(
+    r"^(checkpoint-\d+|config\.json|generation_config\.json|model.*\.safetensors(\.index\.json)?|pytorch_model.*\.bin"
+    r"|adapter_(config\.json|model\.safetensors)|tokenizer.*|vocab\.txt|merges\.txt|special_tokens_map\.json"
+    r"|added_tokens\.json|chat_template\.jinja|modules\.json|sentence_bert_config\.json|config_sentence_transformers\.json"
+    r"|\d+_Pooling|\d+_Normalize|colbert_linear\.pt|retrievals_.*\.json|training_args\.bin|trainer_state\.json"
+    r"|merged|embeddings\.npy|runs)$"
+)
 
 
 class OutputDirError(RuntimeError):
-    pass
+    """The output folder cannot be used as asked; the message names the folder and what is in the way."""
 
 
-def last_complete_checkpoint(folder: str | Path) -> Optional[str]:
+def _visible(folder: Path) -> List[str]:
+    return sorted(e.name for e in folder.iterdir() if e.name not in _INTERNAL and not e.name.startswith(SCRATCH_PREFIX))
+
+
+def _listing(names: List[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def last_complete_checkpoint(folder: str | Path, among: Optional[Set[str]] = None) -> Optional[str]:
     """The highest ``checkpoint-N`` that finished saving (its ``trainer_state.json`` is written last)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return None
     found = []
-    for entry in folder.iterdir():
-        match = _CHECKPOINT.match(entry.name)
-        if match and entry.is_dir() and (entry / "trainer_state.json").is_file() and (entry / CONFIG_NAME).is_file():
-            found.append((int(match.group(1)), entry))
+    for number, entry in _checkpoints(Path(folder)):
+        if (among is None or entry.name in among) and (entry / "trainer_state.json").is_file() and (entry / CONFIG_NAME).is_file():
+            found.append((number, entry))
     return str(max(found)[1]) if found else None
 
 
-def resolve_output_dir(output_dir: str, overwrite: bool, resume: bool) -> Optional[str]:
-    """Return the checkpoint to resume from (or None), refusing to replace a user's model unasked.
+def _checkpoints(folder: Path) -> List[tuple]:
+    if not folder.is_dir():
+        return []
+    return [(int(m.group(1)), e) for e in folder.iterdir() if (m := _CHECKPOINT.match(e.name)) and e.is_dir()]
 
-    * A finished model in ``output_dir`` is replaced only with ``overwrite``.
-    * An unfinished run (complete checkpoints, no final model) resumes from its last checkpoint
-      unless ``resume`` is False.
-    """
-    folder = Path(output_dir)
-    if not folder.exists() or not any(folder.iterdir()):
+
+@dataclass
+class RunFolder:
+    """The output folder of one training run and its manifest; only the main process writes."""
+
+    path: Path
+    fingerprint: Dict[str, Any]
+    is_main: bool = True
+    written: Set[str] = field(default_factory=set)  # every entry of ours in the folder
+    this_run: Set[str] = field(default_factory=set)  # entries this run (re)wrote
+    resume_from: Optional[str] = None
+
+    def record(self, *names: str) -> None:
+        """Note entries as written by this run (before writing them, so a kill leaves them ours)."""
+        new = {n for n in names if n} - self.this_run
+        if not new:
+            return
+        self.written |= new
+        self.this_run |= new
+        self._write("running")
+
+    def finish(self) -> None:
+        """Mark the run finished and remove entries of earlier runs that this run did not rewrite."""
+        if self.is_main:
+            for name in sorted(self.written - self.this_run):
+                _remove(self.path / name)
+            self.written = set(self.this_run)
+        self._write("finished")
+
+    def _write(self, status: str) -> None:
+        if not self.is_main:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.path / MANIFEST_NAME, {
+            "status": status,
+            "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "fingerprint": self.fingerprint,
+            "written": sorted(self.written),
+            "this_run": sorted(self.this_run),
+        })
+
+    def retire_checkpoints(self) -> None:
+        """Delete this folder's checkpoints of ours (incomplete ones too), so no later rerun resumes them."""
+        for _, entry in sorted(_checkpoints(self.path)):
+            if entry.name in self.written and self.is_main:
+                shutil.rmtree(entry, ignore_errors=True)
+                logger.warning("Retired %s (an earlier run's checkpoint).", entry)
+        self.written = {n for n in self.written if not _CHECKPOINT.match(n)}
+        self.this_run = {n for n in self.this_run if not _CHECKPOINT.match(n)}
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def read_manifest(folder: Path) -> Optional[Dict[str, Any]]:
+    file = folder / MANIFEST_NAME
+    if not file.is_file():
         return None
-    finished = any((folder / name).exists() for name in _MODEL_FILES)
-    if finished:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) and data.get("status") in {"running", "finished"} else None
+    except ValueError:
+        raise OutputDirError(f"{file}: unreadable run manifest; delete it only if that folder holds nothing you need.") from None
+
+
+def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool, fingerprint: Dict[str, Any],
+                       is_main: bool = True) -> RunFolder:
+    """Apply the rules above; returns the run's folder with ``resume_from`` set when it resumes."""
+    folder = Path(output_dir)
+    if folder.exists() and not folder.is_dir():
+        raise OutputDirError(f"{folder}: is a file; --output_dir must be a folder.")
+    if is_main:
+        recover(folder)
+    run = RunFolder(folder, fingerprint, is_main)
+    manifest = read_manifest(folder) if folder.is_dir() else None
+    entries = _visible(folder) if folder.is_dir() else []
+    if manifest is None:
+        if entries:
+            _check_foreign_folder(folder, entries, overwrite)
+        run._write("running")
+        return run
+    # what the last save wrote counts as ours even when a kill came before the manifest was updated
+    run.written = (set(manifest.get("written", [])) | set(saved_entries(folder))) & set(entries)
+    foreign = [e for e in entries if e not in run.written]
+    if foreign:
+        logger.warning("%s: leaving alone what this library did not write there: %s", folder, _listing(foreign))
+    if manifest["status"] == "finished":
         if not overwrite:
             raise OutputDirError(
-                f"{folder} already holds a model; pass --overwrite_output_dir to replace it, or choose another --output_dir."
+                f"{folder} already holds a finished model ({MANIFEST_NAME}); pass --overwrite_output_dir to replace it "
+                "(only what our runs wrote is replaced), or choose another --output_dir."
             )
+        run.retire_checkpoints()
+        run._write("running")
+        return run
+    checkpoint = last_complete_checkpoint(folder, among=run.written)
+    if checkpoint and resume:
+        saved = _checkpoint_fingerprint(Path(checkpoint)) or manifest.get("fingerprint") or {}
+        changes = describe_changes(saved, fingerprint)
+        if changes:
+            raise OutputDirError(
+                f"{folder} holds an unfinished run ({Path(checkpoint).name}) with other settings: {changes}. "
+                "Pass --resume false to start over (its checkpoints are retired), restore those settings to resume, "
+                "or choose another --output_dir."
+            )
+        run.resume_from = checkpoint
+        run.this_run = set(run.written)  # resuming continues that run: what it wrote stays
+    else:
+        run.retire_checkpoints()
+    run._write("running")
+    return run
+
+
+def _checkpoint_fingerprint(checkpoint: Path) -> Optional[Dict[str, Any]]:
+    file = checkpoint / FINGERPRINT_NAME
+    if not file.is_file():
         return None
-    checkpoint = last_complete_checkpoint(folder)
-    return checkpoint if resume else None
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+
+
+def _check_foreign_folder(folder: Path, entries: List[str], overwrite: bool) -> None:
+    """A non-empty folder without our manifest: refused, or (overwrite) written beside what is there when no name collides."""
+    if not overwrite:
+        raise OutputDirError(
+            f"{folder} is not empty and holds no run of ours ({_listing(entries)}); choose a new or empty --output_dir, "
+            "or pass --overwrite_output_dir to write beside these files (they are left untouched)."
+        )
+    clashes = [e for e in entries if _OUR_NAMES.match(e) or e == FILES_NAME]
+    if clashes:
+        raise OutputDirError(
+            f"{folder} holds {_listing(clashes)}, which a run would overwrite but which no run of ours wrote (no "
+            f"{MANIFEST_NAME}); --overwrite_output_dir never rewrites files it did not write: move them, or choose "
+            "another --output_dir."
+        )
+    logger.warning("%s: writing beside files this library did not write, which stay untouched: %s", folder, _listing(entries))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 from torch import nn
 from transformers import set_seed
@@ -12,7 +13,8 @@ from ..data import TrainDataset, load_records
 from ..data.readers import DataError
 from ..utils import logger
 from .arguments import DataArguments, RetrievalTrainingArguments
-from .output_dir import resolve_output_dir
+from .fingerprint import run_fingerprint
+from .output_dir import prepare_output_dir
 from .trainer import RetrievalTrainer
 
 
@@ -22,10 +24,15 @@ def run_training(
     loss: nn.Module,
     data_args: DataArguments,
     args: RetrievalTrainingArguments,
+    model_path: str = "",
+    settings: Sequence[Mapping[str, Any]] = (),
 ) -> nn.Module:
-    """Read and validate the data (before any model is loaded), refuse to replace a finished model
-    without ``--overwrite_output_dir``, resume an unfinished run, train, and save the final model
-    (plus a merged copy of LoRA runs with ``--save_merged``) into ``output_dir``."""
+    """Read and validate the data, check that training will take optimizer steps, settle the output folder
+    (refuse, start, or resume the same run: see :mod:`.output_dir`), all before any weights load; then train
+    and save the final model (plus a merged copy of LoRA runs with ``--save_merged``) into ``output_dir``.
+
+    ``settings`` (the pipeline's model and data arguments) go into the run's fingerprint with the data,
+    the base model's weights and the training settings that change the result."""
     if not data_args.train_data:
         raise DataError("--do_train needs --train_data (JSONL/JSON files or folders).")
     records = load_records(
@@ -36,17 +43,39 @@ def run_training(
         load_records(data_args.eval_data, data_args.query_key, data_args.positive_key, data_args.negative_key)
         if data_args.eval_data else None
     )
-    checkpoint = args.resume_from_checkpoint or resolve_output_dir(args.output_dir, args.overwrite_output_dir, args.resume)
+    dataset = TrainDataset(records, data_args.train_group_size, args.seed, data_args.unfold_each_positive)
+    check_steps(len(dataset), args)
+    fingerprint = run_fingerprint(model_path, records, args, *settings)
+    with args.main_process_first(desc="output folder", local=False):
+        folder = prepare_output_dir(args.output_dir, args.overwrite_output_dir, args.resume, fingerprint,
+                                    is_main=args.process_index == 0)
+    checkpoint = args.resume_from_checkpoint or folder.resume_from
     if checkpoint:
         logger.warning("Resuming from %s", checkpoint)
     set_seed(args.seed)
     model = build_model()
-    dataset = TrainDataset(records, data_args.train_group_size, args.seed, data_args.unfold_each_positive)
     trainer = RetrievalTrainer(model=model, args=args, train_dataset=dataset, data_collator=make_collator(model), loss_fn=loss,
-                               eval_records=eval_records)
+                               eval_records=eval_records, run_folder=folder)
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(args.output_dir)
     if args.save_merged and trainer.is_world_process_zero() and model.retrieval_config.lora_base:
+        folder.record("merged")
         model.save_pretrained(Path(args.output_dir) / "merged", merge_lora=True)
     trainer.save_state()
+    if trainer.is_world_process_zero():
+        folder.record("trainer_state.json")
+        folder.finish()
     return model
+
+
+def check_steps(items: int, args: RetrievalTrainingArguments) -> None:
+    """Fail before any weights load when training would take no optimizer step (a model that learned nothing)."""
+    per_process = math.ceil(items / args.world_size)  # the distributed sampler pads to equal shares
+    batches = per_process // args.per_device_train_batch_size if args.dataloader_drop_last \
+        else math.ceil(per_process / args.per_device_train_batch_size)
+    if batches == 0:
+        raise DataError(
+            f"{items} training item(s) make no full batch of {args.per_device_train_batch_size} x {args.world_size} "
+            "process(es) with --dataloader_drop_last True, so training would take no step: add data, lower "
+            "--per_device_train_batch_size, or pass --dataloader_drop_last False."
+        )

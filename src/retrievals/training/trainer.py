@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ..files import atomic_write_json, saved_entries
 from ..utils import logger
+from .fingerprint import FINGERPRINT_NAME
+from .output_dir import RunFolder
 
 
 class _SetEpoch(TrainerCallback):
@@ -32,12 +37,14 @@ class RetrievalTrainer(Trainer):
     so every checkpoint is a folder that ``from_pretrained`` loads.
     """
 
-    def __init__(self, *args: Any, loss_fn: nn.Module, eval_records: Optional[list] = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, loss_fn: nn.Module, eval_records: Optional[list] = None,
+                 run_folder: Optional[RunFolder] = None, **kwargs: Any) -> None:
         if eval_records:  # Trainer checks that an eval dataset exists when --eval_strategy is set
             kwargs.setdefault("eval_dataset", eval_records)
         super().__init__(*args, **kwargs)
         self.loss_fn = loss_fn
         self.eval_records = eval_records
+        self.run_folder = run_folder
         if self.train_dataset is not None:
             self.add_callback(_SetEpoch(self.train_dataset))
         self._last_finite_loss: Optional[torch.Tensor] = None
@@ -93,10 +100,36 @@ class RetrievalTrainer(Trainer):
         return metrics
 
     def _save(self, output_dir: Optional[str] = None, state_dict: Optional[dict] = None) -> None:
+        """Save a checkpoint or the final model: refused when a weight is nan/inf (a diverged run must not
+        replace a good model); the run's fingerprint is saved beside the weights."""
         output_dir = output_dir or self.args.output_dir
         model = self.accelerator.unwrap_model(self.model)
+        check_finite(model)
+        final = self.run_folder is not None and Path(output_dir).resolve() == self.run_folder.path.resolve()
         model.save_pretrained(output_dir)
+        if final:
+            self.run_folder.record(*saved_entries(output_dir), TRAINING_ARGS_NAME, FINGERPRINT_NAME)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        if self.run_folder is not None:
+            atomic_write_json(os.path.join(output_dir, FINGERPRINT_NAME), self.run_folder.fingerprint)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        if self.run_folder is not None and self.is_world_process_zero():
+            self.run_folder.record(f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")  # ours before it exists
+        super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Optional[nn.Module] = None) -> None:
         (model or self.model).load_weights(resume_from_checkpoint)
+
+
+class NonFiniteWeightsError(RuntimeError):
+    """Training produced nan/inf weights; nothing was saved over the previous model."""
+
+
+def check_finite(model: nn.Module) -> None:
+    for name, param in model.named_parameters():
+        if not torch.isfinite(param).all():
+            raise NonFiniteWeightsError(
+                f"weight {name} became nan/inf during training, so the model was not saved (an earlier model in the "
+                "output folder is kept): lower --learning_rate, use --bf16 instead of --fp16, or set --max_grad_norm."
+            )

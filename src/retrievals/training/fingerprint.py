@@ -1,0 +1,87 @@
+"""The fingerprint of a training run: what decides its result, so a rerun resumes only the same run.
+
+It holds the base model (path and a hash of its weight files), a hash of the training data, and the
+settings that change the outcome (optimiser and schedule, epochs, batch, group size, loss and its
+settings, seed, pooling and instructions, LoRA). Logging, saving and evaluation flags are left out:
+changing them does not change the model, so a rerun with them changed still resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterable, Mapping
+
+from ..files import sha256_file
+
+FINGERPRINT_NAME = "retrievals_fingerprint.json"
+
+# TrainingArguments fields that change the trained weights.
+TRAINING_FIELDS = (
+    "learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_ratio", "warmup_steps", "weight_decay",
+    "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "optim", "optim_args", "num_train_epochs", "max_steps",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "world_size", "seed", "data_seed",
+    "dataloader_drop_last", "fp16", "bf16", "loss_fn", "temperature", "margin", "use_inbatch_neg",
+    "negatives_cross_device", "label_smoothing_factor",
+)
+# Argument fields that do not change the result (or are fingerprinted another way).
+IGNORED_FIELDS = {"train_data", "eval_data", "model_name_or_path", "trust_remote_code", "tokenizer_name"}
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def weights_digest(path: str) -> str:
+    """sha256 over a local model folder's weight files (names and contents); a hub id is its own name."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        return f"not a local folder: {path}"
+    digest = hashlib.sha256()
+    for pattern in _WEIGHT_PATTERNS:
+        for file in sorted(folder.glob(pattern)):
+            digest.update(f"{file.name}\0{sha256_file(file)}\0".encode())
+    return digest.hexdigest()[:16]
+
+
+def data_digest(records: Iterable[Any]) -> str:
+    """sha256 over the validated training records, in order."""
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(json.dumps([record.query, record.positives, record.negatives], ensure_ascii=False).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:16]
+
+
+def run_fingerprint(model_path: str, records: Iterable[Any], args: Any, *settings: Mapping[str, Any]) -> Dict[str, Any]:
+    """The fingerprint as a flat dict of JSON values (compared key by key to name what changed)."""
+    out: Dict[str, Any] = {
+        "model": os.path.abspath(model_path) if os.path.isdir(os.path.expanduser(model_path)) else model_path,
+        "model_weights": weights_digest(model_path),
+        "train_data": data_digest(records),
+    }
+    for group in settings:
+        for key, value in group.items():
+            if key not in IGNORED_FIELDS:
+                out[key] = _plain(value)
+    for key in TRAINING_FIELDS:
+        if hasattr(args, key):
+            out[key] = _plain(getattr(args, key))
+    return out
+
+
+def describe_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str:
+    """``"learning_rate 3e-05 -> 5e-05, train_data (content changed)"``, or ``""`` when nothing changed."""
+    changes = []
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key, "(unset)"), current.get(key, "(unset)")
+        if old == new:
+            continue
+        if key in {"model_weights", "train_data"}:
+            changes.append(f"{key} (content changed)")
+        else:
+            changes.append(f"{key} {old!r} -> {new!r}")
+    return ", ".join(changes)
