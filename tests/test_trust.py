@@ -1,0 +1,355 @@
+"""Issue 11's trust classes, one test (or a few) per class, on tiny models in the quick loop:
+output folders, folder-level atomic saves, resume fingerprints and caches, useless runs and numeric
+flags, model paths and weights checksums."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from retrievals import AutoModelForEmbedding
+from retrievals.files import FILES_NAME, JOURNAL_NAME, SCRATCH_PREFIX
+from retrievals.pipelines import build_hn, embed, evaluate, retrieve
+from retrievals.training.output_dir import MANIFEST_NAME
+
+from .conftest import corpus_lines
+from .test_training import Killed, cli, kill_at_step
+
+TEXTS = corpus_lines(5)
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under ``folder`` with its bytes (to prove a user's files stay byte-identical)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def user_files(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "README.md").write_text("my notes\n")
+    (folder / "notes").mkdir()
+    (folder / "notes" / "plan.txt").write_text("keep me\n")
+
+
+# ---------------------------------------------------------------- 1. output folders are ours only where we wrote
+
+
+def test_foreign_folder_refused_without_overwrite(tiny_bert, train_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    user_files(out)
+    before = snapshot(out)
+    assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "1")) == 2
+    err = capsys.readouterr().err
+    assert "is not empty and holds no run of ours (README.md, notes)" in err
+    assert snapshot(out) == before
+
+
+def test_overwrite_writes_beside_user_files_and_never_touches_them(tiny_bert, train_file, tmp_path, caplog):
+    out = tmp_path / "out"
+    user_files(out)
+    before = snapshot(out)
+    flags = ("--max_steps", "2", "--overwrite_output_dir", "--save_strategy", "steps", "--save_steps", "1")
+    assert embed.main(cli(tiny_bert, train_file, out, *flags)) == 0
+    assert "which stay untouched: README.md, notes" in caplog.text
+    assert (out / "checkpoint-2").is_dir()
+    # a second run replaces what the first wrote (its checkpoints go), the user's files stay byte-identical
+    assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "1", "--overwrite_output_dir")) == 0
+    after = snapshot(out)
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert not (out / "checkpoint-1").exists() and not (out / "checkpoint-2").exists()
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["status"] == "finished" and "README.md" not in manifest["written"]
+    assert "model.safetensors" in manifest["written"]
+    AutoModelForEmbedding.from_pretrained(str(out))
+
+
+def test_overwrite_refuses_a_foreign_model_it_would_replace(tiny_bert, train_file, tmp_path, capsys):
+    out = tmp_path / "theirs"
+    shutil.copytree(tiny_bert, out)  # someone else's model, no manifest of ours
+    before = snapshot(out)
+    assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "1", "--overwrite_output_dir")) == 2
+    assert "never rewrites files it did not write" in capsys.readouterr().err
+    assert snapshot(out) == before
+
+
+def test_other_outputs_are_never_replaced_unasked(tiny_bert, train_file, tmp_path, capsys):
+    data = tmp_path / "corpus.txt"
+    data.write_text("\n".join(TEXTS) + "\n")
+    out = tmp_path / "enc"
+    out.mkdir()
+    (out / "embeddings.npy").write_bytes(b"mine")
+    assert embed.main(["--model_name_or_path", tiny_bert, "--output_dir", str(out), "--do_encode", "--encode_data", str(data)]) == 2
+    assert "embeddings.npy exists; pass --overwrite_output_dir" in capsys.readouterr().err
+    assert (out / "embeddings.npy").read_bytes() == b"mine"
+    hn = tmp_path / "hn.jsonl"
+    hn.write_text("mine\n")
+    assert build_hn.main(["--model_name_or_path", tiny_bert, "--input_file", train_file, "--output_file", str(hn)]) == 2
+    assert hn.read_text() == "mine\n"
+    assert build_hn.main(["--model_name_or_path", tiny_bert, "--input_file", train_file, "--output_file", train_file,
+                          "--overwrite"]) == 2
+    assert "is the --input_file" in capsys.readouterr().err
+    run = tmp_path / "run.trec"
+    run.write_text("mine\n")
+    assert retrieve.main(["--output", str(run), "--corpus", "x.jsonl", "--queries", "y.jsonl"]) == 2
+    assert run.read_text() == "mine\n"
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "report.md").write_text("mine\n")
+    assert evaluate.main(["--dataset", "aia-bde", "--output_dir", str(report), "--models", f"m={tiny_bert}"]) == 2
+    assert (report / "report.md").read_text() == "mine\n"
+
+
+# ---------------------------------------------------------------- 2. saves are atomic at the folder level
+
+
+class FaultInjector:
+    """Counts the file operations of a save and fails the n-th and every later one, as a kill would:
+    after the fault nothing of the process runs (cleanup code included)."""
+
+    OPS = [(os, "replace"), (os, "rename"), (os, "unlink"), (os, "remove"), (os, "mkdir"), (os, "rmdir"),
+           (shutil, "rmtree"), (shutil, "move")]
+
+    def __init__(self, monkeypatch, fail_at: int) -> None:
+        self.count, self.fail_at = 0, fail_at
+        for module, name in self.OPS:
+            monkeypatch.setattr(module, name, self._wrap(getattr(module, name)))
+        monkeypatch.setattr(torch, "save", self._wrap(torch.save))
+
+    def _wrap(self, fn):
+        def op(*args, **kwargs):
+            self.count += 1
+            if self.count >= self.fail_at:
+                raise Killed(f"killed at file operation {self.count}")
+            return fn(*args, **kwargs)
+        return op
+
+
+@pytest.mark.parametrize("kind", ["embedder", "colbert"])
+def test_save_killed_at_every_file_operation_leaves_old_or_new(kind, tiny_bert, tmp_path, monkeypatch):
+    from retrievals import AutoModelForRanking
+
+    def load(path):
+        if kind == "embedder":
+            return AutoModelForEmbedding.from_pretrained(str(path))
+        return AutoModelForRanking.from_pretrained(str(path), model_type="colbert")
+
+    def output(model):
+        if kind == "embedder":
+            return model.encode(TEXTS)
+        return np.array(model.compute_score([(t, u) for t in TEXTS[:2] for u in TEXTS]))
+
+    old = load(tiny_bert)
+    new = load(tiny_bert)
+    with torch.no_grad():
+        for p in new.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    if kind == "embedder":
+        new.retrieval_config.pooling_method = "mean"  # config changes too: a mix would be detected
+    old_out, new_out = output(old), output(new)
+    outcomes, n = [], 1
+    while True:
+        folder = tmp_path / f"m{n}"
+        old.save_pretrained(folder)
+        (folder / "README.md").write_text("user file\n")
+        with monkeypatch.context() as patch:
+            injector = FaultInjector(patch, n)
+            try:
+                new.save_pretrained(folder)
+                finished = True
+            except Killed:
+                finished = False
+        got = output(load(folder))
+        if np.allclose(got, old_out, atol=1e-6):
+            outcomes.append("old")
+        else:
+            np.testing.assert_allclose(got, new_out, atol=1e-6)
+            outcomes.append("new")
+        assert (folder / "README.md").read_text() == "user file\n"
+        assert not any(e.name.startswith(SCRATCH_PREFIX) for e in folder.iterdir()) and not (folder / JOURNAL_NAME).exists()
+        if finished:
+            break
+        n += 1
+    assert injector.count >= 3 and outcomes[0] == "old" and outcomes[-1] == "new", outcomes
+
+
+def test_corrupted_weights_are_named_at_load(tiny_bert, tmp_path, capsys):
+    model = AutoModelForEmbedding.from_pretrained(tiny_bert)
+    folder = tmp_path / "m"
+    model.save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-64:] = bytes(64)  # a zeroed tail: same size, safetensors' header still parses
+    weights.write_bytes(bytes(data))
+    with pytest.raises(OSError, match="model.safetensors: checksum does not match"):
+        AutoModelForEmbedding.from_pretrained(str(folder))
+    weights.write_bytes(bytes(data[:-100]))
+    with pytest.raises(OSError, match="model.safetensors: .* bytes, but .* were saved"):
+        AutoModelForEmbedding.from_pretrained(str(folder))
+    assert embed.main(["--model_name_or_path", str(folder), "--output_dir", str(tmp_path / "o"), "--do_encode",
+                       "--encode_data", str(folder / "README.md")]) == 2
+    assert "model.safetensors" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- 3. resume only the same run; caches keyed by weights
+
+
+def test_rerun_with_other_settings_is_refused_before_loading(tiny_bert, train_file, tmp_path, monkeypatch, capsys):
+    args = ("--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--seed", "7")
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        kill_at_step(patch, 3)
+        with pytest.raises(Killed):
+            embed.main(cli(tiny_bert, train_file, out, *args))
+    other_data = tmp_path / "other.jsonl"
+    other_data.write_text(Path(train_file).read_text().replace("tax", "fee"))
+    loads = []
+    monkeypatch.setattr(AutoModelForEmbedding, "from_pretrained", classmethod(lambda cls, *a, **k: loads.append(a)))
+    assert embed.main(cli(tiny_bert, train_file, out, *args, "--learning_rate", "5e-4")) == 2
+    err = capsys.readouterr().err
+    assert "learning_rate 0.001 -> 0.0005" in err and "--resume false" in err
+    assert embed.main(cli(tiny_bert, str(other_data), out, *args)) == 2
+    assert "train_data (content changed)" in capsys.readouterr().err
+    assert embed.main(cli(tiny_bert, train_file, out, *args, "--temperature", "0.05", "--overwrite_output_dir")) == 2
+    assert "temperature" in capsys.readouterr().err
+    assert loads == []  # refused before any weights were loaded
+    monkeypatch.undo()
+    # --resume false starts over and retires the old checkpoints: a later plain rerun cannot resume them
+    with monkeypatch.context() as patch:
+        kill_at_step(patch, 1)
+        with pytest.raises(Killed):
+            embed.main(cli(tiny_bert, train_file, out, *args, "--learning_rate", "5e-4", "--resume", "false"))
+    assert not (out / "checkpoint-2").exists()
+    assert embed.main(cli(tiny_bert, train_file, out, *args)) == 0  # the original settings start afresh
+    assert (out / "model.safetensors").is_file()
+
+
+def test_embedding_cache_never_serves_another_models_vectors(tiny_bert, tmp_path):
+    from retrievals.index.sharded import encode_sharded
+
+    texts = corpus_lines(9)
+    a = AutoModelForEmbedding.from_pretrained(tiny_bert)
+    b = AutoModelForEmbedding.from_pretrained(tiny_bert)
+    with torch.no_grad():
+        next(b.parameters()).add_(0.5 * torch.randn_like(next(b.parameters())))  # same path and config, other weights
+    cache = tmp_path / "cache"
+    va = encode_sharded(a, texts, cache, shard_size=4)
+    vb = encode_sharded(b, texts, cache, shard_size=4)
+    np.testing.assert_allclose(va, a.encode(texts), atol=1e-6)
+    np.testing.assert_allclose(vb, b.encode(texts), atol=1e-6)
+    assert not np.allclose(va, vb)
+    # same model again: served from the cache (shards are not rewritten)
+    shard = next(cache.rglob("shard-00000.npy"))
+    stamp = shard.stat().st_mtime_ns
+    np.testing.assert_allclose(encode_sharded(a, texts, cache, shard_size=4), va)
+    assert {p.stat().st_mtime_ns for p in cache.rglob("shard-00000.npy") if p == shard} == {stamp}
+
+
+# ---------------------------------------------------------------- 4. no silently useless model; numbers checked at parse
+
+
+def test_zero_step_runs_fail_before_loading(tiny_bert, train_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = cli(tiny_bert, train_file, out, "--per_device_train_batch_size", "64", "--dataloader_drop_last", "True")
+    assert embed.main(args) == 2
+    assert "make no full batch of 64" in capsys.readouterr().err
+    assert not out.exists()
+    assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "0")) == 2
+    assert "--max_steps must be >= 1" in capsys.readouterr().err
+
+
+def test_nan_weights_fail_loudly_and_keep_the_good_model(tiny_bert, train_file, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "1")) == 0
+    good = snapshot(out)
+    from transformers import Trainer
+
+    step = Trainer.training_step
+
+    def poison(self, model, *args, **kwargs):
+        loss = step(self, model, *args, **kwargs)
+        with torch.no_grad():
+            next(model.parameters()).fill_(float("nan"))
+        return loss
+
+    monkeypatch.setattr(Trainer, "training_step", poison)
+    assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "2", "--overwrite_output_dir")) == 2
+    assert "became nan/inf during training, so the model was not saved" in capsys.readouterr().err
+    after = snapshot(out)
+    assert {k: after[k] for k in good if k not in {MANIFEST_NAME}} == {k: v for k, v in good.items() if k != MANIFEST_NAME}
+
+
+@pytest.mark.parametrize("flags, named", [
+    (("--query_max_length", "0"), "--query_max_length must be >= 1"),
+    (("--max_length", "-3"), "--max_length must be >= 1"),
+    (("--per_device_train_batch_size", "0"), "--per_device_train_batch_size must be >= 1"),
+    (("--train_group_size", "0"), "--train_group_size must be >= 1"),
+    (("--temperature", "0"), "--temperature must be > 0"),
+    (("--margin", "-1", "--loss_fn", "triplet"), "--margin must be >= 0"),
+    (("--margin", "0.5"), "--margin does not apply to --loss_fn infonce"),
+    (("--loss_fn", "triplet", "--temperature", "0.1"), "--temperature does not apply to --loss_fn triplet"),
+    (("--use_lora", "True", "--lora_r", "0"), "--lora_r must be >= 1"),
+    (("--lora_dropout", "1.5"), "--lora_dropout must be in [0, 1)"),
+    (("--learning_rate", "0"), "--learning_rate must be > 0"),
+    (("--num_train_epochs", "0"), "--num_train_epochs must be > 0"),
+])
+def test_numeric_flags_checked_before_loading(flags, named, tiny_bert, train_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert embed.main(cli(tiny_bert, train_file, out, *flags)) == 2
+    assert named in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_rerank_flags_checked(tiny_bert, train_file, tmp_path, capsys):
+    from retrievals.pipelines import rerank
+
+    base = ["--model_name_or_path", tiny_bert, "--train_data", train_file, "--output_dir", str(tmp_path / "r"), "--do_train"]
+    assert rerank.main(base + ["--loss_fn", "bce", "--temperature", "0"]) == 2
+    assert "--temperature must be > 0" in capsys.readouterr().err
+    assert rerank.main(base + ["--margin", "0.3"]) == 2
+    assert "--margin does not apply to --loss_fn ce" in capsys.readouterr().err
+    assert retrieve.main(["--output", str(tmp_path / "r.trec"), "--top_k", "-1"]) == 2
+    assert "--top_k must be >= 1" in capsys.readouterr().err
+    assert build_hn.main(["--model_name_or_path", tiny_bert, "--input_file", train_file, "--output_file",
+                          str(tmp_path / "hn.jsonl"), "--negative_number", "0"]) == 2
+    assert "--negative_number must be >= 1" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- 5. model paths and weights
+
+
+def test_bad_model_paths_are_named_in_one_line(tiny_bert, train_file, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text(Path(tiny_bert, "config.json").read_text())
+    cases = {
+        str(tmp_path / "nope"): "nope: no such model folder",
+        "outputs/missing-model": "outputs/missing-model: no such model folder (hub ids are not tried",
+        train_file: "is a file; a model is a folder",
+        str(empty): "no weights (model.safetensors or pytorch_model.bin)",
+    }
+    for path, message in cases.items():
+        assert embed.main(cli(path, train_file, tmp_path / "o", "--max_steps", "1")) == 2, path
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        with pytest.raises(FileNotFoundError, match="no such|is a file|no weights"):
+            AutoModelForEmbedding.from_pretrained(path)
+
+
+def test_lora_adapter_loads_from_any_working_directory(tiny_qwen, tmp_path, monkeypatch):
+    pytest.importorskip("peft")
+    monkeypatch.chdir(Path(tiny_qwen).parent)
+    model = AutoModelForEmbedding.from_pretrained(Path(tiny_qwen).name, use_lora=True)  # a relative base path
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.1)
+    model.save_pretrained(tmp_path / "adapter")
+    expected = model.encode(TEXTS)
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert os.path.isabs(saved["base_model_name_or_path"])
+    monkeypatch.chdir(tmp_path)
+    np.testing.assert_allclose(AutoModelForEmbedding.from_pretrained(str(tmp_path / "adapter")).encode(TEXTS), expected, atol=1e-6)
+    assert (tmp_path / "adapter" / FILES_NAME).is_file()
