@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -25,6 +26,8 @@ from ..assets import ASSETS, fetch
 from ..data.aia_bde import RetrievalSplit, parse_aia_bde, split_by_faq
 from ..evaluation.retrieval import evaluate_embedder, retrieve
 from ..models.embedding import AutoModelForEmbedding
+from ..files import atomic_write_json
+from ..training.output_dir import record_written
 from ..training import RetrievalTrainingArguments
 from ..training.arguments import DataArguments
 from . import embed
@@ -96,7 +99,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("[mine] hard negatives among training FAQs with the zero-shot model ...", flush=True)
         negatives = mine_hard_negatives(base, split, opts.hard_negatives, start_rank=3, depth=30)
     del base
-    train_file = out / "data" / "train.jsonl"
+    # the training file goes to a scratch folder: the output folder must hold only what the run writes
+    scratch = tempfile.TemporaryDirectory(prefix="retrievals-demo-")
+    train_file = Path(scratch.name) / "train.jsonl"
     write_training_file(split, negatives, train_file)
 
     cli = [
@@ -118,6 +123,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     t0 = time.time()
     embed.train(model_args, data_args, train_args)
     train_seconds = time.time() - t0
+    scratch.cleanup()
 
     tuned = AutoModelForEmbedding.from_pretrained(str(out))  # evaluate what was saved, reloaded
     print("[eval] fine-tuned model (reloaded from output_dir) on held-out queries ...", flush=True)
@@ -135,7 +141,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         "retrievals_version": __version__,
         "assets": {name: f"{a.package}=={a.version}" for name, a in ASSETS.items()},
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    record_written(out, "results.json")
+    atomic_write_json(out / "results.json", results)
     print("\nAIA-BDE held-out FAQs (retrieval from all FAQs)")
     print(f"{'metric':<10}{'zero-shot':>12}{'fine-tuned':>12}")
     for key in REPORTED:

@@ -209,3 +209,15 @@ def _check_foreign_folder(folder: Path, entries: List[str], overwrite: bool) -> 
             "another --output_dir."
         )
     logger.warning("%s: writing beside files this library did not write, which stay untouched: %s", folder, _listing(entries))
+
+
+def record_written(output_dir: str | Path, *names: str) -> None:
+    """Add files a pipeline wrote into a finished run's folder (a demo's results) to its manifest, so a later
+    ``--overwrite_output_dir`` run may replace them."""
+    folder = Path(output_dir)
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise OutputDirError(f"{folder}: no {MANIFEST_NAME}; only a run's own folder records what it wrote.")
+    manifest["written"] = sorted(set(manifest.get("written", [])) | set(names))
+    manifest["this_run"] = sorted(set(manifest.get("this_run", [])) | set(names))
+    atomic_write_json(folder / MANIFEST_NAME, manifest)
