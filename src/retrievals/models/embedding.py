@@ -30,6 +30,7 @@ from .base import (
     load_tokenizer,
     resolve_lora_paths,
 )
+from .inputs import as_texts, check_batch_size
 from .pooling import POOLING_METHODS, pool
 from .processing import TextProcessor, run_in_length_chunks
 from .st_format import read_st_settings, warn_unsupported_prefix, write_st_files
@@ -276,9 +277,12 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
         max_length: Optional[int] = None,
         device: Optional[Union[str, torch.device]] = None,
     ) -> Union[np.ndarray, torch.Tensor]:
-        """Embed texts in batches sorted by length, padded per batch; results come back in input order."""
-        single = isinstance(sentences, str)
-        texts = [sentences] if single else list(sentences)
+        """Embed texts in batches sorted by length, padded per batch; results come back in input order.
+
+        One string gives one vector [dim], a list gives [n, dim] (an empty list [0, dim]).
+        """
+        texts, single = as_texts(sentences, "sentences")
+        check_batch_size(batch_size)
         if device is not None:
             self.to(device)
         ids = self.tokenize(texts, is_query=is_query, max_length=max_length)
@@ -298,6 +302,7 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
     ) -> torch.Tensor:
         """Float32 CPU embeddings of texts already tokenized by :meth:`tokenize` (for callers that also
         need the token counts, such as the server), in input order."""
+        check_batch_size(batch_size)
         was_training = self.training
         self.eval()
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
@@ -316,12 +321,11 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
         """:meth:`encode` with the query instruction and query max length."""
         return self.encode(queries, is_query=True, **kwargs)
 
-    def encode_corpus(self, corpus: Union[str, Sequence[Any]], **kwargs: Any) -> Union[np.ndarray, torch.Tensor]:
-        """:meth:`encode` for documents: strings, or dicts with ``text`` and optional ``title`` (BEIR)."""
-        if isinstance(corpus, str):
-            return self.encode(corpus, is_query=False, **kwargs)
-        texts = [_doc_text(d) for d in corpus]
-        return self.encode(texts, is_query=False, **kwargs)
+    def encode_corpus(self, corpus: Union[str, Dict[str, str], Sequence[Any]], **kwargs: Any) -> Union[np.ndarray, torch.Tensor]:
+        """:meth:`encode` for documents: strings, or dicts with ``text`` and optional ``title`` (BEIR),
+        embedded as ``"title text"``. One string or one dict gives one vector."""
+        texts, single = as_texts(corpus, "corpus", documents=True)
+        return self.encode(texts[0] if single else texts, is_query=False, **kwargs)
 
     def build_index(self, sentences: Sequence[Any], index_path: Optional[str] = None, index_type: str = "flat",
                     ids: Optional[Sequence[str]] = None, batch_size: int = 32, **index_kwargs: Any) -> Any:
@@ -347,12 +351,3 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
 def _is_fast(tokenizer: Any) -> bool:
     return getattr(tokenizer, "backend_tokenizer", None) is not None and tokenizer.eos_token_id is not None
 
-
-def _doc_text(doc: Any) -> str:
-    if isinstance(doc, str):
-        return doc
-    if isinstance(doc, dict):
-        title = (doc.get("title") or "").strip()
-        text = doc.get("text") or ""
-        return f"{title} {text}".strip() if title else text
-    raise TypeError(f"A corpus entry must be a string or a dict with 'text', got {type(doc).__name__}.")

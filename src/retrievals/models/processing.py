@@ -56,7 +56,9 @@ class TextProcessor(PaddingOptions):
         eos = self.tokenizer.eos_token_id
         add_eos = cfg.append_eos and not self.eos_added_by_tokenizer and eos is not None
         texts = [apply_instruction(instruction, t) for t in texts]
-        ids = self.tokenizer(texts, truncation=True, max_length=limit - 1 if add_eos else limit, padding=False)["input_ids"]
+        ids: List[List[int]] = []
+        if texts:  # a tokenizer call with no text fails in some tokenizers
+            ids = self.tokenizer(texts, truncation=True, max_length=limit - 1 if add_eos else limit, padding=False)["input_ids"]
         if add_eos:
             ids = [seq if seq and seq[-1] == eos else seq + [eos] for seq in ids]
         return ids

@@ -12,6 +12,7 @@ from torch import nn
 
 from ...utils import apply_instruction
 from ..base import load_backbone
+from ..inputs import as_texts, check_batch_size
 from ..processing import PaddingOptions, pad_ids
 from .base import BaseRanker, Batch, RankerConfig, RankingOutput, group_targets
 
@@ -193,9 +194,11 @@ class ColBERT(BaseRanker):
     def encode_documents(self, documents: Sequence[str], batch_size: int = 32) -> List[List[torch.Tensor]]:
         """Token vectors of each document, one [tokens, dim] tensor per window, to score later
         with :meth:`score_vectors` (the same scores as :meth:`compute_score`)."""
+        documents, _ = as_texts(documents, "documents")
+        check_batch_size(batch_size)
         was_training = self.training
         self.eval()
-        flat = [(i, ids) for i, wins in enumerate(self.processor.document_ids(list(documents), self.retrieval_config.score_windows))
+        flat = [(i, ids) for i, wins in enumerate(self.processor.document_ids(documents, self.retrieval_config.score_windows))
                 for ids in wins]
         out: List[List[torch.Tensor]] = [[] for _ in documents]
         for start in range(0, len(flat), batch_size):
@@ -210,6 +213,8 @@ class ColBERT(BaseRanker):
     @torch.inference_mode()
     def score_vectors(self, query: str, document_vectors: Sequence[Sequence[torch.Tensor]]) -> List[float]:
         """Scores of ``query`` against documents encoded by :meth:`encode_documents` (best window each)."""
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a string, got {type(query).__name__}")
         ids = torch.tensor(self.processor.query_ids([query]), device=self.device)
         q, qm = self.token_vectors(ids, torch.ones_like(ids))
         scores = []

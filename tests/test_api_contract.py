@@ -1,0 +1,179 @@
+"""The Python API's input contract (empty, invalid and single inputs), on tiny models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from retrievals import AutoModelForEmbedding, AutoModelForRanking
+from retrievals.index import BM25Index, ExactIndex, FaissIndex, reciprocal_rank_fusion
+
+from .conftest import corpus_lines, needs
+
+LINES = corpus_lines(64)
+QUERIES = LINES[:16]
+
+
+# ---------------------------------------------------------------------------------------------- embedder inputs
+@pytest.fixture(scope="module")
+def embedder(tiny_bert):
+    return AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean", query_instruction="q: ",
+                                                 query_max_length=16, document_max_length=32)
+
+
+def test_encode_empty_gives_empty_results(embedder):
+    dim = embedder.embedding_dim
+    for encode in (embedder.encode, embedder.encode_queries, embedder.encode_corpus):
+        out = encode([])
+        assert isinstance(out, np.ndarray) and out.shape == (0, dim) and out.dtype == np.float32
+        tensor = encode([], convert_to_tensor=True)
+        assert isinstance(tensor, torch.Tensor) and tensor.shape == (0, dim)
+    assert embedder.encode_token_ids([]).shape == (0, dim)
+    assert embedder.encode(iter(())).shape == (0, dim)
+
+
+def test_encode_rejects_bad_input(embedder):
+    with pytest.raises(TypeError, match="sentences must be a string or a list of strings, got NoneType"):
+        embedder.encode(None)
+    with pytest.raises(TypeError, match="got dict"):  # a dict is a document: encode_corpus, not encode
+        embedder.encode({"text": "a"})
+    with pytest.raises(TypeError, match=r"sentences\[3\] must be a string, got NoneType"):
+        embedder.encode(["a", "b", "c", None])
+    with pytest.raises(TypeError, match=r"sentences\[0\] must be a string, got int"):
+        embedder.encode_queries([7])
+    with pytest.raises(TypeError, match="got bytes"):
+        embedder.encode(b"text")
+    with pytest.raises(TypeError, match=r"corpus\[1\] must have a string 'text', got NoneType"):
+        embedder.encode_corpus(["a", {"title": "t"}])
+    with pytest.raises(TypeError, match=r"corpus must have a string 'text', got int"):
+        embedder.encode_corpus({"title": "t", "text": 3})
+    with pytest.raises(TypeError, match=r"corpus\[0\] must be a string or a dict"):
+        embedder.encode_corpus([None])
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="batch_size must be > 0"):
+            embedder.encode(["a"], batch_size=bad)
+        with pytest.raises(ValueError, match="batch_size must be > 0"):
+            embedder.encode_token_ids([[1, 2]], batch_size=bad)
+
+
+def test_single_dict_is_one_document(embedder):
+    doc = {"title": "t", "text": "passport office fee online"}
+    one = embedder.encode_corpus(doc)
+    assert one.shape == (embedder.embedding_dim,)
+    np.testing.assert_array_equal(one, embedder.encode_corpus([doc])[0])
+    np.testing.assert_allclose(one, embedder.encode("t passport office fee online"), atol=1e-6)
+    assert embedder.encode_corpus(doc, convert_to_tensor=True).shape == (embedder.embedding_dim,)
+    np.testing.assert_array_equal(embedder.encode_corpus(np.array(["a b", "c"])), embedder.encode_corpus(["a b", "c"]))
+
+
+TEXT = st.one_of(
+    st.text(max_size=60),  # any unicode, including the empty string
+    st.text(alphabet="abcdefghij tax card", max_size=30),
+    st.builds(lambda word, n: word * n, st.text(min_size=1, max_size=6), st.integers(50, 400)),  # far past the max length
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(TEXT, min_size=1, max_size=7), is_query=st.booleans(), batch_size=st.integers(1, 4))
+def test_property_batched_equals_one_by_one(embedder, texts, is_query, batch_size):
+    batched = embedder.encode(texts, is_query=is_query, batch_size=batch_size)
+    single = np.stack([embedder.encode(t, is_query=is_query) for t in texts])
+    assert batched.shape == (len(texts), embedder.embedding_dim)
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+BAD = st.sampled_from([None, 0, 2.5, b"bytes", ["nested"], ("a",)])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(st.text(max_size=10), max_size=6), bad=BAD, data=st.data())
+def test_property_bad_item_names_its_position(embedder, texts, bad, data):
+    pos = data.draw(st.integers(0, len(texts)))
+    items = texts[:pos] + [bad] + texts[pos:]
+    kind = type(bad).__name__
+    with pytest.raises(TypeError, match=rf"sentences\[{pos}\] must be a string, got {kind}"):
+        embedder.encode(items)
+    with pytest.raises(TypeError, match=rf"corpus\[{pos}\] must be a string or a dict with 'text', got {kind}"):
+        embedder.encode_corpus(items)
+    with pytest.raises(TypeError, match=rf"queries\[{pos}\] must be a string, got {kind}"):
+        BM25Index(["tax card", "passport"], ["a", "b"]).search(items)
+
+
+# ---------------------------------------------------------------------------------------------- reranker inputs
+@pytest.mark.parametrize("kind", ["cross-encoder", "colbert", "llm"])
+def test_reranker_input_contract(kind, tiny_bert, tiny_qwen):
+    if kind == "llm":
+        model = AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm", max_length=64, task_prompt="Relevant?")
+    else:
+        model = AutoModelForRanking.from_pretrained(tiny_bert, model_type=kind, max_length=32)
+    docs = ["passport office fee", "tax card", "birth certificate"]
+    assert model.compute_score([]) == []
+    assert model.rerank("tax", []) == []
+    assert model.rerank("tax", docs, top_k=0) == []
+    assert [r.index for r in model.rerank("tax", docs, top_k=2)] == [r.index for r in model.rerank("tax", docs)][:2]
+    one = model.rerank("tax", {"title": "t", "text": "tax card"})
+    assert len(one) == 1 and one[0].document == "t tax card"
+    assert one[0].score == pytest.approx(model.compute_score(("tax", "t tax card")), abs=1e-6)
+    assert [r.document for r in model.rerank("tax", "tax card")] == ["tax card"]  # one string: one document
+    with pytest.raises(ValueError, match="top_k must be >= 0"):
+        model.rerank("tax", docs, top_k=-1)
+    with pytest.raises(TypeError, match="query must be a string, got NoneType"):
+        model.rerank(None, docs)
+    with pytest.raises(TypeError, match=r"documents\[2\] must be a string or a dict with 'text', got int"):
+        model.rerank("tax", ["a", "b", 3])
+    with pytest.raises(TypeError, match="pairs must be a"):
+        model.compute_score(None)
+    with pytest.raises(TypeError, match=r"pairs\[1\]\[1\] must be a string, got NoneType"):
+        model.compute_score([("a", "b"), ("a", None)])
+    with pytest.raises(TypeError, match=r"pairs\[0\] must be a \(query, document\) pair"):
+        model.compute_score(["ab"])
+    for bad in (0, -2):
+        with pytest.raises(ValueError, match="batch_size must be > 0"):
+            model.compute_score([("a", "b")], batch_size=bad)
+        with pytest.raises(ValueError, match="batch_size must be > 0"):
+            model.rerank("a", ["b"], batch_size=bad)
+
+
+# ---------------------------------------------------------------------------------------------- index inputs
+def _indexes():
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((5, 8)).astype(np.float32)
+    ids = [f"d{i}" for i in range(5)]
+    texts = ["tax card", "passport fee", "birth certificate", "office time", "renew license"]
+    out = [(ExactIndex(vectors, ids), vectors[:2])]
+    if needs("faiss"):
+        out.append((FaissIndex(vectors, ids), vectors[:2]))
+    if needs("bm25s"):
+        out.append((BM25Index(texts, ids), texts[:2]))
+    return out
+
+
+def test_index_input_contract():
+    for index, queries in _indexes():
+        name = index.backend
+        scores, ids = index.search([], top_k=3)
+        assert scores.shape == (0, 3) and ids == [], name
+        scores, ids = index.search(queries, top_k=0)
+        assert scores.shape == (2, 0) and ids == [[], []], name
+        scores, ids = index.search(queries, top_k=50)  # capped at the index size
+        assert scores.shape == (2, 5) and len(ids[0]) == 5, name
+        assert index.search(queries[0], top_k=2)[0].shape == (1, 2), name  # one query
+        assert index.search_run([], [], top_k=3) == {}, name
+        assert index.search_run(["q1", "q2"], queries, top_k=0) == {"q1": {}, "q2": {}}, name
+        with pytest.raises(ValueError, match="top_k must be >= 0"):
+            index.search(queries, top_k=-1)
+        with pytest.raises(ValueError, match="query_ids and queries"):
+            index.search_run(["q1"], queries, top_k=2)
+        with pytest.raises(TypeError):
+            index.search(None)
+    exact = _indexes()[0][0]
+    with pytest.raises(ValueError, match="vectors of size 8"):
+        exact.search(np.zeros((2, 3), dtype=np.float32))
+    assert exact.search(torch.zeros(0, 8))[0].shape == (0, 5)
+    run = {"q": {"a": 1.0, "b": 0.5}}
+    assert reciprocal_rank_fusion([run, run], top_k=0) == {"q": {}}
+    with pytest.raises(ValueError, match="top_k must be >= 0"):
+        reciprocal_rank_fusion([run], top_k=-1)
