@@ -1,6 +1,10 @@
-"""The Python API's input contract (empty, invalid and single inputs), on tiny models."""
+"""The Python API's input contract (empty, invalid and single inputs) and thread safety, on tiny models."""
 
 from __future__ import annotations
+
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -10,11 +14,99 @@ from hypothesis import strategies as st
 
 from retrievals import AutoModelForEmbedding, AutoModelForRanking
 from retrievals.index import BM25Index, ExactIndex, FaissIndex, reciprocal_rank_fusion
+from retrievals.models.processing import eval_mode
 
 from .conftest import corpus_lines, needs
 
 LINES = corpus_lines(64)
 QUERIES = LINES[:16]
+DOCS = [" ".join(LINES[i : i + 4]) for i in range(16, 48)]  # long: cut at 64 tokens, far above the 8 of queries
+
+
+@pytest.fixture(scope="module")
+def dropout_bert(tiny_bert, tmp_path_factory) -> str:
+    """The tiny BERT with dropout on: a call that runs in train mode gives different vectors."""
+    folder = tmp_path_factory.mktemp("dropout-bert")
+    shutil.copytree(tiny_bert, folder, dirs_exist_ok=True)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+def _concurrently(jobs, workers=8):
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda job: job(), jobs))
+
+
+def test_threads_encode_like_one_thread(dropout_bert):
+    model = AutoModelForEmbedding.from_pretrained(dropout_bert, pooling_method="mean", query_max_length=8,
+                                                  document_max_length=64)
+    expected = {True: model.encode_queries(QUERIES, batch_size=4), False: model.encode_corpus(DOCS, batch_size=4)}
+    jobs = []
+    for i in range(48):  # queries and documents interleaved: different truncation lengths overlap
+        is_query = i % 2 == 0
+        texts = QUERIES if is_query else DOCS
+        encode = model.encode_queries if is_query else model.encode_corpus
+        jobs.append(lambda encode=encode, texts=texts, is_query=is_query: (is_query, encode(texts, batch_size=4)))
+    for is_query, got in _concurrently(jobs):
+        np.testing.assert_allclose(got, expected[is_query], atol=1e-6)
+    assert not model.training  # left in eval mode
+    np.testing.assert_allclose(model.encode_queries(QUERIES, batch_size=4), expected[True], atol=1e-6)
+
+
+def test_threads_score_like_one_thread(dropout_bert):
+    model = AutoModelForRanking.from_pretrained(dropout_bert, model_type="cross-encoder", max_length=64, query_max_length=8)
+    pair_sets = [[(q, d) for q, d in zip(QUERIES, DOCS)], [(d, q) for q, d in zip(QUERIES, DOCS[16:])]]
+    expected = [model.compute_score(p, batch_size=4) for p in pair_sets]
+    jobs = [lambda k=k: (k, model.compute_score(pair_sets[k], batch_size=4)) for k in [0, 1] * 24]
+    for k, got in _concurrently(jobs):
+        np.testing.assert_allclose(got, expected[k], atol=1e-6)
+
+
+def test_threads_tokenize_like_one_thread(tiny_bert):
+    """The tokenizer alone, many short calls: the shared fast tokenizer's truncation settings must not leak."""
+    model = AutoModelForEmbedding.from_pretrained(tiny_bert, query_max_length=8, document_max_length=64)
+    ranker = AutoModelForRanking.from_pretrained(tiny_bert, model_type="cross-encoder", max_length=64, query_max_length=8)
+    ranker.processor.tokenizer = ranker.tokenizer = model.tokenizer  # one tokenizer object shared by both models
+    pairs = list(zip(DOCS[:8], DOCS[8:16]))
+    calls = {"q": lambda: model.tokenize(DOCS[:8], is_query=True), "d": lambda: model.tokenize(DOCS[:8]),
+             "pairs": lambda: ranker.processor.units(pairs, True)}
+    expected = {name: call() for name, call in calls.items()}
+    jobs = [lambda name=name: (name, calls[name]()) for name in list(calls) * 150]
+    for name, got in _concurrently(jobs):
+        assert got == expected[name], name
+
+
+def test_overlapping_calls_on_a_training_model_run_in_eval_and_restore_training(dropout_bert):
+    """Evaluation during training: calls switch to eval for their duration; the last one to finish restores training."""
+    model = AutoModelForEmbedding.from_pretrained(dropout_bert, query_max_length=8, document_max_length=64)
+    expected = model.encode_corpus(DOCS, batch_size=4)
+    model.train()
+    for got in _concurrently([lambda: model.encode_corpus(DOCS, batch_size=4)] * 16):
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert all(m.training for m in model.modules())
+    model.eval()
+    model.backbone.encoder.train()  # a part in training mode: restored exactly, the rest left alone
+    with eval_mode(model):
+        with eval_mode(model):
+            pass
+        assert not any(m.training for m in model.modules())  # the outer call is still running
+    assert [m.training for m in model.modules()] == [m is model.backbone.encoder or _inside(m, model.backbone.encoder)
+                                                     for m in model.modules()]
+
+
+def _inside(module, parent):
+    return any(module is m for m in parent.modules())
+
+
+@pytest.mark.parametrize("kind", ["embedding", "cross-encoder", "colbert", "llm"])
+def test_from_pretrained_returns_eval_mode(kind, tiny_bert, tiny_qwen):
+    if kind == "embedding":
+        model = AutoModelForEmbedding.from_pretrained(tiny_bert)
+    else:
+        model = AutoModelForRanking.from_pretrained(tiny_qwen if kind == "llm" else tiny_bert, model_type=kind)
+    assert not any(m.training for m in model.modules())
 
 
 # ---------------------------------------------------------------------------------------------- embedder inputs

@@ -32,7 +32,7 @@ from .base import (
 )
 from .inputs import as_texts, check_batch_size
 from .pooling import POOLING_METHODS, pool
-from .processing import TextProcessor, run_in_length_chunks
+from .processing import TextProcessor, eval_mode, run_in_length_chunks
 from .st_format import read_st_settings, warn_unsupported_prefix, write_st_files
 
 Batch = Dict[str, torch.Tensor]
@@ -151,7 +151,7 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
         backbone = attach_lora(backbone, config, base_path, adapter_path, use_lora, lora_r, lora_alpha, lora_dropout,
                                lora_target_modules)
         model = cls(backbone, tokenizer, config)
-        return model.to(device_)
+        return model.to(device_).eval()  # as transformers does; training switches modes itself
 
     def save_pretrained(self, path: str | os.PathLike, merge_lora: bool = False) -> None:
         """Save weights (or the LoRA adapter), tokenizer, ``retrievals_config.json`` and sentence-transformers files.
@@ -279,7 +279,8 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
     ) -> Union[np.ndarray, torch.Tensor]:
         """Embed texts in batches sorted by length, padded per batch; results come back in input order.
 
-        One string gives one vector [dim], a list gives [n, dim] (an empty list [0, dim]).
+        One string gives one vector [dim], a list gives [n, dim] (an empty list [0, dim]). Safe to call from
+        several threads at once: the results are those of one thread.
         """
         texts, single = as_texts(sentences, "sentences")
         check_batch_size(batch_size)
@@ -303,18 +304,16 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
         """Float32 CPU embeddings of texts already tokenized by :meth:`tokenize` (for callers that also
         need the token counts, such as the server), in input order."""
         check_batch_size(batch_size)
-        was_training = self.training
-        self.eval()
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         out = torch.empty((len(ids), self.embedding_dim), dtype=torch.float32)
         if show_progress_bar is None:
             show_progress_bar = len(ids) > 10 * batch_size and logger.getEffectiveLevel() <= 20
         dev = self.device
-        for start in trange(0, len(ids), batch_size, desc="Encoding", disable=not show_progress_bar):
-            idx = order[start : start + batch_size]
-            batch = {k: v.to(dev) for k, v in self.pad([ids[i] for i in idx]).items()}
-            out[idx] = self.embed(batch, normalize=normalize_embeddings).float().cpu()
-        self.train(was_training)
+        with eval_mode(self):
+            for start in trange(0, len(ids), batch_size, desc="Encoding", disable=not show_progress_bar):
+                idx = order[start : start + batch_size]
+                batch = {k: v.to(dev) for k, v in self.pad([ids[i] for i in idx]).items()}
+                out[idx] = self.embed(batch, normalize=normalize_embeddings).float().cpu()
         return out
 
     def encode_queries(self, queries: Union[str, Sequence[str]], **kwargs: Any) -> Union[np.ndarray, torch.Tensor]:

@@ -1,9 +1,13 @@
-"""Text processing shared by training and inference: instructions, truncation, EOS and dynamic padding."""
+"""Text processing shared by training and inference: instructions, truncation, EOS and dynamic padding,
+and the two guards that make inference safe to call from several threads at once."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
+import threading
+import weakref
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TypeVar
 
 import torch
 
@@ -13,6 +17,54 @@ MIN_PADDING_SAVED = 0.1  # run_in_length_chunks splits a batch only when that sa
 
 
 P = TypeVar("P", bound="PaddingOptions")
+
+# ---------------------------------------------------------------------------------------------- threads
+_GUARD = threading.Lock()  # guards the two registries below (held only for a moment)
+_TOKENIZER_LOCKS: "weakref.WeakKeyDictionary[Any, threading.Lock]" = weakref.WeakKeyDictionary()
+_EVAL_CALLS: "weakref.WeakKeyDictionary[torch.nn.Module, List[Any]]" = weakref.WeakKeyDictionary()
+
+
+def call_tokenizer(tokenizer: Any, *args: Any, **kwargs: Any) -> Any:
+    """``tokenizer(*args, **kwargs)`` under a lock shared by every user of that tokenizer object.
+
+    A fast tokenizer keeps its truncation and padding settings in its Rust backend and every call
+    rewrites them (even a call without truncation clears them), so two overlapping calls with different
+    max lengths can truncate with each other's length. One call at a time keeps each call's results
+    exactly those of a single thread. The lock lives outside the tokenizer, which stays picklable.
+    """
+    with _GUARD:
+        lock = _TOKENIZER_LOCKS.get(tokenizer)
+        if lock is None:
+            lock = _TOKENIZER_LOCKS[tokenizer] = threading.Lock()
+    with lock:
+        return tokenizer(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Run an inference call in eval mode (no dropout), however calls overlap across threads.
+
+    Models load in eval mode, so this usually does nothing. A model in training mode (evaluation during
+    training) is switched to eval for the duration; overlapping calls share one counter, and only the
+    last one to finish puts back the modules that were training, so no call ever runs with dropout on.
+    """
+    with _GUARD:
+        state = _EVAL_CALLS.setdefault(model, [0, []])  # [calls running, modules to put back in training mode]
+        training = [m for m in model.modules() if m.training]
+        if training:
+            state[1].extend(training)
+            model.eval()
+        state[0] += 1
+    try:
+        yield
+    finally:
+        with _GUARD:
+            state[0] -= 1
+            if state[0] == 0:
+                for module in state[1]:
+                    module.training = True  # exactly the modules that were training (not their children)
+                del _EVAL_CALLS[model]
+
 
 
 class PaddingOptions:
@@ -42,7 +94,7 @@ class TextProcessor(PaddingOptions):
         self.config = config
         tokenizer.padding_side = config.padding_side
         eos = tokenizer.eos_token_id
-        ids = tokenizer("a", add_special_tokens=True)["input_ids"] if eos is not None else []
+        ids = call_tokenizer(tokenizer, "a", add_special_tokens=True)["input_ids"] if eos is not None else []
         self.eos_added_by_tokenizer = bool(ids) and ids[-1] == eos
 
     def tokenize(self, texts: Sequence[str], is_query: bool = False, max_length: Optional[int] = None) -> List[List[int]]:
@@ -58,7 +110,8 @@ class TextProcessor(PaddingOptions):
         texts = [apply_instruction(instruction, t) for t in texts]
         ids: List[List[int]] = []
         if texts:  # a tokenizer call with no text fails in some tokenizers
-            ids = self.tokenizer(texts, truncation=True, max_length=limit - 1 if add_eos else limit, padding=False)["input_ids"]
+            ids = call_tokenizer(self.tokenizer, texts, truncation=True, max_length=limit - 1 if add_eos else limit,
+                                 padding=False)["input_ids"]
         if add_eos:
             ids = [seq if seq and seq[-1] == eos else seq + [eos] for seq in ids]
         return ids

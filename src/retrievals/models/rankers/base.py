@@ -29,6 +29,7 @@ from ..base import (
     resolve_lora_paths,
 )
 from ..inputs import as_pairs, as_texts, check_batch_size, check_top_k
+from ..processing import eval_mode
 
 Pair = Tuple[str, str]
 Batch = Dict[str, torch.Tensor]
@@ -163,7 +164,7 @@ class BaseRanker(CheckpointingMixin, nn.Module, metaclass=ABCMeta):
                                lora_target_modules, task_type=cls.lora_task_type)
         model = cls(backbone, tokenizer, config)
         model._load_extra(path, fresh=not saved_by_us)
-        return model.to(device_)
+        return model.to(device_).eval()  # as transformers does; training switches modes itself
 
     def save_pretrained(self, path: str | os.PathLike, merge_lora: bool = False) -> None:
         """Save weights (or the LoRA adapter), tokenizer and ``retrievals_config.json``, atomically.
@@ -209,8 +210,8 @@ class BaseRanker(CheckpointingMixin, nn.Module, metaclass=ABCMeta):
         """Score (query, document) pairs; one pair gives a float, a list gives a list in input order.
 
         Inputs are batched by length with dynamic padding; a document longer than ``max_length``
-        gets the score of its best window. Scores do not depend on the batch a pair lands in.
-        An empty list gives ``[]``.
+        gets the score of its best window. Scores do not depend on the batch a pair lands in, nor on
+        other threads scoring at the same time. An empty list gives ``[]``.
         """
         items, single = as_pairs(pairs)
         check_batch_size(batch_size)
@@ -222,15 +223,13 @@ class BaseRanker(CheckpointingMixin, nn.Module, metaclass=ABCMeta):
         unit_scores = torch.empty(len(units), dtype=torch.float32)
         if show_progress_bar is None:
             show_progress_bar = len(units) > 10 * batch_size and logger.getEffectiveLevel() <= 20
-        was_training = self.training
-        self.eval()
         dev = self.device
-        for start in trange(0, len(order), batch_size, desc="Scoring", disable=not show_progress_bar):
-            idx = order[start : start + batch_size]
-            batch = self.processor.collate_units([units[k][1] for k in idx])
-            batch = {k: v.to(dev) for k, v in batch.items()}
-            unit_scores[idx] = self.score_units(batch).float().cpu()
-        self.train(was_training)
+        with eval_mode(self):
+            for start in trange(0, len(order), batch_size, desc="Scoring", disable=not show_progress_bar):
+                idx = order[start : start + batch_size]
+                batch = self.processor.collate_units([units[k][1] for k in idx])
+                batch = {k: v.to(dev) for k, v in batch.items()}
+                unit_scores[idx] = self.score_units(batch).float().cpu()
         owners = torch.tensor([owner for owner, _ in units], dtype=torch.long)
         scores = torch.full((len(items),), float("-inf")).scatter_reduce(0, owners, unit_scores, reduce="amax")
         if normalize:
