@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from retrievals import AutoModelForEmbedding, AutoModelForRanking
 from retrievals.index import BM25Index, ExactIndex, FaissIndex, reciprocal_rank_fusion
-from retrievals.models.processing import eval_mode
+from retrievals.models.processing import eval_mode, exclude_prompt
 
 from .conftest import corpus_lines, needs
 
@@ -269,3 +269,56 @@ def test_index_input_contract():
     assert reciprocal_rank_fusion([run, run], top_k=0) == {"q": {}}
     with pytest.raises(ValueError, match="top_k must be >= 0"):
         reciprocal_rank_fusion([run], top_k=-1)
+
+
+# ---------------------------------------------------------------------------------------------- include_prompt
+def test_exclude_prompt_either_padding_side():
+    right = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]])
+    left = torch.tensor([[0, 1, 1, 1, 1], [0, 0, 0, 1, 1]])
+    assert exclude_prompt(right, 2).tolist() == [[0, 0, 1, 1, 0], [0, 0, 0, 0, 0]]
+    assert exclude_prompt(left, 2).tolist() == [[0, 0, 0, 1, 1], [0, 0, 0, 0, 0]]
+
+
+@pytest.mark.parametrize("kind, side", [("bert", "right"), ("qwen", "left"), ("qwen", "right")])
+def test_include_prompt_false_embeds_like_sentence_transformers(kind, side, tiny_bert, tiny_qwen, tmp_path):
+    st_lib = needs("sentence_transformers")
+    base = tiny_bert if kind == "bert" else tiny_qwen
+    model = AutoModelForEmbedding.from_pretrained(base, pooling_method="mean", padding_side=side, query_max_length=24,
+                                                  document_max_length=24, query_instruction="query: tax ",
+                                                  document_instruction="passage: ")
+    model.save_pretrained(tmp_path / "m")
+    folder = tmp_path / "m"
+    (folder / "retrievals_config.json").unlink()  # a sentence-transformers folder, as published on the hub
+    pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({**pooling, "include_prompt": False}))
+    texts = corpus_lines(7) + ["", "tax card " * 40]  # an empty text, and one cut at the max length
+    ours = AutoModelForEmbedding.from_pretrained(str(folder), padding_side=side)
+    assert ours.retrieval_config.include_prompt is False
+    theirs = st_lib.SentenceTransformer(str(folder), device="cpu")
+    theirs.tokenizer.padding_side = side
+    expected_q = theirs.encode(texts, prompt_name="query", batch_size=4)
+    np.testing.assert_allclose(ours.encode_queries(texts, batch_size=4), expected_q, atol=1e-5)
+    np.testing.assert_allclose(ours.encode_corpus(texts), theirs.encode(texts, prompt_name="document"), atol=1e-5)
+    assert not np.allclose(model.encode_queries(texts), expected_q, atol=1e-3)  # the prompt did count before
+    # training sees the same: the collator's batch carries the pooling mask that leaves the prompt out
+    from retrievals.data.collator import EmbeddingCollator
+
+    batch = EmbeddingCollator(ours.processor)([{"query": t, "documents": ["x"]} for t in texts])
+    with torch.no_grad():
+        trained_view = ours(query=batch["query"]).query_embeddings
+    np.testing.assert_allclose(trained_view.numpy(), expected_q, atol=1e-5)
+    # saved by us: retrievals_config.json and the sentence-transformers files both keep include_prompt=False
+    ours.save_pretrained(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "1_Pooling" / "config.json").read_text())["include_prompt"] is False
+    again = AutoModelForEmbedding.from_pretrained(str(tmp_path / "again"))
+    assert again.retrieval_config.include_prompt is False
+    np.testing.assert_array_equal(again.encode_queries(texts), ours.encode_queries(texts))
+
+
+def test_include_prompt_false_needs_prefix_instructions(tiny_bert):
+    with pytest.raises(ValueError, match="include_prompt=False needs instructions that are prefixes"):
+        AutoModelForEmbedding.from_pretrained(tiny_bert, query_instruction="Instruct: {}\nQuery:", include_prompt=False)
+    prefix_template = AutoModelForEmbedding.from_pretrained(tiny_bert, query_instruction="Q: {}", include_prompt=False)
+    plain = AutoModelForEmbedding.from_pretrained(tiny_bert, query_instruction="Q: ", include_prompt=False)
+    np.testing.assert_array_equal(prefix_template.encode_queries(QUERIES), plain.encode_queries(QUERIES))
+    assert plain.tokenize(QUERIES, is_query=True).prompt_length == 3  # [CLS] q : (the trailing [SEP] of the prompt alone is not counted)

@@ -50,6 +50,7 @@ class EmbeddingConfig(ModelConfig):
     query_max_length: int = 512
     document_max_length: int = 512
     append_eos: bool = False  # append the EOS token to every text (decoder LLM recipes with last-token pooling)
+    include_prompt: bool = True  # False: pooling leaves out the instruction's tokens (sentence-transformers' Pooling option)
     padding_side: str = "right"
     decoder: bool = False
 
@@ -93,6 +94,7 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
         document_max_length: Optional[int] = None,
         append_eos: Optional[bool] = None,
         padding_side: Optional[str] = None,
+        include_prompt: Optional[bool] = None,
         use_lora: bool = False,
         lora_path: Optional[str] = None,
         lora_r: int = 8,
@@ -137,6 +139,7 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
             document_max_length=document_max_length,
             append_eos=append_eos,
             padding_side=padding_side,
+            include_prompt=include_prompt,
         )
         tokenizer_path = tokenizer_name or (path if has_tokenizer(path) else base_path)
         tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=trust_remote_code)
@@ -194,6 +197,7 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
             max_seq_length=max(config.query_max_length, config.document_max_length),
             query_prompt=prompts[0],
             document_prompt=prompts[1],
+            include_prompt=config.include_prompt,
         )
 
     def _tokenizer_for_saving(self, config: EmbeddingConfig) -> Any:
@@ -243,15 +247,18 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
         """
         left = self.processor.tokenizer.padding_side == "left"
         return run_in_length_chunks(
-            lambda b: self._embed_padded(b["input_ids"], b["attention_mask"], normalize), batch, chunk_size, left
+            lambda b: self._embed_padded(b["input_ids"], b["attention_mask"], normalize, b.get("pooling_mask")),
+            batch, chunk_size, left,
         )
 
-    def _embed_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, normalize: Optional[bool]) -> torch.Tensor:
+    def _embed_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, normalize: Optional[bool],
+                      pooling_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``pooling_mask`` (see :meth:`TextProcessor.pad`): the tokens to pool when the prompt's are left out."""
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self.retrieval_config.decoder:  # correct positions under left padding
             inputs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         hidden = self.backbone(**inputs).last_hidden_state
-        emb = pool(hidden, attention_mask, self.retrieval_config.pooling_method)
+        emb = pool(hidden, attention_mask if pooling_mask is None else pooling_mask, self.retrieval_config.pooling_method)
         if self.retrieval_config.normalize_embeddings if normalize is None else normalize:
             emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
         return emb
@@ -304,6 +311,7 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
         """Float32 CPU embeddings of texts already tokenized by :meth:`tokenize` (for callers that also
         need the token counts, such as the server), in input order."""
         check_batch_size(batch_size)
+        prompt_length = getattr(ids, "prompt_length", 0)  # the slices below are plain lists
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         out = torch.empty((len(ids), self.embedding_dim), dtype=torch.float32)
         if show_progress_bar is None:
@@ -312,7 +320,8 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
         with eval_mode(self):
             for start in trange(0, len(ids), batch_size, desc="Encoding", disable=not show_progress_bar):
                 idx = order[start : start + batch_size]
-                batch = {k: v.to(dev) for k, v in self.pad([ids[i] for i in idx]).items()}
+                batch = self.processor.pad([ids[i] for i in idx], prompt_length=prompt_length)
+                batch = {k: v.to(dev) for k, v in batch.items()}
                 out[idx] = self.embed(batch, normalize=normalize_embeddings).float().cpu()
         return out
 
