@@ -43,7 +43,7 @@ def test_retrieve_encodes_shards_across_two_processes(tiny_bert, tmp_path):
               "--index_type", "exact", "--top_k", "10", "--shard_size", "10"]
     run_torchrun(2, "-m", "retrievals.pipelines.retrieve", *common, "--output", str(tmp_path / "two.trec"),
                  "--cache_dir", str(tmp_path / "cache2"))
-    assert len(list((tmp_path / "cache2").glob("shard-*.npy"))) == 5
+    assert len(list((tmp_path / "cache2").rglob("shard-*.npy"))) == 5
     from retrievals.pipelines import retrieve
 
     assert retrieve.main([*common, "--output", str(tmp_path / "one.trec")]) == 0

@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 import numpy as np
 
 from ..files import atomic_directory, prepare_folder, verify_files
+from ..models.inputs import check_same_length, check_top_k
 
 Run = Dict[str, Dict[str, float]]
 META = "index_meta.json"
@@ -19,7 +20,11 @@ INDEXES: Dict[str, Type["Index"]] = {}
 
 class Index(ABC):
     """One subclass per backend (exact, faiss, bm25). ``search`` takes query vectors (dense
-    backends) or query texts (BM25) and returns scores [Q, k] and the matching document ids."""
+    backends) or query texts (BM25) and returns scores [Q, k] and the matching document ids.
+
+    Backends implement ``_queries`` (check and convert the queries) and ``_search`` (at least one
+    query, ``1 <= k <= len(index)``); ``search`` holds the contract they share.
+    """
 
     backend: ClassVar[str] = ""
 
@@ -36,13 +41,31 @@ class Index(ABC):
     def __len__(self) -> int:
         return len(self.ids)
 
-    @abstractmethod
     def search(self, queries: Any, top_k: int = 10) -> Tuple[np.ndarray, List[List[str]]]:
-        """Scores [n_queries, k] (best first) and the ids of those documents."""
+        """Scores [n_queries, k] (best first, ``k = min(top_k, len(index))``) and the ids of those documents.
+
+        One query (a vector, or a string for BM25) counts as a list of one; no queries or ``top_k=0``
+        give scores of shape [n_queries, k] with no search; a negative ``top_k`` is a ``ValueError``.
+        """
+        k = min(check_top_k(top_k), len(self.ids))
+        queries = self._queries(queries)
+        if len(queries) == 0 or k == 0:
+            return np.zeros((len(queries), k), dtype=np.float32), [[] for _ in range(len(queries))]
+        return self._search(queries, k)
+
+    @abstractmethod
+    def _queries(self, queries: Any) -> Any:
+        """The queries checked and converted for :meth:`_search` (a matrix or a list of texts)."""
+
+    @abstractmethod
+    def _search(self, queries: Any, k: int) -> Tuple[np.ndarray, List[List[str]]]:
+        """:meth:`search` for at least one query and ``1 <= k <= len(self)``."""
 
     def search_run(self, query_ids: Sequence[str], queries: Any, top_k: int = 100) -> Run:
         """A run: query id -> {document id: score} of the best ``top_k``."""
+        query_ids = [query_ids] if isinstance(query_ids, str) else list(query_ids)
         scores, ids = self.search(queries, top_k)
+        check_same_length(query_ids, ids, "query_ids and queries")
         return {str(q): {d: float(s) for d, s in zip(row_ids, row) if d is not None} for q, row, row_ids in zip(query_ids, scores, ids)}
 
     @abstractmethod

@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..models.inputs import as_texts
 from ..utils import require
 from .base import Index
 
@@ -31,12 +32,12 @@ class BM25Index(Index):
         self.retriever = bm25s.BM25(k1=k1, b=b, method=method)
         self.retriever.index(bm25s.tokenize(texts, stopwords=stopwords, show_progress=False), show_progress=False)
 
-    def search(self, queries: Sequence[str], top_k: int = 10) -> Tuple[np.ndarray, List[List[str]]]:
+    def _queries(self, queries: Any) -> List[str]:
+        return as_texts(queries, "queries")[0]
+
+    def _search(self, queries: List[str], k: int) -> Tuple[np.ndarray, List[List[str]]]:
         bm25s = require("bm25s", "bm25")
-        if isinstance(queries, str):
-            queries = [queries]
-        k = min(top_k, len(self.ids))
-        tokens = bm25s.tokenize(list(queries), stopwords=self.stopwords, show_progress=False)
+        tokens = bm25s.tokenize(queries, stopwords=self.stopwords, show_progress=False)
         docs, scores = self.retriever.retrieve(tokens, k=k, show_progress=False, n_threads=1)
         return np.asarray(scores, dtype=np.float32), [[self.ids[int(j)] for j in row] for row in docs]
 

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..models.inputs import as_query_vectors
 from .base import Index, as_matrix
 
 
@@ -43,8 +44,11 @@ class ExactIndex(Index):
         if self.vectors.shape[0] != len(self.ids):
             raise ValueError(f"{self.vectors.shape[0]} vectors for {len(self.ids)} ids")
 
-    def search(self, queries: Any, top_k: int = 10) -> Tuple[np.ndarray, List[List[str]]]:
-        scores, idx = exact_search(as_matrix(queries), self.vectors, top_k)
+    def _queries(self, queries: Any) -> np.ndarray:
+        return as_query_vectors(queries, self.vectors.shape[1])
+
+    def _search(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, List[List[str]]]:
+        scores, idx = exact_search(queries, self.vectors, k)
         return scores, [[self.ids[j] for j in row] for row in idx]
 
     def _save(self, folder: Path) -> Dict[str, Any]:

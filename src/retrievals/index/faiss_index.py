@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..utils import require
+from ..models.inputs import as_query_vectors
 from .base import Index, as_matrix
 
 FAISS_TYPES = ("flat", "ivf", "hnsw")
@@ -54,9 +55,11 @@ class FaissIndex(Index):
         elif self.index_type == "hnsw":
             self.index.hnsw.efSearch = self.ef_search
 
-    def search(self, queries: Any, top_k: int = 10) -> Tuple[np.ndarray, List[List[str]]]:
-        k = min(top_k, len(self.ids))
-        scores, idx = self.index.search(as_matrix(queries), k)
+    def _queries(self, queries: Any) -> np.ndarray:
+        return as_query_vectors(queries, self.index.d)
+
+    def _search(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, List[List[str]]]:
+        scores, idx = self.index.search(queries, k)
         return scores, [[self.ids[j] if j >= 0 else None for j in row] for row in idx]
 
     def _save(self, folder: Path) -> Dict[str, Any]:

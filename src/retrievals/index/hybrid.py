@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
 
+from ..models.inputs import check_top_k
 from .base import Run
 
 
@@ -13,6 +14,7 @@ def reciprocal_rank_fusion(runs: Sequence[Run], k: int = 60, weights: Optional[S
 
     A document missing from a run gets nothing from it. Returns the fused run, best ``top_k`` per query.
     """
+    top_k = check_top_k(top_k, allow_none=True)
     weights = list(weights) if weights is not None else [1.0] * len(runs)
     if len(weights) != len(runs):
         raise ValueError(f"{len(weights)} weights for {len(runs)} runs")

@@ -6,7 +6,7 @@ from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .base import Index, as_matrix
+from .base import Index
 from .exact import ExactIndex
 from .faiss_index import FAISS_TYPES, FaissIndex
 
@@ -29,6 +29,7 @@ class AutoRetrieval:
             if index_path is None:
                 raise ValueError("pass index_path (a saved index folder) or index")
             index = Index.load(index_path)
-        scores, ids = index.search(as_matrix(query_embed), top_k)
+        scores, ids = index.search(query_embed, top_k)
         position = {doc_id: i for i, doc_id in enumerate(index.ids)}
-        return scores, np.asarray([[position.get(d, -1) for d in row] for row in ids], dtype=np.int64)
+        rows = np.asarray([[position.get(d, -1) for d in row] for row in ids], dtype=np.int64)
+        return scores, rows.reshape(scores.shape)  # [n_queries, k] even for no queries

@@ -32,8 +32,9 @@ from .base import (
     load_tokenizer,
     resolve_lora_paths,
 )
+from .inputs import as_texts, check_batch_size
 from .pooling import POOLING_METHODS, pool
-from .processing import TextProcessor, run_in_length_chunks
+from .processing import TextProcessor, eval_mode, run_in_length_chunks
 from .st_format import read_st_settings, warn_unsupported_prefix, write_st_files
 
 Batch = Dict[str, torch.Tensor]
@@ -51,6 +52,7 @@ class EmbeddingConfig(ModelConfig):
     query_max_length: int = 512
     document_max_length: int = 512
     append_eos: bool = False  # append the EOS token to every text (decoder LLM recipes with last-token pooling)
+    include_prompt: bool = True  # False: pooling leaves out the instruction's tokens (sentence-transformers' Pooling option)
     padding_side: str = "right"
     decoder: bool = False
 
@@ -94,6 +96,7 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
         document_max_length: Optional[int] = None,
         append_eos: Optional[bool] = None,
         padding_side: Optional[str] = None,
+        include_prompt: Optional[bool] = None,
         use_lora: bool = False,
         lora_path: Optional[str] = None,
         lora_r: int = 8,
@@ -142,6 +145,7 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
             document_max_length=document_max_length,
             append_eos=append_eos,
             padding_side=padding_side,
+            include_prompt=include_prompt,
         )
         tokenizer_path = tokenizer_name or (path if has_tokenizer(path) else base_path)
         tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=trust_remote_code)
@@ -156,7 +160,7 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
         backbone = attach_lora(backbone, config, base_path, adapter_path, use_lora, lora_r, lora_alpha, lora_dropout,
                                lora_target_modules)
         model = cls(backbone, tokenizer, config)
-        return model.to(device_)
+        return model.to(device_).eval()  # as transformers does; training switches modes itself
 
     def save_pretrained(self, path: str | os.PathLike, merge_lora: bool = False) -> None:
         """Save weights (or the LoRA adapter), tokenizer, ``retrievals_config.json`` and sentence-transformers files.
@@ -201,6 +205,7 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
             max_seq_length=max(config.query_max_length, config.document_max_length),
             query_prompt=prompts[0],
             document_prompt=prompts[1],
+            include_prompt=config.include_prompt,
         )
 
     def _tokenizer_for_saving(self, config: EmbeddingConfig) -> Any:
@@ -250,15 +255,18 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
         """
         left = self.processor.tokenizer.padding_side == "left"
         return run_in_length_chunks(
-            lambda b: self._embed_padded(b["input_ids"], b["attention_mask"], normalize), batch, chunk_size, left
+            lambda b: self._embed_padded(b["input_ids"], b["attention_mask"], normalize, b.get("pooling_mask")),
+            batch, chunk_size, left,
         )
 
-    def _embed_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, normalize: Optional[bool]) -> torch.Tensor:
+    def _embed_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, normalize: Optional[bool],
+                      pooling_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``pooling_mask`` (see :meth:`TextProcessor.pad`): the tokens to pool when the prompt's are left out."""
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self.retrieval_config.decoder:  # correct positions under left padding
             inputs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         hidden = self.backbone(**inputs).last_hidden_state
-        emb = pool(hidden, attention_mask, self.retrieval_config.pooling_method)
+        emb = pool(hidden, attention_mask if pooling_mask is None else pooling_mask, self.retrieval_config.pooling_method)
         if self.retrieval_config.normalize_embeddings if normalize is None else normalize:
             emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
         return emb
@@ -284,9 +292,13 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
         max_length: Optional[int] = None,
         device: Optional[Union[str, torch.device]] = None,
     ) -> Union[np.ndarray, torch.Tensor]:
-        """Embed texts in batches sorted by length, padded per batch; results come back in input order."""
-        single = isinstance(sentences, str)
-        texts = [sentences] if single else list(sentences)
+        """Embed texts in batches sorted by length, padded per batch; results come back in input order.
+
+        One string gives one vector [dim], a list gives [n, dim] (an empty list [0, dim]). Safe to call from
+        several threads at once: the results are those of one thread.
+        """
+        texts, single = as_texts(sentences, "sentences")
+        check_batch_size(batch_size)
         if device is not None:
             self.to(device)
         ids = self.tokenize(texts, is_query=is_query, max_length=max_length)
@@ -306,30 +318,30 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
     ) -> torch.Tensor:
         """Float32 CPU embeddings of texts already tokenized by :meth:`tokenize` (for callers that also
         need the token counts, such as the server), in input order."""
-        was_training = self.training
-        self.eval()
+        check_batch_size(batch_size)
+        prompt_length = getattr(ids, "prompt_length", 0)  # the slices below are plain lists
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         out = torch.empty((len(ids), self.embedding_dim), dtype=torch.float32)
         if show_progress_bar is None:
             show_progress_bar = len(ids) > 10 * batch_size and logger.getEffectiveLevel() <= 20
         dev = self.device
-        for start in trange(0, len(ids), batch_size, desc="Encoding", disable=not show_progress_bar):
-            idx = order[start : start + batch_size]
-            batch = {k: v.to(dev) for k, v in self.pad([ids[i] for i in idx]).items()}
-            out[idx] = self.embed(batch, normalize=normalize_embeddings).float().cpu()
-        self.train(was_training)
+        with eval_mode(self):
+            for start in trange(0, len(ids), batch_size, desc="Encoding", disable=not show_progress_bar):
+                idx = order[start : start + batch_size]
+                batch = self.processor.pad([ids[i] for i in idx], prompt_length=prompt_length)
+                batch = {k: v.to(dev) for k, v in batch.items()}
+                out[idx] = self.embed(batch, normalize=normalize_embeddings).float().cpu()
         return out
 
     def encode_queries(self, queries: Union[str, Sequence[str]], **kwargs: Any) -> Union[np.ndarray, torch.Tensor]:
         """:meth:`encode` with the query instruction and query max length."""
         return self.encode(queries, is_query=True, **kwargs)
 
-    def encode_corpus(self, corpus: Union[str, Sequence[Any]], **kwargs: Any) -> Union[np.ndarray, torch.Tensor]:
-        """:meth:`encode` for documents: strings, or dicts with ``text`` and optional ``title`` (BEIR)."""
-        if isinstance(corpus, str):
-            return self.encode(corpus, is_query=False, **kwargs)
-        texts = [_doc_text(d) for d in corpus]
-        return self.encode(texts, is_query=False, **kwargs)
+    def encode_corpus(self, corpus: Union[str, Dict[str, str], Sequence[Any]], **kwargs: Any) -> Union[np.ndarray, torch.Tensor]:
+        """:meth:`encode` for documents: strings, or dicts with ``text`` and optional ``title`` (BEIR),
+        embedded as ``"title text"``. One string or one dict gives one vector."""
+        texts, single = as_texts(corpus, "corpus", documents=True)
+        return self.encode(texts[0] if single else texts, is_query=False, **kwargs)
 
     def build_index(self, sentences: Sequence[Any], index_path: Optional[str] = None, index_type: str = "flat",
                     ids: Optional[Sequence[str]] = None, batch_size: int = 32, **index_kwargs: Any) -> Any:
@@ -355,12 +367,3 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
 def _is_fast(tokenizer: Any) -> bool:
     return getattr(tokenizer, "backend_tokenizer", None) is not None and tokenizer.eos_token_id is not None
 
-
-def _doc_text(doc: Any) -> str:
-    if isinstance(doc, str):
-        return doc
-    if isinstance(doc, dict):
-        title = (doc.get("title") or "").strip()
-        text = doc.get("text") or ""
-        return f"{title} {text}".strip() if title else text
-    raise TypeError(f"A corpus entry must be a string or a dict with 'text', got {type(doc).__name__}.")

@@ -1,18 +1,83 @@
-"""Text processing shared by training and inference: instructions, truncation, EOS and dynamic padding."""
+"""Text processing shared by training and inference: instructions, truncation, EOS and dynamic padding,
+and the two guards that make inference safe to call from several threads at once."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
+import threading
+import weakref
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TypeVar
 
 import torch
 
-from ..utils import apply_instruction
+from ..utils import apply_instruction, instruction_as_prefix
 
 MIN_PADDING_SAVED = 0.1  # run_in_length_chunks splits a batch only when that saves at least this share of tokens
 
 
 P = TypeVar("P", bound="PaddingOptions")
+
+# ---------------------------------------------------------------------------------------------- threads
+_GUARD = threading.Lock()  # guards the two registries below (held only for a moment)
+_TOKENIZER_LOCKS: "weakref.WeakKeyDictionary[Any, threading.Lock]" = weakref.WeakKeyDictionary()
+_EVAL_CALLS: "weakref.WeakKeyDictionary[torch.nn.Module, List[Any]]" = weakref.WeakKeyDictionary()
+
+
+def call_tokenizer(tokenizer: Any, *args: Any, **kwargs: Any) -> Any:
+    """``tokenizer(*args, **kwargs)`` under a lock shared by every user of that tokenizer object.
+
+    A fast tokenizer keeps its truncation and padding settings in its Rust backend and every call
+    rewrites them (even a call without truncation clears them), so two overlapping calls with different
+    max lengths can truncate with each other's length. One call at a time keeps each call's results
+    exactly those of a single thread. The lock lives outside the tokenizer, which stays picklable.
+    """
+    with _GUARD:
+        lock = _TOKENIZER_LOCKS.get(tokenizer)
+        if lock is None:
+            lock = _TOKENIZER_LOCKS[tokenizer] = threading.Lock()
+    with lock:
+        return tokenizer(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Run an inference call in eval mode (no dropout), however calls overlap across threads.
+
+    Models load in eval mode, so this usually does nothing. A model in training mode (evaluation during
+    training) is switched to eval for the duration; overlapping calls share one counter, and only the
+    last one to finish puts back the modules that were training, so no call ever runs with dropout on.
+    """
+    with _GUARD:
+        state = _EVAL_CALLS.setdefault(model, [0, []])  # [calls running, modules to put back in training mode]
+        training = [m for m in model.modules() if m.training]
+        if training:
+            state[1].extend(training)
+            model.eval()
+        state[0] += 1
+    try:
+        yield
+    finally:
+        with _GUARD:
+            state[0] -= 1
+            if state[0] == 0:
+                for module in state[1]:
+                    module.training = True  # exactly the modules that were training (not their children)
+                del _EVAL_CALLS[model]
+
+
+# ---------------------------------------------------------------------------------------------- text
+class TokenIds(list):
+    """Token ids of a list of texts (a plain list of lists) that also carries ``prompt_length``: how many
+    leading tokens of every sequence belong to the instruction and are left out of pooling
+    (``include_prompt=False``, as sentence-transformers does; 0 otherwise)."""
+
+    prompt_length: int = 0
+
+
+def exclude_prompt(attention_mask: torch.Tensor, prompt_length: int) -> torch.Tensor:
+    """``attention_mask`` without the first ``prompt_length`` real tokens of each row (either padding side)."""
+    return attention_mask * (attention_mask.cumsum(-1) > prompt_length)
 
 
 class PaddingOptions:
@@ -34,7 +99,7 @@ class TextProcessor(PaddingOptions):
     """Tokenizer plus the model config's text settings; small and picklable for data-loader workers.
 
     ``config`` needs ``query_instruction``, ``document_instruction``, ``query_max_length``,
-    ``document_max_length``, ``append_eos`` and ``padding_side``.
+    ``document_max_length``, ``append_eos`` and ``padding_side`` (``include_prompt`` is optional).
     """
 
     def __init__(self, tokenizer: Any, config: Any) -> None:
@@ -42,10 +107,41 @@ class TextProcessor(PaddingOptions):
         self.config = config
         tokenizer.padding_side = config.padding_side
         eos = tokenizer.eos_token_id
-        ids = tokenizer("a", add_special_tokens=True)["input_ids"] if eos is not None else []
+        ids = call_tokenizer(tokenizer, "a", add_special_tokens=True)["input_ids"] if eos is not None else []
         self.eos_added_by_tokenizer = bool(ids) and ids[-1] == eos
+        self._prompt_lengths: Dict[Any, int] = {}
+        for instruction in (config.query_instruction, config.document_instruction):
+            self._prompt(instruction)  # fail at loading, not at the first call
 
-    def tokenize(self, texts: Sequence[str], is_query: bool = False, max_length: Optional[int] = None) -> List[List[int]]:
+    def _prompt(self, instruction: str) -> str:
+        """The instruction's prefix that pooling leaves out: "" unless ``include_prompt`` is False."""
+        if getattr(self.config, "include_prompt", True) or not instruction:
+            return ""
+        prefix = instruction_as_prefix(instruction)
+        if prefix is None:
+            raise ValueError(
+                f"include_prompt=False needs instructions that are prefixes; {instruction!r} has text after '{{}}'."
+            )
+        return prefix
+
+    def _add_eos(self) -> bool:
+        return self.config.append_eos and not self.eos_added_by_tokenizer and self.tokenizer.eos_token_id is not None
+
+    def prompt_length(self, instruction: str, limit: int) -> int:
+        """Leading tokens of the instruction left out of pooling, counted as sentence-transformers does: the
+        prompt tokenized alone (special tokens included, same truncation) less a trailing special token."""
+        prompt = self._prompt(instruction)
+        if not prompt:
+            return 0
+        key = (prompt, limit)
+        if key not in self._prompt_lengths:
+            cap = limit - 1 if self._add_eos() else limit
+            ids = call_tokenizer(self.tokenizer, prompt, truncation=True, max_length=cap)["input_ids"]
+            trailing_special = bool(ids) and ids[-1] in self.tokenizer.all_special_ids
+            self._prompt_lengths[key] = len(ids) - int(trailing_special)
+        return self._prompt_lengths[key]
+
+    def tokenize(self, texts: Sequence[str], is_query: bool = False, max_length: Optional[int] = None) -> TokenIds:
         """Unpadded token ids with the query or document instruction applied and truncation to the max length.
 
         With ``append_eos`` the EOS token ends every sequence (counted within the max length).
@@ -54,17 +150,30 @@ class TextProcessor(PaddingOptions):
         instruction = cfg.query_instruction if is_query else cfg.document_instruction
         limit = max_length or (cfg.query_max_length if is_query else cfg.document_max_length)
         eos = self.tokenizer.eos_token_id
-        add_eos = cfg.append_eos and not self.eos_added_by_tokenizer and eos is not None
+        add_eos = self._add_eos()
         texts = [apply_instruction(instruction, t) for t in texts]
-        ids = self.tokenizer(texts, truncation=True, max_length=limit - 1 if add_eos else limit, padding=False)["input_ids"]
+        ids: List[List[int]] = []
+        if texts:  # a tokenizer call with no text fails in some tokenizers
+            ids = call_tokenizer(self.tokenizer, texts, truncation=True, max_length=limit - 1 if add_eos else limit,
+                                 padding=False)["input_ids"]
         if add_eos:
             ids = [seq if seq and seq[-1] == eos else seq + [eos] for seq in ids]
-        return ids
+        out = TokenIds(ids)
+        out.prompt_length = self.prompt_length(instruction, limit)
+        return out
 
-    def pad(self, sequences: Sequence[Sequence[int]]) -> Dict[str, torch.Tensor]:
-        """Pad to the longest sequence of this batch (rounded up to ``pad_to_multiple_of``) on the tokenizer's padding side."""
-        return pad_ids(sequences, self.tokenizer.pad_token_id, left=self.tokenizer.padding_side == "left",
-                       multiple_of=self.pad_to_multiple_of)
+    def pad(self, sequences: Sequence[Sequence[int]], prompt_length: Optional[int] = None) -> Dict[str, torch.Tensor]:
+        """Pad to the longest sequence of this batch (rounded up to ``pad_to_multiple_of``) on the tokenizer's padding side.
+
+        When the instruction is left out of pooling (``prompt_length``, by default that of :meth:`tokenize`'s
+        output) the batch also holds ``pooling_mask``: the attention mask without the prompt's tokens.
+        """
+        batch = pad_ids(sequences, self.tokenizer.pad_token_id, left=self.tokenizer.padding_side == "left",
+                        multiple_of=self.pad_to_multiple_of)
+        prompt_length = getattr(sequences, "prompt_length", 0) if prompt_length is None else prompt_length
+        if prompt_length:
+            batch["pooling_mask"] = exclude_prompt(batch["attention_mask"], prompt_length)
+        return batch
 
 
 def pad_ids(

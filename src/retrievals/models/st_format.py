@@ -13,7 +13,8 @@ _POOL_NAMES = {"cls": "cls", "mean": "mean", "lasttoken": "last", "last": "last"
 
 
 def read_st_settings(path: str | Path) -> Dict[str, Any]:
-    """Settings of a sentence-transformers folder: pooling, normalization, max length and prompts.
+    """Settings of a sentence-transformers folder: pooling (and whether it includes the prompt), normalization,
+    max length and prompts.
 
     Returns an empty dict when ``path`` is not such a folder. Both the classic pooling config
     (``pooling_mode_mean_tokens: true``) and the v6 one (``pooling_mode: "mean"``) are understood.
@@ -38,6 +39,8 @@ def read_st_settings(path: str | Path) -> Dict[str, Any]:
                     f"{folder / 'config.json'}: pooling mode {cfg!r} is not supported; retrievals supports cls, mean and last."
                 )
             settings["pooling_method"] = _POOL_NAMES[mode]
+            if not cfg.get("include_prompt", True):
+                settings["include_prompt"] = False
         elif kind.endswith("Normalize"):
             settings["normalize_embeddings"] = True
         elif kind.endswith("Transformer"):
@@ -65,6 +68,7 @@ def write_st_files(
     max_seq_length: int,
     query_prompt: Optional[str],
     document_prompt: Optional[str],
+    include_prompt: bool = True,
 ) -> None:
     """Write the classic sentence-transformers module files next to a saved transformer."""
     path = Path(path)
@@ -80,7 +84,7 @@ def write_st_files(
         json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}, indent=2) + "\n", encoding="utf-8"
     )
     pooling = {"word_embedding_dimension": embedding_dim, **{flag: name == pooling_method for name, flag in _POOL_FLAGS.items()}}
-    pooling.update({"pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False, "include_prompt": True})
+    pooling.update({"pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False, "include_prompt": include_prompt})
     (path / "1_Pooling").mkdir(exist_ok=True)
     (path / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2) + "\n", encoding="utf-8")
     prompts = {"query": query_prompt or "", "document": document_prompt or ""}

@@ -12,6 +12,7 @@ import torch
 from transformers import TrainingArguments
 
 from ..utils import logger
+from .distributed import world
 
 AUTO_WORKERS = 4  # data-loader workers used by default on a GPU machine (tokenizing in the main process starves the GPU)
 
@@ -106,6 +107,24 @@ class RetrievalTrainingArguments(TrainingArguments):
                                  "or choose a loss that uses it.")
 
     loss_registry: ClassVar[str] = "embedding"
+
+    # transformers (5.x) on CPU under torchrun reports every process as process 0 of 1 although the process group
+    # is up (and accelerate splits the data), so every process would save, and into the same folder. The ranks
+    # come from torch.distributed when it runs.
+    @property
+    def process_index(self) -> int:
+        rank, size = world()
+        return rank if size > 1 else super().process_index
+
+    @property
+    def world_size(self) -> int:
+        rank, size = world()
+        return size if size > 1 else super().world_size
+
+    @property
+    def local_process_index(self) -> int:
+        rank, size = world()
+        return int(os.environ.get("LOCAL_RANK", rank)) if size > 1 else super().local_process_index
 
 
 def at_least(flag: str, value: Optional[float], low: float) -> None:

@@ -108,6 +108,14 @@ class RunFolder:
             "this_run": sorted(self.this_run),
         })
 
+    def drop_checkpoints_after(self, checkpoint: str) -> None:
+        """Delete our checkpoints newer than the one resumed from (a save the kill interrupted): the resumed run
+        writes them again, and a half-written one must never be mistaken for a complete one."""
+        keep = int(_CHECKPOINT.match(Path(checkpoint).name).group(1))
+        for number, entry in _checkpoints(self.path):
+            if number > keep and entry.name in self.written and self.is_main:
+                shutil.rmtree(entry, ignore_errors=True)
+
     def retire_checkpoints(self) -> None:
         """Delete this folder's checkpoints of ours (incomplete ones too), so no later rerun resumes them."""
         for _, entry in sorted(_checkpoints(self.path)):
@@ -178,6 +186,7 @@ def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool, fingerpri
             )
         run.resume_from = checkpoint
         run.this_run = set(run.written)  # resuming continues that run: what it wrote stays
+        run.drop_checkpoints_after(checkpoint)
     else:
         run.retire_checkpoints()
     run._write("running")

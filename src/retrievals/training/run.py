@@ -6,12 +6,14 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import torch
 from torch import nn
 from transformers import set_seed
 
 from ..data import TrainDataset, load_records
 from ..data.readers import DataError
 from ..utils import logger
+from .distributed import world
 from .arguments import DataArguments, RetrievalTrainingArguments
 from .fingerprint import run_fingerprint
 from .output_dir import prepare_output_dir
@@ -46,9 +48,13 @@ def run_training(
     dataset = TrainDataset(records, data_args.train_group_size, args.seed, data_args.unfold_each_positive)
     check_steps(len(dataset), args)
     fingerprint = run_fingerprint(model_path, records, args, *settings)
-    with args.main_process_first(desc="output folder", local=False):
-        folder = prepare_output_dir(args.output_dir, args.overwrite_output_dir, args.resume, fingerprint,
-                                    is_main=args.process_index == 0)
+    rank, size = world()
+    if rank == 0:  # the main process settles the folder first; the others then read what it decided
+        folder = prepare_output_dir(args.output_dir, args.overwrite_output_dir, args.resume, fingerprint)
+    if size > 1:
+        torch.distributed.barrier()
+    if rank != 0:
+        folder = prepare_output_dir(args.output_dir, args.overwrite_output_dir, args.resume, fingerprint, is_main=False)
     checkpoint = args.resume_from_checkpoint or folder.resume_from
     if checkpoint:
         logger.warning("Resuming from %s", checkpoint)

@@ -104,7 +104,9 @@ class RetrievalTrainer(Trainer):
         replace a good model); the run's fingerprint is saved beside the weights."""
         output_dir = output_dir or self.args.output_dir
         model = self.accelerator.unwrap_model(self.model)
-        check_finite(model)
+        check_finite(model)  # on every process: all of them stop, not only the one that writes
+        if not self.args.should_save:  # one writer (transformers' own _save checks this too)
+            return
         final = self.run_folder is not None and Path(output_dir).resolve() == self.run_folder.path.resolve()
         model.save_pretrained(output_dir)
         if final:

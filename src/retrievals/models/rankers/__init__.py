@@ -25,7 +25,7 @@ def normalize_model_type(model_type: str) -> str:
 def infer_model_type(path: str, trust_remote_code: bool = False) -> str:
     """The saved type, else ``colbert`` when a ``colbert_linear.pt`` is there, ``llm`` for decoder LMs
     without a classification head, else ``cross-encoder``."""
-    folder = Path(path)
+    folder = Path(check_model_path(path))
     saved = folder / CONFIG_NAME
     if saved.is_file():
         kind = json.loads(saved.read_text(encoding="utf-8")).get("model_type", "")

@@ -30,6 +30,8 @@ from ..base import (
     load_tokenizer,
     resolve_lora_paths,
 )
+from ..inputs import as_pairs, as_texts, check_batch_size, check_top_k
+from ..processing import eval_mode
 
 Pair = Tuple[str, str]
 Batch = Dict[str, torch.Tensor]
@@ -168,7 +170,7 @@ class BaseRanker(CheckpointingMixin, nn.Module, metaclass=ABCMeta):
                                lora_target_modules, task_type=cls.lora_task_type)
         model = cls(backbone, tokenizer, config)
         model._load_extra(path, fresh=not saved_by_us)
-        return model.to(device_)
+        return model.to(device_).eval()  # as transformers does; training switches modes itself
 
     def save_pretrained(self, path: str | os.PathLike, merge_lora: bool = False) -> None:
         """Save weights (or the LoRA adapter), tokenizer and ``retrievals_config.json``, atomically.
@@ -216,28 +218,26 @@ class BaseRanker(CheckpointingMixin, nn.Module, metaclass=ABCMeta):
         """Score (query, document) pairs; one pair gives a float, a list gives a list in input order.
 
         Inputs are batched by length with dynamic padding; a document longer than ``max_length``
-        gets the score of its best window. Scores do not depend on the batch a pair lands in.
+        gets the score of its best window. Scores do not depend on the batch a pair lands in, nor on
+        other threads scoring at the same time. An empty list gives ``[]``.
         """
-        single = isinstance(pairs, tuple) and len(pairs) == 2 and isinstance(pairs[0], str)
-        items = [pairs] if single else list(pairs)
-        for i, pair in enumerate(items):
-            if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
-                raise TypeError(f"pairs[{i}] must be a (query, document) pair of strings, got {pair!r:.80}.")
-        per_pair = self.processor.units([tuple(p) for p in items], self.retrieval_config.score_windows)
+        items, single = as_pairs(pairs)
+        check_batch_size(batch_size)
+        if not items:
+            return []
+        per_pair = self.processor.units(items, self.retrieval_config.score_windows)
         units: List[Tuple[int, Any]] = [(i, unit) for i, pair_units in enumerate(per_pair) for unit in pair_units]
         order = sorted(range(len(units)), key=lambda k: -self.processor.unit_length(units[k][1]))
         unit_scores = torch.empty(len(units), dtype=torch.float32)
         if show_progress_bar is None:
             show_progress_bar = len(units) > 10 * batch_size and logger.getEffectiveLevel() <= 20
-        was_training = self.training
-        self.eval()
         dev = self.device
-        for start in trange(0, len(order), batch_size, desc="Scoring", disable=not show_progress_bar):
-            idx = order[start : start + batch_size]
-            batch = self.processor.collate_units([units[k][1] for k in idx])
-            batch = {k: v.to(dev) for k, v in batch.items()}
-            unit_scores[idx] = self.score_units(batch).float().cpu()
-        self.train(was_training)
+        with eval_mode(self):
+            for start in trange(0, len(order), batch_size, desc="Scoring", disable=not show_progress_bar):
+                idx = order[start : start + batch_size]
+                batch = self.processor.collate_units([units[k][1] for k in idx])
+                batch = {k: v.to(dev) for k, v in batch.items()}
+                unit_scores[idx] = self.score_units(batch).float().cpu()
         owners = torch.tensor([owner for owner, _ in units], dtype=torch.long)
         scores = torch.full((len(items),), float("-inf")).scatter_reduce(0, owners, unit_scores, reduce="amax")
         if normalize:
@@ -247,16 +247,25 @@ class BaseRanker(CheckpointingMixin, nn.Module, metaclass=ABCMeta):
     def rerank(
         self,
         query: str,
-        documents: Sequence[str],
+        documents: Union[str, Dict[str, str], Sequence[Any]],
         top_k: Optional[int] = None,
         batch_size: int = 32,
         normalize: bool = False,
     ) -> List[RerankResult]:
-        """Score ``documents`` against ``query`` and return the best ``top_k`` (all by default), best first."""
-        if not documents:
+        """Score ``documents`` against ``query`` and return the best ``top_k`` (all when None), best first.
+
+        Documents are strings or BEIR dicts (``title`` and ``text``, scored and returned as ``"title text"``);
+        one string or one dict is one document. ``top_k=0`` gives ``[]``.
+        """
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a string, got {type(query).__name__}")
+        documents, _ = as_texts(documents, "documents", documents=True)
+        top_k = check_top_k(top_k, allow_none=True)
+        check_batch_size(batch_size)
+        if not documents or top_k == 0:
             return []
         scores = self.compute_score([(query, d) for d in documents], batch_size=batch_size, normalize=normalize)
-        order = sorted(range(len(documents)), key=lambda i: (-scores[i], i))[: top_k or len(documents)]
+        order = sorted(range(len(documents)), key=lambda i: (-scores[i], i))[:top_k]
         return [RerankResult(index=i, document=documents[i], score=scores[i], rank=r) for r, i in enumerate(order)]
 
     def __repr__(self) -> str:

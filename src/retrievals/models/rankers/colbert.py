@@ -12,7 +12,8 @@ from torch import nn
 
 from ...utils import apply_instruction
 from ..base import load_backbone
-from ..processing import PaddingOptions, pad_ids
+from ..inputs import as_texts, check_batch_size
+from ..processing import PaddingOptions, call_tokenizer, eval_mode, pad_ids
 from .base import BaseRanker, Batch, RankerConfig, RankingOutput, group_targets
 
 COLBERT_LINEAR = "colbert_linear.pt"  # the projection's state dict, as bge-m3 ships it
@@ -60,7 +61,7 @@ class ColBERTProcessor(PaddingOptions):
     def query_ids(self, queries: Sequence[str]) -> List[List[int]]:
         """Token ids of each query (with instruction), capped at ``query_max_length``; one batched call."""
         texts = [apply_instruction(self.config.query_instruction, q) for q in queries]
-        return self.tokenizer(texts, truncation=True, max_length=self.config.query_max_length)["input_ids"] if texts else []
+        return call_tokenizer(self.tokenizer, texts, truncation=True, max_length=self.config.query_max_length)["input_ids"] if texts else []
 
     def document_ids(self, documents: Sequence[str], all_windows: bool) -> List[List[List[int]]]:
         """The windows' token ids of each document (only the first unless ``all_windows``); one batched call."""
@@ -69,7 +70,7 @@ class ColBERTProcessor(PaddingOptions):
         cfg = self.config
         texts = [apply_instruction(cfg.document_instruction, d) for d in documents]
         room = cfg.max_length - self.n_special
-        enc = self.tokenizer(texts, truncation=True, max_length=cfg.max_length, stride=min(cfg.window_overlap, room // 2),
+        enc = call_tokenizer(self.tokenizer, texts, truncation=True, max_length=cfg.max_length, stride=min(cfg.window_overlap, room // 2),
                              return_overflowing_tokens=all_windows, verbose=False)
         owners = enc["overflow_to_sample_mapping"] if all_windows else range(len(texts))
         out: List[List[List[int]]] = [[] for _ in texts]
@@ -121,7 +122,7 @@ class ColBERT(BaseRanker):
         dim = config.colbert_dim if config.colbert_dim > 0 else hidden
         config.colbert_dim = dim
         self.colbert_linear = nn.Linear(hidden, dim).to(next(backbone.parameters()).dtype)
-        probe = tokenizer("a")["input_ids"]
+        probe = call_tokenizer(tokenizer, "a")["input_ids"]
         self.skip_first = bool(probe) and probe[0] in tokenizer.all_special_ids
         self.use_inbatch_neg = False
 
@@ -193,25 +194,28 @@ class ColBERT(BaseRanker):
     def encode_documents(self, documents: Sequence[str], batch_size: int = 32) -> List[List[torch.Tensor]]:
         """Token vectors of each document, one [tokens, dim] tensor per window, to score later
         with :meth:`score_vectors` (the same scores as :meth:`compute_score`)."""
-        was_training = self.training
-        self.eval()
-        flat = [(i, ids) for i, wins in enumerate(self.processor.document_ids(list(documents), self.retrieval_config.score_windows))
+        documents, _ = as_texts(documents, "documents")
+        check_batch_size(batch_size)
+        flat = [(i, ids) for i, wins in enumerate(self.processor.document_ids(documents, self.retrieval_config.score_windows))
                 for ids in wins]
         out: List[List[torch.Tensor]] = [[] for _ in documents]
-        for start in range(0, len(flat), batch_size):
-            chunk = flat[start : start + batch_size]
-            batch = {k: v.to(self.device) for k, v in self.processor.pad([ids for _, ids in chunk]).items()}
-            vecs, mask = self.token_vectors(batch["input_ids"], batch["attention_mask"])
-            for (owner, _), v, m in zip(chunk, vecs, mask):
-                out[owner].append(v[m.bool()].cpu())
-        self.train(was_training)
+        with eval_mode(self):
+            for start in range(0, len(flat), batch_size):
+                chunk = flat[start : start + batch_size]
+                batch = {k: v.to(self.device) for k, v in self.processor.pad([ids for _, ids in chunk]).items()}
+                vecs, mask = self.token_vectors(batch["input_ids"], batch["attention_mask"])
+                for (owner, _), v, m in zip(chunk, vecs, mask):
+                    out[owner].append(v[m.bool()].cpu())
         return out
 
     @torch.inference_mode()
     def score_vectors(self, query: str, document_vectors: Sequence[Sequence[torch.Tensor]]) -> List[float]:
         """Scores of ``query`` against documents encoded by :meth:`encode_documents` (best window each)."""
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a string, got {type(query).__name__}")
         ids = torch.tensor(self.processor.query_ids([query]), device=self.device)
-        q, qm = self.token_vectors(ids, torch.ones_like(ids))
+        with eval_mode(self):
+            q, qm = self.token_vectors(ids, torch.ones_like(ids))
         scores = []
         for wins in document_vectors:
             best = max(

@@ -10,7 +10,7 @@ from torch import nn
 
 from ...utils import logger
 from ..base import load_backbone
-from ..processing import PaddingOptions, pad_ids, run_in_length_chunks
+from ..processing import PaddingOptions, call_tokenizer, pad_ids, run_in_length_chunks
 from .base import TRAIN_CHUNK, BaseRanker, Batch, RankerConfig, RankingOutput, group_targets, windows
 
 DEFAULT_PROMPT = (
@@ -43,7 +43,7 @@ class PromptProcessor(PaddingOptions):
     def __init__(self, tokenizer: Any, config: LLMRankerConfig) -> None:
         self.tokenizer = tokenizer
         self.config = config
-        probe = tokenizer("a")["input_ids"]
+        probe = call_tokenizer(tokenizer, "a")["input_ids"]
         bos = tokenizer.bos_token_id
         self.bos = [bos] if bos is not None and probe and probe[0] == bos else []
         self.sep = self._ids(config.separator)
@@ -52,14 +52,14 @@ class PromptProcessor(PaddingOptions):
         self.document_parts = self._parts(config.document_instruction)
 
     def _ids(self, text: str) -> List[int]:
-        return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] if text else []
+        return call_tokenizer(self.tokenizer, text, add_special_tokens=False, verbose=False)["input_ids"] if text else []
 
     def _parts(self, instruction: str) -> Tuple[List[int], List[int]]:
         head, _, tail = instruction.partition("{}") if "{}" in instruction else (instruction, "", "")
         return self._ids(head), self._ids(tail)
 
     def _ids_many(self, texts: Sequence[str]) -> List[List[int]]:
-        return self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"] if texts else []
+        return call_tokenizer(self.tokenizer, list(texts), add_special_tokens=False, verbose=False)["input_ids"] if texts else []
 
     def units(self, pairs: Sequence[Tuple[str, str]], all_windows: bool) -> List[List[List[int]]]:
         """The prompt token ids of each pair, one per document window (only the first unless ``all_windows``).
@@ -114,7 +114,7 @@ class LLMRanker(BaseRanker):
         self.negative_id = self._token_id(config.negative_token)
 
     def _token_id(self, token: str) -> int:
-        ids = self.tokenizer(token, add_special_tokens=False)["input_ids"]
+        ids = call_tokenizer(self.tokenizer, token, add_special_tokens=False)["input_ids"]
         if not ids:
             raise ValueError(f"target token {token!r} is empty for this tokenizer.")
         if len(ids) > 1:

@@ -1,0 +1,111 @@
+"""The input contract of the Python API, checked in one place by every entry point.
+
+``encode*``, ``compute_score``, ``rerank`` and the indexes' ``search`` all accept the same shapes: one item
+or a list of them (an empty list gives an empty result), and they fail early with a ``TypeError`` that
+names the bad item's position, instead of an obscure error deep in the tokenizer (or, worse, a dict
+silently iterated as its keys).
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+Pair = Tuple[str, str]
+
+
+def _kind(value: Any) -> str:
+    return type(value).__name__
+
+
+def document_text(doc: Any, where: str) -> str:
+    """The text of one document: a string, or a BEIR dict ``{"title": ..., "text": ...}`` (title and text joined)."""
+    if isinstance(doc, str):
+        return doc
+    if isinstance(doc, dict):
+        text, title = doc.get("text"), doc.get("title")
+        if not isinstance(text, str):
+            raise TypeError(f"{where} must have a string 'text', got {_kind(text)}")
+        if title is not None and not isinstance(title, str):
+            raise TypeError(f"{where}['title'] must be a string, got {_kind(title)}")
+        title = (title or "").strip()
+        return f"{title} {text}".strip() if title else text
+    raise TypeError(f"{where} must be a string or a dict with 'text', got {_kind(doc)}")
+
+
+def as_texts(items: Any, name: str, documents: bool = False) -> Tuple[List[str], bool]:
+    """``(texts, single)``: ``items`` as a list of strings, and whether it was one item.
+
+    A string is one item; with ``documents`` a dict is one document too (see :func:`document_text`),
+    never iterated as its keys. Anything else must be an iterable of such items (list, tuple, numpy
+    array, generator); ``None``, bytes and non-string items raise ``TypeError`` naming their position.
+    """
+    if isinstance(items, str) or (documents and isinstance(items, dict)):
+        return [document_text(items, name) if documents else items], True
+    if items is None or isinstance(items, (bytes, bytearray, dict)) or not hasattr(items, "__iter__"):
+        kinds = "a string, a dict or a list of them" if documents else "a string or a list of strings"
+        raise TypeError(f"{name} must be {kinds}, got {_kind(items)}")
+    out = list(items)
+    for i, item in enumerate(out):
+        if documents:
+            out[i] = document_text(item, f"{name}[{i}]")
+        elif not isinstance(item, str):
+            raise TypeError(f"{name}[{i}] must be a string, got {_kind(item)}")
+    return out, False
+
+
+def as_pairs(pairs: Any, name: str = "pairs") -> Tuple[List[Pair], bool]:
+    """``(pairs, single)``: one ``(query, document)`` tuple of strings, or a list of tuples/lists of two strings."""
+    if isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(t, str) for t in pairs):
+        return [pairs], True
+    if pairs is None or isinstance(pairs, (str, bytes, dict)) or not hasattr(pairs, "__iter__"):
+        raise TypeError(f"{name} must be a (query, document) pair or a list of them, got {_kind(pairs)}")
+    out = list(pairs)
+    for i, pair in enumerate(out):
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise TypeError(f"{name}[{i}] must be a (query, document) pair of strings, got {pair!r:.80}")
+        for j, text in enumerate(pair):
+            if not isinstance(text, str):
+                raise TypeError(f"{name}[{i}][{j}] must be a string, got {_kind(text)}")
+        out[i] = (pair[0], pair[1])
+    return out, False
+
+
+def check_batch_size(batch_size: Any) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+        raise TypeError(f"batch_size must be an int, got {_kind(batch_size)}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be > 0, got {batch_size}")
+    return int(batch_size)
+
+
+def check_top_k(top_k: Any, allow_none: bool = False) -> Optional[int]:
+    """``top_k`` as an int (``None`` passes through where it means "all"); 0 is valid: empty results."""
+    if top_k is None and allow_none:
+        return None
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
+        raise TypeError(f"top_k must be an int{' or None' if allow_none else ''}, got {_kind(top_k)}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    return int(top_k)
+
+
+def as_query_vectors(queries: Any, dim: int) -> np.ndarray:
+    """Query vectors as a float32 matrix [n, dim]: one vector (1-D) is one query, an empty list is zero queries."""
+    if queries is None or isinstance(queries, (str, bytes, dict)):
+        raise TypeError(f"queries must be vectors (an array [n, {dim}]), got {_kind(queries)}")
+    if hasattr(queries, "detach"):
+        queries = queries.detach().cpu()
+    array = np.ascontiguousarray(np.asarray(queries, dtype=np.float32))
+    if array.size == 0:
+        return np.zeros((0, dim), dtype=np.float32)
+    array = array[None, :] if array.ndim == 1 else array
+    if array.ndim != 2 or array.shape[1] != dim:
+        raise ValueError(f"queries must be vectors of size {dim}, got an array of shape {tuple(array.shape)}")
+    return array
+
+
+def check_same_length(first: Sequence[Any], second: Sequence[Any], names: str) -> None:
+    if len(first) != len(second):
+        raise ValueError(f"{names}: {len(first)} and {len(second)} items; they must match one to one")

@@ -1,0 +1,324 @@
+"""The Python API's input contract (empty, invalid and single inputs) and thread safety, on tiny models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from retrievals import AutoModelForEmbedding, AutoModelForRanking
+from retrievals.index import BM25Index, ExactIndex, FaissIndex, reciprocal_rank_fusion
+from retrievals.models.processing import eval_mode, exclude_prompt
+
+from .conftest import corpus_lines, needs
+
+LINES = corpus_lines(64)
+QUERIES = LINES[:16]
+DOCS = [" ".join(LINES[i : i + 4]) for i in range(16, 48)]  # long: cut at 64 tokens, far above the 8 of queries
+
+
+@pytest.fixture(scope="module")
+def dropout_bert(tiny_bert, tmp_path_factory) -> str:
+    """The tiny BERT with dropout on: a call that runs in train mode gives different vectors."""
+    folder = tmp_path_factory.mktemp("dropout-bert")
+    shutil.copytree(tiny_bert, folder, dirs_exist_ok=True)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+def _concurrently(jobs, workers=8):
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda job: job(), jobs))
+
+
+def test_threads_encode_like_one_thread(dropout_bert):
+    model = AutoModelForEmbedding.from_pretrained(dropout_bert, pooling_method="mean", query_max_length=8,
+                                                  document_max_length=64)
+    expected = {True: model.encode_queries(QUERIES, batch_size=4), False: model.encode_corpus(DOCS, batch_size=4)}
+    jobs = []
+    for i in range(48):  # queries and documents interleaved: different truncation lengths overlap
+        is_query = i % 2 == 0
+        texts = QUERIES if is_query else DOCS
+        encode = model.encode_queries if is_query else model.encode_corpus
+        jobs.append(lambda encode=encode, texts=texts, is_query=is_query: (is_query, encode(texts, batch_size=4)))
+    for is_query, got in _concurrently(jobs):
+        np.testing.assert_allclose(got, expected[is_query], atol=1e-6)
+    assert not model.training  # left in eval mode
+    np.testing.assert_allclose(model.encode_queries(QUERIES, batch_size=4), expected[True], atol=1e-6)
+
+
+def test_threads_score_like_one_thread(dropout_bert):
+    model = AutoModelForRanking.from_pretrained(dropout_bert, model_type="cross-encoder", max_length=64, query_max_length=8)
+    pair_sets = [[(q, d) for q, d in zip(QUERIES, DOCS)], [(d, q) for q, d in zip(QUERIES, DOCS[16:])]]
+    expected = [model.compute_score(p, batch_size=4) for p in pair_sets]
+    jobs = [lambda k=k: (k, model.compute_score(pair_sets[k], batch_size=4)) for k in [0, 1] * 24]
+    for k, got in _concurrently(jobs):
+        np.testing.assert_allclose(got, expected[k], atol=1e-6)
+
+
+def test_threads_tokenize_like_one_thread(tiny_bert):
+    """The tokenizer alone, many short calls: the shared fast tokenizer's truncation settings must not leak."""
+    model = AutoModelForEmbedding.from_pretrained(tiny_bert, query_max_length=8, document_max_length=64)
+    ranker = AutoModelForRanking.from_pretrained(tiny_bert, model_type="cross-encoder", max_length=64, query_max_length=8)
+    ranker.processor.tokenizer = ranker.tokenizer = model.tokenizer  # one tokenizer object shared by both models
+    pairs = list(zip(DOCS[:8], DOCS[8:16]))
+    calls = {"q": lambda: model.tokenize(DOCS[:8], is_query=True), "d": lambda: model.tokenize(DOCS[:8]),
+             "pairs": lambda: ranker.processor.units(pairs, True)}
+    expected = {name: call() for name, call in calls.items()}
+    jobs = [lambda name=name: (name, calls[name]()) for name in list(calls) * 150]
+    for name, got in _concurrently(jobs):
+        assert got == expected[name], name
+
+
+def test_overlapping_calls_on_a_training_model_run_in_eval_and_restore_training(dropout_bert):
+    """Evaluation during training: calls switch to eval for their duration; the last one to finish restores training."""
+    model = AutoModelForEmbedding.from_pretrained(dropout_bert, query_max_length=8, document_max_length=64)
+    expected = model.encode_corpus(DOCS, batch_size=4)
+    model.train()
+    for got in _concurrently([lambda: model.encode_corpus(DOCS, batch_size=4)] * 16):
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert all(m.training for m in model.modules())
+    model.eval()
+    model.backbone.encoder.train()  # a part in training mode: restored exactly, the rest left alone
+    with eval_mode(model):
+        with eval_mode(model):
+            pass
+        assert not any(m.training for m in model.modules())  # the outer call is still running
+    assert [m.training for m in model.modules()] == [m is model.backbone.encoder or _inside(m, model.backbone.encoder)
+                                                     for m in model.modules()]
+
+
+def _inside(module, parent):
+    return any(module is m for m in parent.modules())
+
+
+@pytest.mark.parametrize("kind", ["embedding", "cross-encoder", "colbert", "llm"])
+def test_from_pretrained_returns_eval_mode(kind, tiny_bert, tiny_qwen):
+    if kind == "embedding":
+        model = AutoModelForEmbedding.from_pretrained(tiny_bert)
+    else:
+        model = AutoModelForRanking.from_pretrained(tiny_qwen if kind == "llm" else tiny_bert, model_type=kind)
+    assert not any(m.training for m in model.modules())
+
+
+# ---------------------------------------------------------------------------------------------- embedder inputs
+@pytest.fixture(scope="module")
+def embedder(tiny_bert):
+    return AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean", query_instruction="q: ",
+                                                 query_max_length=16, document_max_length=32)
+
+
+def test_encode_empty_gives_empty_results(embedder):
+    dim = embedder.embedding_dim
+    for encode in (embedder.encode, embedder.encode_queries, embedder.encode_corpus):
+        out = encode([])
+        assert isinstance(out, np.ndarray) and out.shape == (0, dim) and out.dtype == np.float32
+        tensor = encode([], convert_to_tensor=True)
+        assert isinstance(tensor, torch.Tensor) and tensor.shape == (0, dim)
+    assert embedder.encode_token_ids([]).shape == (0, dim)
+    assert embedder.encode(iter(())).shape == (0, dim)
+
+
+def test_encode_rejects_bad_input(embedder):
+    with pytest.raises(TypeError, match="sentences must be a string or a list of strings, got NoneType"):
+        embedder.encode(None)
+    with pytest.raises(TypeError, match="got dict"):  # a dict is a document: encode_corpus, not encode
+        embedder.encode({"text": "a"})
+    with pytest.raises(TypeError, match=r"sentences\[3\] must be a string, got NoneType"):
+        embedder.encode(["a", "b", "c", None])
+    with pytest.raises(TypeError, match=r"sentences\[0\] must be a string, got int"):
+        embedder.encode_queries([7])
+    with pytest.raises(TypeError, match="got bytes"):
+        embedder.encode(b"text")
+    with pytest.raises(TypeError, match=r"corpus\[1\] must have a string 'text', got NoneType"):
+        embedder.encode_corpus(["a", {"title": "t"}])
+    with pytest.raises(TypeError, match=r"corpus must have a string 'text', got int"):
+        embedder.encode_corpus({"title": "t", "text": 3})
+    with pytest.raises(TypeError, match=r"corpus\[0\] must be a string or a dict"):
+        embedder.encode_corpus([None])
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="batch_size must be > 0"):
+            embedder.encode(["a"], batch_size=bad)
+        with pytest.raises(ValueError, match="batch_size must be > 0"):
+            embedder.encode_token_ids([[1, 2]], batch_size=bad)
+
+
+def test_single_dict_is_one_document(embedder):
+    doc = {"title": "t", "text": "passport office fee online"}
+    one = embedder.encode_corpus(doc)
+    assert one.shape == (embedder.embedding_dim,)
+    np.testing.assert_array_equal(one, embedder.encode_corpus([doc])[0])
+    np.testing.assert_allclose(one, embedder.encode("t passport office fee online"), atol=1e-6)
+    assert embedder.encode_corpus(doc, convert_to_tensor=True).shape == (embedder.embedding_dim,)
+    np.testing.assert_array_equal(embedder.encode_corpus(np.array(["a b", "c"])), embedder.encode_corpus(["a b", "c"]))
+
+
+TEXT = st.one_of(
+    st.text(max_size=60),  # any unicode, including the empty string
+    st.text(alphabet="abcdefghij tax card", max_size=30),
+    st.builds(lambda word, n: word * n, st.text(min_size=1, max_size=6), st.integers(50, 400)),  # far past the max length
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(TEXT, min_size=1, max_size=7), is_query=st.booleans(), batch_size=st.integers(1, 4))
+def test_property_batched_equals_one_by_one(embedder, texts, is_query, batch_size):
+    batched = embedder.encode(texts, is_query=is_query, batch_size=batch_size)
+    single = np.stack([embedder.encode(t, is_query=is_query) for t in texts])
+    assert batched.shape == (len(texts), embedder.embedding_dim)
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+BAD = st.sampled_from([None, 0, 2.5, b"bytes", ["nested"], ("a",)])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(st.text(max_size=10), max_size=6), bad=BAD, data=st.data())
+def test_property_bad_item_names_its_position(embedder, texts, bad, data):
+    pos = data.draw(st.integers(0, len(texts)))
+    items = texts[:pos] + [bad] + texts[pos:]
+    kind = type(bad).__name__
+    with pytest.raises(TypeError, match=rf"sentences\[{pos}\] must be a string, got {kind}"):
+        embedder.encode(items)
+    with pytest.raises(TypeError, match=rf"corpus\[{pos}\] must be a string or a dict with 'text', got {kind}"):
+        embedder.encode_corpus(items)
+    with pytest.raises(TypeError, match=rf"queries\[{pos}\] must be a string, got {kind}"):
+        BM25Index(["tax card", "passport"], ["a", "b"]).search(items)
+
+
+# ---------------------------------------------------------------------------------------------- reranker inputs
+@pytest.mark.parametrize("kind", ["cross-encoder", "colbert", "llm"])
+def test_reranker_input_contract(kind, tiny_bert, tiny_qwen):
+    if kind == "llm":
+        model = AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm", max_length=64, task_prompt="Relevant?")
+    else:
+        model = AutoModelForRanking.from_pretrained(tiny_bert, model_type=kind, max_length=32)
+    docs = ["passport office fee", "tax card", "birth certificate"]
+    assert model.compute_score([]) == []
+    assert model.rerank("tax", []) == []
+    assert model.rerank("tax", docs, top_k=0) == []
+    assert [r.index for r in model.rerank("tax", docs, top_k=2)] == [r.index for r in model.rerank("tax", docs)][:2]
+    one = model.rerank("tax", {"title": "t", "text": "tax card"})
+    assert len(one) == 1 and one[0].document == "t tax card"
+    assert one[0].score == pytest.approx(model.compute_score(("tax", "t tax card")), abs=1e-6)
+    assert [r.document for r in model.rerank("tax", "tax card")] == ["tax card"]  # one string: one document
+    with pytest.raises(ValueError, match="top_k must be >= 0"):
+        model.rerank("tax", docs, top_k=-1)
+    with pytest.raises(TypeError, match="query must be a string, got NoneType"):
+        model.rerank(None, docs)
+    with pytest.raises(TypeError, match=r"documents\[2\] must be a string or a dict with 'text', got int"):
+        model.rerank("tax", ["a", "b", 3])
+    with pytest.raises(TypeError, match="pairs must be a"):
+        model.compute_score(None)
+    with pytest.raises(TypeError, match=r"pairs\[1\]\[1\] must be a string, got NoneType"):
+        model.compute_score([("a", "b"), ("a", None)])
+    with pytest.raises(TypeError, match=r"pairs\[0\] must be a \(query, document\) pair"):
+        model.compute_score(["ab"])
+    for bad in (0, -2):
+        with pytest.raises(ValueError, match="batch_size must be > 0"):
+            model.compute_score([("a", "b")], batch_size=bad)
+        with pytest.raises(ValueError, match="batch_size must be > 0"):
+            model.rerank("a", ["b"], batch_size=bad)
+
+
+# ---------------------------------------------------------------------------------------------- index inputs
+def _indexes():
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((5, 8)).astype(np.float32)
+    ids = [f"d{i}" for i in range(5)]
+    texts = ["tax card", "passport fee", "birth certificate", "office time", "renew license"]
+    out = [(ExactIndex(vectors, ids), vectors[:2])]
+    if needs("faiss"):
+        out.append((FaissIndex(vectors, ids), vectors[:2]))
+    if needs("bm25s"):
+        out.append((BM25Index(texts, ids), texts[:2]))
+    return out
+
+
+def test_index_input_contract():
+    for index, queries in _indexes():
+        name = index.backend
+        scores, ids = index.search([], top_k=3)
+        assert scores.shape == (0, 3) and ids == [], name
+        scores, ids = index.search(queries, top_k=0)
+        assert scores.shape == (2, 0) and ids == [[], []], name
+        scores, ids = index.search(queries, top_k=50)  # capped at the index size
+        assert scores.shape == (2, 5) and len(ids[0]) == 5, name
+        assert index.search(queries[0], top_k=2)[0].shape == (1, 2), name  # one query
+        assert index.search_run([], [], top_k=3) == {}, name
+        assert index.search_run(["q1", "q2"], queries, top_k=0) == {"q1": {}, "q2": {}}, name
+        with pytest.raises(ValueError, match="top_k must be >= 0"):
+            index.search(queries, top_k=-1)
+        with pytest.raises(ValueError, match="query_ids and queries"):
+            index.search_run(["q1"], queries, top_k=2)
+        with pytest.raises(TypeError):
+            index.search(None)
+    exact = _indexes()[0][0]
+    with pytest.raises(ValueError, match="vectors of size 8"):
+        exact.search(np.zeros((2, 3), dtype=np.float32))
+    assert exact.search(torch.zeros(0, 8))[0].shape == (0, 5)
+    run = {"q": {"a": 1.0, "b": 0.5}}
+    assert reciprocal_rank_fusion([run, run], top_k=0) == {"q": {}}
+    with pytest.raises(ValueError, match="top_k must be >= 0"):
+        reciprocal_rank_fusion([run], top_k=-1)
+
+
+# ---------------------------------------------------------------------------------------------- include_prompt
+def test_exclude_prompt_either_padding_side():
+    right = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]])
+    left = torch.tensor([[0, 1, 1, 1, 1], [0, 0, 0, 1, 1]])
+    assert exclude_prompt(right, 2).tolist() == [[0, 0, 1, 1, 0], [0, 0, 0, 0, 0]]
+    assert exclude_prompt(left, 2).tolist() == [[0, 0, 0, 1, 1], [0, 0, 0, 0, 0]]
+
+
+@pytest.mark.parametrize("kind, side", [("bert", "right"), ("qwen", "left"), ("qwen", "right")])
+def test_include_prompt_false_embeds_like_sentence_transformers(kind, side, tiny_bert, tiny_qwen, tmp_path):
+    st_lib = needs("sentence_transformers")
+    base = tiny_bert if kind == "bert" else tiny_qwen
+    model = AutoModelForEmbedding.from_pretrained(base, pooling_method="mean", padding_side=side, query_max_length=24,
+                                                  document_max_length=24, query_instruction="query: tax ",
+                                                  document_instruction="passage: ")
+    model.save_pretrained(tmp_path / "m")
+    folder = tmp_path / "m"
+    (folder / "retrievals_config.json").unlink()  # a sentence-transformers folder, as published on the hub
+    pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({**pooling, "include_prompt": False}))
+    texts = corpus_lines(7) + ["", "tax card " * 40]  # an empty text, and one cut at the max length
+    ours = AutoModelForEmbedding.from_pretrained(str(folder), padding_side=side)
+    assert ours.retrieval_config.include_prompt is False
+    theirs = st_lib.SentenceTransformer(str(folder), device="cpu")
+    theirs.tokenizer.padding_side = side
+    expected_q = theirs.encode(texts, prompt_name="query", batch_size=4)
+    np.testing.assert_allclose(ours.encode_queries(texts, batch_size=4), expected_q, atol=1e-5)
+    np.testing.assert_allclose(ours.encode_corpus(texts), theirs.encode(texts, prompt_name="document"), atol=1e-5)
+    assert not np.allclose(model.encode_queries(texts), expected_q, atol=1e-3)  # the prompt did count before
+    # training sees the same: the collator's batch carries the pooling mask that leaves the prompt out
+    from retrievals.data.collator import EmbeddingCollator
+
+    batch = EmbeddingCollator(ours.processor)([{"query": t, "documents": ["x"]} for t in texts])
+    with torch.no_grad():
+        trained_view = ours(query=batch["query"]).query_embeddings
+    np.testing.assert_allclose(trained_view.numpy(), expected_q, atol=1e-5)
+    # saved by us: retrievals_config.json and the sentence-transformers files both keep include_prompt=False
+    ours.save_pretrained(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "1_Pooling" / "config.json").read_text())["include_prompt"] is False
+    again = AutoModelForEmbedding.from_pretrained(str(tmp_path / "again"))
+    assert again.retrieval_config.include_prompt is False
+    np.testing.assert_array_equal(again.encode_queries(texts), ours.encode_queries(texts))
+
+
+def test_include_prompt_false_needs_prefix_instructions(tiny_bert):
+    with pytest.raises(ValueError, match="include_prompt=False needs instructions that are prefixes"):
+        AutoModelForEmbedding.from_pretrained(tiny_bert, query_instruction="Instruct: {}\nQuery:", include_prompt=False)
+    prefix_template = AutoModelForEmbedding.from_pretrained(tiny_bert, query_instruction="Q: {}", include_prompt=False)
+    plain = AutoModelForEmbedding.from_pretrained(tiny_bert, query_instruction="Q: ", include_prompt=False)
+    np.testing.assert_array_equal(prefix_template.encode_queries(QUERIES), plain.encode_queries(QUERIES))
+    assert plain.tokenize(QUERIES, is_query=True).prompt_length == 3  # [CLS] q : (the trailing [SEP] of the prompt alone is not counted)
