@@ -139,7 +139,8 @@ def test_retrieve_pipeline(index_type, tiny_bert, beir_folder, tmp_path):
     metrics = json.loads((tmp_path / "run.trec.metrics.json").read_text())
     if index_type == "bm25":  # each query is the first words of its document
         assert metrics["recall@10"] == 1.0 and metrics["mrr@10"] > 0.6
-    assert retrieve.main(args) == 0  # second run loads the saved index
+    assert retrieve.main(args) == 2  # an existing run file is replaced only when asked
+    assert retrieve.main(args + ["--overwrite"]) == 0  # second run loads the saved index
     assert read_trec_run(out) == run
 
 

@@ -144,10 +144,15 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     recover(target)
 
 
-def verify_files(folder: str | os.PathLike, full: bool = True) -> None:
-    """Check every file a save recorded in ``folder``: present, same size and (``full``) same sha256.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".npy", ".npz", ".faiss", ".index")
 
-    Folders without a ``retrievals_files.json`` (not saved by retrievals) pass unchecked.
+
+def verify_files(folder: str | os.PathLike, full: bool = True) -> None:
+    """Check every weights file a save recorded in ``folder``: present, same size and (``full``) same sha256.
+
+    Only weights and index data are checked: a truncated or corrupted one would load as a silently wrong
+    model. Config and tokenizer files stay editable by hand (their own parsers catch broken ones). Folders
+    without a ``retrievals_files.json`` (not saved by retrievals) pass unchecked.
     """
     folder = Path(folder)
     record = folder / FILES_NAME
@@ -158,6 +163,8 @@ def verify_files(folder: str | os.PathLike, full: bool = True) -> None:
     except (ValueError, KeyError, OSError) as exc:
         raise CorruptFileError(f"{record}: unreadable ({exc}); the folder was damaged after it was saved.") from None
     for name, info in files.items():
+        if not name.endswith(WEIGHT_SUFFIXES):
+            continue
         path = folder / name
         if not path.is_file():
             raise CorruptFileError(f"{path}: missing (listed in {record.name}); the saved folder is incomplete.")

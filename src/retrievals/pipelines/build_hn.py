@@ -58,8 +58,6 @@ class HardNegativeArguments:
     def __post_init__(self) -> None:
         for flag in ("negative_number", "batch_size", "shard_size", "max_length"):
             at_least(f"--{flag}", getattr(self, flag), 1)
-        if not self.false_negative_ratio > 0:
-            raise ValueError(f"--false_negative_ratio must be > 0, got {self.false_negative_ratio}.")
         parse_range(self.range_for_sampling)
 
 
