@@ -315,6 +315,13 @@ def test_rerank_flags_checked(tiny_bert, train_file, tmp_path, capsys):
     assert build_hn.main(["--model_name_or_path", tiny_bert, "--input_file", train_file, "--output_file",
                           str(tmp_path / "hn.jsonl"), "--negative_number", "0"]) == 2
     assert "--negative_number must be >= 1" in capsys.readouterr().err
+    from retrievals.pipelines import serve
+
+    assert serve.main(["--model_name_or_path", tiny_bert, "--model_batch_size", "0"]) == 2
+    assert "--model_batch_size must be >= 1" in capsys.readouterr().err
+    assert embed.main(["--model_name_or_path", tiny_bert, "--output_dir", str(tmp_path / "e"), "--do_encode",
+                       "--encode_data", train_file, "--encode_batch_size", "0"]) == 2
+    assert "--encode_batch_size must be >= 1" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- 5. model paths and weights

@@ -80,3 +80,9 @@ def require(module: str, extra: str) -> Any:
         raise ImportError(
             f"This feature needs the optional package '{module}'. Install it with: pip install 'retrievals[{extra}]'"
         ) from exc
+
+
+def at_least(flag: str, value: Optional[float], low: float) -> None:
+    """``value`` (when given) must be >= ``low``; the error names the flag (argument checks of every CLI)."""
+    if value is not None and value < low:
+        raise ValueError(f"{flag} must be >= {low}, got {value}.")

@@ -24,11 +24,10 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from ..files import check_new_output
-from ..training.arguments import at_least
 from ..data.readers import DataError, Record, iter_lines, iter_raw, load_records
 from ..index.exact import exact_search
 from ..index.sharded import encode_sharded
-from ..utils import logger, unescape_cli
+from ..utils import at_least, logger, unescape_cli
 from .cli import run_cli
 
 

@@ -23,7 +23,7 @@ from ..training import RetrievalTrainingArguments
 from ..training.arguments import DataArguments, ModelLoadingArguments
 from ..training.distributed import shutdown_distributed
 from ..training.run import run_training
-from ..utils import logger, unescape_cli
+from ..utils import at_least, logger, unescape_cli
 from .cli import run_cli
 
 
@@ -46,6 +46,9 @@ class EncodeArguments:
     encode_is_query: bool = False
     encode_output: Optional[str] = field(default=None, metadata={"help": "Output .npy (default: output_dir/embeddings.npy)."})
     encode_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        at_least("--encode_batch_size", self.encode_batch_size, 1)
 
 
 def build_model(model_args: EmbedModelArguments, data_args: DataArguments) -> AutoModelForEmbedding:

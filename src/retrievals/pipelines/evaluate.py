@@ -23,7 +23,7 @@ from ..evaluation.report import REPORT_FILES, REPORTED, model_settings, write_re
 from ..evaluation.retrieval import rerank_run, retrieve
 from ..index import BM25Index
 from ..files import check_new_output
-from ..training.arguments import at_least
+from ..utils import at_least
 from .cli import run_cli
 
 

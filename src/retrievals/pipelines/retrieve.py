@@ -32,10 +32,9 @@ from ..index import (
 )
 from ..files import atomic_write_json, check_new_output
 from ..index.sharded import encode_sharded
-from ..training.arguments import at_least
 from ..models.base import state_digest
 from ..training.distributed import init_distributed, shutdown_distributed, world
-from ..utils import logger, unescape_cli
+from ..utils import at_least, logger, unescape_cli
 from .cli import run_cli
 
 DENSE = ("exact", *FAISS_TYPES)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-from ..utils import require
+from ..utils import at_least, require
 from .cli import run_cli
 
 
@@ -34,6 +34,14 @@ class ServeArguments:
     max_input_chars: int = field(default=20000, metadata={"help": "Most characters in one input text."})
     model_batch_size: int = field(default=32, metadata={"help": "Batch size of model calls."})
     max_wait_ms: float = field(default=2.0, metadata={"help": "How long a model call waits for other requests to join."})
+
+    def __post_init__(self) -> None:
+        for flag in ("max_batch_size", "max_input_chars", "model_batch_size"):
+            at_least(f"--{flag}", getattr(self, flag), 1)
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"--port must be in [0, 65535], got {self.port}.")
+        if not self.max_wait_ms >= 0:
+            raise ValueError(f"--max_wait_ms must be >= 0, got {self.max_wait_ms}.")
 
 
 def build_app(a: ServeArguments):

@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Dict, List, Optional
 import torch
 from transformers import TrainingArguments
 
-from ..utils import logger
+from ..utils import at_least, logger  # noqa: F401 (at_least re-exported for the pipelines)
 from .distributed import world
 
 AUTO_WORKERS = 4  # data-loader workers used by default on a GPU machine (tokenizing in the main process starves the GPU)
@@ -125,12 +125,6 @@ class RetrievalTrainingArguments(TrainingArguments):
     def local_process_index(self) -> int:
         rank, size = world()
         return int(os.environ.get("LOCAL_RANK", rank)) if size > 1 else super().local_process_index
-
-
-def at_least(flag: str, value: Optional[float], low: float) -> None:
-    """``value`` (when given) must be >= ``low``; the error names the flag."""
-    if value is not None and value < low:
-        raise ValueError(f"{flag} must be >= {low}, got {value}.")
 
 
 @dataclass
