@@ -76,7 +76,7 @@ def server(models):
 
 
 def test_health_models_info(server):
-    assert httpx.get(server + "/health").json() == {"status": "ok"}
+    assert httpx.get(server + "/health").json() == {"status": "ok", "reason": "ok", "queued_items": 0}
     models = httpx.get(server + "/v1/models").json()
     assert [m["id"] for m in models["data"]] == ["emb", "ce"]
     info = httpx.get(server + "/info").json()

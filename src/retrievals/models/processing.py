@@ -24,6 +24,13 @@ _TOKENIZER_LOCKS: "weakref.WeakKeyDictionary[Any, threading.Lock]" = weakref.Wea
 _EVAL_CALLS: "weakref.WeakKeyDictionary[torch.nn.Module, List[Any]]" = weakref.WeakKeyDictionary()
 
 
+def tokenize_user_text(tokenizer: Any, *args: Any, **kwargs: Any) -> Any:
+    """:func:`call_tokenizer` for text that comes from users (queries, documents): a special token's spelling in it
+    (``<|im_end|>``, ``[SEP]``) is read as plain text, never as a control token, in training and inference alike.
+    Our own prompts and instructions, and the special tokens the tokenizer adds, are not affected."""
+    return call_tokenizer(tokenizer, *args, split_special_tokens=True, **kwargs)
+
+
 def call_tokenizer(tokenizer: Any, *args: Any, **kwargs: Any) -> Any:
     """``tokenizer(*args, **kwargs)`` under a lock shared by every user of that tokenizer object.
 
@@ -154,7 +161,7 @@ class TextProcessor(PaddingOptions):
         texts = [apply_instruction(instruction, t) for t in texts]
         ids: List[List[int]] = []
         if texts:  # a tokenizer call with no text fails in some tokenizers
-            ids = call_tokenizer(self.tokenizer, texts, truncation=True, max_length=limit - 1 if add_eos else limit,
+            ids = tokenize_user_text(self.tokenizer, texts, truncation=True, max_length=limit - 1 if add_eos else limit,
                                  padding=False)["input_ids"]
         if add_eos:
             ids = [seq if seq and seq[-1] == eos else seq + [eos] for seq in ids]

@@ -34,10 +34,23 @@ class ServeArguments:
     max_input_chars: int = field(default=20000, metadata={"help": "Most characters in one input text."})
     model_batch_size: int = field(default=32, metadata={"help": "Batch size of model calls."})
     max_wait_ms: float = field(default=2.0, metadata={"help": "How long a model call waits for other requests to join."})
+    max_batch_tokens: int = field(default=8192, metadata={"help": "Most padded tokens in one model call (longest x inputs): "
+                                                                  "long requests run as many calls, short ones slip in between."})
+    max_queue_items: int = field(default=8192, metadata={"help": "Texts or document windows waiting; beyond, 503 + Retry-After."})
+    request_timeout_s: float = field(default=60.0, metadata={"help": "Per-request deadline: past it, 504 and its work is "
+                                                                     "dropped (0: none)."})
+    max_request_bytes: int = field(default=64 * 1024 * 1024, metadata={"help": "Larger request bodies get 413."})
+    shutdown_timeout_s: float = field(default=10.0, metadata={"help": "On SIGTERM/SIGINT: stop accepting, let requests in "
+                                                                      "flight finish this long, cancel the rest, exit."})
+    stall_s: float = field(default=120.0, metadata={"help": "/health reports unhealthy when one model call runs longer."})
 
     def __post_init__(self) -> None:
-        for flag in ("max_batch_size", "max_input_chars", "model_batch_size"):
+        for flag in ("max_batch_size", "max_input_chars", "model_batch_size", "max_batch_tokens", "max_queue_items",
+                     "max_request_bytes"):
             at_least(f"--{flag}", getattr(self, flag), 1)
+        for flag in ("request_timeout_s", "shutdown_timeout_s", "stall_s"):
+            if not getattr(self, flag) >= 0:
+                raise ValueError(f"--{flag} must be >= 0, got {getattr(self, flag)}.")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port must be in [0, 65535], got {self.port}.")
         if not self.max_wait_ms >= 0:
@@ -60,7 +73,9 @@ def build_app(a: ServeArguments):
         reranker = AutoModelForRanking.from_pretrained(a.reranker_name_or_path, model_type=a.model_type, dtype=a.dtype,
                                                        device=a.device)
     limits = ServerLimits(max_batch_size=a.max_batch_size, max_input_chars=a.max_input_chars,
-                          model_batch_size=a.model_batch_size, max_wait_ms=a.max_wait_ms)
+                          model_batch_size=a.model_batch_size, max_wait_ms=a.max_wait_ms, max_batch_tokens=a.max_batch_tokens,
+                          max_queue_items=a.max_queue_items, request_timeout_s=a.request_timeout_s,
+                          max_request_bytes=a.max_request_bytes, stall_s=a.stall_s)
     return create_app(embedder, reranker,
                       a.served_model_name or (Path(a.model_name_or_path).name if a.model_name_or_path else None),
                       a.served_reranker_name or (Path(a.reranker_name_or_path).name if a.reranker_name_or_path else None),
@@ -70,7 +85,10 @@ def build_app(a: ServeArguments):
 def _main(a: ServeArguments) -> None:
     uvicorn = require("uvicorn", "server")
     app = build_app(a)
-    uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
+    # uvicorn handles SIGTERM/SIGINT: it stops accepting, waits up to the timeout for requests in flight, then
+    # cancels them (their queued work is dropped) and runs the app's shutdown, which stops the scheduler.
+    uvicorn.run(app, host=a.host, port=a.port, log_level="warning", timeout_graceful_shutdown=a.shutdown_timeout_s,
+                lifespan="on")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

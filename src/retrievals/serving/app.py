@@ -1,80 +1,258 @@
-"""The HTTP API (FastAPI): OpenAI-compatible embeddings, a hosted-API-style rerank endpoint, health and info.
+"""The HTTP API (FastAPI): OpenAI-compatible embeddings, a hosted-API-style rerank endpoint, operations.
 
     POST /v1/embeddings  {"input": str | [str], "model"?, "encoding_format"?: "float" | "base64",
                           "dimensions"?, "input_type"?: "query" | "document"}
     POST /v1/rerank      {"query": str, "documents": [str | {"text": str}], "top_n"?, "return_documents"?}
                          (also at /rerank) -> {"results": [{"index", "relevance_score", "document"?}], ...}
-    GET  /health, /v1/models, /info
+    GET  /health, /v1/models, /info, /metrics (Prometheus)
 
-Errors come back as ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status; a failed
-request never stops the server.
+Every error, the framework's included, comes back as ``{"error": {"message", "type", "param", "code"}}``
+with the status the schema declares; a failing request never stops the server or drops its connection.
+Work is scheduled by token budget (:mod:`.scheduler`), bounded in queue and time.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: FastAPI reads the request models from the handlers'
+# annotations, and those models are built per app (local names a string annotation could not resolve).
 import asyncio
 import base64
 import contextlib
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, AsyncIterator, Dict, List, Literal, Optional, Union
+import time
+from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..utils import require
+from ..utils import logger, require
 
 require("fastapi", "server")
 
 from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.concurrency import run_in_threadpool  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402
-from fastapi.responses import JSONResponse  # noqa: E402
-from pydantic import BaseModel, Field  # noqa: E402
+from fastapi.responses import JSONResponse, Response  # noqa: E402
+from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
 from .. import __version__  # noqa: E402
-from .batcher import MicroBatcher  # noqa: E402
+from .metrics import ServerMetrics  # noqa: E402
+from .scheduler import DeadlineExceeded, JobCancelled, QueueFull, Scheduler  # noqa: E402
+from .schemas import (  # noqa: E402
+    EmbeddingResponse,
+    HealthResponse,
+    RerankResponse,
+    ServerLimits,
+    error_responses,
+    request_models,
+)
 
+TOKENIZE_SLICE = 16  # texts per tokenizer call: a huge request does not hold the tokenizer for long
+ROUTES = ("/v1/embeddings", "/v1/rerank", "/rerank", "/health", "/v1/models", "/info", "/metrics")
 
-@dataclass
-class ServerLimits:
-    """Per-request limits (larger requests get 413) and how the model is called."""
-
-    max_batch_size: int = 256  # inputs of one embeddings request, documents of one rerank request
-    max_input_chars: int = 20000  # characters of one input text (query or document)
-    model_batch_size: int = 32  # batch size of the model calls
-    max_wait_ms: float = 2.0  # how long a model call waits for more requests to join it
+__all__ = ["ApiError", "ServerLimits", "create_app"]
 
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, param: Optional[str] = None, kind: str = "invalid_request_error",
-                 code: Optional[str] = None) -> None:
+                 code: Optional[str] = None, headers: Optional[Dict[str, str]] = None) -> None:
         super().__init__(message)
-        self.status, self.message, self.param, self.kind, self.code = status, message, param, kind, code
+        self.status, self.message, self.param, self.kind, self.code, self.headers = status, message, param, kind, code, headers
 
 
-class EmbeddingRequest(BaseModel):
-    input: Union[str, List[str]]
-    model: Optional[str] = None
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Optional[int] = Field(default=None, ge=1)
-    input_type: Literal["query", "document"] = "document"
-    user: Optional[str] = None
-
-
-class RerankDocument(BaseModel):
-    text: str
-
-
-class RerankRequest(BaseModel):
-    query: str
-    documents: List[Union[str, RerankDocument]]
-    top_n: Optional[int] = Field(default=None, ge=1)
-    return_documents: bool = False
-    model: Optional[str] = None
-
-
-def _error(exc: ApiError) -> JSONResponse:
-    return JSONResponse(status_code=exc.status,
+def error_response(exc: ApiError) -> JSONResponse:
+    return JSONResponse(status_code=exc.status, headers=exc.headers,
                         content={"error": {"message": exc.message, "type": exc.kind, "param": exc.param, "code": exc.code}})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class Guard:
+    """Outermost ASGI layer: bodies over the byte limit get 413 before parsing; an unexpected exception
+    becomes a 500 envelope *without* re-raising (a re-raised error makes the server drop the keep-alive
+    connection); every response is counted in the metrics."""
+
+    def __init__(self, app: Any, limits: ServerLimits, metrics: ServerMetrics) -> None:
+        self.app, self.limits, self.metrics = app, limits, metrics
+
+    async def __call__(self, scope: Dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), [0]
+        endpoint = scope.get("path", "") if scope.get("path") in ROUTES else "other"
+        limit = self.limits.max_request_bytes
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        received = [0]
+
+        async def send_counted(message: Dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        async def receive_limited() -> Dict[str, Any]:
+            message = await receive()
+            if message["type"] == "http.request":
+                received[0] += len(message.get("body", b""))
+                if received[0] > limit:
+                    raise _BodyTooLarge()
+            return message
+
+        try:
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                raise _BodyTooLarge()
+            await self.app(scope, receive_limited, send_counted)
+        except _BodyTooLarge:
+            if not status[0]:
+                await error_response(ApiError(413, f"the request body is over {limit} bytes (--max_request_bytes)",
+                                              code="body_too_large"))(scope, receive, send_counted)
+        except Exception as exc:  # noqa: BLE001 - a bug must cost one request, not the connection or the server
+            logger.exception("request %s %s failed", scope.get("method"), scope.get("path"))
+            if not status[0]:
+                await error_response(ApiError(500, f"internal error ({type(exc).__name__}); the server keeps serving",
+                                              kind="server_error"))(scope, receive, send_counted)
+        finally:
+            self.metrics.on_response(endpoint, status[0] or 500, time.perf_counter() - started)
+
+
+class Service:
+    """The served models, the scheduler and the request logic, apart from the HTTP wiring."""
+
+    def __init__(self, embedder: Any, reranker: Any, embedder_name: Optional[str], reranker_name: Optional[str],
+                 limits: ServerLimits) -> None:
+        self.embedder, self.reranker, self.limits = embedder, reranker, limits
+        self.embedder_name, self.reranker_name = embedder_name, reranker_name
+        self.scheduler = Scheduler(limits.max_batch_tokens, limits.model_batch_size, limits.max_queue_items,
+                                   limits.max_wait_ms, limits.stall_s)
+        self.metrics = ServerMetrics(self.scheduler.queued_items)
+        self.scheduler.on_batch = self.metrics.on_batch
+
+    # ------------------------------------------------------------------ checks
+    def check_count(self, count: int, param: str) -> None:
+        if count == 0:
+            raise ApiError(400, f"{param} is empty", param=param)
+        if count > self.limits.max_batch_size:
+            raise ApiError(413, f"{param} has {count} items; this server takes at most {self.limits.max_batch_size} "
+                                "per request (--max_batch_size)", param=param)
+
+    def check_chars(self, texts: List[str], param: str) -> None:
+        for i, text in enumerate(texts):
+            if len(text) > self.limits.max_input_chars:
+                raise ApiError(413, f"{param}[{i}] has {len(text)} characters; the limit is {self.limits.max_input_chars} "
+                                    "(--max_input_chars)", param=f"{param}[{i}]")
+
+    # ------------------------------------------------------------------ scheduling
+    async def run(self, key: Tuple, items: List[Any], costs: List[int], fn: Any, request: Request) -> List[Any]:
+        """Queue the items and wait for their results; 503 when the queue is full, 504 past the deadline.
+        A client that disconnects, a deadline or a shutdown drops the job's remaining items."""
+        try:
+            job = self.scheduler.submit(key, items, costs, fn, timeout_s=self.limits.request_timeout_s or None)
+        except QueueFull as exc:
+            raise ApiError(503, f"the server is busy: {exc}; retry later", kind="server_busy", code="queue_full",
+                           headers={"Retry-After": "1"}) from None
+        except JobCancelled as exc:
+            raise ApiError(503, str(exc), kind="server_busy", code="shutting_down") from None
+        result = asyncio.wrap_future(job.future)
+        gone = asyncio.ensure_future(_wait_disconnect(request))
+        timeout = max(0.0, job.deadline - time.monotonic()) if job.deadline != float("inf") else None
+        try:
+            done, _ = await asyncio.wait({result, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the server is stopping this request
+            self.scheduler.cancel(job)
+            raise
+        finally:
+            gone.cancel()
+        if result in done:
+            try:
+                return result.result()
+            except DeadlineExceeded:
+                raise ApiError(504, self._timeout_message(), kind="timeout", code="deadline_exceeded") from None
+            except JobCancelled as exc:
+                raise ApiError(503, str(exc), kind="server_busy", code="shutting_down") from None
+            except Exception as exc:  # noqa: BLE001 - the model call failed (OOM of one batch, ...)
+                raise ApiError(500, f"the model call failed ({type(exc).__name__}: {exc})", kind="server_error") from None
+        self.scheduler.cancel(job)
+        if gone in done:
+            raise ApiError(499, "the client closed the request", code="client_closed")
+        raise ApiError(504, self._timeout_message(), kind="timeout", code="deadline_exceeded")
+
+    def _timeout_message(self) -> str:
+        return f"the request took longer than {self.limits.request_timeout_s:g} s (--request_timeout_s); its work was dropped"
+
+    # ------------------------------------------------------------------ endpoints
+    async def embeddings(self, req: Any, request: Request) -> Dict[str, Any]:
+        self.check_model(req.model, self.embedder_name, "embedding")
+        texts = [req.input] if isinstance(req.input, str) else list(req.input)
+        self.check_count(len(texts), "input")
+        self.check_chars(texts, "input")
+        is_query = req.input_type == "query"
+        ids = await run_in_threadpool(_in_slices, lambda part: self.embedder.tokenize(part, is_query=is_query), texts)
+        embedder, batch_size = self.embedder, self.limits.model_batch_size
+
+        def encode(batch: List[List[int]]) -> List[np.ndarray]:
+            return list(embedder.encode_token_ids(batch, batch_size=batch_size).numpy())
+
+        vectors = await self.run(("embed", is_query), ids, [len(x) for x in ids], encode, request)
+        data = []
+        for i, vector in enumerate(vectors):
+            vec = np.asarray(vector, dtype=np.float32)
+            value: Any = base64.b64encode(vec.astype("<f4").tobytes()).decode() if req.encoding_format == "base64" else vec.tolist()
+            data.append({"object": "embedding", "index": i, "embedding": value})
+        tokens = int(sum(len(x) for x in ids))
+        return {"object": "list", "data": data, "model": self.embedder_name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    async def rerank(self, req: Any, request: Request) -> Dict[str, Any]:
+        self.check_model(req.model, self.reranker_name, "rerank")
+        docs = [d if isinstance(d, str) else d.text for d in req.documents]
+        self.check_count(len(docs), "documents")
+        self.check_chars(docs, "documents")
+        self.check_chars([req.query], "query")
+        reranker, batch_size = self.reranker, self.limits.model_batch_size
+        pairs = [(req.query, d) for d in docs]
+        parts = await run_in_threadpool(_in_slices, lambda part: [reranker.pair_units(part)], pairs)
+        owners, units, offset = [], [], 0
+        for part_owners, part_units in parts:
+            owners.extend(o + offset for o in part_owners)
+            units.extend(part_units)
+            offset += TOKENIZE_SLICE
+
+        def score(batch: List[Any]) -> List[float]:
+            return reranker.score_unit_list(batch, batch_size).tolist()
+
+        unit_scores = await self.run(("rerank",), units, [reranker.unit_tokens(u) for u in units], score, request)
+        scores = reranker.pair_scores(owners, unit_scores, len(docs), normalize=True)
+        order = sorted(range(len(docs)), key=lambda i: (-scores[i], i))[: req.top_n or len(docs)]
+        results = []
+        for i in order:
+            row: Dict[str, Any] = {"index": i, "relevance_score": float(scores[i])}
+            if req.return_documents:
+                row["document"] = {"text": docs[i]}
+            results.append(row)
+        return {"model": self.reranker_name, "results": results, "usage": {"total_documents": len(docs)}}
+
+    def check_model(self, requested: Optional[str], served: Optional[str], what: str) -> None:
+        if requested is not None and requested != served:
+            raise ApiError(404, f"model {requested!r} is not served here; the {what} model is {served!r}", param="model",
+                           code="model_not_found")
+
+    def info(self) -> Dict[str, Any]:
+        return {"version": __version__, "embedding": _model_info(self.embedder_name, self.embedder),
+                "reranker": _model_info(self.reranker_name, self.reranker), "limits": dataclasses.asdict(self.limits),
+                "stats": dict(self.scheduler.stats), "queued_items": self.scheduler.queued_items()}
+
+
+def _in_slices(fn: Any, items: List[Any]) -> List[Any]:
+    """``fn`` over slices of ``items``, results concatenated: each tokenizer call is short, so a small request's
+    tokenization never waits long behind a huge one's."""
+    out: List[Any] = []
+    for start in range(0, len(items), TOKENIZE_SLICE):
+        out.extend(fn(items[start : start + TOKENIZE_SLICE]))
+    return out
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.05)
 
 
 def _model_info(name: Optional[str], model: Any) -> Optional[Dict[str, Any]]:
@@ -83,126 +261,105 @@ def _model_info(name: Optional[str], model: Any) -> Optional[Dict[str, Any]]:
     return {"id": name, "class": type(model).__name__, "config": dataclasses.asdict(model.retrieval_config)}
 
 
+def _validation_error(exc: RequestValidationError) -> ApiError:
+    """400 for malformed requests; 413 when a text or list is over the declared limits; 404 for an unknown model."""
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    message = f"{where or 'body'}: {first.get('msg', 'invalid request')}"
+    kinds = {e.get("type") for e in errors}
+    if first.get("loc", ())[-1:] == ("model",) and first.get("type") == "literal_error":
+        return ApiError(404, f"model {first.get('input')!r} is not served here", param="model", code="model_not_found")
+    if kinds & {"string_too_long", "too_long"}:
+        return ApiError(413, message, param=where or None, code="too_large")
+    if "json_invalid" in kinds:
+        return ApiError(400, f"the body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})")
+    return ApiError(400, message, param=where or None)
+
+
 def create_app(embedder: Any = None, reranker: Any = None, embedder_name: Optional[str] = None,
-               reranker_name: Optional[str] = None, limits: Optional[ServerLimits] = None) -> FastAPI:
-    """The app serving an :class:`AutoModelForEmbedding` and/or a reranker (at least one)."""
+               reranker_name: Optional[str] = None, limits: Optional[ServerLimits] = None) -> Any:
+    """The ASGI app serving an :class:`AutoModelForEmbedding` and/or a reranker (at least one).
+
+    The returned app is a FastAPI app wrapped in :class:`Guard`; the FastAPI app is its ``.app`` attribute
+    and the :class:`Service` its ``.service``."""
     if embedder is None and reranker is None:
         raise ValueError("serve at least one model: an embedder, a reranker, or both")
     limits = limits or ServerLimits()
     embedder_name = embedder_name or ("embedder" if embedder is not None else None)
     reranker_name = reranker_name or ("reranker" if reranker is not None else None)
-    batcher = MicroBatcher(limits.max_batch_size, limits.max_wait_ms)
+    service = Service(embedder, reranker, embedder_name, reranker_name, limits)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        batcher.close()
+        service.scheduler.close(timeout_s=limits.stall_s)
 
     app = FastAPI(title="retrievals", version=__version__, lifespan=lifespan)
-    app.state.batcher = batcher
-    counters = {"requests": 0, "errors": 0}
+    app.state.service = service
+    _install_errors(app)
+    _install_routes(app, service)
+    guarded = Guard(app, limits, service.metrics)
+    guarded.service = service  # type: ignore[attr-defined]
+    return guarded
 
-    @app.exception_handler(Exception)
-    async def _failed(request: Request, exc: Exception) -> JSONResponse:
-        counters["errors"] += 1
-        return _error(ApiError(500, f"{type(exc).__name__}: {exc}", kind="server_error"))
 
+def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        counters["errors"] += 1
-        return _error(exc)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        counters["errors"] += 1
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        message = f"{where or 'body'}: {first.get('msg', 'invalid request')}"
-        return _error(ApiError(400, message, param=where or None))
+        return error_response(_validation_error(exc))
 
-    def check_model(requested: Optional[str], served: Optional[str], what: str) -> None:
-        if served is None:
-            raise ApiError(404, f"this server has no {what} model", code="model_not_found")
-        if requested is not None and requested != served:
-            raise ApiError(404, f"model {requested!r} is not served here; the {what} model is {served!r}", param="model",
-                           code="model_not_found")
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
+        detail = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 400:
+            detail = f"the body could not be parsed ({detail})"
+        return error_response(ApiError(exc.status_code, detail, kind=kind, headers=getattr(exc, "headers", None)))
 
-    def check_sizes(texts: List[str], param: str) -> None:
-        if not texts:
-            raise ApiError(400, f"{param} is empty", param=param)
-        if len(texts) > limits.max_batch_size:
-            raise ApiError(413, f"{param} has {len(texts)} items; this server takes at most {limits.max_batch_size} "
-                                "per request (--max_batch_size)", param=param)
-        for i, text in enumerate(texts):
-            if len(text) > limits.max_input_chars:
-                raise ApiError(413, f"{param}[{i}] has {len(text)} characters; the limit is {limits.max_input_chars} "
-                                    "(--max_input_chars)", param=f"{param}[{i}]")
 
-    async def run(key: Any, items: List[Any], fn: Any) -> List[Any]:
-        return await asyncio.wrap_future(batcher.submit(key, items, fn))
+def _install_routes(app: FastAPI, service: Service) -> None:
+    dims = [int(service.embedder.embedding_dim)] if service.embedder is not None else []
+    models = request_models(service.limits, service.embedder_name, dims, service.reranker_name)
 
-    @app.get("/health")
-    async def health() -> Dict[str, str]:
-        return {"status": "ok"}
+    @app.get("/health", response_model=HealthResponse, responses=error_responses(503))
+    async def health() -> Any:
+        ok, reason = service.scheduler.health()
+        body = {"status": "ok" if ok else "unhealthy", "reason": reason, "queued_items": service.scheduler.queued_items()}
+        return body if ok else JSONResponse(status_code=503, content=body)
 
     @app.get("/v1/models")
-    async def models() -> Dict[str, Any]:
+    async def list_models() -> Dict[str, Any]:
         data = [{"id": name, "object": "model", "owned_by": "retrievals", "type": kind}
-                for name, kind in ((embedder_name, "embedding"), (reranker_name, "rerank")) if name is not None]
+                for name, kind in ((service.embedder_name, "embedding"), (service.reranker_name, "rerank")) if name is not None]
         return {"object": "list", "data": data}
 
     @app.get("/info")
     async def info() -> Dict[str, Any]:
-        return {"version": __version__, "embedding": _model_info(embedder_name, embedder),
-                "reranker": _model_info(reranker_name, reranker), "limits": dataclasses.asdict(limits),
-                "stats": {**counters, **batcher.stats}}
+        return service.info()
 
-    @app.post("/v1/embeddings")
-    async def embeddings(req: EmbeddingRequest) -> Dict[str, Any]:
-        counters["requests"] += 1
-        check_model(req.model, embedder_name, "embedding")
-        texts = [req.input] if isinstance(req.input, str) else list(req.input)
-        check_sizes(texts, "input")
-        if req.dimensions is not None and req.dimensions != embedder.embedding_dim:
-            raise ApiError(400, f"dimensions={req.dimensions}: this model gives {embedder.embedding_dim}-dimensional "
-                                "embeddings and does not shorten them", param="dimensions")
-        is_query = req.input_type == "query"
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    async def metrics() -> Response:
+        return Response(service.metrics.render(), media_type=service.metrics.content_type)
 
-        def encode(batch: List[str]) -> List[Any]:
-            ids = embedder.tokenize(batch, is_query=is_query)  # once: for the vectors and the usage count
-            vectors = embedder.encode_token_ids(ids, batch_size=limits.model_batch_size).numpy()
-            return [(vector, len(seq)) for vector, seq in zip(vectors, ids)]
+    common = error_responses(400, 404, 413, 500, 503, 504)
+    if "embeddings" in models:
+        EmbeddingRequest = models["embeddings"]
 
-        out = await run(("embed", is_query), texts, encode)
-        data = []
-        for i, (vector, _) in enumerate(out):
-            vec = np.asarray(vector, dtype=np.float32)
-            value: Any = base64.b64encode(vec.astype("<f4").tobytes()).decode() if req.encoding_format == "base64" else vec.tolist()
-            data.append({"object": "embedding", "index": i, "embedding": value})
-        n_tokens = int(sum(t for _, t in out))
-        return {"object": "list", "data": data, "model": embedder_name,
-                "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
+        @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=common)
+        async def embeddings(req: EmbeddingRequest, request: Request) -> Any:  # type: ignore[valid-type]
+            return await service.embeddings(req, request)
 
-    async def rerank(req: RerankRequest) -> Dict[str, Any]:
-        counters["requests"] += 1
-        check_model(req.model, reranker_name, "rerank")
-        docs = [d if isinstance(d, str) else d.text for d in req.documents]
-        check_sizes(docs, "documents")
-        check_sizes([req.query], "query")
+    if "rerank" in models:
+        RerankRequest = models["rerank"]
 
-        def score(pairs: List[Any]) -> List[float]:
-            return reranker.compute_score(pairs, batch_size=limits.model_batch_size, normalize=True)
+        async def rerank(req: RerankRequest, request: Request) -> Any:  # type: ignore[valid-type]
+            return await service.rerank(req, request)
 
-        scores = await run(("rerank",), [(req.query, d) for d in docs], score)
-        order = sorted(range(len(docs)), key=lambda i: (-scores[i], i))[: req.top_n or len(docs)]
-        results = []
-        for i in order:
-            row: Dict[str, Any] = {"index": i, "relevance_score": float(scores[i])}
-            if req.return_documents:
-                row["document"] = {"text": docs[i]}
-            results.append(row)
-        return {"model": reranker_name, "results": results, "usage": {"total_documents": len(docs)}}
-
-    app.post("/v1/rerank")(rerank)
-    app.post("/rerank")(rerank)
-    return app
+        app.post("/v1/rerank", response_model=RerankResponse, responses=common, response_model_exclude_none=True)(rerank)
+        app.post("/rerank", response_model=RerankResponse, responses=common, include_in_schema=False,
+                 response_model_exclude_none=True)(rerank)

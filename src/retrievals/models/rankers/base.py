@@ -225,24 +225,47 @@ class BaseRanker(CheckpointingMixin, nn.Module, metaclass=ABCMeta):
         check_batch_size(batch_size)
         if not items:
             return []
-        per_pair = self.processor.units(items, self.retrieval_config.score_windows)
-        units: List[Tuple[int, Any]] = [(i, unit) for i, pair_units in enumerate(per_pair) for unit in pair_units]
-        order = sorted(range(len(units)), key=lambda k: -self.processor.unit_length(units[k][1]))
-        unit_scores = torch.empty(len(units), dtype=torch.float32)
+        owners, units = self.pair_units(items)
         if show_progress_bar is None:
             show_progress_bar = len(units) > 10 * batch_size and logger.getEffectiveLevel() <= 20
+        unit_scores = self.score_unit_list(units, batch_size, show_progress_bar)
+        scores = self.pair_scores(owners, unit_scores, len(items), normalize)
+        return scores[0] if single else scores
+
+    def pair_units(self, pairs: Sequence[Pair]) -> Tuple[List[int], List[Any]]:
+        """The scoring units of ``pairs`` (one per document window) and the pair each belongs to. With
+        :meth:`score_unit_list` and :meth:`pair_scores` this is :meth:`compute_score` in three steps, for
+        callers that schedule units themselves (the server batches units of many requests by token budget)."""
+        per_pair = self.processor.units(list(pairs), self.retrieval_config.score_windows)
+        owners = [i for i, pair_units in enumerate(per_pair) for _ in pair_units]
+        return owners, [unit for pair_units in per_pair for unit in pair_units]
+
+    def unit_tokens(self, unit: Any) -> int:
+        """Tokens of one unit (its cost in a token-budgeted batch)."""
+        return int(self.processor.unit_length(unit))
+
+    @torch.inference_mode()
+    def score_unit_list(self, units: Sequence[Any], batch_size: int = 32, show_progress_bar: bool = False) -> torch.Tensor:
+        """Raw float32 score of each unit, in input order; batched by length, each batch padded to its longest."""
+        order = sorted(range(len(units)), key=lambda k: -self.processor.unit_length(units[k]))
+        unit_scores = torch.empty(len(units), dtype=torch.float32)
         dev = self.device
         with eval_mode(self):
             for start in trange(0, len(order), batch_size, desc="Scoring", disable=not show_progress_bar):
                 idx = order[start : start + batch_size]
-                batch = self.processor.collate_units([units[k][1] for k in idx])
+                batch = self.processor.collate_units([units[k] for k in idx])
                 batch = {k: v.to(dev) for k, v in batch.items()}
                 unit_scores[idx] = self.score_units(batch).float().cpu()
-        owners = torch.tensor([owner for owner, _ in units], dtype=torch.long)
-        scores = torch.full((len(items),), float("-inf")).scatter_reduce(0, owners, unit_scores, reduce="amax")
+        return unit_scores
+
+    def pair_scores(self, owners: Sequence[int], unit_scores: Any, n_pairs: int, normalize: bool = False) -> List[float]:
+        """Each pair's score: the best of its units' (a long document scores by its best window)."""
+        owner_index = torch.as_tensor(list(owners), dtype=torch.long)
+        values = torch.as_tensor(unit_scores, dtype=torch.float32)
+        scores = torch.full((n_pairs,), float("-inf")).scatter_reduce(0, owner_index, values, reduce="amax")
         if normalize:
             scores = self._postprocess(scores)
-        return float(scores[0]) if single else scores.tolist()
+        return scores.tolist()
 
     def rerank(
         self,

@@ -13,7 +13,7 @@ from torch import nn
 from ...utils import apply_instruction
 from ..base import load_backbone
 from ..inputs import as_texts, check_batch_size
-from ..processing import PaddingOptions, call_tokenizer, eval_mode, pad_ids
+from ..processing import PaddingOptions, call_tokenizer, eval_mode, pad_ids, tokenize_user_text
 from .base import BaseRanker, Batch, RankerConfig, RankingOutput, group_targets
 
 COLBERT_LINEAR = "colbert_linear.pt"  # the projection's state dict, as bge-m3 ships it
@@ -61,7 +61,7 @@ class ColBERTProcessor(PaddingOptions):
     def query_ids(self, queries: Sequence[str]) -> List[List[int]]:
         """Token ids of each query (with instruction), capped at ``query_max_length``; one batched call."""
         texts = [apply_instruction(self.config.query_instruction, q) for q in queries]
-        return call_tokenizer(self.tokenizer, texts, truncation=True, max_length=self.config.query_max_length)["input_ids"] if texts else []
+        return tokenize_user_text(self.tokenizer, texts, truncation=True, max_length=self.config.query_max_length)["input_ids"] if texts else []
 
     def document_ids(self, documents: Sequence[str], all_windows: bool) -> List[List[List[int]]]:
         """The windows' token ids of each document (only the first unless ``all_windows``); one batched call."""
@@ -70,7 +70,7 @@ class ColBERTProcessor(PaddingOptions):
         cfg = self.config
         texts = [apply_instruction(cfg.document_instruction, d) for d in documents]
         room = cfg.max_length - self.n_special
-        enc = call_tokenizer(self.tokenizer, texts, truncation=True, max_length=cfg.max_length, stride=min(cfg.window_overlap, room // 2),
+        enc = tokenize_user_text(self.tokenizer, texts, truncation=True, max_length=cfg.max_length, stride=min(cfg.window_overlap, room // 2),
                              return_overflowing_tokens=all_windows, verbose=False)
         owners = enc["overflow_to_sample_mapping"] if all_windows else range(len(texts))
         out: List[List[List[int]]] = [[] for _ in texts]

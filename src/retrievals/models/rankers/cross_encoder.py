@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification
 
 from ...utils import apply_instruction, logger
 from ..base import hf_config
-from ..processing import PaddingOptions, call_tokenizer, pad_ids, run_in_length_chunks
+from ..processing import PaddingOptions, call_tokenizer, pad_ids, run_in_length_chunks, tokenize_user_text
 from .base import TRAIN_CHUNK, BaseRanker, Batch, RankerConfig, RankingOutput, group_targets
 
 
@@ -38,7 +38,7 @@ class PairProcessor(PaddingOptions):
     def _cut_queries(self, queries: Sequence[str], cap: int) -> Dict[str, Tuple[str, int]]:
         """Each distinct query (with instruction) cut after ``cap`` tokens on a token boundary, and its token count."""
         texts = list(dict.fromkeys(apply_instruction(self.config.query_instruction, q) for q in queries))
-        enc = call_tokenizer(self.tokenizer, texts, add_special_tokens=False, truncation=True, max_length=cap, return_offsets_mapping=True)
+        enc = tokenize_user_text(self.tokenizer, texts, add_special_tokens=False, truncation=True, max_length=cap, return_offsets_mapping=True)
         return {t: (t[: offs[-1][1]] if len(offs) == cap else t, len(offs)) for t, offs in zip(texts, enc["offset_mapping"])}
 
     def units(self, pairs: Sequence[Tuple[str, str]], all_windows: bool) -> List[List[Dict[str, Any]]]:
@@ -53,7 +53,7 @@ class PairProcessor(PaddingOptions):
         cut = self._cut_queries([q for q, _ in pairs], q_cap)
         queries = [cut[apply_instruction(cfg.query_instruction, q)][0] for q, _ in pairs]
         documents = [apply_instruction(cfg.document_instruction, d) for _, d in pairs]
-        enc = call_tokenizer(tok, queries, documents, truncation="only_second", max_length=cfg.max_length,
+        enc = tokenize_user_text(tok, queries, documents, truncation="only_second", max_length=cfg.max_length,
                   stride=min(cfg.window_overlap, (room - q_cap) // 2), return_overflowing_tokens=all_windows, verbose=False)
         owners = enc["overflow_to_sample_mapping"] if all_windows else range(len(pairs))
         out: List[List[Dict[str, Any]]] = [[] for _ in pairs]

@@ -10,7 +10,7 @@ from torch import nn
 
 from ...utils import logger
 from ..base import load_backbone
-from ..processing import PaddingOptions, call_tokenizer, pad_ids, run_in_length_chunks
+from ..processing import PaddingOptions, call_tokenizer, pad_ids, run_in_length_chunks, tokenize_user_text
 from .base import TRAIN_CHUNK, BaseRanker, Batch, RankerConfig, RankingOutput, group_targets, windows
 
 DEFAULT_PROMPT = (
@@ -59,7 +59,7 @@ class PromptProcessor(PaddingOptions):
         return self._ids(head), self._ids(tail)
 
     def _ids_many(self, texts: Sequence[str]) -> List[List[int]]:
-        return call_tokenizer(self.tokenizer, list(texts), add_special_tokens=False, verbose=False)["input_ids"] if texts else []
+        return tokenize_user_text(self.tokenizer, list(texts), add_special_tokens=False, verbose=False)["input_ids"] if texts else []
 
     def units(self, pairs: Sequence[Tuple[str, str]], all_windows: bool) -> List[List[List[int]]]:
         """The prompt token ids of each pair, one per document window (only the first unless ``all_windows``).

@@ -1,0 +1,172 @@
+"""Typed requests and responses of the HTTP API, built from the server's limits so that ``/openapi.json``
+states every field, limit and status: a request valid by the schema is never refused for a reason the
+schema does not give."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Literal, Optional, Type, Union
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+
+from ..utils import require
+
+require("fastapi", "server")
+
+
+@dataclass
+class ServerLimits:
+    """Request limits, batching and deadlines of one server (the CLI flags of ``pipelines.serve``)."""
+
+    max_batch_size: int = 256  # inputs of one embeddings request, documents of one rerank request
+    max_input_chars: int = 20000  # characters of one input text (query or document)
+    model_batch_size: int = 32  # most inputs in one model call
+    max_batch_tokens: int = 8192  # most padded tokens in one model call (longest input x inputs)
+    max_queue_items: int = 8192  # texts or document windows waiting; beyond, 503 with Retry-After
+    max_wait_ms: float = 2.0  # how long a lone small request waits for others to share its model call
+    request_timeout_s: float = 60.0  # past it, 504 and the request's remaining work is dropped
+    max_request_bytes: int = 64 * 1024 * 1024  # larger bodies get 413 before they are parsed
+    stall_s: float = 120.0  # /health fails when one model call runs longer than this
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_input_chars", "model_batch_size", "max_batch_tokens", "max_queue_items",
+                     "max_request_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_wait_ms", "request_timeout_s", "stall_s"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+def _text_error(value: str) -> Optional[str]:
+    """Why a decoded JSON string cannot be tokenized, or None: lone surrogates (``"\\ud800"``) are not Unicode text."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"invalid Unicode: lone surrogate at character {exc.start}"
+    return None
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error, whatever its status: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    error: ErrorDetail
+
+
+ERROR_STATUSES = {
+    400: "Malformed request: invalid JSON, a wrong type, invalid Unicode, a dimension the model does not give",
+    404: "Unknown route or model",
+    405: "Method not allowed",
+    413: "Body, item count or text longer than the server's limits",
+    500: "Internal error (a bug): the server keeps serving",
+    503: "Queue full (Retry-After says when to retry) or server shutting down",
+    504: "The request's deadline (request_timeout_s) passed; its remaining work was dropped",
+}
+
+
+def error_responses(*statuses: int) -> Dict[Union[int, str], Dict[str, Any]]:
+    return {s: {"model": ErrorResponse, "description": ERROR_STATUSES[s]} for s in sorted(statuses)}
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: Union[List[float], str] = Field(description="floats, or base64 of little-endian float32")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: List[EmbeddingData]
+    model: str
+    usage: Usage
+
+
+class RerankDocumentOut(BaseModel):
+    text: str
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float = Field(ge=0, le=1)
+    document: Optional[RerankDocumentOut] = None
+
+
+class RerankUsage(BaseModel):
+    total_documents: int
+
+
+class RerankResponse(BaseModel):
+    model: str
+    results: List[RerankResult]
+    usage: RerankUsage
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "unhealthy"]
+    reason: str
+    queued_items: int
+
+
+def _checked_text(max_chars: int) -> Any:
+    return Field(max_length=max_chars, description=f"at most {max_chars} characters of valid Unicode")
+
+
+def request_models(limits: ServerLimits, embedder_name: Optional[str], embedding_dims: List[int],
+                   reranker_name: Optional[str]) -> Dict[str, Type[BaseModel]]:
+    """The request models of this server: its limits, served model names and dimensions in the schema."""
+    chars, items = limits.max_input_chars, limits.max_batch_size
+    text = (str, _checked_text(chars))
+
+    def no_surrogates(cls, value: Any) -> Any:
+        for i, item in enumerate([value] if isinstance(value, str) else value or []):
+            text_value = item if isinstance(item, str) else getattr(item, "text", "")
+            problem = _text_error(text_value)
+            if problem:
+                raise ValueError(problem if isinstance(value, str) else f"item {i}: {problem}")
+        return value
+
+    config = ConfigDict(extra="ignore")
+    models: Dict[str, Type[BaseModel]] = {}
+    if embedder_name is not None:
+        model_field = Optional[Literal[embedder_name]]  # type: ignore[valid-type]
+        dims_field = Optional[Literal[tuple(embedding_dims)]]  # type: ignore[valid-type]
+        models["embeddings"] = create_model(
+            "EmbeddingRequest", __config__=config,
+            __validators__={"_input_unicode": field_validator("input")(no_surrogates)},
+            input=(Union[str, List[str]], Field(
+                description=f"a text or a list of 1 to {items} texts, each at most {chars} characters",
+                json_schema_extra={"anyOf": [{"type": "string", "maxLength": chars},
+                                             {"type": "array", "items": {"type": "string", "maxLength": chars},
+                                              "minItems": 1, "maxItems": items}]})),
+            model=(model_field, Field(default=None, description="the served embedding model's id")),
+            encoding_format=(Literal["float", "base64"], "float"),
+            dimensions=(dims_field, Field(default=None, description="vector size; only the model's own is served")),
+            input_type=(Literal["query", "document"], Field(default="document", description="query: apply the query instruction")),
+            user=(Optional[str], None),
+        )
+    if reranker_name is not None:
+        document = create_model("RerankDocument", __config__=config, text=text)
+        models["rerank"] = create_model(
+            "RerankRequest", __config__=config,
+            __validators__={"_query_unicode": field_validator("query", "documents")(no_surrogates)},
+            query=text,
+            documents=(List[Union[str, document]], Field(  # type: ignore[valid-type]
+                description=f"1 to {items} documents, strings or {{text}} objects, each at most {chars} characters",
+                json_schema_extra={"minItems": 1, "maxItems": items})),
+            top_n=(Optional[int], Field(default=None, ge=1)),
+            return_documents=(bool, False),
+            model=(Optional[Literal[reranker_name]], Field(default=None, description="the served reranker's id")),  # type: ignore[valid-type]
+        )
+    return models
