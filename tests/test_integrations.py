@@ -76,6 +76,41 @@ def test_langchain_retriever_over_our_index(index_type, embedder, reranker):
     assert [d.page_content for d in reranked] == [pool[i] for i in np.argsort(-np.asarray(scores))[:2]]
 
 
+def test_langchain_retriever_k_per_call(embedder, reranker):
+    """``invoke(query, k=..., fetch_k=...)`` overrides the retriever's own for that call (langchain-tests'
+    test_invoke_with_k_kwarg); with a reranker, ``k`` (not the reranker's ``top_n``) sets how many come back."""
+    from retrievals.integrations.langchain import LangchainReranker, LangchainRetriever
+
+    retriever = LangchainRetriever.from_texts(DOCS, embedder, index_type="exact", k=5)
+    sims = embedder.encode_corpus(DOCS) @ embedder.encode_queries([QUERY])[0]
+    order = list(np.argsort(-sims))
+    assert [d.page_content for d in retriever.invoke(QUERY, k=2)] == [DOCS[i] for i in order[:2]]
+    assert len(retriever.invoke(QUERY)) == 5  # the call's k does not stick
+    assert [len(found) for found in retriever.batch([QUERY, DOCS[0]], k=3)] == [3, 3]
+    import asyncio
+
+    assert [d.page_content for d in asyncio.run(retriever.ainvoke(QUERY, k=2))] == [DOCS[i] for i in order[:2]]
+    assert len(retriever.invoke(QUERY, k=100)) == len(DOCS)
+    assert retriever.invoke(QUERY, k=0) == []
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        retriever.invoke(QUERY, k=-1)
+    with pytest.raises(TypeError, match="k must be an int"):
+        retriever.invoke(QUERY, k="3")
+    with pytest.raises(TypeError, match="top_k"):  # a misspelt option is an error, not silently ignored
+        retriever.invoke(QUERY, top_k=3)
+    with pytest.raises(ValueError):
+        LangchainRetriever.from_texts(DOCS, embedder, index_type="exact", k=-1)
+
+    reranked = LangchainRetriever.from_texts(DOCS, embedder, index_type="exact", k=2, fetch_k=4,
+                                             reranker=LangchainReranker(model=reranker, top_n=1))
+    for k, fetch_k in [(2, None), (3, 6), (6, 4)]:
+        got = reranked.invoke(QUERY, k=k) if fetch_k is None else reranked.invoke(QUERY, k=k, fetch_k=fetch_k)
+        pool = [DOCS[i] for i in order[:max(k, fetch_k or 4)]]
+        scores = reranker.compute_score([(QUERY, d) for d in pool])
+        assert [d.page_content for d in got] == [pool[i] for i in np.argsort(-np.asarray(scores), kind="stable")[:k]]
+    assert len(reranked.invoke(QUERY)) == 2
+
+
 def test_langchain_llm_and_a_rag_chain(tiny_qwen, embedder):
     from langchain_core.output_parsers import StrOutputParser
     from langchain_core.prompts import PromptTemplate

@@ -9,18 +9,24 @@ dtype ... as accepted by the model's ``from_pretrained``).
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..utils import require
 
 require("langchain_core", "langchain")
 
-from langchain_core.callbacks import CallbackManagerForLLMRun, CallbackManagerForRetrieverRun  # noqa: E402
+from langchain_core.callbacks import (  # noqa: E402
+    AsyncCallbackManagerForRetrieverRun,
+    CallbackManagerForLLMRun,
+    CallbackManagerForRetrieverRun,
+)
 from langchain_core.documents import BaseDocumentCompressor, Document  # noqa: E402
 from langchain_core.embeddings import Embeddings  # noqa: E402
 from langchain_core.language_models.llms import LLM  # noqa: E402
 from langchain_core.retrievers import BaseRetriever  # noqa: E402
-from pydantic import ConfigDict  # noqa: E402
+from langchain_core.runnables.config import run_in_executor  # noqa: E402
+from pydantic import ConfigDict, Field  # noqa: E402
 
 from ..index import Index  # noqa: E402
 from ..models.embedding import AutoModelForEmbedding  # noqa: E402
@@ -71,9 +77,13 @@ class LangchainReranker(BaseDocumentCompressor):
 class LangchainRetriever(BaseRetriever):
     """Retriever over one of our indexes (faiss flat/IVF/HNSW or exact), optionally reranked.
 
-    Build it with :meth:`from_texts` or :meth:`from_documents`; ``k`` documents come back, each with
-    ``metadata["score"]`` (the index score). With a ``reranker``, the best ``fetch_k`` by the index are
-    reranked and its ``top_n`` kept.
+    Build it with :meth:`from_texts` or :meth:`from_documents`; ``k`` documents come back (fewer when the
+    index holds fewer), each with ``metadata["score"]`` (the index score). With a ``reranker``, the best
+    ``max(k, fetch_k)`` by the index are reranked and the best ``k`` of them kept (the reranker's
+    ``top_n`` does not apply here: ``k`` alone sets how many come back).
+
+    ``k`` and ``fetch_k`` can also be set for one call: ``retriever.invoke(query, k=2)`` (likewise
+    ``ainvoke``, ``batch``); any other keyword is a ``TypeError``.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -81,8 +91,8 @@ class LangchainRetriever(BaseRetriever):
     embedder: Any
     index: Any
     documents: List[Document]
-    k: int = 4
-    fetch_k: int = 20
+    k: int = Field(4, ge=0)
+    fetch_k: int = Field(20, ge=0)
     reranker: Optional[LangchainReranker] = None
 
     @classmethod
@@ -103,16 +113,40 @@ class LangchainRetriever(BaseRetriever):
         return cls.from_documents([Document(page_content=t, metadata=dict(m)) for t, m in zip(texts, metadatas)],
                                   embedding, **kwargs)
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> List[Document]:
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: Optional[int] = None,
+                                fetch_k: Optional[int] = None, **kwargs: Any) -> List[Document]:
+        # invoke() hands on every keyword it gets; "verbose" is its own (callbacks), anything else is a mistake
+        unknown = sorted(set(kwargs) - {"verbose"})
+        if unknown:
+            raise TypeError(f"LangchainRetriever got unexpected keyword argument(s) {unknown}; it takes k and fetch_k")
+        k = _count("k", self.k if k is None else k)
+        fetch_k = _count("fetch_k", self.fetch_k if fetch_k is None else fetch_k)
         index: Index = self.index
-        depth = max(self.k, self.fetch_k) if self.reranker is not None else self.k
+        depth = max(k, fetch_k) if self.reranker is not None else k
+        if k == 0:
+            return []
         scores, ids = index.search(self.embedder.encode_queries([query]), min(depth, len(index)))
         found = [Document(page_content=self.documents[int(i)].page_content, id=self.documents[int(i)].id,
                           metadata={**self.documents[int(i)].metadata, "score": float(s)})
                  for s, i in zip(scores[0], ids[0]) if i is not None]
         if self.reranker is not None:
-            return self.reranker.compress_documents(found, query)[: self.k]
+            return self.reranker.model_copy(update={"top_n": k}).compress_documents(found, query)
         return found
+
+    async def _aget_relevant_documents(self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun,
+                                       **kwargs: Any) -> List[Document]:
+        # BaseRetriever's default drops the call's keywords (k, fetch_k): run the sync search in a thread with them
+        return await run_in_executor(None, self._get_relevant_documents, query, run_manager=run_manager.get_sync(),
+                                     **kwargs)
+
+
+def _count(name: str, value: Any) -> int:
+    """A number of documents (``k``, ``fetch_k``) given to one call: an int >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return int(value)
 
 
 class LangchainLLM(LLM):
