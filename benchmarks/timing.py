@@ -27,10 +27,16 @@ def take_turns(runs: Dict[str, Callable[[], float]], rounds: int) -> dict:
     for _ in range(rounds):
         for name, run in runs.items():
             rates[name].append(run())
-    result: Dict[str, Any] = {name: round(max(r), 2) for name, r in rates.items()}
-    result["median"] = {name: round(statistics.median(r), 2) for name, r in rates.items()}
-    first, second = list(runs)[:2]
-    result["ratio"] = round(result[first] / result[second], 2)
+    return best_and_median(rates)
+
+
+def best_and_median(values: Dict[str, List[float]], best: Callable[[List[float]], float] = max) -> dict:
+    """Summary of each name's rounds: ``{name: best round, "median": {name: median round}, "ratio": first name's
+    best / second name's best}``. ``best=min`` for measures where lower is better (latencies)."""
+    result: Dict[str, Any] = {name: round(best(v), 2) for name, v in values.items()}
+    result["median"] = {name: round(statistics.median(v), 2) for name, v in values.items()}
+    first, second = list(values)[:2]
+    result["ratio"] = round(result[first] / result[second], 2) if result[second] else None
     return result
 
 
