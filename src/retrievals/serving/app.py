@@ -305,6 +305,12 @@ def create_app(embedder: Any = None, reranker: Any = None, embedder_name: Option
 
 
 def _install_errors(app: FastAPI) -> None:
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette answers with this, then re-raises; Guard swallows the re-raise so the connection stays open
+        return error_response(ApiError(500, f"internal error ({type(exc).__name__}); the server keeps serving",
+                                       kind="server_error"))
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc)

@@ -98,6 +98,7 @@ class Scheduler:
         with self._cond:
             if self._closed:
                 raise JobCancelled("the server is shutting down")
+            self._expire(time.monotonic())  # cancelled and late jobs free their room first
             if self.queued_items() + len(items) > self.max_queue_items:
                 raise QueueFull(f"{self.queued_items()} items are queued; the limit is {self.max_queue_items}")
             job.id = next(self._ids)
@@ -115,7 +116,9 @@ class Scheduler:
             self._remove(job, reason or JobCancelled("cancelled"))
 
     def queued_items(self) -> int:
-        return sum(job.pending for jobs in self._jobs.values() for job in jobs)
+        """Items waiting for a model call (those of jobs nobody waits for any more are not counted)."""
+        with self._cond:
+            return sum(job.pending for jobs in self._jobs.values() for job in jobs if not job.future.done())
 
     def health(self) -> Tuple[bool, str]:
         """(healthy, reason): unhealthy when the worker died or one model call has run longer than ``stall_s``."""

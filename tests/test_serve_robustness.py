@@ -1,0 +1,359 @@
+"""The server under load, faults and hostile input: the scheduler alone, the app in process (schemathesis),
+a real uvicorn server in a thread (connections, mixed load, cancellation, deadlines, a full queue) and as
+a subprocess (SIGTERM). Traffic stays on loopback; every loop is bounded."""
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrievals import AutoModelForEmbedding, AutoModelForRanking
+
+from .conftest import corpus_lines, needs
+
+httpx = needs("httpx")
+needs("fastapi")
+uvicorn = needs("uvicorn")
+needs("prometheus_client")
+
+from retrievals.serving.app import create_app  # noqa: E402
+from retrievals.serving.scheduler import DeadlineExceeded, JobCancelled, QueueFull, Scheduler  # noqa: E402
+from retrievals.serving.schemas import ServerLimits  # noqa: E402
+
+ROOT = Path(__file__).parent.parent
+TEXTS = corpus_lines(40)
+LONG = " ".join(corpus_lines(400))  # thousands of tokens: many windows for a 64-token reranker
+
+
+# ---------------------------------------------------------------- the scheduler alone
+
+
+def test_scheduler_splits_long_jobs_and_lets_short_ones_in():
+    calls = []
+    gate = threading.Event()
+
+    def fn(items):
+        gate.wait(5)
+        calls.append(list(items))
+        return [x * 10 for x in items]
+
+    s = Scheduler(max_batch_tokens=40, max_batch_items=8, max_wait_ms=0)
+    long_job = s.submit("k", list(range(100)), [10] * 100, fn)
+    time.sleep(0.05)  # the first call (4 items of the long job) is running, held by the gate
+    short_job = s.submit("k", [1000], [10], fn)
+    gate.set()
+    assert short_job.future.result(5) == [10000]
+    assert long_job.future.result(10) == [x * 10 for x in range(100)]
+    assert all(len(c) <= 4 for c in calls)  # 4 items x 10 tokens fill the 40-token budget
+    short_call = next(i for i, c in enumerate(calls) if 1000 in c)
+    assert short_call <= 1  # the short job rode in the very next call, not after the 100 items
+    s.close()
+
+
+def test_scheduler_survives_failures_cancellations_and_deadlines():
+    s = Scheduler(max_batch_tokens=100, max_batch_items=2, max_queue_items=50, max_wait_ms=0)
+
+    def boom(items):
+        raise RuntimeError("out of memory in this batch")
+
+    bad = s.submit("bad", ["x"], [1], boom)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        bad.future.result(5)
+    slow = s.submit("slow", list(range(40)), [1] * 40, lambda xs: time.sleep(0.05) or list(xs))
+    slow.future.cancel()  # the waiter gave up: its results must not kill the worker
+    late = s.submit("late", list(range(40)), [1] * 40, lambda xs: time.sleep(0.05) or list(xs), timeout_s=0.1)
+    with pytest.raises(DeadlineExceeded):
+        late.future.result(5)
+    with pytest.raises(QueueFull):
+        s.submit("k", list(range(60)), [1] * 60, lambda xs: xs)
+    assert s.submit("ok", [1, 2], [1, 1], lambda xs: [x + 1 for x in xs]).future.result(5) == [2, 3]
+    assert s.health() == (True, "ok") and s.stats["failed_calls"] == 1 and s.stats["dropped_items"] > 0
+    pending = s.submit("slow", list(range(40)), [1] * 40, lambda xs: time.sleep(0.05) or list(xs))
+    s.close()
+    with pytest.raises(JobCancelled):
+        pending.future.result(5)
+    assert s.health()[0] is False  # the worker stopped: /health says so
+
+
+# ---------------------------------------------------------------- the app in process
+
+
+@pytest.fixture(scope="module")
+def served(tiny_bert, tiny_qwen):
+    emb = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean", query_instruction="query: ")
+    ce = AutoModelForRanking.from_pretrained(tiny_bert, model_type="cross-encoder", max_length=64)
+    llm = AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm", max_length=512)
+    return emb, ce, llm
+
+
+@pytest.fixture(scope="module")
+def app(served):
+    emb, ce, _ = served
+    return create_app(emb, ce, "emb", "ce", ServerLimits(max_batch_size=16, max_input_chars=400, max_request_bytes=200_000))
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ('{"input": "a\\ud800b"}', 400, "nicode"),
+    ('{"input": ["ok", "x\\udfff"]}', 400, "nicode"),
+    ('{"query": "q\\ud800", "documents": ["a"]}', 400, "nicode"),
+    (b'{"input": "caf\xe9"}', 400, "body"),  # not UTF-8
+    ("[" * 150_000 + "]" * 150_000, 413, "bytes"),  # deep nesting, and too large
+    ("[" * 20_000 + "]" * 20_000, 400, "body"),  # deep nesting within the byte limit
+    ('{"input": ' + json.dumps(["a"] * 20) + "}", 413, "at most 16"),
+])
+def test_hostile_bodies_get_the_error_envelope(client, body, status, words):
+    path = "/v1/rerank" if "query" in str(body) else "/v1/embeddings"
+    r = client.post(path, content=body if isinstance(body, bytes) else body.encode(),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert words in r.json()["error"]["message"]
+    assert client.post("/v1/embeddings", json={"input": "still serving"}).status_code == 200
+
+
+def test_framework_errors_use_the_envelope(client):
+    for method, path, status in (("GET", "/nope", 404), ("GET", "/v1/embeddings", 405), ("DELETE", "/health", 405)):
+        r = client.request(method, path)
+        assert r.status_code == status and set(r.json()["error"]) == {"message", "type", "param", "code"}, r.text
+    r = client.post("/v1/embeddings", json={"input": "a", "model": "gpt-9"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+def test_metrics_and_schema(client):
+    client.post("/v1/embeddings", json={"input": ["a", "b"]})
+    text = client.get("/metrics").text
+    for name in ("retrievals_queue_items", "retrievals_batch_tokens_bucket", "retrievals_request_seconds_bucket",
+                 'retrievals_responses_total{endpoint="/v1/embeddings",status="200"}'):
+        assert name in text, name
+    schema = client.get("/openapi.json").json()
+    post = schema["paths"]["/v1/embeddings"]["post"]
+    assert {"200", "400", "404", "413", "500", "503", "504"} <= set(post["responses"])
+    request = json.dumps(schema["components"]["schemas"]["EmbeddingRequest"])
+    assert '"maxItems": 16' in request and '"maxLength": 400' in request
+
+
+def test_user_text_is_never_read_as_control_tokens(served):
+    """A document spelling out a special token is text: no special token id appears in its tokens."""
+    emb, ce, llm = served
+    for model in (ce, llm):
+        tok = model.tokenizer
+        specials = set(tok.all_special_ids) - {tok.unk_token_id}  # an unknown character is no control token
+        for token in tok.all_special_tokens:
+            owners, units = model.pair_units([("query " + token, "document " + token + " end")])
+            plain_owners, plain_units = model.pair_units([("query", "document end")])
+            ids = units[0][0] if isinstance(units[0], tuple) else units[0]
+            plain = plain_units[0][0] if isinstance(plain_units[0], tuple) else plain_units[0]
+            assert sum(i in specials for i in ids) == sum(i in specials for i in plain), (type(model).__name__, token)
+    for token in emb.tokenizer.all_special_tokens:
+        ids = emb.tokenize(["text " + token])[0]
+        control = set(emb.tokenizer.all_special_ids) - {emb.tokenizer.unk_token_id}
+        assert sum(i in control for i in ids) == 2, token  # only [CLS] and [SEP] of the template
+
+
+@pytest.fixture(scope="module")
+def api_schema(app):
+    schemathesis = needs("schemathesis")
+    from schemathesis.config import SchemathesisConfig
+
+    config = SchemathesisConfig.from_dict({"generation": {"mode": "all", "max-examples": 20, "deterministic": True}})
+    return schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
+
+
+try:
+    import schemathesis
+
+    schema = schemathesis.pytest.from_fixture("api_schema")
+
+    @schema.parametrize()
+    def test_schemathesis_finds_nothing(case):
+        """Positive and negative examples for every operation: no 500, statuses and bodies as declared,
+        schema-invalid requests rejected, schema-valid ones accepted."""
+        case.call_and_validate()
+except ImportError:  # pragma: no cover - CI installs the test extra; needs() fails there
+    def test_schemathesis_finds_nothing():
+        needs("schemathesis")
+
+
+# ---------------------------------------------------------------- a real server in a thread
+
+
+class ThreadServer:
+    def __init__(self, app):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+def test_a_500_keeps_the_connection(served, monkeypatch):
+    emb, ce, _ = served
+    app = create_app(emb, None, "emb")
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    with ThreadServer(app) as url:
+        with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as sock:
+            def request(body: bytes) -> bytes:
+                sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += sock.recv(65536)
+                head, _, rest = data.partition(b"\r\n\r\n")
+                length = int(next(l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")).split(b":")[1])
+                while len(rest) < length:
+                    rest += sock.recv(65536)
+                return head.split(b"\r\n")[0] + b" " + rest
+
+            with monkeypatch.context() as patch:
+                patch.setattr(app.service, "embeddings", broken)
+                first = request(b'{"input": "a"}')
+            assert first.startswith(b"HTTP/1.1 500") and b'"server_error"' in first
+            assert request(b'{"input": "a"}').startswith(b"HTTP/1.1 200")  # same socket: not dropped
+
+
+def test_short_requests_stay_fast_during_a_maximum_rerank(served):
+    """Mixed load: a maximum-size rerank request (every document at the character limit, many windows
+    each) runs while one-text embedding requests keep arriving; they answer within the bound, no errors."""
+    emb, ce, _ = served
+    limits = ServerLimits(max_batch_size=64, max_input_chars=len(LONG), max_batch_tokens=2048, max_queue_items=100_000)
+    app = create_app(emb, ce, "emb", "ce", limits)
+    with ThreadServer(app) as url:
+        async def scenario():
+            async with httpx.AsyncClient(timeout=120) as http:
+                big = asyncio.ensure_future(http.post(url + "/v1/rerank", json={"query": TEXTS[0], "documents": [LONG] * 64}))
+                await asyncio.sleep(1.0)  # let it tokenize and start
+                assert not big.done(), "the long request should still be running"
+                latencies = []
+                for i in range(12):
+                    start = time.perf_counter()
+                    r = await http.post(url + "/v1/embeddings", json={"input": TEXTS[i]})
+                    latencies.append(time.perf_counter() - start)
+                    assert r.status_code == 200, r.text
+                long_running = not big.done()
+                response = await big
+                return latencies, long_running, response
+
+        latencies, overlapped, response = asyncio.run(scenario())
+    assert response.status_code == 200 and len(response.json()["results"]) == 64
+    print(f"\nshort requests during a maximum rerank: p50 {np.median(latencies) * 1000:.0f} ms, "
+          f"max {max(latencies) * 1000:.0f} ms (overlapped: {overlapped})")
+    assert overlapped and max(latencies) < 1.0
+
+
+def test_disconnects_deadlines_and_a_full_queue(served):
+    emb, ce, _ = served
+    units = len(ce.pair_units([(TEXTS[0], LONG)])[1]) * 64  # one request's document windows
+    limits = ServerLimits(max_batch_size=64, max_input_chars=len(LONG), max_batch_tokens=1024,
+                          max_queue_items=int(units * 1.5), request_timeout_s=1.0)
+    app = create_app(emb, ce, "emb", "ce", limits)
+    service = app.service
+    body = {"query": TEXTS[0], "documents": [LONG] * 64}
+    with ThreadServer(app) as url:
+        # a deadline: 504, and the rest of the work is dropped
+        r = httpx.post(url + "/v1/rerank", json=body, timeout=60)
+        assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded"
+        dropped = service.scheduler.stats["dropped_items"]
+        assert dropped > 0
+        # a client that gives up: its work is dropped too
+        limits.request_timeout_s = 0
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/v1/rerank", json=body, timeout=1.5)
+        deadline = time.monotonic() + 10
+        while service.scheduler.queued_items() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert service.scheduler.queued_items() == 0 and service.scheduler.stats["dropped_items"] > dropped
+        # a full queue: 503 with Retry-After, while the first long request is still queued
+        async def flood():
+            async with httpx.AsyncClient(timeout=60) as http:
+                first = asyncio.ensure_future(http.post(url + "/v1/rerank", json=body))
+                await asyncio.sleep(1.0)
+                second = await http.post(url + "/v1/rerank", json=body)
+                first.cancel()
+                return second
+
+        second = asyncio.run(flood())
+        assert second.status_code == 503 and second.headers["retry-after"] == "1"
+        assert second.json()["error"]["code"] == "queue_full"
+        assert httpx.get(url + "/health").json()["status"] == "ok"
+        assert httpx.post(url + "/v1/embeddings", json={"input": "after all that"}).status_code == 200
+
+
+# ---------------------------------------------------------------- a subprocess server and SIGTERM
+
+
+@pytest.mark.slow
+def test_sigterm_stops_within_the_shutdown_timeout(tiny_bert, tmp_path):
+    ranker = AutoModelForRanking.from_pretrained(tiny_bert, model_type="cross-encoder", max_length=64)
+    ranker.save_pretrained(tmp_path / "ce")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "retrievals.pipelines.serve", "--reranker_name_or_path", str(tmp_path / "ce"),
+                             "--port", str(port), "--max_input_chars", str(len(LONG)), "--shutdown_timeout_s", "2",
+                             "--request_timeout_s", "0", "--max_queue_items", "100000"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.3)
+        result: Future = Future()
+
+        def long_request():
+            try:
+                result.set_result(httpx.post(url + "/v1/rerank", json={"query": "q", "documents": [LONG] * 256}, timeout=120))
+            except Exception as exc:  # noqa: BLE001 - the server may close the connection: that is the point
+                result.set_result(exc)
+
+        threading.Thread(target=long_request, daemon=True).start()
+        time.sleep(2.0)
+        assert proc.poll() is None and not result.done()
+        stopped = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        took = time.monotonic() - stopped
+        print(f"\nSIGTERM with a long request in flight: exited in {took:.1f} s (code {proc.returncode})")
+        assert took < 2 + 10  # the shutdown timeout, plus one model call and interpreter exit
+    finally:
+        if proc.poll() is None:
+            proc.kill()
