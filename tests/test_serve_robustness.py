@@ -136,6 +136,17 @@ def test_framework_errors_use_the_envelope(client):
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
 
 
+def test_a_tokenizer_error_is_the_requests_fault(client, app, monkeypatch):
+    def refuse(texts, is_query=False):
+        raise ValueError("this tokenizer cannot take that text")
+
+    monkeypatch.setattr(app.service.embedder, "tokenize", refuse)
+    r = client.post("/v1/embeddings", json={"input": "x"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "tokenizer_error"
+    monkeypatch.undo()
+    assert client.post("/v1/embeddings", json={"input": "x"}).status_code == 200
+
+
 def test_metrics_and_schema(client):
     client.post("/v1/embeddings", json={"input": ["a", "b"]})
     text = client.get("/metrics").text

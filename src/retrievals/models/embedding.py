@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import trange
+from tqdm.auto import tqdm
 from transformers.utils import ModelOutput
 
 from ..utils import instruction_as_prefix, logger, resolve_device, resolve_dtype
@@ -34,7 +34,7 @@ from .base import (
 )
 from .inputs import as_texts, check_batch_size
 from .pooling import POOLING_METHODS, pool
-from .processing import TextProcessor, eval_mode, run_in_length_chunks
+from .processing import TextProcessor, eval_mode, length_batches, run_in_length_chunks
 from .st_format import read_st_settings, warn_unsupported_prefix, write_st_files
 
 Batch = Dict[str, torch.Tensor]
@@ -315,19 +315,20 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
         batch_size: int = 32,
         show_progress_bar: Optional[bool] = None,
         normalize_embeddings: Optional[bool] = None,
+        max_tokens: Optional[int] = None,
     ) -> torch.Tensor:
         """Float32 CPU embeddings of texts already tokenized by :meth:`tokenize` (for callers that also
-        need the token counts, such as the server), in input order."""
+        need the token counts, such as the server), in input order. Batches are length-sorted, at most
+        ``batch_size`` texts and (when given) ``max_tokens`` padded tokens each."""
         check_batch_size(batch_size)
         prompt_length = getattr(ids, "prompt_length", 0)  # the slices below are plain lists
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         out = torch.empty((len(ids), self.embedding_dim), dtype=torch.float32)
         if show_progress_bar is None:
             show_progress_bar = len(ids) > 10 * batch_size and logger.getEffectiveLevel() <= 20
         dev = self.device
         with eval_mode(self):
-            for start in trange(0, len(ids), batch_size, desc="Encoding", disable=not show_progress_bar):
-                idx = order[start : start + batch_size]
+            for idx in tqdm(length_batches([len(x) for x in ids], batch_size, max_tokens), desc="Encoding",
+                            disable=not show_progress_bar):
                 batch = self.processor.pad([ids[i] for i in idx], prompt_length=prompt_length)
                 batch = {k: v.to(dev) for k, v in batch.items()}
                 out[idx] = self.embed(batch, normalize=normalize_embeddings).float().cpu()

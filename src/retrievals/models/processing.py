@@ -24,6 +24,21 @@ _TOKENIZER_LOCKS: "weakref.WeakKeyDictionary[Any, threading.Lock]" = weakref.Wea
 _EVAL_CALLS: "weakref.WeakKeyDictionary[torch.nn.Module, List[Any]]" = weakref.WeakKeyDictionary()
 
 
+def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: Optional[int] = None) -> List[List[int]]:
+    """Indices grouped for batched inference: longest first, each group at most ``batch_size`` items and (with
+    ``max_tokens``) at most that many padded tokens (its longest x its size; a group holds at least one item).
+    Similar lengths share a batch, so short inputs never pay for a long one's padding."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: List[List[int]] = []
+    for i in order:
+        group = groups[-1] if groups else None
+        if group is None or len(group) >= batch_size or (max_tokens and lengths[group[0]] * (len(group) + 1) > max_tokens):
+            groups.append([i])
+        else:
+            group.append(i)
+    return groups
+
+
 def tokenize_user_text(tokenizer: Any, *args: Any, **kwargs: Any) -> Any:
     """:func:`call_tokenizer` for text that comes from users (queries, documents): a special token's spelling in it
     (``<|im_end|>``, ``[SEP]``) is read as plain text, never as a control token, in training and inference alike.

@@ -34,7 +34,7 @@ class ServeArguments:
     max_input_chars: int = field(default=20000, metadata={"help": "Most characters in one input text."})
     model_batch_size: int = field(default=32, metadata={"help": "Batch size of model calls."})
     max_wait_ms: float = field(default=2.0, metadata={"help": "How long a model call waits for other requests to join."})
-    max_batch_tokens: int = field(default=8192, metadata={"help": "Most padded tokens in one model call (longest x inputs): "
+    max_batch_tokens: int = field(default=2048, metadata={"help": "Most padded tokens in one model call (longest x inputs): "
                                                                   "long requests run as many calls, short ones slip in between."})
     max_queue_items: int = field(default=8192, metadata={"help": "Texts or document windows waiting; beyond, 503 + Retry-After."})
     request_timeout_s: float = field(default=60.0, metadata={"help": "Per-request deadline: past it, 504 and its work is "

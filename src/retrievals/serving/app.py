@@ -44,6 +44,7 @@ from .schemas import (  # noqa: E402
     request_models,
 )
 
+DISCONNECT_CHECK_S = 0.25  # how often a waiting request checks that its client is still connected
 TOKENIZE_SLICE = 16  # texts per tokenizer call: a huge request does not hold the tokenizer for long
 ROUTES = ("/v1/embeddings", "/v1/rerank", "/rerank", "/health", "/v1/models", "/info", "/metrics")
 
@@ -152,16 +153,20 @@ class Service:
         except JobCancelled as exc:
             raise ApiError(503, str(exc), kind="server_busy", code="shutting_down") from None
         result = asyncio.wrap_future(job.future)
-        gone = asyncio.ensure_future(_wait_disconnect(request))
-        timeout = max(0.0, job.deadline - time.monotonic()) if job.deadline != float("inf") else None
         try:
-            done, _ = await asyncio.wait({result, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            # wait in short steps, checking between them whether the client is still there (one check per
+            # step, not a polling task per request: that would cost the event loop more than the requests)
+            while True:
+                remaining = job.deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                done, _ = await asyncio.wait({result}, timeout=min(DISCONNECT_CHECK_S, remaining))
+                if done or await request.is_disconnected():
+                    break
         except asyncio.CancelledError:  # the server is stopping this request
             self.scheduler.cancel(job)
             raise
-        finally:
-            gone.cancel()
-        if result in done:
+        if result.done():
             try:
                 return result.result()
             except DeadlineExceeded:
@@ -171,7 +176,7 @@ class Service:
             except Exception as exc:  # noqa: BLE001 - the model call failed (OOM of one batch, ...)
                 raise ApiError(500, f"the model call failed ({type(exc).__name__}: {exc})", kind="server_error") from None
         self.scheduler.cancel(job)
-        if gone in done:
+        if job.deadline > time.monotonic():
             raise ApiError(499, "the client closed the request", code="client_closed")
         raise ApiError(504, self._timeout_message(), kind="timeout", code="deadline_exceeded")
 
@@ -179,17 +184,19 @@ class Service:
         return f"the request took longer than {self.limits.request_timeout_s:g} s (--request_timeout_s); its work was dropped"
 
     # ------------------------------------------------------------------ endpoints
-    async def embeddings(self, req: Any, request: Request) -> Dict[str, Any]:
+    async def embeddings(self, req: Any, request: Request) -> JSONResponse:
         self.check_model(req.model, self.embedder_name, "embedding")
         texts = [req.input] if isinstance(req.input, str) else list(req.input)
         self.check_count(len(texts), "input")
         self.check_chars(texts, "input")
         is_query = req.input_type == "query"
-        ids = await run_in_threadpool(_in_slices, lambda part: self.embedder.tokenize(part, is_query=is_query), texts)
+        ids = await _tokenized(_in_slices, lambda part: self.embedder.tokenize(part, is_query=is_query), texts)
         embedder, batch_size = self.embedder, self.limits.model_batch_size
 
+        max_tokens = self.limits.max_batch_tokens
+
         def encode(batch: List[List[int]]) -> List[np.ndarray]:
-            return list(embedder.encode_token_ids(batch, batch_size=batch_size).numpy())
+            return list(embedder.encode_token_ids(batch, batch_size=batch_size, max_tokens=max_tokens).numpy())
 
         vectors = await self.run(("embed", is_query), ids, [len(x) for x in ids], encode, request)
         data = []
@@ -198,10 +205,12 @@ class Service:
             value: Any = base64.b64encode(vec.astype("<f4").tobytes()).decode() if req.encoding_format == "base64" else vec.tolist()
             data.append({"object": "embedding", "index": i, "embedding": value})
         tokens = int(sum(len(x) for x in ids))
-        return {"object": "list", "data": data, "model": self.embedder_name,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        # a Response skips FastAPI's re-validation of the body (hundreds of floats a vector): the schema stays
+        # declared by response_model, and the body is built to it here
+        return JSONResponse({"object": "list", "data": data, "model": self.embedder_name,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
-    async def rerank(self, req: Any, request: Request) -> Dict[str, Any]:
+    async def rerank(self, req: Any, request: Request) -> JSONResponse:
         self.check_model(req.model, self.reranker_name, "rerank")
         docs = [d if isinstance(d, str) else d.text for d in req.documents]
         self.check_count(len(docs), "documents")
@@ -209,15 +218,17 @@ class Service:
         self.check_chars([req.query], "query")
         reranker, batch_size = self.reranker, self.limits.model_batch_size
         pairs = [(req.query, d) for d in docs]
-        parts = await run_in_threadpool(_in_slices, lambda part: [reranker.pair_units(part)], pairs)
+        parts = await _tokenized(_in_slices, lambda part: [reranker.pair_units(part)], pairs)
         owners, units, offset = [], [], 0
         for part_owners, part_units in parts:
             owners.extend(o + offset for o in part_owners)
             units.extend(part_units)
             offset += TOKENIZE_SLICE
 
+        max_tokens = self.limits.max_batch_tokens
+
         def score(batch: List[Any]) -> List[float]:
-            return reranker.score_unit_list(batch, batch_size).tolist()
+            return reranker.score_unit_list(batch, batch_size, max_tokens=max_tokens).tolist()
 
         unit_scores = await self.run(("rerank",), units, [reranker.unit_tokens(u) for u in units], score, request)
         scores = reranker.pair_scores(owners, unit_scores, len(docs), normalize=True)
@@ -228,7 +239,7 @@ class Service:
             if req.return_documents:
                 row["document"] = {"text": docs[i]}
             results.append(row)
-        return {"model": self.reranker_name, "results": results, "usage": {"total_documents": len(docs)}}
+        return JSONResponse({"model": self.reranker_name, "results": results, "usage": {"total_documents": len(docs)}})
 
     def check_model(self, requested: Optional[str], served: Optional[str], what: str) -> None:
         if requested is not None and requested != served:
@@ -250,9 +261,12 @@ def _in_slices(fn: Any, items: List[Any]) -> List[Any]:
     return out
 
 
-async def _wait_disconnect(request: Request) -> None:
-    while not await request.is_disconnected():
-        await asyncio.sleep(0.05)
+async def _tokenized(*args: Any) -> Any:
+    """Tokenize in a worker thread; a text the tokenizer cannot take is the request's fault: 400, not 500."""
+    try:
+        return await run_in_threadpool(*args)
+    except (ValueError, TypeError, UnicodeError, RuntimeError) as exc:
+        raise ApiError(400, f"the input could not be tokenized ({type(exc).__name__}: {exc})", code="tokenizer_error") from None
 
 
 def _model_info(name: Optional[str], model: Any) -> Optional[Dict[str, Any]]:

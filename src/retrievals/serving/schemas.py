@@ -21,7 +21,7 @@ class ServerLimits:
     max_batch_size: int = 256  # inputs of one embeddings request, documents of one rerank request
     max_input_chars: int = 20000  # characters of one input text (query or document)
     model_batch_size: int = 32  # most inputs in one model call
-    max_batch_tokens: int = 8192  # most padded tokens in one model call (longest input x inputs)
+    max_batch_tokens: int = 2048  # most padded tokens in one model call (longest input x inputs)
     max_queue_items: int = 8192  # texts or document windows waiting; beyond, 503 with Retry-After
     max_wait_ms: float = 2.0  # how long a lone small request waits for others to share its model call
     request_timeout_s: float = 60.0  # past it, 504 and the request's remaining work is dropped

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type, U
 
 import torch
 from torch import nn
-from tqdm.auto import trange
+from tqdm.auto import tqdm
 from transformers.utils import ModelOutput
 
 from ...utils import logger, resolve_device, resolve_dtype
@@ -31,7 +31,7 @@ from ..base import (
     resolve_lora_paths,
 )
 from ..inputs import as_pairs, as_texts, check_batch_size, check_top_k
-from ..processing import eval_mode
+from ..processing import eval_mode, length_batches
 
 Pair = Tuple[str, str]
 Batch = Dict[str, torch.Tensor]
@@ -245,14 +245,15 @@ class BaseRanker(CheckpointingMixin, nn.Module, metaclass=ABCMeta):
         return int(self.processor.unit_length(unit))
 
     @torch.inference_mode()
-    def score_unit_list(self, units: Sequence[Any], batch_size: int = 32, show_progress_bar: bool = False) -> torch.Tensor:
-        """Raw float32 score of each unit, in input order; batched by length, each batch padded to its longest."""
-        order = sorted(range(len(units)), key=lambda k: -self.processor.unit_length(units[k]))
+    def score_unit_list(self, units: Sequence[Any], batch_size: int = 32, show_progress_bar: bool = False,
+                        max_tokens: Optional[int] = None) -> torch.Tensor:
+        """Raw float32 score of each unit, in input order; batched by length (at most ``batch_size`` units and,
+        when given, ``max_tokens`` padded tokens a batch), each batch padded to its longest."""
         unit_scores = torch.empty(len(units), dtype=torch.float32)
         dev = self.device
+        lengths = [self.processor.unit_length(u) for u in units]
         with eval_mode(self):
-            for start in trange(0, len(order), batch_size, desc="Scoring", disable=not show_progress_bar):
-                idx = order[start : start + batch_size]
+            for idx in tqdm(length_batches(lengths, batch_size, max_tokens), desc="Scoring", disable=not show_progress_bar):
                 batch = self.processor.collate_units([units[k] for k in idx])
                 batch = {k: v.to(dev) for k, v in batch.items()}
                 unit_scores[idx] = self.score_units(batch).float().cpu()
