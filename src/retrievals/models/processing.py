@@ -27,12 +27,14 @@ _EVAL_CALLS: "weakref.WeakKeyDictionary[torch.nn.Module, List[Any]]" = weakref.W
 def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: Optional[int] = None) -> List[List[int]]:
     """Indices grouped for batched inference: longest first, each group at most ``batch_size`` items and (with
     ``max_tokens``) at most that many padded tokens (its longest x its size; a group holds at least one item).
-    Similar lengths share a batch, so short inputs never pay for a long one's padding."""
+    With ``max_tokens`` a group also holds only inputs at least half as long as its longest, so short inputs
+    never pay for a long one's padding (the server mixes requests of every length in one call)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     groups: List[List[int]] = []
     for i in order:
         group = groups[-1] if groups else None
-        if group is None or len(group) >= batch_size or (max_tokens and lengths[group[0]] * (len(group) + 1) > max_tokens):
+        if group is None or len(group) >= batch_size or (max_tokens and (
+                lengths[group[0]] * (len(group) + 1) > max_tokens or 2 * lengths[i] < lengths[group[0]])):
             groups.append([i])
         else:
             group.append(i)

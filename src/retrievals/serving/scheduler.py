@@ -25,6 +25,9 @@ from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tupl
 from ..utils import logger
 
 
+SIMILAR = 2  # items within this factor of each other's length fill a call together
+
+
 class QueueFull(Exception):
     """The queue holds too many items to take this job now."""
 
@@ -181,11 +184,13 @@ class Scheduler:
                     return key, self._pick(key, jobs)
 
     def _pick(self, key: Hashable, jobs: List[Job]) -> List[Tuple[Job, int]]:
-        """Items for one call (lock held): one item per job per pass, so a short job is not stuck behind a
-        long one, while the padded cost stays within ``max_batch_tokens`` (at least one item is taken)."""
+        """Items for one call (lock held). First one item from every waiting job, so a short job is never stuck
+        behind a long one; then more items round-robin, within ``max_batch_tokens`` padded tokens, but only while
+        the call's items are of similar length: a one-text request then never waits for a call filled with a
+        long request's texts (that call would take the whole budget's time). At least one item is taken."""
         picked: List[Tuple[Job, int]] = []
-        longest, progress = 0, True
-        while progress and len(picked) < self.max_batch_items:
+        longest, shortest, first_pass = 0, None, True
+        while len(picked) < self.max_batch_items:
             progress = False
             for job in jobs:
                 if job.pending == 0 or len(picked) >= self.max_batch_items:
@@ -193,10 +198,15 @@ class Scheduler:
                 cost = job.costs[job.next_item]
                 if picked and max(longest, cost) * (len(picked) + 1) > self.max_batch_tokens:
                     continue
+                if not first_pass and cost > SIMILAR * shortest:
+                    continue
                 picked.append((job, job.next_item))
                 job.next_item += 1
-                longest = max(longest, cost)
+                longest, shortest = max(longest, cost), cost if shortest is None else min(shortest, cost)
                 progress = True
+            if not progress or (first_pass and longest > SIMILAR * shortest):
+                break
+            first_pass = False
         jobs.append(jobs.pop(0))  # the job that led this call goes to the back
         for job in {j for j, _ in picked}:
             if job.pending == 0:
