@@ -305,11 +305,13 @@ def test_disconnects_deadlines_and_a_full_queue(served):
         # a client that gives up: its work is dropped too
         limits.request_timeout_s = 0
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(url + "/v1/rerank", json=body, timeout=1.5)
-        deadline = time.monotonic() + 10
-        while service.scheduler.queued_items() and time.monotonic() < deadline:
+            httpx.post(url + "/v1/rerank", json=body, timeout=0.5)
+        deadline = time.monotonic() + 20  # the server is still tokenizing when the client leaves
+        while service.scheduler.stats["dropped_items"] == dropped and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert service.scheduler.queued_items() == 0 and service.scheduler.stats["dropped_items"] > dropped
+        assert service.scheduler.stats["dropped_items"] > dropped
+        time.sleep(0.5)
+        assert service.scheduler.queued_items() == 0
         # a full queue: 503 with Retry-After, while the first long request is still queued
         async def flood():
             async with httpx.AsyncClient(timeout=60) as http:

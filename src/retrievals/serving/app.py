@@ -164,6 +164,7 @@ class Service:
                 if done or await request.is_disconnected():
                     break
         except asyncio.CancelledError:  # the server is stopping this request
+            result.cancel()
             self.scheduler.cancel(job)
             raise
         if result.done():
@@ -175,6 +176,7 @@ class Service:
                 raise ApiError(503, str(exc), kind="server_busy", code="shutting_down") from None
             except Exception as exc:  # noqa: BLE001 - the model call failed (OOM of one batch, ...)
                 raise ApiError(500, f"the model call failed ({type(exc).__name__}: {exc})", kind="server_error") from None
+        result.cancel()  # nobody will read it (and its future is not left holding an unread exception)
         self.scheduler.cancel(job)
         if job.deadline > time.monotonic():
             raise ApiError(499, "the client closed the request", code="client_closed")
