@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from retrievals import AutoModelForEmbedding
 from retrievals.data import EmbeddingCollator
 from retrievals.losses import InfoNCELoss
-from retrievals.training.distributed import shutdown_distributed
+from retrievals.distributed import shutdown_distributed
 
 
 def main(model_dir: str, out: str) -> None:

@@ -32,7 +32,7 @@ def test_seed_command_two_processes(tiny_bert, train_file, tmp_path):
 
 
 def test_retrieve_encodes_shards_across_two_processes(tiny_bert, tmp_path):
-    from retrievals.evaluation.io import read_trec_run, save_beir
+    from retrievals.data.io import read_trec_run, save_beir
 
     from .conftest import corpus_lines
 

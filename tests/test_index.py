@@ -9,7 +9,7 @@ import pytest
 
 from retrievals import AutoModelForEmbedding
 from retrievals.data.readers import DataError
-from retrievals.evaluation.io import load_beir, read_qrels, read_trec_run, save_beir, write_qrels, write_trec_run
+from retrievals.data.io import load_beir, read_qrels, read_trec_run, save_beir, write_qrels, write_trec_run
 from retrievals.index import AutoRetrieval, BM25Index, ExactIndex, FaissIndex, Index, reciprocal_rank_fusion
 from retrievals.index.sharded import encode_sharded
 

@@ -62,7 +62,7 @@ def test_evaluate_embedder_map_uses_full_depth(tiny_bert):
 
 def test_corpus_and_qrels_readers_name_file_and_line(tmp_path):
     from retrievals.data.readers import DataError
-    from retrievals.evaluation.io import read_jsonl_texts, read_qrels
+    from retrievals.data.io import read_jsonl_texts, read_qrels
 
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text('{"_id": "d1", "title": "Tax", "text": "card"}\n\n{"id": 2, "text": "renew"}\n')

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from retrievals.data.readers import DataError, load_records
-from retrievals.evaluation.io import read_jsonl_texts, read_qrels, read_trec_run, write_trec_run
+from retrievals.data.io import read_jsonl_texts, read_qrels, read_trec_run, write_trec_run
 from retrievals.evaluation.metrics import evaluate_run, rank
 from retrievals.pipelines.build_hn import read_pool
 from retrievals.pipelines.embed import read_texts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 from typing import Any, Optional, Union
@@ -86,3 +87,14 @@ def at_least(flag: str, value: Optional[float], low: float) -> None:
     """``value`` (when given) must be >= ``low``; the error names the flag (argument checks of every CLI)."""
     if value is not None and value < low:
         raise ValueError(f"{flag} must be >= {low}, got {value}.")
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """sha256 over a module's weights as they are in memory (names, dtypes, shapes, values): a cache keyed
+    by it never serves vectors computed by other weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}\0{data.dtype}\0{tuple(data.shape)}\0".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()[:16]

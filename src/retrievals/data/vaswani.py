@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Dict, Tuple
 
-from ..evaluation.io import read_qrels
+from ..data.io import read_qrels
 from .readers import DataError
 
 _DOC = re.compile(r"<DOC>\s*<DOCNO>\s*(.*?)\s*</DOCNO>(.*?)</DOC>", re.S)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Dict
 
 from ..data.readers import DataError
-from .io import dataset_hash, load_beir
+from ..data.io import dataset_hash, load_beir
 
 
 @dataclass

@@ -12,13 +12,10 @@ from __future__ import annotations
 import math
 from typing import Dict, Iterable, List, Mapping
 
+from ..data.io import rank  # noqa: F401 (the one ordering of a run: metrics and written runs agree)
+
 Run = Mapping[str, Mapping[str, float]]
 Qrels = Mapping[str, Mapping[str, int]]
-
-
-def rank(scores: Mapping[str, float]) -> List[str]:
-    """Doc ids by score descending, ties by doc id descending."""
-    return [doc for doc, _ in sorted(scores.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)]
 
 
 def ndcg_at_k(ranking: List[str], judged: Mapping[str, int], k: int) -> float:

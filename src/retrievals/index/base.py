@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 import numpy as np
 
 from ..files import atomic_directory, prepare_folder, verify_files
-from ..models.inputs import check_same_length, check_top_k
+from ..inputs import check_same_length, check_top_k
 
 Run = Dict[str, Dict[str, float]]
 META = "index_meta.json"

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..models.inputs import as_texts
+from ..inputs import as_texts
 from ..utils import require
 from .base import Index
 

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..models.inputs import as_query_vectors
+from ..inputs import as_query_vectors
 from .base import Index, as_matrix
 
 

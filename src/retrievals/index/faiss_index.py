@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..utils import require
-from ..models.inputs import as_query_vectors
+from ..inputs import as_query_vectors
 from .base import Index, as_matrix
 
 FAISS_TYPES = ("flat", "ivf", "hnsw")

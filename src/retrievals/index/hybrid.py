@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
 
-from ..models.inputs import check_top_k
+from ..inputs import check_top_k
 from .base import Run
 
 

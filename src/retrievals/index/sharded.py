@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from ..files import atomic_write_json
-from ..models.base import state_digest
-from ..training.distributed import world
+from ..utils import state_digest
+from ..distributed import world
 from ..utils import logger
 
 

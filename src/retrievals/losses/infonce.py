@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..training.distributed import gather_with_grad
+from ..distributed import gather_with_grad
 
 
 class InfoNCELoss(nn.Module):

@@ -286,15 +286,3 @@ class CheckpointingMixin:
     def device(self) -> torch.device:
         return next(self.backbone.parameters()).device
 
-
-def state_digest(module: torch.nn.Module) -> str:
-    """sha256 over a module's weights as they are in memory (names, dtypes, shapes, values): a cache keyed
-    by it never serves vectors computed by other weights."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        data = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}\0{data.dtype}\0{tuple(data.shape)}\0".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
-    return digest.hexdigest()[:16]

@@ -32,7 +32,7 @@ from .base import (
     load_tokenizer,
     resolve_lora_paths,
 )
-from .inputs import as_texts, check_batch_size
+from ..inputs import as_texts, check_batch_size
 from .pooling import POOLING_METHODS, pool
 from .processing import TextProcessor, eval_mode, length_batches, run_in_length_chunks
 from .st_format import read_st_settings, warn_unsupported_prefix, write_st_files

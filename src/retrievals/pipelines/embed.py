@@ -21,7 +21,7 @@ from ..losses import get_loss
 from ..models.embedding import AutoModelForEmbedding
 from ..training import RetrievalTrainingArguments
 from ..training.arguments import DataArguments, ModelLoadingArguments
-from ..training.distributed import shutdown_distributed
+from ..distributed import shutdown_distributed
 from ..training.run import run_training
 from ..utils import at_least, logger, unescape_cli
 from .cli import run_cli

@@ -21,7 +21,7 @@ from ..models.rankers import (
 )
 from ..training import RetrievalTrainingArguments
 from ..training.arguments import DataArguments, ModelLoadingArguments
-from ..training.distributed import shutdown_distributed
+from ..distributed import shutdown_distributed
 from ..training.run import run_training
 from ..utils import unescape_cli
 from .cli import run_cli

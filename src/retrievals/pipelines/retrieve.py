@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 
 from ..data.readers import DataError
 from ..evaluation.datasets import load_eval_dataset
-from ..evaluation.io import read_jsonl_texts, read_qrels, write_trec_run
+from ..data.io import read_jsonl_texts, read_qrels, write_trec_run
 from ..evaluation.metrics import evaluate_run
 from ..evaluation.retrieval import rerank_run
 from ..index import (
@@ -32,8 +32,8 @@ from ..index import (
 )
 from ..files import atomic_write_json, check_new_output
 from ..index.sharded import encode_sharded
-from ..models.base import state_digest
-from ..training.distributed import init_distributed, shutdown_distributed, world
+from ..utils import state_digest
+from ..distributed import init_distributed, shutdown_distributed, world
 from ..utils import at_least, logger, unescape_cli
 from .cli import run_cli
 

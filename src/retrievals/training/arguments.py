@@ -12,7 +12,7 @@ import torch
 from transformers import TrainingArguments
 
 from ..utils import at_least, logger  # noqa: F401 (at_least re-exported for the pipelines)
-from .distributed import world
+from ..distributed import world
 
 AUTO_WORKERS = 4  # data-loader workers used by default on a GPU machine (tokenizing in the main process starves the GPU)
 

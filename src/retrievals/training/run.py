@@ -13,7 +13,7 @@ from transformers import set_seed
 from ..data import TrainDataset, load_records
 from ..data.readers import DataError
 from ..utils import logger
-from .distributed import world
+from ..distributed import world
 from .arguments import DataArguments, RetrievalTrainingArguments
 from .fingerprint import run_fingerprint
 from .output_dir import prepare_output_dir

@@ -30,7 +30,7 @@ from ..base import (
     load_tokenizer,
     resolve_lora_paths,
 )
-from ..inputs import as_pairs, as_texts, check_batch_size, check_top_k
+from ...inputs import as_pairs, as_texts, check_batch_size, check_top_k
 from ..processing import eval_mode, length_batches
 
 Pair = Tuple[str, str]

@@ -12,7 +12,7 @@ from torch import nn
 
 from ...utils import apply_instruction
 from ..base import load_backbone
-from ..inputs import as_texts, check_batch_size
+from ...inputs import as_texts, check_batch_size
 from ..processing import PaddingOptions, call_tokenizer, eval_mode, pad_ids, tokenize_user_text
 from .base import BaseRanker, Batch, RankerConfig, RankingOutput, group_targets
 

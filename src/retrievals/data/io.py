@@ -6,15 +6,19 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Dict, Mapping, Tuple
+from typing import Dict, List, Mapping, Tuple
 
-from ..data.readers import DataError, iter_json_objects, iter_lines
-from .metrics import rank
+from .readers import DataError, iter_json_objects, iter_lines
 
 Corpus = Dict[str, str]
 Queries = Dict[str, str]
 Qrels = Dict[str, Dict[str, int]]
 Run = Dict[str, Dict[str, float]]
+
+
+def rank(scores: Mapping[str, float]) -> List[str]:
+    """Doc ids by score descending, ties by doc id descending."""
+    return [doc for doc, _ in sorted(scores.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)]
 
 
 def read_jsonl_texts(path: str | os.PathLike, id_key: str = "_id", text_key: str = "text", title_key: str = "title") -> Dict[str, str]:
