@@ -1,0 +1,49 @@
+"""The ``retrievals`` console script: each subcommand is its ``python -m retrievals.pipelines.<name>``."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from retrievals import AutoModelForEmbedding
+from retrievals.pipelines import commands
+
+from .conftest import corpus_lines
+
+
+def test_usage_and_unknown_commands(capsys):
+    assert commands.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("embed", "rerank", "retrieve", "build-hn", "evaluate", "serve", "demo"):
+        assert f"  {name} " in out
+    assert commands.main([]) == 2
+    assert commands.main(["trian"]) == 2
+    assert "unknown command 'trian'" in capsys.readouterr().err
+
+
+def test_subcommand_runs_the_pipeline(tiny_bert, tmp_path):
+    data = tmp_path / "texts.txt"
+    texts = corpus_lines(4)
+    data.write_text("\n".join(texts) + "\n")
+    out = tmp_path / "enc"
+    assert commands.main(["embed", "--model_name_or_path", tiny_bert, "--output_dir", str(out), "--do_encode",
+                          "--encode_data", str(data)]) == 0
+    import numpy as np
+
+    np.testing.assert_allclose(np.load(out / "embeddings.npy"), AutoModelForEmbedding.from_pretrained(tiny_bert).encode(texts),
+                               atol=1e-6)
+    assert commands.main(["build_hn", "--negative_number", "0", "--model_name_or_path", tiny_bert, "--input_file", "x",
+                          "--output_file", str(tmp_path / "y")]) == 2  # same flags and exit codes as the module
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("retrievals", path=str(Path(sys.executable).parent))
+    if exe is None:
+        if os.environ.get("CI"):  # CI installs from scratch: a missing script is a broken install
+            pytest.fail("the retrievals console script is not installed")
+        pytest.skip("the package was installed before the console script existed: reinstall (pip install -e .)")
+    result = subprocess.run([exe, "serve", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--max_batch_tokens" in result.stdout
