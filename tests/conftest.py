@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -161,3 +163,52 @@ def run_torchrun(nproc: int, *args: str, cwd=None, timeout: int = 300, threads: 
         raise AssertionError(f"torchrun timed out after {timeout}s: {stderr[-4000:]}")
     assert proc.returncode == 0, stderr[-4000:]
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_subprocess(*args: str, threads: Optional[int] = None):
+    """``python -m retrievals.pipelines.serve ARGS --port P`` on loopback: yields (process, url) once /health
+    answers 200; the process is stopped (terminate, then kill) on the way out."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    port = free_port()
+    root = Path(__file__).parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    proc = subprocess.Popen([sys.executable, "-m", "retrievals.pipelines.serve", *args, "--port", str(port)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"server exited: {proc.stderr.read()[-3000:]}")
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("server did not start in 120 s")
+            time.sleep(0.3)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()

@@ -3,32 +3,20 @@
 import asyncio
 import base64
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from retrievals import AutoModelForEmbedding, AutoModelForRanking
 
-from .conftest import corpus_lines, needs
+from .conftest import corpus_lines, needs, serve_subprocess
 
 httpx = needs("httpx")
 needs("fastapi")
 needs("uvicorn")
 
-ROOT = Path(__file__).parent.parent
 TEXTS = corpus_lines(40)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -45,34 +33,9 @@ def models(tiny_bert, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(models):
     _, _, root = models
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "retrievals.pipelines.serve", "--model_name_or_path", str(root / "emb"),
-                             "--reranker_name_or_path", str(root / "ce"), "--port", str(port), "--max_batch_size", "16",
-                             "--max_input_chars", "400", "--device", "cpu"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited: {proc.stderr.read()[-3000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("server did not start in 120 s")
-            time.sleep(0.3)
+    with serve_subprocess("--model_name_or_path", str(root / "emb"), "--reranker_name_or_path", str(root / "ce"),
+                          "--max_batch_size", "16", "--max_input_chars", "400", "--device", "cpu", threads=1) as (_, url):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_health_models_info(server):

@@ -4,22 +4,18 @@ a subprocess (SIGTERM). Traffic stays on loopback; every loop is bounded."""
 
 import asyncio
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import Future
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from retrievals import AutoModelForEmbedding, AutoModelForRanking
 
-from .conftest import corpus_lines, needs
+from .conftest import corpus_lines, free_port, needs, serve_subprocess
 
 httpx = needs("httpx")
 needs("fastapi")
@@ -30,7 +26,6 @@ from retrievals.serving.app import create_app  # noqa: E402
 from retrievals.serving.scheduler import DeadlineExceeded, JobCancelled, QueueFull, Scheduler  # noqa: E402
 from retrievals.serving.schemas import ServerLimits  # noqa: E402
 
-ROOT = Path(__file__).parent.parent
 TEXTS = corpus_lines(40)
 LONG = " ".join(corpus_lines(400))  # thousands of tokens: many windows for a 64-token reranker
 
@@ -212,9 +207,7 @@ def test_schemathesis_finds_nothing(app, mode):
 
 class ThreadServer:
     def __init__(self, app):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -335,26 +328,8 @@ def test_disconnects_deadlines_and_a_full_queue(served):
 def test_sigterm_stops_within_the_shutdown_timeout(tiny_bert, tmp_path):
     ranker = AutoModelForRanking.from_pretrained(tiny_bert, model_type="cross-encoder", max_length=64)
     ranker.save_pretrained(tmp_path / "ce")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "retrievals.pipelines.serve", "--reranker_name_or_path", str(tmp_path / "ce"),
-                             "--port", str(port), "--max_input_chars", str(len(LONG)), "--shutdown_timeout_s", "2",
-                             "--request_timeout_s", "0", "--max_queue_items", "100000"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stderr.read()[-2000:]
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.3)
+    with serve_subprocess("--reranker_name_or_path", str(tmp_path / "ce"), "--max_input_chars", str(len(LONG)),
+                          "--shutdown_timeout_s", "2", "--request_timeout_s", "0", "--max_queue_items", "100000") as (proc, url):
         result: Future = Future()
 
         def long_request():
@@ -372,6 +347,3 @@ def test_sigterm_stops_within_the_shutdown_timeout(tiny_bert, tmp_path):
         took = time.monotonic() - stopped
         print(f"\nSIGTERM with a long request in flight: exited in {took:.1f} s (code {proc.returncode})")
         assert took < 2 + 10  # the shutdown timeout, plus one model call and interpreter exit
-    finally:
-        if proc.poll() is None:
-            proc.kill()

@@ -18,7 +18,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
-from ..files import atomic_directory, atomic_write_json, prepare_folder, verify_files  # noqa: F401 (re-exported)
+from ..files import atomic_write_json, prepare_folder, verify_files
 from ..utils import require
 
 CONFIG_NAME = "retrievals_config.json"

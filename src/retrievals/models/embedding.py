@@ -16,10 +16,10 @@ from tqdm.auto import tqdm
 from transformers.utils import ModelOutput
 
 from ..utils import instruction_as_prefix, logger, resolve_device, resolve_dtype
+from ..files import atomic_directory
 from .base import (
     CheckpointingMixin,
     ModelConfig,
-    atomic_directory,
     check_model_path,
     record_lora_base,
     attach_lora,

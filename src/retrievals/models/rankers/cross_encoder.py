@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification
 
 from ...utils import apply_instruction, logger
 from ..base import hf_config
-from ..processing import PaddingOptions, call_tokenizer, pad_ids, run_in_length_chunks, tokenize_user_text
+from ..processing import PaddingOptions, pad_ids, run_in_length_chunks, tokenize_user_text
 from .base import TRAIN_CHUNK, BaseRanker, Batch, RankerConfig, RankingOutput, group_targets
 
 
