@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import abc
+import copy
 import dataclasses
 import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar
+from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type, TypeVar, Union
 
 from safetensors.torch import load_file
 
@@ -18,7 +20,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
-from ..files import atomic_write_json, prepare_folder, verify_files
+from ..files import atomic_directory, atomic_write_json, prepare_folder, verify_files
 from ..utils import require
 
 CONFIG_NAME = "retrievals_config.json"
@@ -286,3 +288,136 @@ class CheckpointingMixin:
     def device(self) -> torch.device:
         return next(self.backbone.parameters()).device
 
+
+
+class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta):
+    """What every model kind shares: loading (path checks, config resolution, tokenizer, backbone, LoRA, dtype,
+    device, eval mode), atomic saving, resuming weights and its repr.
+
+    A kind sets ``config_class`` and ``model_type`` and fills the slots: ``_default_config`` (a config for a
+    folder we did not save), ``_load_backbone``, ``_make_processor``; optionally ``_finish_config`` (settle
+    settings that need the tokenizer), ``_load_extra``/``_save_extra`` (weights and files beside the backbone)
+    and ``_tokenizer_for_saving``. Config fields given to ``from_pretrained`` override the saved ones.
+    """
+
+    config_class: ClassVar[Type[ModelConfig]] = ModelConfig
+    model_type: ClassVar[str] = ""
+    lora_task_type: ClassVar[str] = "FEATURE_EXTRACTION"
+    accepted_and_ignored: ClassVar[frozenset] = frozenset()  # CLI spellings that mean nothing to this kind
+    internal_fields: ClassVar[frozenset] = frozenset({"lora_base"})  # config fields not set from outside
+
+    def __init__(self, backbone: torch.nn.Module, tokenizer: Any, config: ModelConfig) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.retrieval_config = config
+        self.config = getattr(backbone, "config", None)  # what transformers' Trainer looks for
+        self.processor = self._make_processor()
+
+    # ------------------------------------------------------------------ slots
+    @abc.abstractmethod
+    def _make_processor(self) -> Any:
+        """The processor that turns texts into this model's inputs (training collator and inference alike)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def _default_config(cls, path: str, base_path: str, trust_remote_code: bool) -> ModelConfig:
+        """The config of a folder without ``retrievals_config.json`` (a plain transformers or other library's folder)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def _load_backbone(cls, path: str, config: Any, dtype: Optional[torch.dtype], trust_remote_code: bool) -> torch.nn.Module:
+        """The transformer this kind runs."""
+
+    @classmethod
+    def _finish_config(cls, config: Any, tokenizer: Any, overrides: Dict[str, Any], saved_by_us: bool) -> None:
+        """Settle settings that depend on the tokenizer (after overrides)."""
+
+    def _load_extra(self, path: str, fresh: bool) -> None:
+        """Load weights kept outside the backbone (ColBERT's projection)."""
+
+    def _save_extra(self, folder: Path, config: Any, lora: bool) -> None:
+        """Write files kept outside the backbone into the save's scratch folder."""
+
+    def _tokenizer_for_saving(self, config: Any) -> Any:
+        return self.tokenizer
+
+    # ------------------------------------------------------------------ loading / saving
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_name_or_path: str,
+        use_lora: bool = False,
+        lora_path: Optional[str] = None,
+        lora_r: int = 8,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.05,
+        lora_target_modules: Optional[List[str]] = None,
+        tokenizer_name: Optional[str] = None,
+        dtype: Optional[Union[str, torch.dtype]] = None,
+        device: Optional[Union[str, torch.device]] = None,
+        trust_remote_code: bool = False,
+        **settings: Any,
+    ) -> "RetrievalModel":
+        """Load a model saved by this library, a plain transformers folder (or another library's, where the kind
+        reads it) or a LoRA adapter folder. ``settings`` are config fields; those left None come from the saved
+        config, else from the kind's defaults. ``use_lora`` adds fresh adapters; ``lora_path`` loads trained ones."""
+        from ..utils import resolve_device, resolve_dtype
+
+        fields = {f.name for f in dataclasses.fields(cls.config_class)} - cls.internal_fields
+        unknown = set(settings) - fields - cls.accepted_and_ignored
+        if unknown:
+            raise TypeError(f"{cls.__name__}.from_pretrained() got unexpected keyword arguments {sorted(unknown)}; known: {sorted(fields)}")
+        overrides = {k: v for k, v in settings.items() if k in fields}
+        path = check_model_path(model_name_or_path)
+        if lora_path:
+            lora_path = check_model_path(lora_path, "LoRA adapter")
+        if tokenizer_name and os.path.exists(tokenizer_name):
+            tokenizer_name = check_model_path(tokenizer_name, "tokenizer")
+        config = cls.config_class.load(path) if os.path.isdir(path) else None
+        if config is not None and config.model_type != cls.model_type:
+            raise ValueError(f"{path} holds a {config.model_type!r} model, not {cls.model_type!r}.")
+        saved_by_us = config is not None
+        base_path, adapter_path = resolve_lora_paths(path, config.lora_base if config else None, lora_path)
+        if config is None:
+            config = cls._default_config(path, base_path, trust_remote_code)
+        config.update(**overrides)
+        tokenizer = load_tokenizer(tokenizer_name or (path if has_tokenizer(path) else base_path), trust_remote_code=trust_remote_code)
+        cls._finish_config(config, tokenizer, overrides, saved_by_us)
+        device_ = resolve_device(device)
+        backbone = cls._load_backbone(base_path, config, resolve_dtype(dtype, device_), trust_remote_code)
+        backbone = attach_lora(backbone, config, base_path, adapter_path, use_lora, lora_r, lora_alpha, lora_dropout,
+                               lora_target_modules, task_type=cls.lora_task_type)
+        model = cls(backbone, tokenizer, config)
+        model._load_extra(path, fresh=not saved_by_us)
+        return model.to(device_).eval()  # as transformers does; training switches modes itself
+
+    def save_pretrained(self, path: str | os.PathLike, merge_lora: bool = False) -> None:
+        """Save weights (or the LoRA adapter), tokenizer, ``retrievals_config.json`` and the kind's extra files,
+        atomically for the whole folder (see :func:`retrievals.files.atomic_directory`).
+
+        With a LoRA model, ``merge_lora=True`` writes a full merged model instead of the adapter."""
+        config = copy.deepcopy(self.retrieval_config)
+        backbone = self.backbone
+        lora = is_peft_model(backbone)
+        if lora and merge_lora:
+            backbone = copy.deepcopy(backbone).merge_and_unload()
+            lora = False
+        with atomic_directory(path) as scratch:
+            backbone.save_pretrained(scratch)
+            self._tokenizer_for_saving(config).save_pretrained(scratch)
+            if lora:
+                record_lora_base(scratch, config.lora_base)
+            else:
+                config.lora_base = None
+            self._save_extra(scratch, config, lora)
+            config.save(scratch)
+
+    def load_weights(self, path: str | os.PathLike) -> None:
+        """Load weights saved by :meth:`save_pretrained` (resuming a training checkpoint)."""
+        load_backbone_weights(self.backbone, path)
+        self._load_extra(str(path), fresh=False)
+
+    def __repr__(self) -> str:
+        fields = {f.name: getattr(self.retrieval_config, f.name) for f in dataclasses.fields(self.retrieval_config)}
+        return f"{type(self).__name__}({type(self.backbone).__name__}, {fields})"

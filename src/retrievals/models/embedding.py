@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -15,24 +13,9 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers.utils import ModelOutput
 
-from ..utils import instruction_as_prefix, logger, resolve_device, resolve_dtype
-from ..files import atomic_directory
-from .base import (
-    CheckpointingMixin,
-    ModelConfig,
-    check_model_path,
-    record_lora_base,
-    attach_lora,
-    has_tokenizer,
-    hf_config,
-    is_decoder_only,
-    is_peft_model,
-    load_backbone,
-    load_backbone_weights,
-    load_tokenizer,
-    resolve_lora_paths,
-)
 from ..inputs import as_texts, check_batch_size
+from ..utils import instruction_as_prefix, logger
+from .base import ModelConfig, RetrievalModel, hf_config, is_decoder_only, load_backbone
 from .pooling import POOLING_METHODS, pool
 from .processing import TextProcessor, eval_mode, length_batches, run_in_length_chunks
 from .st_format import read_st_settings, warn_unsupported_prefix, write_st_files
@@ -66,124 +49,61 @@ class EmbeddingOutput(ModelOutput):
     document_embeddings: Optional[torch.Tensor] = None
 
 
-class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
+class AutoModelForEmbedding(RetrievalModel):
     """A transformer plus pooling that turns texts into vectors.
 
-    Build it with :meth:`from_pretrained`; use :meth:`encode`, :meth:`encode_queries` and
+    Build it with :meth:`from_pretrained` (a retrievals, sentence-transformers, plain transformers or LoRA adapter
+    folder); settings are :class:`EmbeddingConfig` fields (``pooling_method``, ``normalize_embeddings``,
+    ``query_instruction``, ``document_instruction``, ``query_max_length``, ``document_max_length``, ``append_eos``,
+    ``padding_side``, ``include_prompt``); those left as None come from the saved config, then from
+    sentence-transformers files (pooling, normalize, max length, prompts), then from defaults: ``last`` pooling
+    with EOS appended for decoder LLMs, ``cls`` for encoders. Loading and saving are the shared
+    :class:`~retrievals.models.base.RetrievalModel`'s. Use :meth:`encode`, :meth:`encode_queries` and
     :meth:`encode_corpus` for inference; train it with ``retrievals.pipelines.embed``.
     """
 
+    config_class = EmbeddingConfig
+    model_type = "embedding"
+    accepted_and_ignored = frozenset({"causal_lm", "model_type"})  # the CLIs' spellings; decoders are detected
+    internal_fields = frozenset({"lora_base", "model_type", "decoder"})
+
     def __init__(self, backbone: nn.Module, tokenizer: Any, config: EmbeddingConfig) -> None:
-        super().__init__()
         if config.pooling_method not in POOLING_METHODS:
             raise ValueError(f"Unknown pooling_method {config.pooling_method!r}; choose one of {list(POOLING_METHODS)}.")
-        self.backbone = backbone
-        self.tokenizer = tokenizer
-        self.retrieval_config = config
-        self.config = getattr(backbone, "config", None)  # what transformers' Trainer looks for
-        self.processor = TextProcessor(tokenizer, config)
+        super().__init__(backbone, tokenizer, config)
 
-    # ------------------------------------------------------------------ loading / saving
+    # ------------------------------------------------------------------ the slots of RetrievalModel
+    def _make_processor(self) -> TextProcessor:
+        return TextProcessor(self.tokenizer, self.retrieval_config)
+
     @classmethod
-    def from_pretrained(
-        cls,
-        model_name_or_path: str,
-        pooling_method: Optional[str] = None,
-        normalize_embeddings: Optional[bool] = None,
-        query_instruction: Optional[str] = None,
-        document_instruction: Optional[str] = None,
-        query_max_length: Optional[int] = None,
-        document_max_length: Optional[int] = None,
-        append_eos: Optional[bool] = None,
-        padding_side: Optional[str] = None,
-        include_prompt: Optional[bool] = None,
-        use_lora: bool = False,
-        lora_path: Optional[str] = None,
-        lora_r: int = 8,
-        lora_alpha: int = 16,
-        lora_dropout: float = 0.05,
-        lora_target_modules: Optional[List[str]] = None,
-        tokenizer_name: Optional[str] = None,
-        dtype: Optional[Union[str, torch.dtype]] = None,
-        device: Optional[Union[str, torch.device]] = None,
-        trust_remote_code: bool = False,
-        **unused: Any,
-    ) -> "AutoModelForEmbedding":
-        """Load an embedder from a retrievals, sentence-transformers, plain transformers or LoRA adapter folder.
+    def _default_config(cls, path: str, base_path: str, trust_remote_code: bool) -> EmbeddingConfig:
+        config = EmbeddingConfig()
+        hf_cfg = hf_config(base_path, trust_remote_code)
+        config.decoder = is_decoder_only(hf_cfg)
+        config.pooling_method = "last" if config.decoder else "cls"
+        config.append_eos = config.decoder
+        limit = getattr(hf_cfg, "max_position_embeddings", None) or 512
+        config.query_max_length = config.document_max_length = min(512, int(limit))
+        config.update(**read_st_settings(path))
+        return config
 
-        Arguments left as ``None`` come from the saved config (``retrievals_config.json``), then from
-        sentence-transformers files (pooling, normalize, max length, prompts), then from defaults:
-        ``last`` pooling with EOS appended for decoder LLMs, ``cls`` for encoders. ``use_lora`` adds
-        fresh adapters for training; ``lora_path`` loads trained ones onto the base model.
-        """
-        for key in unused:
-            if key not in {"causal_lm", "model_type"}:
-                raise TypeError(f"from_pretrained() got an unexpected keyword argument {key!r}")
-        path = check_model_path(model_name_or_path)
-        if lora_path:
-            lora_path = check_model_path(lora_path, "LoRA adapter")
-        if tokenizer_name and os.path.exists(tokenizer_name):
-            tokenizer_name = check_model_path(tokenizer_name, "tokenizer")
-        config = EmbeddingConfig.load(path) if os.path.isdir(path) else None
-        saved_by_us = config is not None
-        base_path, adapter_path = resolve_lora_paths(path, config.lora_base if config else None, lora_path)
-        if config is None:
-            config = EmbeddingConfig()
-            hf_cfg = hf_config(base_path, trust_remote_code)
-            config.decoder = is_decoder_only(hf_cfg)
-            config.pooling_method = "last" if config.decoder else "cls"
-            config.append_eos = config.decoder
-            limit = getattr(hf_cfg, "max_position_embeddings", None) or 512
-            config.query_max_length = config.document_max_length = min(512, int(limit))
-            config.update(**read_st_settings(path))
-        config.update(
-            pooling_method=pooling_method,
-            normalize_embeddings=normalize_embeddings,
-            query_instruction=query_instruction,
-            document_instruction=document_instruction,
-            query_max_length=query_max_length,
-            document_max_length=document_max_length,
-            append_eos=append_eos,
-            padding_side=padding_side,
-            include_prompt=include_prompt,
-        )
-        tokenizer_path = tokenizer_name or (path if has_tokenizer(path) else base_path)
-        tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=trust_remote_code)
-        if padding_side is None and not saved_by_us:
+    @classmethod
+    def _finish_config(cls, config: EmbeddingConfig, tokenizer: Any, overrides: Dict[str, Any], saved_by_us: bool) -> None:
+        if overrides.get("padding_side") is None and not saved_by_us:
             config.padding_side = tokenizer.padding_side
         if not config.decoder and config.padding_side != "right":
             # encoders number positions from the first slot (BERT) or from the pad tokens (RoBERTa): pad right
             logger.info("Encoder models pad on the right; ignoring padding_side=%r.", config.padding_side)
             config.padding_side = "right"
-        device_ = resolve_device(device)
-        backbone = load_backbone(base_path, dtype=resolve_dtype(dtype, device_), trust_remote_code=trust_remote_code)
-        backbone = attach_lora(backbone, config, base_path, adapter_path, use_lora, lora_r, lora_alpha, lora_dropout,
-                               lora_target_modules)
-        model = cls(backbone, tokenizer, config)
-        return model.to(device_).eval()  # as transformers does; training switches modes itself
 
-    def save_pretrained(self, path: str | os.PathLike, merge_lora: bool = False) -> None:
-        """Save weights (or the LoRA adapter), tokenizer, ``retrievals_config.json`` and sentence-transformers files.
+    @classmethod
+    def _load_backbone(cls, path: str, config: EmbeddingConfig, dtype: Optional[torch.dtype], trust_remote_code: bool) -> nn.Module:
+        return load_backbone(path, dtype=dtype, trust_remote_code=trust_remote_code)
 
-        With a LoRA model, ``merge_lora=True`` writes a full merged model instead of the adapter.
-        The files are written into a scratch folder and moved into place, so a killed save leaves
-        no half-written model.
-        """
-        config = copy.deepcopy(self.retrieval_config)
-        backbone = self.backbone
-        lora = is_peft_model(backbone)
-        if lora and merge_lora:
-            backbone = copy.deepcopy(backbone).merge_and_unload()
-            lora = False
-        with atomic_directory(path) as scratch:
-            backbone.save_pretrained(scratch)
-            self._tokenizer_for_saving(config).save_pretrained(scratch)
-            if lora:
-                record_lora_base(scratch, config.lora_base)
-            else:
-                config.lora_base = None
-                self._write_st_files(scratch, config)
-            config.save(scratch)
+    def _save_extra(self, folder: Path, config: EmbeddingConfig, lora: bool) -> None:
+        if not lora:  # a LoRA adapter folder is no sentence-transformers model
+            self._write_st_files(folder, config)
 
     def _write_st_files(self, path: Path, config: EmbeddingConfig) -> None:
         prompts = []
@@ -227,10 +147,6 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
         backend = tokenizer.backend_tokenizer
         backend.post_processor = processors.Sequence([backend.post_processor, add_eos]) if backend.post_processor else add_eos
         return tokenizer
-
-    def load_weights(self, path: str | os.PathLike) -> None:
-        """Load weights saved by :meth:`save_pretrained` (used when resuming a training checkpoint)."""
-        load_backbone_weights(self.backbone, path)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -359,10 +275,6 @@ class AutoModelForEmbedding(CheckpointingMixin, nn.Module):
     def similarity(self, queries: np.ndarray | torch.Tensor, documents: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Dot product (cosine for normalised embeddings) between every query and document."""
         return torch.as_tensor(queries) @ torch.as_tensor(documents).T
-
-    def __repr__(self) -> str:
-        fields = {f.name: getattr(self.retrieval_config, f.name) for f in dataclasses.fields(self.retrieval_config)}
-        return f"AutoModelForEmbedding({type(self.backbone).__name__}, {fields})"
 
 
 def _is_fast(tokenizer: Any) -> bool:

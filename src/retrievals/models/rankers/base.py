@@ -2,35 +2,17 @@
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import os
-from abc import ABCMeta, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 from transformers.utils import ModelOutput
 
-from ...utils import logger, resolve_device, resolve_dtype
-from ...files import atomic_directory
-from ..base import (
-    CheckpointingMixin,
-    ModelConfig,
-    check_model_path,
-    record_lora_base,
-    attach_lora,
-    has_tokenizer,
-    hf_config,
-    is_peft_model,
-    load_backbone_weights,
-    load_tokenizer,
-    resolve_lora_paths,
-)
 from ...inputs import as_pairs, as_texts, check_batch_size, check_top_k
+from ...utils import logger
+from ..base import ModelConfig, RetrievalModel, hf_config
 from ..processing import eval_mode, length_batches
 
 Pair = Tuple[str, str]
@@ -75,11 +57,11 @@ class RankingOutput(ModelOutput):
     targets: Optional[torch.Tensor] = None
 
 
-class BaseRanker(CheckpointingMixin, nn.Module, metaclass=ABCMeta):
+class BaseRanker(RetrievalModel):
     """A reranker: subclasses set ``config_class``/``model_type``, load their backbone and turn a
     (query, document) pair into scoring units (one per document window).
 
-    Subclass contract:
+    Loading, saving and resuming come from :class:`~retrievals.models.base.RetrievalModel`. Subclass contract:
 
     * ``_load_backbone(path, config, dtype, trust_remote_code)`` -> the transformer,
     * ``processor``: builds each pair's units with ``units(pairs, all_windows)`` and batches them with
@@ -90,113 +72,14 @@ class BaseRanker(CheckpointingMixin, nn.Module, metaclass=ABCMeta):
     """
 
     config_class: ClassVar[Type[RankerConfig]] = RankerConfig
-    model_type: ClassVar[str] = ""
-    lora_task_type: ClassVar[str] = "FEATURE_EXTRACTION"
-
-    def __init__(self, backbone: nn.Module, tokenizer: Any, config: RankerConfig) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.tokenizer = tokenizer
-        self.retrieval_config = config
-        self.config = getattr(backbone, "config", None)  # what transformers' Trainer looks for
-        self.processor = self._make_processor()
-
-    # ------------------------------------------------------------------ building
-    @abstractmethod
-    def _make_processor(self) -> Any:
-        """The processor that builds and batches this model's inputs."""
+    internal_fields = frozenset({"lora_base", "model_type"})
 
     @classmethod
-    @abstractmethod
-    def _load_backbone(cls, path: str, config: RankerConfig, dtype: Optional[torch.dtype], trust_remote_code: bool) -> nn.Module:
-        """The transformer this kind of reranker runs."""
-
-    @classmethod
-    def _default_config(cls, path: str, trust_remote_code: bool) -> RankerConfig:
+    def _default_config(cls, path: str, base_path: str, trust_remote_code: bool) -> RankerConfig:
         config = cls.config_class(model_type=cls.model_type)
-        limit = getattr(hf_config(path, trust_remote_code), "max_position_embeddings", None) or 512
+        limit = getattr(hf_config(base_path, trust_remote_code), "max_position_embeddings", None) or 512
         config.max_length = min(config.max_length, int(limit))
         return config
-
-    def _load_extra(self, path: str, fresh: bool) -> None:
-        """Load weights kept outside the backbone (ColBERT's projection)."""
-
-    def _save_extra(self, path: Path) -> None:
-        """Save weights kept outside the backbone."""
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        model_name_or_path: str,
-        use_lora: bool = False,
-        lora_path: Optional[str] = None,
-        lora_r: int = 8,
-        lora_alpha: int = 16,
-        lora_dropout: float = 0.05,
-        lora_target_modules: Optional[List[str]] = None,
-        tokenizer_name: Optional[str] = None,
-        dtype: Optional[Union[str, torch.dtype]] = None,
-        device: Optional[Union[str, torch.device]] = None,
-        trust_remote_code: bool = False,
-        **settings: Any,
-    ) -> "BaseRanker":
-        """Load a reranker saved by this library, a plain transformers model or a LoRA adapter folder.
-
-        ``settings`` are config fields (``max_length``, ``query_instruction``, ``task_prompt``,
-        ``colbert_dim`` ...); those left as None come from the saved config, else from defaults.
-        """
-        names = {f.name for f in dataclasses.fields(cls.config_class)}
-        unknown = set(settings) - names
-        if unknown:
-            raise TypeError(f"{cls.__name__}.from_pretrained() got unexpected arguments {sorted(unknown)}; known: {sorted(names)}")
-        path = check_model_path(model_name_or_path)
-        if lora_path:
-            lora_path = check_model_path(lora_path, "LoRA adapter")
-        if tokenizer_name and os.path.exists(tokenizer_name):
-            tokenizer_name = check_model_path(tokenizer_name, "tokenizer")
-        config = cls.config_class.load(path) if os.path.isdir(path) else None
-        if config is not None and config.model_type != cls.model_type:
-            raise ValueError(f"{path} holds a {config.model_type!r} model, not {cls.model_type!r}.")
-        saved_by_us = config is not None
-        base_path, adapter_path = resolve_lora_paths(path, config.lora_base if config else None, lora_path)
-        if config is None:
-            config = cls._default_config(base_path, trust_remote_code)
-        config.update(**settings)
-        tokenizer_path = tokenizer_name or (path if has_tokenizer(path) else base_path)
-        tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=trust_remote_code)
-        device_ = resolve_device(device)
-        backbone = cls._load_backbone(base_path, config, resolve_dtype(dtype, device_), trust_remote_code)
-        backbone = attach_lora(backbone, config, base_path, adapter_path, use_lora, lora_r, lora_alpha, lora_dropout,
-                               lora_target_modules, task_type=cls.lora_task_type)
-        model = cls(backbone, tokenizer, config)
-        model._load_extra(path, fresh=not saved_by_us)
-        return model.to(device_).eval()  # as transformers does; training switches modes itself
-
-    def save_pretrained(self, path: str | os.PathLike, merge_lora: bool = False) -> None:
-        """Save weights (or the LoRA adapter), tokenizer and ``retrievals_config.json``, atomically.
-
-        With a LoRA model, ``merge_lora=True`` writes a full merged model instead of the adapter.
-        """
-        config = copy.deepcopy(self.retrieval_config)
-        backbone = self.backbone
-        lora = is_peft_model(backbone)
-        if lora and merge_lora:
-            backbone = copy.deepcopy(backbone).merge_and_unload()
-            lora = False
-        with atomic_directory(path) as scratch:
-            backbone.save_pretrained(scratch)
-            self.tokenizer.save_pretrained(scratch)
-            self._save_extra(scratch)
-            if lora:
-                record_lora_base(scratch, config.lora_base)
-            else:
-                config.lora_base = None
-            config.save(scratch)
-
-    def load_weights(self, path: str | os.PathLike) -> None:
-        """Load weights saved by :meth:`save_pretrained` (resuming a training checkpoint)."""
-        load_backbone_weights(self.backbone, path)
-        self._load_extra(str(path), fresh=False)
 
     # ------------------------------------------------------------------ scoring
     @abstractmethod
@@ -291,10 +174,6 @@ class BaseRanker(CheckpointingMixin, nn.Module, metaclass=ABCMeta):
         scores = self.compute_score([(query, d) for d in documents], batch_size=batch_size, normalize=normalize)
         order = sorted(range(len(documents)), key=lambda i: (-scores[i], i))[:top_k]
         return [RerankResult(index=i, document=documents[i], score=scores[i], rank=r) for r, i in enumerate(order)]
-
-    def __repr__(self) -> str:
-        fields = {f.name: getattr(self.retrieval_config, f.name) for f in dataclasses.fields(self.retrieval_config)}
-        return f"{type(self).__name__}({type(self.backbone).__name__}, {fields})"
 
 
 def group_targets(batch: int, device: torch.device) -> torch.Tensor:

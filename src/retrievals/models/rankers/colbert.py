@@ -131,8 +131,8 @@ class ColBERT(BaseRanker):
         return ColBERTProcessor(self.tokenizer, self.retrieval_config)
 
     @classmethod
-    def _default_config(cls, path: str, trust_remote_code: bool) -> RankerConfig:
-        config = super()._default_config(path, trust_remote_code)
+    def _default_config(cls, path: str, base_path: str, trust_remote_code: bool) -> RankerConfig:
+        config = super()._default_config(path, base_path, trust_remote_code)
         linear = Path(path) / COLBERT_LINEAR
         if linear.is_file():
             config.colbert_dim = int(torch.load(linear, map_location="cpu", weights_only=True)["weight"].shape[0])
@@ -158,8 +158,8 @@ class ColBERT(BaseRanker):
             raise ValueError(f"{file}: projection of shape {tuple(state['weight'].shape)}, the model expects {expected} (colbert_dim).")
         self.colbert_linear.load_state_dict(state)
 
-    def _save_extra(self, path: Path) -> None:
-        torch.save({k: v.detach().cpu().contiguous() for k, v in self.colbert_linear.state_dict().items()}, path / COLBERT_LINEAR)
+    def _save_extra(self, folder: Path, config: Any, lora: bool) -> None:
+        torch.save({k: v.detach().cpu().contiguous() for k, v in self.colbert_linear.state_dict().items()}, folder / COLBERT_LINEAR)
 
     # ------------------------------------------------------------------ vectors and scores
     def token_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
