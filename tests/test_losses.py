@@ -49,4 +49,10 @@ def test_triplet():
 def test_unknown_loss_lists_choices():
     with pytest.raises(ValueError, match=r"Unknown loss 'cosine_magic'; choose one of \['infonce', 'triplet'\]"):
         get_loss("cosine_magic")
-    assert isinstance(get_loss("InfoNCE", temperature=0.1, margin=1.0), InfoNCELoss)
+    assert isinstance(get_loss("InfoNCE", temperature=0.1), InfoNCELoss)
+    with pytest.raises(ValueError, match="has no setting margin"):  # a setting the loss does not have is refused
+        get_loss("InfoNCE", temperature=0.1, margin=1.0)
+    loss = get_loss("triplet", margin=0.3)
+    assert loss.get_config_dict() == {"name": "triplet", "margin": 0.3}
+    with pytest.raises(ValueError, match="reads 'query_embeddings'"):  # by name: a ranker's output does not fit
+        loss.inputs_from({"scores": torch.zeros(2, 2), "targets": torch.zeros(2)})

@@ -9,7 +9,7 @@ import torch
 
 from retrievals import AutoModelForRanking, RerankResult
 from retrievals.losses import RANKING_LOSSES, get_loss
-from retrievals.models.rankers import ColBERT, CrossEncoder, LLMRanker, maxsim
+from retrievals.models.rankers import RANKERS, ColBERT, CrossEncoder, LLMRanker, maxsim
 from retrievals.pipelines import rerank as rerank_cli
 
 from .conftest import corpus_lines
@@ -97,7 +97,7 @@ def test_training_signal(kind, tiny_bert, tiny_qwen):
     lines = corpus_lines(24)
     items = [{"query": lines[i], "documents": [lines[i + 4], lines[i + 12], lines[i + 20]]} for i in range(4)]
     batch = model.processor(items)
-    loss_fn = get_loss("ce", RANKING_LOSSES, temperature=rerank_cli.DEFAULT_TEMPERATURE[kind])
+    loss_fn = get_loss("ce", RANKING_LOSSES, temperature=RANKERS[kind].default_temperature)
     model.train()
     first = loss_fn(*model(**batch).to_tuple())
     first.backward()
@@ -301,7 +301,10 @@ def test_cli_bad_input(tiny_bert, train_file, tmp_path, capsys):
     assert rerank_cli.main(_cli(tiny_bert, train_file, out, "--loss_fn", "hinge")) == 2
     assert "choose one of ['bce', 'ce']" in capsys.readouterr().err
     assert rerank_cli.main(_cli(tiny_bert, train_file, out, "--model_type", "cross-encoder", "--use_inbatch_neg", "true")) == 2
-    assert "colbert only" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not supported by cross-encoder" in err and "['colbert']" in err
+    assert rerank_cli.main(_cli(tiny_bert, train_file, out, "--model_type", "cross-encoder", "--colbert_dim", "16")) == 2
+    assert "--colbert_dim does not apply to --model_type cross-encoder" in capsys.readouterr().err
     assert rerank_cli.main(_cli(tiny_bert, train_file, out, "--max_len", "32", "--max_length", "64")) == 2
     assert not out.exists() or not (out / "retrievals_config.json").exists()
 

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Dict, Type
 
-from torch import nn
-
+from .base import RetrievalLoss
 from .infonce import InfoNCELoss
 from .listwise_ce import ListwiseCrossEntropyLoss
 from .pointwise_bce import PointwiseBCELoss
 from .triplet import TripletMarginLoss
 
-EMBEDDING_LOSSES: Dict[str, Type[nn.Module]] = {"infonce": InfoNCELoss, "triplet": TripletMarginLoss}
-RANKING_LOSSES: Dict[str, Type[nn.Module]] = {"ce": ListwiseCrossEntropyLoss, "bce": PointwiseBCELoss}
+EMBEDDING_LOSSES: Dict[str, Type[RetrievalLoss]] = {"infonce": InfoNCELoss, "triplet": TripletMarginLoss}
+RANKING_LOSSES: Dict[str, Type[RetrievalLoss]] = {"ce": ListwiseCrossEntropyLoss, "bce": PointwiseBCELoss}
 
 
-def loss_class(name: str, registry: Dict[str, Type[nn.Module]] = EMBEDDING_LOSSES) -> Type[nn.Module]:
+def loss_class(name: str, registry: Dict[str, Type[RetrievalLoss]] = EMBEDDING_LOSSES) -> Type[RetrievalLoss]:
     """The loss class called ``name``; an unknown name fails with the choices."""
     key = name.lower().replace("-", "_")
     if key not in registry:
@@ -24,15 +22,20 @@ def loss_class(name: str, registry: Dict[str, Type[nn.Module]] = EMBEDDING_LOSSE
     return registry[key]
 
 
-def get_loss(name: str, registry: Dict[str, Type[nn.Module]] = EMBEDDING_LOSSES, **kwargs: Any) -> nn.Module:
-    """Build the loss called ``name`` from the settings it accepts (the training arguments reject a setting
-    given for a loss that does not use it)."""
+def get_loss(name: str, registry: Dict[str, Type[RetrievalLoss]] = EMBEDDING_LOSSES, **settings: Any) -> RetrievalLoss:
+    """Build the loss called ``name`` with ``settings``; a setting it does not have is an error."""
+    return loss_class(name, registry)(**settings)
+
+
+def loss_from_args(name: str, registry: Dict[str, Type[RetrievalLoss]], args: Any, **overrides: Any) -> RetrievalLoss:
+    """The loss called ``name`` with its own settings taken from training arguments (``overrides`` win)."""
     cls = loss_class(name, registry)
-    accepted = inspect.signature(cls.__init__).parameters
-    return cls(**{k: v for k, v in kwargs.items() if k in accepted})
+    settings = {k: getattr(args, k) for k in cls.setting_names() if hasattr(args, k)}
+    settings.update({k: v for k, v in overrides.items() if k in cls.setting_names()})
+    return cls(**settings)
 
 
 __all__ = [
     "EMBEDDING_LOSSES", "InfoNCELoss", "ListwiseCrossEntropyLoss", "PointwiseBCELoss", "RANKING_LOSSES", "TripletMarginLoss",
-    "get_loss", "loss_class",
+    "RetrievalLoss", "get_loss", "loss_class", "loss_from_args",
 ]

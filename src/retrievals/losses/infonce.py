@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..distributed import gather_with_grad
+from .base import RetrievalLoss
 
 
-class InfoNCELoss(nn.Module):
+@dataclasses.dataclass
+class InfoNCESettings:
+    temperature: float = 0.02
+    use_inbatch_neg: bool = True
+    negatives_cross_device: bool = False
+
+
+class InfoNCELoss(RetrievalLoss):
     """Softmax cross-entropy of each query over candidate documents, scores divided by ``temperature``.
 
     Inputs: ``query_embeddings`` [B, d] and ``document_embeddings`` [B * G, d] laid out query-major
@@ -26,13 +35,13 @@ class InfoNCELoss(nn.Module):
     products and temperature 1.
     """
 
-    def __init__(self, temperature: float = 0.02, use_inbatch_neg: bool = True, negatives_cross_device: bool = False) -> None:
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}.")
-        self.temperature = temperature
-        self.use_inbatch_neg = use_inbatch_neg
-        self.negatives_cross_device = negatives_cross_device
+    name = "infonce"
+    reads = ('query_embeddings', 'document_embeddings')
+    Settings = InfoNCESettings
+
+    def check(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
 
     def forward(self, query_embeddings: torch.Tensor, document_embeddings: torch.Tensor) -> torch.Tensor:
         batch = query_embeddings.shape[0]

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from .base import RetrievalLoss
 
 
-class ListwiseCrossEntropyLoss(nn.Module):
+@dataclasses.dataclass
+class ListwiseSettings:
+    temperature: float = 1.0
+
+
+class ListwiseCrossEntropyLoss(RetrievalLoss):
     """Cross-entropy of each query's positive among its candidates, scores divided by ``temperature``.
 
     Inputs: ``scores`` [B, C] (a query's group [positive, negatives], or every document of the
@@ -16,11 +24,13 @@ class ListwiseCrossEntropyLoss(nn.Module):
     temperature 1 for raw logits (cross-encoder, LLM), about 0.05 for ColBERT's [-1, 1] scores.
     """
 
-    def __init__(self, temperature: float = 1.0) -> None:
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}.")
-        self.temperature = temperature
+    name = "ce"
+    reads = ('scores', 'targets')
+    Settings = ListwiseSettings
+
+    def check(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
 
     def forward(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if scores.shape[1] < 2:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from .base import RetrievalLoss
 
 
-class PointwiseBCELoss(nn.Module):
+@dataclasses.dataclass
+class PointwiseSettings:
+    temperature: float = 1.0
+
+
+class PointwiseBCELoss(RetrievalLoss):
     """Each (query, candidate) is a binary example: label 1 for the positive, 0 for the rest.
 
     Inputs: ``scores`` [B, C] (logits) and ``targets`` [B], the column of each query's positive.
@@ -15,9 +23,13 @@ class PointwiseBCELoss(nn.Module):
     single candidate; the listwise loss usually ranks better.
     """
 
-    def __init__(self, temperature: float = 1.0) -> None:
-        super().__init__()
-        self.temperature = temperature
+    name = "bce"
+    reads = ('scores', 'targets')
+    Settings = PointwiseSettings
+
+    def check(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
 
     def forward(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         labels = torch.zeros_like(scores, dtype=torch.float32)

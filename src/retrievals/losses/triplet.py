@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
-from torch import nn
+
+from .base import RetrievalLoss
 
 
-class TripletMarginLoss(nn.Module):
+@dataclasses.dataclass
+class TripletSettings:
+    margin: float = 0.2
+
+
+class TripletMarginLoss(RetrievalLoss):
     """Hinge on ``margin + s(q, negative) - s(q, positive)`` with s the dot product (cosine if normalised).
 
     Inputs: ``query_embeddings`` [B, d] and ``document_embeddings`` [B * G, d] query-major with
@@ -14,9 +22,13 @@ class TripletMarginLoss(nn.Module):
     Use it when the data has reliable hard negatives and no in-batch negatives are wanted.
     """
 
-    def __init__(self, margin: float = 0.2) -> None:
-        super().__init__()
-        self.margin = margin
+    name = "triplet"
+    reads = ('query_embeddings', 'document_embeddings')
+    Settings = TripletSettings
+
+    def check(self) -> None:
+        if not self.margin >= 0:
+            raise ValueError(f"margin must be >= 0, got {self.margin}.")
 
     def forward(self, query_embeddings: torch.Tensor, document_embeddings: torch.Tensor) -> torch.Tensor:
         batch = query_embeddings.shape[0]

@@ -17,7 +17,7 @@ import numpy as np
 from ..data import EmbeddingCollator
 from ..files import atomic_write_bytes, check_new_output
 from ..data.readers import DataError, iter_lines, iter_raw
-from ..losses import get_loss
+from ..losses import EMBEDDING_LOSSES, loss_from_args
 from ..models.embedding import AutoModelForEmbedding
 from ..training import RetrievalTrainingArguments
 from ..training.arguments import DataArguments, ModelLoadingArguments
@@ -70,13 +70,7 @@ def build_model(model_args: EmbedModelArguments, data_args: DataArguments) -> Au
 
 def train(model_args: EmbedModelArguments, data_args: DataArguments, args: RetrievalTrainingArguments) -> AutoModelForEmbedding:
     """Validate data, build model and trainer, train (resuming when possible) and save to output_dir."""
-    loss = get_loss(  # first, so a wrong name fails before any data or model is loaded
-        args.loss_fn,
-        temperature=args.temperature,
-        margin=args.margin,
-        use_inbatch_neg=args.use_inbatch_neg,
-        negatives_cross_device=args.negatives_cross_device,
-    )
+    loss = loss_from_args(args.loss_fn, EMBEDDING_LOSSES, args)  # first: a wrong name fails before anything loads
     collator = lambda model: EmbeddingCollator(model.processor, args.pad_to_multiple_of)  # noqa: E731
     return run_training(lambda: build_model(model_args, data_args), collator, loss, data_args, args,
                         model_path=model_args.model_name_or_path, settings=(asdict(model_args), asdict(data_args)))

@@ -6,16 +6,17 @@ lands in ``--output_dir`` and loads with ``retrievals.AutoModelForRanking.from_p
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar, List, Optional
 
-from ..losses import RANKING_LOSSES, get_loss
+from ..losses import RANKING_LOSSES, loss_from_args
 from ..models.rankers import (
     AutoModelForRanking,
     BaseRanker,
-    ColBERT,
+    RANKERS,
     infer_model_type,
     normalize_model_type,
 )
@@ -25,9 +26,6 @@ from ..distributed import shutdown_distributed
 from ..training.run import run_training
 from ..utils import unescape_cli
 from .cli import run_cli
-
-DEFAULT_TEMPERATURE = {"cross-encoder": 1.0, "llm": 1.0, "colbert": 0.05}
-
 
 @dataclass
 class RerankModelArguments(ModelLoadingArguments):
@@ -46,7 +44,7 @@ class RerankModelArguments(ModelLoadingArguments):
 class RerankTrainingArguments(RetrievalTrainingArguments):
     loss_fn: str = field(default="ce", metadata={"help": f"One of {sorted(RANKING_LOSSES)}."})
     temperature: Optional[float] = field(
-        default=None, metadata={"help": "Score temperature (default: 1 for cross-encoder/llm, 0.05 for colbert)."}
+        default=None, metadata={"help": "Score temperature (default: the kind's, 1 for cross-encoder/llm, 0.05 for colbert)."}
     )
     use_inbatch_neg: bool = field(default=False, metadata={"help": "ColBERT: every document of the batch is a candidate."})
 
@@ -65,41 +63,53 @@ def resolve_model_type(model_args: RerankModelArguments) -> str:
     return kind
 
 
-def build_model(model_args: RerankModelArguments, data_args: DataArguments, kind: str) -> BaseRanker:
+# flags that are config fields of some reranker kinds: given for a kind without that field, they are refused
+KIND_FLAGS = ("task_prompt", "target_token", "negative_token", "score_mode", "colbert_dim")
+
+
+def model_settings(model_args: RerankModelArguments, data_args: DataArguments, kind: str) -> dict:
+    """The config settings given on the command line for a reranker of ``kind``; a flag the kind's config does
+    not have is refused (checked before anything loads)."""
+    cls = RANKERS[kind]
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
     settings = {
         "query_instruction": unescape_cli(model_args.query_instruction),
         "document_instruction": unescape_cli(model_args.document_instruction),
         "query_max_length": data_args.query_max_length,
         "max_length": data_args.max_length or data_args.document_max_length,
     }
-    if kind == "llm":
-        settings.update(task_prompt=unescape_cli(model_args.task_prompt), target_token=model_args.target_token,
-                        negative_token=model_args.negative_token, score_mode=model_args.score_mode)
-    if kind == "colbert":
-        settings["colbert_dim"] = model_args.colbert_dim
-    return AutoModelForRanking.from_pretrained(
-        model_args.model_name_or_path,
-        model_type=kind,
-        **model_args.loading_kwargs(),
-        **{k: v for k, v in settings.items() if v is not None},
-    )
+    for flag in KIND_FLAGS:
+        value = getattr(model_args, flag)
+        if value is not None and flag not in fields:
+            raise ValueError(f"--{flag} does not apply to --model_type {kind}.")
+        settings[flag] = unescape_cli(value) if isinstance(value, str) else value
+    return {k: v for k, v in settings.items() if v is not None}
+
+
+def build_model(model_args: RerankModelArguments, data_args: DataArguments, kind: str) -> BaseRanker:
+    """The reranker of ``kind`` with every setting given on the command line."""
+    return AutoModelForRanking.from_pretrained(model_args.model_name_or_path, model_type=kind, **model_args.loading_kwargs(),
+                                               **model_settings(model_args, data_args, kind))
 
 
 def train(model_args: RerankModelArguments, data_args: DataArguments, args: RerankTrainingArguments) -> BaseRanker:
+    """Train the reranker; each kind's defaults (temperature, in-batch negatives) come from its class."""
     kind = resolve_model_type(model_args)
+    cls = RANKERS[kind]
     if args.negatives_cross_device:
         raise ValueError("--negatives_cross_device is for embedders; rerankers score each query's own candidates.")
-    if args.use_inbatch_neg and kind != "colbert":
-        raise ValueError(f"--use_inbatch_neg true is supported for colbert only, not {kind}.")
+    if args.use_inbatch_neg and not cls.supports_inbatch_neg:
+        raise ValueError(f"--use_inbatch_neg true is not supported by {kind} (only by kinds that score documents apart "
+                         f"from queries: {[k for k, c in RANKERS.items() if c.supports_inbatch_neg]}).")
+    model_settings(model_args, data_args, kind)  # a flag of another kind fails here, before anything loads
     if data_args.train_group_size < 2 and not args.use_inbatch_neg and args.loss_fn == "ce":
         raise ValueError("--loss_fn ce needs --train_group_size >= 2 (a positive and at least one negative).")
-    temperature = args.temperature if args.temperature is not None else DEFAULT_TEMPERATURE[kind]
-    loss = get_loss(args.loss_fn, RANKING_LOSSES, temperature=temperature)
+    temperature = args.temperature if args.temperature is not None else cls.default_temperature
+    loss = loss_from_args(args.loss_fn, RANKING_LOSSES, args, temperature=temperature)
 
     def build() -> BaseRanker:
         model = build_model(model_args, data_args, kind)
-        if isinstance(model, ColBERT):
-            model.use_inbatch_neg = args.use_inbatch_neg
+        model.use_inbatch_neg = args.use_inbatch_neg
         return model
 
     return run_training(build, lambda model: model.processor.with_pad_to_multiple_of(args.pad_to_multiple_of), loss, data_args,

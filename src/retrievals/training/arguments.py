@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, List, Optional
@@ -99,7 +98,7 @@ class RetrievalTrainingArguments(TrainingArguments):
         from ..losses import EMBEDDING_LOSSES, RANKING_LOSSES, loss_class
 
         registry = RANKING_LOSSES if self.loss_registry == "ranking" else EMBEDDING_LOSSES
-        accepted = inspect.signature(loss_class(self.loss_fn, registry).__init__).parameters
+        accepted = loss_class(self.loss_fn, registry).setting_names()
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for name in ("temperature", "margin"):
             if getattr(self, name) != defaults[name] and name not in accepted:

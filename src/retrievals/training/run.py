@@ -48,6 +48,8 @@ def run_training(
     dataset = TrainDataset(records, data_args.train_group_size, args.seed, data_args.unfold_each_positive)
     check_steps(len(dataset), args)
     fingerprint = run_fingerprint(model_path, records, args, *settings)
+    if hasattr(loss, "get_config_dict"):
+        fingerprint["loss"] = loss.get_config_dict()  # the training record saved with every checkpoint and model
     rank, size = world()
     if rank == 0:  # the main process settles the folder first; the others then read what it decided
         folder = prepare_output_dir(args.output_dir, args.overwrite_output_dir, args.resume, fingerprint)

@@ -32,7 +32,8 @@ class _SetEpoch(TrainerCallback):
 class RetrievalTrainer(Trainer):
     """Trainer whose loss is a separate module applied to the model's outputs.
 
-    The model's ``forward`` returns embeddings (or scores); ``loss_fn(*outputs)`` is the loss.
+    The model's ``forward`` returns a typed output (embeddings, or scores and targets); the loss
+    (:class:`retrievals.losses.RetrievalLoss`) takes the fields it declares, by name.
     Saving and checkpoint loading go through the model's own ``save_pretrained``/``load_weights``,
     so every checkpoint is a folder that ``from_pretrained`` loads.
     """
@@ -78,13 +79,8 @@ class RetrievalTrainer(Trainer):
 
     def compute_loss(self, model: nn.Module, inputs: Dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
         outputs = model(**inputs)
-        loss = self.loss_fn(*self.loss_inputs(outputs))
+        loss = self.loss_fn(**self.loss_fn.inputs_from(outputs))  # the fields the loss reads, by name
         return (loss, outputs) if return_outputs else loss
-
-    @staticmethod
-    def loss_inputs(outputs: Any) -> tuple:
-        """The output's tensors in field order: (query, document embeddings) or (scores, targets)."""
-        return outputs.to_tuple()
 
     def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> Dict[str, float]:
         """With held-out records (``--eval_data``): reranking-style MAP / MRR@10 / nDCG@10 of the current

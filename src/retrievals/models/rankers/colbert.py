@@ -115,6 +115,8 @@ class ColBERT(BaseRanker):
 
     config_class = ColBERTConfig
     model_type = "colbert"
+    default_temperature = 0.05  # MaxSim averages of cosines lie in [-1, 1]
+    supports_inbatch_neg = True
 
     def __init__(self, backbone: nn.Module, tokenizer: Any, config: ColBERTConfig) -> None:
         super().__init__(backbone, tokenizer, config)
@@ -124,7 +126,6 @@ class ColBERT(BaseRanker):
         self.colbert_linear = nn.Linear(hidden, dim).to(next(backbone.parameters()).dtype)
         probe = call_tokenizer(tokenizer, "a")["input_ids"]
         self.skip_first = bool(probe) and probe[0] in tokenizer.all_special_ids
-        self.use_inbatch_neg = False
 
     def _make_processor(self) -> ColBERTProcessor:
         self.tokenizer.padding_side = "right"

@@ -1,0 +1,56 @@
+"""The loss contract: a loss reads named fields of a model's output and owns its settings.
+
+Each loss declares ``reads`` (the output fields it takes, by name, never by position) and ``Settings`` (a small
+dataclass of its own settings). Settings a loss does not have are refused, not dropped; ``get_config_dict()``
+describes the loss (it is written into every saved model's training record, ``retrievals_fingerprint.json``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Dict, Mapping, Tuple, Type
+
+from torch import nn
+
+
+@dataclasses.dataclass
+class NoSettings:
+    pass
+
+
+class RetrievalLoss(nn.Module):
+    name: ClassVar[str] = ""
+    reads: ClassVar[Tuple[str, ...]] = ()
+    Settings: ClassVar[Type[Any]] = NoSettings
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__()
+        known = {f.name for f in dataclasses.fields(self.Settings)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ValueError(f"loss {self.name!r} has no setting {', '.join(unknown)}; its settings: {sorted(known) or 'none'}.")
+        self.settings = self.Settings(**settings)
+        for key, value in dataclasses.asdict(self.settings).items():
+            setattr(self, key, value)
+        self.check()
+
+    def check(self) -> None:
+        """Validate the settings (a loss with constraints overrides this)."""
+
+    @classmethod
+    def setting_names(cls) -> Tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls.Settings))
+
+    def get_config_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, **dataclasses.asdict(self.settings)}
+
+    def inputs_from(self, outputs: Any) -> Dict[str, Any]:
+        """The fields this loss reads, taken by name from a model output; a missing one is named."""
+        values = {}
+        for field in self.reads:
+            value = outputs.get(field) if isinstance(outputs, Mapping) else getattr(outputs, field, None)
+            if value is None:
+                raise ValueError(f"loss {self.name!r} reads {field!r}, which {type(outputs).__name__} does not give: "
+                                 "this loss does not fit this model kind.")
+            values[field] = value
+        return values
