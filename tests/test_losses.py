@@ -56,3 +56,28 @@ def test_unknown_loss_lists_choices():
     assert loss.get_config_dict() == {"name": "triplet", "margin": 0.3}
     with pytest.raises(ValueError, match="reads 'query_embeddings'"):  # by name: a ranker's output does not fit
         loss.inputs_from({"scores": torch.zeros(2, 2), "targets": torch.zeros(2)})
+
+
+def test_triplet_matches_hand_computed():
+    q = torch.tensor([[1.0, 0.0]])
+    d = torch.tensor([[0.6, 0.8], [0.8, 0.6], [0.0, 1.0]])  # positive, then two negatives
+    # scores 0.6 (positive), 0.8 and 0.0: hinge(0.2 - 0.6 + 0.8) = 0.4 and hinge(0.2 - 0.6 + 0.0) = 0
+    assert TripletMarginLoss(margin=0.2)(q, d).item() == pytest.approx(0.2, abs=1e-6)
+
+
+def test_listwise_ce_and_pointwise_bce_match_hand_computed():
+    import math
+
+    from retrievals.losses import ListwiseCrossEntropyLoss, PointwiseBCELoss
+
+    scores = torch.tensor([[2.0, 0.0, -1.0]])
+    targets = torch.tensor([0])
+    expected = -(2.0 - math.log(math.exp(2.0) + math.exp(0.0) + math.exp(-1.0)))
+    assert ListwiseCrossEntropyLoss()(scores, targets).item() == pytest.approx(expected, rel=1e-6)
+    halved = -(1.0 - math.log(math.exp(1.0) + math.exp(0.0) + math.exp(-0.5)))
+    assert ListwiseCrossEntropyLoss(temperature=2.0)(scores, targets).item() == pytest.approx(halved, rel=1e-6)
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    bce = -(math.log(sig(2.0)) + math.log(1 - sig(0.0)) + math.log(1 - sig(-1.0))) / 3
+    assert PointwiseBCELoss()(scores, targets).item() == pytest.approx(bce, rel=1e-6)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        PointwiseBCELoss(temperature=0)

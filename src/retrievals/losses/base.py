@@ -35,7 +35,13 @@ class RetrievalLoss(nn.Module):
         self.check()
 
     def check(self) -> None:
-        """Validate the settings (a loss with constraints overrides this)."""
+        """Validate the settings: the shared ones here (a loss with others extends this)."""
+        temperature = getattr(self.settings, "temperature", 1.0)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}.")
+        margin = getattr(self.settings, "margin", 0.0)
+        if not margin >= 0:
+            raise ValueError(f"margin must be >= 0, got {margin}.")
 
     @classmethod
     def setting_names(cls) -> Tuple[str, ...]:

@@ -39,9 +39,6 @@ class InfoNCELoss(RetrievalLoss):
     reads = ('query_embeddings', 'document_embeddings')
     Settings = InfoNCESettings
 
-    def check(self) -> None:
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
 
     def forward(self, query_embeddings: torch.Tensor, document_embeddings: torch.Tensor) -> torch.Tensor:
         batch = query_embeddings.shape[0]

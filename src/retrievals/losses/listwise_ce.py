@@ -28,9 +28,6 @@ class ListwiseCrossEntropyLoss(RetrievalLoss):
     reads = ('scores', 'targets')
     Settings = ListwiseSettings
 
-    def check(self) -> None:
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
 
     def forward(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if scores.shape[1] < 2:

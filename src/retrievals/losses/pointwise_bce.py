@@ -27,9 +27,6 @@ class PointwiseBCELoss(RetrievalLoss):
     reads = ('scores', 'targets')
     Settings = PointwiseSettings
 
-    def check(self) -> None:
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
 
     def forward(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         labels = torch.zeros_like(scores, dtype=torch.float32)

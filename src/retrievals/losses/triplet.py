@@ -26,9 +26,6 @@ class TripletMarginLoss(RetrievalLoss):
     reads = ('query_embeddings', 'document_embeddings')
     Settings = TripletSettings
 
-    def check(self) -> None:
-        if not self.margin >= 0:
-            raise ValueError(f"margin must be >= 0, got {self.margin}.")
 
     def forward(self, query_embeddings: torch.Tensor, document_embeddings: torch.Tensor) -> torch.Tensor:
         batch = query_embeddings.shape[0]
