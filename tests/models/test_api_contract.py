@@ -16,7 +16,7 @@ from retrievals import AutoModelForEmbedding, AutoModelForRanking
 from retrievals.index import BM25Index, ExactIndex, FaissIndex, reciprocal_rank_fusion
 from retrievals.models.processing import eval_mode, exclude_prompt
 
-from .conftest import corpus_lines, needs
+from ..conftest import corpus_lines, needs
 
 LINES = corpus_lines(64)
 QUERIES = LINES[:16]

@@ -13,7 +13,7 @@ from retrievals.data.io import load_beir, read_qrels, read_trec_run, save_beir, 
 from retrievals.index import AutoRetrieval, BM25Index, ExactIndex, FaissIndex, Index, reciprocal_rank_fusion
 from retrievals.index.sharded import encode_sharded
 
-from .conftest import corpus_lines
+from ..conftest import corpus_lines
 
 
 @pytest.fixture(scope="module")

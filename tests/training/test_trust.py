@@ -16,8 +16,8 @@ from retrievals.files import FILES_NAME, JOURNAL_NAME, SCRATCH_PREFIX
 from retrievals.pipelines import build_hn, embed, evaluate, retrieve
 from retrievals.training.output_dir import MANIFEST_NAME
 
-from .conftest import corpus_lines
-from .test_training import Killed, cli, kill_at_step
+from ..conftest import corpus_lines
+from ..training.test_training import Killed, cli, kill_at_step
 
 TEXTS = corpus_lines(5)
 

@@ -4,7 +4,7 @@ import pytest
 
 from retrievals.evaluation.metrics import evaluate_run
 
-from .conftest import needs
+from ..conftest import needs
 
 pytrec_eval = needs("pytrec_eval")
 
@@ -49,7 +49,7 @@ def test_evaluate_embedder_map_uses_full_depth(tiny_bert):
     from retrievals import AutoModelForEmbedding
     from retrievals.evaluation import evaluate_embedder
 
-    from .conftest import corpus_lines
+    from ..conftest import corpus_lines
 
     lines = corpus_lines(40)
     corpus = {f"d{i}": t for i, t in enumerate(lines[:30])}

@@ -11,7 +11,7 @@ import pytest
 from retrievals import AutoModelForEmbedding
 from retrievals.pipelines import commands
 
-from .conftest import corpus_lines
+from ..conftest import corpus_lines
 
 
 def test_usage_and_unknown_commands(capsys):

@@ -15,7 +15,7 @@ import pytest
 
 from retrievals import AutoModelForEmbedding, AutoModelForRanking
 
-from .conftest import corpus_lines, free_port, needs, serve_subprocess
+from ..conftest import corpus_lines, free_port, needs, serve_subprocess
 
 httpx = needs("httpx")
 needs("fastapi")

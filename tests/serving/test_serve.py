@@ -10,7 +10,7 @@ import pytest
 
 from retrievals import AutoModelForEmbedding, AutoModelForRanking
 
-from .conftest import corpus_lines, needs, serve_subprocess
+from ..conftest import corpus_lines, needs, serve_subprocess
 
 httpx = needs("httpx")
 needs("fastapi")

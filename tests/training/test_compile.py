@@ -12,8 +12,8 @@ from retrievals.data import EmbeddingCollator
 from retrievals.models.processing import PaddingOptions, pad_ids
 from retrievals.pipelines import embed, rerank
 
-from .conftest import corpus_lines
-from .test_training import cli
+from ..conftest import corpus_lines
+from ..training.test_training import cli
 
 KINDS = ["embed", "cross-encoder", "colbert", "llm"]
 

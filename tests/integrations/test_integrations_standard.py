@@ -20,7 +20,7 @@ from typing import Any, Dict, Type
 
 import pytest
 
-from .conftest import corpus_lines, needs
+from ..conftest import corpus_lines, needs
 
 needs("langchain_core")
 needs("langchain_tests")

@@ -5,7 +5,7 @@ import pytest
 
 from retrievals import AutoModelForEmbedding, AutoModelForRanking
 
-from .conftest import corpus_lines, needs
+from ..conftest import corpus_lines, needs
 
 needs("langchain_core")
 DOCS = corpus_lines(30)
@@ -158,7 +158,7 @@ def test_rag_example_runs_offline_on_real_models():
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("rag_example", Path(__file__).parent.parent / "examples" / "rag_langchain.py")
+    spec = importlib.util.spec_from_file_location("rag_example", Path(__file__).parents[2] / "examples" / "rag_langchain.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     faqs = example.aia_bde_faqs()

@@ -7,7 +7,7 @@ import torch
 
 from retrievals import AutoModelForEmbedding
 
-from .conftest import run_torchrun, seed_embed_command
+from ..conftest import run_torchrun, seed_embed_command
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).parent
@@ -34,7 +34,7 @@ def test_seed_command_two_processes(tiny_bert, train_file, tmp_path):
 def test_retrieve_encodes_shards_across_two_processes(tiny_bert, tmp_path):
     from retrievals.data.io import read_trec_run, save_beir
 
-    from .conftest import corpus_lines
+    from ..conftest import corpus_lines
 
     lines = corpus_lines(50)
     save_beir(tmp_path / "beir", {f"d{i}": t for i, t in enumerate(lines)}, {f"q{i}": lines[i][:20] for i in range(5)},

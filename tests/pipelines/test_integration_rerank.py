@@ -14,7 +14,7 @@ from retrievals import AutoModelForRanking
 from retrievals.losses import RANKING_LOSSES, get_loss
 from retrievals.models.rankers import RANKERS
 
-from .conftest import asset, needs, run_torchrun
+from ..conftest import asset, needs, run_torchrun
 
 pytestmark = pytest.mark.slow
 PROMPT = ("Given a query A and a passage B, determine whether the passage contains an answer to the query by providing "

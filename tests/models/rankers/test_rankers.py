@@ -12,7 +12,7 @@ from retrievals.losses import RANKING_LOSSES, get_loss
 from retrievals.models.rankers import RANKERS, ColBERT, CrossEncoder, LLMRanker, maxsim
 from retrievals.pipelines import rerank as rerank_cli
 
-from .conftest import corpus_lines
+from ...conftest import corpus_lines
 
 LONG = " ".join(corpus_lines(12))  # far longer than max_length below: several windows
 PAIRS = [("tax card renew", LONG), ("passport fee", "passport office fee online"), ("a", "b"),

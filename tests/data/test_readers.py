@@ -16,7 +16,7 @@ from retrievals.evaluation.metrics import evaluate_run, rank
 from retrievals.pipelines.build_hn import read_pool
 from retrievals.pipelines.embed import read_texts
 
-from .conftest import needs
+from ..conftest import needs
 
 BOM = codecs.BOM_UTF8
 PROPERTY = settings(max_examples=50, deadline=None)

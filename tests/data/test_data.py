@@ -5,7 +5,7 @@ import pytest
 from retrievals.data import DataError, EmbeddingCollator, TrainDataset, load_records
 from retrievals.data.dataset import sample_negatives
 
-from .conftest import needs
+from ..conftest import needs
 
 
 def write(path, lines):

@@ -8,7 +8,7 @@ from retrievals import AutoModelForEmbedding
 from retrievals.pipelines import embed
 from retrievals.training.output_dir import last_complete_checkpoint
 
-from .conftest import corpus_lines, needs
+from ..conftest import corpus_lines, needs
 
 
 def cli(model, data, out, *extra):

@@ -8,7 +8,7 @@ from retrievals import AutoModelForEmbedding
 from retrievals.models.pooling import pool
 from retrievals.utils import apply_instruction
 
-from .conftest import corpus_lines, needs
+from ..conftest import corpus_lines, needs
 
 TEXTS = corpus_lines(13)
 

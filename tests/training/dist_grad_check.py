@@ -1,6 +1,6 @@
 """Run under torchrun: gradients of InfoNCE with cross-device negatives for a fixed global batch.
 
-    torchrun --nproc_per_node N tests/dist_grad_check.py MODEL_DIR OUT.pt
+    torchrun --nproc_per_node N tests/training/dist_grad_check.py MODEL_DIR OUT.pt
 
 Each of the N processes takes its share of the same 4-query global batch; rank 0 saves the
 DDP-averaged gradients. N=1 and N=2 must give the same gradients.

@@ -5,7 +5,7 @@ import pytest
 
 from retrievals import AutoModelForEmbedding
 
-from .conftest import corpus_lines, needs, run_torchrun, seed_embed_command
+from ..conftest import corpus_lines, needs, run_torchrun, seed_embed_command
 
 pytestmark = pytest.mark.slow
 st = needs("sentence_transformers")
