@@ -98,3 +98,8 @@ def state_digest(module: torch.nn.Module) -> str:
         digest.update(f"{name}\0{data.dtype}\0{tuple(data.shape)}\0".encode())
         digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
     return digest.hexdigest()[:16]
+
+
+# One spelling per concept across the CLIs; the other spellings in use stay accepted as aliases.
+RERANKER_FLAG_ALIASES = ["--reranker_model", "--rerank_model"]  # canonical: --reranker_name_or_path
+DTYPE_FLAG_ALIASES = ["--model_dtype"]  # canonical: --dtype

@@ -47,3 +47,26 @@ def test_console_script_is_installed():
         pytest.skip("the package was installed before the console script existed: reinstall (pip install -e .)")
     result = subprocess.run([exe, "serve", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "--max_batch_tokens" in result.stdout
+
+
+def test_one_spelling_per_concept_and_the_old_ones_still_work():
+    """--reranker_name_or_path and --dtype everywhere; --rerank_model, --reranker_model and --model_dtype stay aliases."""
+    from transformers import HfArgumentParser
+
+    from retrievals.pipelines import build_hn, embed, rerank, retrieve, serve
+    from retrievals.training.arguments import DataArguments
+
+    def parse(classes, argv):
+        return HfArgumentParser(classes).parse_args_into_dataclasses(args=argv)[0]
+
+    for spelling in ("--reranker_name_or_path", "--reranker_model", "--rerank_model"):
+        assert parse((retrieve.RetrieveArguments,), ["--output", "o", spelling, "R"]).reranker_name_or_path == "R"
+        assert parse((build_hn.HardNegativeArguments,), ["--model_name_or_path", "m", "--input_file", "i",
+                                                          "--output_file", "o", spelling, "R"]).reranker_name_or_path == "R"
+        assert parse((serve.ServeArguments,), [spelling, "R"]).reranker_name_or_path == "R"
+    for spelling in ("--dtype", "--model_dtype"):
+        assert parse((serve.ServeArguments,), ["--model_name_or_path", "m", spelling, "bfloat16"]).dtype == "bfloat16"
+        for module in (embed, rerank):
+            classes = [c for c in (getattr(module, "EmbedModelArguments", None), getattr(module, "RerankModelArguments", None)) if c]
+            args = parse((classes[0], DataArguments), ["--model_name_or_path", "m", spelling, "bfloat16"])
+            assert args.dtype == "bfloat16" and args.loading_kwargs()["dtype"] == "bfloat16"

@@ -6,7 +6,7 @@
 For each query the pool (``--candidate_pool``, or every positive and negative of the input) is ranked
 by the embedder; candidates ranked within ``--range_for_sampling`` that are not positives are kept
 unless they score above ``--false_negative_ratio`` x the weakest positive's score (likely unlabelled
-positives). ``--reranker_model`` applies the same filter with a reranker's normalised scores.
+positives). ``--reranker_name_or_path`` (or ``--reranker_model``) applies the same filter with a reranker's normalised scores.
 Pool embeddings are cached in resumable shards (``--cache_dir``). Queries that end up with fewer
 negatives than asked get a warning, never a crash.
 """
@@ -27,7 +27,7 @@ from ..files import check_new_output
 from ..data.readers import DataError, Record, iter_lines, iter_raw, load_records
 from ..index.exact import exact_search
 from ..index.sharded import encode_sharded
-from ..utils import at_least, logger, unescape_cli
+from ..utils import RERANKER_FLAG_ALIASES, at_least, logger, unescape_cli
 from .cli import run_cli
 
 
@@ -40,7 +40,8 @@ class HardNegativeArguments:
     range_for_sampling: str = field(default="2-200", metadata={"help": "Rank window START-END (0-based) to sample from."})
     negative_number: int = 15
     false_negative_ratio: float = field(default=0.95, metadata={"help": "Drop candidates scoring above ratio x positive."})
-    reranker_model: Optional[str] = None
+    reranker_name_or_path: Optional[str] = field(default=None, metadata={
+        "aliases": RERANKER_FLAG_ALIASES, "help": "Reranker that filters false negatives (also --reranker_model)."})
     keep_original_negatives: bool = False
     query_key: str = "query"
     positive_key: str = "positive"
@@ -98,10 +99,10 @@ def mine(a: HardNegativeArguments, records: List[Record], pool: List[str], model
     p_emb = model.encode_corpus(positives, batch_size=a.batch_size)
     _, ranked = exact_search(q_emb, pool_emb, top_k=min(end, len(pool)))
     reranker = None
-    if a.reranker_model:
+    if a.reranker_name_or_path:
         from ..models.rankers import AutoModelForRanking
 
-        reranker = AutoModelForRanking.from_pretrained(a.reranker_model)
+        reranker = AutoModelForRanking.from_pretrained(a.reranker_name_or_path)
     stats = {"short": 0, "empty": 0, "dropped_as_false_negative": 0}
     out, offset = [], 0
     for i, record in enumerate(records):

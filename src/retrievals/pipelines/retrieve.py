@@ -1,7 +1,7 @@
 """Retrieve with an index and write a TREC run: ``python -m retrievals.pipelines.retrieve --help``.
 
     python -m retrievals.pipelines.retrieve --dataset aia-bde --model_name_or_path MODEL \\
-        --index_type flat --top_k 100 --output run.trec [--rerank_model RERANKER --rerank_top_k 20]
+        --index_type flat --top_k 100 --output run.trec [--reranker_name_or_path RERANKER --rerank_top_k 20]
 
 Backends: ``exact`` | ``flat`` | ``ivf`` | ``hnsw`` (dense, faiss for the last three), ``bm25``, and
 ``hybrid`` (reciprocal-rank fusion of BM25 and the dense index). Corpus embeddings are encoded in
@@ -34,7 +34,7 @@ from ..files import atomic_write_json, check_new_output
 from ..index.sharded import encode_sharded
 from ..utils import state_digest
 from ..distributed import init_distributed, shutdown_distributed, world
-from ..utils import at_least, logger, unescape_cli
+from ..utils import RERANKER_FLAG_ALIASES, at_least, logger, unescape_cli
 from .cli import run_cli
 
 DENSE = ("exact", *FAISS_TYPES)
@@ -60,7 +60,8 @@ class RetrieveArguments:
     query_instruction: Optional[str] = None
     document_instruction: Optional[str] = None
     max_length: Optional[int] = None
-    rerank_model: Optional[str] = field(default=None, metadata={"help": "Reranker applied to the top --rerank_top_k."})
+    reranker_name_or_path: Optional[str] = field(default=None, metadata={
+        "aliases": RERANKER_FLAG_ALIASES, "help": "Reranker applied to the top --rerank_top_k (also --rerank_model)."})
     rerank_top_k: int = 20
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing --output run file (and its metrics)."})
 
@@ -148,10 +149,10 @@ def run_retrieval(a: RetrieveArguments) -> Dict[str, Dict[str, float]]:
         run = reciprocal_rank_fusion([bm25_run(a, corpus, queries), dense_run(a, corpus, queries, "flat")], k=a.hybrid_k, top_k=a.top_k)
     else:
         run = dense_run(a, corpus, queries, a.index_type)
-    if a.rerank_model:
+    if a.reranker_name_or_path:
         from ..models.rankers import AutoModelForRanking
 
-        run = rerank_run(AutoModelForRanking.from_pretrained(a.rerank_model), corpus, queries, run, top_k=a.rerank_top_k,
+        run = rerank_run(AutoModelForRanking.from_pretrained(a.reranker_name_or_path), corpus, queries, run, top_k=a.rerank_top_k,
                          show_progress_bar=True)
     if world()[0] == 0:
         write_trec_run(run, a.output, tag=f"retrievals-{a.index_type}")

@@ -14,19 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-from ..utils import at_least, require
+from ..utils import DTYPE_FLAG_ALIASES, RERANKER_FLAG_ALIASES, at_least, require
 from .cli import run_cli
 
 
 @dataclass
 class ServeArguments:
     model_name_or_path: Optional[str] = field(default=None, metadata={"help": "Embedder to serve at /v1/embeddings."})
-    reranker_name_or_path: Optional[str] = field(default=None, metadata={"help": "Reranker to serve at /v1/rerank."})
+    reranker_name_or_path: Optional[str] = field(default=None, metadata={"aliases": RERANKER_FLAG_ALIASES,
+                                                                         "help": "Reranker to serve at /v1/rerank."})
     model_type: Optional[str] = field(default=None, metadata={"help": "Reranker kind: cross-encoder | colbert | llm (default: inferred)."})
     pooling_method: Optional[str] = field(default=None, metadata={"help": "Embedder pooling (default: from the saved config)."})
     served_model_name: Optional[str] = field(default=None, metadata={"help": "Embedder id in requests (default: folder name)."})
     served_reranker_name: Optional[str] = field(default=None, metadata={"help": "Reranker id in requests (default: folder name)."})
-    dtype: Optional[str] = field(default=None, metadata={"help": "float32 | float16 | bfloat16 (default: float32)."})
+    dtype: Optional[str] = field(default=None, metadata={"aliases": DTYPE_FLAG_ALIASES,
+                                                         "help": "float32 | float16 | bfloat16 (default: float32)."})
     device: Optional[str] = field(default=None, metadata={"help": "cpu | cuda (default: cuda when available)."})
     host: str = field(default="127.0.0.1")
     port: int = field(default=8000)

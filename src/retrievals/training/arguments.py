@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Dict, List, Optional
 import torch
 from transformers import TrainingArguments
 
-from ..utils import at_least, logger  # noqa: F401 (at_least re-exported for the pipelines)
+from ..utils import DTYPE_FLAG_ALIASES, at_least, logger  # noqa: F401 (at_least re-exported for the pipelines)
 from ..distributed import world
 
 AUTO_WORKERS = 4  # data-loader workers used by default on a GPU machine (tokenizing in the main process starves the GPU)
@@ -167,7 +167,8 @@ class ModelLoadingArguments:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_target_modules: Optional[List[str]] = None
-    model_dtype: Optional[str] = field(default=None, metadata={"help": "Weights dtype: float32 | bfloat16 | float16."})
+    dtype: Optional[str] = field(default=None, metadata={"aliases": DTYPE_FLAG_ALIASES,
+                                                         "help": "Weights dtype: float32 | bfloat16 | float16 (also --model_dtype)."})
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
@@ -183,5 +184,5 @@ class ModelLoadingArguments:
         """Keyword arguments of ``from_pretrained``; the model stays on CPU (the Trainer moves it)."""
         return {"use_lora": self.use_lora, "lora_path": self.lora_path, "lora_r": self.lora_r, "lora_alpha": self.lora_alpha,
                 "lora_dropout": self.lora_dropout, "lora_target_modules": self.lora_target_modules,
-                "tokenizer_name": self.tokenizer_name, "dtype": self.model_dtype, "device": "cpu",
+                "tokenizer_name": self.tokenizer_name, "dtype": self.dtype, "device": "cpu",
                 "trust_remote_code": self.trust_remote_code}
