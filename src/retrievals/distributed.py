@@ -30,7 +30,41 @@ def gather_with_grad(tensor: torch.Tensor) -> Tuple[torch.Tensor, int]:
         return tensor, 0
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(tensor.contiguous()), dim=0), rank
+    parts = [_ContiguousGrad.apply(part) for part in all_gather(tensor.contiguous())]
+    return torch.cat(parts, dim=0), rank
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the gradient contiguous: the backward of torch.distributed.nn's all_gather
+    sends the gradients with all_to_all, which on gloo sends a non-contiguous gradient (as an einsum's backward
+    gives for token vectors) wrongly, silently."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad.contiguous()
+
+
+def gather_padded_with_grad(vectors: torch.Tensor, mask: torch.Tensor) -> Tuple[Tuple[torch.Tensor, torch.Tensor], int]:
+    """:func:`gather_with_grad` for token vectors [N, L, dim] whose length L differs between processes: each
+    pads to the longest L (mask 0 there) first. Returns ((vectors, mask), rank); unchanged outside distributed runs."""
+    rank, size = world()
+    if size == 1:
+        return (vectors, mask), 0
+    length = torch.tensor([vectors.shape[1]], device=vectors.device)
+    lengths = [torch.zeros_like(length) for _ in range(size)]
+    dist.all_gather(lengths, length)
+    longest = int(max(int(x) for x in lengths))
+    pad = longest - vectors.shape[1]
+    if pad:
+        vectors = torch.nn.functional.pad(vectors, (0, 0, 0, pad))
+        mask = torch.nn.functional.pad(mask, (0, pad))
+    gathered, rank = gather_with_grad(vectors)
+    masks, _ = gather_with_grad(mask.to(vectors.dtype))
+    return (gathered, masks), rank
 
 
 def shutdown_distributed() -> None:

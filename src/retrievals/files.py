@@ -93,7 +93,7 @@ def _remove(path: Path) -> None:
         os.unlink(path)
 
 
-def recover(folder: str | os.PathLike) -> None:
+def recover(folder: str | os.PathLike, announce: bool = True) -> None:
     """Finish a committed save that was interrupted, and delete scratch folders of uncommitted ones.
 
     Idempotent: every step checks what is still to do, so a kill during recovery is recovered next time.
@@ -113,7 +113,8 @@ def recover(folder: str | os.PathLike) -> None:
                 _remove(folder / name)
                 os.replace(source, folder / name)
         os.unlink(journal_path)
-        logger.warning("%s: finished a save that was interrupted.", folder)
+        if announce:
+            logger.warning("%s: finished a save that was interrupted.", folder)
     for entry in folder.iterdir():
         if entry.name.startswith(SCRATCH_PREFIX) and entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
@@ -141,7 +142,7 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
-    recover(target)
+    recover(target, announce=False)  # this save's own roll-forward
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".npy", ".npz", ".faiss", ".index")

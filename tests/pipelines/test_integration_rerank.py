@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from retrievals import AutoModelForRanking
-from retrievals.losses import RANKING_LOSSES, get_loss
+from retrievals.losses import LOSS_FAMILIES, get_loss
 from retrievals.models.rankers import RANKERS
 
 from ..conftest import asset, needs, run_torchrun
@@ -77,14 +77,14 @@ def test_real_weights_train_and_score_consistently(kind, minilm, smollm2, aia_gr
     model.retrieval_config.score_windows = False  # training reads each document's first window
     inference = model.compute_score([(it["query"], d) for it in items for d in it["documents"]], batch_size=16)
     np.testing.assert_allclose(train_scores.numpy(), inference, atol=1e-4)
-    loss_fn = get_loss("ce", RANKING_LOSSES, temperature=RANKERS[kind].default_temperature)
+    loss_fn = get_loss("ce", LOSS_FAMILIES[RANKERS[kind].loss_family], temperature=RANKERS[kind].default_temperature)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr={"cross-encoder": 1e-4, "colbert": 5e-5, "llm": 3e-3}[kind])
     losses = []
     for step in range(8):
         optimizer.zero_grad()
-        loss = loss_fn(*model(**batch).to_tuple())
+        loss = loss_fn(**loss_fn.inputs_from(model(**batch)))
         loss.backward()
         if step == 0:
             assert sum(float(p.grad.abs().sum()) for p in params if p.grad is not None) > 0

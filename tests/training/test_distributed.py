@@ -23,6 +23,21 @@ def test_cross_device_gradients_match_single_process(tiny_bert, tmp_path):
     assert sum(g.abs().sum() for g in one.values()) > 0
 
 
+def test_colbert_cross_device_negatives_match_single_process(tiny_bert, tmp_path):
+    """Rerankers share negatives across processes too: ColBERT's late-interaction loss, token vectors padded
+    to a common length before gathering."""
+    from retrievals import AutoModelForRanking
+
+    AutoModelForRanking.from_pretrained(tiny_bert, model_type="colbert", colbert_dim=16, max_length=32).save_pretrained(tmp_path / "cb")
+    run_torchrun(1, str(HERE / "dist_grad_check.py"), str(tmp_path / "cb"), str(tmp_path / "one.pt"), "colbert")
+    run_torchrun(2, str(HERE / "dist_grad_check.py"), str(tmp_path / "cb"), str(tmp_path / "two.pt"), "colbert")
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert one.keys() == two.keys() and any("colbert_linear" in n for n in one)
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=1e-4, msg=name)
+    assert sum(g.abs().sum() for g in one.values()) > 0
+
+
 def test_seed_command_two_processes(tiny_bert, train_file, tmp_path):
     out = tmp_path / "out"
     run_torchrun(2, *seed_embed_command(tiny_bert, train_file, out, num_train_epochs="1", per_device_train_batch_size="4",

@@ -7,11 +7,17 @@ from typing import Any, Dict, Type
 from .base import RetrievalLoss
 from .infonce import InfoNCELoss
 from .listwise_ce import ListwiseCrossEntropyLoss
+from .maxsim_ce import MaxSimCrossEntropyLoss
 from .pointwise_bce import PointwiseBCELoss
 from .triplet import TripletMarginLoss
 
 EMBEDDING_LOSSES: Dict[str, Type[RetrievalLoss]] = {"infonce": InfoNCELoss, "triplet": TripletMarginLoss}
 RANKING_LOSSES: Dict[str, Type[RetrievalLoss]] = {"ce": ListwiseCrossEntropyLoss, "bce": PointwiseBCELoss}
+LATE_INTERACTION_LOSSES: Dict[str, Type[RetrievalLoss]] = {"ce": MaxSimCrossEntropyLoss, "bce": PointwiseBCELoss}
+# which losses fit which model output: a reranker kind names its family (``loss_family``), the embedder is "embedding"
+LOSS_FAMILIES: Dict[str, Dict[str, Type[RetrievalLoss]]] = {
+    "embedding": EMBEDDING_LOSSES, "ranking": RANKING_LOSSES, "late_interaction": LATE_INTERACTION_LOSSES,
+}
 
 
 def loss_class(name: str, registry: Dict[str, Type[RetrievalLoss]] = EMBEDDING_LOSSES) -> Type[RetrievalLoss]:
@@ -36,6 +42,6 @@ def loss_from_args(name: str, registry: Dict[str, Type[RetrievalLoss]], args: An
 
 
 __all__ = [
-    "EMBEDDING_LOSSES", "InfoNCELoss", "ListwiseCrossEntropyLoss", "PointwiseBCELoss", "RANKING_LOSSES", "TripletMarginLoss",
+    "EMBEDDING_LOSSES", "InfoNCELoss", "LATE_INTERACTION_LOSSES", "LOSS_FAMILIES", "MaxSimCrossEntropyLoss", "ListwiseCrossEntropyLoss", "PointwiseBCELoss", "RANKING_LOSSES", "TripletMarginLoss",
     "RetrievalLoss", "get_loss", "loss_class", "loss_from_args",
 ]

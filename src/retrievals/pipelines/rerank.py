@@ -12,7 +12,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar, List, Optional
 
-from ..losses import RANKING_LOSSES, loss_from_args
+from ..losses import LOSS_FAMILIES, RANKING_LOSSES, loss_from_args
 from ..models.rankers import (
     AutoModelForRanking,
     BaseRanker,
@@ -47,6 +47,8 @@ class RerankTrainingArguments(RetrievalTrainingArguments):
         default=None, metadata={"help": "Score temperature (default: the kind's, 1 for cross-encoder/llm, 0.05 for colbert)."}
     )
     use_inbatch_neg: bool = field(default=False, metadata={"help": "ColBERT: every document of the batch is a candidate."})
+    negatives_cross_device: bool = field(default=False, metadata={
+        "help": "ColBERT with --use_inbatch_neg: the documents of every process are candidates (torchrun)."})
 
     loss_registry: ClassVar[str] = "ranking"
 
@@ -96,21 +98,18 @@ def train(model_args: RerankModelArguments, data_args: DataArguments, args: Rera
     """Train the reranker; each kind's defaults (temperature, in-batch negatives) come from its class."""
     kind = resolve_model_type(model_args)
     cls = RANKERS[kind]
-    if args.negatives_cross_device:
-        raise ValueError("--negatives_cross_device is for embedders; rerankers score each query's own candidates.")
-    if args.use_inbatch_neg and not cls.supports_inbatch_neg:
-        raise ValueError(f"--use_inbatch_neg true is not supported by {kind} (only by kinds that score documents apart "
-                         f"from queries: {[k for k, c in RANKERS.items() if c.supports_inbatch_neg]}).")
     model_settings(model_args, data_args, kind)  # a flag of another kind fails here, before anything loads
+    temperature = args.temperature if args.temperature is not None else cls.default_temperature
+    loss = loss_from_args(args.loss_fn, LOSS_FAMILIES[cls.loss_family], args, temperature=temperature)
+    for flag in ("use_inbatch_neg", "negatives_cross_device"):  # negatives are the loss's: it must take the setting
+        if getattr(args, flag) and flag not in loss.setting_names():
+            able = [k for k, c in RANKERS.items() if flag in LOSS_FAMILIES[c.loss_family].get(loss.name, type(loss)).setting_names()]
+            raise ValueError(f"--{flag} true is not supported by {kind} with --loss_fn {loss.name} (it is by {able}).")
     if data_args.train_group_size < 2 and not args.use_inbatch_neg and args.loss_fn == "ce":
         raise ValueError("--loss_fn ce needs --train_group_size >= 2 (a positive and at least one negative).")
-    temperature = args.temperature if args.temperature is not None else cls.default_temperature
-    loss = loss_from_args(args.loss_fn, RANKING_LOSSES, args, temperature=temperature)
 
     def build() -> BaseRanker:
-        model = build_model(model_args, data_args, kind)
-        model.use_inbatch_neg = args.use_inbatch_neg
-        return model
+        return build_model(model_args, data_args, kind)
 
     return run_training(build, lambda model: model.processor.with_pad_to_multiple_of(args.pad_to_multiple_of), loss, data_args,
                         args, model_path=model_args.model_name_or_path,

@@ -94,13 +94,17 @@ class RetrievalTrainingArguments(TrainingArguments):
         self._check_loss_settings()
 
     def _check_loss_settings(self) -> None:
-        """A loss setting given but not used by the chosen loss is an error, not a silent no-op."""
-        from ..losses import EMBEDDING_LOSSES, RANKING_LOSSES, loss_class
+        """A loss setting given but not used by the chosen loss is an error, not a silent no-op. The model kind
+        (and so the exact loss class) may not be known yet: a setting passes if some loss of that name takes it."""
+        from ..losses import LOSS_FAMILIES, loss_class
 
-        registry = RANKING_LOSSES if self.loss_registry == "ranking" else EMBEDDING_LOSSES
-        accepted = loss_class(self.loss_fn, registry).setting_names()
+        families = ["embedding"] if self.loss_registry == "embedding" else ["ranking", "late_interaction"]
+        candidates = [LOSS_FAMILIES[f] for f in families if self.loss_fn.lower().replace("-", "_") in LOSS_FAMILIES[f]]
+        if not candidates:
+            loss_class(self.loss_fn, LOSS_FAMILIES[families[0]])  # the error that lists the choices
+        accepted = {name for registry in candidates for name in loss_class(self.loss_fn, registry).setting_names()}
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        for name in ("temperature", "margin"):
+        for name in ("temperature", "margin", "use_inbatch_neg", "negatives_cross_device"):
             if getattr(self, name) != defaults[name] and name not in accepted:
                 raise ValueError(f"--{name} does not apply to --loss_fn {self.loss_fn} (it would be ignored); drop it "
                                  "or choose a loss that uses it.")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from retrievals import AutoModelForRanking, RerankResult
-from retrievals.losses import RANKING_LOSSES, get_loss
+from retrievals.losses import LOSS_FAMILIES, get_loss
 from retrievals.models.rankers import RANKERS, ColBERT, CrossEncoder, LLMRanker, maxsim
 from retrievals.pipelines import rerank as rerank_cli
 
@@ -97,9 +97,9 @@ def test_training_signal(kind, tiny_bert, tiny_qwen):
     lines = corpus_lines(24)
     items = [{"query": lines[i], "documents": [lines[i + 4], lines[i + 12], lines[i + 20]]} for i in range(4)]
     batch = model.processor(items)
-    loss_fn = get_loss("ce", RANKING_LOSSES, temperature=RANKERS[kind].default_temperature)
+    loss_fn = get_loss("ce", LOSS_FAMILIES[RANKERS[kind].loss_family], temperature=RANKERS[kind].default_temperature)
     model.train()
-    first = loss_fn(*model(**batch).to_tuple())
+    first = loss_fn(**loss_fn.inputs_from(model(**batch)))
     first.backward()
     head = {"cross-encoder": "classifier", "colbert": "colbert_linear", "llm": "layers.1"}[kind]
     grads = {n: p.grad for n, p in model.named_parameters() if head in n}
@@ -107,7 +107,7 @@ def test_training_signal(kind, tiny_bert, tiny_qwen):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     for _ in range(20):
         optimizer.zero_grad()
-        loss = loss_fn(*model(**batch).to_tuple())
+        loss = loss_fn(**loss_fn.inputs_from(model(**batch)))
         loss.backward()
         optimizer.step()
     assert float(loss) < float(first) * 0.5
@@ -234,12 +234,22 @@ def test_colbert_projection_layout_and_precomputed_vectors(tiny_bert, tmp_path):
         AutoModelForRanking.from_pretrained(str(tmp_path / "m"), colbert_dim=8)
 
 
-def test_colbert_in_batch_negatives(tiny_bert):
+def test_colbert_in_batch_negatives_are_the_losss(tiny_bert):
+    """The model gives token vectors; the late-interaction loss scores them in-batch with the inference MaxSim."""
+    import torch.nn.functional as F
+
+    from retrievals.losses import MaxSimCrossEntropyLoss
+
     model = AutoModelForRanking.from_pretrained(tiny_bert, model_type="colbert", max_length=32)
-    model.use_inbatch_neg = True
     items = [{"query": f"q {i}", "documents": ["tax card", "passport"]} for i in range(3)]
     out = model(**model.processor(items))
-    assert out.scores.shape == (3, 6) and out.targets.tolist() == [0, 2, 4]
+    assert out.scores.shape == (3, 2) and out.document_vectors.shape[0] == 6
+    loss = MaxSimCrossEntropyLoss(temperature=0.05, use_inbatch_neg=True)
+    scores = maxsim(out.query_vectors, out.query_mask, out.document_vectors, out.document_mask, all_pairs=True)
+    expected = F.cross_entropy(scores / 0.05, torch.tensor([0, 2, 4]))
+    assert loss(**loss.inputs_from(out)).item() == pytest.approx(expected.item(), rel=1e-5)
+    group = MaxSimCrossEntropyLoss(temperature=0.05)
+    assert group(**group.inputs_from(out)).item() == pytest.approx(F.cross_entropy(out.scores / 0.05, out.targets).item(), rel=1e-5)
 
 
 def test_rerank_results(kind, tiny_bert, tiny_qwen):

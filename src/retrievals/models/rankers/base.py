@@ -74,8 +74,7 @@ class BaseRanker(RetrievalModel):
     config_class: ClassVar[Type[RankerConfig]] = RankerConfig
     internal_fields = frozenset({"lora_base", "model_type"})
     default_temperature: ClassVar[float] = 1.0  # of the training loss, for raw logits
-    supports_inbatch_neg: ClassVar[bool] = False  # whether documents are scored apart from queries (in-batch candidates)
-    use_inbatch_neg: bool = False  # set for training by the pipeline, where supported
+    loss_family: ClassVar[str] = "ranking"  # which losses fit this kind's output (retrievals.losses.LOSS_FAMILIES)
 
     @classmethod
     def _default_config(cls, path: str, base_path: str, trust_remote_code: bool) -> RankerConfig:

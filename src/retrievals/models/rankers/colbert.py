@@ -105,18 +105,28 @@ class ColBERTProcessor(PaddingOptions):
                 "group_size": len(items[0]["documents"])}
 
 
+@dataclass
+class ColBERTOutput(RankingOutput):
+    """Training output: group ``scores``/``targets`` plus the token vectors and masks they came from."""
+
+    query_vectors: Optional[torch.Tensor] = None
+    query_mask: Optional[torch.Tensor] = None
+    document_vectors: Optional[torch.Tensor] = None
+    document_mask: Optional[torch.Tensor] = None
+
+
 class ColBERT(BaseRanker):
     """Encoder + linear projection to ``colbert_dim``; score = :func:`maxsim` of normalised token vectors.
 
     The first token ([CLS]) is left out of both sides, as bge-m3 does. Training and inference score
-    with the same function. ``use_inbatch_neg`` (set by the trainer) scores every query against
-    every document of the batch.
+    with the same function; in-batch and cross-device negatives are the loss's
+    (:class:`retrievals.losses.MaxSimCrossEntropyLoss`).
     """
 
     config_class = ColBERTConfig
     model_type = "colbert"
     default_temperature = 0.05  # MaxSim averages of cosines lie in [-1, 1]
-    supports_inbatch_neg = True
+    loss_family = "late_interaction"
 
     def __init__(self, backbone: nn.Module, tokenizer: Any, config: ColBERTConfig) -> None:
         super().__init__(backbone, tokenizer, config)
@@ -179,17 +189,15 @@ class ColBERT(BaseRanker):
     def _postprocess(self, scores: torch.Tensor) -> torch.Tensor:
         return (scores + 1) / 2  # cosine-based MaxSim average lies in [-1, 1]
 
-    def forward(self, query: Batch, document: Batch, group_size: int) -> RankingOutput:
+    def forward(self, query: Batch, document: Batch, group_size: int) -> "ColBERTOutput":
+        """Token vectors of the batch (the late-interaction loss scores them, in-batch or across processes as it
+        is set) and each query's group scores (for losses that read scores)."""
         q, qm = self.token_vectors(query["input_ids"], query["attention_mask"])
         d, dm = self.token_vectors(document["input_ids"], document["attention_mask"])
         batch = q.shape[0]
-        if self.use_inbatch_neg:
-            scores = maxsim(q, qm, d, dm, all_pairs=True)
-            targets = torch.arange(batch, device=q.device) * group_size
-        else:
-            scores = maxsim(q, qm, d.view(batch, group_size, *d.shape[1:]), dm.view(batch, group_size, -1))
-            targets = group_targets(batch, q.device)
-        return RankingOutput(scores=scores, targets=targets)
+        scores = maxsim(q, qm, d.view(batch, group_size, *d.shape[1:]), dm.view(batch, group_size, -1))
+        return ColBERTOutput(scores=scores, targets=group_targets(batch, q.device), query_vectors=q, query_mask=qm,
+                             document_vectors=d, document_mask=dm)
 
     @torch.inference_mode()
     def encode_documents(self, documents: Sequence[str], batch_size: int = 32) -> List[List[torch.Tensor]]:
