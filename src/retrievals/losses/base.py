@@ -18,6 +18,15 @@ class NoSettings:
     pass
 
 
+@dataclasses.dataclass
+class ContrastiveSettings:
+    """Settings of the softmax losses that can take in-batch and cross-device negatives."""
+
+    temperature: float = 0.02
+    use_inbatch_neg: bool = True
+    negatives_cross_device: bool = False
+
+
 class RetrievalLoss(nn.Module):
     name: ClassVar[str] = ""
     reads: ClassVar[Tuple[str, ...]] = ()

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 
 from ..distributed import gather_with_grad
-from .base import RetrievalLoss
-
-
-@dataclasses.dataclass
-class InfoNCESettings:
-    temperature: float = 0.02
-    use_inbatch_neg: bool = True
-    negatives_cross_device: bool = False
+from .base import ContrastiveSettings, RetrievalLoss
 
 
 class InfoNCELoss(RetrievalLoss):
@@ -37,7 +28,7 @@ class InfoNCELoss(RetrievalLoss):
 
     name = "infonce"
     reads = ('query_embeddings', 'document_embeddings')
-    Settings = InfoNCESettings
+    Settings = ContrastiveSettings
 
 
     def forward(self, query_embeddings: torch.Tensor, document_embeddings: torch.Tensor) -> torch.Tensor:

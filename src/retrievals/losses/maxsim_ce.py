@@ -9,14 +9,13 @@ import torch.nn.functional as F
 
 from ..distributed import gather_padded_with_grad
 from ..models.rankers.colbert import maxsim
-from .base import RetrievalLoss
+from .base import ContrastiveSettings, RetrievalLoss
 
 
 @dataclasses.dataclass
-class MaxSimSettings:
-    temperature: float = 0.05
+class MaxSimSettings(ContrastiveSettings):
+    temperature: float = 0.05  # MaxSim averages lie in [-1, 1]
     use_inbatch_neg: bool = False
-    negatives_cross_device: bool = False
 
 
 class MaxSimCrossEntropyLoss(RetrievalLoss):
