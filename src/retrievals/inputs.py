@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
+from .utils import UsageError
 
 Pair = Tuple[str, str]
 
@@ -76,7 +77,7 @@ def check_batch_size(batch_size: Any) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
         raise TypeError(f"batch_size must be an int, got {_kind(batch_size)}")
     if batch_size <= 0:
-        raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        raise UsageError(f"batch_size must be > 0, got {batch_size}")
     return int(batch_size)
 
 
@@ -87,7 +88,7 @@ def check_top_k(top_k: Any, allow_none: bool = False) -> Optional[int]:
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
         raise TypeError(f"top_k must be an int{' or None' if allow_none else ''}, got {_kind(top_k)}")
     if top_k < 0:
-        raise ValueError(f"top_k must be >= 0, got {top_k}")
+        raise UsageError(f"top_k must be >= 0, got {top_k}")
     return int(top_k)
 
 
@@ -102,10 +103,10 @@ def as_query_vectors(queries: Any, dim: int) -> np.ndarray:
         return np.zeros((0, dim), dtype=np.float32)
     array = array[None, :] if array.ndim == 1 else array
     if array.ndim != 2 or array.shape[1] != dim:
-        raise ValueError(f"queries must be vectors of size {dim}, got an array of shape {tuple(array.shape)}")
+        raise UsageError(f"queries must be vectors of size {dim}, got an array of shape {tuple(array.shape)}")
     return array
 
 
 def check_same_length(first: Sequence[Any], second: Sequence[Any], names: str) -> None:
     if len(first) != len(second):
-        raise ValueError(f"{names}: {len(first)} and {len(second)} items; they must match one to one")
+        raise UsageError(f"{names}: {len(first)} and {len(second)} items; they must match one to one")

@@ -11,6 +11,11 @@ import torch
 
 logger = logging.getLogger("retrievals")
 
+
+class UsageError(ValueError):
+    """A wrong flag, setting or argument value: shown by the CLIs as one ``error:`` line (exit code 2). Any other
+    exception is a bug and keeps its traceback."""
+
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -35,7 +40,7 @@ def resolve_dtype(dtype: Optional[Union[str, torch.dtype]], device: torch.device
         return None
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
-            raise ValueError(f"Unknown dtype {dtype!r}; choose one of {sorted(_DTYPES)} or 'auto'.")
+            raise UsageError(f"Unknown dtype {dtype!r}; choose one of {sorted(_DTYPES)} or 'auto'.")
         dtype = _DTYPES[dtype]
     if device.type == "cpu" and dtype == torch.float16:
         logger.warning("float16 is not supported for inference on CPU here; using float32 instead.")
@@ -86,7 +91,7 @@ def require(module: str, extra: str) -> Any:
 def at_least(flag: str, value: Optional[float], low: float) -> None:
     """``value`` (when given) must be >= ``low``; the error names the flag (argument checks of every CLI)."""
     if value is not None and value < low:
-        raise ValueError(f"{flag} must be >= {low}, got {value}.")
+        raise UsageError(f"{flag} must be >= {low}, got {value}.")
 
 
 def state_digest(module: torch.nn.Module) -> str:

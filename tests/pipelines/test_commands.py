@@ -70,3 +70,19 @@ def test_one_spelling_per_concept_and_the_old_ones_still_work():
             classes = [c for c in (getattr(module, "EmbedModelArguments", None), getattr(module, "RerankModelArguments", None)) if c]
             args = parse((classes[0], DataArguments), ["--model_name_or_path", "m", spelling, "bfloat16"])
             assert args.dtype == "bfloat16" and args.loading_kwargs()["dtype"] == "bfloat16"
+
+
+def test_only_user_errors_become_one_line(tiny_bert, train_file, tmp_path, monkeypatch, capsys):
+    """A wrong flag is one ``error:`` line and exit code 2; a bug (any other exception) keeps its traceback."""
+    from retrievals.pipelines import embed
+
+    argv = ["--model_name_or_path", tiny_bert, "--train_data", train_file, "--output_dir", str(tmp_path / "o"), "--do_train"]
+    assert embed.main(argv + ["--temperature", "0"]) == 2
+    assert capsys.readouterr().err.startswith("error: --temperature must be > 0")
+
+    def bug(*args, **kwargs):
+        raise ValueError("an internal invariant broke")
+
+    monkeypatch.setattr(embed, "train", bug)
+    with pytest.raises(ValueError, match="internal invariant"):
+        embed.main(argv)

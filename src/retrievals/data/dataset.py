@@ -8,6 +8,7 @@ from typing import Dict, List, Sequence, Union
 from torch.utils.data import Dataset
 
 from .readers import Record
+from ..utils import UsageError
 
 
 class TrainDataset(Dataset):
@@ -27,7 +28,7 @@ class TrainDataset(Dataset):
         unfold_each_positive: bool = False,
     ) -> None:
         if train_group_size < 1:
-            raise ValueError(f"train_group_size must be >= 1 (1 positive + negatives), got {train_group_size}.")
+            raise UsageError(f"train_group_size must be >= 1 (1 positive + negatives), got {train_group_size}.")
         self.records = list(records)
         self.group_size = train_group_size
         self.seed = seed
@@ -57,7 +58,7 @@ def sample_negatives(negatives: Sequence[str], n: int, rng: random.Random) -> Li
     if n <= 0:
         return []
     if not negatives:
-        raise ValueError("no negatives to sample from")
+        raise UsageError("no negatives to sample from")
     if len(negatives) >= n:
         return rng.sample(list(negatives), n)
     picked = list(negatives)

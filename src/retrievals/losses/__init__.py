@@ -10,6 +10,7 @@ from .listwise_ce import ListwiseCrossEntropyLoss
 from .maxsim_ce import MaxSimCrossEntropyLoss
 from .pointwise_bce import PointwiseBCELoss
 from .triplet import TripletMarginLoss
+from ..utils import UsageError
 
 EMBEDDING_LOSSES: Dict[str, Type[RetrievalLoss]] = {"infonce": InfoNCELoss, "triplet": TripletMarginLoss}
 RANKING_LOSSES: Dict[str, Type[RetrievalLoss]] = {"ce": ListwiseCrossEntropyLoss, "bce": PointwiseBCELoss}
@@ -24,7 +25,7 @@ def loss_class(name: str, registry: Dict[str, Type[RetrievalLoss]] = EMBEDDING_L
     """The loss class called ``name``; an unknown name fails with the choices."""
     key = name.lower().replace("-", "_")
     if key not in registry:
-        raise ValueError(f"Unknown loss {name!r}; choose one of {sorted(registry)}.")
+        raise UsageError(f"Unknown loss {name!r}; choose one of {sorted(registry)}.")
     return registry[key]
 
 

@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any, ClassVar, Dict, Mapping, Tuple, Type
 
 from torch import nn
+from ..utils import UsageError
 
 
 @dataclasses.dataclass
@@ -37,7 +38,7 @@ class RetrievalLoss(nn.Module):
         known = {f.name for f in dataclasses.fields(self.Settings)}
         unknown = sorted(set(settings) - known)
         if unknown:
-            raise ValueError(f"loss {self.name!r} has no setting {', '.join(unknown)}; its settings: {sorted(known) or 'none'}.")
+            raise UsageError(f"loss {self.name!r} has no setting {', '.join(unknown)}; its settings: {sorted(known) or 'none'}.")
         self.settings = self.Settings(**settings)
         for key, value in dataclasses.asdict(self.settings).items():
             setattr(self, key, value)
@@ -47,10 +48,10 @@ class RetrievalLoss(nn.Module):
         """Validate the settings: the shared ones here (a loss with others extends this)."""
         temperature = getattr(self.settings, "temperature", 1.0)
         if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}.")
+            raise UsageError(f"temperature must be > 0, got {temperature}.")
         margin = getattr(self.settings, "margin", 0.0)
         if not margin >= 0:
-            raise ValueError(f"margin must be >= 0, got {margin}.")
+            raise UsageError(f"margin must be >= 0, got {margin}.")
 
     @classmethod
     def setting_names(cls) -> Tuple[str, ...]:
@@ -65,7 +66,7 @@ class RetrievalLoss(nn.Module):
         for field in self.reads:
             value = outputs.get(field) if isinstance(outputs, Mapping) else getattr(outputs, field, None)
             if value is None:
-                raise ValueError(f"loss {self.name!r} reads {field!r}, which {type(outputs).__name__} does not give: "
+                raise UsageError(f"loss {self.name!r} reads {field!r}, which {type(outputs).__name__} does not give: "
                                  "this loss does not fit this model kind.")
             values[field] = value
         return values

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from ..distributed import gather_with_grad
 from .base import ContrastiveSettings, RetrievalLoss
+from ..utils import UsageError
 
 
 class InfoNCELoss(RetrievalLoss):
@@ -34,13 +35,13 @@ class InfoNCELoss(RetrievalLoss):
     def forward(self, query_embeddings: torch.Tensor, document_embeddings: torch.Tensor) -> torch.Tensor:
         batch = query_embeddings.shape[0]
         if document_embeddings.shape[0] % batch:
-            raise ValueError(f"{document_embeddings.shape[0]} documents do not split into groups for {batch} queries.")
+            raise UsageError(f"{document_embeddings.shape[0]} documents do not split into groups for {batch} queries.")
         group = document_embeddings.shape[0] // batch
         q = query_embeddings.float()
         d = document_embeddings.float()
         if not self.use_inbatch_neg:
             if group < 2:
-                raise ValueError("use_inbatch_neg=False needs train_group_size >= 2 (a positive and negatives).")
+                raise UsageError("use_inbatch_neg=False needs train_group_size >= 2 (a positive and negatives).")
             scores = torch.einsum("bd,bgd->bg", q, d.view(batch, group, -1)) / self.temperature
             target = torch.zeros(batch, dtype=torch.long, device=q.device)
             return F.cross_entropy(scores, target)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import RetrievalLoss
+from ..utils import UsageError
 
 
 @dataclasses.dataclass
@@ -31,5 +32,5 @@ class ListwiseCrossEntropyLoss(RetrievalLoss):
 
     def forward(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if scores.shape[1] < 2:
-            raise ValueError("ListwiseCrossEntropyLoss needs at least 2 candidates per query (train_group_size >= 2).")
+            raise UsageError("ListwiseCrossEntropyLoss needs at least 2 candidates per query (train_group_size >= 2).")
         return F.cross_entropy(scores.float() / self.temperature, targets)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from ..distributed import gather_padded_with_grad
 from ..models.rankers.colbert import maxsim
 from .base import ContrastiveSettings, RetrievalLoss
+from ..utils import UsageError
 
 
 @dataclasses.dataclass
@@ -40,12 +41,12 @@ class MaxSimCrossEntropyLoss(RetrievalLoss):
                 document_mask: torch.Tensor) -> torch.Tensor:
         batch = query_vectors.shape[0]
         if document_vectors.shape[0] % batch:
-            raise ValueError(f"{document_vectors.shape[0]} documents do not split into groups for {batch} queries.")
+            raise UsageError(f"{document_vectors.shape[0]} documents do not split into groups for {batch} queries.")
         group = document_vectors.shape[0] // batch
         q, d = query_vectors.float(), document_vectors.float()
         if not self.use_inbatch_neg:
             if group < 2:
-                raise ValueError("use_inbatch_neg=False needs train_group_size >= 2 (a positive and negatives).")
+                raise UsageError("use_inbatch_neg=False needs train_group_size >= 2 (a positive and negatives).")
             scores = maxsim(q, query_mask, d.view(batch, group, *d.shape[1:]), document_mask.view(batch, group, -1))
             target = torch.zeros(batch, dtype=torch.long, device=q.device)
             return F.cross_entropy(scores / self.temperature, target)

@@ -7,6 +7,7 @@ import dataclasses
 import torch
 
 from .base import RetrievalLoss
+from ..utils import UsageError
 
 
 @dataclasses.dataclass
@@ -31,6 +32,6 @@ class TripletMarginLoss(RetrievalLoss):
         batch = query_embeddings.shape[0]
         group = document_embeddings.shape[0] // batch
         if group < 2:
-            raise ValueError("The triplet loss needs train_group_size >= 2 (a positive and at least one negative).")
+            raise UsageError("The triplet loss needs train_group_size >= 2 (a positive and at least one negative).")
         scores = torch.einsum("bd,bgd->bg", query_embeddings.float(), document_embeddings.float().view(batch, group, -1))
         return torch.relu(self.margin - scores[:, :1] + scores[:, 1:]).mean()

@@ -21,7 +21,7 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from ..files import atomic_directory, atomic_write_json, prepare_folder, verify_files
-from ..utils import require
+from ..utils import UsageError, require
 
 CONFIG_NAME = "retrievals_config.json"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -77,7 +77,7 @@ def lora_base_of(path: str | os.PathLike) -> str:
     data = json.loads((Path(path) / ADAPTER_CONFIG_NAME).read_text(encoding="utf-8"))
     base = data.get("base_model_name_or_path")
     if not base:
-        raise ValueError(f"{Path(path) / ADAPTER_CONFIG_NAME}: field 'base_model_name_or_path' is missing.")
+        raise UsageError(f"{Path(path) / ADAPTER_CONFIG_NAME}: field 'base_model_name_or_path' is missing.")
     return base
 
 
@@ -261,7 +261,7 @@ def load_backbone_weights(backbone: torch.nn.Module, path: str | os.PathLike) ->
     missing = set(backbone.state_dict()) - set(state)
     tied = {k for k in missing if "lm_head" in k or "position_ids" in k}
     if missing - tied:
-        raise ValueError(f"{path}: checkpoint lacks weights {sorted(missing - tied)[:5]} ...")
+        raise UsageError(f"{path}: checkpoint lacks weights {sorted(missing - tied)[:5]} ...")
 
 
 class CheckpointingMixin:
@@ -376,7 +376,7 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
             tokenizer_name = check_model_path(tokenizer_name, "tokenizer")
         config = cls.config_class.load(path) if os.path.isdir(path) else None
         if config is not None and config.model_type != cls.model_type:
-            raise ValueError(f"{path} holds a {config.model_type!r} model, not {cls.model_type!r}.")
+            raise UsageError(f"{path} holds a {config.model_type!r} model, not {cls.model_type!r}.")
         saved_by_us = config is not None
         base_path, adapter_path = resolve_lora_paths(path, config.lora_base if config else None, lora_path)
         if config is None:

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from transformers.utils import ModelOutput
 
 from ..inputs import as_texts, check_batch_size
-from ..utils import instruction_as_prefix, logger
+from ..utils import UsageError, instruction_as_prefix, logger
 from .base import ModelConfig, RetrievalModel, hf_config, is_decoder_only, load_backbone
 from .pooling import POOLING_METHODS, pool
 from .processing import TextProcessor, eval_mode, length_batches, run_in_length_chunks
@@ -69,7 +69,7 @@ class AutoModelForEmbedding(RetrievalModel):
 
     def __init__(self, backbone: nn.Module, tokenizer: Any, config: EmbeddingConfig) -> None:
         if config.pooling_method not in POOLING_METHODS:
-            raise ValueError(f"Unknown pooling_method {config.pooling_method!r}; choose one of {list(POOLING_METHODS)}.")
+            raise UsageError(f"Unknown pooling_method {config.pooling_method!r}; choose one of {list(POOLING_METHODS)}.")
         super().__init__(backbone, tokenizer, config)
 
     # ------------------------------------------------------------------ the slots of RetrievalModel

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from ..utils import UsageError
 
 POOLING_METHODS = ("cls", "mean", "last")
 
@@ -32,4 +33,4 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, method: str) -> tor
     if method == "mean":
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-    raise ValueError(f"Unknown pooling_method {method!r}; choose one of {list(POOLING_METHODS)}.")
+    raise UsageError(f"Unknown pooling_method {method!r}; choose one of {list(POOLING_METHODS)}.")

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Type
 
 import torch
 
-from ..utils import apply_instruction, instruction_as_prefix
+from ..utils import UsageError, apply_instruction, instruction_as_prefix
 
 MIN_PADDING_SAVED = 0.1  # run_in_length_chunks splits a batch only when that saves at least this share of tokens
 
@@ -113,7 +113,7 @@ class PaddingOptions:
     def with_pad_to_multiple_of(self: P, multiple: Optional[int]) -> P:
         """A copy (sharing the tokenizer) that pads to a multiple of ``multiple``; used as a training collator."""
         if multiple is not None and multiple < 1:
-            raise ValueError(f"pad_to_multiple_of must be >= 1, got {multiple}.")
+            raise UsageError(f"pad_to_multiple_of must be >= 1, got {multiple}.")
         out = copy.copy(self)
         out.pad_to_multiple_of = multiple
         return out
@@ -143,7 +143,7 @@ class TextProcessor(PaddingOptions):
             return ""
         prefix = instruction_as_prefix(instruction)
         if prefix is None:
-            raise ValueError(
+            raise UsageError(
                 f"include_prompt=False needs instructions that are prefixes; {instruction!r} has text after '{{}}'."
             )
         return prefix

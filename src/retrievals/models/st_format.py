@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from ..utils import logger
+from ..utils import UsageError, logger
 
 _POOL_FLAGS = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "last": "pooling_mode_lasttoken"}
 _POOL_NAMES = {"cls": "cls", "mean": "mean", "lasttoken": "last", "last": "last"}
@@ -35,7 +35,7 @@ def read_st_settings(path: str | Path) -> Dict[str, Any]:
             if mode is None:
                 mode = next((name for name, flag in _POOL_FLAGS.items() if cfg.get(flag)), None)
             if mode is None or mode not in _POOL_NAMES:
-                raise ValueError(
+                raise UsageError(
                     f"{folder / 'config.json'}: pooling mode {cfg!r} is not supported; retrievals supports cls, mean and last."
                 )
             settings["pooling_method"] = _POOL_NAMES[mode]

@@ -27,7 +27,7 @@ from ..files import check_new_output
 from ..data.readers import DataError, Record, iter_lines, iter_raw, load_records
 from ..index.exact import exact_search
 from ..index.sharded import encode_sharded
-from ..utils import RERANKER_FLAG_ALIASES, at_least, logger, unescape_cli
+from ..utils import RERANKER_FLAG_ALIASES, UsageError, at_least, logger, unescape_cli
 from .cli import run_cli
 
 
@@ -65,9 +65,9 @@ def parse_range(text: str) -> Tuple[int, int]:
     try:
         start, end = (int(x) for x in text.split("-"))
     except ValueError:
-        raise ValueError(f"--range_for_sampling {text!r}: expected START-END, such as 2-200") from None
+        raise UsageError(f"--range_for_sampling {text!r}: expected START-END, such as 2-200") from None
     if not 0 <= start < end:
-        raise ValueError(f"--range_for_sampling {text!r}: need 0 <= START < END")
+        raise UsageError(f"--range_for_sampling {text!r}: need 0 <= START < END")
     return start, end
 
 
@@ -135,7 +135,7 @@ def mine(a: HardNegativeArguments, records: List[Record], pool: List[str], model
 def run(a: HardNegativeArguments) -> Dict[str, int]:
     output = check_new_output(a.output_file, a.overwrite)
     if output.exists() and Path(a.input_file).exists() and output.resolve() == Path(a.input_file).resolve():
-        raise ValueError(f"{output}: --output_file is the --input_file; write the mined records to another file.")
+        raise UsageError(f"{output}: --output_file is the --input_file; write the mined records to another file.")
     parse_range(a.range_for_sampling)
     records = load_records(a.input_file, a.query_key, a.positive_key, a.negative_key)
     if a.candidate_pool:

@@ -12,8 +12,10 @@ from ..data.readers import DataError
 from ..files import CorruptFileError, OutputExistsError
 from ..training.output_dir import OutputDirError
 from ..training.trainer import NonFiniteWeightsError
+from ..utils import UsageError
 
-USER_ERRORS = (DataError, OutputDirError, ValueError, FileNotFoundError, OutputExistsError, CorruptFileError,
+# only these are the user's to fix and shown as one line; anything else is a bug and keeps its traceback
+USER_ERRORS = (DataError, UsageError, OutputDirError, FileNotFoundError, OutputExistsError, CorruptFileError,
                NonFiniteWeightsError)
 
 

@@ -23,7 +23,7 @@ from ..training import RetrievalTrainingArguments
 from ..training.arguments import DataArguments, ModelLoadingArguments
 from ..distributed import shutdown_distributed
 from ..training.run import run_training
-from ..utils import at_least, logger, unescape_cli
+from ..utils import UsageError, at_least, logger, unescape_cli
 from .cli import run_cli
 
 
@@ -125,7 +125,7 @@ def _main(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
         if args.process_index == 0:
             encode(model, enc, args.output_dir, overwrite=True)  # checked above
     if model is None:
-        raise ValueError("nothing to do: pass --do_train with --train_data, and/or --do_encode")
+        raise UsageError("nothing to do: pass --do_train with --train_data, and/or --do_encode")
     shutdown_distributed()
 
 

@@ -23,7 +23,7 @@ from ..evaluation.report import REPORT_FILES, REPORTED, model_settings, write_re
 from ..evaluation.retrieval import rerank_run, retrieve
 from ..index import BM25Index
 from ..files import check_new_output
-from ..utils import at_least
+from ..utils import UsageError, at_least
 from .cli import run_cli
 
 
@@ -50,7 +50,7 @@ def named(specs: List[str]) -> List[Tuple[str, str]]:
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
-            raise ValueError(f"{spec!r}: expected NAME=PATH")
+            raise UsageError(f"{spec!r}: expected NAME=PATH")
         out.append((name, path))
     return out
 
@@ -64,7 +64,7 @@ def evaluate(a: EvaluateArguments) -> Dict[str, Dict]:
     data = load_eval_dataset(a.dataset)
     models, rerankers = named(a.models), named(a.rerankers)
     if not models and not rerankers:
-        raise ValueError("nothing to evaluate: pass --models and/or --rerankers")
+        raise UsageError("nothing to evaluate: pass --models and/or --rerankers")
     k_values = (10, 100)
     rows, runs = [], {}
     for name, path in models:
@@ -82,7 +82,7 @@ def evaluate(a: EvaluateArguments) -> Dict[str, Dict]:
             runs["bm25"] = BM25Index([data.corpus[d] for d in ids], ids).search_run(
                 query_ids, [data.queries[q] for q in query_ids], a.top_k)
         elif first not in runs:
-            raise ValueError(f"--first_stage {first!r} is neither bm25 nor one of --models {list(runs)}")
+            raise UsageError(f"--first_stage {first!r} is neither bm25 nor one of --models {list(runs)}")
         for name, path in rerankers:
             model = AutoModelForRanking.from_pretrained(path)
             start = time.perf_counter()

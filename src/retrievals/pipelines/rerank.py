@@ -24,7 +24,7 @@ from ..training import RetrievalTrainingArguments
 from ..training.arguments import DataArguments, ModelLoadingArguments
 from ..distributed import shutdown_distributed
 from ..training.run import run_training
-from ..utils import unescape_cli
+from ..utils import UsageError, unescape_cli
 from .cli import run_cli
 
 @dataclass
@@ -61,7 +61,7 @@ def resolve_model_type(model_args: RerankModelArguments) -> str:
     else:
         kind = infer_model_type(model_args.model_name_or_path, model_args.trust_remote_code)
     if model_args.causal_lm and kind != "llm":
-        raise ValueError(f"--causal_lm True scores with the LM head: use --model_type llm, not {kind}.")
+        raise UsageError(f"--causal_lm True scores with the LM head: use --model_type llm, not {kind}.")
     return kind
 
 
@@ -83,7 +83,7 @@ def model_settings(model_args: RerankModelArguments, data_args: DataArguments, k
     for flag in KIND_FLAGS:
         value = getattr(model_args, flag)
         if value is not None and flag not in fields:
-            raise ValueError(f"--{flag} does not apply to --model_type {kind}.")
+            raise UsageError(f"--{flag} does not apply to --model_type {kind}.")
         settings[flag] = unescape_cli(value) if isinstance(value, str) else value
     return {k: v for k, v in settings.items() if v is not None}
 
@@ -104,9 +104,9 @@ def train(model_args: RerankModelArguments, data_args: DataArguments, args: Rera
     for flag in ("use_inbatch_neg", "negatives_cross_device"):  # negatives are the loss's: it must take the setting
         if getattr(args, flag) and flag not in loss.setting_names():
             able = [k for k, c in RANKERS.items() if flag in LOSS_FAMILIES[c.loss_family].get(loss.name, type(loss)).setting_names()]
-            raise ValueError(f"--{flag} true is not supported by {kind} with --loss_fn {loss.name} (it is by {able}).")
+            raise UsageError(f"--{flag} true is not supported by {kind} with --loss_fn {loss.name} (it is by {able}).")
     if data_args.train_group_size < 2 and not args.use_inbatch_neg and args.loss_fn == "ce":
-        raise ValueError("--loss_fn ce needs --train_group_size >= 2 (a positive and at least one negative).")
+        raise UsageError("--loss_fn ce needs --train_group_size >= 2 (a positive and at least one negative).")
 
     def build() -> BaseRanker:
         return build_model(model_args, data_args, kind)
@@ -120,7 +120,7 @@ def _main(model_args: RerankModelArguments, data_args: DataArguments, args: Rera
     if args.should_log:
         logging.getLogger().setLevel(logging.INFO)
     if not (args.do_train or data_args.train_data):
-        raise ValueError("nothing to do: pass --train_data (and --do_train)")
+        raise UsageError("nothing to do: pass --train_data (and --do_train)")
     train(model_args, data_args, args)
     shutdown_distributed()
 

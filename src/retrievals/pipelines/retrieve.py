@@ -32,7 +32,7 @@ from ..index import (
 )
 from ..files import atomic_write_json, check_new_output
 from ..index.sharded import encode_sharded
-from ..utils import state_digest
+from ..utils import UsageError, state_digest
 from ..distributed import init_distributed, shutdown_distributed, world
 from ..utils import RERANKER_FLAG_ALIASES, at_least, logger, unescape_cli
 from .cli import run_cli
@@ -131,7 +131,7 @@ def load_matching_index(folder: Path, source: Dict) -> Index:
     """A saved index, only when it was built from this model (weights and settings) and corpus: never another's vectors."""
     index = Index.load(folder)
     if index.source != json.loads(json.dumps(source, default=str)):
-        raise ValueError(f"{folder}: this index was built from another model, model settings or corpus; pass another "
+        raise UsageError(f"{folder}: this index was built from another model, model settings or corpus; pass another "
                          "--index_dir, or delete that folder to rebuild it.")
     logger.warning("Loaded the %s index from %s", index.backend, folder)
     return index
@@ -141,7 +141,7 @@ def run_retrieval(a: RetrieveArguments) -> Dict[str, Dict[str, float]]:
     check_new_output(a.output, a.overwrite)  # before any work: a refused output must not cost an encoding run
     check_new_output(a.output + ".metrics.json", a.overwrite)
     if a.index_type not in INDEX_TYPES:
-        raise ValueError(f"Unknown --index_type {a.index_type!r}; choose one of {list(INDEX_TYPES)}.")
+        raise UsageError(f"Unknown --index_type {a.index_type!r}; choose one of {list(INDEX_TYPES)}.")
     corpus, queries, qrels = load_inputs(a)
     if a.index_type == "bm25":
         run = bm25_run(a, corpus, queries)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-from ..utils import DTYPE_FLAG_ALIASES, RERANKER_FLAG_ALIASES, at_least, require
+from ..utils import DTYPE_FLAG_ALIASES, RERANKER_FLAG_ALIASES, UsageError, at_least, require
 from .cli import run_cli
 
 
@@ -52,11 +52,11 @@ class ServeArguments:
             at_least(f"--{flag}", getattr(self, flag), 1)
         for flag in ("request_timeout_s", "shutdown_timeout_s", "stall_s"):
             if not getattr(self, flag) >= 0:
-                raise ValueError(f"--{flag} must be >= 0, got {getattr(self, flag)}.")
+                raise UsageError(f"--{flag} must be >= 0, got {getattr(self, flag)}.")
         if not 0 <= self.port <= 65535:
-            raise ValueError(f"--port must be in [0, 65535], got {self.port}.")
+            raise UsageError(f"--port must be in [0, 65535], got {self.port}.")
         if not self.max_wait_ms >= 0:
-            raise ValueError(f"--max_wait_ms must be >= 0, got {self.max_wait_ms}.")
+            raise UsageError(f"--max_wait_ms must be >= 0, got {self.max_wait_ms}.")
 
 
 def build_app(a: ServeArguments):
@@ -66,7 +66,7 @@ def build_app(a: ServeArguments):
     from ..serving.app import ServerLimits, create_app
 
     if not (a.model_name_or_path or a.reranker_name_or_path):
-        raise ValueError("pass --model_name_or_path (an embedder), --reranker_name_or_path (a reranker), or both")
+        raise UsageError("pass --model_name_or_path (an embedder), --reranker_name_or_path (a reranker), or both")
     embedder = reranker = None
     if a.model_name_or_path:
         kwargs = {"pooling_method": a.pooling_method} if a.pooling_method else {}

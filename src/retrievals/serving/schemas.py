@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Literal, Optional, Type, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
-from ..utils import require
+from ..utils import UsageError, require
 
 require("fastapi", "server")
 
@@ -32,10 +32,10 @@ class ServerLimits:
         for name in ("max_batch_size", "max_input_chars", "model_batch_size", "max_batch_tokens", "max_queue_items",
                      "max_request_bytes"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_wait_ms", "request_timeout_s", "stall_s"):
             if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise UsageError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 def _text_error(value: str) -> Optional[str]:
@@ -134,7 +134,7 @@ def request_models(limits: ServerLimits, embedder_name: Optional[str], embedding
             text_value = item if isinstance(item, str) else getattr(item, "text", "")
             problem = _text_error(text_value)
             if problem:
-                raise ValueError(problem if isinstance(value, str) else f"item {i}: {problem}")
+                raise UsageError(problem if isinstance(value, str) else f"item {i}: {problem}")
         return value
 
     config = ConfigDict(extra="ignore")

@@ -12,6 +12,7 @@ from transformers import TrainingArguments
 
 from ..utils import DTYPE_FLAG_ALIASES, at_least, logger  # noqa: F401 (at_least re-exported for the pipelines)
 from ..distributed import world
+from ..utils import UsageError
 
 AUTO_WORKERS = 4  # data-loader workers used by default on a GPU machine (tokenizing in the main process starves the GPU)
 
@@ -63,7 +64,7 @@ class RetrievalTrainingArguments(TrainingArguments):
             )
             self.fp16 = self.bf16 = False
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
-            raise ValueError(f"--pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}.")
+            raise UsageError(f"--pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}.")
         self._check_numbers()
         if self.dataloader_num_workers < 0:
             enough_cores = (os.cpu_count() or 1) >= 2 * AUTO_WORKERS
@@ -79,18 +80,18 @@ class RetrievalTrainingArguments(TrainingArguments):
         at_least("--per_device_eval_batch_size", self.per_device_eval_batch_size, 1)
         at_least("--gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
         if self.max_steps == 0 or self.max_steps < -1:
-            raise ValueError(f"--max_steps must be >= 1 (or -1: train --num_train_epochs), got {self.max_steps}; "
+            raise UsageError(f"--max_steps must be >= 1 (or -1: train --num_train_epochs), got {self.max_steps}; "
                              "0 steps would save an untrained model.")
         if self.max_steps == -1 and not self.num_train_epochs > 0:
-            raise ValueError(f"--num_train_epochs must be > 0, got {self.num_train_epochs}.")
+            raise UsageError(f"--num_train_epochs must be > 0, got {self.num_train_epochs}.")
         if not self.learning_rate > 0:
-            raise ValueError(f"--learning_rate must be > 0, got {self.learning_rate}; the model would learn nothing.")
+            raise UsageError(f"--learning_rate must be > 0, got {self.learning_rate}; the model would learn nothing.")
         if self.temperature is not None and not self.temperature > 0:
-            raise ValueError(f"--temperature must be > 0, got {self.temperature}.")
+            raise UsageError(f"--temperature must be > 0, got {self.temperature}.")
         if not self.margin >= 0:
-            raise ValueError(f"--margin must be >= 0, got {self.margin}.")
+            raise UsageError(f"--margin must be >= 0, got {self.margin}.")
         if not self.warmup_steps >= 0:
-            raise ValueError(f"--warmup_steps must be >= 0, got {self.warmup_steps}.")
+            raise UsageError(f"--warmup_steps must be >= 0, got {self.warmup_steps}.")
         self._check_loss_settings()
 
     def _check_loss_settings(self) -> None:
@@ -106,7 +107,7 @@ class RetrievalTrainingArguments(TrainingArguments):
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for name in ("temperature", "margin", "use_inbatch_neg", "negatives_cross_device"):
             if getattr(self, name) != defaults[name] and name not in accepted:
-                raise ValueError(f"--{name} does not apply to --loss_fn {self.loss_fn} (it would be ignored); drop it "
+                raise UsageError(f"--{name} does not apply to --loss_fn {self.loss_fn} (it would be ignored); drop it "
                                  "or choose a loss that uses it.")
 
     loss_registry: ClassVar[str] = "embedding"
@@ -155,7 +156,7 @@ class DataArguments:
         at_least("--train_group_size", self.train_group_size, 1)
         if self.max_len is not None:
             if self.max_length is not None and self.max_length != self.max_len:
-                raise ValueError(f"--max_len {self.max_len} and --max_length {self.max_length} disagree; pass one.")
+                raise UsageError(f"--max_len {self.max_len} and --max_length {self.max_length} disagree; pass one.")
             self.max_length = self.max_len
 
 
@@ -178,11 +179,11 @@ class ModelLoadingArguments:
     def __post_init__(self) -> None:
         at_least("--lora_r", self.lora_r, 1)
         if not self.lora_alpha > 0:
-            raise ValueError(f"--lora_alpha must be > 0, got {self.lora_alpha}.")
+            raise UsageError(f"--lora_alpha must be > 0, got {self.lora_alpha}.")
         if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+            raise UsageError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
         if self.lora_target_modules and not self.use_lora:
-            raise ValueError("--lora_target_modules applies to new adapters: pass --use_lora True with it.")
+            raise UsageError("--lora_target_modules applies to new adapters: pass --use_lora True with it.")
 
     def loading_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments of ``from_pretrained``; the model stays on CPU (the Trainer moves it)."""

@@ -11,6 +11,7 @@ from .base import BaseRanker, RankerConfig, RankingOutput, RerankResult
 from .colbert import COLBERT_LINEAR, ColBERT, ColBERTConfig, maxsim
 from .cross_encoder import CrossEncoder, CrossEncoderConfig
 from .llm import LLMRanker, LLMRankerConfig
+from ...utils import UsageError
 
 RANKERS: Dict[str, Type[BaseRanker]] = {"cross-encoder": CrossEncoder, "colbert": ColBERT, "llm": LLMRanker}
 
@@ -18,7 +19,7 @@ RANKERS: Dict[str, Type[BaseRanker]] = {"cross-encoder": CrossEncoder, "colbert"
 def normalize_model_type(model_type: str) -> str:
     key = model_type.lower().replace("_", "-").replace("crossencoder", "cross-encoder")
     if key not in RANKERS:
-        raise ValueError(f"Unknown model_type {model_type!r}; choose one of {list(RANKERS)}.")
+        raise UsageError(f"Unknown model_type {model_type!r}; choose one of {list(RANKERS)}.")
     return key
 
 
@@ -31,7 +32,7 @@ def infer_model_type(path: str, trust_remote_code: bool = False) -> str:
         kind = json.loads(saved.read_text(encoding="utf-8")).get("model_type", "")
         if kind in RANKERS:
             return kind
-        raise ValueError(f"{saved}: a {kind!r} model, not a reranker (load it with its own class).")
+        raise UsageError(f"{saved}: a {kind!r} model, not a reranker (load it with its own class).")
     if (folder / COLBERT_LINEAR).is_file():
         return "colbert"
     config = hf_config(lora_base_of(path) if is_lora_dir(path) else path, trust_remote_code)
@@ -57,7 +58,7 @@ class AutoModelForRanking:
         else:
             kind = infer_model_type(path, kwargs.get("trust_remote_code", False))
         if causal_lm and kind != "llm":
-            raise ValueError(f"causal_lm=True scores with the LM head: it needs model_type='llm', not {kind!r}.")
+            raise UsageError(f"causal_lm=True scores with the LM head: it needs model_type='llm', not {kind!r}.")
         return RANKERS[kind].from_pretrained(path, **kwargs)
 
 

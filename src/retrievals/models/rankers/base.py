@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from transformers.utils import ModelOutput
 
 from ...inputs import as_pairs, as_texts, check_batch_size, check_top_k
-from ...utils import logger
+from ...utils import UsageError, logger
 from ..base import ModelConfig, RetrievalModel, hf_config
 from ..processing import eval_mode, length_batches
 
@@ -187,7 +187,7 @@ def windows(ids: Sequence[int], size: int, overlap: int, all_windows: bool) -> L
     """Split ``ids`` into windows of ``size`` tokens, consecutive ones sharing ``overlap`` tokens."""
     ids = list(ids)
     if size < 1:
-        raise ValueError(f"no room left for the document (window size {size}): raise max_length.")
+        raise UsageError(f"no room left for the document (window size {size}): raise max_length.")
     if len(ids) <= size or not all_windows:
         return [ids[:size]]
     step = max(1, size - min(overlap, size // 2))

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...utils import apply_instruction
+from ...utils import UsageError, apply_instruction
 from ..base import load_backbone
 from ...inputs import as_texts, check_batch_size
 from ..processing import PaddingOptions, call_tokenizer, eval_mode, pad_ids, tokenize_user_text
@@ -166,7 +166,7 @@ class ColBERT(BaseRanker):
         state = torch.load(file, map_location="cpu", weights_only=True)
         expected = tuple(self.colbert_linear.weight.shape)
         if tuple(state["weight"].shape) != expected:
-            raise ValueError(f"{file}: projection of shape {tuple(state['weight'].shape)}, the model expects {expected} (colbert_dim).")
+            raise UsageError(f"{file}: projection of shape {tuple(state['weight'].shape)}, the model expects {expected} (colbert_dim).")
         self.colbert_linear.load_state_dict(state)
 
     def _save_extra(self, folder: Path, config: Any, lora: bool) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ...utils import logger
+from ...utils import UsageError, logger
 from ..base import load_backbone
 from ..processing import PaddingOptions, call_tokenizer, pad_ids, run_in_length_chunks, tokenize_user_text
 from .base import TRAIN_CHUNK, BaseRanker, Batch, RankerConfig, RankingOutput, group_targets, windows
@@ -76,7 +76,7 @@ class PromptProcessor(PaddingOptions):
             head = self.bos + qh + q_ids[query][:q_cap] + qt + self.sep + dh
             room = cfg.max_length - len(head) - len(tail)
             if room < 1:
-                raise ValueError(
+                raise UsageError(
                     f"max_length={cfg.max_length} leaves no room for the document after the prompt "
                     f"({len(head) + len(tail)} tokens): raise max_length or lower query_max_length."
                 )
@@ -108,7 +108,7 @@ class LLMRanker(BaseRanker):
 
     def __init__(self, backbone: nn.Module, tokenizer: Any, config: LLMRankerConfig) -> None:
         if config.score_mode not in SCORE_MODES:
-            raise ValueError(f"Unknown score_mode {config.score_mode!r}; choose one of {list(SCORE_MODES)}.")
+            raise UsageError(f"Unknown score_mode {config.score_mode!r}; choose one of {list(SCORE_MODES)}.")
         super().__init__(backbone, tokenizer, config)
         self.target_id = self._token_id(config.target_token)
         self.negative_id = self._token_id(config.negative_token)
@@ -116,7 +116,7 @@ class LLMRanker(BaseRanker):
     def _token_id(self, token: str) -> int:
         ids = call_tokenizer(self.tokenizer, token, add_special_tokens=False)["input_ids"]
         if not ids:
-            raise ValueError(f"target token {token!r} is empty for this tokenizer.")
+            raise UsageError(f"target token {token!r} is empty for this tokenizer.")
         if len(ids) > 1:
             logger.warning("%r is %d tokens for this tokenizer; scoring with its first token.", token, len(ids))
         return int(ids[0])
