@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from transformers import HfArgumentParser
-
 from .. import __version__
 from ..assets import ASSETS, fetch
 from ..data.aia_bde import RetrievalSplit, parse_aia_bde, split_by_faq
@@ -104,20 +102,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     train_file = Path(scratch.name) / "train.jsonl"
     write_training_file(split, negatives, train_file)
 
-    cli = [
-        "--model_name_or_path", model_path, "--output_dir", str(out), "--train_data", str(train_file),
-        "--do_train", "--num_train_epochs", str(opts.num_train_epochs),
-        "--per_device_train_batch_size", str(opts.per_device_train_batch_size), "--learning_rate", str(opts.learning_rate),
-        "--temperature", str(opts.temperature), "--train_group_size", str(group),
-        "--query_max_length", str(opts.query_max_length), "--document_max_length", str(opts.document_max_length),
-        "--warmup_steps", "0.1", "--logging_steps", "10", "--save_steps", "20", "--save_total_limit", "1",
-        "--seed", str(opts.seed), "--disable_tqdm", "false", "--report_to", "none",
-    ] + (["--overwrite_output_dir"] if opts.overwrite_output_dir else []) + (["--use_lora", "True"] if opts.use_lora else [])
-    for flag in ("query_instruction", "document_instruction"):
-        if getattr(opts, flag) is not None:
-            cli += [f"--{flag}", getattr(opts, flag)]
-    parser = HfArgumentParser((embed.EmbedModelArguments, DataArguments, RetrievalTrainingArguments))
-    model_args, data_args, train_args = parser.parse_args_into_dataclasses(args=cli)
+    model_args = embed.EmbedModelArguments(
+        model_name_or_path=model_path, use_lora=opts.use_lora,
+        query_instruction=opts.query_instruction, document_instruction=opts.document_instruction,
+    )
+    data_args = DataArguments(train_data=[str(train_file)], train_group_size=group,
+                              query_max_length=opts.query_max_length, document_max_length=opts.document_max_length)
+    train_args = RetrievalTrainingArguments(
+        output_dir=str(out), overwrite_output_dir=opts.overwrite_output_dir, do_train=True,
+        num_train_epochs=opts.num_train_epochs, per_device_train_batch_size=opts.per_device_train_batch_size,
+        learning_rate=opts.learning_rate, temperature=opts.temperature, warmup_steps=0.1, logging_steps=10,
+        save_steps=20, save_total_limit=1, seed=opts.seed, disable_tqdm=False, report_to="none",
+    )
     print(f"[train] {len(split.train_queries)} queries, group {group}, batch {opts.per_device_train_batch_size}, "
           f"{opts.num_train_epochs:g} epoch(s) -> {out}", flush=True)
     t0 = time.time()
