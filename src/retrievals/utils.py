@@ -53,6 +53,13 @@ def apply_instruction(instruction: Optional[str], text: str) -> str:
 
     A template with ``{}`` has the text put in place of its first ``{}``; any other
     instruction is a prefix. An empty or missing instruction returns the text unchanged.
+
+    >>> apply_instruction("query: ", "how to renew a card")
+    'query: how to renew a card'
+    >>> apply_instruction("Find FAQs. Query: {} (Portuguese)", "card")
+    'Find FAQs. Query: card (Portuguese)'
+    >>> apply_instruction(None, "card")
+    'card'
     """
     if not instruction:
         return text
@@ -89,7 +96,14 @@ def require(module: str, extra: str) -> Any:
 
 
 def at_least(flag: str, value: Optional[float], low: float) -> None:
-    """``value`` (when given) must be >= ``low``; the error names the flag (argument checks of every CLI)."""
+    """``value`` (when given) must be >= ``low``; the error names the flag (argument checks of every CLI).
+
+    >>> at_least("--batch_size", 8, 1)
+    >>> at_least("--batch_size", 0, 1)
+    Traceback (most recent call last):
+    ...
+    retrievals.utils.UsageError: --batch_size must be >= 1, got 0.
+    """
     if value is not None and value < low:
         raise UsageError(f"{flag} must be >= {low}, got {value}.")
 

@@ -17,7 +17,11 @@ Run = Dict[str, Dict[str, float]]
 
 
 def rank(scores: Mapping[str, float]) -> List[str]:
-    """Doc ids by score descending, ties by doc id descending."""
+    """Doc ids by score descending, ties by doc id descending (trec_eval's order; written runs use it too).
+
+    >>> rank({"d1": 0.5, "d2": 0.9, "d3": 0.5})
+    ['d2', 'd3', 'd1']
+    """
     return [doc for doc, _ in sorted(scores.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)]
 
 

@@ -59,7 +59,14 @@ def hit_at_k(ranking: List[str], judged: Mapping[str, int], k: int) -> float:
 
 def evaluate_run(run: Run, qrels: Qrels, k_values: Iterable[int] = (1, 3, 5, 10, 100)) -> Dict[str, float]:
     """Mean of every metric over the judged queries: ``map``, ``mrr``, ``ndcg@k``, ``mrr@k``,
-    ``map@k``, ``recall@k``, ``precision@k`` and ``hit@k``. Queries missing from the run score 0."""
+    ``map@k``, ``recall@k``, ``precision@k`` and ``hit@k``. Queries missing from the run score 0.
+
+    >>> run = {"q1": {"d1": 0.9, "d2": 0.8}, "q2": {"d3": 0.7, "d4": 0.6}}
+    >>> qrels = {"q1": {"d1": 1}, "q2": {"d4": 1}}
+    >>> metrics = evaluate_run(run, qrels, k_values=(1, 10))
+    >>> metrics["mrr"], metrics["hit@1"], round(metrics["ndcg@10"], 4)
+    (0.75, 0.5, 0.8155)
+    """
     k_values = sorted(set(k_values))
     totals: Dict[str, float] = {}
     n = 0

@@ -36,6 +36,11 @@ def maxsim(q: torch.Tensor, q_mask: torch.Tensor, d: torch.Tensor, d_mask: torch
 
     ``q`` [Q, Lq, dim], ``d`` [D, Ld, dim] with masks [Q, Lq], [D, Ld]. Pairwise (``Q == D``) gives
     [Q]; ``all_pairs`` gives [Q, D]; ``d`` of shape [Q, G, Ld, dim] (groups) gives [Q, G].
+
+    >>> q = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])            # one query, two token vectors
+    >>> d = torch.tensor([[[1.0, 0.0], [0.6, 0.8], [0.0, 0.0]]])  # one document, the last token is padding
+    >>> round(maxsim(q, torch.ones(1, 2), d, torch.tensor([[1, 1, 0]])).item(), 4)  # (1.0 + 0.8) / 2
+    0.9
     """
     if d.dim() == 4:
         sim = torch.einsum("bqh,bgkh->bgqk", q, d).masked_fill(~d_mask.bool()[:, :, None, :], -1e4)
