@@ -27,28 +27,26 @@ from ..files import check_new_output
 from ..data.readers import DataError, Record, iter_lines, iter_raw, load_records
 from ..index.exact import exact_search
 from ..index.sharded import encode_sharded
-from ..utils import RERANKER_FLAG_ALIASES, UsageError, at_least, logger, unescape_cli
+from ..utils import UsageError, at_least, logger
 from .cli import run_cli
+from .model_flags import EmbedderFlags, RerankerFlags
 
 
-@dataclass
-class HardNegativeArguments:
-    model_name_or_path: str = field(metadata={"help": "Embedder that ranks the pool."})
+@dataclass(kw_only=True)
+class HardNegativeArguments(EmbedderFlags, RerankerFlags):
+    """--model_name_or_path: the embedder that ranks the pool; --reranker_name_or_path: an optional reranker that
+    filters false negatives again."""
+
     input_file: str = field(metadata={"help": "Training JSONL: query, positive, (negative)."})
     output_file: str = field(metadata={"help": "Where to write the records with mined negatives."})
     candidate_pool: Optional[str] = field(default=None, metadata={"help": "JSONL with 'text' (or a .txt, one per line)."})
     range_for_sampling: str = field(default="2-200", metadata={"help": "Rank window START-END (0-based) to sample from."})
     negative_number: int = 15
     false_negative_ratio: float = field(default=0.95, metadata={"help": "Drop candidates scoring above ratio x positive."})
-    reranker_name_or_path: Optional[str] = field(default=None, metadata={
-        "aliases": RERANKER_FLAG_ALIASES, "help": "Reranker that filters false negatives (also --reranker_model)."})
     keep_original_negatives: bool = False
     query_key: str = "query"
     positive_key: str = "positive"
     negative_key: str = "negative"
-    query_instruction: Optional[str] = None
-    document_instruction: Optional[str] = None
-    max_length: Optional[int] = None
     batch_size: int = 64
     cache_dir: Optional[str] = field(default=None, metadata={"help": "Resumable pool embedding shards."})
     shard_size: int = 10000
@@ -56,6 +54,8 @@ class HardNegativeArguments:
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing --output_file."})
 
     def __post_init__(self) -> None:
+        if not self.model_name_or_path:
+            raise UsageError("--model_name_or_path is required: the embedder that ranks the candidate pool.")
         for flag in ("negative_number", "batch_size", "shard_size", "max_length"):
             at_least(f"--{flag}", getattr(self, flag), 1)
         parse_range(self.range_for_sampling)
@@ -98,11 +98,7 @@ def mine(a: HardNegativeArguments, records: List[Record], pool: List[str], model
     positives = [p for r in records for p in r.positives]
     p_emb = model.encode_corpus(positives, batch_size=a.batch_size)
     _, ranked = exact_search(q_emb, pool_emb, top_k=min(end, len(pool)))
-    reranker = None
-    if a.reranker_name_or_path:
-        from ..models.rankers import AutoModelForRanking
-
-        reranker = AutoModelForRanking.from_pretrained(a.reranker_name_or_path)
+    reranker = a.load_reranker(a.dtype, a.device, a.trust_remote_code)
     stats = {"short": 0, "empty": 0, "dropped_as_false_negative": 0}
     out, offset = [], 0
     for i, record in enumerate(records):
@@ -144,11 +140,7 @@ def run(a: HardNegativeArguments) -> Dict[str, int]:
         pool = list(dict.fromkeys(t for r in records for t in (*r.positives, *r.negatives)))
     if not pool:
         raise DataError("the candidate pool is empty")
-    from ..models.embedding import AutoModelForEmbedding
-
-    model = AutoModelForEmbedding.from_pretrained(
-        a.model_name_or_path, query_instruction=unescape_cli(a.query_instruction),
-        document_instruction=unescape_cli(a.document_instruction), query_max_length=a.max_length, document_max_length=a.max_length)
+    model = a.load_embedder(required_for="build_hn")
     negatives, stats = mine(a, records, pool, model)
     if stats["short"]:
         logger.warning("%d of %d queries got fewer than %d negatives (%d got none): widen --range_for_sampling, "

@@ -32,23 +32,22 @@ from ..index import (
 )
 from ..files import atomic_write_json, check_new_output
 from ..index.sharded import encode_sharded
-from ..utils import UsageError, state_digest
+from ..utils import UsageError, at_least, logger, state_digest
 from ..distributed import init_distributed, shutdown_distributed, world
-from ..utils import RERANKER_FLAG_ALIASES, at_least, logger, unescape_cli
 from .cli import run_cli
+from .model_flags import EmbedderFlags, RerankerFlags
 
 DENSE = ("exact", *FAISS_TYPES)
 INDEX_TYPES = (*DENSE, "bm25", "hybrid")
 
 
-@dataclass
-class RetrieveArguments:
+@dataclass(kw_only=True)
+class RetrieveArguments(EmbedderFlags, RerankerFlags):
     output: str = field(metadata={"help": "TREC run file to write."})
     dataset: Optional[str] = field(default=None, metadata={"help": "aia-bde, a Vaswani folder or a BEIR folder."})
     corpus: Optional[str] = field(default=None, metadata={"help": "JSONL with _id/id and text (when no --dataset)."})
     queries: Optional[str] = field(default=None, metadata={"help": "JSONL with _id/id and text (when no --dataset)."})
     qrels: Optional[str] = field(default=None, metadata={"help": "TREC or BEIR qrels: print metrics."})
-    model_name_or_path: Optional[str] = field(default=None, metadata={"help": "Embedder (dense and hybrid)."})
     index_type: str = field(default="flat", metadata={"help": f"One of {list(INDEX_TYPES)}."})
     index_dir: Optional[str] = field(default=None, metadata={"help": "Load the index from here, or build and save it here."})
     cache_dir: Optional[str] = field(default=None, metadata={"help": "Corpus embedding shards (resumable)."})
@@ -56,13 +55,7 @@ class RetrieveArguments:
     batch_size: int = 64
     top_k: int = 100
     hybrid_k: int = field(default=60, metadata={"help": "Reciprocal-rank fusion constant."})
-    pooling_method: Optional[str] = None
-    query_instruction: Optional[str] = None
-    document_instruction: Optional[str] = None
-    max_length: Optional[int] = None
-    reranker_name_or_path: Optional[str] = field(default=None, metadata={
-        "aliases": RERANKER_FLAG_ALIASES, "help": "Reranker applied to the top --rerank_top_k (also --rerank_model)."})
-    rerank_top_k: int = 20
+    rerank_top_k: int = field(default=20, metadata={"help": "Documents of each query the reranker rescores."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing --output run file (and its metrics)."})
 
     def __post_init__(self) -> None:
@@ -80,13 +73,7 @@ def load_inputs(a: RetrieveArguments):
 
 
 def dense_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, str], index_type: str):
-    from ..models.embedding import AutoModelForEmbedding
-
-    if not a.model_name_or_path:
-        raise DataError(f"--index_type {a.index_type} needs --model_name_or_path (an embedder)")
-    model = AutoModelForEmbedding.from_pretrained(
-        a.model_name_or_path, pooling_method=a.pooling_method, query_instruction=unescape_cli(a.query_instruction),
-        document_instruction=unescape_cli(a.document_instruction), query_max_length=a.max_length, document_max_length=a.max_length)
+    model = a.load_embedder(required_for=f"--index_type {a.index_type}")
     folder = Path(a.index_dir) / "dense" if a.index_dir else None
     source = {"model_weights": state_digest(model), "model": asdict(model.retrieval_config), "corpus": corpus_digest(corpus),
               "index_type": index_type}
@@ -149,10 +136,9 @@ def run_retrieval(a: RetrieveArguments) -> Dict[str, Dict[str, float]]:
         run = reciprocal_rank_fusion([bm25_run(a, corpus, queries), dense_run(a, corpus, queries, "flat")], k=a.hybrid_k, top_k=a.top_k)
     else:
         run = dense_run(a, corpus, queries, a.index_type)
-    if a.reranker_name_or_path:
-        from ..models.rankers import AutoModelForRanking
-
-        run = rerank_run(AutoModelForRanking.from_pretrained(a.reranker_name_or_path), corpus, queries, run, top_k=a.rerank_top_k,
+    reranker = a.load_reranker(a.dtype, a.device, a.trust_remote_code)
+    if reranker is not None:
+        run = rerank_run(reranker, corpus, queries, run, top_k=a.rerank_top_k,
                          show_progress_bar=True)
     if world()[0] == 0:
         write_trec_run(run, a.output, tag=f"retrievals-{a.index_type}")

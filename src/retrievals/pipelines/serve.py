@@ -14,22 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-from ..utils import DTYPE_FLAG_ALIASES, RERANKER_FLAG_ALIASES, UsageError, at_least, require
+from ..utils import UsageError, at_least, require
 from .cli import run_cli
+from .model_flags import EmbedderFlags, RerankerFlags
 
 
-@dataclass
-class ServeArguments:
-    model_name_or_path: Optional[str] = field(default=None, metadata={"help": "Embedder to serve at /v1/embeddings."})
-    reranker_name_or_path: Optional[str] = field(default=None, metadata={"aliases": RERANKER_FLAG_ALIASES,
-                                                                         "help": "Reranker to serve at /v1/rerank."})
-    model_type: Optional[str] = field(default=None, metadata={"help": "Reranker kind: cross-encoder | colbert | llm (default: inferred)."})
-    pooling_method: Optional[str] = field(default=None, metadata={"help": "Embedder pooling (default: from the saved config)."})
+@dataclass(kw_only=True)
+class ServeArguments(EmbedderFlags, RerankerFlags):
+    """--model_name_or_path: the embedder served at /v1/embeddings; --reranker_name_or_path: the reranker at /v1/rerank."""
+
     served_model_name: Optional[str] = field(default=None, metadata={"help": "Embedder id in requests (default: folder name)."})
     served_reranker_name: Optional[str] = field(default=None, metadata={"help": "Reranker id in requests (default: folder name)."})
-    dtype: Optional[str] = field(default=None, metadata={"aliases": DTYPE_FLAG_ALIASES,
-                                                         "help": "float32 | float16 | bfloat16 (default: float32)."})
-    device: Optional[str] = field(default=None, metadata={"help": "cpu | cuda (default: cuda when available)."})
     host: str = field(default="127.0.0.1")
     port: int = field(default=8000)
     max_batch_size: int = field(default=256, metadata={"help": "Most inputs (or documents) in one request."})
@@ -61,19 +56,12 @@ class ServeArguments:
 
 def build_app(a: ServeArguments):
     """Load the models and make the FastAPI app."""
-    from ..models.embedding import AutoModelForEmbedding
-    from ..models.rankers import AutoModelForRanking
     from ..serving.app import ServerLimits, create_app
 
     if not (a.model_name_or_path or a.reranker_name_or_path):
         raise UsageError("pass --model_name_or_path (an embedder), --reranker_name_or_path (a reranker), or both")
-    embedder = reranker = None
-    if a.model_name_or_path:
-        kwargs = {"pooling_method": a.pooling_method} if a.pooling_method else {}
-        embedder = AutoModelForEmbedding.from_pretrained(a.model_name_or_path, dtype=a.dtype, device=a.device, **kwargs)
-    if a.reranker_name_or_path:
-        reranker = AutoModelForRanking.from_pretrained(a.reranker_name_or_path, model_type=a.model_type, dtype=a.dtype,
-                                                       device=a.device)
+    embedder = a.load_embedder()
+    reranker = a.load_reranker(a.dtype, a.device, a.trust_remote_code)
     limits = ServerLimits(max_batch_size=a.max_batch_size, max_input_chars=a.max_input_chars,
                           model_batch_size=a.model_batch_size, max_wait_ms=a.max_wait_ms, max_batch_tokens=a.max_batch_tokens,
                           max_queue_items=a.max_queue_items, request_timeout_s=a.request_timeout_s,
