@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Tuple
 
+from ..files import atomic_write_text
 from .readers import DataError, iter_json_objects, iter_lines
 
 Corpus = Dict[str, str]
@@ -59,7 +60,7 @@ def read_qrels(path: str | os.PathLike) -> Qrels:
 
 def write_qrels(qrels: Mapping[str, Mapping[str, int]], path: str | os.PathLike) -> None:
     lines = [f"{q} 0 {d} {r}\n" for q, docs in qrels.items() for d, r in docs.items()]
-    _atomic_write(Path(path), "".join(lines))
+    atomic_write_text(Path(path), "".join(lines))
 
 
 def read_trec_run(path: str | os.PathLike) -> Run:
@@ -84,7 +85,7 @@ def write_trec_run(run: Mapping[str, Mapping[str, float]], path: str | os.PathLi
     lines = []
     for qid, scores in run.items():
         lines.extend(f"{qid} Q0 {doc} {i} {scores[doc]:.6f} {tag}\n" for i, doc in enumerate(rank(scores), start=1))
-    _atomic_write(Path(path), "".join(lines))
+    atomic_write_text(Path(path), "".join(lines))
 
 
 def load_beir(folder: str | os.PathLike, split: str = "test") -> Tuple[Corpus, Queries, Qrels]:
@@ -101,10 +102,10 @@ def load_beir(folder: str | os.PathLike, split: str = "test") -> Tuple[Corpus, Q
 def save_beir(folder: str | os.PathLike, corpus: Mapping[str, str], queries: Mapping[str, str], qrels: Qrels, split: str = "test") -> None:
     folder = Path(folder)
     (folder / "qrels").mkdir(parents=True, exist_ok=True)
-    _atomic_write(folder / "corpus.jsonl", "".join(json.dumps({"_id": k, "text": v}, ensure_ascii=False) + "\n" for k, v in corpus.items()))
-    _atomic_write(folder / "queries.jsonl", "".join(json.dumps({"_id": k, "text": v}, ensure_ascii=False) + "\n" for k, v in queries.items()))
+    atomic_write_text(folder / "corpus.jsonl", "".join(json.dumps({"_id": k, "text": v}, ensure_ascii=False) + "\n" for k, v in corpus.items()))
+    atomic_write_text(folder / "queries.jsonl", "".join(json.dumps({"_id": k, "text": v}, ensure_ascii=False) + "\n" for k, v in queries.items()))
     rows = ["query-id\tcorpus-id\tscore\n"] + [f"{q}\t{d}\t{r}\n" for q, docs in qrels.items() for d, r in docs.items()]
-    _atomic_write(folder / "qrels" / f"{split}.tsv", "".join(rows))
+    atomic_write_text(folder / "qrels" / f"{split}.tsv", "".join(rows))
 
 
 def dataset_hash(corpus: Mapping[str, str], queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]]) -> str:
@@ -117,12 +118,5 @@ def dataset_hash(corpus: Mapping[str, str], queries: Mapping[str, str], qrels: M
         for d in sorted(qrels[q]):
             digest.update(f"{q}\t{d}\t{qrels[q][d]}\n".encode())
     return digest.hexdigest()[:16]
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 

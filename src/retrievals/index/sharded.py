@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 
 import torch
 
-from ..files import atomic_write_json
+from ..files import atomic_write_bytes, atomic_write_json
 from ..utils import state_digest
 from ..distributed import world
 from ..utils import logger
@@ -49,9 +50,9 @@ def encode_sharded(model: Any, texts: Sequence[str], folder: str | os.PathLike, 
             continue
         part = texts[i * shard_size : (i + 1) * shard_size]
         emb = model.encode(list(part), batch_size=batch_size, is_query=is_query, show_progress_bar=False)
-        tmp = folder / f".shard-{i:05d}.tmp.npy"
-        np.save(tmp, np.asarray(emb, dtype=np.float32))
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(emb, dtype=np.float32))
+        atomic_write_bytes(path, buffer.getvalue())
         logger.info("encoded shard %d/%d (%d texts)", i + 1, n_shards, len(part))
     if size > 1:
         import torch.distributed as dist

@@ -418,6 +418,23 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         load_backbone_weights(self.backbone, path)
         self._load_extra(str(path), fresh=False)
 
+    # ------------------------------------------------------------------ the batched inference loop
+    def run_batches(self, lengths: List[int], collate: Any, compute: Any, out: torch.Tensor, batch_size: int,
+                    max_tokens: Optional[int] = None, desc: str = "", show_progress_bar: bool = False) -> torch.Tensor:
+        """Fill ``out`` (rows in input order) batch by batch: inputs grouped by length (:func:`length_batches`),
+        ``collate(indices)`` builds a padded batch, ``compute(batch)`` gives its rows; in eval mode whatever the
+        model's mode (thread-safe), on the model's device, float32 on CPU."""
+        from tqdm.auto import tqdm
+
+        from .processing import eval_mode, length_batches
+
+        dev = self.device
+        with eval_mode(self):
+            for idx in tqdm(length_batches(lengths, batch_size, max_tokens), desc=desc, disable=not show_progress_bar):
+                batch = {k: v.to(dev) for k, v in collate(idx).items()}
+                out[idx] = compute(batch).float().cpu()
+        return out
+
     def __repr__(self) -> str:
         fields = {f.name: getattr(self.retrieval_config, f.name) for f in dataclasses.fields(self.retrieval_config)}
         return f"{type(self).__name__}({type(self.backbone).__name__}, {fields})"

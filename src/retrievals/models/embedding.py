@@ -10,14 +10,13 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformers.utils import ModelOutput
 
 from ..inputs import as_texts, check_batch_size
 from ..utils import UsageError, instruction_as_prefix, logger
 from .base import ModelConfig, RetrievalModel, hf_config, is_decoder_only, load_backbone
 from .pooling import POOLING_METHODS, pool
-from .processing import TextProcessor, eval_mode, length_batches, run_in_length_chunks
+from .processing import TextProcessor, run_in_length_chunks
 from .st_format import read_st_settings, warn_unsupported_prefix, write_st_files
 
 Batch = Dict[str, torch.Tensor]
@@ -241,14 +240,9 @@ class AutoModelForEmbedding(RetrievalModel):
         out = torch.empty((len(ids), self.embedding_dim), dtype=torch.float32)
         if show_progress_bar is None:
             show_progress_bar = len(ids) > 10 * batch_size and logger.getEffectiveLevel() <= 20
-        dev = self.device
-        with eval_mode(self):
-            for idx in tqdm(length_batches([len(x) for x in ids], batch_size, max_tokens), desc="Encoding",
-                            disable=not show_progress_bar):
-                batch = self.processor.pad([ids[i] for i in idx], prompt_length=prompt_length)
-                batch = {k: v.to(dev) for k, v in batch.items()}
-                out[idx] = self.embed(batch, normalize=normalize_embeddings).float().cpu()
-        return out
+        return self.run_batches([len(x) for x in ids], lambda idx: self.processor.pad([ids[i] for i in idx], prompt_length=prompt_length),
+                                lambda batch: self.embed(batch, normalize=normalize_embeddings), out, batch_size, max_tokens,
+                                "Encoding", show_progress_bar)
 
     def encode_queries(self, queries: Union[str, Sequence[str]], **kwargs: Any) -> Union[np.ndarray, torch.Tensor]:
         """:meth:`encode` with the query instruction and query max length."""

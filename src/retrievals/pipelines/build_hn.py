@@ -14,7 +14,6 @@ negatives than asked get a warning, never a crash.
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..files import check_new_output
+from ..files import atomic_write_text, check_new_output
 from ..data.readers import DataError, Record, iter_lines, iter_raw, load_records
 from ..index.exact import exact_search
 from ..index.sharded import encode_sharded
@@ -146,13 +145,9 @@ def run(a: HardNegativeArguments) -> Dict[str, int]:
         logger.warning("%d of %d queries got fewer than %d negatives (%d got none): widen --range_for_sampling, "
                        "raise --false_negative_ratio or add a --candidate_pool.", stats["short"], len(records),
                        a.negative_number, stats["empty"])
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for record, negs in zip(records, negatives):
-            handle.write(json.dumps({a.query_key: record.query, a.positive_key: record.positives, a.negative_key: negs},
-                                    ensure_ascii=False) + "\n")
-    os.replace(tmp, output)
+    atomic_write_text(output, "".join(
+        json.dumps({a.query_key: record.query, a.positive_key: record.positives, a.negative_key: negs}, ensure_ascii=False) + "\n"
+        for record, negs in zip(records, negatives)))
     stats["queries"] = len(records)
     print(json.dumps(stats))
     return stats

@@ -7,13 +7,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
-from tqdm.auto import tqdm
 from transformers.utils import ModelOutput
 
 from ...inputs import as_pairs, as_texts, check_batch_size, check_top_k
 from ...utils import UsageError, logger
 from ..base import ModelConfig, RetrievalModel, hf_config
-from ..processing import eval_mode, length_batches
+
 
 Pair = Tuple[str, str]
 Batch = Dict[str, torch.Tensor]
@@ -134,15 +133,10 @@ class BaseRanker(RetrievalModel):
                         max_tokens: Optional[int] = None) -> torch.Tensor:
         """Raw float32 score of each unit, in input order; batched by length (at most ``batch_size`` units and,
         when given, ``max_tokens`` padded tokens a batch), each batch padded to its longest."""
-        unit_scores = torch.empty(len(units), dtype=torch.float32)
-        dev = self.device
-        lengths = [self.processor.unit_length(u) for u in units]
-        with eval_mode(self):
-            for idx in tqdm(length_batches(lengths, batch_size, max_tokens), desc="Scoring", disable=not show_progress_bar):
-                batch = self.processor.collate_units([units[k] for k in idx])
-                batch = {k: v.to(dev) for k, v in batch.items()}
-                unit_scores[idx] = self.score_units(batch).float().cpu()
-        return unit_scores
+        return self.run_batches([self.processor.unit_length(u) for u in units],
+                                lambda idx: self.processor.collate_units([units[k] for k in idx]), self.score_units,
+                                torch.empty(len(units), dtype=torch.float32), batch_size, max_tokens, "Scoring",
+                                show_progress_bar)
 
     def pair_scores(self, owners: Sequence[int], unit_scores: Any, n_pairs: int, normalize: bool = False) -> List[float]:
         """Each pair's score: the best of its units' (a long document scores by its best window)."""
