@@ -81,3 +81,24 @@ def test_listwise_ce_and_pointwise_bce_match_hand_computed():
     assert PointwiseBCELoss()(scores, targets).item() == pytest.approx(bce, rel=1e-6)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         PointwiseBCELoss(temperature=0)
+
+
+def test_matryoshka_is_the_weighted_loss_at_each_size():
+    from retrievals.losses import MatryoshkaLoss
+
+    q, d = embeddings(d=8)
+    base = InfoNCELoss(temperature=0.05)
+    loss = MatryoshkaLoss(base, dims=[8, 4, 2], weights=[1.0, 0.5, 0.25])
+    expected = base(q, d) + 0.5 * base(F.normalize(q[:, :4], dim=-1), F.normalize(d[:, :4], dim=-1)) \
+        + 0.25 * base(F.normalize(q[:, :2], dim=-1), F.normalize(d[:, :2], dim=-1))
+    assert loss(q, d).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss.get_config_dict() == {"name": "matryoshka", "dims": [8, 4, 2], "weights": [1.0, 0.5, 0.25],
+                                      "loss": {"name": "infonce", "temperature": 0.05, "use_inbatch_neg": True,
+                                               "negatives_cross_device": False}}
+    for bad in ([], [0], [4, 4]):
+        with pytest.raises(ValueError, match="distinct integers"):
+            MatryoshkaLoss(base, dims=bad)
+    with pytest.raises(ValueError, match="one per dim"):
+        MatryoshkaLoss(base, dims=[8, 4], weights=[1.0])
+    with pytest.raises(ValueError, match="exceed the embedding size"):
+        MatryoshkaLoss(base, dims=[16])(q, d)

@@ -347,3 +347,23 @@ def test_sigterm_stops_within_the_shutdown_timeout(tiny_bert, tmp_path):
         took = time.monotonic() - stopped
         print(f"\nSIGTERM with a long request in flight: exited in {took:.1f} s (code {proc.returncode})")
         assert took < 2 + 10  # the shutdown timeout, plus one model call and interpreter exit
+
+
+def test_dimensions_are_served_for_trained_sizes(served):
+    from fastapi.testclient import TestClient
+
+    emb, _, _ = served
+    emb.retrieval_config.matryoshka_dims = [32, 16]
+    try:
+        app = create_app(emb, None, "emb")
+        with TestClient(app) as client:
+            r = client.post("/v1/embeddings", json={"input": [TEXTS[0], TEXTS[1]], "dimensions": 16})
+            assert r.status_code == 200, r.text
+            vectors = np.array([d["embedding"] for d in r.json()["data"]])
+            np.testing.assert_allclose(vectors, emb.encode([TEXTS[0], TEXTS[1]], truncate_dim=16), atol=1e-5)
+            assert client.post("/v1/embeddings", json={"input": "a", "dimensions": 8}).status_code == 400
+            prop = client.get("/openapi.json").json()["components"]["schemas"]["EmbeddingRequest"]["properties"]["dimensions"]
+            enums = [option.get("enum") for option in prop.get("anyOf", [prop]) if option.get("enum")]
+            assert enums and sorted(enums[0]) == [16, 32], prop
+    finally:
+        emb.retrieval_config.matryoshka_dims = []

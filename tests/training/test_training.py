@@ -180,3 +180,21 @@ def test_non_finite_step_loss_is_left_out_of_the_log(nan_filter, tiny_bert, trai
     if not nan_filter:
         assert losses[3] == losses[2]  # the last finite loss stands in
     assert ("1 training step(s) up to step 4 had a nan/inf loss" in caplog.text) != nan_filter
+
+
+def test_matryoshka_training_serves_every_trained_size(tiny_bert, train_file, tmp_path, capsys):
+    out = tmp_path / "mrl"
+    assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "3", "--matryoshka_dims", "32", "16", "8")) == 0
+    model = AutoModelForEmbedding.from_pretrained(str(out))
+    assert model.retrieval_config.matryoshka_dims == [32, 16, 8]
+    texts = corpus_lines(4)
+    full = model.encode(texts)
+    short = model.encode(texts, truncate_dim=8)
+    assert short.shape == (4, 8)
+    np.testing.assert_allclose(short, full[:, :8] / np.linalg.norm(full[:, :8], axis=1, keepdims=True), atol=1e-5)
+    record = json.loads((out / "retrievals_fingerprint.json").read_text())
+    assert record["loss"]["name"] == "matryoshka" and record["loss"]["dims"] == [32, 16, 8]
+    assert embed.main(cli(tiny_bert, train_file, tmp_path / "too_big", "--max_steps", "1", "--matryoshka_dims", "64")) == 2
+    assert "embeddings have 32 dimensions" in capsys.readouterr().err
+    assert embed.main(cli(tiny_bert, train_file, tmp_path / "w", "--matryoshka_dims", "16", "--matryoshka_weights", "1", "2")) == 2
+    assert "one weight per --matryoshka_dims" in capsys.readouterr().err

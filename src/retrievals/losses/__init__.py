@@ -7,6 +7,7 @@ from typing import Any, Dict, Type
 from .base import RetrievalLoss
 from .infonce import InfoNCELoss
 from .listwise_ce import ListwiseCrossEntropyLoss
+from .matryoshka import MatryoshkaLoss
 from .maxsim_ce import MaxSimCrossEntropyLoss
 from .pointwise_bce import PointwiseBCELoss
 from .triplet import TripletMarginLoss
@@ -43,6 +44,6 @@ def loss_from_args(name: str, registry: Dict[str, Type[RetrievalLoss]], args: An
 
 
 __all__ = [
-    "EMBEDDING_LOSSES", "InfoNCELoss", "LATE_INTERACTION_LOSSES", "LOSS_FAMILIES", "MaxSimCrossEntropyLoss", "ListwiseCrossEntropyLoss", "PointwiseBCELoss", "RANKING_LOSSES", "TripletMarginLoss",
+    "EMBEDDING_LOSSES", "InfoNCELoss", "LATE_INTERACTION_LOSSES", "LOSS_FAMILIES", "MatryoshkaLoss", "MaxSimCrossEntropyLoss", "ListwiseCrossEntropyLoss", "PointwiseBCELoss", "RANKING_LOSSES", "TripletMarginLoss",
     "RetrievalLoss", "get_loss", "loss_class", "loss_from_args",
 ]

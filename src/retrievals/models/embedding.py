@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -37,6 +37,8 @@ class EmbeddingConfig(ModelConfig):
     include_prompt: bool = True  # False: pooling leaves out the instruction's tokens (sentence-transformers' Pooling option)
     padding_side: str = "right"
     decoder: bool = False
+    truncate_dim: Optional[int] = None  # encode to this many leading dimensions by default (None: all)
+    matryoshka_dims: List[int] = field(default_factory=list)  # sizes the model was trained to serve (Matryoshka)
 
 
 @dataclass
@@ -64,7 +66,7 @@ class AutoModelForEmbedding(RetrievalModel):
     config_class = EmbeddingConfig
     model_type = "embedding"
     accepted_and_ignored = frozenset({"causal_lm", "model_type"})  # the CLIs' spellings; decoders are detected
-    internal_fields = frozenset({"lora_base", "model_type", "decoder"})
+    internal_fields = frozenset({"lora_base", "model_type", "decoder", "matryoshka_dims"})
 
     def __init__(self, backbone: nn.Module, tokenizer: Any, config: EmbeddingConfig) -> None:
         if config.pooling_method not in POOLING_METHODS:
@@ -206,18 +208,20 @@ class AutoModelForEmbedding(RetrievalModel):
         is_query: bool = False,
         max_length: Optional[int] = None,
         device: Optional[Union[str, torch.device]] = None,
+        truncate_dim: Optional[int] = None,
     ) -> Union[np.ndarray, torch.Tensor]:
         """Embed texts in batches sorted by length, padded per batch; results come back in input order.
 
-        One string gives one vector [dim], a list gives [n, dim] (an empty list [0, dim]). Safe to call from
-        several threads at once: the results are those of one thread.
+        One string gives one vector [dim], a list gives [n, dim] (an empty list [0, dim]). ``truncate_dim`` (default:
+        the config's) keeps the first dimensions, renormalised when the model normalises (Matryoshka models are
+        trained for it). Safe to call from several threads at once: the results are those of one thread.
         """
         texts, single = as_texts(sentences, "sentences")
         check_batch_size(batch_size)
         if device is not None:
             self.to(device)
         ids = self.tokenize(texts, is_query=is_query, max_length=max_length)
-        out = self.encode_token_ids(ids, batch_size, show_progress_bar, normalize_embeddings)
+        out = self.encode_token_ids(ids, batch_size, show_progress_bar, normalize_embeddings, truncate_dim=truncate_dim)
         result = out[0] if single else out
         if convert_to_tensor:
             return result
@@ -231,6 +235,7 @@ class AutoModelForEmbedding(RetrievalModel):
         show_progress_bar: Optional[bool] = None,
         normalize_embeddings: Optional[bool] = None,
         max_tokens: Optional[int] = None,
+        truncate_dim: Optional[int] = None,
     ) -> torch.Tensor:
         """Float32 CPU embeddings of texts already tokenized by :meth:`tokenize` (for callers that also
         need the token counts, such as the server), in input order. Batches are length-sorted, at most
@@ -240,9 +245,23 @@ class AutoModelForEmbedding(RetrievalModel):
         out = torch.empty((len(ids), self.embedding_dim), dtype=torch.float32)
         if show_progress_bar is None:
             show_progress_bar = len(ids) > 10 * batch_size and logger.getEffectiveLevel() <= 20
-        return self.run_batches([len(x) for x in ids], lambda idx: self.processor.pad([ids[i] for i in idx], prompt_length=prompt_length),
-                                lambda batch: self.embed(batch, normalize=normalize_embeddings), out, batch_size, max_tokens,
-                                "Encoding", show_progress_bar)
+        out = self.run_batches([len(x) for x in ids], lambda idx: self.processor.pad([ids[i] for i in idx], prompt_length=prompt_length),
+                               lambda batch: self.embed(batch, normalize=normalize_embeddings), out, batch_size, max_tokens,
+                               "Encoding", show_progress_bar)
+        return self.truncate(out, truncate_dim, normalize_embeddings)
+
+    def truncate(self, embeddings: torch.Tensor, dim: Optional[int] = None, normalize: Optional[bool] = None) -> torch.Tensor:
+        """The first ``dim`` dimensions (default: the config's ``truncate_dim``; None keeps all), renormalised in
+        float32 when embeddings are normalised."""
+        dim = dim if dim is not None else self.retrieval_config.truncate_dim
+        if dim is None or dim >= embeddings.shape[-1]:
+            return embeddings
+        if dim < 1:
+            raise UsageError(f"truncate_dim must be >= 1, got {dim}.")
+        head = embeddings[..., :dim]
+        if self.retrieval_config.normalize_embeddings if normalize is None else normalize:
+            head = torch.nn.functional.normalize(head.float(), p=2, dim=-1)
+        return head
 
     def encode_queries(self, queries: Union[str, Sequence[str]], **kwargs: Any) -> Union[np.ndarray, torch.Tensor]:
         """:meth:`encode` with the query instruction and query max length."""

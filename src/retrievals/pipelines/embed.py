@@ -17,7 +17,7 @@ import numpy as np
 from ..data import EmbeddingCollator
 from ..files import atomic_write_bytes, check_new_output
 from ..data.readers import DataError, iter_lines, iter_raw
-from ..losses import EMBEDDING_LOSSES, loss_from_args
+from ..losses import EMBEDDING_LOSSES, MatryoshkaLoss, loss_from_args
 from ..models.embedding import AutoModelForEmbedding
 from ..training import RetrievalTrainingArguments
 from ..training.arguments import DataArguments, ModelLoadingArguments
@@ -71,8 +71,20 @@ def build_model(model_args: EmbedModelArguments, data_args: DataArguments) -> Au
 def train(model_args: EmbedModelArguments, data_args: DataArguments, args: RetrievalTrainingArguments) -> AutoModelForEmbedding:
     """Validate data, build model and trainer, train (resuming when possible) and save to output_dir."""
     loss = loss_from_args(args.loss_fn, EMBEDDING_LOSSES, args)  # first: a wrong name fails before anything loads
+    if args.matryoshka_dims:
+        loss = MatryoshkaLoss(loss, args.matryoshka_dims, args.matryoshka_weights)
+
+    def build() -> AutoModelForEmbedding:
+        model = build_model(model_args, data_args)
+        if args.matryoshka_dims:
+            if max(args.matryoshka_dims) > model.embedding_dim:
+                raise UsageError(f"--matryoshka_dims {args.matryoshka_dims}: the model's embeddings have {model.embedding_dim} "
+                                 "dimensions.")
+            model.retrieval_config.matryoshka_dims = sorted(set(args.matryoshka_dims), reverse=True)
+        return model
+
     collator = lambda model: EmbeddingCollator(model.processor, args.pad_to_multiple_of)  # noqa: E731
-    return run_training(lambda: build_model(model_args, data_args), collator, loss, data_args, args,
+    return run_training(build, collator, loss, data_args, args,
                         model_path=model_args.model_name_or_path, settings=(asdict(model_args), asdict(data_args)))
 
 

@@ -21,6 +21,7 @@ import time
 from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
 
 import numpy as np
+import torch
 
 from ..utils import logger, require
 
@@ -192,18 +193,24 @@ class Service:
         self.check_count(len(texts), "input")
         self.check_chars(texts, "input")
         is_query = req.input_type == "query"
+        dims = req.dimensions or embedder_default_dim(self.embedder)
         ids = await _tokenized(_in_slices, lambda part: self.embedder.tokenize(part, is_query=is_query), texts)
         embedder, batch_size = self.embedder, self.limits.model_batch_size
 
         max_tokens = self.limits.max_batch_tokens
 
         def encode(batch: List[List[int]]) -> List[np.ndarray]:
-            return list(embedder.encode_token_ids(batch, batch_size=batch_size, max_tokens=max_tokens).numpy())
+            return list(embedder.encode_token_ids(batch, batch_size=batch_size, max_tokens=max_tokens,
+                                                  truncate_dim=embedder.embedding_dim).numpy())
+
+        # full vectors are computed once per text and shared by requests of any size; each request truncates its own
+
 
         vectors = await self.run(("embed", is_query), ids, [len(x) for x in ids], encode, request)
         data = []
         for i, vector in enumerate(vectors):
-            vec = np.asarray(vector, dtype=np.float32)
+            vec = embedder.truncate(torch.as_tensor(np.asarray(vector, dtype=np.float32)), dims).numpy() if dims else \
+                np.asarray(vector, dtype=np.float32)
             value: Any = base64.b64encode(vec.astype("<f4").tobytes()).decode() if req.encoding_format == "base64" else vec.tolist()
             data.append({"object": "embedding", "index": i, "embedding": value})
         tokens = int(sum(len(x) for x in ids))
@@ -252,6 +259,11 @@ class Service:
         return {"version": __version__, "embedding": _model_info(self.embedder_name, self.embedder),
                 "reranker": _model_info(self.reranker_name, self.reranker), "limits": dataclasses.asdict(self.limits),
                 "stats": dict(self.scheduler.stats), "queued_items": self.scheduler.queued_items()}
+
+
+def embedder_default_dim(embedder: Any) -> Optional[int]:
+    """The size served when a request names none: the model config's ``truncate_dim`` (None: all dimensions)."""
+    return embedder.retrieval_config.truncate_dim
 
 
 def _in_slices(fn: Any, items: List[Any]) -> List[Any]:
@@ -345,7 +357,9 @@ def _install_errors(app: FastAPI) -> None:
 
 
 def _install_routes(app: FastAPI, service: Service) -> None:
-    dims = [int(service.embedder.embedding_dim)] if service.embedder is not None else []
+    # the model's own size, and the sizes it was trained to serve (Matryoshka): anything else is a schema error (400)
+    dims = sorted({int(service.embedder.embedding_dim), *service.embedder.retrieval_config.matryoshka_dims}, reverse=True) \
+        if service.embedder is not None else []
     models = request_models(service.limits, service.embedder_name, dims, service.reranker_name)
 
     @app.get("/health", response_model=HealthResponse, responses=error_responses(503))

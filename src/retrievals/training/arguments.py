@@ -55,6 +55,10 @@ class RetrievalTrainingArguments(TrainingArguments):
                           "had one."},
     )
     save_merged: bool = field(default=False, metadata={"help": "LoRA runs: also save a merged model in output_dir/merged."})
+    matryoshka_dims: List[int] = field(default_factory=list, metadata={
+        "help": "Embedders: apply the loss at these leading dimensions too (e.g. 384 256 128 64), so the model serves "
+                "each size (encode(..., truncate_dim=d), the server's dimensions)."})
+    matryoshka_weights: List[float] = field(default_factory=list, metadata={"help": "One weight per --matryoshka_dims (default 1)."})
 
     def __post_init__(self) -> None:
         if (self.fp16 or self.bf16) and not torch.cuda.is_available():
@@ -90,6 +94,12 @@ class RetrievalTrainingArguments(TrainingArguments):
             raise UsageError(f"--temperature must be > 0, got {self.temperature}.")
         if not self.margin >= 0:
             raise UsageError(f"--margin must be >= 0, got {self.margin}.")
+        for dim in self.matryoshka_dims:
+            at_least("--matryoshka_dims", dim, 1)
+        if self.matryoshka_weights and len(self.matryoshka_weights) != len(self.matryoshka_dims):
+            raise UsageError(f"--matryoshka_weights needs one weight per --matryoshka_dims ({len(self.matryoshka_dims)}).")
+        if self.matryoshka_dims and self.loss_registry != "embedding":
+            raise UsageError("--matryoshka_dims is for embedders.")
         if not self.warmup_steps >= 0:
             raise UsageError(f"--warmup_steps must be >= 0, got {self.warmup_steps}.")
         self._check_loss_settings()

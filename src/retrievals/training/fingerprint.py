@@ -24,7 +24,7 @@ TRAINING_FIELDS = (
     "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "optim", "optim_args", "num_train_epochs", "max_steps",
     "per_device_train_batch_size", "gradient_accumulation_steps", "world_size", "seed", "data_seed",
     "dataloader_drop_last", "fp16", "bf16", "loss_fn", "temperature", "margin", "use_inbatch_neg",
-    "negatives_cross_device", "label_smoothing_factor",
+    "negatives_cross_device", "label_smoothing_factor", "matryoshka_dims", "matryoshka_weights",
 )
 # Argument fields that do not change the result (or are fingerprinted another way).
 IGNORED_FIELDS = {"train_data", "eval_data", "model_name_or_path", "trust_remote_code", "tokenizer_name"}

@@ -1,0 +1,56 @@
+"""Matryoshka representation learning: one embedder loss applied at several leading dimensions."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from ..utils import UsageError
+from .base import RetrievalLoss
+
+
+class MatryoshkaLoss(RetrievalLoss):
+    """Weighted sum of ``loss`` on the first ``d`` dimensions of the embeddings, for each ``d`` in ``dims``, so one
+    model serves every one of those sizes (``encode(..., truncate_dim=d)``, the server's ``dimensions``).
+
+    Inputs: those of the wrapped embedder loss (``query_embeddings``, ``document_embeddings``). Truncated vectors are
+    rescaled to the full vector's length, so normalised embeddings stay unit vectors (cosine scores) and
+    unnormalised ones keep their norm. Use it when the model must also serve shorter vectors; weights default to 1.
+    """
+
+    name = "matryoshka"
+    reads = ("query_embeddings", "document_embeddings")
+
+    def __init__(self, loss: RetrievalLoss, dims: Sequence[int], weights: Optional[Sequence[float]] = None) -> None:
+        super().__init__()
+        dims = [int(d) for d in dims]
+        if not dims or any(d < 1 for d in dims) or len(set(dims)) != len(dims):
+            raise UsageError(f"matryoshka dims must be distinct integers >= 1, got {dims}.")
+        weights = [1.0] * len(dims) if not weights else [float(w) for w in weights]
+        if len(weights) != len(dims) or any(not w > 0 for w in weights):
+            raise UsageError(f"matryoshka weights must be {len(dims)} numbers > 0 (one per dim), got {weights}.")
+        if tuple(loss.reads) != self.reads:
+            raise UsageError(f"matryoshka wraps an embedder loss, not {loss.name!r}.")
+        self.loss, self.dims, self.weights = loss, dims, weights
+
+    def get_config_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, "dims": list(self.dims), "weights": list(self.weights), "loss": self.loss.get_config_dict()}
+
+    @staticmethod
+    def truncate(embeddings: torch.Tensor, dim: int) -> torch.Tensor:
+        """The first ``dim`` dimensions, rescaled to the full vector's length."""
+        if dim >= embeddings.shape[-1]:
+            return embeddings
+        head = embeddings[..., :dim]
+        scale = embeddings.norm(dim=-1, keepdim=True) / head.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        return head * scale
+
+    def forward(self, query_embeddings: torch.Tensor, document_embeddings: torch.Tensor) -> torch.Tensor:
+        full = query_embeddings.shape[-1]
+        if max(self.dims) > full:
+            raise UsageError(f"matryoshka dims {self.dims} exceed the embedding size {full}.")
+        total: List[torch.Tensor] = []
+        for dim, weight in zip(self.dims, self.weights):
+            total.append(weight * self.loss(self.truncate(query_embeddings, dim), self.truncate(document_embeddings, dim)))
+        return torch.stack(total).sum()
