@@ -13,7 +13,7 @@ from retrievals.data.io import load_beir, read_qrels, read_trec_run, save_beir, 
 from retrievals.index import AutoRetrieval, BM25Index, ExactIndex, FaissIndex, Index, reciprocal_rank_fusion
 from retrievals.index.sharded import encode_sharded
 
-from ..conftest import corpus_lines
+from ..conftest import corpus_lines, needs
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def beir_folder(tmp_path):
     return tmp_path / "beir"
 
 
-@pytest.mark.parametrize("index_type", ["exact", "flat", "hnsw", "bm25", "hybrid"])
+@pytest.mark.parametrize("index_type", ["exact", "flat", "hnsw", "int8", "binary", "bm25", "hybrid"])
 def test_retrieve_pipeline(index_type, tiny_bert, beir_folder, tmp_path):
     from retrievals.pipelines import retrieve
 
@@ -201,3 +201,41 @@ def test_eval_during_training(tiny_bert, train_file, tmp_path):
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     evals = [h for h in history if "eval_map" in h]
     assert [h["step"] for h in evals] == [2, 4] and all(0 < h["eval_mrr@10"] <= 1 for h in evals)
+
+
+def clustered(n=300, dim=64, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(30, dim))
+    docs = centers[rng.integers(0, 30, n)] + 0.3 * rng.normal(size=(n, dim))
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    queries = docs[:40] + 0.05 * rng.normal(size=(40, dim))
+    return docs.astype(np.float32), queries.astype(np.float32)
+
+
+@pytest.mark.parametrize("index_type", ["int8", "binary", "binary_hnsw"])
+def test_quantized_indexes(index_type, tmp_path):
+    """int8 and binary codes: memory per vector, recall against exact search, float rescoring, save/load."""
+    needs("faiss")
+    from retrievals.index import Index, build_dense_index, exact_search
+    from retrievals.index.quantized import binarize, unbinarize
+
+    docs, queries = clustered()
+    ids = [f"d{i}" for i in range(len(docs))]
+    _, exact = exact_search(queries, docs, top_k=10)
+    plain = build_dense_index(docs, ids, index_type, rescore_multiplier=0)
+    rescored = build_dense_index(docs, ids, index_type, rescore_multiplier=8)
+    assert plain.bytes_per_vector == (64 if index_type == "int8" else 8)
+
+    def recall(index):
+        _, found = index.search(queries, 10)
+        return np.mean([len({f"d{j}" for j in e} & set(f)) / 10 for e, f in zip(exact.tolist(), found)])
+
+    r_plain, r_rescored = recall(plain), recall(rescored)
+    assert r_rescored >= r_plain - 1e-9 and r_rescored > (0.9 if index_type == "int8" else 0.6), (r_plain, r_rescored)
+    if index_type != "int8":  # the rescored scores are the float query against the +-1 codes
+        scores, found = rescored.search(queries[:1], 5)
+        codes = unbinarize(binarize(docs), 64)
+        np.testing.assert_allclose(scores[0], [codes[int(d[1:])] @ queries[0] for d in found[0]], rtol=1e-5)
+    rescored.save(tmp_path / "q")
+    loaded = Index.load(tmp_path / "q")
+    assert loaded.search(queries, 10)[1] == rescored.search(queries, 10)[1]

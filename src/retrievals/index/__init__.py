@@ -5,7 +5,9 @@ from .bm25 import BM25Index
 from .exact import ExactIndex, exact_search
 from .faiss_index import FAISS_TYPES, FaissIndex
 from .hybrid import reciprocal_rank_fusion
-from .retrieval import AutoRetrieval, build_dense_index
+from .quantized import QuantizedIndex, binarize
+from .retrieval import QUANTIZED_TYPES, AutoRetrieval, build_dense_index
 
-__all__ = ["AutoRetrieval", "BM25Index", "build_dense_index", "ExactIndex", "FAISS_TYPES", "FaissIndex", "INDEXES", "Index", "Run", "exact_search",
+__all__ = ["AutoRetrieval", "BM25Index", "build_dense_index", "ExactIndex", "FAISS_TYPES", "FaissIndex", "INDEXES", "Index", "QUANTIZED_TYPES", "QuantizedIndex", "Run", "binarize",
+           "exact_search",
            "reciprocal_rank_fusion"]

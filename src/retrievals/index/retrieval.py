@@ -6,18 +6,29 @@ from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..utils import UsageError
 from .base import Index
 from .exact import ExactIndex
 from .faiss_index import FAISS_TYPES, FaissIndex
+from .quantized import QuantizedIndex
+
+
+# quantized faiss indexes: index_type -> (encoding, structure)
+QUANTIZED_TYPES = {"int8": ("int8", "flat"), "binary": ("binary", "flat"), "binary_hnsw": ("binary", "hnsw")}
 
 
 def build_dense_index(vectors: Any, ids: Sequence[str], index_type: str = "flat", **kwargs: Any) -> Index:
-    """``exact`` (torch, no extra dependency) or a faiss ``flat``/``ivf``/``hnsw`` index."""
+    """``exact`` (torch, no extra dependency), a faiss ``flat``/``ivf``/``hnsw`` index, or a quantized one
+    (``int8``, ``binary``, ``binary_hnsw``; ``rescore_multiplier`` in ``kwargs``)."""
     if index_type == "exact":
         return ExactIndex(vectors, ids)
     if index_type in FAISS_TYPES:
+        kwargs.pop("rescore_multiplier", None)
         return FaissIndex(vectors, ids, index_type, **kwargs)
-    raise ValueError(f"Unknown dense index_type {index_type!r}; choose one of {['exact', *FAISS_TYPES]}.")
+    if index_type in QUANTIZED_TYPES:
+        encoding, structure = QUANTIZED_TYPES[index_type]
+        return QuantizedIndex(vectors, ids, encoding, structure, **kwargs)
+    raise UsageError(f"Unknown dense index_type {index_type!r}; choose one of {['exact', *FAISS_TYPES, *QUANTIZED_TYPES]}.")
 
 
 class AutoRetrieval:

@@ -25,6 +25,7 @@ from ..evaluation.metrics import evaluate_run
 from ..evaluation.retrieval import rerank_run
 from ..index import (
     FAISS_TYPES,
+    QUANTIZED_TYPES,
     BM25Index,
     Index,
     build_dense_index,
@@ -37,7 +38,7 @@ from ..distributed import init_distributed, shutdown_distributed, world
 from .cli import run_cli
 from .model_flags import EmbedderFlags, RerankerFlags
 
-DENSE = ("exact", *FAISS_TYPES)
+DENSE = ("exact", *FAISS_TYPES, *QUANTIZED_TYPES)
 INDEX_TYPES = (*DENSE, "bm25", "hybrid")
 
 
@@ -55,12 +56,15 @@ class RetrieveArguments(EmbedderFlags, RerankerFlags):
     batch_size: int = 64
     top_k: int = 100
     hybrid_k: int = field(default=60, metadata={"help": "Reciprocal-rank fusion constant."})
+    rescore_multiplier: int = field(default=4, metadata={"help": "int8/binary indexes: rescore the best "
+                                                                 "multiplier x top_k with the float query (0: none)."})
     rerank_top_k: int = field(default=20, metadata={"help": "Documents of each query the reranker rescores."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing --output run file (and its metrics)."})
 
     def __post_init__(self) -> None:
         for flag in ("shard_size", "batch_size", "top_k", "hybrid_k", "rerank_top_k", "max_length"):
             at_least(f"--{flag}", getattr(self, flag), 1)
+        at_least("--rescore_multiplier", self.rescore_multiplier, 0)
 
 
 def load_inputs(a: RetrieveArguments):
@@ -86,7 +90,11 @@ def dense_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, s
             vectors = encode_sharded(model, texts, a.cache_dir, a.shard_size, a.batch_size)
         else:
             vectors = model.encode_corpus(texts, batch_size=a.batch_size, show_progress_bar=True)
-        index = build_dense_index(vectors, doc_ids, index_type)
+        index = build_dense_index(vectors, doc_ids, index_type, rescore_multiplier=a.rescore_multiplier) \
+            if index_type in QUANTIZED_TYPES else build_dense_index(vectors, doc_ids, index_type)
+        if hasattr(index, "bytes_per_vector"):
+            logger.warning("%s index: %d bytes per vector (float32: %d)", index_type, index.bytes_per_vector,
+                           4 * int(index.dim))
         index.source = source
         if folder is not None and world()[0] == 0:
             index.save(folder)
