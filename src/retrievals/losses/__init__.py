@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Dict, Type
 
 from .base import RetrievalLoss
+from .flops import FlopsRegularizedLoss
 from .infonce import InfoNCELoss
 from .listwise_ce import ListwiseCrossEntropyLoss
 from .matryoshka import MatryoshkaLoss
@@ -44,6 +45,6 @@ def loss_from_args(name: str, registry: Dict[str, Type[RetrievalLoss]], args: An
 
 
 __all__ = [
-    "EMBEDDING_LOSSES", "InfoNCELoss", "LATE_INTERACTION_LOSSES", "LOSS_FAMILIES", "MatryoshkaLoss", "MaxSimCrossEntropyLoss", "ListwiseCrossEntropyLoss", "PointwiseBCELoss", "RANKING_LOSSES", "TripletMarginLoss",
+    "EMBEDDING_LOSSES", "FlopsRegularizedLoss", "InfoNCELoss", "LATE_INTERACTION_LOSSES", "LOSS_FAMILIES", "MatryoshkaLoss", "MaxSimCrossEntropyLoss", "ListwiseCrossEntropyLoss", "PointwiseBCELoss", "RANKING_LOSSES", "TripletMarginLoss",
     "RetrievalLoss", "get_loss", "loss_class", "loss_from_args",
 ]

@@ -69,9 +69,12 @@ class AutoModelForEmbedding(RetrievalModel):
     internal_fields = frozenset({"lora_base", "model_type", "decoder", "matryoshka_dims"})
 
     def __init__(self, backbone: nn.Module, tokenizer: Any, config: EmbeddingConfig) -> None:
+        self._check_config(config)
+        super().__init__(backbone, tokenizer, config)
+
+    def _check_config(self, config: EmbeddingConfig) -> None:
         if config.pooling_method not in POOLING_METHODS:
             raise UsageError(f"Unknown pooling_method {config.pooling_method!r}; choose one of {list(POOLING_METHODS)}.")
-        super().__init__(backbone, tokenizer, config)
 
     # ------------------------------------------------------------------ the slots of RetrievalModel
     def _make_processor(self) -> TextProcessor:

@@ -5,6 +5,7 @@ Works as written under ``torchrun --nproc_per_node N -m retrievals.pipelines.emb
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import sys
@@ -17,8 +18,9 @@ import numpy as np
 from ..data import EmbeddingCollator
 from ..files import atomic_write_bytes, check_new_output
 from ..data.readers import DataError, iter_lines, iter_raw
-from ..losses import EMBEDDING_LOSSES, MatryoshkaLoss, loss_from_args
+from ..losses import EMBEDDING_LOSSES, FlopsRegularizedLoss, MatryoshkaLoss, loss_from_args
 from ..models.embedding import AutoModelForEmbedding
+from ..models.sparse import SparseEmbedder
 from ..training import RetrievalTrainingArguments
 from ..training.arguments import DataArguments, ModelLoadingArguments
 from ..distributed import shutdown_distributed
@@ -36,6 +38,18 @@ class EmbedModelArguments(ModelLoadingArguments):
     append_eos: Optional[bool] = None
     padding_side: Optional[str] = None
     causal_lm: bool = field(default=False, metadata={"help": "Accepted for compatibility; decoders are detected."})
+    model_type: str = field(default="dense", metadata={"help": "dense | sparse (SPLADE over a masked-LM head)."})
+    query_flops_weight: float = field(default=5e-4, metadata={"help": "sparse: FLOPS regularisation of query vectors."})
+    document_flops_weight: float = field(default=1e-4, metadata={"help": "sparse: FLOPS regularisation of document vectors."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.model_type not in ("dense", "sparse"):
+            raise UsageError(f"--model_type must be dense or sparse, got {self.model_type!r}.")
+        if self.query_flops_weight < 0 or self.document_flops_weight < 0:
+            raise UsageError("--query_flops_weight and --document_flops_weight must be >= 0.")
+        if self.model_type == "sparse" and self.pooling_method not in (None, "splade"):
+            raise UsageError("a sparse embedder pools with splade: drop --pooling_method.")
 
 
 @dataclass
@@ -54,9 +68,10 @@ class EncodeArguments:
 def build_model(model_args: EmbedModelArguments, data_args: DataArguments) -> AutoModelForEmbedding:
     q_len = data_args.query_max_length or data_args.max_length
     d_len = data_args.document_max_length or data_args.max_length
-    return AutoModelForEmbedding.from_pretrained(
+    cls = SparseEmbedder if model_args.model_type == "sparse" else AutoModelForEmbedding
+    return cls.from_pretrained(
         model_args.model_name_or_path,
-        pooling_method=model_args.pooling_method,
+        pooling_method=model_args.pooling_method if cls is AutoModelForEmbedding else None,
         normalize_embeddings=model_args.normalize_embeddings,
         query_instruction=unescape_cli(model_args.query_instruction),
         document_instruction=unescape_cli(model_args.document_instruction),
@@ -70,7 +85,12 @@ def build_model(model_args: EmbedModelArguments, data_args: DataArguments) -> Au
 
 def train(model_args: EmbedModelArguments, data_args: DataArguments, args: RetrievalTrainingArguments) -> AutoModelForEmbedding:
     """Validate data, build model and trainer, train (resuming when possible) and save to output_dir."""
-    loss = loss_from_args(args.loss_fn, EMBEDDING_LOSSES, args)  # first: a wrong name fails before anything loads
+    sparse = model_args.model_type == "sparse"
+    defaults = {f.name: f.default for f in dataclasses.fields(args)}
+    overrides = {"temperature": 1.0} if sparse and args.temperature == defaults["temperature"] else {}  # raw dot products
+    loss = loss_from_args(args.loss_fn, EMBEDDING_LOSSES, args, **overrides)  # first: a wrong name fails before anything loads
+    if sparse:
+        loss = FlopsRegularizedLoss(loss, model_args.query_flops_weight, model_args.document_flops_weight)
     if args.matryoshka_dims:
         loss = MatryoshkaLoss(loss, args.matryoshka_dims, args.matryoshka_weights)
 

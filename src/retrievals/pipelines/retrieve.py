@@ -28,6 +28,7 @@ from ..index import (
     QUANTIZED_TYPES,
     BM25Index,
     Index,
+    SparseIndex,
     build_dense_index,
     reciprocal_rank_fusion,
 )
@@ -39,7 +40,7 @@ from .cli import run_cli
 from .model_flags import EmbedderFlags, RerankerFlags
 
 DENSE = ("exact", *FAISS_TYPES, *QUANTIZED_TYPES)
-INDEX_TYPES = (*DENSE, "bm25", "hybrid")
+INDEX_TYPES = (*DENSE, "bm25", "sparse", "hybrid")
 
 
 @dataclass(kw_only=True)
@@ -118,6 +119,21 @@ def bm25_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, st
     return index.search_run(query_ids, [queries[i] for i in query_ids], a.top_k)
 
 
+def sparse_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, str]):
+    """A sparse embedder (``--model_name_or_path`` saved with ``--model_type sparse``) over an inverted index."""
+    from ..models.sparse import SparseEmbedder
+
+    model = a.load_embedder(required_for="--index_type sparse")
+    if not isinstance(model, SparseEmbedder):
+        raise UsageError(f"--index_type sparse needs a sparse embedder; {a.model_name_or_path} is a dense one.")
+    doc_ids = list(corpus)
+    index = SparseIndex(model.encode_sparse([corpus[d] for d in doc_ids], batch_size=a.batch_size), doc_ids)
+    logger.warning("sparse index: %d postings for %d documents", index.postings, len(doc_ids))
+    query_ids = list(queries)
+    return index.search_run(query_ids, model.encode_sparse([queries[q] for q in query_ids], is_query=True,
+                                                           batch_size=a.batch_size), a.top_k)
+
+
 def corpus_digest(corpus: Dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(list(corpus.items()), ensure_ascii=False).encode()).hexdigest()[:16]
 
@@ -140,6 +156,8 @@ def run_retrieval(a: RetrieveArguments) -> Dict[str, Dict[str, float]]:
     corpus, queries, qrels = load_inputs(a)
     if a.index_type == "bm25":
         run = bm25_run(a, corpus, queries)
+    elif a.index_type == "sparse":
+        run = sparse_run(a, corpus, queries)
     elif a.index_type == "hybrid":
         run = reciprocal_rank_fusion([bm25_run(a, corpus, queries), dense_run(a, corpus, queries, "flat")], k=a.hybrid_k, top_k=a.top_k)
     else:

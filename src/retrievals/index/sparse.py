@@ -1,0 +1,79 @@
+"""Inverted index over sparse vectors (``{term id: weight}``, as :class:`retrievals.models.sparse.SparseEmbedder`
+gives): exact sparse dot products, term by term."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
+
+import numpy as np
+
+from ..utils import UsageError
+from .base import Index
+
+
+def _as_sparse(vector: Any, where: str) -> Dict[int, float]:
+    if isinstance(vector, Mapping):
+        return {int(k): float(v) for k, v in vector.items() if float(v) != 0.0}
+    array = np.asarray(vector.detach().cpu() if hasattr(vector, "detach") else vector, dtype=np.float32)
+    if array.ndim != 1:
+        raise TypeError(f"{where} must be a {{term: weight}} dict or a 1-d vector, got shape {array.shape}")
+    nonzero = np.flatnonzero(array)
+    return dict(zip(nonzero.tolist(), array[nonzero].tolist()))
+
+
+class SparseIndex(Index):
+    """Postings per term (document positions and weights); a query's score for a document is the sum over shared
+    terms of query weight x document weight, computed exactly. ``vectors``: one ``{term id: weight}`` dict (or
+    dense vector) per document."""
+
+    backend = "sparse"
+
+    def __init__(self, vectors: Sequence[Any], ids: Sequence[str], _postings: Any = None) -> None:
+        super().__init__(ids)
+        if _postings is not None:
+            self.terms, self.offsets, self.docs, self.weights = _postings
+            return
+        if len(vectors) != len(self.ids):
+            raise UsageError(f"{len(vectors)} vectors for {len(self.ids)} ids")
+        rows = [_as_sparse(v, f"vectors[{i}]") for i, v in enumerate(vectors)]
+        pairs = sorted((term, doc, weight) for doc, row in enumerate(rows) for term, weight in row.items())
+        terms = np.array([p[0] for p in pairs], dtype=np.int64)
+        self.terms, starts = np.unique(terms, return_index=True) if len(terms) else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+        self.offsets = np.append(starts, len(terms)).astype(np.int64)
+        self.docs = np.array([p[1] for p in pairs], dtype=np.int64)
+        self.weights = np.array([p[2] for p in pairs], dtype=np.float32)
+
+    @property
+    def postings(self) -> int:
+        """Stored (term, document) entries: the index's size."""
+        return int(len(self.docs))
+
+    def _queries(self, queries: Any) -> List[Dict[int, float]]:
+        if isinstance(queries, Mapping) or getattr(queries, "ndim", 2) == 1:
+            queries = [queries]
+        return [_as_sparse(q, f"queries[{i}]") for i, q in enumerate(queries)]
+
+    def _search(self, queries: List[Dict[int, float]], k: int) -> Tuple[np.ndarray, List[List[str]]]:
+        out_scores = np.zeros((len(queries), k), dtype=np.float32)
+        out_ids: List[List[str]] = []
+        for row, query in enumerate(queries):
+            scores = np.zeros(len(self.ids), dtype=np.float32)
+            for term, weight in query.items():
+                at = np.searchsorted(self.terms, term)
+                if at < len(self.terms) and self.terms[at] == term:
+                    span = slice(self.offsets[at], self.offsets[at + 1])
+                    np.add.at(scores, self.docs[span], weight * self.weights[span])
+            best = np.argsort(-scores, kind="stable")[:k]
+            out_scores[row] = scores[best]
+            out_ids.append([self.ids[j] for j in best])
+        return out_scores, out_ids
+
+    def _save(self, folder: Path) -> Dict[str, Any]:
+        np.savez(folder / "postings.npz", terms=self.terms, offsets=self.offsets, docs=self.docs, weights=self.weights)
+        return {"postings": self.postings}
+
+    @classmethod
+    def _load(cls, folder: Path, ids: List[str], settings: Dict[str, Any]) -> "SparseIndex":
+        data = np.load(folder / "postings.npz")
+        return cls([], ids, _postings=(data["terms"], data["offsets"], data["docs"], data["weights"]))
