@@ -11,7 +11,6 @@ or ``--qrels``) the metrics are printed and written next to the run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from dataclasses import asdict, dataclass, field
@@ -20,7 +19,7 @@ from typing import Dict, List, Optional
 
 from ..data.readers import DataError
 from ..evaluation.datasets import load_eval_dataset
-from ..data.io import read_jsonl_texts, read_qrels, write_trec_run
+from ..data.io import dataset_hash, read_jsonl_texts, read_qrels, write_trec_run
 from ..evaluation.metrics import evaluate_run
 from ..evaluation.retrieval import rerank_run
 from ..index import (
@@ -80,7 +79,7 @@ def load_inputs(a: RetrieveArguments):
 def dense_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, str], index_type: str):
     model = a.load_embedder(required_for=f"--index_type {a.index_type}")
     folder = Path(a.index_dir) / "dense" if a.index_dir else None
-    source = {"model_weights": state_digest(model), "model": asdict(model.retrieval_config), "corpus": corpus_digest(corpus),
+    source = {"model_weights": state_digest(model), "model": asdict(model.retrieval_config), "corpus": dataset_hash(corpus, {}, {}),
               "index_type": index_type}
     if folder is not None and (folder / "index_meta.json").is_file():
         index = load_matching_index(folder, source)
@@ -106,7 +105,7 @@ def dense_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, s
 
 def bm25_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, str]):
     folder = Path(a.index_dir) / "bm25" if a.index_dir else None
-    source = {"corpus": corpus_digest(corpus)}
+    source = {"corpus": dataset_hash(corpus, {}, {})}
     if folder is not None and (folder / "index_meta.json").is_file():
         index = load_matching_index(folder, source)
     else:
@@ -132,10 +131,6 @@ def sparse_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, 
     query_ids = list(queries)
     return index.search_run(query_ids, model.encode_sparse([queries[q] for q in query_ids], is_query=True,
                                                            batch_size=a.batch_size), a.top_k)
-
-
-def corpus_digest(corpus: Dict[str, str]) -> str:
-    return hashlib.sha256(json.dumps(list(corpus.items()), ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def load_matching_index(folder: Path, source: Dict) -> Index:
