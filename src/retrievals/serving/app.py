@@ -193,7 +193,7 @@ class Service:
         self.check_count(len(texts), "input")
         self.check_chars(texts, "input")
         is_query = req.input_type == "query"
-        dims = req.dimensions or embedder_default_dim(self.embedder)
+        dims = req.dimensions or self.embedder.retrieval_config.truncate_dim  # None: all dimensions
         ids = await _tokenized(_in_slices, lambda part: self.embedder.tokenize(part, is_query=is_query), texts)
         embedder, batch_size = self.embedder, self.limits.model_batch_size
 
@@ -208,9 +208,8 @@ class Service:
 
         vectors = await self.run(("embed", is_query), ids, [len(x) for x in ids], encode, request)
         data = []
-        for i, vector in enumerate(vectors):
-            vec = embedder.truncate(torch.as_tensor(np.asarray(vector, dtype=np.float32)), dims).numpy() if dims else \
-                np.asarray(vector, dtype=np.float32)
+        matrix = embedder.truncate(torch.as_tensor(np.stack(vectors).astype(np.float32)), dims).numpy()  # once per request
+        for i, vec in enumerate(matrix):
             value: Any = base64.b64encode(vec.astype("<f4").tobytes()).decode() if req.encoding_format == "base64" else vec.tolist()
             data.append({"object": "embedding", "index": i, "embedding": value})
         tokens = int(sum(len(x) for x in ids))
@@ -259,11 +258,6 @@ class Service:
         return {"version": __version__, "embedding": _model_info(self.embedder_name, self.embedder),
                 "reranker": _model_info(self.reranker_name, self.reranker), "limits": dataclasses.asdict(self.limits),
                 "stats": dict(self.scheduler.stats), "queued_items": self.scheduler.queued_items()}
-
-
-def embedder_default_dim(embedder: Any) -> Optional[int]:
-    """The size served when a request names none: the model config's ``truncate_dim`` (None: all dimensions)."""
-    return embedder.retrieval_config.truncate_dim
 
 
 def _in_slices(fn: Any, items: List[Any]) -> List[Any]:
