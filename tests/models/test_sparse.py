@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from retrievals.files import CorruptFileError
 from retrievals.index import Index, SparseIndex
 from retrievals.losses import FlopsRegularizedLoss, InfoNCELoss
 from retrievals.models.sparse import SparseEmbedder
@@ -39,10 +40,13 @@ def test_sparse_vectors_batched_equal_single_and_reload(sparse_model, tmp_path):
     model.save_pretrained(tmp_path / "again")
     again = SparseEmbedder.from_pretrained(str(tmp_path / "again")).encode_sparse(TEXTS)
     assert all(a.keys() == b.keys() for a, b in zip(again, batched))
-    with pytest.raises(ValueError, match="holds a 'sparse' model"):
-        from retrievals import AutoModelForEmbedding
+    from retrievals import AutoModelForEmbedding
+    from retrievals.models.rankers import CrossEncoder
 
-        AutoModelForEmbedding.from_pretrained(sparse_model)
+    loaded = AutoModelForEmbedding.from_pretrained(sparse_model)  # the folder names its kind
+    assert isinstance(loaded, SparseEmbedder) and loaded.encode_sparse(TEXTS[0]) == batched[0]
+    with pytest.raises(ValueError, match="holds a 'sparse' model"):
+        CrossEncoder.from_pretrained(sparse_model)
 
 
 def test_sparse_index_scores_are_exact_dot_products(sparse_model, tmp_path):
@@ -94,3 +98,112 @@ def test_sparse_training_and_retrieval_through_the_clis(sparse_model, train_file
     run = read_trec_run(run_file)
     assert len(run) == 5 and all(len(docs) == 10 for docs in run.values())
     assert embed.main(cli(sparse_model, train_file, tmp_path / "x", "--model_type", "sparse", "--pooling_method", "mean")) == 2
+
+
+def test_saved_model_is_a_sentence_transformers_sparse_encoder(sparse_model, tmp_path):
+    """Our folder loads in sentence-transformers' SparseEncoder with the same vectors, prompts included; a folder
+    SparseEncoder saved loads here as a sparse embedder, with the same vectors."""
+    st = pytest.importorskip("sentence_transformers")
+    # sentence-transformers has one max length: ours are set equal (it would cut queries at the documents' length)
+    model = SparseEmbedder.from_pretrained(sparse_model, query_instruction="query: ", document_instruction="passage: ",
+                                           query_max_length=32)
+    model.save_pretrained(tmp_path / "ours")
+    theirs = st.SparseEncoder(str(tmp_path / "ours"), device="cpu")
+    texts = TEXTS[:5]
+    ours_q = model.encode(texts, is_query=True, convert_to_tensor=True)
+    ours_d = model.encode(texts, convert_to_tensor=True)
+    assert torch.allclose(theirs.encode_query(texts, convert_to_tensor=True).to_dense(), ours_q, atol=1e-5)
+    assert torch.allclose(theirs.encode_document(texts, convert_to_tensor=True).to_dense(), ours_d, atol=1e-5)
+    theirs.save(str(tmp_path / "theirs"))
+    from retrievals import AutoModelForEmbedding
+
+    back = AutoModelForEmbedding.from_pretrained(str(tmp_path / "theirs"))
+    assert isinstance(back, SparseEmbedder) and back.retrieval_config.query_instruction == "query: "
+    assert torch.allclose(back.encode(texts, is_query=True, convert_to_tensor=True), ours_q, atol=1e-5)
+
+
+def test_other_sparse_layouts_are_refused_by_name(sparse_model, tmp_path):
+    import shutil
+
+    from retrievals import AutoModelForEmbedding
+    from retrievals.utils import UsageError
+
+    shutil.copytree(sparse_model, tmp_path / "m")
+    (tmp_path / "m" / "retrievals_config.json").unlink()
+    (tmp_path / "m" / "retrievals_files.json").unlink()
+    pooling = tmp_path / "m" / "1_SpladePooling" / "config.json"
+    pooling.write_text(json.dumps({"pooling_strategy": "sum", "activation_function": "relu"}))
+    with pytest.raises(UsageError, match="1_SpladePooling.config.json.*sum"):
+        AutoModelForEmbedding.from_pretrained(str(tmp_path / "m"))
+
+
+def test_inference_free_queries(sparse_model, tmp_path):
+    """A query is the presence of its tokens (special tokens left out, a repeat counted once) times one weight per
+    term; the training forward gives the same vectors as encode; trained weights survive save and reload."""
+    model = SparseEmbedder.from_pretrained(sparse_model, query_inference_free=True)
+    words = TEXTS[0].split()[:5]
+    text = " ".join(words + words[:1])  # a repeated word, within the query max length
+    ids = [i for i in model.tokenizer(text, add_special_tokens=False)["input_ids"]]
+    with torch.no_grad():
+        model.query_weights.copy_(torch.rand(model.embedding_dim) + 0.5)
+    vector = model.encode(text, is_query=True, convert_to_tensor=True)
+    expected = torch.zeros(model.embedding_dim)
+    expected[sorted(set(ids))] = model.query_weights.detach()[sorted(set(ids))]
+    assert torch.equal(vector, expected)
+    batch = model.processor.pad(model.tokenize(TEXTS, is_query=True))
+    trained = model(query=batch).query_embeddings
+    assert torch.allclose(trained.detach(), model.encode(TEXTS, is_query=True, convert_to_tensor=True, batch_size=3))
+    documents = model.encode(TEXTS, convert_to_tensor=True)  # documents still run the model
+    assert torch.allclose(documents, SparseEmbedder.from_pretrained(sparse_model).encode(TEXTS, convert_to_tensor=True))
+    model.save_pretrained(tmp_path / "free")
+    assert not (tmp_path / "free" / "modules.json").exists()  # its sentence-transformers layout is not written
+    again = SparseEmbedder.from_pretrained(str(tmp_path / "free"))
+    assert again.retrieval_config.query_inference_free and torch.equal(again.query_weights, model.query_weights)
+    (tmp_path / "free" / "query_weights.safetensors").unlink()
+    with pytest.raises(CorruptFileError, match="query_weights.safetensors: missing"):  # the save recorded it
+        SparseEmbedder.from_pretrained(str(tmp_path / "free"))
+    (tmp_path / "free" / "retrievals_files.json").unlink()
+    with pytest.raises(FileNotFoundError, match="query_weights.safetensors: missing"):  # and the config says it has them
+        SparseEmbedder.from_pretrained(str(tmp_path / "free"))
+
+
+def test_inference_free_training_learns_query_weights(sparse_model, train_file, tmp_path):
+    from retrievals.pipelines import embed
+
+    from ..training.test_training import cli
+
+    out = tmp_path / "free"
+    assert embed.main(cli(sparse_model, train_file, out, "--max_steps", "3", "--model_type", "sparse",
+                          "--query_inference_free", "true", "--learning_rate", "1e-2")) == 0
+    model = SparseEmbedder.from_pretrained(str(out))
+    assert model.retrieval_config.query_inference_free
+    assert not torch.allclose(model.query_weights, torch.ones_like(model.query_weights))  # trained with the rest
+    assert embed.main(cli(sparse_model, train_file, tmp_path / "x", "--model_type", "dense", "--query_inference_free",
+                          "true")) == 2  # a dense model has no query weights
+
+
+def test_sparse_embedders_in_evaluate_with_hybrids(sparse_model, tiny_bert, tmp_path):
+    """pipelines.evaluate scores a sparse embedder through its inverted index (= exact dot products) and fuses runs."""
+    from retrievals.data.io import save_beir
+    from retrievals.evaluation.datasets import load_eval_dataset
+    from retrievals.evaluation.metrics import evaluate_run
+    from retrievals.pipelines import evaluate
+
+    lines = corpus_lines(30)
+    save_beir(tmp_path / "beir", {f"d{i}": t for i, t in enumerate(lines)}, {f"q{i}": lines[i][:25] for i in range(6)},
+              {f"q{i}": {f"d{i}": 1} for i in range(6)})
+    for fusion in ("rrf", "weighted"):
+        report = evaluate.main(["--dataset", str(tmp_path / "beir"), "--output_dir", str(tmp_path / fusion),
+                                "--models", f"sparse={sparse_model}", f"dense={tiny_bert}",
+                                "--hybrids", "both=sparse+dense", "lex=bm25+sparse", "--fusion", fusion])
+        assert report == 0
+        rows = {r["name"]: r for r in json.loads((tmp_path / fusion / "report.json").read_text())["results"]}
+        model = SparseEmbedder.from_pretrained(sparse_model)
+        data = load_eval_dataset(str(tmp_path / "beir"))
+        ids = list(data.corpus)
+        scores = model.encode([data.queries[q] for q in data.queries], is_query=True) @ model.encode([data.corpus[d] for d in ids]).T
+        brute = {q: {ids[j]: float(scores[i, j]) for j in range(len(ids))} for i, q in enumerate(data.queries)}
+        assert rows["sparse"]["metrics"]["ndcg@10"] == pytest.approx(evaluate_run(brute, data.qrels, (10,))["ndcg@10"], abs=1e-4)
+        assert rows["both"]["kind"] == f"hybrid sparse + dense ({fusion})" and "lex" in rows
+    assert evaluate.main(["--dataset", str(tmp_path / "beir"), "--output_dir", str(tmp_path / "bad"), "--models",
+                          f"a={sparse_model}", "--hybrids", "h=a+nope"]) == 2

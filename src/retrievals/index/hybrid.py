@@ -1,16 +1,17 @@
-"""Hybrid retrieval: reciprocal-rank fusion of several runs (for example BM25 and dense)."""
+"""Hybrid retrieval: fuse several runs (BM25, sparse, dense) by reciprocal ranks or by weighted normalised scores."""
 
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
 
+from ..data.io import rank
 from ..inputs import check_top_k
 from .base import Run
 
 
 def reciprocal_rank_fusion(runs: Sequence[Run], k: int = 60, weights: Optional[Sequence[float]] = None,
                            top_k: Optional[int] = None) -> Run:
-    """Fuse runs by ``sum_i w_i / (k + rank_i(d))`` (ranks from 1; ties broken by document id).
+    """Fuse runs by ``sum_i w_i / (k + rank_i(d))`` (ranks from 1; ties in trec_eval's order, as written runs are).
 
     A document missing from a run gets nothing from it. Returns the fused run, best ``top_k`` per query.
     """
@@ -21,10 +22,41 @@ def reciprocal_rank_fusion(runs: Sequence[Run], k: int = 60, weights: Optional[S
     fused: Dict[str, Dict[str, float]] = {}
     for run, weight in zip(runs, weights):
         for qid, scores in run.items():
-            ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
             target = fused.setdefault(qid, {})
-            for rank, (doc_id, _) in enumerate(ranked, start=1):
-                target[doc_id] = target.get(doc_id, 0.0) + weight / (k + rank)
-    if top_k is not None:
-        fused = {q: dict(sorted(s.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]) for q, s in fused.items()}
-    return fused
+            for position, doc_id in enumerate(rank(scores), start=1):
+                target[doc_id] = target.get(doc_id, 0.0) + weight / (k + position)
+    return _best(fused, top_k)
+
+
+def _best(fused: Dict[str, Dict[str, float]], top_k: Optional[int]) -> Run:
+    """Each query's documents best first (ties in trec_eval's order), the best ``top_k`` when given."""
+    return {q: {d: s[d] for d in (rank(s) if top_k is None else rank(s)[:top_k])} for q, s in fused.items()}
+
+
+def weighted_score_fusion(runs: Sequence[Run], weights: Optional[Sequence[float]] = None,
+                          top_k: Optional[int] = None) -> Run:
+    """Fuse runs by ``sum_i w_i * s_i(d)``, each run's scores min-max normalised per query to [0, 1] first (scores
+    of different models live on different scales: cosines, dot products, BM25).
+
+    A document missing from a run gets 0 from it (the bottom of that run's scale); a query whose scores are all
+    equal gives its documents 1. Ties are in trec_eval's order. Use it when one run is clearly stronger than
+    the other (weights say by how much); reciprocal rank fusion needs no weights.
+
+    >>> weighted_score_fusion([{"q": {"a": 3.0, "b": 1.0}}, {"q": {"b": 0.9, "c": 0.1}}], weights=[0.5, 0.5])
+    {'q': {'b': 0.5, 'a': 0.5, 'c': 0.0}}
+    """
+    top_k = check_top_k(top_k, allow_none=True)
+    weights = list(weights) if weights is not None else [1.0] * len(runs)
+    if len(weights) != len(runs):
+        raise ValueError(f"{len(weights)} weights for {len(runs)} runs")
+    fused: Dict[str, Dict[str, float]] = {}
+    for run, weight in zip(runs, weights):
+        for qid, scores in run.items():
+            target = fused.setdefault(qid, {})
+            if not scores:
+                continue
+            low, high = min(scores.values()), max(scores.values())
+            for doc_id, score in scores.items():
+                scaled = (score - low) / (high - low) if high > low else 1.0
+                target[doc_id] = target.get(doc_id, 0.0) + weight * scaled
+    return _best(fused, top_k)

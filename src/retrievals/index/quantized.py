@@ -48,7 +48,7 @@ class QuantizedIndex(Index):
             raise UsageError(f"rescore_multiplier must be >= 0, got {rescore_multiplier}.")
         self.encoding, self.structure, self.rescore_multiplier, self.m = encoding, structure, rescore_multiplier, m
         if _state is not None:
-            self.index, self.dim, self.codes = _state
+            self.index, self.dim = _state
             return
         x = as_matrix(vectors)
         if x.shape[0] != len(self.ids):
@@ -58,12 +58,17 @@ class QuantizedIndex(Index):
             self.index = faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
             self.index.train(x)
             self.index.add(x)
-            self.codes = None
         else:
-            self.codes = binarize(x)
-            bits = self.codes.shape[1] * 8
+            codes = binarize(x)
+            bits = codes.shape[1] * 8
             self.index = faiss.IndexBinaryFlat(bits) if structure == "flat" else faiss.IndexBinaryHNSW(bits, m)
-            self.index.add(self.codes)
+            self.index.add(codes)
+
+    def _codes(self) -> np.ndarray:
+        """The binary codes as a view of the faiss index's own storage (no second copy in memory or on disk)."""
+        faiss = require("faiss", "faiss")
+        flat = faiss.downcast_IndexBinary(self.index.storage) if self.structure == "hnsw" else self.index
+        return faiss.rev_swig_ptr(flat.xb.data(), flat.ntotal * flat.code_size).reshape(-1, flat.code_size)
 
     @property
     def bytes_per_vector(self) -> int:
@@ -81,7 +86,7 @@ class QuantizedIndex(Index):
     def _decoded(self, positions: np.ndarray) -> np.ndarray:
         if self.encoding == "int8":
             return self.index.reconstruct_batch(positions.astype(np.int64))
-        return unbinarize(self.codes[positions], self.dim)
+        return unbinarize(self._codes()[positions], self.dim)
 
     def _search(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, List[List[str]]]:
         wide = min(len(self), k * self.rescore_multiplier) if self.rescore_multiplier else k
@@ -102,16 +107,13 @@ class QuantizedIndex(Index):
             faiss.write_index(self.index, str(folder / "index.faiss"))
         else:
             faiss.write_index_binary(self.index, str(folder / "index.faiss"))
-            np.save(folder / "codes.npy", self.codes)
         return {"encoding": self.encoding, "structure": self.structure, "rescore_multiplier": self.rescore_multiplier,
                 "m": self.m, "dim": self.dim}
 
     @classmethod
     def _load(cls, folder: Path, ids: List[str], settings: Dict[str, Any]) -> "QuantizedIndex":
         faiss = require("faiss", "faiss")
-        if settings["encoding"] == "int8":
-            state = (faiss.read_index(str(folder / "index.faiss")), settings["dim"], None)
-        else:
-            state = (faiss.read_index_binary(str(folder / "index.faiss")), settings["dim"], np.load(folder / "codes.npy"))
+        read = faiss.read_index if settings["encoding"] == "int8" else faiss.read_index_binary
+        state = (read(str(folder / "index.faiss")), settings["dim"])
         return cls(None, ids, settings["encoding"], settings["structure"], settings["rescore_multiplier"], settings["m"],
                    _state=state)

@@ -41,7 +41,7 @@ class SparseIndex(Index):
         terms = np.array([p[0] for p in pairs], dtype=np.int64)
         self.terms, starts = np.unique(terms, return_index=True) if len(terms) else (np.zeros(0, np.int64), np.zeros(0, np.int64))
         self.offsets = np.append(starts, len(terms)).astype(np.int64)
-        self.docs = np.array([p[1] for p in pairs], dtype=np.int64)
+        self.docs = np.array([p[1] for p in pairs], dtype=np.int32)  # positions: 4 bytes per posting
         self.weights = np.array([p[2] for p in pairs], dtype=np.float32)
 
     @property

@@ -60,6 +60,15 @@ class ModelConfig:
                 setattr(self, key, value)
 
 
+def saved_model_type(path: str | os.PathLike) -> Optional[str]:
+    """The ``model_type`` a folder saved by this library records (None for other folders or unreadable configs)."""
+    config = Path(path) / CONFIG_NAME
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type") if config.is_file() else None
+    except (ValueError, AttributeError, OSError):
+        return None
+
+
 def is_decoder_only(config: PretrainedConfig) -> bool:
     """True for decoder-only LLM architectures (Llama, Qwen2, Mistral ...), False for BERT-like encoders."""
     model_type = getattr(config, "model_type", "")
@@ -302,6 +311,7 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
 
     config_class: ClassVar[Type[ModelConfig]] = ModelConfig
     model_type: ClassVar[str] = ""
+    kinds: ClassVar[Dict[str, Type["RetrievalModel"]]] = {}  # every kind by model_type (filled as classes are defined)
     lora_task_type: ClassVar[str] = "FEATURE_EXTRACTION"
     accepted_and_ignored: ClassVar[frozenset] = frozenset()  # CLI spellings that mean nothing to this kind
     internal_fields: ClassVar[frozenset] = frozenset({"lora_base"})  # config fields not set from outside
@@ -313,6 +323,30 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         self.retrieval_config = config
         self.config = getattr(backbone, "config", None)  # what transformers' Trainer looks for
         self.processor = self._make_processor()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "model_type" in cls.__dict__ and cls.model_type:
+            RetrievalModel.kinds[cls.model_type] = cls
+
+    @classmethod
+    def _kind_for(cls, path: str) -> Type["RetrievalModel"]:
+        """The kind that loads ``path``: a subclass of ``cls`` when the folder records its model type (a sparse
+        embedder loaded through ``AutoModelForEmbedding``) or, for another library's folder, when the subclass
+        reads its layout (:meth:`_reads_folder`); else ``cls``."""
+        if not os.path.isdir(path):
+            return cls
+        saved = saved_model_type(path)
+        for kind in RetrievalModel.kinds.values():
+            if kind is not cls and issubclass(kind, cls) and (
+                    kind.model_type == saved or (saved is None and kind._reads_folder(path))):
+                return kind
+        return cls
+
+    @classmethod
+    def _reads_folder(cls, path: str) -> bool:
+        """True when ``path`` is another library's folder of this kind (a sentence-transformers SparseEncoder)."""
+        return False
 
     # ------------------------------------------------------------------ slots
     @abc.abstractmethod
@@ -364,6 +398,12 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         config, else from the kind's defaults. ``use_lora`` adds fresh adapters; ``lora_path`` loads trained ones."""
         from ..utils import resolve_device, resolve_dtype
 
+        kind = cls._kind_for(check_model_path(model_name_or_path))
+        if kind is not cls:
+            return kind.from_pretrained(model_name_or_path, use_lora=use_lora, lora_path=lora_path, lora_r=lora_r,
+                                        lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                                        lora_target_modules=lora_target_modules, tokenizer_name=tokenizer_name, dtype=dtype,
+                                        device=device, trust_remote_code=trust_remote_code, **settings)
         fields = {f.name for f in dataclasses.fields(cls.config_class)} - cls.internal_fields
         unknown = set(settings) - fields - cls.accepted_and_ignored
         if unknown:

@@ -1,21 +1,35 @@
 """Learned sparse embedders (SPLADE): a masked-LM head's vocabulary logits, pooled as max over tokens of
-log(1 + relu(logit)), so each text is a weighted bag of vocabulary terms for an inverted index."""
+log(1 + relu(logit)), so each text is a weighted bag of vocabulary terms for an inverted index.
+
+Optionally inference-free on the query side: a query is the bag of its tokens, each weighted by one learned
+weight per vocabulary term (sentence-transformers' ``SparseStaticEmbedding``), so queries need no model forward
+and only documents are expanded."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+import json
+from pathlib import Path
+
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForMaskedLM
 
 from ..inputs import as_texts, check_batch_size
 from ..utils import UsageError
 from .base import hf_config
-from .embedding import AutoModelForEmbedding, EmbeddingConfig
+from .embedding import AutoModelForEmbedding, EmbeddingConfig, EmbeddingOutput
+from .st_format import read_st_settings
+
+QUERY_WEIGHTS = "query_weights.safetensors"  # the inference-free query side's term weights
+_ST_SPLADE = "sentence_transformers.sparse_encoder.modules.splade_pooling.SpladePooling"
+_ST_MLM = "sentence_transformers.sparse_encoder.modules.mlm_transformer.MLMTransformer"
 
 SparseVector = Dict[int, float]  # token id -> weight (only non-zero weights)
+SPARSE_CHUNK = 1024  # texts encoded at once by encode_sparse: 1024 x 30522 floats is 125 MB
 
 
 @dataclass
@@ -26,6 +40,7 @@ class SparseConfig(EmbeddingConfig):
     pooling_method: str = "splade"
     normalize_embeddings: bool = False  # sparse scores are raw dot products
     top_k: int = 0
+    query_inference_free: bool = False  # queries: token presence x a learned weight per term, no model forward
 
 
 class SparseEmbedder(AutoModelForEmbedding):
@@ -33,11 +48,32 @@ class SparseEmbedder(AutoModelForEmbedding):
     ``{token id: weight}`` dicts an inverted index takes (:class:`retrievals.index.SparseIndex`); scores are dot
     products. Trained by ``retrievals.pipelines.embed --model_type sparse`` with the same data, InfoNCE on those dot
     products plus FLOPS regularisation (:class:`retrievals.losses.FlopsRegularizedLoss`). Loading, saving and the
-    batched loop are the shared :class:`~retrievals.models.base.RetrievalModel`'s; not written as a
-    sentence-transformers folder (its sparse layout is not produced yet)."""
+    batched loop are the shared :class:`~retrievals.models.base.RetrievalModel`'s. A saved model is also a
+    sentence-transformers ``SparseEncoder`` folder (same vectors), except in inference-free mode, whose
+    sentence-transformers layout (a ``Router`` with the transformer in a subfolder) would store the weights twice.
+
+    With ``query_inference_free=True`` a query's vector is the presence of each of its tokens (special tokens
+    left out) times ``query_weights[token]`` (one weight per vocabulary term, starting at 1 and trained with the
+    rest): queries cost a tokenizer call, documents are expanded by the model.
+    """
 
     config_class = SparseConfig
     model_type = "sparse"
+
+    def __init__(self, backbone: nn.Module, tokenizer: Any, config: SparseConfig) -> None:
+        super().__init__(backbone, tokenizer, config)
+        if config.query_inference_free:
+            self.query_weights = nn.Parameter(torch.ones(self.embedding_dim, dtype=torch.float32))
+        special = sorted(set(getattr(tokenizer, "all_special_ids", []) or []))
+        self.register_buffer("_special_ids", torch.tensor(special, dtype=torch.long), persistent=False)
+
+    @classmethod
+    def _reads_folder(cls, path: str) -> bool:
+        modules = Path(path) / "modules.json"
+        try:
+            return modules.is_file() and any(m.get("type") == _ST_SPLADE for m in json.loads(modules.read_text("utf-8")))
+        except (ValueError, AttributeError):
+            return False
 
     def _check_config(self, config: SparseConfig) -> None:
         if config.pooling_method != "splade":
@@ -50,6 +86,11 @@ class SparseEmbedder(AutoModelForEmbedding):
         config = SparseConfig()
         limit = getattr(hf_config(base_path, trust_remote_code), "max_position_embeddings", None) or 512
         config.query_max_length = config.document_max_length = min(512, int(limit))
+        if cls._reads_folder(path):
+            _check_st_pooling(Path(path))
+            st = read_st_settings(path)  # max length and prompts (its pooling is checked above)
+            config.update(**{k: st[k] for k in ("query_max_length", "document_max_length", "query_instruction",
+                                                 "document_instruction") if k in st})
         return config
 
     @classmethod
@@ -59,8 +100,27 @@ class SparseEmbedder(AutoModelForEmbedding):
             kwargs["dtype"] = dtype
         return AutoModelForMaskedLM.from_pretrained(path, **kwargs)
 
-    def _save_extra(self, folder: Any, config: Any, lora: bool) -> None:
-        """No sentence-transformers files: its sparse layout is not written yet."""
+    def _load_extra(self, path: str, fresh: bool) -> None:
+        if not self.retrieval_config.query_inference_free:
+            return
+        file = Path(path) / QUERY_WEIGHTS
+        if not file.is_file():
+            saved = SparseConfig.load(path)
+            if not fresh and saved is not None and saved.query_inference_free:  # it was saved with them: a loss
+                raise FileNotFoundError(f"{file}: missing; an inference-free sparse model needs its query weights.")
+            return  # turned on now: every term starts from weight 1
+        weights = load_file(str(file))["weight"]
+        if weights.shape != self.query_weights.shape:
+            raise UsageError(f"{file}: {tuple(weights.shape)} query weights for a vocabulary of {self.embedding_dim}.")
+        with torch.no_grad():
+            self.query_weights.copy_(weights)
+
+    def _save_extra(self, folder: Path, config: Any, lora: bool) -> None:
+        if config.query_inference_free:
+            save_file({"weight": self.query_weights.detach().float().cpu().contiguous()}, str(folder / QUERY_WEIGHTS))
+        elif not lora:  # a LoRA adapter folder is no sentence-transformers model
+            write_st_sparse_files(folder, self.embedding_dim, max(config.query_max_length, config.document_max_length),
+                                  config.query_instruction, config.document_instruction)
 
     @property
     def embedding_dim(self) -> int:
@@ -73,20 +133,99 @@ class SparseEmbedder(AutoModelForEmbedding):
         mask = (attention_mask if pooling_mask is None else pooling_mask).to(weights.dtype)
         return (weights * mask[..., None]).amax(dim=1)  # padding contributes 0, never the max of real tokens
 
+    def _static_queries(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Inference-free query vectors: each distinct non-special token present -> its learned weight."""
+        keep = attention_mask.bool() & ~torch.isin(input_ids, self._special_ids.to(input_ids.device))
+        presence = torch.zeros(input_ids.shape[0], self.embedding_dim, dtype=torch.float32, device=input_ids.device)
+        presence.scatter_reduce_(1, input_ids, keep.float(), reduce="amax")  # a repeated token counts once
+        return presence * self.query_weights
+
+    def forward(self, query: Optional[Dict[str, torch.Tensor]] = None,
+                document: Optional[Dict[str, torch.Tensor]] = None) -> EmbeddingOutput:
+        if query is None or not self.retrieval_config.query_inference_free:
+            return super().forward(query, document)
+        return EmbeddingOutput(query_embeddings=self._static_queries(query["input_ids"], query["attention_mask"]),
+                               document_embeddings=self.embed(document) if document is not None else None)
+
+    @torch.inference_mode()
+    def encode(self, sentences: Union[str, Sequence[str]], batch_size: int = 32, show_progress_bar: Optional[bool] = None,
+               convert_to_numpy: bool = True, convert_to_tensor: bool = False, normalize_embeddings: Optional[bool] = None,
+               is_query: bool = False, max_length: Optional[int] = None, device: Any = None,
+               truncate_dim: Optional[int] = None) -> Any:
+        """:meth:`AutoModelForEmbedding.encode`; inference-free queries are built from their tokens alone."""
+        if not (is_query and self.retrieval_config.query_inference_free):
+            return super().encode(sentences, batch_size, show_progress_bar, convert_to_numpy, convert_to_tensor,
+                                  normalize_embeddings, is_query, max_length, device, truncate_dim)
+        texts, single = as_texts(sentences, "sentences")
+        check_batch_size(batch_size)
+        if device is not None:
+            self.to(device)
+        ids = self.tokenize(texts, is_query=True, max_length=max_length)
+        out = torch.zeros((len(ids), self.embedding_dim), dtype=torch.float32)
+        for start in range(0, len(ids), batch_size):
+            batch = self.processor.pad(ids[start:start + batch_size])
+            device_ = self.query_weights.device
+            out[start:start + batch_size] = self._static_queries(batch["input_ids"].to(device_),
+                                                                 batch["attention_mask"].to(device_)).cpu()
+        result = out[0] if single else out
+        if convert_to_tensor:
+            return result
+        return result.numpy() if convert_to_numpy else result
+
     def encode_sparse(self, sentences: Union[str, Sequence[str]], is_query: bool = False, batch_size: int = 32,
                       top_k: Optional[int] = None) -> Union[SparseVector, List[SparseVector]]:
         """``{token id: weight}`` of each text (one dict for one string), the ``top_k`` heaviest terms when > 0."""
         texts, single = as_texts(sentences, "sentences")
         check_batch_size(batch_size)
         keep = self.retrieval_config.top_k if top_k is None else top_k
-        dense = self.encode(texts, batch_size=batch_size, is_query=is_query, convert_to_tensor=True)
-        out = [to_sparse(row, keep) for row in dense]
+        out: List[SparseVector] = []
+        for start in range(0, len(texts), SPARSE_CHUNK):  # the dense [n, vocab] rows of one chunk at a time
+            dense = self.encode(texts[start:start + SPARSE_CHUNK], batch_size=batch_size, is_query=is_query,
+                                convert_to_tensor=True)
+            out.extend(to_sparse(row, keep) for row in dense)
         return out[0] if single else out
 
     def decode(self, vector: SparseVector, top: int = 10) -> List[tuple]:
         """The ``top`` heaviest terms of a sparse vector as (token, weight): what the model expanded a text to."""
         best = sorted(vector.items(), key=lambda kv: -kv[1])[:top]
         return [(self.tokenizer.convert_ids_to_tokens(int(i)), w) for i, w in best]
+
+
+def _check_st_pooling(path: Path) -> None:
+    """A sentence-transformers sparse folder we can read: MLM transformer at the root, max-pooled log1p(relu)."""
+    modules = json.loads((path / "modules.json").read_text(encoding="utf-8"))
+    for module in modules:
+        if module.get("type") == _ST_SPLADE:
+            cfg = json.loads((path / module.get("path", "") / "config.json").read_text(encoding="utf-8"))
+            if cfg.get("pooling_strategy", "max") != "max" or cfg.get("activation_function", "relu") != "relu":
+                raise UsageError(f"{path / module.get('path', '') / 'config.json'}: SpladePooling {cfg} is not supported; "
+                                 "retrievals reads max pooling of log(1 + relu(logits)).")
+        elif module.get("path", "") == "" and module.get("type") not in (_ST_MLM, "sentence_transformers.base.modules.transformer.Transformer",
+                                                                         "sentence_transformers.models.Transformer"):
+            raise UsageError(f"{path / 'modules.json'}: module {module.get('type')} is not supported for a sparse model.")
+
+
+def write_st_sparse_files(path: Path, vocab_size: int, max_seq_length: int, query_instruction: str,
+                          document_instruction: str) -> None:
+    """The sentence-transformers ``SparseEncoder`` files beside the saved masked-LM (MLM transformer + SpladePooling)."""
+    from ..utils import instruction_as_prefix
+
+    modules = [{"idx": 0, "name": "0", "path": "", "type": _ST_MLM},
+               {"idx": 1, "name": "1", "path": "1_SpladePooling", "type": _ST_SPLADE}]
+    (path / "modules.json").write_text(json.dumps(modules, indent=2) + "\n", encoding="utf-8")
+    (path / "sentence_bert_config.json").write_text(json.dumps(
+        {"max_seq_length": max_seq_length, "do_lower_case": False, "transformer_task": "fill-mask",
+         "modality_config": {"text": {"method": "forward", "method_output_name": "logits"}},
+         "module_output_name": "token_embeddings"}, indent=2) + "\n", encoding="utf-8")
+    (path / "1_SpladePooling").mkdir(exist_ok=True)
+    (path / "1_SpladePooling" / "config.json").write_text(json.dumps(
+        {"pooling_strategy": "max", "activation_function": "relu", "embedding_dimension": vocab_size}, indent=2) + "\n",
+        encoding="utf-8")
+    prompts = {"query": instruction_as_prefix(query_instruction) or "",
+               "document": instruction_as_prefix(document_instruction) or ""}
+    (path / "config_sentence_transformers.json").write_text(json.dumps(
+        {"model_type": "SparseEncoder", "prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "dot"},
+        indent=2) + "\n", encoding="utf-8")
 
 
 def to_sparse(row: torch.Tensor, top_k: int = 0) -> SparseVector:

@@ -27,7 +27,7 @@ def read_st_settings(path: str | Path) -> Dict[str, Any]:
     for module in json.loads(modules_file.read_text(encoding="utf-8")):
         kind = module.get("type", "")
         folder = path / module.get("path", "")
-        if kind.endswith("Pooling"):
+        if kind.endswith("Pooling") and ".sparse_encoder." not in kind:  # SpladePooling: see models/sparse.py
             cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
             mode = cfg.get("pooling_mode")
             if isinstance(mode, list):
@@ -45,10 +45,13 @@ def read_st_settings(path: str | Path) -> Dict[str, Any]:
             settings["normalize_embeddings"] = True
         elif kind.endswith("Transformer"):
             st_cfg = folder / "sentence_bert_config.json"
-            if st_cfg.is_file():
-                max_len = json.loads(st_cfg.read_text(encoding="utf-8")).get("max_seq_length")
-                if max_len:
-                    settings["query_max_length"] = settings["document_max_length"] = int(max_len)
+            max_len = json.loads(st_cfg.read_text(encoding="utf-8")).get("max_seq_length") if st_cfg.is_file() else None
+            tok_cfg = folder / "tokenizer_config.json"
+            if not max_len and tok_cfg.is_file():  # sentence-transformers v6 keeps it as the tokenizer's max length
+                max_len = json.loads(tok_cfg.read_text(encoding="utf-8")).get("model_max_length")
+                max_len = max_len if isinstance(max_len, int) and max_len < 1_000_000 else None  # "no limit" sentinels
+            if max_len:
+                settings["query_max_length"] = settings["document_max_length"] = int(max_len)
     prompts_file = path / "config_sentence_transformers.json"
     if prompts_file.is_file():
         prompts = json.loads(prompts_file.read_text(encoding="utf-8")).get("prompts") or {}

@@ -20,6 +20,7 @@ from ..files import atomic_write_bytes, check_new_output
 from ..data.readers import DataError, iter_lines, iter_raw
 from ..losses import EMBEDDING_LOSSES, FlopsRegularizedLoss, MatryoshkaLoss, loss_from_args
 from ..models.embedding import AutoModelForEmbedding
+from ..models.base import saved_model_type
 from ..models.sparse import SparseEmbedder
 from ..training import RetrievalTrainingArguments
 from ..training.arguments import DataArguments, ModelLoadingArguments
@@ -38,12 +39,20 @@ class EmbedModelArguments(ModelLoadingArguments):
     append_eos: Optional[bool] = None
     padding_side: Optional[str] = None
     causal_lm: bool = field(default=False, metadata={"help": "Accepted for compatibility; decoders are detected."})
-    model_type: str = field(default="dense", metadata={"help": "dense | sparse (SPLADE over a masked-LM head)."})
+    model_type: Optional[str] = field(default=None, metadata={"help": "dense | sparse (SPLADE over a masked-LM head); "
+                                                                      "default: the saved model's kind, else dense."})
     query_flops_weight: float = field(default=5e-4, metadata={"help": "sparse: FLOPS regularisation of query vectors."})
     document_flops_weight: float = field(default=1e-4, metadata={"help": "sparse: FLOPS regularisation of document vectors."})
+    query_inference_free: Optional[bool] = field(default=None, metadata={
+        "help": "sparse: queries are their tokens times a learned weight per term (no model forward at query time)."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.model_type is None:
+            self.model_type = "sparse" if self.model_name_or_path and saved_model_type(self.model_name_or_path) == "sparse" \
+                else "dense"
+        if self.query_inference_free is not None and self.model_type != "sparse":
+            raise UsageError("--query_inference_free is for --model_type sparse.")
         if self.model_type not in ("dense", "sparse"):
             raise UsageError(f"--model_type must be dense or sparse, got {self.model_type!r}.")
         if self.query_flops_weight < 0 or self.document_flops_weight < 0:
@@ -69,6 +78,7 @@ def build_model(model_args: EmbedModelArguments, data_args: DataArguments) -> Au
     q_len = data_args.query_max_length or data_args.max_length
     d_len = data_args.document_max_length or data_args.max_length
     cls = SparseEmbedder if model_args.model_type == "sparse" else AutoModelForEmbedding
+    kind_settings = {"query_inference_free": model_args.query_inference_free} if cls is SparseEmbedder else {}
     return cls.from_pretrained(
         model_args.model_name_or_path,
         pooling_method=model_args.pooling_method if cls is AutoModelForEmbedding else None,
@@ -79,6 +89,7 @@ def build_model(model_args: EmbedModelArguments, data_args: DataArguments) -> Au
         document_max_length=d_len,
         append_eos=model_args.append_eos,
         padding_side=model_args.padding_side,
+        **kind_settings,
         **model_args.loading_kwargs(),
     )
 

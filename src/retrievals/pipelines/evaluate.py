@@ -2,9 +2,11 @@
 
     python -m retrievals.pipelines.evaluate --dataset aia-bde --output_dir reports/aia \\
         --models base=path/to/base tuned=outputs/demo/model \\
-        [--rerankers ce=path/to/reranker --first_stage base --rerank_top_k 20]
+        [--rerankers ce=path/to/reranker --first_stage base --rerank_top_k 20] \\
+        [--hybrids both=tuned+sparse --fusion rrf|weighted --fusion_weights 1 1]
 
-Embedders retrieve from the whole corpus (exact search); rerankers reorder the top ``--rerank_top_k``
+Embedders retrieve from the whole corpus (exact search; a sparse embedder through an inverted index); a hybrid
+fuses two of those runs (``--models`` names or ``bm25``); rerankers reorder the top ``--rerank_top_k``
 of ``--first_stage`` (one of the ``--models`` names, or ``bm25``). The report (JSON, Markdown, PNG)
 holds every setting that affects scores, library versions and a hash of the dataset.
 """
@@ -15,13 +17,13 @@ import sys
 from pathlib import Path
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..evaluation.datasets import load_eval_dataset
 from ..evaluation.metrics import evaluate_run
 from ..evaluation.report import REPORT_FILES, REPORTED, model_settings, write_report
 from ..evaluation.retrieval import rerank_run, retrieve
-from ..index import BM25Index
+from ..index import BM25Index, reciprocal_rank_fusion, weighted_score_fusion
 from ..files import check_new_output
 from ..utils import UsageError, at_least
 from .cli import run_cli
@@ -34,6 +36,9 @@ class EvaluateArguments:
     models: List[str] = field(default_factory=list, metadata={"help": "Embedders as NAME=PATH."})
     rerankers: List[str] = field(default_factory=list, metadata={"help": "Rerankers as NAME=PATH."})
     first_stage: Optional[str] = field(default=None, metadata={"help": "A --models NAME, or bm25 (default: the first model)."})
+    hybrids: List[str] = field(default_factory=list, metadata={"help": "Fused runs as NAME=A+B (--models names or bm25)."})
+    fusion: str = field(default="rrf", metadata={"help": "hybrids: rrf (reciprocal ranks) | weighted (min-max scores)."})
+    fusion_weights: List[float] = field(default_factory=list, metadata={"help": "hybrids: the weights of A and B (default 1 1)."})
     rerank_top_k: int = 20
     top_k: int = 100
     batch_size: int = 64
@@ -43,6 +48,10 @@ class EvaluateArguments:
     def __post_init__(self) -> None:
         for flag in ("rerank_top_k", "top_k", "batch_size"):
             at_least(f"--{flag}", getattr(self, flag), 1)
+        if self.fusion not in ("rrf", "weighted"):
+            raise UsageError(f"--fusion must be rrf or weighted, got {self.fusion!r}.")
+        if self.fusion_weights and (len(self.fusion_weights) != 2 or min(self.fusion_weights) < 0):
+            raise UsageError(f"--fusion_weights takes two weights >= 0, got {self.fusion_weights}.")
 
 
 def named(specs: List[str]) -> List[Tuple[str, str]]:
@@ -55,6 +64,19 @@ def named(specs: List[str]) -> List[Tuple[str, str]]:
     return out
 
 
+def bm25_run(data: Any, top_k: int) -> Dict[str, Dict[str, float]]:
+    ids, query_ids = list(data.corpus), list(data.queries)
+    return BM25Index([data.corpus[d] for d in ids], ids).search_run(query_ids, [data.queries[q] for q in query_ids], top_k)
+
+
+def hybrid_parts(spec: str) -> Tuple[str, str, str]:
+    name, sep, parts = spec.partition("=")
+    first, plus, second = parts.partition("+")
+    if not (sep and plus and name and first and second):
+        raise UsageError(f"--hybrids {spec!r}: expected NAME=A+B")
+    return name, first, second
+
+
 def evaluate(a: EvaluateArguments) -> Dict[str, Dict]:
     from ..models.embedding import AutoModelForEmbedding
     from ..models.rankers import AutoModelForRanking
@@ -63,6 +85,11 @@ def evaluate(a: EvaluateArguments) -> Dict[str, Dict]:
         check_new_output(Path(a.output_dir) / name, a.overwrite)
     data = load_eval_dataset(a.dataset)
     models, rerankers = named(a.models), named(a.rerankers)
+    hybrids = [hybrid_parts(spec) for spec in a.hybrids]
+    known = {name for name, _ in models} | {"bm25"}
+    for name, first, second in hybrids:
+        if {first, second} - known:
+            raise UsageError(f"--hybrids {name}: {sorted({first, second} - known)} are neither bm25 nor --models names")
     if not models and not rerankers:
         raise UsageError("nothing to evaluate: pass --models and/or --rerankers")
     k_values = (10, 100)
@@ -74,13 +101,21 @@ def evaluate(a: EvaluateArguments) -> Dict[str, Dict]:
         metrics = evaluate_run(runs[name], data.qrels, k_values)
         rows.append({"name": name, "kind": "embedder", "path": path, "seconds": round(time.perf_counter() - start, 1),
                      "metrics": {m: round(metrics[m], 4) for m in REPORTED}, "settings": model_settings(model)})
+    for name, first, second in hybrids:
+        for part in (first, second):
+            if part == "bm25" and part not in runs:
+                runs["bm25"] = bm25_run(data, max(a.top_k, 100))
+        weights = a.fusion_weights or None
+        fuse = reciprocal_rank_fusion if a.fusion == "rrf" else weighted_score_fusion
+        runs[name] = fuse([runs[first], runs[second]], weights=weights, top_k=max(a.top_k, 100))
+        metrics = evaluate_run(runs[name], data.qrels, k_values)
+        rows.append({"name": name, "kind": f"hybrid {first} + {second} ({a.fusion})", "path": "",
+                     "seconds": 0.0, "metrics": {m: round(metrics[m], 4) for m in REPORTED},
+                     "settings": {"fusion": a.fusion, "weights": list(weights or [1.0, 1.0])}})
     if rerankers:
         first = a.first_stage or (models[0][0] if models else "bm25")
-        if first == "bm25":
-            ids = list(data.corpus)
-            query_ids = list(data.queries)
-            runs["bm25"] = BM25Index([data.corpus[d] for d in ids], ids).search_run(
-                query_ids, [data.queries[q] for q in query_ids], a.top_k)
+        if first == "bm25" and "bm25" not in runs:
+            runs["bm25"] = bm25_run(data, a.top_k)
         elif first not in runs:
             raise UsageError(f"--first_stage {first!r} is neither bm25 nor one of --models {list(runs)}")
         for name, path in rerankers:

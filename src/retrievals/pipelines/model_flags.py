@@ -10,18 +10,6 @@ from typing import Any, Optional
 from ..utils import DTYPE_FLAG_ALIASES, RERANKER_FLAG_ALIASES, UsageError, unescape_cli
 
 
-def saved_model_type(path: str) -> Optional[str]:
-    """The ``model_type`` a folder saved by this library records (None for other folders)."""
-    import json
-    from pathlib import Path
-
-    config = Path(path) / "retrievals_config.json"
-    try:
-        return json.loads(config.read_text(encoding="utf-8")).get("model_type") if config.is_file() else None
-    except ValueError:
-        return None
-
-
 @dataclass(kw_only=True)
 class EmbedderFlags:
     model_name_or_path: Optional[str] = field(default=None, metadata={"help": "Embedder: a folder saved by this library, "
@@ -41,11 +29,9 @@ class EmbedderFlags:
             if required_for:
                 raise UsageError(f"{required_for} needs --model_name_or_path (an embedder)")
             return None
-        from ..models.embedding import AutoModelForEmbedding
-        from ..models.sparse import SparseEmbedder
+        from ..models import AutoModelForEmbedding  # loads a sparse embedder's folder as one
 
-        cls = SparseEmbedder if saved_model_type(self.model_name_or_path) == "sparse" else AutoModelForEmbedding
-        return cls.from_pretrained(
+        return AutoModelForEmbedding.from_pretrained(
             self.model_name_or_path, pooling_method=self.pooling_method,
             query_instruction=unescape_cli(self.query_instruction), document_instruction=unescape_cli(self.document_instruction),
             query_max_length=self.max_length, document_max_length=self.max_length, dtype=self.dtype, device=self.device,

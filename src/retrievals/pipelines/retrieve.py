@@ -3,14 +3,17 @@
     python -m retrievals.pipelines.retrieve --dataset aia-bde --model_name_or_path MODEL \\
         --index_type flat --top_k 100 --output run.trec [--reranker_name_or_path RERANKER --rerank_top_k 20]
 
-Backends: ``exact`` | ``flat`` | ``ivf`` | ``hnsw`` (dense, faiss for the last three), ``bm25``, and
-``hybrid`` (reciprocal-rank fusion of BM25 and the dense index). Corpus embeddings are encoded in
+Backends: ``exact`` | ``flat`` | ``ivf`` | ``hnsw`` (dense, faiss for the last three), ``int8`` | ``binary`` |
+``binary_hnsw`` (quantized, rescored with the float query), ``bm25``, ``sparse`` (a sparse embedder over an
+inverted index) and ``hybrid``: the dense index fused with BM25, or with a sparse embedder
+(``--sparse_name_or_path``), by reciprocal-rank fusion or by weighted min-max-normalised scores (``--fusion``). Corpus embeddings are encoded in
 resumable shards (``--cache_dir``), split across processes under torchrun. With qrels (``--dataset``
 or ``--qrels``) the metrics are printed and written next to the run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import asdict, dataclass, field
@@ -30,6 +33,7 @@ from ..index import (
     SparseIndex,
     build_dense_index,
     reciprocal_rank_fusion,
+    weighted_score_fusion,
 )
 from ..files import atomic_write_json, check_new_output
 from ..index.sharded import encode_sharded
@@ -40,6 +44,7 @@ from .model_flags import EmbedderFlags, RerankerFlags
 
 DENSE = ("exact", *FAISS_TYPES, *QUANTIZED_TYPES)
 INDEX_TYPES = (*DENSE, "bm25", "sparse", "hybrid")
+FUSIONS = ("rrf", "weighted")
 
 
 @dataclass(kw_only=True)
@@ -56,6 +61,11 @@ class RetrieveArguments(EmbedderFlags, RerankerFlags):
     batch_size: int = 64
     top_k: int = 100
     hybrid_k: int = field(default=60, metadata={"help": "Reciprocal-rank fusion constant."})
+    sparse_name_or_path: Optional[str] = field(default=None, metadata={
+        "help": "hybrid: a sparse embedder fused with the dense index (default: BM25)."})
+    fusion: str = field(default="rrf", metadata={"help": "hybrid: rrf (reciprocal ranks) | weighted (min-max scores)."})
+    fusion_weights: List[float] = field(default_factory=list, metadata={
+        "help": "hybrid: weights of the lexical/sparse run and the dense run (default 1 1)."})
     rescore_multiplier: int = field(default=4, metadata={"help": "int8/binary indexes: rescore the best "
                                                                  "multiplier x top_k with the float query (0: none)."})
     rerank_top_k: int = field(default=20, metadata={"help": "Documents of each query the reranker rescores."})
@@ -65,6 +75,12 @@ class RetrieveArguments(EmbedderFlags, RerankerFlags):
         for flag in ("shard_size", "batch_size", "top_k", "hybrid_k", "rerank_top_k", "max_length"):
             at_least(f"--{flag}", getattr(self, flag), 1)
         at_least("--rescore_multiplier", self.rescore_multiplier, 0)
+        if self.fusion not in FUSIONS:
+            raise UsageError(f"--fusion must be one of {list(FUSIONS)}, got {self.fusion!r}.")
+        if self.fusion_weights and (len(self.fusion_weights) != 2 or min(self.fusion_weights) < 0):
+            raise UsageError(f"--fusion_weights takes two weights >= 0 (lexical or sparse, dense), got {self.fusion_weights}.")
+        if (self.sparse_name_or_path or self.fusion_weights or self.fusion != "rrf") and self.index_type != "hybrid":
+            raise UsageError("--sparse_name_or_path, --fusion and --fusion_weights are for --index_type hybrid.")
 
 
 def load_inputs(a: RetrieveArguments):
@@ -118,13 +134,15 @@ def bm25_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, st
     return index.search_run(query_ids, [queries[i] for i in query_ids], a.top_k)
 
 
-def sparse_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, str]):
-    """A sparse embedder (``--model_name_or_path`` saved with ``--model_type sparse``) over an inverted index."""
+def sparse_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, str], path: str, flag: str):
+    """A sparse embedder (``path``, saved with ``--model_type sparse``) over an inverted index."""
     from ..models.sparse import SparseEmbedder
 
-    model = a.load_embedder(required_for="--index_type sparse")
+    flags = a if path == a.model_name_or_path else dataclasses.replace(  # the dense model's settings are not its own
+        a, model_name_or_path=path, pooling_method=None, query_instruction=None, document_instruction=None)
+    model = flags.load_embedder(required_for=flag)
     if not isinstance(model, SparseEmbedder):
-        raise UsageError(f"--index_type sparse needs a sparse embedder; {a.model_name_or_path} is a dense one.")
+        raise UsageError(f"{flag} needs a sparse embedder; {path} is a dense one.")
     doc_ids = list(corpus)
     index = SparseIndex(model.encode_sparse([corpus[d] for d in doc_ids], batch_size=a.batch_size), doc_ids)
     logger.warning("sparse index: %d postings for %d documents", index.postings, len(doc_ids))
@@ -152,9 +170,13 @@ def run_retrieval(a: RetrieveArguments) -> Dict[str, Dict[str, float]]:
     if a.index_type == "bm25":
         run = bm25_run(a, corpus, queries)
     elif a.index_type == "sparse":
-        run = sparse_run(a, corpus, queries)
+        run = sparse_run(a, corpus, queries, a.model_name_or_path, "--index_type sparse")
     elif a.index_type == "hybrid":
-        run = reciprocal_rank_fusion([bm25_run(a, corpus, queries), dense_run(a, corpus, queries, "flat")], k=a.hybrid_k, top_k=a.top_k)
+        lexical = sparse_run(a, corpus, queries, a.sparse_name_or_path, "--sparse_name_or_path") \
+            if a.sparse_name_or_path else bm25_run(a, corpus, queries)
+        runs, weights = [lexical, dense_run(a, corpus, queries, "flat")], a.fusion_weights or None
+        run = reciprocal_rank_fusion(runs, k=a.hybrid_k, weights=weights, top_k=a.top_k) if a.fusion == "rrf" \
+            else weighted_score_fusion(runs, weights=weights, top_k=a.top_k)
     else:
         run = dense_run(a, corpus, queries, a.index_type)
     reranker = a.load_reranker(a.dtype, a.device, a.trust_remote_code)
