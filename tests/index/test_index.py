@@ -282,3 +282,8 @@ def test_quantized_indexes(index_type, tmp_path):
     rescored.save(tmp_path / "q")
     loaded = Index.load(tmp_path / "q")
     assert loaded.search(queries, 10)[1] == rescored.search(queries, 10)[1]
+    data = (tmp_path / "q" / "index.faiss").stat().st_size  # the codes once: no second copy beside faiss' own
+    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["ids.json", "index.faiss", "index_meta.json",
+                                                                  "retrievals_files.json"]
+    if index_type == "binary":  # flat: the codes and a small header
+        assert len(docs) * 8 <= data < len(docs) * 8 + 1024
