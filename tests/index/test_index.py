@@ -13,6 +13,7 @@ from retrievals.data.io import load_beir, read_qrels, read_trec_run, save_beir, 
 from retrievals.index import (AutoRetrieval, BM25Index, ExactIndex, FaissIndex, Index, reciprocal_rank_fusion,
                               weighted_score_fusion)
 from retrievals.index.sharded import encode_sharded
+from retrievals.utils import UsageError
 
 from ..conftest import corpus_lines, needs
 
@@ -287,3 +288,18 @@ def test_quantized_indexes(index_type, tmp_path):
                                                                   "retrievals_files.json"]
     if index_type == "binary":  # flat: the codes and a small header
         assert len(docs) * 8 <= data < len(docs) * 8 + 1024
+    if index_type != "int8":  # binary search, rescored against int8 codes kept in a memory-mapped file
+        int8 = build_dense_index(docs, ids, index_type, rescore_multiplier=8, rescore_with="int8")
+        assert int8.bytes_per_vector == 8 and recall(int8) >= r_rescored
+        scores, found = int8.search(queries[:1], 5)
+        low, high = docs.min(axis=0), docs.max(axis=0)
+        decoded = low + np.rint((docs - low) / ((high - low) / 255)) * ((high - low) / 255)
+        np.testing.assert_allclose(scores[0], [decoded[int(d[1:])] @ queries[0] for d in found[0]], rtol=1e-4)
+        int8.save(tmp_path / "i8")
+        again = Index.load(tmp_path / "i8")
+        assert isinstance(again.rescore_codes, np.memmap) and again.search(queries, 10)[1] == int8.search(queries, 10)[1]
+        with pytest.raises(UsageError, match="rescore_with"):
+            build_dense_index(docs, ids, index_type, rescore_with="float")
+    else:
+        with pytest.raises(UsageError, match="rescore_with"):
+            build_dense_index(docs, ids, "int8", rescore_with="int8")

@@ -4,6 +4,9 @@
 inner-product search. ``binary``: the sign of each dimension as one bit, Hamming search (``flat``, exact; or
 ``hnsw``). With ``rescore_multiplier`` m > 0, the best ``m * k`` candidates are rescored with the float query
 against the stored codes (dequantized int8 values, or +-1 per bit), as the usual "rescoring" recipe does.
+A binary index can rescore against int8 codes instead (``rescore_with="int8"``): they are kept in a file that is
+memory-mapped, so memory stays at the bits while rescoring reads only the candidates' rows from disk (the
+"binary search, int8 rescoring" recipe).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from ..utils import UsageError, require
 from .base import Index, as_matrix
 
 ENCODINGS = ("int8", "binary")
+RESCORE_WITH = ("codes", "int8")
+RESCORE_FILE = "rescore_int8.npy"  # uint8 codes, one row per document, read through a memory map
 
 
 def binarize(vectors: np.ndarray) -> np.ndarray:
@@ -37,7 +42,7 @@ class QuantizedIndex(Index):
     backend = "quantized"
 
     def __init__(self, vectors: Any, ids: Sequence[str], encoding: str = "binary", structure: str = "flat",
-                 rescore_multiplier: int = 4, m: int = 32, _state: Any = None) -> None:
+                 rescore_multiplier: int = 4, m: int = 32, rescore_with: str = "codes", _state: Any = None) -> None:
         super().__init__(ids)
         faiss = require("faiss", "faiss")
         if encoding not in ENCODINGS:
@@ -46,14 +51,23 @@ class QuantizedIndex(Index):
             raise UsageError(f"structure {structure!r} is not available for {encoding} (int8: flat; binary: flat or hnsw).")
         if rescore_multiplier < 0:
             raise UsageError(f"rescore_multiplier must be >= 0, got {rescore_multiplier}.")
+        if rescore_with not in RESCORE_WITH or (rescore_with == "int8" and encoding != "binary"):
+            raise UsageError(f"rescore_with {rescore_with!r}: choose 'codes', or 'int8' for a binary index.")
         self.encoding, self.structure, self.rescore_multiplier, self.m = encoding, structure, rescore_multiplier, m
+        self.rescore_with = rescore_with
         if _state is not None:
-            self.index, self.dim = _state
+            self.index, self.dim, self.rescore_codes, self.rescore_scale = _state
             return
         x = as_matrix(vectors)
         if x.shape[0] != len(self.ids):
             raise UsageError(f"{x.shape[0]} vectors for {len(self.ids)} ids")
         self.dim = int(x.shape[1])
+        self.rescore_codes, self.rescore_scale = None, None
+        if rescore_with == "int8":
+            low, high = x.min(axis=0), x.max(axis=0)
+            step = np.where(high > low, (high - low) / 255.0, 1.0).astype(np.float32)
+            self.rescore_codes = np.rint((x - low) / step).clip(0, 255).astype(np.uint8)
+            self.rescore_scale = np.stack([low, step]).astype(np.float32)  # value = low + code * step, per dimension
         if encoding == "int8":
             self.index = faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
             self.index.train(x)
@@ -72,6 +86,7 @@ class QuantizedIndex(Index):
 
     @property
     def bytes_per_vector(self) -> int:
+        """Memory per vector in the search structure (HNSW adds its graph; int8 rescoring codes stay on disk)."""
         return self.dim if self.encoding == "int8" else -(-self.dim // 8)
 
     def _queries(self, queries: Any) -> np.ndarray:
@@ -84,6 +99,8 @@ class QuantizedIndex(Index):
         return -distances.astype(np.float32), idx  # fewer differing bits = better
 
     def _decoded(self, positions: np.ndarray) -> np.ndarray:
+        if self.rescore_codes is not None:
+            return self.rescore_scale[0] + self.rescore_codes[positions].astype(np.float32) * self.rescore_scale[1]
         if self.encoding == "int8":
             return self.index.reconstruct_batch(positions.astype(np.int64))
         return unbinarize(self._codes()[positions], self.dim)
@@ -107,13 +124,19 @@ class QuantizedIndex(Index):
             faiss.write_index(self.index, str(folder / "index.faiss"))
         else:
             faiss.write_index_binary(self.index, str(folder / "index.faiss"))
+        if self.rescore_codes is not None:
+            np.save(folder / RESCORE_FILE, np.asarray(self.rescore_codes))
         return {"encoding": self.encoding, "structure": self.structure, "rescore_multiplier": self.rescore_multiplier,
-                "m": self.m, "dim": self.dim}
+                "m": self.m, "dim": self.dim, "rescore_with": self.rescore_with,
+                "rescore_scale": None if self.rescore_scale is None else self.rescore_scale.tolist()}
 
     @classmethod
     def _load(cls, folder: Path, ids: List[str], settings: Dict[str, Any]) -> "QuantizedIndex":
         faiss = require("faiss", "faiss")
         read = faiss.read_index if settings["encoding"] == "int8" else faiss.read_index_binary
-        state = (read(str(folder / "index.faiss")), settings["dim"])
+        rescore_with = settings.get("rescore_with", "codes")
+        codes = np.load(folder / RESCORE_FILE, mmap_mode="r") if rescore_with == "int8" else None
+        scale = np.asarray(settings["rescore_scale"], dtype=np.float32) if codes is not None else None
+        state = (read(str(folder / "index.faiss")), settings["dim"], codes, scale)
         return cls(None, ids, settings["encoding"], settings["structure"], settings["rescore_multiplier"], settings["m"],
-                   _state=state)
+                   rescore_with, _state=state)

@@ -19,11 +19,12 @@ QUANTIZED_TYPES = {"int8": ("int8", "flat"), "binary": ("binary", "flat"), "bina
 
 def build_dense_index(vectors: Any, ids: Sequence[str], index_type: str = "flat", **kwargs: Any) -> Index:
     """``exact`` (torch, no extra dependency), a faiss ``flat``/``ivf``/``hnsw`` index, or a quantized one
-    (``int8``, ``binary``, ``binary_hnsw``; ``rescore_multiplier`` in ``kwargs``)."""
+    (``int8``, ``binary``, ``binary_hnsw``; ``rescore_multiplier`` and ``rescore_with`` in ``kwargs``)."""
     if index_type == "exact":
         return ExactIndex(vectors, ids)
     if index_type in FAISS_TYPES:
         kwargs.pop("rescore_multiplier", None)
+        kwargs.pop("rescore_with", None)
         return FaissIndex(vectors, ids, index_type, **kwargs)
     if index_type in QUANTIZED_TYPES:
         encoding, structure = QUANTIZED_TYPES[index_type]

@@ -68,6 +68,8 @@ class RetrieveArguments(EmbedderFlags, RerankerFlags):
         "help": "hybrid: weights of the lexical/sparse run and the dense run (default 1 1)."})
     rescore_multiplier: int = field(default=4, metadata={"help": "int8/binary indexes: rescore the best "
                                                                  "multiplier x top_k with the float query (0: none)."})
+    rescore_with: str = field(default="codes", metadata={"help": "binary indexes: rescore against the codes, or "
+                                                                 "int8 (a memory-mapped file beside the index)."})
     rerank_top_k: int = field(default=20, metadata={"help": "Documents of each query the reranker rescores."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing --output run file (and its metrics)."})
 
@@ -75,6 +77,8 @@ class RetrieveArguments(EmbedderFlags, RerankerFlags):
         for flag in ("shard_size", "batch_size", "top_k", "hybrid_k", "rerank_top_k", "max_length"):
             at_least(f"--{flag}", getattr(self, flag), 1)
         at_least("--rescore_multiplier", self.rescore_multiplier, 0)
+        if self.rescore_with not in ("codes", "int8") or (self.rescore_with == "int8" and "binary" not in self.index_type):
+            raise UsageError(f"--rescore_with {self.rescore_with!r}: codes, or int8 with a binary index type.")
         if self.fusion not in FUSIONS:
             raise UsageError(f"--fusion must be one of {list(FUSIONS)}, got {self.fusion!r}.")
         if self.fusion_weights and (len(self.fusion_weights) != 2 or min(self.fusion_weights) < 0):
@@ -96,7 +100,7 @@ def dense_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, s
     model = a.load_embedder(required_for=f"--index_type {a.index_type}")
     folder = Path(a.index_dir) / "dense" if a.index_dir else None
     source = {"model_weights": state_digest(model), "model": asdict(model.retrieval_config), "corpus": dataset_hash(corpus, {}, {}),
-              "index_type": index_type}
+              "index_type": index_type, **({"rescore_with": a.rescore_with} if a.rescore_with != "codes" else {})}
     if folder is not None and (folder / "index_meta.json").is_file():
         index = load_matching_index(folder, source)
     else:
@@ -106,7 +110,8 @@ def dense_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, s
             vectors = encode_sharded(model, texts, a.cache_dir, a.shard_size, a.batch_size)
         else:
             vectors = model.encode_corpus(texts, batch_size=a.batch_size, show_progress_bar=True)
-        index = build_dense_index(vectors, doc_ids, index_type, rescore_multiplier=a.rescore_multiplier) \
+        index = build_dense_index(vectors, doc_ids, index_type, rescore_multiplier=a.rescore_multiplier,
+                                  rescore_with=a.rescore_with) \
             if index_type in QUANTIZED_TYPES else build_dense_index(vectors, doc_ids, index_type)
         if hasattr(index, "bytes_per_vector"):
             logger.warning("%s index: %d bytes per vector (float32: %d)", index_type, index.bytes_per_vector,
