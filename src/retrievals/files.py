@@ -146,7 +146,8 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
 
 
 _VERIFIED: set = set()  # (path, size, mtime, sha256) of files whose checksum matched: unchanged files are not rehashed
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".npy", ".npz", ".faiss", ".index")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".npy", ".npz", ".faiss", ".index", ".onnx",
+                   ".onnx.data", ".xml")  # the last three: CPU backends' graphs
 
 
 def verify_files(folder: str | os.PathLike, full: bool = True) -> None:

@@ -315,6 +315,7 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
     lora_task_type: ClassVar[str] = "FEATURE_EXTRACTION"
     accepted_and_ignored: ClassVar[frozenset] = frozenset()  # CLI spellings that mean nothing to this kind
     internal_fields: ClassVar[frozenset] = frozenset({"lora_base"})  # config fields not set from outside
+    backend_output: ClassVar[Optional[str]] = None  # the backbone output a CPU backend gives (None: torch only)
 
     def __init__(self, backbone: torch.nn.Module, tokenizer: Any, config: ModelConfig) -> None:
         super().__init__()
@@ -323,6 +324,7 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         self.retrieval_config = config
         self.config = getattr(backbone, "config", None)  # what transformers' Trainer looks for
         self.processor = self._make_processor()
+        self.inference_backend: Any = None  # a CPU backend standing in for the backbone (models/backends)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -376,6 +378,39 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
     def _tokenizer_for_saving(self, config: Any) -> Any:
         return self.tokenizer
 
+    def backend_inputs(self) -> List[str]:
+        """The tensors this kind passes to its backbone, which a CPU backend's graph takes."""
+        return ["input_ids", "attention_mask"]
+
+    # ------------------------------------------------------------------ the transformer forward
+    def run_backbone(self, **inputs: Any) -> Any:
+        """The backbone's forward: the torch module, or the CPU backend standing in for it (inference only)."""
+        if self.inference_backend is None:
+            return self.backbone(**inputs)
+        if torch.is_grad_enabled():
+            raise UsageError(f"backend {self.inference_backend} runs inference only (no gradients): call it under "
+                             "torch.inference_mode(), or load the model with backend='torch' to train.")
+        return self.inference_backend(**inputs)
+
+    def train(self, mode: bool = True) -> "RetrievalModel":
+        if mode and getattr(self, "inference_backend", None) is not None:
+            raise UsageError(f"A model running on backend {self.inference_backend} cannot train; "
+                             "load it with backend='torch'.")
+        return super().train(mode)
+
+    def to(self, *args: Any, **kwargs: Any) -> "RetrievalModel":
+        if getattr(self, "inference_backend", None) is not None:
+            device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
+            if (device is not None and torch.device(device).type != "cpu") or dtype not in (None, torch.float32):
+                raise UsageError(f"backend {self.inference_backend} runs its float32 graph on CPU; it cannot move "
+                                 f"to {device or dtype} (load the model with backend='torch' for that).")
+        return super().to(*args, **kwargs)
+
+    def cuda(self, device: Any = None) -> "RetrievalModel":
+        if getattr(self, "inference_backend", None) is not None:
+            return self.to("cuda")  # refused, with the message of to()
+        return super().cuda(device)
+
     # ------------------------------------------------------------------ loading / saving
     @classmethod
     def from_pretrained(
@@ -391,19 +426,29 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         dtype: Optional[Union[str, torch.dtype]] = None,
         device: Optional[Union[str, torch.device]] = None,
         trust_remote_code: bool = False,
+        backend: str = "torch",
+        backend_precision: str = "fp32",
         **settings: Any,
     ) -> "RetrievalModel":
         """Load a model saved by this library, a plain transformers folder (or another library's, where the kind
         reads it) or a LoRA adapter folder. ``settings`` are config fields; those left None come from the saved
-        config, else from the kind's defaults. ``use_lora`` adds fresh adapters; ``lora_path`` loads trained ones."""
+        config, else from the kind's defaults. ``use_lora`` adds fresh adapters; ``lora_path`` loads trained ones.
+
+        ``backend``: ``torch`` | ``onnx`` (ONNX Runtime) | ``openvino``, the last two for CPU inference of dense
+        embedders and cross-encoders, with ``backend_precision`` ``fp32`` | ``int8`` | ``bf16`` (openvino only);
+        see :mod:`retrievals.models.backends`."""
         from ..utils import resolve_device, resolve_dtype
+        from .backends import check_backend, load_backend
 
         kind = cls._kind_for(check_model_path(model_name_or_path))
         if kind is not cls:
             return kind.from_pretrained(model_name_or_path, use_lora=use_lora, lora_path=lora_path, lora_r=lora_r,
                                         lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                                         lora_target_modules=lora_target_modules, tokenizer_name=tokenizer_name, dtype=dtype,
-                                        device=device, trust_remote_code=trust_remote_code, **settings)
+                                        device=device, trust_remote_code=trust_remote_code, backend=backend,
+                                        backend_precision=backend_precision, **settings)
+        check_backend(cls, backend, backend_precision, device, dtype,
+                      lora=bool(use_lora or lora_path or is_lora_dir(model_name_or_path)))
         fields = {f.name for f in dataclasses.fields(cls.config_class)} - cls.internal_fields
         unknown = set(settings) - fields - cls.accepted_and_ignored
         if unknown:
@@ -424,25 +469,36 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         config.update(**overrides)
         tokenizer = load_tokenizer(tokenizer_name or (path if has_tokenizer(path) else base_path), trust_remote_code=trust_remote_code)
         cls._finish_config(config, tokenizer, overrides, saved_by_us)
-        device_ = resolve_device(device)
-        backbone = cls._load_backbone(base_path, config, resolve_dtype(dtype, device_), trust_remote_code)
+        device_ = resolve_device("cpu" if backend != "torch" else device)
+        dtype_ = torch.float32 if backend != "torch" else resolve_dtype(dtype, device_)  # graphs are exported in float32
+        backbone = cls._load_backbone(base_path, config, dtype_, trust_remote_code)
         backbone = attach_lora(backbone, config, base_path, adapter_path, use_lora, lora_r, lora_alpha, lora_dropout,
                                lora_target_modules, task_type=cls.lora_task_type)
         model = cls(backbone, tokenizer, config)
         model._load_extra(path, fresh=not saved_by_us)
-        return model.to(device_).eval()  # as transformers does; training switches modes itself
+        model = model.to(device_).eval()  # as transformers does; training switches modes itself
+        if backend != "torch":
+            model.inference_backend = load_backend(model, path, backend, backend_precision)
+        return model
 
-    def save_pretrained(self, path: str | os.PathLike, merge_lora: bool = False) -> None:
+    def save_pretrained(self, path: str | os.PathLike, merge_lora: bool = False, backend: Optional[str] = None,
+                        backend_precision: str = "fp32") -> None:
         """Save weights (or the LoRA adapter), tokenizer, ``retrievals_config.json`` and the kind's extra files,
         atomically for the whole folder (see :func:`retrievals.files.atomic_directory`).
 
-        With a LoRA model, ``merge_lora=True`` writes a full merged model instead of the adapter."""
+        With a LoRA model, ``merge_lora=True`` writes a full merged model instead of the adapter. ``backend``
+        (``onnx`` | ``openvino``) also writes that backend's graph of ``backend_precision`` into ``<path>/<backend>/``,
+        which ``from_pretrained(path, backend=...)`` then uses instead of exporting."""
+        from .backends import check_backend, save_backend
+
         config = copy.deepcopy(self.retrieval_config)
         backbone = self.backbone
         lora = is_peft_model(backbone)
         if lora and merge_lora:
             backbone = copy.deepcopy(backbone).merge_and_unload()
             lora = False
+        if backend is not None or backend_precision != "fp32":
+            check_backend(type(self), backend or "torch", backend_precision, lora=lora)
         with atomic_directory(path) as scratch:
             backbone.save_pretrained(scratch)
             self._tokenizer_for_saving(config).save_pretrained(scratch)
@@ -452,9 +508,14 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
                 config.lora_base = None
             self._save_extra(scratch, config, lora)
             config.save(scratch)
+            if backend not in (None, "torch"):
+                save_backend(self, backbone, scratch, backend, backend_precision)
 
     def load_weights(self, path: str | os.PathLike) -> None:
         """Load weights saved by :meth:`save_pretrained` (resuming a training checkpoint)."""
+        if self.inference_backend is not None:  # its graph holds the weights it was loaded with
+            raise UsageError(f"A model running on backend {self.inference_backend} cannot load other weights; "
+                             "load them with from_pretrained(path, backend=...).")
         load_backbone_weights(self.backbone, path)
         self._load_extra(str(path), fresh=False)
 

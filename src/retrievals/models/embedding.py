@@ -67,6 +67,7 @@ class AutoModelForEmbedding(RetrievalModel):
     model_type = "embedding"
     accepted_and_ignored = frozenset({"causal_lm", "model_type"})  # the CLIs' spellings; decoders are detected
     internal_fields = frozenset({"lora_base", "model_type", "decoder", "matryoshka_dims"})
+    backend_output = "last_hidden_state"
 
     def __init__(self, backbone: nn.Module, tokenizer: Any, config: EmbeddingConfig) -> None:
         self._check_config(config)
@@ -152,6 +153,9 @@ class AutoModelForEmbedding(RetrievalModel):
         backend.post_processor = processors.Sequence([backend.post_processor, add_eos]) if backend.post_processor else add_eos
         return tokenizer
 
+    def backend_inputs(self) -> List[str]:
+        return ["input_ids", "attention_mask"] + (["position_ids"] if self.retrieval_config.decoder else [])
+
     # ------------------------------------------------------------------ properties
     @property
     def embedding_dim(self) -> int:
@@ -185,7 +189,7 @@ class AutoModelForEmbedding(RetrievalModel):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self.retrieval_config.decoder:  # correct positions under left padding
             inputs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = self.backbone(**inputs).last_hidden_state
+        hidden = self.run_backbone(**inputs).last_hidden_state
         emb = pool(hidden, attention_mask if pooling_mask is None else pooling_mask, self.retrieval_config.pooling_method)
         if self.retrieval_config.normalize_embeddings if normalize is None else normalize:
             emb = torch.nn.functional.normalize(emb, p=2, dim=-1)

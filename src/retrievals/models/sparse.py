@@ -59,6 +59,7 @@ class SparseEmbedder(AutoModelForEmbedding):
 
     config_class = SparseConfig
     model_type = "sparse"
+    backend_output = None  # its MLM-head forward is its own (``_embed_padded``): no CPU backend yet
 
     def __init__(self, backbone: nn.Module, tokenizer: Any, config: SparseConfig) -> None:
         super().__init__(backbone, tokenizer, config)

@@ -21,6 +21,11 @@ class EmbedderFlags:
     dtype: Optional[str] = field(default=None, metadata={"aliases": DTYPE_FLAG_ALIASES,
                                                          "help": "float32 | float16 | bfloat16 (also --model_dtype)."})
     device: Optional[str] = field(default=None, metadata={"help": "cpu | cuda (default: cuda when available)."})
+    backend: str = field(default="torch", metadata={"help": "torch | onnx | openvino: what runs the embedder and the "
+                                                            "reranker (onnx, openvino: CPU inference, dense embedders and "
+                                                            "cross-encoders; graphs exported once and cached)."})
+    backend_precision: str = field(default="fp32", metadata={"help": "fp32 | int8 | bf16 (openvino, CPUs with bf16) "
+                                                                     "for --backend onnx or openvino."})
     trust_remote_code: bool = False
 
     def load_embedder(self, required_for: str = "") -> Any:
@@ -35,7 +40,7 @@ class EmbedderFlags:
             self.model_name_or_path, pooling_method=self.pooling_method,
             query_instruction=unescape_cli(self.query_instruction), document_instruction=unescape_cli(self.document_instruction),
             query_max_length=self.max_length, document_max_length=self.max_length, dtype=self.dtype, device=self.device,
-            trust_remote_code=self.trust_remote_code)
+            trust_remote_code=self.trust_remote_code, backend=self.backend, backend_precision=self.backend_precision)
 
 
 @dataclass(kw_only=True)
@@ -46,11 +51,13 @@ class RerankerFlags:
     model_type: Optional[str] = field(default=None, metadata={"help": "Reranker kind: cross-encoder | colbert | llm "
                                                                       "(default: inferred)."})
 
-    def load_reranker(self, dtype: Optional[str] = None, device: Optional[str] = None, trust_remote_code: bool = False) -> Any:
-        """The reranker these flags name, or None."""
+    def load_reranker(self, dtype: Optional[str] = None, device: Optional[str] = None, trust_remote_code: bool = False,
+                      backend: str = "torch", backend_precision: str = "fp32") -> Any:
+        """The reranker these flags name, or None (dtype, device and backend: the shared ``EmbedderFlags``)."""
         if not self.reranker_name_or_path:
             return None
         from ..models.rankers import AutoModelForRanking
 
         return AutoModelForRanking.from_pretrained(self.reranker_name_or_path, model_type=self.model_type, dtype=dtype,
-                                                   device=device, trust_remote_code=trust_remote_code)
+                                                   device=device, trust_remote_code=trust_remote_code, backend=backend,
+                                                   backend_precision=backend_precision)

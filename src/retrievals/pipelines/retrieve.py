@@ -144,7 +144,8 @@ def sparse_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, 
     from ..models.sparse import SparseEmbedder
 
     flags = a if path == a.model_name_or_path else dataclasses.replace(  # the dense model's settings are not its own
-        a, model_name_or_path=path, pooling_method=None, query_instruction=None, document_instruction=None)
+        a, model_name_or_path=path, pooling_method=None, query_instruction=None, document_instruction=None,
+        backend="torch", backend_precision="fp32")  # a sparse embedder has no CPU backend: --backend is the dense one's
     model = flags.load_embedder(required_for=flag)
     if not isinstance(model, SparseEmbedder):
         raise UsageError(f"{flag} needs a sparse embedder; {path} is a dense one.")
@@ -184,7 +185,7 @@ def run_retrieval(a: RetrieveArguments) -> Dict[str, Dict[str, float]]:
             else weighted_score_fusion(runs, weights=weights, top_k=a.top_k)
     else:
         run = dense_run(a, corpus, queries, a.index_type)
-    reranker = a.load_reranker(a.dtype, a.device, a.trust_remote_code)
+    reranker = a.load_reranker(a.dtype, a.device, a.trust_remote_code, a.backend, a.backend_precision)
     if reranker is not None:
         run = rerank_run(reranker, corpus, queries, run, top_k=a.rerank_top_k,
                          show_progress_bar=True)

@@ -86,6 +86,7 @@ class CrossEncoder(BaseRanker):
     config_class = CrossEncoderConfig
     model_type = "cross-encoder"
     lora_task_type = "SEQ_CLS"
+    backend_output = "logits"
 
     def _make_processor(self) -> PairProcessor:
         self.tokenizer.padding_side = "right"
@@ -107,8 +108,11 @@ class CrossEncoder(BaseRanker):
             logger.info("%s has no classification head: adding a fresh 1-logit head (train it before use).", path)
         return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
 
+    def backend_inputs(self) -> List[str]:
+        return ["input_ids", "attention_mask"] + (["token_type_ids"] if self.processor.use_types else [])
+
     def score_units(self, batch: Batch) -> torch.Tensor:
-        return self.backbone(**batch).logits[:, 0]
+        return self.run_backbone(**batch).logits[:, 0]
 
     def forward(self, pairs: Batch, group_size: int) -> RankingOutput:
         scores = run_in_length_chunks(self.score_units, pairs, TRAIN_CHUNK).view(-1, group_size)
