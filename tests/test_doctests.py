@@ -5,7 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["retrievals.utils", "retrievals.data.io", "retrievals.evaluation.metrics", "retrievals.models.rankers.colbert"]
+MODULES = ["retrievals.utils", "retrievals.data.io", "retrievals.evaluation.metrics", "retrievals.models.rankers.colbert",
+           "retrievals.index.hybrid"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 from ..data.io import rank
 from ..inputs import check_top_k
@@ -15,22 +15,7 @@ def reciprocal_rank_fusion(runs: Sequence[Run], k: int = 60, weights: Optional[S
 
     A document missing from a run gets nothing from it. Returns the fused run, best ``top_k`` per query.
     """
-    top_k = check_top_k(top_k, allow_none=True)
-    weights = list(weights) if weights is not None else [1.0] * len(runs)
-    if len(weights) != len(runs):
-        raise ValueError(f"{len(weights)} weights for {len(runs)} runs")
-    fused: Dict[str, Dict[str, float]] = {}
-    for run, weight in zip(runs, weights):
-        for qid, scores in run.items():
-            target = fused.setdefault(qid, {})
-            for position, doc_id in enumerate(rank(scores), start=1):
-                target[doc_id] = target.get(doc_id, 0.0) + weight / (k + position)
-    return _best(fused, top_k)
-
-
-def _best(fused: Dict[str, Dict[str, float]], top_k: Optional[int]) -> Run:
-    """Each query's documents best first (ties in trec_eval's order), the best ``top_k`` when given."""
-    return {q: {d: s[d] for d in (rank(s) if top_k is None else rank(s)[:top_k])} for q, s in fused.items()}
+    return _fuse(runs, weights, top_k, lambda scores: ((d, 1.0 / (k + i)) for i, d in enumerate(rank(scores), start=1)))
 
 
 def weighted_score_fusion(runs: Sequence[Run], weights: Optional[Sequence[float]] = None,
@@ -45,6 +30,16 @@ def weighted_score_fusion(runs: Sequence[Run], weights: Optional[Sequence[float]
     >>> weighted_score_fusion([{"q": {"a": 3.0, "b": 1.0}}, {"q": {"b": 0.9, "c": 0.1}}], weights=[0.5, 0.5])
     {'q': {'b': 0.5, 'a': 0.5, 'c': 0.0}}
     """
+    def scaled(scores: Mapping[str, float]) -> Iterable[Tuple[str, float]]:
+        low, high = min(scores.values(), default=0.0), max(scores.values(), default=0.0)
+        return ((d, (s - low) / (high - low) if high > low else 1.0) for d, s in scores.items())
+
+    return _fuse(runs, weights, top_k, scaled)
+
+
+def _fuse(runs: Sequence[Run], weights: Optional[Sequence[float]], top_k: Optional[int],
+          contribution: Callable[[Mapping[str, float]], Iterable[Tuple[str, float]]]) -> Run:
+    """Sum each run's weighted ``contribution`` per query and document; best first, the best ``top_k`` when given."""
     top_k = check_top_k(top_k, allow_none=True)
     weights = list(weights) if weights is not None else [1.0] * len(runs)
     if len(weights) != len(runs):
@@ -53,10 +48,6 @@ def weighted_score_fusion(runs: Sequence[Run], weights: Optional[Sequence[float]
     for run, weight in zip(runs, weights):
         for qid, scores in run.items():
             target = fused.setdefault(qid, {})
-            if not scores:
-                continue
-            low, high = min(scores.values()), max(scores.values())
-            for doc_id, score in scores.items():
-                scaled = (score - low) / (high - low) if high > low else 1.0
-                target[doc_id] = target.get(doc_id, 0.0) + weight * scaled
-    return _best(fused, top_k)
+            for doc_id, value in contribution(scores):
+                target[doc_id] = target.get(doc_id, 0.0) + weight * value
+    return {q: {d: s[d] for d in (rank(s) if top_k is None else rank(s)[:top_k])} for q, s in fused.items()}
