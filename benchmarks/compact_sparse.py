@@ -231,6 +231,7 @@ def measure(work: Path, trained: Dict[str, Dict[str, Any]], out: Path, vaswani: 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     plot(rows, out.with_suffix(".png"))
+    out.with_suffix(".md").write_text(markdown(result))
     print(json.dumps(result["targets"], indent=2))
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
@@ -268,6 +269,24 @@ def targets(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         out[dname] = {name: {"measured": a, "bar": b, "met": a >= b if "above" not in name else a > b}
                       for name, (a, b) in checks.items()}
     return out
+
+
+def markdown(result: Dict[str, Any]) -> str:
+    """The rows as one table per dataset, and the targets (written beside the JSON; README copies it)."""
+    lines = [f"Measured {result['date']} on {result['machine']} (torch {result['versions']['torch']}, faiss "
+             f"{result['versions']['faiss']}); `python benchmarks/compact_sparse.py`.", ""]
+    for dname in sorted({r["dataset"] for r in result["rows"]}):
+        lines += [f"**{dname}**", "", "| run | nDCG@10 | recall@100 | bytes/doc in memory | on disk | search ms/query |",
+                  "|---|---|---|---|---|---|"]
+        for r in (r for r in result["rows"] if r["dataset"] == dname):
+            cells = [r["name"], f"{r['ndcg@10']:.4f}", f"{r['recall@100']:.4f}", str(r.get("bytes_per_vector", "")),
+                     str(r.get("disk_bytes_per_vector", "")), str(r.get("latency_ms", ""))]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", "| target | measured | bar | met |", "|---|---|---|---|"]
+        for name, t in result["targets"][dname].items():
+            lines.append(f"| {name} | {t['measured']} | {t['bar']} | {'yes' if t['met'] else '**no**'} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def plot(rows: List[Dict[str, Any]], path: Path) -> None:
