@@ -121,6 +121,14 @@ def test_lora_adapter_and_merged_roundtrip(tiny_qwen, tmp_path):
     np.testing.assert_allclose(via_lora_path.encode(TEXTS, is_query=True), expected, atol=1e-5)
 
 
+def test_bf16_model_normalises_in_float32(tiny_bert):
+    """A bf16 model's vectors are float32 and unit length (a bf16 norm left lengths 0.996-1.004)."""
+    model = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean", dtype=torch.bfloat16)
+    vectors = model.encode(corpus_lines(20), convert_to_tensor=True)
+    assert vectors.dtype == torch.float32
+    assert torch.allclose(vectors.norm(dim=-1), torch.ones(20), atol=1e-5)
+
+
 def test_unknown_pooling_and_kwarg(tiny_bert):
     with pytest.raises(ValueError, match="choose one of"):
         AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="max")
