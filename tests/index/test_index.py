@@ -188,6 +188,21 @@ def test_retrieve_hybrid_with_a_sparse_embedder(tiny_bert, beir_folder, tmp_path
                                   "--output", str(tmp_path / "x")]) == 2  # a dense model is no sparse one
 
 
+def test_retrieve_binary_rescored_with_int8(tiny_bert, beir_folder, tmp_path):
+    """--rescore_with int8 builds and saves the int8 file beside the binary index; a saved index of the other kind
+    of rescoring is refused, not reused."""
+    from retrievals.pipelines import retrieve
+
+    base = ["--dataset", str(beir_folder), "--model_name_or_path", tiny_bert, "--pooling_method", "mean", "--top_k", "20",
+            "--index_type", "binary", "--index_dir", str(tmp_path / "idx")]
+    assert retrieve.main(base + ["--rescore_with", "int8", "--output", str(tmp_path / "a.trec")]) == 0
+    assert (tmp_path / "idx" / "dense" / "rescore_int8.npy").is_file()
+    assert retrieve.main(base + ["--rescore_with", "int8", "--output", str(tmp_path / "b.trec")]) == 0  # loaded
+    assert read_trec_run(tmp_path / "a.trec") == read_trec_run(tmp_path / "b.trec")
+    assert retrieve.main(base + ["--output", str(tmp_path / "c.trec")]) == 2  # built with int8 rescoring: refused
+    assert retrieve.main(base[:-4] + ["--index_type", "flat", "--rescore_with", "int8", "--output", str(tmp_path / "d")]) == 2
+
+
 def test_retrieve_pipeline_errors(beir_folder, tmp_path, capsys):
     from retrievals.pipelines import retrieve
 
