@@ -138,8 +138,9 @@ def seed_embed_command(model: str, data: str, out, **changes: str) -> list:
     return args
 
 
-def run_torchrun(nproc: int, *args: str, cwd=None, timeout: int = 300, threads: int = 1):
-    """Run ``torchrun --nproc_per_node nproc ARGS`` on CPU; kill the whole process group on timeout."""
+def run_torchrun(nproc: int, *args: str, cwd=None, timeout: int = 900, threads: int = 1):
+    """Run ``torchrun --nproc_per_node nproc ARGS`` on CPU; kill the whole process group on timeout (a guard against
+    hangs, generous: on a loaded shared machine the seed LLM command took over 300 s)."""
     import signal
     import subprocess
     import sys
