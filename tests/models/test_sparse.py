@@ -11,7 +11,7 @@ from retrievals.index import Index, SparseIndex
 from retrievals.losses import FlopsRegularizedLoss, InfoNCELoss
 from retrievals.models.sparse import SparseEmbedder
 
-from ..conftest import corpus_lines
+from ..conftest import corpus_lines, needs
 
 TEXTS = corpus_lines(9)
 
@@ -60,6 +60,8 @@ def test_sparse_index_scores_are_exact_dot_products(sparse_model, tmp_path):
         for score, doc in zip(scores[row], ids[row]):
             assert score == pytest.approx(float(expected[row, int(doc[1:])]), rel=1e-4)
         assert list(scores[row]) == sorted(scores[row], reverse=True)
+    with pytest.raises(TypeError, match=r"vectors\[1\] must map integer term ids"):
+        SparseIndex([{1: 0.5}, {"x": 1.0}], ["a", "b"])
     index.save(tmp_path / "idx")
     assert Index.load(tmp_path / "idx").search(queries[0], 4)[1] == index.search(queries[0], 4)[1]
 
@@ -103,7 +105,7 @@ def test_sparse_training_and_retrieval_through_the_clis(sparse_model, train_file
 def test_saved_model_is_a_sentence_transformers_sparse_encoder(sparse_model, tmp_path):
     """Our folder loads in sentence-transformers' SparseEncoder with the same vectors, prompts included; a folder
     SparseEncoder saved loads here as a sparse embedder, with the same vectors."""
-    st = pytest.importorskip("sentence_transformers")
+    st = needs("sentence_transformers")
     # sentence-transformers has one max length: ours are set equal (it would cut queries at the documents' length)
     model = SparseEmbedder.from_pretrained(sparse_model, query_instruction="query: ", document_instruction="passage: ",
                                            query_max_length=32)

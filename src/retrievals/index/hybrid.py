@@ -6,7 +6,27 @@ from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 from ..data.io import rank
 from ..inputs import check_top_k
+from ..utils import UsageError
 from .base import Run
+
+FUSIONS = ("rrf", "weighted")
+
+
+def check_fusion(method: str, weights: Optional[Sequence[float]]) -> None:
+    """The fusion settings a pipeline takes (``--fusion``, ``--fusion_weights``) for two runs: a named error."""
+    if method not in FUSIONS:
+        raise UsageError(f"--fusion must be one of {list(FUSIONS)}, got {method!r}.")
+    if weights and (len(weights) != 2 or min(weights) < 0):
+        raise UsageError(f"--fusion_weights takes two weights >= 0 (one per fused run), got {list(weights)}.")
+
+
+def fuse(method: str, runs: Sequence[Run], weights: Optional[Sequence[float]] = None, top_k: Optional[int] = None,
+         k: int = 60) -> Run:
+    """``rrf`` (:func:`reciprocal_rank_fusion`, constant ``k``) or ``weighted`` (:func:`weighted_score_fusion`)."""
+    check_fusion(method, None)
+    if method == "rrf":
+        return reciprocal_rank_fusion(runs, k=k, weights=weights, top_k=top_k)
+    return weighted_score_fusion(runs, weights=weights, top_k=top_k)
 
 
 def reciprocal_rank_fusion(runs: Sequence[Run], k: int = 60, weights: Optional[Sequence[float]] = None,

@@ -14,7 +14,10 @@ from .base import Index
 
 def _as_sparse(vector: Any, where: str) -> Dict[int, float]:
     if isinstance(vector, Mapping):
-        return {int(k): float(v) for k, v in vector.items() if float(v) != 0.0}
+        try:
+            return {int(k): float(v) for k, v in vector.items() if float(v) != 0.0}
+        except (TypeError, ValueError):
+            raise TypeError(f"{where} must map integer term ids to numbers, got {dict(list(vector.items())[:3])!r}") from None
     array = np.asarray(vector.detach().cpu() if hasattr(vector, "detach") else vector, dtype=np.float32)
     if array.ndim != 1:
         raise TypeError(f"{where} must be a {{term: weight}} dict or a 1-d vector, got shape {array.shape}")

@@ -129,7 +129,7 @@ class SparseEmbedder(AutoModelForEmbedding):
 
     def _embed_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, normalize: Optional[bool],
                       pooling_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        logits = self.backbone(input_ids=input_ids, attention_mask=attention_mask).logits
+        logits = self.run_backbone(input_ids=input_ids, attention_mask=attention_mask).logits
         weights = torch.log1p(torch.relu(logits.float()))
         mask = (attention_mask if pooling_mask is None else pooling_mask).to(weights.dtype)
         return (weights * mask[..., None]).amax(dim=1)  # padding contributes 0, never the max of real tokens

@@ -23,7 +23,7 @@ from ..evaluation.datasets import load_eval_dataset
 from ..evaluation.metrics import evaluate_run
 from ..evaluation.report import REPORT_FILES, REPORTED, model_settings, write_report
 from ..evaluation.retrieval import rerank_run, retrieve
-from ..index import BM25Index, reciprocal_rank_fusion, weighted_score_fusion
+from ..index import BM25Index, check_fusion, fuse
 from ..files import check_new_output
 from ..utils import UsageError, at_least
 from .cli import run_cli
@@ -48,10 +48,7 @@ class EvaluateArguments:
     def __post_init__(self) -> None:
         for flag in ("rerank_top_k", "top_k", "batch_size"):
             at_least(f"--{flag}", getattr(self, flag), 1)
-        if self.fusion not in ("rrf", "weighted"):
-            raise UsageError(f"--fusion must be rrf or weighted, got {self.fusion!r}.")
-        if self.fusion_weights and (len(self.fusion_weights) != 2 or min(self.fusion_weights) < 0):
-            raise UsageError(f"--fusion_weights takes two weights >= 0, got {self.fusion_weights}.")
+        check_fusion(self.fusion, self.fusion_weights)
 
 
 def named(specs: List[str]) -> List[Tuple[str, str]]:
@@ -106,8 +103,7 @@ def evaluate(a: EvaluateArguments) -> Dict[str, Dict]:
             if part == "bm25" and part not in runs:
                 runs["bm25"] = bm25_run(data, max(a.top_k, 100))
         weights = a.fusion_weights or None
-        fuse = reciprocal_rank_fusion if a.fusion == "rrf" else weighted_score_fusion
-        runs[name] = fuse([runs[first], runs[second]], weights=weights, top_k=max(a.top_k, 100))
+        runs[name] = fuse(a.fusion, [runs[first], runs[second]], weights, top_k=max(a.top_k, 100))
         metrics = evaluate_run(runs[name], data.qrels, k_values)
         rows.append({"name": name, "kind": f"hybrid {first} + {second} ({a.fusion})", "path": "",
                      "seconds": 0.0, "metrics": {m: round(metrics[m], 4) for m in REPORTED},

@@ -24,16 +24,15 @@ from ..data.readers import DataError
 from ..evaluation.datasets import load_eval_dataset
 from ..data.io import dataset_hash, read_jsonl_texts, read_qrels, write_trec_run
 from ..evaluation.metrics import evaluate_run
-from ..evaluation.retrieval import rerank_run
+from ..evaluation.retrieval import rerank_run, retrieve
 from ..index import (
     FAISS_TYPES,
     QUANTIZED_TYPES,
     BM25Index,
     Index,
-    SparseIndex,
     build_dense_index,
-    reciprocal_rank_fusion,
-    weighted_score_fusion,
+    check_fusion,
+    fuse,
 )
 from ..files import atomic_write_json, check_new_output
 from ..index.sharded import encode_sharded
@@ -44,7 +43,6 @@ from .model_flags import EmbedderFlags, RerankerFlags
 
 DENSE = ("exact", *FAISS_TYPES, *QUANTIZED_TYPES)
 INDEX_TYPES = (*DENSE, "bm25", "sparse", "hybrid")
-FUSIONS = ("rrf", "weighted")
 
 
 @dataclass(kw_only=True)
@@ -79,10 +77,7 @@ class RetrieveArguments(EmbedderFlags, RerankerFlags):
         at_least("--rescore_multiplier", self.rescore_multiplier, 0)
         if self.rescore_with not in ("codes", "int8") or (self.rescore_with == "int8" and "binary" not in self.index_type):
             raise UsageError(f"--rescore_with {self.rescore_with!r}: codes, or int8 with a binary index type.")
-        if self.fusion not in FUSIONS:
-            raise UsageError(f"--fusion must be one of {list(FUSIONS)}, got {self.fusion!r}.")
-        if self.fusion_weights and (len(self.fusion_weights) != 2 or min(self.fusion_weights) < 0):
-            raise UsageError(f"--fusion_weights takes two weights >= 0 (lexical or sparse, dense), got {self.fusion_weights}.")
+        check_fusion(self.fusion, self.fusion_weights)
         if (self.sparse_name_or_path or self.fusion_weights or self.fusion != "rrf") and self.index_type != "hybrid":
             raise UsageError("--sparse_name_or_path, --fusion and --fusion_weights are for --index_type hybrid.")
 
@@ -111,8 +106,7 @@ def dense_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, s
         else:
             vectors = model.encode_corpus(texts, batch_size=a.batch_size, show_progress_bar=True)
         index = build_dense_index(vectors, doc_ids, index_type, rescore_multiplier=a.rescore_multiplier,
-                                  rescore_with=a.rescore_with) \
-            if index_type in QUANTIZED_TYPES else build_dense_index(vectors, doc_ids, index_type)
+                                  rescore_with=a.rescore_with)  # the rescoring settings matter to quantized types only
         if hasattr(index, "bytes_per_vector"):
             logger.warning("%s index: %d bytes per vector (float32: %d)", index_type, index.bytes_per_vector,
                            4 * int(index.dim))
@@ -149,12 +143,7 @@ def sparse_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, 
     model = flags.load_embedder(required_for=flag)
     if not isinstance(model, SparseEmbedder):
         raise UsageError(f"{flag} needs a sparse embedder; {path} is a dense one.")
-    doc_ids = list(corpus)
-    index = SparseIndex(model.encode_sparse([corpus[d] for d in doc_ids], batch_size=a.batch_size), doc_ids)
-    logger.warning("sparse index: %d postings for %d documents", index.postings, len(doc_ids))
-    query_ids = list(queries)
-    return index.search_run(query_ids, model.encode_sparse([queries[q] for q in query_ids], is_query=True,
-                                                           batch_size=a.batch_size), a.top_k)
+    return retrieve(model, corpus, queries, top_k=a.top_k, batch_size=a.batch_size)
 
 
 def load_matching_index(folder: Path, source: Dict) -> Index:
@@ -180,9 +169,8 @@ def run_retrieval(a: RetrieveArguments) -> Dict[str, Dict[str, float]]:
     elif a.index_type == "hybrid":
         lexical = sparse_run(a, corpus, queries, a.sparse_name_or_path, "--sparse_name_or_path") \
             if a.sparse_name_or_path else bm25_run(a, corpus, queries)
-        runs, weights = [lexical, dense_run(a, corpus, queries, "flat")], a.fusion_weights or None
-        run = reciprocal_rank_fusion(runs, k=a.hybrid_k, weights=weights, top_k=a.top_k) if a.fusion == "rrf" \
-            else weighted_score_fusion(runs, weights=weights, top_k=a.top_k)
+        run = fuse(a.fusion, [lexical, dense_run(a, corpus, queries, "flat")], a.fusion_weights or None, a.top_k,
+                   k=a.hybrid_k)
     else:
         run = dense_run(a, corpus, queries, a.index_type)
     reranker = a.load_reranker(a.dtype, a.device, a.trust_remote_code, a.backend, a.backend_precision)
