@@ -250,18 +250,6 @@ def test_evaluate_pipeline_report(tiny_bert, beir_folder, tmp_path):
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_eval_during_training(tiny_bert, train_file, tmp_path):
-    from retrievals.pipelines import embed
-
-    out = tmp_path / "out"
-    assert embed.main(["--model_name_or_path", tiny_bert, "--train_data", train_file, "--eval_data", train_file,
-                       "--output_dir", str(out), "--max_steps", "4", "--eval_strategy", "steps", "--eval_steps", "2",
-                       "--per_device_train_batch_size", "4", "--report_to", "none", "--train_group_size", "2"]) == 0
-    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
-    evals = [h for h in history if "eval_map" in h]
-    assert [h["step"] for h in evals] == [2, 4] and all(0 < h["eval_mrr@10"] <= 1 for h in evals)
-
-
 def clustered(n=300, dim=64, seed=0):
     rng = np.random.default_rng(seed)
     centers = rng.normal(size=(30, dim))

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import datetime
-import io
 import json
 import os
 import platform
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from ..files import atomic_write_bytes, atomic_write_text
+from ..files import atomic_write_text
+from ..plotting import pyplot, save_png
 
 REPORTED = ("ndcg@10", "map", "mrr@10", "recall@100")
 
@@ -64,12 +64,8 @@ def write_report(folder: str | os.PathLike, dataset: Dict[str, Any], rows: Seque
 
 
 def _chart(path: Path, rows: Sequence[Dict[str, Any]], title: str):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     metrics: List[str] = [m for m in REPORTED[:3]]
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(rows) + 2), 3.6))
@@ -83,8 +79,4 @@ def _chart(path: Path, rows: Sequence[Dict[str, Any]], title: str):
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, dpi=110, format="png")
-    atomic_write_bytes(path, buffer.getvalue())
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

@@ -14,6 +14,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..files import atomic_write_json, saved_entries
 from ..utils import logger
+from .curve import TrainingCurve
 from .fingerprint import FINGERPRINT_NAME
 from .output_dir import RunFolder
 
@@ -48,6 +49,8 @@ class RetrievalTrainer(Trainer):
         self.run_folder = run_folder
         if self.train_dataset is not None:
             self.add_callback(_SetEpoch(self.train_dataset))
+        if run_folder is not None:  # a pipeline run: draw its curve into its folder
+            self.add_callback(TrainingCurve(run_folder))
         self._last_finite_loss: Optional[torch.Tensor] = None
         self._non_finite_steps: Optional[torch.Tensor] = None
 
