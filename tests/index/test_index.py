@@ -231,6 +231,14 @@ def test_build_hn(tiny_bert, train_file, tmp_path, caplog):
     assert build_hn.main(base + ["--overwrite", "--range_for_sampling", "0-30", "--negative_number", "30",
                                  "--false_negative_ratio", "-10"]) == 0
     assert all(not json.loads(line)["negative"] for line in out.read_text().splitlines())
+    # --min_negatives leaves out the queries a training run with --train_group_size N+1 would refuse
+    stats = build_hn.run(build_hn.HardNegativeArguments(
+        model_name_or_path=tiny_bert, input_file=train_file, output_file=str(out), overwrite=True, range_for_sampling="0-5",
+        negative_number=5, min_negatives=5, false_negative_ratio=10))
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(len(r["negative"]) == 5 for r in kept) and stats["left_out"] == len(source) - len(kept) > 0
+    assert build_hn.main(base + ["--overwrite", "--false_negative_ratio", "-10", "--min_negatives", "1"]) == 2
+    assert len(out.read_text().splitlines()) == len(kept)  # nothing written over the last good file
 
 
 def test_evaluate_pipeline_report(tiny_bert, beir_folder, tmp_path):

@@ -428,6 +428,7 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         trust_remote_code: bool = False,
         backend: str = "torch",
         backend_precision: str = "fp32",
+        backbone_only: bool = False,
         **settings: Any,
     ) -> "RetrievalModel":
         """Load a model saved by this library, a plain transformers folder (or another library's, where the kind
@@ -436,11 +437,18 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
 
         ``backend``: ``torch`` | ``onnx`` (ONNX Runtime) | ``openvino``, the last two for CPU inference of dense
         embedders and cross-encoders, with ``backend_precision`` ``fp32`` | ``int8`` | ``bf16`` (openvino only);
-        see :mod:`retrievals.models.backends`."""
+        see :mod:`retrievals.models.backends`.
+
+        ``backbone_only=True`` takes only the transformer weights of a folder this library saved as another kind
+        (a fine-tuned embedder's encoder to start a cross-encoder or ColBERT, say): the head and every setting
+        start fresh, as from a plain transformers folder."""
         from ..utils import resolve_device, resolve_dtype
         from .backends import check_backend, load_backend
 
-        kind = cls._kind_for(check_model_path(model_name_or_path))
+        if backbone_only and (lora_path or is_lora_dir(check_model_path(model_name_or_path))):
+            raise UsageError(f"{model_name_or_path}: backbone_only takes full transformer weights, not a LoRA adapter; "
+                             "use the merged copy (--save_merged) of that run.")
+        kind = cls if backbone_only else cls._kind_for(check_model_path(model_name_or_path))
         if kind is not cls:
             return kind.from_pretrained(model_name_or_path, use_lora=use_lora, lora_path=lora_path, lora_r=lora_r,
                                         lora_alpha=lora_alpha, lora_dropout=lora_dropout,
@@ -459,9 +467,10 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
             lora_path = check_model_path(lora_path, "LoRA adapter")
         if tokenizer_name and os.path.exists(tokenizer_name):
             tokenizer_name = check_model_path(tokenizer_name, "tokenizer")
-        config = cls.config_class.load(path) if os.path.isdir(path) else None
+        config = cls.config_class.load(path) if os.path.isdir(path) and not backbone_only else None
         if config is not None and config.model_type != cls.model_type:
-            raise UsageError(f"{path} holds a {config.model_type!r} model, not {cls.model_type!r}.")
+            raise UsageError(f"{path} holds a {config.model_type!r} model, not {cls.model_type!r}; to start a fresh "
+                             f"{cls.model_type!r} from its transformer weights, pass backbone_only=True (--backbone_only true).")
         saved_by_us = config is not None
         base_path, adapter_path = resolve_lora_paths(path, config.lora_base if config else None, lora_path)
         if config is None:

@@ -43,6 +43,9 @@ class HardNegativeArguments(EmbedderFlags, RerankerFlags):
     negative_number: int = 15
     false_negative_ratio: float = field(default=0.95, metadata={"help": "Drop candidates scoring above ratio x positive."})
     keep_original_negatives: bool = False
+    min_negatives: int = field(default=0, metadata={
+        "help": "Leave out queries that end up with fewer negatives (e.g. --train_group_size - 1 of the training "
+                "run, which refuses such records); counted in the output."})
     query_key: str = "query"
     positive_key: str = "positive"
     negative_key: str = "negative"
@@ -57,6 +60,7 @@ class HardNegativeArguments(EmbedderFlags, RerankerFlags):
             raise UsageError("--model_name_or_path is required: the embedder that ranks the candidate pool.")
         for flag in ("negative_number", "batch_size", "shard_size", "max_length"):
             at_least(f"--{flag}", getattr(self, flag), 1)
+        at_least("--min_negatives", self.min_negatives, 0)
         parse_range(self.range_for_sampling)
 
 
@@ -145,10 +149,18 @@ def run(a: HardNegativeArguments) -> Dict[str, int]:
         logger.warning("%d of %d queries got fewer than %d negatives (%d got none): widen --range_for_sampling, "
                        "raise --false_negative_ratio or add a --candidate_pool.", stats["short"], len(records),
                        a.negative_number, stats["empty"])
+    kept = [(record, negs) for record, negs in zip(records, negatives) if len(negs) >= a.min_negatives]
+    if not kept:
+        raise DataError(f"no query got --min_negatives {a.min_negatives} negatives, so {output} would be empty: widen "
+                        "--range_for_sampling, raise --false_negative_ratio or add a --candidate_pool.")
     atomic_write_text(output, "".join(
         json.dumps({a.query_key: record.query, a.positive_key: record.positives, a.negative_key: negs}, ensure_ascii=False) + "\n"
-        for record, negs in zip(records, negatives)))
+        for record, negs in kept))
     stats["queries"] = len(records)
+    stats["left_out"] = len(records) - len(kept)
+    if stats["left_out"]:
+        logger.warning("%d queries with fewer than %d negatives (--min_negatives) were left out of %s.",
+                       stats["left_out"], a.min_negatives, output)
     print(json.dumps(stats))
     return stats
 

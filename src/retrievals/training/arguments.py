@@ -185,6 +185,9 @@ class ModelLoadingArguments:
     dtype: Optional[str] = field(default=None, metadata={"aliases": DTYPE_FLAG_ALIASES,
                                                          "help": "Weights dtype: float32 | bfloat16 | float16 (also --model_dtype)."})
     trust_remote_code: bool = False
+    backbone_only: bool = field(default=False, metadata={
+        "help": "Take only the transformer weights of --model_name_or_path, a model of another kind saved by this "
+                "library (a fine-tuned embedder's encoder to start a cross-encoder or ColBERT); head and settings start fresh."})
 
     def __post_init__(self) -> None:
         at_least("--lora_r", self.lora_r, 1)
@@ -200,4 +203,4 @@ class ModelLoadingArguments:
         return {"use_lora": self.use_lora, "lora_path": self.lora_path, "lora_r": self.lora_r, "lora_alpha": self.lora_alpha,
                 "lora_dropout": self.lora_dropout, "lora_target_modules": self.lora_target_modules,
                 "tokenizer_name": self.tokenizer_name, "dtype": self.dtype, "device": "cpu",
-                "trust_remote_code": self.trust_remote_code}
+                "trust_remote_code": self.trust_remote_code, "backbone_only": self.backbone_only}

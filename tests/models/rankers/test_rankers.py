@@ -324,3 +324,36 @@ def test_cli_bce_loss(tiny_bert, train_file, tmp_path):
     assert rerank_cli.main(_cli(tiny_bert, train_file, out, "--model_type", "cross-encoder", "--loss_fn", "bce",
                                 "--train_group_size", "2", "--max_length", "32")) == 0
     assert isinstance(AutoModelForRanking.from_pretrained(str(out)), CrossEncoder)
+
+
+@pytest.mark.parametrize("ranker_kind", ["cross-encoder", "colbert"])
+def test_reranker_starts_from_a_fine_tuned_embedders_encoder(ranker_kind, tiny_bert, train_file, tmp_path, capsys):
+    """backbone_only: the embedder's transformer weights, a fresh head and fresh settings; without it, refused."""
+    from retrievals import AutoModelForEmbedding
+
+    embedder = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean", query_max_length=32, document_max_length=32)
+    with torch.no_grad():
+        for p in embedder.backbone.parameters():
+            p.add_(0.01)  # differ from tiny_bert: we must see the embedder's weights, not the base model's
+    embedder.save_pretrained(tmp_path / "emb")
+    with pytest.raises(Exception, match="backbone_only=True"):
+        AutoModelForRanking.from_pretrained(str(tmp_path / "emb"), model_type=ranker_kind)
+    ranker = AutoModelForRanking.from_pretrained(str(tmp_path / "emb"), model_type=ranker_kind, backbone_only=True, max_length=32)
+    encoder = dict(ranker.backbone.base_model.named_parameters()) if ranker_kind == "cross-encoder" else dict(ranker.backbone.named_parameters())
+    for name, weight in embedder.backbone.named_parameters():
+        torch.testing.assert_close(encoder[name], weight, msg=name)
+    assert ranker.retrieval_config.model_type == ranker_kind and "pooling_method" not in vars(ranker.retrieval_config)
+    # the CLI: --backbone_only true trains from it; the saved reranker reloads without the flag
+    out = tmp_path / "ranker"
+    args = _cli(str(tmp_path / "emb"), train_file, out, "--model_type", ranker_kind, "--max_len", "32", "--train_group_size", "3")
+    assert rerank_cli.main(args) == 2
+    assert "--backbone_only true" in capsys.readouterr().err
+    assert rerank_cli.main(args + ["--backbone_only", "true"]) == 0
+    assert AutoModelForRanking.from_pretrained(str(out)).retrieval_config.model_type == ranker_kind
+
+
+def test_backbone_only_refuses_a_lora_adapter(tiny_qwen, tmp_path):
+    model = AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm", use_lora=True, max_length=64, **SHORT_PROMPT)
+    model.save_pretrained(tmp_path / "adapter")
+    with pytest.raises(Exception, match="not a LoRA adapter"):
+        AutoModelForRanking.from_pretrained(str(tmp_path / "adapter"), model_type="llm", backbone_only=True)

@@ -1,0 +1,227 @@
+"""Rerankers a user would deploy: each reranker kind trained with its recipe, then reranking the top 20 and
+top 50 of two first stages (zero-shot and fine-tuned all-MiniLM-L6-v2) on AIA-BDE held-out FAQs, beside
+each first stage alone, and the two-stage pipeline (fine-tuned embedder + best fine-tuned reranker).
+
+    .venv/bin/python benchmarks/rerank_recipes.py --kinds cross-encoder colbert \
+        [--first_stage outputs/demo] [--work outputs/rerank_recipes] [--eval_queries 300]
+
+Every step is the library's command line (recorded in the results): the fine-tuned first stage is the
+README's main job (``retrievals.pipelines.demo``; pass ``--first_stage`` to reuse one), negatives are mined
+by ``retrievals.pipelines.build_hn`` with that first stage from the training FAQs only (the candidate
+distribution the reranker will see), and each reranker trains with ``retrievals.pipelines.rerank`` with
+``--eval_data`` (100 held-out queries, disjoint from the ones measured) so its run folder has the
+held-out curve (``training_curve.png``). A finished run in ``--work`` is reused, not retrained.
+Scores are cached per (query, FAQ) in ``--work``, so each pair is scored once per model.
+Results: ``benchmarks/results/rerank_recipes.json`` (saved after each kind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from retrievals import AutoModelForEmbedding, AutoModelForRanking, __version__  # noqa: E402
+from retrievals.assets import fetch  # noqa: E402
+from retrievals.data.aia_bde import parse_aia_bde, split_by_faq  # noqa: E402
+from retrievals.evaluation import evaluate_run, retrieve  # noqa: E402
+
+MAX_LEN, DEPTH = 256, 50
+# kind: (base ("first_stage": the fine-tuned embedder's encoder; or an asset name), flags of retrievals.pipelines.rerank)
+RECIPES: Dict[str, tuple] = {
+    "cross-encoder": ("first_stage", ["--train_group_size", "8", "--learning_rate", "3e-5", "--per_device_train_batch_size", "4",
+                                      "--num_train_epochs", "1", "--warmup_steps", "0.1", "--max_len", str(MAX_LEN)]),
+    "colbert": ("first_stage", ["--train_group_size", "8", "--learning_rate", "3e-5", "--per_device_train_batch_size", "8",
+                                "--num_train_epochs", "1", "--warmup_steps", "0.1", "--max_len", str(MAX_LEN),
+                                "--query_max_length", "64", "--use_inbatch_neg", "true"]),
+    "llm": ("SmolLM2-135M-Instruct", ["--causal_lm", "true", "--use_lora", "true", "--lora_r", "16", "--lora_alpha", "32",
+                                      "--train_group_size", "8", "--learning_rate", "2e-4", "--per_device_train_batch_size", "2",
+                                      "--gradient_accumulation_steps", "2", "--num_train_epochs", "1", "--warmup_steps", "0.1",
+                                      "--max_len", str(MAX_LEN)]),
+}
+COMMON = ["--do_train", "--logging_steps", "10", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
+          "--seed", "42", "--dataloader_drop_last", "true", "--eval_strategy", "steps", "--eval_steps", "100"]
+
+
+def cli(module: str, *args: str) -> List[str]:
+    return [sys.executable, "-m", f"retrievals.pipelines.{module}", *args]
+
+
+def run_logged(command: List[str], log: Path) -> float:
+    start = time.perf_counter()
+    with log.open("w") as handle:
+        subprocess.run(command, check=True, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
+    return time.perf_counter() - start
+
+
+def finished(folder: Path) -> bool:
+    manifest = folder / "retrievals_run.json"
+    return manifest.is_file() and json.loads(manifest.read_text()).get("status") == "finished"
+
+
+def write_jsonl(path: Path, rows) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def metrics(run, qrels) -> Dict[str, float]:
+    res = evaluate_run(run, qrels, k_values=(10,))
+    return {k: round(res[k], 4) for k in ("map", "mrr@10", "ndcg@10")}
+
+
+def top(scores: Dict[str, float], k: int) -> List[str]:
+    return [d for d, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
+
+
+def cached_scores(model, name: str, pairs, split, queries, work: Path) -> Dict[tuple, float]:
+    """Scores of (qid, doc_id) pairs by ``model``, cached in ``work/scores-<name>.json``."""
+    path = work / f"scores-{name}.json"
+    cache = {tuple(k.split("\t")): v for k, v in json.loads(path.read_text()).items()} if path.is_file() else {}
+    todo = sorted(set(pairs) - set(cache))
+    if todo:
+        values = model.compute_score([(queries[q], split.corpus[d]) for q, d in todo], batch_size=32, show_progress_bar=True)
+        cache.update({pair: float(v) for pair, v in zip(todo, values)})
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"\t".join(k): v for k, v in cache.items()}))
+        os.replace(tmp, path)
+    return cache
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kinds", nargs="+", default=["cross-encoder", "colbert"], choices=sorted(RECIPES))
+    p.add_argument("--first_stage", default=None, help="A fine-tuned embedder (default: run the main job into WORK/embedder).")
+    p.add_argument("--work", default="outputs/rerank_recipes")
+    p.add_argument("--eval_queries", type=int, default=300)
+    p.add_argument("--curve_queries", type=int, default=100)
+    p.add_argument("--top_k", type=int, nargs="+", default=[20, 50])
+    p.add_argument("--max_steps", type=int, default=None, help="Cap training (smoke runs).")
+    p.add_argument("--out", default="benchmarks/results/rerank_recipes.json")
+    opts = p.parse_args()
+    work = Path(opts.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    out = Path(opts.out)
+    import transformers
+
+    results = json.loads(out.read_text()) if out.is_file() else {}
+    results.update({"machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
+                    + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"),
+                    "date": datetime.date.today().isoformat(),
+                    "versions": {"retrievals": __version__, "transformers": transformers.__version__, "torch": torch.__version__,
+                                 "python": platform.python_version()}})
+    results.setdefault("rerankers", {})
+    commands = results.setdefault("commands", {})
+
+    def save() -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        os.replace(tmp, out)
+
+    split = split_by_faq(parse_aia_bde(fetch("aia-bde")), 0.3, 0)
+    minilm = str(fetch("all-MiniLM-L6-v2"))
+    first_stage = Path(opts.first_stage).resolve() if opts.first_stage else work / "embedder"
+    if not opts.first_stage and not finished(first_stage):
+        command = cli("demo", "--output_dir", str(first_stage), "--overwrite_output_dir")
+        run_logged(command, work / "embedder.log")
+    commands["first_stage"] = "python -m retrievals.pipelines.demo --output_dir OUT" if not opts.first_stage else f"given: {first_stage}"
+
+    # held-out queries: a fixed random sample measured, a disjoint one for the training curve
+    test_ids = sorted(split.test_queries)
+    random.Random(0).shuffle(test_ids)
+    measured = {q: split.test_queries[q] for q in test_ids[: opts.eval_queries]}
+    curve = test_ids[opts.eval_queries: opts.eval_queries + opts.curve_queries]
+    qrels = {q: split.test_qrels[q] for q in measured}
+    stages = {"zero-shot MiniLM": minilm, "fine-tuned MiniLM": str(first_stage)}
+    runs = {}
+    for name, path in stages.items():
+        embedder = AutoModelForEmbedding.from_pretrained(path, query_max_length=64, document_max_length=MAX_LEN)
+        runs[name] = retrieve(embedder, split.corpus, {**measured, **{q: split.test_queries[q] for q in curve}}, top_k=DEPTH)
+    results["first_stages"] = {name: metrics({q: run[q] for q in measured}, qrels) for name, run in runs.items()}
+    results["eval"] = {"dataset": "AIA-BDE v2.0 held-out FAQs (split_by_faq 0.3, seed 0)", "measured_queries": len(measured),
+                       "curve_queries": len(curve), "documents": len(split.corpus), "top_k": opts.top_k}
+    print("first stages", results["first_stages"], flush=True)
+    save()
+
+    # training data: negatives mined by the fine-tuned first stage from the training FAQs only
+    train_fids = sorted(split.train_faq_ids)
+    write_jsonl(work / "pool.jsonl", ({"text": split.corpus[f]} for f in train_fids))
+    write_jsonl(work / "train_pairs.jsonl", ({"query": split.train_queries[q], "positive": [split.corpus[d] for d in split.train_qrels[q]]}
+                                            for q in sorted(split.train_queries)))
+    mined = work / "train_hn.jsonl"
+    mine = cli("build_hn", "--model_name_or_path", str(first_stage), "--input_file", str(work / "train_pairs.jsonl"),
+               "--candidate_pool", str(work / "pool.jsonl"), "--output_file", str(mined), "--range_for_sampling", "0-30",
+               "--negative_number", "7", "--min_negatives", "7", "--overwrite")
+    if not mined.is_file():
+        run_logged(mine, work / "build_hn.log")
+    commands["build_hn"] = " ".join(["python", "-m", "retrievals.pipelines.build_hn", *mine[3:]]).replace(str(work), "WORK")
+    fine_run = runs["fine-tuned MiniLM"]
+    write_jsonl(work / "curve.jsonl", ({"query": split.test_queries[q], "positive": [split.corpus[d] for d in split.test_qrels[q]],
+                                       "negative": [d_text for d_text in (split.corpus[d] for d in top(fine_run[q], 20)
+                                                                          if d not in split.test_qrels[q])]} for q in curve))
+
+    for kind in opts.kinds:
+        base, flags = RECIPES[kind]
+        base_path = str(first_stage) if base == "first_stage" else str(fetch(base))
+        folder = work / kind
+        command = cli("rerank", "--model_name_or_path", base_path, "--model_type", kind, "--train_data", str(mined),
+                      "--eval_data", str(work / "curve.jsonl"), "--output_dir", str(folder), "--overwrite_output_dir", *COMMON, *flags)
+        if base == "first_stage":
+            command += ["--backbone_only", "true"]  # the embedder's encoder, a fresh reranker head
+        if opts.max_steps:
+            command += ["--max_steps", str(opts.max_steps)]
+        seconds = None
+        if not finished(folder):
+            seconds = run_logged(command, work / f"{kind}.log")
+        shown = " ".join(["python", "-m", "retrievals.pipelines.rerank", *command[3:]]).replace(str(work), "WORK")
+        row = results["rerankers"].get(kind, {}) if seconds is None else {}
+        row.update({"base": base, "command": shown.replace(base_path, "FIRST_STAGE" if base == "first_stage" else base)})
+        if seconds is not None:
+            row["train_minutes"] = round(seconds / 60, 1)
+        history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
+        row["curve"] = [{"step": h["step"], "ndcg@10": h["eval_ndcg@10"]} for h in history if "eval_ndcg@10" in h]
+        before = AutoModelForRanking.from_pretrained(base_path, model_type=kind, max_length=MAX_LEN, backbone_only=True)
+        after = AutoModelForRanking.from_pretrained(str(folder))
+        k_max = max(opts.top_k)
+        pairs = {(q, d) for run in runs.values() for q in measured for d in top(run[q], k_max)}
+        fine_scores = cached_scores(after, f"{kind}-finetuned", pairs, split, measured, work)
+        base_pairs = {(q, d) for q in measured for d in top(fine_run[q], min(opts.top_k))}
+        base_scores = cached_scores(before, f"{kind}-original", base_pairs, split, measured, work)
+        del before, after
+        row["reranked"] = {}
+        for stage, run in runs.items():
+            for k in opts.top_k:
+                reranked = {q: {d: fine_scores[(q, d)] for d in top(run[q], k)} for q in measured}
+                row["reranked"][f"{stage} top {k}"] = metrics(reranked, qrels)
+        row["original_on_fine-tuned top %d" % min(opts.top_k)] = metrics(
+            {q: {d: base_scores[(q, d)] for d in top(fine_run[q], min(opts.top_k))} for q in measured}, qrels)
+        results["rerankers"][kind] = row
+        print(kind, json.dumps(row["reranked"]), flush=True)
+        save()
+
+    best = max(((kind, key, m) for kind, r in results["rerankers"].items() for key, m in r["reranked"].items()
+                if key.startswith("fine-tuned")), key=lambda t: t[2]["ndcg@10"], default=None)
+    if best:
+        results["two_stage"] = {"reranker": best[0], "candidates": best[1], **best[2]}
+    save()
+    print(json.dumps(results, indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
