@@ -36,7 +36,7 @@ def test_embedder_mixed_precision_training(precision, tiny_bert, train_file, tmp
     assert embed.main(train_args(tiny_bert, train_file, out, precision, "true", "--train_group_size", "2")) == 0
     curve = losses(out)
     assert len(curve) == 6 and all(np.isfinite(curve))
-    gpu = AutoModelForEmbedding.from_pretrained(str(out))
+    gpu = AutoModelForEmbedding.from_pretrained(str(out), inference_precision="fp32")  # exact: the default autocasts
     assert gpu.device.type == "cuda"
     cpu = AutoModelForEmbedding.from_pretrained(str(out), device="cpu")
     np.testing.assert_allclose(gpu.encode(TEXTS), cpu.encode(TEXTS), atol=1e-4)  # saved = reloaded, on either device
@@ -58,7 +58,7 @@ def test_reranker_fp16_training_and_device_agreement(kind, tiny_bert, tiny_qwen,
     assert rerank.main(train_args(model, train_file, out, "--model_type", kind, "--fp16", "true", "--train_group_size", "3",
                                   "--max_len", "256" if kind == "llm" else "64", *extra)) == 0
     assert all(np.isfinite(losses(out)))
-    gpu = AutoModelForRanking.from_pretrained(str(out))
+    gpu = AutoModelForRanking.from_pretrained(str(out), inference_precision="fp32")  # exact: the default autocasts
     cpu = AutoModelForRanking.from_pretrained(str(out), device="cpu")
     pairs = [(TEXTS[i], TEXTS[-1 - i]) for i in range(10)] + [(TEXTS[0], " ".join(TEXTS))]  # the last needs windows
     np.testing.assert_allclose(gpu.compute_score(pairs, batch_size=3), cpu.compute_score(pairs), atol=1e-4, rtol=1e-4)
@@ -66,11 +66,11 @@ def test_reranker_fp16_training_and_device_agreement(kind, tiny_bert, tiny_qwen,
 
 
 def test_half_precision_inference_tracks_float32(tiny_bert, tiny_qwen):
-    full = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean").encode(TEXTS)
+    full = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean", inference_precision="fp32").encode(TEXTS)
     half = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean", dtype="float16").encode(TEXTS)
     assert half.dtype == np.float32 and np.min(np.sum(full * half, axis=1)) > 0.999  # normalised: cosine
     pairs = [(TEXTS[i], TEXTS[i + 1]) for i in range(10)]
-    ref = np.array(AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm").compute_score(pairs))
+    ref = np.array(AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm", inference_precision="fp32").compute_score(pairs))
     bf16 = np.array(AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm", dtype="bfloat16").compute_score(pairs))
     assert np.abs(bf16 - ref).max() < 0.05 * max(1.0, np.abs(ref).max())
 
@@ -92,3 +92,14 @@ def test_cuda_graph_training_matches_eager(kind, tiny_bert, train_file, tmp_path
     np.testing.assert_allclose(curves["graphs"], curves["eager"], atol=0.05)  # bf16 arithmetic, fused differently
     loader = AutoModelForEmbedding if kind == "embed" else AutoModelForRanking
     assert loader.from_pretrained(str(tmp_path / "graphs")) is not None
+
+
+def test_gpu_default_is_half_precision_autocast(tiny_bert):
+    texts = corpus_lines(300)  # more batches than BATCHES_PER_COPY: deferred copies on the GPU
+    fast = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean", device="cuda")
+    exact = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean", device="cuda", inference_precision="fp32")
+    a, b = exact.encode(texts, batch_size=8), fast.encode(texts, batch_size=8)
+    assert (a * b).sum(1).min() > 0.99 and np.abs(a - b).max() > 0
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-6)
+    single = np.stack([fast.encode([t])[0] for t in texts[:5]])
+    np.testing.assert_allclose(single, b[:5], atol=2e-2)

@@ -250,10 +250,13 @@ def test_evaluate_pipeline_report(tiny_bert, beir_folder, tmp_path):
     assert evaluate.main(["--dataset", str(beir_folder), "--output_dir", str(out), "--models", f"base={tiny_bert}",
                           "--rerankers", f"ce={tmp_path / 'ce'}", "--first_stage", "bm25", "--rerank_top_k", "5"]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert [r["name"] for r in report["results"]] == ["base", "ce"]
+    assert [r["name"] for r in report["results"]] == ["base", "bm25", "ce"]  # the bm25 first stage beside its reranker
+    bm25_alone = evaluate.evaluate_run(evaluate.bm25_run(evaluate.load_eval_dataset(str(beir_folder)), 100),
+                                       evaluate.load_eval_dataset(str(beir_folder)).qrels, (10, 100))
+    assert report["results"][1]["metrics"]["ndcg@10"] == round(bm25_alone["ndcg@10"], 4)
     assert report["dataset"]["queries"] == 10 and len(report["dataset"]["hash"]) == 16
     assert report["results"][0]["settings"]["pooling_method"] == "cls" and "transformers" in report["environment"]
-    assert report["results"][1]["settings"]["model_type"] == "cross-encoder"
+    assert report["results"][2]["settings"]["model_type"] == "cross-encoder"
     assert "| base | embedder |" in (out / "report.md").read_text()
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
 

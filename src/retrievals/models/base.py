@@ -22,8 +22,10 @@ from transformers.models.auto.modeling_auto import (
 
 from ..files import atomic_directory, atomic_write_json, prepare_folder, verify_files
 from ..utils import UsageError, require
+from .precision import autocast, autocast_dtype, check_inference_precision
 
 CONFIG_NAME = "retrievals_config.json"
+BATCHES_PER_COPY = 32  # batches kept on the GPU between device-to-host copies (bounded memory, rare waits)
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 
 C = TypeVar("C", bound="ModelConfig")
@@ -325,6 +327,7 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         self.config = getattr(backbone, "config", None)  # what transformers' Trainer looks for
         self.processor = self._make_processor()
         self.inference_backend: Any = None  # a CPU backend standing in for the backbone (models/backends)
+        self.inference_precision = "auto"  # autocast for inference: see models/precision.py
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -429,6 +432,7 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         backend: str = "torch",
         backend_precision: str = "fp32",
         backbone_only: bool = False,
+        inference_precision: str = "auto",
         **settings: Any,
     ) -> "RetrievalModel":
         """Load a model saved by this library, a plain transformers folder (or another library's, where the kind
@@ -439,6 +443,9 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         embedders and cross-encoders, with ``backend_precision`` ``fp32`` | ``int8`` | ``bf16`` (openvino only);
         see :mod:`retrievals.models.backends`.
 
+        ``inference_precision``: ``auto`` (bf16 autocast on CUDA, exact float32 on CPU) | ``fp32`` | ``bf16`` |
+        ``fp16``; see :mod:`retrievals.models.precision`.
+
         ``backbone_only=True`` takes only the transformer weights of a folder this library saved as another kind
         (a fine-tuned embedder's encoder to start a cross-encoder or ColBERT, say): the head and every setting
         start fresh, as from a plain transformers folder."""
@@ -448,13 +455,18 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         if backbone_only and (lora_path or is_lora_dir(check_model_path(model_name_or_path))):
             raise UsageError(f"{model_name_or_path}: backbone_only takes full transformer weights, not a LoRA adapter; "
                              "use the merged copy (--save_merged) of that run.")
+        check_inference_precision(inference_precision)
+        if backend != "torch" and inference_precision not in ("auto", "fp32"):
+            raise UsageError(f"inference_precision={inference_precision!r} is for the torch backend; backend {backend!r} "
+                             "takes backend_precision (fp32 | int8 | bf16).")
         kind = cls if backbone_only else cls._kind_for(check_model_path(model_name_or_path))
         if kind is not cls:
             return kind.from_pretrained(model_name_or_path, use_lora=use_lora, lora_path=lora_path, lora_r=lora_r,
                                         lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                                         lora_target_modules=lora_target_modules, tokenizer_name=tokenizer_name, dtype=dtype,
                                         device=device, trust_remote_code=trust_remote_code, backend=backend,
-                                        backend_precision=backend_precision, **settings)
+                                        backend_precision=backend_precision, inference_precision=inference_precision,
+                                        **settings)
         check_backend(cls, backend, backend_precision, device, dtype,
                       lora=bool(use_lora or lora_path or is_lora_dir(model_name_or_path)))
         fields = {f.name for f in dataclasses.fields(cls.config_class)} - cls.internal_fields
@@ -486,6 +498,7 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         model = cls(backbone, tokenizer, config)
         model._load_extra(path, fresh=not saved_by_us)
         model = model.to(device_).eval()  # as transformers does; training switches modes itself
+        model.inference_precision = inference_precision
         if backend != "torch":
             model.inference_backend = load_backend(model, path, backend, backend_precision)
         return model
@@ -533,16 +546,32 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
                     max_tokens: Optional[int] = None, desc: str = "", show_progress_bar: bool = False) -> torch.Tensor:
         """Fill ``out`` (rows in input order) batch by batch: inputs grouped by length (:func:`length_batches`),
         ``collate(indices)`` builds a padded batch, ``compute(batch)`` gives its rows; in eval mode whatever the
-        model's mode (thread-safe), on the model's device, float32 on CPU."""
+        model's mode (thread-safe), on the model's device, at its ``inference_precision``, float32 out.
+
+        On a GPU, inputs go up from pinned memory without waiting and rows stay on the device until
+        ``BATCHES_PER_COPY`` batches are done: one device-to-host copy (the loop's only wait) per that many."""
         from tqdm.auto import tqdm
 
         from .processing import eval_mode, length_batches
 
         dev = self.device
-        with eval_mode(self):
+        gpu = dev.type == "cuda"
+        dtype = None if self.inference_backend is not None else autocast_dtype(
+            getattr(self, "inference_precision", "auto"), dev, next(self.parameters()).dtype)
+        pending: List[Tuple[List[int], torch.Tensor]] = []
+
+        def flush() -> None:
+            if pending:
+                out[[i for idx, _ in pending for i in idx]] = torch.cat([rows for _, rows in pending]).cpu()
+                pending.clear()
+
+        with eval_mode(self), autocast(dev, dtype):
             for idx in tqdm(length_batches(lengths, batch_size, max_tokens), desc=desc, disable=not show_progress_bar):
-                batch = {k: v.to(dev) for k, v in collate(idx).items()}
-                out[idx] = compute(batch).float().cpu()
+                batch = {k: (v.pin_memory().to(dev, non_blocking=True) if gpu else v.to(dev)) for k, v in collate(idx).items()}
+                pending.append((idx, compute(batch).float()))  # one path on every device (on CPU .cpu() is free)
+                if len(pending) >= BATCHES_PER_COPY:
+                    flush()
+            flush()
         return out
 
     def __repr__(self) -> str:

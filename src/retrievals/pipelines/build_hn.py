@@ -101,7 +101,7 @@ def mine(a: HardNegativeArguments, records: List[Record], pool: List[str], model
     positives = [p for r in records for p in r.positives]
     p_emb = model.encode_corpus(positives, batch_size=a.batch_size)
     _, ranked = exact_search(q_emb, pool_emb, top_k=min(end, len(pool)))
-    reranker = a.load_reranker(a.dtype, a.device, a.trust_remote_code, a.backend, a.backend_precision)
+    reranker = a.load_reranker()
     stats = {"short": 0, "empty": 0, "dropped_as_false_negative": 0}
     out, offset = [], 0
     for i, record in enumerate(records):

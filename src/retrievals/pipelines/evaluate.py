@@ -98,10 +98,20 @@ def evaluate(a: EvaluateArguments) -> Dict[str, Dict]:
         metrics = evaluate_run(runs[name], data.qrels, k_values)
         rows.append({"name": name, "kind": "embedder", "path": path, "seconds": round(time.perf_counter() - start, 1),
                      "metrics": {m: round(metrics[m], 4) for m in REPORTED}, "settings": model_settings(model)})
+
+    def ensure_bm25() -> None:  # computed once, and reported beside what it feeds
+        if "bm25" in runs:
+            return
+        start = time.perf_counter()
+        runs["bm25"] = bm25_run(data, max(a.top_k, 100))
+        metrics = evaluate_run(runs["bm25"], data.qrels, k_values)
+        rows.append({"name": "bm25", "kind": "bm25", "path": "", "seconds": round(time.perf_counter() - start, 1),
+                     "metrics": {m: round(metrics[m], 4) for m in REPORTED}, "settings": {"implementation": "bm25s"}})
+
     for name, first, second in hybrids:
         for part in (first, second):
-            if part == "bm25" and part not in runs:
-                runs["bm25"] = bm25_run(data, max(a.top_k, 100))
+            if part == "bm25":
+                ensure_bm25()
         weights = a.fusion_weights or None
         runs[name] = fuse(a.fusion, [runs[first], runs[second]], weights, top_k=max(a.top_k, 100))
         metrics = evaluate_run(runs[name], data.qrels, k_values)
@@ -110,8 +120,8 @@ def evaluate(a: EvaluateArguments) -> Dict[str, Dict]:
                      "settings": {"fusion": a.fusion, "weights": list(weights or [1.0, 1.0])}})
     if rerankers:
         first = a.first_stage or (models[0][0] if models else "bm25")
-        if first == "bm25" and "bm25" not in runs:
-            runs["bm25"] = bm25_run(data, a.top_k)
+        if first == "bm25":
+            ensure_bm25()
         elif first not in runs:
             raise UsageError(f"--first_stage {first!r} is neither bm25 nor one of --models {list(runs)}")
         for name, path in rerankers:

@@ -26,6 +26,9 @@ class EmbedderFlags:
                                                             "cross-encoders; graphs exported once and cached)."})
     backend_precision: str = field(default="fp32", metadata={"help": "fp32 | int8 | bf16 (openvino, CPUs with bf16) "
                                                                      "for --backend onnx or openvino."})
+    inference_precision: str = field(default="auto", metadata={
+        "help": "auto (bf16 autocast on a GPU, exact float32 on CPU) | fp32 | bf16 | fp16 (GPU): the precision the "
+                "embedder and reranker run at (torch backend)."})
     trust_remote_code: bool = False
 
     def load_embedder(self, required_for: str = "") -> Any:
@@ -40,7 +43,8 @@ class EmbedderFlags:
             self.model_name_or_path, pooling_method=self.pooling_method,
             query_instruction=unescape_cli(self.query_instruction), document_instruction=unescape_cli(self.document_instruction),
             query_max_length=self.max_length, document_max_length=self.max_length, dtype=self.dtype, device=self.device,
-            trust_remote_code=self.trust_remote_code, backend=self.backend, backend_precision=self.backend_precision)
+            trust_remote_code=self.trust_remote_code, backend=self.backend, backend_precision=self.backend_precision,
+            inference_precision=self.inference_precision)
 
 
 @dataclass(kw_only=True)
@@ -51,13 +55,14 @@ class RerankerFlags:
     model_type: Optional[str] = field(default=None, metadata={"help": "Reranker kind: cross-encoder | colbert | llm "
                                                                       "(default: inferred)."})
 
-    def load_reranker(self, dtype: Optional[str] = None, device: Optional[str] = None, trust_remote_code: bool = False,
-                      backend: str = "torch", backend_precision: str = "fp32") -> Any:
-        """The reranker these flags name, or None (dtype, device and backend: the shared ``EmbedderFlags``)."""
+    def load_reranker(self) -> Any:
+        """The reranker these flags name, or None; dtype, device, backend and precision are the ``EmbedderFlags``
+        fields of the same arguments class (every pipeline with a reranker has both)."""
         if not self.reranker_name_or_path:
             return None
         from ..models.rankers import AutoModelForRanking
 
-        return AutoModelForRanking.from_pretrained(self.reranker_name_or_path, model_type=self.model_type, dtype=dtype,
-                                                   device=device, trust_remote_code=trust_remote_code, backend=backend,
-                                                   backend_precision=backend_precision)
+        return AutoModelForRanking.from_pretrained(
+            self.reranker_name_or_path, model_type=self.model_type, dtype=self.dtype, device=self.device,
+            trust_remote_code=self.trust_remote_code, backend=self.backend, backend_precision=self.backend_precision,
+            inference_precision=self.inference_precision)

@@ -173,7 +173,7 @@ def run_retrieval(a: RetrieveArguments) -> Dict[str, Dict[str, float]]:
                    k=a.hybrid_k)
     else:
         run = dense_run(a, corpus, queries, a.index_type)
-    reranker = a.load_reranker(a.dtype, a.device, a.trust_remote_code, a.backend, a.backend_precision)
+    reranker = a.load_reranker()
     if reranker is not None:
         run = rerank_run(reranker, corpus, queries, run, top_k=a.rerank_top_k,
                          show_progress_bar=True)

@@ -61,7 +61,7 @@ def build_app(a: ServeArguments):
     if not (a.model_name_or_path or a.reranker_name_or_path):
         raise UsageError("pass --model_name_or_path (an embedder), --reranker_name_or_path (a reranker), or both")
     embedder = a.load_embedder()
-    reranker = a.load_reranker(a.dtype, a.device, a.trust_remote_code, a.backend, a.backend_precision)
+    reranker = a.load_reranker()
     limits = ServerLimits(max_batch_size=a.max_batch_size, max_input_chars=a.max_input_chars,
                           model_batch_size=a.model_batch_size, max_wait_ms=a.max_wait_ms, max_batch_tokens=a.max_batch_tokens,
                           max_queue_items=a.max_queue_items, request_timeout_s=a.request_timeout_s,
