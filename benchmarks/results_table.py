@@ -1,11 +1,11 @@
 """The results table: one row per experiment of the seed's table, original vs fine-tuned, on AIA-BDE.
 
     .venv/bin/python benchmarks/results_table.py --run embed embed_no_hn embed_llm   # the embedder rows (about 30 min here)
-    .venv/bin/python benchmarks/rerank_cpu.py --quality                               # the reranker rows (about 60 min here)
+    .venv/bin/python benchmarks/rerank_recipes.py --kinds cross-encoder colbert       # the reranker rows (about 90 min here)
     .venv/bin/python benchmarks/results_table.py                                       # table from the saved results
 
 Embedder rows run the main job (``retrievals.pipelines.demo``) and keep its ``results.json`` in
-``benchmarks/results/table/``; reranker rows come from ``benchmarks/results/rerank_cpu.json``. The
+``benchmarks/results/table/``; reranker rows come from ``benchmarks/results/rerank_recipes.json``. The
 table is written to ``benchmarks/results/results_table.md`` (and ``.json``) and copied into README.
 """
 
@@ -55,26 +55,48 @@ def build_table() -> str:
         rows.append({"experiment": experiment, "model": model, "task": "retrieval from all 855 FAQs",
                      "original": r["before"], "finetuned": r["after"], "minutes": round(r["train_seconds"] / 60, 1),
                      "command": f"benchmarks/results_table.py --run {name}"})
-    rerank = RESULTS / "rerank_cpu.json"
-    if rerank.is_file():
-        q = json.loads(rerank.read_text()).get("quality_heldout", {})
-        label = {"cross-encoder": "rerank cross encoder", "colbert": "rerank colbert", "llm": "rerank llm finetune (LoRA)"}
-        for kind, experiment in label.items():
-            if kind in q:
-                rows.append({"experiment": experiment, "model": q[kind]["base"],
-                             "task": f"rerank top {q['candidates_per_query']} of zero-shot MiniLM ({q['eval_queries']} queries; "
-                                     f"first stage alone: nDCG@10 {q['first_stage']['ndcg@10']:.3f}, MAP {q['first_stage']['map']:.3f})",
-                             "original": q[kind]["before"], "finetuned": q[kind]["after"], "minutes": q[kind]["train_minutes"],
-                             "command": "benchmarks/rerank_cpu.py --quality"})
+    recipes = RESULTS / "rerank_recipes.json"
+    q = json.loads(recipes.read_text()) if recipes.is_file() else {}
+    label = {"cross-encoder": "rerank cross encoder", "colbert": "rerank colbert", "llm": "rerank llm finetune (LoRA)"}
+    for kind, experiment in label.items():
+        r = q.get("rerankers", {}).get(kind)
+        if not r:
+            continue
+        k = min(q["eval"]["top_k"])
+        stage = "fine-tuned MiniLM"
+        base = "all-MiniLM-L6-v2 (encoder of the fine-tuned embedder)" if r["base"] == "first_stage" else r["base"]
+        rows.append({"experiment": experiment, "model": base,
+                     "task": f"rerank top {k} of the fine-tuned embedder ({q['eval']['measured_queries']} queries; first stage "
+                             f"alone: nDCG@10 {q['first_stages'][stage]['ndcg@10']:.3f}, MAP {q['first_stages'][stage]['map']:.3f})",
+                     "original": r[f"original_on_fine-tuned top {k}"], "finetuned": r["reranked"][f"{stage} top {k}"],
+                     "minutes": r.get("train_minutes", ""), "command": f"benchmarks/rerank_recipes.py --kinds {kind}"})
     lines = ["| experiment | model | task (AIA-BDE held-out FAQs) | nDCG@10 original → fine-tuned | MAP | MRR@10 | train min | command |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = [f"{r['original'][m]:.3f} → **{r['finetuned'][m]:.3f}**" for m in ("ndcg@10", "map", "mrr@10")]
         lines.append(f"| {r['experiment']} | {r['model']} | {r['task']} | " + " | ".join(cells) + f" | {r['minutes']} | `{r['command']}` |")
-    table = "\n".join(lines) + "\n"
+    table = "\n".join(lines) + "\n" + first_stage_table(q)
     (RESULTS / "results_table.md").write_text(table)
     (RESULTS / "results_table.json").write_text(json.dumps(rows, indent=2) + "\n")
     return table
+
+
+def first_stage_table(q: dict) -> str:
+    """Each fine-tuned reranker over each first stage's top k, beside that first stage alone (nDCG@10)."""
+    if not q.get("rerankers"):
+        return ""
+    ks = q["eval"]["top_k"]
+    lines = ["", f"Rerankers over first stages ({q['eval']['measured_queries']} held-out queries, nDCG@10; `benchmarks/rerank_recipes.py`):", "",
+             "| first stage | alone | " + " | ".join(f"{kind} top {k}" for kind in q["rerankers"] for k in ks) + " |",
+             "|---|---|" + "---|" * (len(q["rerankers"]) * len(ks))]
+    for stage, alone in q["first_stages"].items():
+        cells = [f"{q['rerankers'][kind]['reranked'][f'{stage} top {k}']['ndcg@10']:.3f}" for kind in q["rerankers"] for k in ks]
+        lines.append(f"| {stage} | {alone['ndcg@10']:.3f} | " + " | ".join(cells) + " |")
+    if q.get("two_stage"):
+        t = q["two_stage"]
+        lines += ["", f"Two stages: fine-tuned MiniLM + fine-tuned {t['reranker']} over its {t['candidates'].split(' top ')[-1]} "
+                      f"best: nDCG@10 **{t['ndcg@10']:.3f}** (MAP {t['map']:.3f}, MRR@10 {t['mrr@10']:.3f})."]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
