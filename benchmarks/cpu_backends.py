@@ -46,10 +46,42 @@ def quality(split: Any, q: np.ndarray, d: np.ndarray) -> Dict[str, float]:
     return {"ndcg@10": round(metrics["ndcg@10"], 4), "mrr@10": round(metrics["mrr@10"], 4)}
 
 
+def start_peers(python: str, model_path: str, texts: Dict[str, list], encoders: Dict[str, Callable[..., np.ndarray]]) -> dict:
+    """Start peer_backends.py under ``python`` and add its encoders: each call asks the worker to encode one of the
+    shared text lists (by name, so no texts cross the pipe while timed) and, for quality, to save the vectors."""
+    import subprocess
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="peers-"))
+    (work / "texts.json").write_text(json.dumps(texts))
+    worker = subprocess.Popen([python, str(Path(__file__).resolve().parent / "peer_backends.py"), model_path,
+                               str(work / "texts.json"), str(work)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    info = json.loads(worker.stdout.readline())
+    names = {id(v): k for k, v in texts.items()}
+    saving = [True]  # the quality pass saves the vectors; the timed rounds do not
+
+    def peer(name: str) -> Callable[..., np.ndarray]:
+        def encode(batch: list, query: bool = False) -> Any:
+            save = str(work / "vectors.npy") if saving[0] else None
+            worker.stdin.write(json.dumps({"run": name, "texts": names[id(batch)], "query": query, "save": save}) + "\n")
+            worker.stdin.flush()
+            json.loads(worker.stdout.readline())
+            return np.load(save) if save else None
+        return encode
+
+    for name in info["ready"]:
+        encoders[name] = peer(name)
+    print("peers:", json.dumps(info), flush=True)
+    info["stop_saving"] = lambda: saving.__setitem__(0, False)
+    return info
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "cpu_backends.json"))
+    p.add_argument("--peers", default=None, help="Python of a second environment with sentence-transformers[onnx,openvino] "
+                                                 "and fastembed (see peer_backends.py): their backends join the turns.")
     opts = p.parse_args()
     torch.manual_seed(0)
     model_path = str(fetch("all-MiniLM-L6-v2"))
@@ -82,6 +114,11 @@ def main() -> int:
         exports[name] = round(time.perf_counter() - start, 1)
         encoders[name] = (lambda m: lambda texts, query=False: m.encode(texts, batch_size=BATCH, is_query=query))(model)
 
+    peer_info: Dict[str, Any] = {}
+    if opts.peers:
+        peer_info = start_peers(opts.peers, model_path, {"docs": docs, "queries": queries, "held_out": held_out}, encoders)
+        skipped.update(peer_info.get("skipped", {}))
+
     results: Dict[str, Any] = {}
     for name, encode in encoders.items():  # quality first (also warms every run up)
         q = np.asarray(encode(held_out, query=True), dtype=np.float32)
@@ -90,6 +127,9 @@ def main() -> int:
         results[name] = {**quality(split, q, d), "norm_min": round(float(norms.min()), 5),
                          "norm_max": round(float(norms.max()), 5)}
         print(name, json.dumps(results[name]), flush=True)
+
+    if peer_info:
+        peer_info.pop("stop_saving")()
 
     def timed(encode: Callable[..., Any], texts: list, query: bool) -> Callable[[], float]:
         def run() -> float:
@@ -119,7 +159,7 @@ def main() -> int:
            "settings": {"model": "all-MiniLM-L6-v2", "batch": BATCH, "query_max_length": Q_LEN,
                         "document_max_length": D_LEN, "passages": len(docs), "queries": len(queries),
                         "rounds": opts.rounds},
-           "results": results, "skipped": skipped}
+           "results": results, "skipped": skipped, "peer_versions": peer_info.get("versions")}
     Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
     Path(opts.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {opts.out}")

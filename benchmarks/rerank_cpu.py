@@ -1,18 +1,15 @@
-"""Reranker benchmark on this CPU: throughput vs sentence-transformers' CrossEncoder, and quality of
-all three reranker kinds on AIA-BDE, side by side in one run.
+"""Reranker benchmark on this CPU: cross-encoder throughput vs sentence-transformers' CrossEncoder, side by side in
+one run.
 
-    .venv/bin/python benchmarks/rerank_cpu.py [--quality] [--out benchmarks/results/rerank_cpu.json]
+    .venv/bin/python benchmarks/rerank_cpu.py [--out benchmarks/results/rerank_cpu.json]
 
 * Throughput (same model: all-MiniLM-L6-v2 with a fresh 1-logit head; same pairs; 32 pairs a batch;
   256 tokens max; fp32): training pairs/s over optimizer steps 2 to ``--steps`` (ours: 8 queries x group 4,
   listwise CE; theirs: CrossEncoderTrainer, 32 labelled pairs, BCE; best of 2 runs each, taking turns) and scoring pairs/s (``compute_score``
   vs ``CrossEncoder.predict``; ours with ``score_windows=False``, i.e. truncating long documents as
   sentence-transformers does; best and median of 5 rounds taken in turns), whose scores must agree. Scoring with windows is timed too.
-* ``--quality``: ``--eval_queries`` held-out queries (FAQs never trained on) get the top 20 FAQs of zero-shot
-  all-MiniLM-L6-v2; each reranker reorders them before and after one epoch of fine-tuning on training
-  queries (500 for cross-encoder and ColBERT from all-MiniLM-L6-v2, 120 for the LLM reranker from
-  SmolLM2-135M-Instruct + LoRA; 3 hard negatives mined at ranks 3-30): MAP, MRR@10 and nDCG@10 of the
-  reranked list. Sized for a 2-core CPU; results are saved after each kind.
+Quality of the three reranker kinds (trained with their recipes, over two first stages) is measured by
+``benchmarks/rerank_recipes.py``.
 """
 
 from __future__ import annotations
@@ -37,17 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from retrievals import AutoModelForEmbedding, AutoModelForRanking, __version__  # noqa: E402
 from retrievals.assets import fetch  # noqa: E402
 from retrievals.data.aia_bde import parse_aia_bde, split_by_faq  # noqa: E402
-from retrievals.evaluation import evaluate_run, rerank_run, retrieve  # noqa: E402
 from retrievals.pipelines import demo, rerank  # noqa: E402
 from timing import StepTimer, side_by_side, take_turns, timing_our_training  # noqa: E402  (benchmarks/timing.py, beside this script)
 
-PAIR_BATCH, GROUP, MAX_LEN, TOP_K = 32, 4, 256, 20
+PAIR_BATCH, GROUP, MAX_LEN = 32, 4, 256
 SCORE_ROUNDS, TRAIN_ROUNDS = 5, 2
-KINDS = {  # model, lr, queries per batch, max_len, extra CLI flags, training queries (None: all)
-    "llm": ("smollm2", 5e-4, 4, MAX_LEN, ["--causal_lm", "True", "--use_lora", "True", "--lora_r", "16", "--lora_alpha", "32"], 120),
-    "colbert": ("minilm", 5e-5, PAIR_BATCH // GROUP, MAX_LEN, ["--query_max_length", "64"], 500),
-    "cross-encoder": ("minilm", 5e-5, PAIR_BATCH // GROUP, MAX_LEN, [], 500),
-}
 
 
 def train(kind, model_path, data, out, lr, batch, max_len, extra, max_steps=None):
@@ -129,68 +120,18 @@ def throughput(minilm, split, negatives, work, steps):
     return train_rate, timings
 
 
-def quality(paths, split, negatives, work, eval_queries, only, save, previous=None):
-    rng = random.Random(0)
-    test_ids = sorted(split.test_queries)
-    rng.shuffle(test_ids)
-    queries = {q: split.test_queries[q] for q in test_ids[:eval_queries]}
-    qrels = {q: split.test_qrels[q] for q in queries}
-    first_stage = AutoModelForEmbedding.from_pretrained(paths["minilm"], query_max_length=64, document_max_length=MAX_LEN)
-    run = retrieve(first_stage, split.corpus, queries, top_k=TOP_K)
-    report = {"first_stage": _metrics(run, qrels), "eval_queries": len(queries), "candidates_per_query": TOP_K}
-    if previous and previous.get("eval_queries") == len(queries) and previous.get("candidates_per_query") == TOP_K:
-        report = {**previous, **report}  # --only: keep the kinds measured before on the same queries
-    print("first stage (zero-shot all-MiniLM-L6-v2)", report["first_stage"], flush=True)
-    save(report)
-    for kind, (model_key, lr, batch, max_len, extra, n_train) in KINDS.items():
-        if only and kind not in only:
-            continue
-        qids = list(split.train_queries)
-        if n_train:
-            random.Random(1).shuffle(qids)
-            qids = qids[:n_train]
-        data = work / f"{kind}.jsonl"
-        write_groups(split, negatives, qids, data)
-        settings = {"max_length": max_len}
-        before_model = AutoModelForRanking.from_pretrained(paths[model_key], model_type=kind, **settings)
-        t = time.perf_counter()
-        before = _metrics(rerank_run(before_model, split.corpus, queries, run, top_k=TOP_K), qrels)
-        score_s = time.perf_counter() - t
-        del before_model
-        seconds = train(kind, paths[model_key], data, work / kind, lr, batch, max_len, extra)
-        tuned = AutoModelForRanking.from_pretrained(str(work / kind))
-        after = _metrics(rerank_run(tuned, split.corpus, queries, run, top_k=TOP_K), qrels)
-        report[kind] = {"before": before, "after": after, "train_queries": len(qids), "group": GROUP, "lr": lr,
-                        "train_minutes": round(seconds / 60, 1), "rerank_seconds": round(score_s, 1),
-                        "base": {"minilm": "all-MiniLM-L6-v2", "smollm2": "SmolLM2-135M-Instruct"}[model_key],
-                        "flags": extra}
-        print(kind, report[kind], flush=True)
-        save(report)  # each kind is kept as soon as it is measured
-    return report
-
-
-def _metrics(run, qrels):
-    res = evaluate_run(run, qrels, k_values=(10,))
-    return {k: round(res[k], 4) for k in ("map", "mrr@10", "ndcg@10")}
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--quality", action="store_true")
-    p.add_argument("--only", nargs="*", default=None, help="quality for these kinds only")
-    p.add_argument("--eval_queries", type=int, default=100)
     p.add_argument("--out", default="benchmarks/results/rerank_cpu.json")
-    p.add_argument("--keep_quality", action="store_true", help="rerun throughput only, keep --out's quality results")
-    p.add_argument("--skip_throughput", action="store_true", help="keep --out's throughput results, measure quality only")
     opts = p.parse_args()
     torch.manual_seed(0)
     import sentence_transformers
     import transformers
 
-    paths = {"minilm": str(fetch("all-MiniLM-L6-v2"))}
+    minilm = str(fetch("all-MiniLM-L6-v2"))
     split = split_by_faq(parse_aia_bde(fetch("aia-bde")), 0.3, 0)
-    base = AutoModelForEmbedding.from_pretrained(paths["minilm"], query_max_length=64, document_max_length=MAX_LEN)
+    base = AutoModelForEmbedding.from_pretrained(minilm, query_max_length=64, document_max_length=MAX_LEN)
     negatives = demo.mine_hard_negatives(base, split, n=GROUP - 1, start_rank=3, depth=30)
     results = {
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
@@ -201,38 +142,17 @@ def main() -> None:
     }
     out = Path(opts.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    previous_quality = json.loads(out.read_text()).get("quality_heldout") if out.is_file() else None
-    if opts.quality and opts.only and previous_quality:
-        results["quality_heldout"] = previous_quality  # kept while the new kinds are measured
-    if opts.keep_quality and not opts.quality and out.is_file():
-        previous = json.loads(out.read_text())
-        if "quality_heldout" in previous:
-            results["quality_heldout"] = previous["quality_heldout"]
-            results["quality_date_and_versions"] = {"date": previous["date"], "versions": previous["versions"]}
-
-    def save(quality_report=None):
-        if quality_report is not None:
-            results["quality_heldout"] = quality_report
+    work = Path(tempfile.mkdtemp(prefix="bench-rerank-"))
+    try:
+        results["cross_encoder_train_pairs_per_s"], results["cross_encoder_score_pairs_per_s"] = throughput(
+            minilm, split, negatives, work, opts.steps)
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(results, indent=2) + "\n")
         os.replace(tmp, out)
-
-    work = Path(tempfile.mkdtemp(prefix="bench-rerank-"))
-    try:
-        if opts.skip_throughput and out.is_file():
-            earlier = json.loads(out.read_text())
-            for key in ("cross_encoder_train_pairs_per_s", "cross_encoder_score_pairs_per_s", "settings", "date", "versions"):
-                results[key] = earlier[key]
-        else:
-            results["cross_encoder_train_pairs_per_s"], results["cross_encoder_score_pairs_per_s"] = throughput(
-                paths["minilm"], split, negatives, work, opts.steps)
-        save()
-        if opts.quality:
-            paths["smollm2"] = str(fetch("SmolLM2-135M-Instruct"))
-            quality(paths, split, negatives, work, opts.eval_queries, opts.only, save, previous_quality if opts.only else None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results, indent=2))
+
 
 if __name__ == "__main__":
     main()
