@@ -37,9 +37,11 @@ sys.path.insert(0, str(ROOT / "src"))
 from retrievals import AutoModelForEmbedding, AutoModelForRanking, __version__  # noqa: E402
 from retrievals.assets import fetch  # noqa: E402
 from retrievals.data.aia_bde import parse_aia_bde, split_by_faq  # noqa: E402
-from retrievals.evaluation import evaluate_run, retrieve  # noqa: E402
+from retrievals.data.io import rank  # noqa: E402
+from retrievals.evaluation import evaluate_run, rerank_run, retrieve  # noqa: E402
 
 MAX_LEN, DEPTH = 256, 50
+WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # --rerank_first_stage_weight values tried on the curve queries
 # kind: (base ("first_stage": the fine-tuned embedder's encoder; or an asset name), flags of retrievals.pipelines.rerank)
 RECIPES: Dict[str, tuple] = {
     "cross-encoder": ("first_stage", ["--train_group_size", "8", "--learning_rate", "3e-5", "--per_device_train_batch_size", "4",
@@ -86,7 +88,17 @@ def metrics(run, qrels) -> Dict[str, float]:
 
 
 def top(scores: Dict[str, float], k: int) -> List[str]:
-    return [d for d, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
+    return rank(scores)[:k]  # the order rerank_run takes its candidates in
+
+
+class CachedRanker:
+    """``compute_score`` from scores computed once per (query, FAQ), so rerank_run's variants cost no model calls."""
+
+    def __init__(self, scores: Dict[tuple, float], split, queries: Dict[str, str]) -> None:
+        self.by_text = {(queries[q], split.corpus[d]): s for (q, d), s in scores.items() if q in queries}
+
+    def compute_score(self, pairs, batch_size: int = 32, show_progress_bar: bool = False) -> List[float]:
+        return [self.by_text[pair] for pair in pairs]
 
 
 def cached_scores(model, name: str, pairs, split, queries, work: Path) -> Dict[tuple, float]:
@@ -198,27 +210,41 @@ def main() -> None:
         row["curve"] = [{"step": h["step"], "ndcg@10": h["eval_ndcg@10"]} for h in history if "eval_ndcg@10" in h]
         before = AutoModelForRanking.from_pretrained(base_path, model_type=kind, max_length=MAX_LEN, backbone_only=True)
         after = AutoModelForRanking.from_pretrained(str(folder))
-        k_max = max(opts.top_k)
-        pairs = {(q, d) for run in runs.values() for q in measured for d in top(run[q], k_max)}
-        fine_scores = cached_scores(after, f"{kind}-finetuned", pairs, split, measured, work)
-        base_pairs = {(q, d) for q in measured for d in top(fine_run[q], min(opts.top_k))}
-        base_scores = cached_scores(before, f"{kind}-original", base_pairs, split, measured, work)
+        k_max, k_min = max(opts.top_k), min(opts.top_k)
+        held_out = {q: split.test_queries[q] for q in [*measured, *curve]}
+        pairs = {(q, d) for run in runs.values() for q in held_out for d in top(run[q], k_max)}
+        fine = CachedRanker(cached_scores(after, f"{kind}-finetuned", pairs, split, held_out, work), split, held_out)
+        base_pairs = {(q, d) for q in measured for d in top(fine_run[q], k_min)}
+        base = CachedRanker(cached_scores(before, f"{kind}-original", base_pairs, split, measured, work), split, measured)
         del before, after
-        row["reranked"] = {}
-        for stage, run in runs.items():
+
+        def reranked(ranker, stage: str, k: int, queries, weight: float = 0.0):  # the library's rerank_run, cached scores
+            return metrics(rerank_run(ranker, split.corpus, queries, {q: runs[stage][q] for q in queries}, top_k=k,
+                                      first_stage_weight=weight), {q: split.test_qrels[q] for q in queries})
+
+        row["reranked"] = {f"{stage} top {k}": reranked(fine, stage, k, measured) for stage in runs for k in opts.top_k}
+        row[f"original_on_fine-tuned top {k_min}"] = reranked(base, "fine-tuned MiniLM", k_min, measured)
+        # --rerank_first_stage_weight: chosen on the curve queries (held out, disjoint from the measured ones)
+        curve_queries = {q: split.test_queries[q] for q in curve}
+        row["first_stage_weight"] = {}
+        for stage in runs:
             for k in opts.top_k:
-                reranked = {q: {d: fine_scores[(q, d)] for d in top(run[q], k)} for q in measured}
-                row["reranked"][f"{stage} top {k}"] = metrics(reranked, qrels)
-        row["original_on_fine-tuned top %d" % min(opts.top_k)] = metrics(
-            {q: {d: base_scores[(q, d)] for d in top(fine_run[q], min(opts.top_k))} for q in measured}, qrels)
+                by_weight = {w: reranked(fine, stage, k, curve_queries, w)["ndcg@10"] for w in WEIGHTS}
+                w = max(WEIGHTS, key=lambda x: (by_weight[x], -x))
+                row["first_stage_weight"][f"{stage} top {k}"] = {
+                    "weight": w, "curve_ndcg@10_by_weight": by_weight, **reranked(fine, stage, k, measured, w)}
+        print(kind, json.dumps(row["reranked"]), json.dumps(row["first_stage_weight"]), flush=True)
         results["rerankers"][kind] = row
         print(kind, json.dumps(row["reranked"]), flush=True)
         save()
 
-    best = max(((kind, key, m) for kind, r in results["rerankers"].items() for key, m in r["reranked"].items()
+    best = max(((kind, key, m) for kind, r in results["rerankers"].items()
+                for key, m in [*r["reranked"].items(), *((f"{k}, first stage weight {v['weight']}", v)
+                                                          for k, v in r.get("first_stage_weight", {}).items())]
                 if key.startswith("fine-tuned")), key=lambda t: t[2]["ndcg@10"], default=None)
     if best:
-        results["two_stage"] = {"reranker": best[0], "candidates": best[1], **best[2]}
+        results["two_stage"] = {"reranker": best[0], "candidates": best[1],
+                                **{m: best[2][m] for m in ("map", "mrr@10", "ndcg@10")}}
     save()
     print(json.dumps(results, indent=2, ensure_ascii=False))
 

@@ -2,7 +2,7 @@
 
 import json
 
-from retrievals.training.curve import CURVE_NAME, curve_points, write_training_curve
+from retrievals.training.curve import CURVE_NAME, RUNNING_CURVE_NAME, curve_points, write_training_curve
 from tests.conftest import needs
 
 
@@ -20,6 +20,7 @@ def test_eval_during_training_draws_the_curve(tiny_bert, train_file, tmp_path):
     evals = [h for h in history if "eval_map" in h]
     assert [h["step"] for h in evals] == [2, 4] and all(0 < h["eval_mrr@10"] <= 1 for h in evals)
     assert (out / CURVE_NAME).read_bytes()[:4] == b"\x89PNG"
+    assert not (out / RUNNING_CURVE_NAME).exists()  # drawn during the run, replaced by the final curve
     assert CURVE_NAME in read_manifest(out)["written"]  # ours: a later --overwrite_output_dir run may replace it
     points = curve_points(history)
     assert [s for s, _ in points["eval_ndcg@10"]] == [2, 4] and [s for s, _ in points["loss"]] == [1, 2, 3, 4]

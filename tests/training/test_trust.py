@@ -279,6 +279,7 @@ def test_nan_weights_fail_loudly_and_keep_the_good_model(tiny_bert, train_file, 
     assert "became nan/inf during training, so the model was not saved" in capsys.readouterr().err
     after = snapshot(out)
     assert {k: after[k] for k in good if k not in {MANIFEST_NAME}} == {k: v for k, v in good.items() if k != MANIFEST_NAME}
+    assert "training_curve.png" in good  # the kept model's curve is kept with it
 
 
 @pytest.mark.parametrize("flags, named", [

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable, Mapping
 
+from ..data.io import rank
 from ..index.exact import exact_search
+from ..index.hybrid import weighted_score_fusion
+from ..utils import UsageError
 from .metrics import evaluate_run
 
 
@@ -38,20 +41,35 @@ def evaluate_embedder(model: Any, corpus: Mapping[str, str], queries: Mapping[st
     return evaluate_run(run, qrels, k_values)
 
 
+def check_first_stage_weight(weight: float, flag: str = "first_stage_weight") -> None:
+    if not 0.0 <= weight <= 1.0:
+        raise UsageError(f"{flag} must be in [0, 1], got {weight}.")
+
+
 def rerank_run(ranker: Any, corpus: Mapping[str, str], queries: Mapping[str, str], run: Mapping[str, Mapping[str, float]],
-               top_k: int = 20, batch_size: int = 32, show_progress_bar: bool = False) -> Dict[str, Dict[str, float]]:
+               top_k: int = 20, batch_size: int = 32, show_progress_bar: bool = False,
+               first_stage_weight: float = 0.0) -> Dict[str, Dict[str, float]]:
     """Rescore each query's best ``top_k`` first-stage candidates with ``ranker.compute_score``.
 
     The candidates below ``top_k`` are dropped, so metrics measure the reranked list alone.
+    ``first_stage_weight`` w in [0, 1]: each candidate's score becomes (1 - w) x reranker + w x first stage, both
+    min-max normalised per query (:func:`retrievals.index.weighted_score_fusion`), so the reranker corrects the
+    first stage rather than replacing it; 0 (default) keeps the reranker's raw scores.
     """
+    check_first_stage_weight(first_stage_weight)
     pairs, owners = [], []
+    candidates: Dict[str, Dict[str, float]] = {}
     for qid, scores in run.items():
-        best = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]
-        for doc_id, _ in best:
+        best = rank(scores)[:top_k]
+        candidates[qid] = {doc_id: scores[doc_id] for doc_id in best}
+        for doc_id in best:
             pairs.append((queries[qid], corpus[doc_id]))
             owners.append((qid, doc_id))
     new_scores = ranker.compute_score(pairs, batch_size=batch_size, show_progress_bar=show_progress_bar) if pairs else []
     reranked: Dict[str, Dict[str, float]] = {qid: {} for qid in run}
     for (qid, doc_id), score in zip(owners, new_scores):
         reranked[qid][doc_id] = float(score)
-    return reranked
+    if first_stage_weight == 0.0:
+        return reranked
+    fused = weighted_score_fusion([reranked, candidates], weights=[1.0 - first_stage_weight, first_stage_weight])
+    return {qid: fused.get(qid, {}) for qid in run}

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..evaluation.datasets import load_eval_dataset
 from ..evaluation.metrics import evaluate_run
 from ..evaluation.report import REPORT_FILES, REPORTED, model_settings, write_report
-from ..evaluation.retrieval import rerank_run, retrieve
+from ..evaluation.retrieval import check_first_stage_weight, rerank_run, retrieve
 from ..index import BM25Index, check_fusion, fuse
 from ..files import check_new_output
 from ..utils import UsageError, at_least
@@ -40,6 +40,9 @@ class EvaluateArguments:
     fusion: str = field(default="rrf", metadata={"help": "hybrids: rrf (reciprocal ranks) | weighted (min-max scores)."})
     fusion_weights: List[float] = field(default_factory=list, metadata={"help": "hybrids: the weights of A and B (default 1 1)."})
     rerank_top_k: int = 20
+    rerank_first_stage_weight: float = field(default=0.0, metadata={
+        "help": "w in [0, 1]: rerank by (1 - w) x reranker + w x first-stage score (each min-max normalised per "
+                "query); 0: the reranker's scores alone."})
     top_k: int = 100
     batch_size: int = 64
     title: Optional[str] = None
@@ -49,6 +52,7 @@ class EvaluateArguments:
         for flag in ("rerank_top_k", "top_k", "batch_size"):
             at_least(f"--{flag}", getattr(self, flag), 1)
         check_fusion(self.fusion, self.fusion_weights)
+        check_first_stage_weight(self.rerank_first_stage_weight, "--rerank_first_stage_weight")
 
 
 def named(specs: List[str]) -> List[Tuple[str, str]]:
@@ -127,9 +131,11 @@ def evaluate(a: EvaluateArguments) -> Dict[str, Dict]:
         for name, path in rerankers:
             model = AutoModelForRanking.from_pretrained(path)
             start = time.perf_counter()
-            run = rerank_run(model, data.corpus, data.queries, runs[first], top_k=a.rerank_top_k, batch_size=a.batch_size)
+            run = rerank_run(model, data.corpus, data.queries, runs[first], top_k=a.rerank_top_k, batch_size=a.batch_size,
+                             first_stage_weight=a.rerank_first_stage_weight)
             metrics = evaluate_run(run, data.qrels, k_values)
-            rows.append({"name": name, "kind": f"reranker over {first} top {a.rerank_top_k}", "path": path,
+            rows.append({"name": name, "kind": f"reranker over {first} top {a.rerank_top_k}"
+                         + (f" (first stage weight {a.rerank_first_stage_weight})" if a.rerank_first_stage_weight else ""), "path": path,
                          "seconds": round(time.perf_counter() - start, 1),
                          "metrics": {m: round(metrics[m], 4) for m in REPORTED}, "settings": model_settings(model)})
     dataset = {"name": data.name, "hash": data.hash, "queries": len(data.queries), "documents": len(data.corpus)}

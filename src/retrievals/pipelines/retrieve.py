@@ -24,7 +24,7 @@ from ..data.readers import DataError
 from ..evaluation.datasets import load_eval_dataset
 from ..data.io import dataset_hash, read_jsonl_texts, read_qrels, write_trec_run
 from ..evaluation.metrics import evaluate_run
-from ..evaluation.retrieval import rerank_run, retrieve
+from ..evaluation.retrieval import check_first_stage_weight, rerank_run, retrieve
 from ..index import (
     FAISS_TYPES,
     QUANTIZED_TYPES,
@@ -69,6 +69,9 @@ class RetrieveArguments(EmbedderFlags, RerankerFlags):
     rescore_with: str = field(default="codes", metadata={"help": "binary indexes: rescore against the codes, or "
                                                                  "int8 (a memory-mapped file beside the index)."})
     rerank_top_k: int = field(default=20, metadata={"help": "Documents of each query the reranker rescores."})
+    rerank_first_stage_weight: float = field(default=0.0, metadata={
+        "help": "w in [0, 1]: rerank by (1 - w) x reranker + w x first-stage score (each min-max normalised per "
+                "query); 0: the reranker's scores alone."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing --output run file (and its metrics)."})
 
     def __post_init__(self) -> None:
@@ -78,6 +81,7 @@ class RetrieveArguments(EmbedderFlags, RerankerFlags):
         if self.rescore_with not in ("codes", "int8") or (self.rescore_with == "int8" and "binary" not in self.index_type):
             raise UsageError(f"--rescore_with {self.rescore_with!r}: codes, or int8 with a binary index type.")
         check_fusion(self.fusion, self.fusion_weights)
+        check_first_stage_weight(self.rerank_first_stage_weight, "--rerank_first_stage_weight")
         if (self.sparse_name_or_path or self.fusion_weights or self.fusion != "rrf") and self.index_type != "hybrid":
             raise UsageError("--sparse_name_or_path, --fusion and --fusion_weights are for --index_type hybrid.")
 
@@ -175,8 +179,8 @@ def run_retrieval(a: RetrieveArguments) -> Dict[str, Dict[str, float]]:
         run = dense_run(a, corpus, queries, a.index_type)
     reranker = a.load_reranker()
     if reranker is not None:
-        run = rerank_run(reranker, corpus, queries, run, top_k=a.rerank_top_k,
-                         show_progress_bar=True)
+        run = rerank_run(reranker, corpus, queries, run, top_k=a.rerank_top_k, show_progress_bar=True,
+                         first_stage_weight=a.rerank_first_stage_weight)
     if world()[0] == 0:
         write_trec_run(run, a.output, tag=f"retrievals-{a.index_type}")
         if qrels:

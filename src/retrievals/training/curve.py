@@ -1,6 +1,8 @@
 """The training curve a user looks at first: loss and held-out metrics against the step, as
-``training_curve.png`` in the run folder, redrawn after every evaluation (so a long or killed run shows
-how far it got) and at the end. The numbers themselves are in ``trainer_state.json``'s ``log_history``."""
+``training_curve.png`` in the run folder, drawn once the final model is saved (so it always belongs to the model
+beside it). During the run, each evaluation redraws ``training_curve.running.png`` (a long or killed run shows how
+far it got, a diverged one why it was not saved); a run that saves its model replaces it by the final curve. The
+numbers themselves are in ``trainer_state.json``'s ``log_history``."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from transformers import TrainerCallback
 from ..plotting import pyplot, save_png
 
 CURVE_NAME = "training_curve.png"
+RUNNING_CURVE_NAME = "training_curve.running.png"
 EVAL_METRICS = ("eval_ndcg@10", "eval_map", "eval_mrr@10")
 
 
@@ -60,21 +63,23 @@ def write_training_curve(log_history: Sequence[Dict[str, Any]], path: Path, titl
 
 
 class TrainingCurve(TrainerCallback):
-    """Redraw ``training_curve.png`` in ``output_dir`` after each evaluation and when training ends (main
-    process only; the file is recorded in the run folder's manifest before it is written)."""
+    """Redraw ``training_curve.running.png`` in ``output_dir`` after each evaluation (main process only; the file is
+    recorded in the run folder's manifest before it is written)."""
 
     def __init__(self, run_folder: Any = None) -> None:
         self.run_folder = run_folder
 
-    def _draw(self, args, state) -> None:
-        if not state.is_world_process_zero:
-            return
-        if self.run_folder is not None:
-            self.run_folder.record(CURVE_NAME)
-        write_training_curve(state.log_history, Path(args.output_dir) / CURVE_NAME, title=Path(args.output_dir).name)
-
     def on_evaluate(self, args, state, control, **kwargs):  # noqa: D401
-        self._draw(args, state)
+        if state.is_world_process_zero:
+            draw_curve(state.log_history, Path(args.output_dir), self.run_folder, RUNNING_CURVE_NAME)
 
-    def on_train_end(self, args, state, control, **kwargs):  # noqa: D401
-        self._draw(args, state)
+
+def draw_curve(log_history: Sequence[Dict[str, Any]], folder: Path, run_folder: Any = None,
+               name: str = CURVE_NAME) -> Optional[Path]:
+    """Draw ``name`` into a run folder (noted in its manifest first); the final curve replaces the running one."""
+    if run_folder is not None:
+        run_folder.record(name)
+    path = write_training_curve(log_history, folder / name, title=folder.name)
+    if name == CURVE_NAME:
+        (folder / RUNNING_CURVE_NAME).unlink(missing_ok=True)
+    return path

@@ -15,6 +15,7 @@ from ..data.readers import DataError
 from ..utils import logger
 from ..distributed import world
 from .arguments import DataArguments, RetrievalTrainingArguments
+from .curve import draw_curve
 from .fingerprint import run_fingerprint
 from .output_dir import prepare_output_dir
 from .trainer import RetrievalTrainer
@@ -72,6 +73,7 @@ def run_training(
     trainer.save_state()
     if trainer.is_world_process_zero():
         folder.record("trainer_state.json")
+        draw_curve(trainer.state.log_history, Path(args.output_dir), folder)  # after the save: the saved model's curve
         folder.finish()
     return model
 

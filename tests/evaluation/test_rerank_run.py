@@ -1,0 +1,57 @@
+"""rerank_run: the reranked list of each query's top k, optionally fused with the first stage's scores."""
+
+import pytest
+
+from retrievals.evaluation.retrieval import rerank_run
+from retrievals.index import weighted_score_fusion
+from retrievals.utils import UsageError
+
+CORPUS = {f"d{i}": f"document {i}" for i in range(6)}
+QUERIES = {"q1": "query one", "q2": "query two"}
+FIRST = {"q1": {"d0": 0.9, "d1": 0.8, "d2": 0.7, "d3": 0.1}, "q2": {"d4": 0.5, "d5": 0.4}}
+
+
+class Ranker:
+    """Scores a document by its number: it prefers the first stage's last candidates."""
+
+    def __init__(self):
+        self.pairs = []
+
+    def compute_score(self, pairs, batch_size=32, show_progress_bar=False):
+        self.pairs += pairs
+        return [float(doc.split()[-1]) for _, doc in pairs]
+
+
+def test_reranks_only_the_top_k():
+    ranker = Ranker()
+    run = rerank_run(ranker, CORPUS, QUERIES, FIRST, top_k=3)
+    assert run == {"q1": {"d0": 0.0, "d1": 1.0, "d2": 2.0}, "q2": {"d4": 4.0, "d5": 5.0}}
+    assert len(ranker.pairs) == 5  # d3 (rank 4) is dropped, never scored
+
+
+def test_first_stage_weight_fuses_normalised_scores():
+    reranked = rerank_run(Ranker(), CORPUS, QUERIES, FIRST, top_k=3)
+    top3 = {"q1": {"d0": 0.9, "d1": 0.8, "d2": 0.7}, "q2": FIRST["q2"]}
+    for w in (0.25, 0.5, 0.75):
+        fused = rerank_run(Ranker(), CORPUS, QUERIES, FIRST, top_k=3, first_stage_weight=w)
+        assert fused == weighted_score_fusion([reranked, top3], weights=[1 - w, w])
+    assert max(rerank_run(Ranker(), CORPUS, QUERIES, FIRST, top_k=3, first_stage_weight=1.0)["q1"].items(),
+               key=lambda kv: kv[1])[0] == "d0"  # all weight on the first stage: its order back
+    q1 = rerank_run(Ranker(), CORPUS, QUERIES, FIRST, top_k=3, first_stage_weight=0.5)["q1"]
+    assert q1["d0"] == pytest.approx(0.5) and q1["d2"] == pytest.approx(0.5) and q1["d1"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.5, float("nan")])
+def test_weight_out_of_range_is_refused(weight):
+    with pytest.raises(UsageError, match=r"first_stage_weight must be in \[0, 1\]"):
+        rerank_run(Ranker(), CORPUS, QUERIES, FIRST, first_stage_weight=weight)
+
+
+def test_cli_flag_is_checked_before_loading(tmp_path, capsys):
+    from retrievals.pipelines import evaluate, retrieve
+
+    assert evaluate.main(["--dataset", "aia-bde", "--output_dir", str(tmp_path / "r"), "--models", "a=/nope",
+                          "--rerank_first_stage_weight", "2"]) == 2
+    assert "--rerank_first_stage_weight must be in [0, 1]" in capsys.readouterr().err
+    assert retrieve.main(["--output", str(tmp_path / "r.trec"), "--rerank_first_stage_weight", "-1"]) == 2
+    assert "--rerank_first_stage_weight must be in [0, 1]" in capsys.readouterr().err
