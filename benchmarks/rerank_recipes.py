@@ -235,7 +235,6 @@ def main() -> None:
                     "weight": w, "curve_ndcg@10_by_weight": by_weight, **reranked(fine, stage, k, measured, w)}
         print(kind, json.dumps(row["reranked"]), json.dumps(row["first_stage_weight"]), flush=True)
         results["rerankers"][kind] = row
-        print(kind, json.dumps(row["reranked"]), flush=True)
         save()
 
     best = max(((kind, key, m) for kind, r in results["rerankers"].items()

@@ -82,20 +82,31 @@ def build_table() -> str:
 
 
 def first_stage_table(q: dict) -> str:
-    """Each fine-tuned reranker over each first stage's top k, beside that first stage alone (nDCG@10)."""
+    """Each fine-tuned reranker over each first stage's top k, alone and fused with the first stage's scores
+    (``--rerank_first_stage_weight w``, w chosen on separate held-out queries), beside that first stage (nDCG@10)."""
     if not q.get("rerankers"):
         return ""
     ks = q["eval"]["top_k"]
-    lines = ["", f"Rerankers over first stages ({q['eval']['measured_queries']} held-out queries, nDCG@10; `benchmarks/rerank_recipes.py`):", "",
-             "| first stage | alone | " + " | ".join(f"{kind} top {k}" for kind in q["rerankers"] for k in ks) + " |",
-             "|---|---|" + "---|" * (len(q["rerankers"]) * len(ks))]
+    columns = [(kind, k) for kind in q["rerankers"] for k in ks]
+    lines = ["", f"Rerankers over first stages ({q['eval']['measured_queries']} held-out queries, nDCG@10; reranker alone / "
+                 f"fused with the first stage, weight w chosen on {q['eval']['curve_queries']} other held-out queries; "
+                 "`benchmarks/rerank_recipes.py`):", "",
+             "| first stage | alone | " + " | ".join(f"{kind} top {k}" for kind, k in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
     for stage, alone in q["first_stages"].items():
-        cells = [f"{q['rerankers'][kind]['reranked'][f'{stage} top {k}']['ndcg@10']:.3f}" for kind in q["rerankers"] for k in ks]
+        cells = []
+        for kind, k in columns:
+            r = q["rerankers"][kind]
+            fused = r.get("first_stage_weight", {}).get(f"{stage} top {k}")
+            cell = f"{r['reranked'][f'{stage} top {k}']['ndcg@10']:.3f}"
+            if fused:
+                cell += f" / {fused['ndcg@10']:.3f} (w {fused['weight']})"
+            cells.append(cell)
         lines.append(f"| {stage} | {alone['ndcg@10']:.3f} | " + " | ".join(cells) + " |")
     if q.get("two_stage"):
         t = q["two_stage"]
-        lines += ["", f"Two stages: fine-tuned MiniLM + fine-tuned {t['reranker']} over its {t['candidates'].split(' top ')[-1]} "
-                      f"best: nDCG@10 **{t['ndcg@10']:.3f}** (MAP {t['map']:.3f}, MRR@10 {t['mrr@10']:.3f})."]
+        lines += ["", f"Two stages, best: fine-tuned MiniLM + fine-tuned {t['reranker']} ({t['candidates']}): nDCG@10 "
+                      f"**{t['ndcg@10']:.3f}** (MAP {t['map']:.3f}, MRR@10 {t['mrr@10']:.3f})."]
     return "\n".join(lines) + "\n"
 
 
