@@ -58,8 +58,8 @@ def main() -> None:
         for first in ("bm25", "minilm"):
             out = work / f"{dataset}-{first}"
             command = [sys.executable, "-m", "retrievals.pipelines.evaluate", "--dataset", source, "--output_dir", str(out),
-                       "--models", f"minilm={minilm}", "--rerankers", *rerankers, "--first_stage", first,
-                       "--rerank_top_k", str(opts.top_k), "--overwrite"]
+                       *(["--models", f"minilm={minilm}"] if first == "minilm" else []), "--rerankers", *rerankers,
+                       "--first_stage", first, "--rerank_top_k", str(opts.top_k), "--overwrite"]
             subprocess.run(command, check=True, cwd=ROOT)
             report = json.loads((out / "report.json").read_text())
             results["runs"][f"{dataset} / {first} top {opts.top_k}"] = {
