@@ -49,7 +49,9 @@ def sentence_transformers_encoders(model_dir: Path, skipped: Dict[str, str]) -> 
         return encode
 
     out: Dict[str, Callable[..., np.ndarray]] = {}
-    onnx = SentenceTransformer(str(model_dir), backend="onnx", device="cpu")  # exports onnx/model.onnx once
+    onnx = SentenceTransformer(str(model_dir), backend="onnx", device="cpu")  # exported in memory
+    if not (model_dir / "onnx" / "model.onnx").is_file():
+        onnx.save_pretrained(str(model_dir))  # writes onnx/model.onnx, which the int8 export and fastembed read
     out["sentence-transformers onnx fp32"] = wrap(onnx)
     flags = cpu_flags()
     config = "avx512_vnni" if "avx512_vnni" in flags else "avx512" if "avx512f" in flags else "avx2"
