@@ -256,6 +256,7 @@ def test_evaluate_pipeline_report(tiny_bert, beir_folder, tmp_path):
     assert report["results"][1]["metrics"]["ndcg@10"] == round(bm25_alone["ndcg@10"], 4)
     assert report["dataset"]["queries"] == 10 and len(report["dataset"]["hash"]) == 16
     assert report["results"][0]["settings"]["pooling_method"] == "cls" and "transformers" in report["environment"]
+    assert report["results"][0]["settings"]["inference_precision"] == "auto"
     assert report["results"][2]["settings"]["model_type"] == "cross-encoder"
     assert "| base | embedder |" in (out / "report.md").read_text()
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"

@@ -34,6 +34,8 @@ def model_settings(model: Any) -> Dict[str, Any]:
         settings["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
     except (StopIteration, AttributeError):
         pass
+    if hasattr(model, "inference_precision"):  # autocast changes scores too (models/precision.py)
+        settings["inference_precision"] = model.inference_precision
     return settings
 
 
