@@ -254,7 +254,9 @@ class AutoModelForEmbedding(RetrievalModel):
         if show_progress_bar is None:
             show_progress_bar = len(ids) > 10 * batch_size and logger.getEffectiveLevel() <= 20
         out = self.run_batches([len(x) for x in ids], lambda idx: self.processor.pad([ids[i] for i in idx], prompt_length=prompt_length),
-                               lambda batch: self.embed(batch, normalize=normalize_embeddings), out, batch_size, max_tokens,
+                               # batches are length-grouped already: no chunking (whose lengths would be read back from a GPU)
+                               lambda batch: self._embed_padded(batch["input_ids"], batch["attention_mask"], normalize_embeddings,
+                                                                batch.get("pooling_mask")), out, batch_size, max_tokens,
                                "Encoding", show_progress_bar)
         return self.truncate(out, truncate_dim, normalize_embeddings)
 
