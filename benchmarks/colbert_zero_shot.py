@@ -38,6 +38,7 @@ def main() -> None:
     p.add_argument("--trained", default=None, help="A ColBERT trained elsewhere (zero-shot on Vaswani).")
     p.add_argument("--work", default="outputs/colbert_zero_shot")
     p.add_argument("--top_k", type=int, default=20)
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     p.add_argument("--out", default="benchmarks/results/colbert_zero_shot.json")
     opts = p.parse_args()
     work = Path(opts.work).resolve()
@@ -54,7 +55,8 @@ def main() -> None:
                if not torch.cuda.is_available() else torch.cuda.get_device_name(),
                "versions": {"retrievals": __version__, "transformers": transformers.__version__, "torch": torch.__version__},
                "top_k": opts.top_k, "runs": {}}
-    for dataset, source in DATASETS.items():
+    for dataset in opts.datasets:
+        source = DATASETS[dataset]
         for first in ("bm25", "minilm"):
             out = work / f"{dataset}-{first}"
             command = [sys.executable, "-m", "retrievals.pipelines.evaluate", "--dataset", source, "--output_dir", str(out),
