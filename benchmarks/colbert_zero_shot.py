@@ -55,6 +55,10 @@ def main() -> None:
                if not torch.cuda.is_available() else torch.cuda.get_device_name(),
                "versions": {"retrievals": __version__, "transformers": transformers.__version__, "torch": torch.__version__},
                "top_k": opts.top_k, "runs": {}}
+    if Path(opts.out).is_file():  # keep the datasets this run does not measure
+        earlier = json.loads(Path(opts.out).read_text())
+        if earlier.get("top_k") == opts.top_k:
+            results["runs"] = {k: v for k, v in earlier["runs"].items() if k.split(" / ")[0] not in opts.datasets}
     for dataset in opts.datasets:
         source = DATASETS[dataset]
         for first in ("bm25", "minilm"):

@@ -207,6 +207,9 @@ def main() -> None:
         if seconds is not None:
             row["train_minutes"] = round(seconds / 60, 1)
         history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
+        runtime = [h["train_runtime"] for h in history if "train_runtime" in h]
+        if "train_minutes" not in row and runtime:  # a finished run reused: its own record of the time
+            row["train_minutes"] = round(runtime[-1] / 60, 1)
         row["curve"] = [{"step": h["step"], "ndcg@10": h["eval_ndcg@10"]} for h in history if "eval_ndcg@10" in h]
         before = AutoModelForRanking.from_pretrained(base_path, model_type=kind, max_length=MAX_LEN, backbone_only=True)
         after = AutoModelForRanking.from_pretrained(str(folder))
