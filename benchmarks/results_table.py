@@ -6,7 +6,8 @@
 
 Embedder rows run the main job (``retrievals.pipelines.demo``) and keep its ``results.json`` in
 ``benchmarks/results/table/``; reranker rows come from ``benchmarks/results/rerank_recipes.json``. The
-table is written to ``benchmarks/results/results_table.md`` (and ``.json``) and copied into README.
+table is written to ``benchmarks/results/results_table.md`` (and ``.json``); ``--readme`` copies it, and the
+zero-shot ColBERT table (``colbert_zero_shot.json``), into README.md.
 """
 
 from __future__ import annotations
@@ -110,13 +111,46 @@ def first_stage_table(q: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def colbert_zero_shot_table() -> str:
+    """The seed's "rerank colbert (zero shot)" rows from ``colbert_zero_shot.json`` (nDCG@10 / MAP)."""
+    file = RESULTS / "colbert_zero_shot.json"
+    if not file.is_file():
+        return ""
+    q = json.loads(file.read_text())
+    lines = ["| dataset | first stage | first stage alone (nDCG@10 / MAP) | + zero-shot ColBERT, top "
+             f"{q['top_k']} (nDCG@10 / MAP) |", "|---|---|---|---|"]
+    for key, run in q["runs"].items():
+        dataset, first = key.split(" / ")[0], key.split(" / ")[1].split(" top ")[0]
+        rows = run["rows"]
+        alone = rows["bm25"] if first == "bm25" else rows["minilm"]
+        reranked = rows["minilm-colbert"]
+        lines.append(f"| {dataset} ({run['dataset']['queries']} queries, {run['dataset']['documents']} docs) | "
+                     f"{'BM25' if first == 'bm25' else 'all-MiniLM-L6-v2'} | {alone['ndcg@10']:.3f} / {alone['map']:.3f} | "
+                     f"**{reranked['ndcg@10']:.3f}** / {reranked['map']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def copy_into(readme: Path, marker: str, text: str) -> None:
+    """Replace what stands between ``<!-- marker -->`` and ``<!-- /marker -->`` in ``readme``."""
+    body = readme.read_text()
+    start, end = f"<!-- {marker} -->\n", f"<!-- /{marker} -->"
+    i, j = body.index(start) + len(start), body.index(end)
+    readme.write_text(body[:i] + text + body[j:])
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--run", nargs="*", default=[], choices=sorted(EMBED_ROWS), help="embedder rows to (re)run")
+    p.add_argument("--readme", action="store_true", help="copy the tables into README.md (between their markers)")
     opts = p.parse_args()
     for name in opts.run:
         run_embed_row(name)
-    print(build_table())
+    table, colbert = build_table(), colbert_zero_shot_table()
+    (RESULTS / "colbert_zero_shot.md").write_text(colbert)
+    if opts.readme:
+        copy_into(ROOT / "README.md", "results-table", table)
+        copy_into(ROOT / "README.md", "colbert-zero-shot", colbert)
+    print(table + "\n" + colbert)
 
 
 if __name__ == "__main__":
