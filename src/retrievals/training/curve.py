@@ -38,7 +38,7 @@ def write_training_curve(log_history: Sequence[Dict[str, Any]], path: Path, titl
     plt = pyplot()
     if plt is None or not points:
         return None
-    evals = [k for k in ("eval_loss", *EVAL_METRICS) if k in points and k != "eval_loss"]
+    evals = [k for k in EVAL_METRICS if k in points]
     fig, axes = plt.subplots(1, 2 if evals else 1, figsize=(9 if evals else 5, 3.4), squeeze=False)
     loss_ax = axes[0][0]
     for key in ("loss", "eval_loss"):
