@@ -234,6 +234,27 @@ def test_colbert_projection_layout_and_precomputed_vectors(tiny_bert, tmp_path):
         AutoModelForRanking.from_pretrained(str(tmp_path / "m"), colbert_dim=8)
 
 
+def test_colbert_encodes_each_distinct_query_and_window_once(tiny_bert, monkeypatch):
+    """Reranking many queries over shared documents: one forward row per distinct query and window, and the
+    scores of the training function applied to each (query, window) unit on its own, however windows are chunked."""
+    from retrievals.models.rankers import colbert as colbert_module
+
+    model = AutoModelForRanking.from_pretrained(tiny_bert, model_type="colbert", colbert_dim=16, max_length=32).eval()
+    pairs = [(q, d) for q, _ in PAIRS for _, d in PAIRS]  # 4 queries x the same 4 documents
+    units = model.processor.units(pairs, True)
+    with torch.no_grad():
+        expected = [max(float(model.score_units(model.processor.collate_units([u]))[0]) for u in us) for us in units]
+    rows = []
+    forward = model.token_vectors
+    monkeypatch.setattr(model, "token_vectors", lambda ids, mask: (rows.append(ids.shape[0]), forward(ids, mask))[1])
+    scores = model.compute_score(pairs, batch_size=3)
+    distinct = {tuple(w) for us in units for _, w in us} | {tuple(q) for us in units for q, _ in us}
+    assert sum(rows) == len(distinct) < sum(len(us) for us in units)
+    torch.testing.assert_close(torch.tensor(scores), torch.tensor(expected), atol=1e-5, rtol=0)
+    monkeypatch.setattr(colbert_module, "ENCODED_WINDOWS", 2)
+    torch.testing.assert_close(torch.tensor(model.compute_score(pairs, batch_size=3)), torch.tensor(scores), atol=1e-5, rtol=0)
+
+
 def test_colbert_in_batch_negatives_are_the_losss(tiny_bert):
     """The model gives token vectors; the late-interaction loss scores them in-batch with the inference MaxSim."""
     import torch.nn.functional as F

@@ -17,6 +17,7 @@ from ..processing import PaddingOptions, call_tokenizer, eval_mode, pad_ids, tok
 from .base import BaseRanker, Batch, RankerConfig, RankingOutput, group_targets
 
 COLBERT_LINEAR = "colbert_linear.pt"  # the projection's state dict, as bge-m3 ships it
+ENCODED_WINDOWS = 256  # document windows whose token vectors are held at once when scoring (memory bound)
 
 
 @dataclass
@@ -84,11 +85,12 @@ class ColBERTProcessor(PaddingOptions):
         return out
 
     def units(self, pairs: Sequence[Tuple[str, str]], all_windows: bool) -> List[List[Tuple[List[int], List[int]]]]:
-        """The (query ids, window ids) units of each pair; each distinct query is tokenized once."""
-        distinct = list(dict.fromkeys(q for q, _ in pairs))
-        q_ids = dict(zip(distinct, self.query_ids(distinct)))
-        docs = self.document_ids([d for _, d in pairs], all_windows)
-        return [[(q_ids[q], w) for w in wins] for (q, _), wins in zip(pairs, docs)]
+        """The (query ids, window ids) units of each pair; each distinct query and document is tokenized once."""
+        queries = list(dict.fromkeys(q for q, _ in pairs))
+        q_ids = dict(zip(queries, self.query_ids(queries)))
+        documents = list(dict.fromkeys(d for _, d in pairs))
+        d_ids = dict(zip(documents, self.document_ids(documents, all_windows)))
+        return [[(q_ids[q], w) for w in d_ids[d]] for q, d in pairs]
 
     @staticmethod
     def unit_length(unit: Tuple[List[int], List[int]]) -> int:
@@ -190,6 +192,52 @@ class ColBERT(BaseRanker):
         q, qm = self.token_vectors(batch["query_input_ids"], batch["query_attention_mask"])
         d, dm = self.token_vectors(batch["document_input_ids"], batch["document_attention_mask"])
         return maxsim(q, qm, d, dm)
+
+    @torch.inference_mode()
+    def score_unit_list(self, units: Sequence[Tuple[List[int], List[int]]], batch_size: int = 32,
+                        show_progress_bar: bool = False, max_tokens: Optional[int] = None) -> torch.Tensor:
+        """Raw score of each (query ids, window ids) unit, in input order: the same token vectors and
+        :func:`maxsim` as :meth:`score_units`, but each distinct query and window is encoded once (reranking
+        many queries over shared candidates would otherwise encode a document once per pair). Windows are
+        taken ``ENCODED_WINDOWS`` at a time with the units that use them, which bounds memory."""
+        out = torch.empty(len(units), dtype=torch.float32)
+        window_of: Dict[Tuple[int, ...], int] = {}
+        unit_window = [window_of.setdefault(tuple(w), len(window_of)) for _, w in units]
+        windows = list(window_of)
+        users: List[List[int]] = [[] for _ in windows]
+        for i, w in enumerate(unit_window):
+            users[w].append(i)
+        for start in range(0, len(windows), ENCODED_WINDOWS):
+            chunk = range(start, min(start + ENCODED_WINDOWS, len(windows)))
+            members = [i for w in chunk for i in users[w]]
+            query_of: Dict[Tuple[int, ...], int] = {}
+            unit_query = [query_of.setdefault(tuple(units[i][0]), len(query_of)) for i in members]
+            desc = f"Scoring (windows {start + 1}-{chunk.stop} of {len(windows)})"
+            d, dm = self._padded_token_vectors([windows[w] for w in chunk], batch_size, max_tokens, desc, show_progress_bar)
+            q, qm = self._padded_token_vectors(list(query_of), batch_size, max_tokens)
+            di = torch.as_tensor([unit_window[i] - start for i in members])
+            qi = torch.as_tensor(unit_query)
+            for s in range(0, len(members), batch_size):
+                part = slice(s, s + batch_size)
+                out[members[part]] = maxsim(q[qi[part]], qm[qi[part]], d[di[part]], dm[di[part]])
+        return out
+
+    def _padded_token_vectors(self, sequences: Sequence[Sequence[int]], batch_size: int, max_tokens: Optional[int],
+                              desc: str = "", show_progress_bar: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`token_vectors` of each id sequence (batched by length), padded to the longest: [N, L, dim], [N, L]."""
+        drop = int(self.skip_first)
+        lengths = [len(ids) for ids in sequences]
+        longest = max(lengths) - drop
+        out = torch.zeros(len(sequences), longest, self.retrieval_config.colbert_dim)
+
+        def rows(batch: Batch) -> torch.Tensor:
+            vectors, _ = self.token_vectors(batch["input_ids"], batch["attention_mask"])
+            return F.pad(vectors, (0, 0, 0, longest - vectors.shape[1]))
+
+        self.run_batches(lengths, lambda idx: self.processor.pad([sequences[k] for k in idx]), rows, out, batch_size,
+                         max_tokens, desc, show_progress_bar)
+        mask = (torch.arange(longest)[None, :] < torch.as_tensor(lengths)[:, None] - drop).long()
+        return out, mask
 
     def _postprocess(self, scores: torch.Tensor) -> torch.Tensor:
         return (scores + 1) / 2  # cosine-based MaxSim average lies in [-1, 1]
