@@ -25,10 +25,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 EMBED_ROWS = {  # name: (experiment, model, demo flags)
     "embed": ("embed pairwise finetune, mined hard negatives", "all-MiniLM-L6-v2", []),
     "embed_no_hn": ("embed pairwise finetune, in-batch negatives only", "all-MiniLM-L6-v2", ["--hard_negatives", "0"]),
-    "embed_llm": ("embed llm finetune (LoRA), 0.3 epoch", "SmolLM2-135M-Instruct",
-                  ["--use_lora", "--learning_rate", "2e-4", "--per_device_train_batch_size", "16", "--hard_negatives", "1",
-                   "--num_train_epochs", "0.3",
-                   "--query_instruction", "Given a question, retrieve the FAQ that answers it\nQuery: "]),
+    "embed_llm": ("embed llm finetune (LoRA), mean pooling, in-batch negatives", "SmolLM2-135M-Instruct",
+                  ["--use_lora", "--pooling_method", "mean", "--learning_rate", "2e-4", "--per_device_train_batch_size", "16",
+                   "--hard_negatives", "0"]),
 }
 
 

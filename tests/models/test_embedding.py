@@ -58,6 +58,16 @@ def test_decoder_defaults_last_pooling_with_eos(tiny_qwen):
     assert model.tokenizer.pad_token is not None
 
 
+def test_decoder_appends_eos_only_for_last_token_pooling(tiny_qwen, tmp_path):
+    mean = AutoModelForEmbedding.from_pretrained(tiny_qwen, pooling_method="mean")
+    assert not mean.retrieval_config.append_eos
+    assert mean.tokenize(["tax card"])[0][-1] != mean.tokenizer.eos_token_id
+    asked = AutoModelForEmbedding.from_pretrained(tiny_qwen, pooling_method="mean", append_eos=True)
+    assert asked.retrieval_config.append_eos
+    mean.save_pretrained(tmp_path / "m")  # the saved choice is kept as saved
+    assert not AutoModelForEmbedding.from_pretrained(str(tmp_path / "m")).retrieval_config.append_eos
+
+
 def test_encoder_defaults(tiny_bert):
     cfg = AutoModelForEmbedding.from_pretrained(tiny_bert).retrieval_config
     assert not cfg.decoder and cfg.pooling_method == "cls" and not cfg.append_eos

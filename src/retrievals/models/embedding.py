@@ -97,6 +97,10 @@ class AutoModelForEmbedding(RetrievalModel):
     def _finish_config(cls, config: EmbeddingConfig, tokenizer: Any, overrides: Dict[str, Any], saved_by_us: bool) -> None:
         if overrides.get("padding_side") is None and not saved_by_us:
             config.padding_side = tokenizer.padding_side
+        if config.decoder and not saved_by_us and overrides.get("append_eos") is None:
+            # EOS is appended for last-token pooling (it reads the whole text); a decoder pooled otherwise (mean:
+            # a usable zero-shot start for a chat model) is left as its tokenizer makes it
+            config.append_eos = config.pooling_method == "last"
         if not config.decoder and config.padding_side != "right":
             # encoders number positions from the first slot (BERT) or from the pad tokens (RoBERTa): pad right
             logger.info("Encoder models pad on the right; ignoring padding_side=%r.", config.padding_side)

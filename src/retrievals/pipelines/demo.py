@@ -70,6 +70,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--document_max_length", type=int, default=128)
     p.add_argument("--hard_negatives", type=int, default=4, help="Negatives mined per query (0: in-batch only).")
     p.add_argument("--use_lora", action="store_true", help="Train LoRA adapters (decoder LLMs).")
+    p.add_argument("--pooling_method", default=None, choices=["cls", "mean", "last"],
+                   help="Default: the model's (cls for encoders without sentence-transformers settings, last + EOS for "
+                        "decoders). mean gives a chat LLM a usable zero-shot start (see README, LLM embedder recipe).")
     p.add_argument("--query_instruction", default=None)
     p.add_argument("--document_instruction", default=None)
     p.add_argument("--seed", type=int, default=42)
@@ -87,7 +90,7 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"held-out: {len(split.corpus) - len(split.train_faq_ids)} FAQs / {len(split.test_queries)} queries", flush=True)
 
     base = AutoModelForEmbedding.from_pretrained(model_path, query_max_length=opts.query_max_length,
-                                                 document_max_length=opts.document_max_length,
+                                                 document_max_length=opts.document_max_length, pooling_method=opts.pooling_method,
                                                  query_instruction=opts.query_instruction, document_instruction=opts.document_instruction)
     print("[eval] zero-shot model on held-out queries ...", flush=True)
     before = evaluate_embedder(base, split.corpus, split.test_queries, split.test_qrels, k_values=(10,), show_progress_bar=True)
@@ -103,7 +106,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     write_training_file(split, negatives, train_file)
 
     model_args = embed.EmbedModelArguments(
-        model_name_or_path=model_path, use_lora=opts.use_lora,
+        model_name_or_path=model_path, use_lora=opts.use_lora, pooling_method=opts.pooling_method,
         query_instruction=opts.query_instruction, document_instruction=opts.document_instruction,
     )
     data_args = DataArguments(train_data=[str(train_file)], train_group_size=group,
