@@ -10,7 +10,8 @@ zero-shot all-MiniLM-L6-v2 among training FAQs), one epoch, batch 32, queries 64
 
 * ``plain``: all-MiniLM-L6-v2, InfoNCE (temperature 0.05, lr 5e-5): the demo's recipe.
 * ``matryoshka``: the same plus ``--matryoshka_dims 384 256 128 64``; ``matryoshka_small``: also
-  ``--matryoshka_weights 1 1 2 4`` (the small sizes weigh more); ``matryoshka_3ep``: three epochs instead of one.
+  ``--matryoshka_weights 1 1 2 4`` (the small sizes weigh more); ``matryoshka_3ep``: three epochs instead of one;
+  ``matryoshka_lr2e-4_3ep``: three epochs at learning rate 2e-4 (see ``MATRYOSHKA``).
 * ``sparse``: the tiny SPLADE (``retrievals.assets`` ``splade-tiny``, provenance unknown), ``--model_type sparse``.
 
 Measured for each dataset: nDCG@10 / recall@100, bytes per document in memory and on disk (the saved index's data
@@ -56,25 +57,24 @@ COMMON = ["--num_train_epochs", "1", "--per_device_train_batch_size", "32", "--t
           "--save_steps", "20", "--save_total_limit", "1", "--seed", "42", "--report_to", "none"]
 
 
+MATRYOSHKA = {  # run name: (label in the results, flags beyond the plain recipe's)
+    "matryoshka": ("MiniLM Matryoshka", []),
+    "matryoshka_small": ("MiniLM Matryoshka 1:1:2:4", ["--matryoshka_weights", "1", "1", "2", "4"]),
+    "matryoshka_3ep": ("MiniLM Matryoshka 3 epochs", ["--num_train_epochs", "3"]),
+    "matryoshka_lr2e-4_3ep": ("MiniLM Matryoshka lr 2e-4, 3 epochs", ["--learning_rate", "2e-4", "--num_train_epochs", "3"]),
+}
+
+
 def training_commands(work: Path) -> Dict[str, List[str]]:
     minilm, splade, train = str(fetch("all-MiniLM-L6-v2")), str(fetch("splade-tiny")), str(work / "train.jsonl")
     embed = [sys.executable, "-m", "retrievals.pipelines.embed", "--do_train", "--train_data", train]
-    return {
-        "plain": embed + ["--model_name_or_path", minilm, "--output_dir", str(work / "plain"), "--learning_rate", "5e-5",
-                          "--temperature", "0.05", *COMMON],
-        "matryoshka": embed + ["--model_name_or_path", minilm, "--output_dir", str(work / "matryoshka"),
-                               "--learning_rate", "5e-5", "--temperature", "0.05",
-                               "--matryoshka_dims", *map(str, DIMS), *COMMON],
-        "matryoshka_small": embed + ["--model_name_or_path", minilm, "--output_dir", str(work / "matryoshka_small"),
-                                     "--learning_rate", "5e-5", "--temperature", "0.05",
-                                     "--matryoshka_dims", *map(str, DIMS), "--matryoshka_weights", "1", "1", "2", "4",
-                                     *COMMON],
-        "matryoshka_3ep": embed + ["--model_name_or_path", minilm, "--output_dir", str(work / "matryoshka_3ep"),
-                                   "--learning_rate", "5e-5", "--temperature", "0.05",
-                                   "--matryoshka_dims", *map(str, DIMS), *COMMON, "--num_train_epochs", "3"],
-        "sparse": embed + ["--model_name_or_path", splade, "--model_type", "sparse", "--output_dir", str(work / "sparse"),
-                           "--learning_rate", "1e-4", *COMMON],
-    }
+    plain = ["--model_name_or_path", minilm, "--learning_rate", "5e-5", "--temperature", "0.05", *COMMON]
+    commands = {"plain": embed + ["--output_dir", str(work / "plain"), *plain]}
+    for name, (_, flags) in MATRYOSHKA.items():  # later flags win (argparse), so a run's own lr / epochs apply
+        commands[name] = embed + ["--output_dir", str(work / name), *plain, "--matryoshka_dims", *map(str, DIMS), *flags]
+    commands["sparse"] = embed + ["--model_name_or_path", splade, "--model_type", "sparse", "--output_dir", str(work / "sparse"),
+                                  "--learning_rate", "1e-4", *COMMON]
+    return commands
 
 
 def prepare(work: Path) -> None:
@@ -176,10 +176,8 @@ def measure(work: Path, trained: Dict[str, Dict[str, Any]], out: Path, vaswani: 
     from retrievals.models.sparse import SparseEmbedder
 
     models = {"MiniLM zero-shot": str(fetch("all-MiniLM-L6-v2")), "MiniLM fine-tuned": str(work / "plain"),
-              "MiniLM Matryoshka": str(work / "matryoshka"),
-              "MiniLM Matryoshka 1:1:2:4": str(work / "matryoshka_small"),
-              "MiniLM Matryoshka 3 epochs": str(work / "matryoshka_3ep"), "SPLADE-tiny zero-shot": str(fetch("splade-tiny")),
-              "SPLADE-tiny fine-tuned": str(work / "sparse")}
+              **{label: str(work / name) for name, (label, _) in MATRYOSHKA.items() if name in trained},
+              "SPLADE-tiny zero-shot": str(fetch("splade-tiny")), "SPLADE-tiny fine-tuned": str(work / "sparse")}
     rows: List[Dict[str, Any]] = []
     for dname, data in (("aia-bde", load_eval_dataset("aia-bde")), ("vaswani", load_eval_dataset(vaswani))):
         doc_ids, query_ids = list(data.corpus), list(data.queries)
@@ -262,11 +260,12 @@ def targets(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
                      score["hybrid SPLADE-tiny fine-tuned + MiniLM fine-tuned (weighted 1:1)"]),
                  score["MiniLM fine-tuned float 384"]),
         }
-        for model in ("MiniLM Matryoshka", "MiniLM Matryoshka 1:1:2:4", "MiniLM Matryoshka 3 epochs"):
+        matryoshka = [label for label, _ in MATRYOSHKA.values() if f"{label} float 64" in score]
+        for model in matryoshka:
             m384, m64 = score[f"{model} float 384"], score[f"{model} float 64"]
             checks[f"{model}: 64 within 2% of its 384"] = (m64, round(0.98 * m384, 4))
             checks[f"{model}: 64 above the plain fine-tune truncated to 64"] = (m64, score["MiniLM fine-tuned float 64"])
-        for model in ("MiniLM fine-tuned", "MiniLM Matryoshka", "MiniLM Matryoshka 1:1:2:4", "MiniLM Matryoshka 3 epochs"):
+        for model in ["MiniLM fine-tuned", *matryoshka]:
             for variant in ("binary rescored x4", "binary rescored x4 (int8 on disk)"):
                 checks[f"{model}: {variant} within 1% of float (48 of 1536 bytes in memory)"] = (
                     score[f"{model} {variant}"], round(0.99 * score[f"{model} float 384"], 4))
@@ -305,7 +304,8 @@ def plot(rows: List[Dict[str, Any]], path: Path) -> None:
     for ax, dname in zip(np.atleast_1d(axes), datasets):
         for r in (r for r in rows if r["dataset"] == dname and "bytes_per_vector" in r):
             colour = {"MiniLM Matryoshka": "tab:green", "MiniLM Matryoshka 1:1:2:4": "tab:olive",
-                      "MiniLM Matryoshka 3 epochs": "tab:purple", "MiniLM fine-tuned": "tab:blue", "MiniLM zero-shot": "tab:grey"}.get(
+                      "MiniLM Matryoshka 3 epochs": "tab:purple", "MiniLM Matryoshka lr 2e-4, 3 epochs": "tab:orange",
+                      "MiniLM fine-tuned": "tab:blue", "MiniLM zero-shot": "tab:grey"}.get(
                 r.get("model", ""), "tab:red" if r["kind"] == "sparse" else "black")
             ax.scatter(r["bytes_per_vector"], r["ndcg@10"], marker=styles[r["kind"]], color=colour,
                        alpha=0.55 if r.get("rescore_multiplier") == 0 else 1.0)
@@ -323,7 +323,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="outputs/compact")
     p.add_argument("--train_only", action="store_true")
-    p.add_argument("--models", nargs="+", default=["plain", "matryoshka", "matryoshka_small", "matryoshka_3ep", "sparse"])
+    p.add_argument("--models", nargs="+", default=["plain", *MATRYOSHKA, "sparse"])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "compact_sparse.json"))
     p.add_argument("--vaswani", default=str(ROOT.parent / "shared" / "data" / "vaswani"))
     opts = p.parse_args()
