@@ -28,3 +28,17 @@ def test_demo_runs_and_respects_its_output_folder(tiny_bert, tmp_path, capsys):
     (out / "NOTES.md").write_text("mine\n")
     assert demo.main(argv + ["--overwrite_output_dir"]) == 0  # README's command reruns over its own output
     assert (out / "NOTES.md").read_text() == "mine\n"
+
+
+def test_demo_llm_recipe_keeps_its_pooling(tiny_qwen, tmp_path):
+    """The LLM embedder recipe (LoRA, mean pooling, in-batch negatives) trains, and the saved model pools as trained."""
+    from retrievals import AutoModelForEmbedding
+
+    out = tmp_path / "llm"
+    argv = ["--model_name_or_path", tiny_qwen, "--data_file", asset("aia-bde"), "--output_dir", str(out),
+            "--num_train_epochs", "0.1", "--per_device_train_batch_size", "16", "--query_max_length", "16",
+            "--document_max_length", "32", "--use_lora", "--pooling_method", "mean", "--hard_negatives", "0"]
+    assert demo.main(argv) == 0
+    assert json.loads((out / "results.json").read_text())["settings"]["pooling"] == "mean"
+    config = AutoModelForEmbedding.from_pretrained(str(out)).retrieval_config
+    assert config.pooling_method == "mean" and not config.append_eos and config.lora_base
