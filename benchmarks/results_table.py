@@ -1,6 +1,6 @@
 """The results table: one row per experiment of the seed's table, original vs fine-tuned, on AIA-BDE.
 
-    .venv/bin/python benchmarks/results_table.py --run embed embed_no_hn embed_llm   # the embedder rows (about 30 min here)
+    .venv/bin/python benchmarks/results_table.py --run embed embed_no_hn embed_llm   # the embedder rows (about 65 min here)
     .venv/bin/python benchmarks/rerank_recipes.py --kinds cross-encoder colbert       # the reranker rows (about 90 min here)
     .venv/bin/python benchmarks/results_table.py                                       # table from the saved results
 
