@@ -7,7 +7,9 @@ one run.
   256 tokens max; fp32): training pairs/s over optimizer steps 2 to ``--steps`` (ours: 8 queries x group 4,
   listwise CE; theirs: CrossEncoderTrainer, 32 labelled pairs, BCE; best of 2 runs each, taking turns) and scoring pairs/s (``compute_score``
   vs ``CrossEncoder.predict``; ours with ``score_windows=False``, i.e. truncating long documents as
-  sentence-transformers does; best and median of 5 rounds taken in turns), whose scores must agree. Scoring with windows is timed too.
+  sentence-transformers does; best and median of 5 rounds taken in turns), whose scores must agree. Scoring with windows is timed too,
+  and our CPU backends take their turns in the same rounds (ONNX Runtime fp32/int8, OpenVINO fp32/int8/bf16; each one's
+  largest score difference from torch fp32 is reported; the graphs are exported before timing).
 Quality of the three reranker kinds (trained with their recipes, over two first stages) is measured by
 ``benchmarks/rerank_recipes.py``.
 """
@@ -107,17 +109,39 @@ def throughput(minilm, split, negatives, work, steps):
     rng = random.Random(0)
     test_q, docs = list(split.test_queries.values()), list(split.corpus.values())
     pairs = [(rng.choice(test_q), rng.choice(docs)) for _ in range(800)]
-    timings, outputs = side_by_side({"retrievals": lambda: ours.compute_score(pairs, batch_size=PAIR_BATCH, normalize=True),
-                                     "sentence_transformers": lambda: theirs.predict(pairs, batch_size=PAIR_BATCH)},
-                                    len(pairs), SCORE_ROUNDS)
-    difference = np.asarray(outputs["retrievals"], dtype=np.float32) - np.asarray(outputs["sentence_transformers"], dtype=np.float32)
+    runs = {"retrievals": lambda: ours.compute_score(pairs, batch_size=PAIR_BATCH, normalize=True),
+            "sentence_transformers": lambda: theirs.predict(pairs, batch_size=PAIR_BATCH)}
+    for name, model in backend_models(str(work / "ours_speed")).items():  # exported before the timing starts
+        runs[f"retrievals {name}"] = lambda model=model: model.compute_score(pairs, batch_size=PAIR_BATCH, normalize=True)
+    timings, outputs = side_by_side(runs, len(pairs), SCORE_ROUNDS)
+    reference = np.asarray(outputs["retrievals"], dtype=np.float32)
+    difference = reference - np.asarray(outputs["sentence_transformers"], dtype=np.float32)
     timings["max_abs_score_difference"] = float(np.abs(difference).max())
+    timings["max_abs_difference_from_torch_fp32"] = {  # sigmoid scores in [0, 1]
+        name: float(np.abs(np.asarray(out, dtype=np.float32) - reference).max()) for name, out in outputs.items()
+        if name.startswith("retrievals ")}
     ours.retrieval_config.score_windows = True
     t = time.perf_counter()
     ours.compute_score(pairs, batch_size=PAIR_BATCH)
     timings["retrievals_with_windows"] = round(len(pairs) / (time.perf_counter() - t), 1)
     print("score pairs/s", timings, flush=True)
     return train_rate, timings
+
+
+def backend_models(path: str) -> dict:
+    """Our cross-encoder on each CPU backend this machine runs (``onnx`` fp32 / int8, ``openvino`` fp32 / int8 and
+    bf16 where the CPU has it), truncating as sentence-transformers does; a backend whose package is missing is left out."""
+    from retrievals.utils import UsageError
+
+    out = {}
+    for backend, precision in (("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"), ("openvino", "int8"),
+                               ("openvino", "bf16")):
+        try:
+            out[f"{backend} {precision}"] = AutoModelForRanking.from_pretrained(path, score_windows=False, backend=backend,
+                                                                              backend_precision=precision)
+        except (ImportError, UsageError) as error:
+            print(f"[backends] {backend} {precision}: left out ({str(error).splitlines()[0]})", flush=True)
+    return out
 
 
 def main() -> None:
