@@ -217,9 +217,11 @@ class ColBERT(BaseRanker):
             q, qm = self._padded_token_vectors(list(query_of), batch_size, max_tokens)
             di = torch.as_tensor([unit_window[i] - start for i in members])
             qi = torch.as_tensor(unit_query)
+            dev = self.device  # MaxSim where the model runs (a GPU's, when there is one)
             for s in range(0, len(members), batch_size):
                 part = slice(s, s + batch_size)
-                out[members[part]] = maxsim(q[qi[part]], qm[qi[part]], d[di[part]], dm[di[part]])
+                out[members[part]] = maxsim(q[qi[part]].to(dev), qm[qi[part]].to(dev), d[di[part]].to(dev),
+                                            dm[di[part]].to(dev)).cpu()
         return out
 
     def _padded_token_vectors(self, sequences: Sequence[Sequence[int]], batch_size: int, max_tokens: Optional[int],
