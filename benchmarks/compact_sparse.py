@@ -57,11 +57,12 @@ COMMON = ["--num_train_epochs", "1", "--per_device_train_batch_size", "32", "--t
           "--save_steps", "20", "--save_total_limit", "1", "--seed", "42", "--report_to", "none"]
 
 
-MATRYOSHKA = {  # run name: (label in the results, flags beyond the plain recipe's)
-    "matryoshka": ("MiniLM Matryoshka", []),
-    "matryoshka_small": ("MiniLM Matryoshka 1:1:2:4", ["--matryoshka_weights", "1", "1", "2", "4"]),
-    "matryoshka_3ep": ("MiniLM Matryoshka 3 epochs", ["--num_train_epochs", "3"]),
-    "matryoshka_lr2e-4_3ep": ("MiniLM Matryoshka lr 2e-4, 3 epochs", ["--learning_rate", "2e-4", "--num_train_epochs", "3"]),
+MATRYOSHKA = {  # run name: (label in the results, its colour in the PNG, flags beyond the plain recipe's)
+    "matryoshka": ("MiniLM Matryoshka", "tab:green", []),
+    "matryoshka_small": ("MiniLM Matryoshka 1:1:2:4", "tab:olive", ["--matryoshka_weights", "1", "1", "2", "4"]),
+    "matryoshka_3ep": ("MiniLM Matryoshka 3 epochs", "tab:purple", ["--num_train_epochs", "3"]),
+    "matryoshka_lr2e-4_3ep": ("MiniLM Matryoshka lr 2e-4, 3 epochs", "tab:orange",
+                              ["--learning_rate", "2e-4", "--num_train_epochs", "3"]),
 }
 
 
@@ -70,7 +71,7 @@ def training_commands(work: Path) -> Dict[str, List[str]]:
     embed = [sys.executable, "-m", "retrievals.pipelines.embed", "--do_train", "--train_data", train]
     plain = ["--model_name_or_path", minilm, "--learning_rate", "5e-5", "--temperature", "0.05", *COMMON]
     commands = {"plain": embed + ["--output_dir", str(work / "plain"), *plain]}
-    for name, (_, flags) in MATRYOSHKA.items():  # later flags win (argparse), so a run's own lr / epochs apply
+    for name, (_, _, flags) in MATRYOSHKA.items():  # later flags win (argparse), so a run's own lr / epochs apply
         commands[name] = embed + ["--output_dir", str(work / name), *plain, "--matryoshka_dims", *map(str, DIMS), *flags]
     commands["sparse"] = embed + ["--model_name_or_path", splade, "--model_type", "sparse", "--output_dir", str(work / "sparse"),
                                   "--learning_rate", "1e-4", *COMMON]
@@ -176,7 +177,7 @@ def measure(work: Path, trained: Dict[str, Dict[str, Any]], out: Path, vaswani: 
     from retrievals.models.sparse import SparseEmbedder
 
     models = {"MiniLM zero-shot": str(fetch("all-MiniLM-L6-v2")), "MiniLM fine-tuned": str(work / "plain"),
-              **{label: str(work / name) for name, (label, _) in MATRYOSHKA.items() if name in trained},
+              **{label: str(work / name) for name, (label, _, _) in MATRYOSHKA.items() if name in trained},
               "SPLADE-tiny zero-shot": str(fetch("splade-tiny")), "SPLADE-tiny fine-tuned": str(work / "sparse")}
     rows: List[Dict[str, Any]] = []
     for dname, data in (("aia-bde", load_eval_dataset("aia-bde")), ("vaswani", load_eval_dataset(vaswani))):
@@ -260,7 +261,7 @@ def targets(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
                      score["hybrid SPLADE-tiny fine-tuned + MiniLM fine-tuned (weighted 1:1)"]),
                  score["MiniLM fine-tuned float 384"]),
         }
-        matryoshka = [label for label, _ in MATRYOSHKA.values() if f"{label} float 64" in score]
+        matryoshka = [label for label, _, _ in MATRYOSHKA.values() if f"{label} float 64" in score]
         for model in matryoshka:
             m384, m64 = score[f"{model} float 384"], score[f"{model} float 64"]
             checks[f"{model}: 64 within 2% of its 384"] = (m64, round(0.98 * m384, 4))
@@ -303,8 +304,7 @@ def plot(rows: List[Dict[str, Any]], path: Path) -> None:
     styles = {"bm25": "s", "sparse": "^", "dense": "o"}
     for ax, dname in zip(np.atleast_1d(axes), datasets):
         for r in (r for r in rows if r["dataset"] == dname and "bytes_per_vector" in r):
-            colour = {"MiniLM Matryoshka": "tab:green", "MiniLM Matryoshka 1:1:2:4": "tab:olive",
-                      "MiniLM Matryoshka 3 epochs": "tab:purple", "MiniLM Matryoshka lr 2e-4, 3 epochs": "tab:orange",
+            colour = {**{label: c for label, c, _ in MATRYOSHKA.values()},
                       "MiniLM fine-tuned": "tab:blue", "MiniLM zero-shot": "tab:grey"}.get(
                 r.get("model", ""), "tab:red" if r["kind"] == "sparse" else "black")
             ax.scatter(r["bytes_per_vector"], r["ndcg@10"], marker=styles[r["kind"]], color=colour,

@@ -87,8 +87,8 @@ def fastembed_encoder(model_dir: Path, skipped: Dict[str, str]) -> Dict[str, Cal
     def encode(texts: list, query: bool) -> np.ndarray:
         return np.stack(list(models[Q_LEN if query else D_LEN].embed(texts, batch_size=BATCH)))
     # fastembed 0.9 keeps its own cut (128 for this model) whatever max_length says: name the run by what it does
-    cut = getattr(getattr(models[D_LEN], "model", None), "tokenizer", None)
-    cut = (cut.truncation or {}).get("max_length") if cut is not None else None
+    tokenizer = getattr(getattr(models[D_LEN], "model", None), "tokenizer", None)
+    cut = (tokenizer.truncation or {}).get("max_length") if tokenizer is not None else None
     return {"fastembed onnx fp32" + (f" (documents cut at {cut} tokens)" if cut and cut != D_LEN else ""): encode}
 
 

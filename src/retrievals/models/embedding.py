@@ -86,8 +86,7 @@ class AutoModelForEmbedding(RetrievalModel):
         config = EmbeddingConfig()
         hf_cfg = hf_config(base_path, trust_remote_code)
         config.decoder = is_decoder_only(hf_cfg)
-        config.pooling_method = "last" if config.decoder else "cls"
-        config.append_eos = config.decoder
+        config.pooling_method = "last" if config.decoder else "cls"  # append_eos follows the pooling (_finish_config)
         limit = getattr(hf_cfg, "max_position_embeddings", None) or 512
         config.query_max_length = config.document_max_length = min(512, int(limit))
         config.update(**read_st_settings(path))

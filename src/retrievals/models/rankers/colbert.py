@@ -13,7 +13,7 @@ from torch import nn
 from ...utils import UsageError, apply_instruction
 from ..base import load_backbone
 from ...inputs import as_texts, check_batch_size
-from ..processing import PaddingOptions, call_tokenizer, eval_mode, pad_ids, tokenize_user_text
+from ..processing import PaddingOptions, call_tokenizer, pad_ids, tokenize_user_text
 from .base import BaseRanker, Batch, RankerConfig, RankingOutput, group_targets
 
 COLBERT_LINEAR = "colbert_linear.pt"  # the projection's state dict, as bge-m3 ships it
@@ -257,19 +257,17 @@ class ColBERT(BaseRanker):
     @torch.inference_mode()
     def encode_documents(self, documents: Sequence[str], batch_size: int = 32) -> List[List[torch.Tensor]]:
         """Token vectors of each document, one [tokens, dim] tensor per window, to score later
-        with :meth:`score_vectors` (the same scores as :meth:`compute_score`)."""
+        with :meth:`score_vectors` (the same vectors, hence scores, as :meth:`compute_score`)."""
         documents, _ = as_texts(documents, "documents")
         check_batch_size(batch_size)
         flat = [(i, ids) for i, wins in enumerate(self.processor.document_ids(documents, self.retrieval_config.score_windows))
                 for ids in wins]
         out: List[List[torch.Tensor]] = [[] for _ in documents]
-        with eval_mode(self):
-            for start in range(0, len(flat), batch_size):
-                chunk = flat[start : start + batch_size]
-                batch = {k: v.to(self.device) for k, v in self.processor.pad([ids for _, ids in chunk]).items()}
-                vecs, mask = self.token_vectors(batch["input_ids"], batch["attention_mask"])
-                for (owner, _), v, m in zip(chunk, vecs, mask):
-                    out[owner].append(v[m.bool()].cpu())
+        for start in range(0, len(flat), ENCODED_WINDOWS):
+            chunk = flat[start : start + ENCODED_WINDOWS]
+            vectors, mask = self._padded_token_vectors([ids for _, ids in chunk], batch_size, None)
+            for (owner, _), v, m in zip(chunk, vectors, mask):
+                out[owner].append(v[m.bool()])
         return out
 
     @torch.inference_mode()
@@ -277,9 +275,8 @@ class ColBERT(BaseRanker):
         """Scores of ``query`` against documents encoded by :meth:`encode_documents` (best window each)."""
         if not isinstance(query, str):
             raise TypeError(f"query must be a string, got {type(query).__name__}")
-        ids = torch.tensor(self.processor.query_ids([query]), device=self.device)
-        with eval_mode(self):
-            q, qm = self.token_vectors(ids, torch.ones_like(ids))
+        q, qm = self._padded_token_vectors(self.processor.query_ids([query]), 1, None)
+        q, qm = q.to(self.device), qm.to(self.device)
         scores = []
         for wins in document_vectors:
             best = max(
