@@ -48,7 +48,7 @@ def cpu_threads() -> int:
 
 class Backend(abc.ABC):
     """One runtime. A subclass names itself, its pip extra and precisions, says how its graph of a precision is
-    made (``source``/``convert``; an ONNX fp32 graph is exported from torch, every other graph is made from one)
+    made (``source``/``convert``; the ONNX fp32 graph is made from torch's export, every other graph from one)
     and runs a batch (``run``)."""
 
     name: ClassVar[str]
@@ -73,12 +73,13 @@ class Backend(abc.ABC):
     @classmethod
     @abc.abstractmethod
     def source(cls, graph: str) -> Optional[Tuple[Type["Backend"], str]]:
-        """The (backend, graph precision) this graph is converted from; None: exported from torch."""
+        """The (backend, graph precision) this graph is converted from; None: from torch's ONNX export."""
 
     @classmethod
     @abc.abstractmethod
     def convert(cls, source: Path, out: Path, graph: str) -> None:
-        """Write this backend's graph of precision ``graph`` into ``out``, made from the graph in ``source``."""
+        """Write this backend's graph of precision ``graph`` into ``out``, made from the graph in ``source`` (the
+        folder of ``source(graph)``'s graph, or of torch's ONNX export where that is None)."""
 
     @abc.abstractmethod
     def run(self, feeds: Dict[str, np.ndarray]) -> np.ndarray:

@@ -29,7 +29,7 @@ from ...utils import logger, require, state_digest
 from .base import Backend, GraphSpec
 
 KEY_NAME = "backend.json"
-FORMAT = 1  # raise when the export changes, so older cache entries are not used
+FORMAT = 2  # raise when the export changes, so older cache entries are not used
 _CONFIG_NOISE = {"transformers_version", "dtype", "torch_dtype", "_name_or_path"}  # say nothing about the graph
 
 
@@ -85,7 +85,10 @@ def ensure_graph(backbone: torch.nn.Module, spec: GraphSpec, base: Dict[str, Any
         source = backend.source(graph)
         if source is None:
             logger.warning("Exporting the %s model to ONNX (once; cached in %s)", spec.kind, entry)
-            export_onnx(backbone, spec, scratch / "model.onnx")
+            (scratch / "export").mkdir()
+            export_onnx(backbone, spec, scratch / "export" / "model.onnx")
+            backend.convert(scratch / "export", scratch, graph)
+            shutil.rmtree(scratch / "export")
         else:
             origin = ensure_graph(backbone, spec, base, source[0], source[1], model_dirs)
             logger.warning("Making the %s %s graph from the %s %s one (once; cached in %s)", backend.name, graph,

@@ -1,5 +1,5 @@
 """OpenVINO on CPU: fp32, bf16 (a runtime setting over the fp32 graph, where the CPU has bf16 instructions) or int8
-(the ONNX Runtime int8 graph converted; no NNCF)."""
+(the ONNX Runtime fp32 or int8 graph converted; no NNCF)."""
 
 from __future__ import annotations
 
