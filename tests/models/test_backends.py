@@ -116,6 +116,19 @@ def test_onnx_runtime_gets_fused_kernels(model_fixture, request):
     assert ops & {"SkipLayerNormalization", "SkipSimplifiedLayerNormalization"}, sorted(ops)
 
 
+def test_a_failed_fusion_keeps_the_export(tiny_bert, tmp_path, monkeypatch, caplog):
+    """An architecture onnxscript's fusion pass fails on still runs, unfused, with the same outputs and a warning."""
+    requires("onnx")
+    from onnxscript.rewriter import ort_fusions
+
+    monkeypatch.setenv("RETRIEVALS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(ort_fusions, "optimize_for_ort", lambda model: (_ for _ in ()).throw(ValueError("no pattern")))
+    model = AutoModelForEmbedding.from_pretrained(tiny_bert, backend="onnx")
+    assert "ONNX Runtime fusions failed (ValueError: no pattern)" in caplog.text
+    np.testing.assert_allclose(model.encode(TEXTS), AutoModelForEmbedding.from_pretrained(tiny_bert, device="cpu").encode(TEXTS),
+                               atol=1e-4)
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     ranks = lambda x: np.argsort(np.argsort(x.ravel()))  # noqa: E731
     return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
