@@ -196,6 +196,23 @@ def test_other_backend_of_a_saved_folder_goes_to_the_cache(tiny_bert, tmp_path, 
     assert sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "m").rglob("*")) == before
 
 
+def test_a_saved_graph_of_an_older_format_is_not_used(tiny_bert, tmp_path, monkeypatch, caplog):
+    """A folder saved by an older version (another graph format) still loads, through a new graph in the cache, with a
+    warning that says how to update it; the folder is not touched."""
+    requires("onnx")
+    AutoModelForEmbedding.from_pretrained(tiny_bert, device="cpu").save_pretrained(tmp_path / "m", backend="onnx")
+    key_file = tmp_path / "m" / "onnx" / "backend.json"
+    key_file.write_text(json.dumps({**json.loads(key_file.read_text()), "format": 1}))
+    before = {p: p.read_bytes() for p in (tmp_path / "m").rglob("*") if p.is_file()}
+    monkeypatch.setenv("RETRIEVALS_CACHE", str(tmp_path / "cache"))
+    model = AutoModelForEmbedding.from_pretrained(str(tmp_path / "m"), backend="onnx")
+    assert model.inference_backend.folder.parent == tmp_path / "cache" / "backends"
+    assert "holds a graph in an older format (1;" in caplog.text and "backend='onnx') again" in caplog.text
+    np.testing.assert_allclose(model.encode(TEXTS), AutoModelForEmbedding.from_pretrained(tiny_bert, device="cpu").encode(TEXTS),
+                               atol=1e-4)
+    assert {p: p.read_bytes() for p in (tmp_path / "m").rglob("*") if p.is_file()} == before
+
+
 def test_cache_is_keyed_by_the_weights(tiny_bert, tmp_path, count_exports):
     """The same path saved again with other weights exports again and gives the new model's vectors."""
     requires("onnx")

@@ -74,6 +74,12 @@ def ensure_graph(backbone: torch.nn.Module, spec: GraphSpec, base: Dict[str, Any
     for folder in model_dirs:
         if matches(folder / backend.name, key):
             return folder / backend.name
+        stored = stored_key(folder / backend.name) or {}
+        if stored.get("format") != key["format"] and {k: stored.get(k) for k in ("weights", "graph")} == {
+                "weights": key["weights"], "graph": graph}:
+            logger.warning("%s holds a graph in an older format (%s; this version makes format %s): using one made in "
+                           "the cache; save_pretrained(path, backend=%r) again to ship the new one", folder / backend.name,
+                           stored.get("format"), key["format"], backend.name)
     full = {**key, "versions": versions(backend)}
     root = cache_dir() / "backends"
     entry = root / hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:24]
