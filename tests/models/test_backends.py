@@ -116,17 +116,36 @@ def test_onnx_runtime_gets_fused_kernels(model_fixture, request):
     assert ops & {"SkipLayerNormalization", "SkipSimplifiedLayerNormalization"}, sorted(ops)
 
 
-def test_a_failed_fusion_keeps_the_export(tiny_bert, tmp_path, monkeypatch, caplog):
-    """An architecture onnxscript's fusion pass fails on still runs, unfused, with the same outputs and a warning."""
+def wrong_fusion(optimize_for_ort):
+    """A fusion pass that returns a graph computing something else: one weight matrix doubled."""
+    import onnx_ir as ir
+
+    def fuse(model):
+        fused, counts = optimize_for_ort(model)
+        name, value = next((n, v) for n, v in fused.graph.initializers.items() if len(v.const_value.shape) == 2)
+        value.const_value = ir.tensor(2 * value.const_value.numpy(), name=name)
+        return fused, counts
+    return fuse
+
+
+@pytest.mark.parametrize("failure", ["raises", "wrong outputs"])
+def test_a_failed_fusion_keeps_the_export(tiny_bert, tmp_path, monkeypatch, caplog, failure):
+    """An architecture onnxscript's fusion pass fails on, or fuses into a graph with other outputs, still runs:
+    the unfused export, the same outputs as torch, and a warning."""
     requires("onnx")
     from onnxscript.rewriter import ort_fusions
 
     monkeypatch.setenv("RETRIEVALS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(ort_fusions, "optimize_for_ort", lambda model: (_ for _ in ()).throw(ValueError("no pattern")))
+    broken = (wrong_fusion(ort_fusions.optimize_for_ort) if failure == "wrong outputs"
+              else lambda model: (_ for _ in ()).throw(ValueError("no pattern")))
+    monkeypatch.setattr(ort_fusions, "optimize_for_ort", broken)
     model = AutoModelForEmbedding.from_pretrained(tiny_bert, backend="onnx")
-    assert "ONNX Runtime fusions failed (ValueError: no pattern)" in caplog.text
+    expected = ("ValueError: the fused graph's outputs differ from the export's by" if failure == "wrong outputs"
+                else "ValueError: no pattern")
+    assert "ONNX Runtime fusions not used (" + expected in caplog.text
     np.testing.assert_allclose(model.encode(TEXTS), AutoModelForEmbedding.from_pretrained(tiny_bert, device="cpu").encode(TEXTS),
                                atol=1e-4)
+    assert sorted(p.name for p in model.inference_backend.folder.iterdir()) == ["backend.json", "model.onnx", "model.onnx.data"]
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

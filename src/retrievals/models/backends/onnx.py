@@ -18,6 +18,7 @@ import numpy as np
 
 from ...utils import UsageError, logger, require
 from .base import Backend, GraphSpec, cpu_threads
+from .graphs import example_inputs
 
 _EXTERNAL_DATA_ABOVE = 1 << 30  # protobuf cannot hold 2 GiB: large quantized graphs keep weights in a side file
 
@@ -46,7 +47,6 @@ class OnnxBackend(Backend):
         else:
             quantize(source, out)
 
-
     def __init__(self, folder: Path, spec: GraphSpec, precision: str) -> None:
         super().__init__(folder, spec, precision)
         ort = require("onnxruntime", self.extra)
@@ -62,20 +62,43 @@ class OnnxBackend(Backend):
 
 def fuse(source: Path, out: Path) -> None:
     """fp32 from torch's export: the same computation in fewer, fused kernels (attention, skip + layer norm,
-    bias + GELU; outputs within 1e-5 of the export's). An architecture the fusion pass fails on keeps the export
-    as it is (slower, same outputs), with a warning."""
+    bias + GELU). The fused graph is run against the export on a padded example batch; where the fusion pass fails
+    on an architecture, or its graph does not give the export's outputs (within 1e-4), the export is kept as it is
+    (slower, same outputs), with a warning."""
     ir = require("onnx_ir", OnnxBackend.extra)  # onnxscript's graph representation (installed with it)
     fusions = require("onnxscript.rewriter.ort_fusions", OnnxBackend.extra)
     try:
         model, counts = fusions.optimize_for_ort(ir.load(str(source / "model.onnx")))
+        ir.save(model, str(out / "model.onnx"), external_data="model.onnx.data")
+        difference = _largest_difference(source, out)
+        if not difference <= 1e-4:  # also nan
+            raise ValueError(f"the fused graph's outputs differ from the export's by {difference:.2g}")
     except Exception as exc:  # an optimizer's failure is not the user's: the unfused graph computes the same
-        logger.warning("ONNX Runtime fusions failed (%s: %s); running the unfused export (slower, same outputs)",
+        logger.warning("ONNX Runtime fusions not used (%s: %s); running the unfused export (slower, same outputs)",
                        type(exc).__name__, exc)
+        for name in ("model.onnx", "model.onnx.data"):  # what the fused save may have written
+            (out / name).unlink(missing_ok=True)
         for file in source.iterdir():
             shutil.copy2(file, out / file.name)
         return
     logger.info("ONNX Runtime fusions: %s", {k: v for k, v in counts.items() if v})
-    ir.save(model, str(out / "model.onnx"), external_data="model.onnx.data")
+
+
+def _largest_difference(first: Path, second: Path) -> float:
+    """The largest difference between two graphs' outputs on the exporter's padded example batch (real tokens only:
+    what pads hold is never read)."""
+    ort = require("onnxruntime", OnnxBackend.extra)
+    outputs = []
+    for folder in (first, second):
+        session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+        names = tuple(i.name for i in session.get_inputs())
+        feeds = {k: v.numpy() for k, v in example_inputs(GraphSpec("", names, ""), 100).items()}
+        outputs.append(session.run(None, feeds)[0])
+    a, b = outputs
+    if a.ndim == 3:  # per token: the real ones
+        keep = feeds["attention_mask"].astype(bool)
+        a, b = a[keep], b[keep]
+    return float(np.abs(a - b).max())
 
 
 def quantize(source: Path, out: Path) -> None:
@@ -93,4 +116,3 @@ def quantize(source: Path, out: Path) -> None:
                                       per_channel=True, use_external_data_format=size > _EXTERNAL_DATA_ABOVE)
     finally:
         root.removeHandler(quiet)
-
