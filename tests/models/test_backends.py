@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from transformers import AutoConfig
 
 from retrievals import AutoModelForEmbedding
 from retrievals.models.backends import graphs
@@ -114,6 +115,14 @@ def test_onnx_runtime_gets_fused_kernels(model_fixture, request):
     ops = {node.op_type for node in graph.node}
     assert ops & {"Attention", "MultiHeadAttention", "GroupQueryAttention"}, sorted(ops)
     assert ops & {"SkipLayerNormalization", "SkipSimplifiedLayerNormalization"}, sorted(ops)
+    if model_fixture == "tiny_bert":  # int8: the attention's query, key and value projections are int8 products
+        int8 = AutoModelForEmbedding.from_pretrained(request.getfixturevalue(model_fixture), backend="onnx",
+                                                     backend_precision="int8")
+        graph = onnx.load(str(int8.inference_backend.folder / "model.onnx"), load_external_data=False).graph
+        ops = [node.op_type for node in graph.node]
+        layers = AutoConfig.from_pretrained(request.getfixturevalue(model_fixture)).num_hidden_layers
+        assert "MultiHeadAttention" in ops and "Attention" not in ops, sorted(set(ops))
+        assert ops.count("MatMulInteger") == 6 * layers  # q, k, v, output, and the two feed-forward products
 
 
 def wrong_fusion(optimize_for_ort):

@@ -29,7 +29,7 @@ from ...utils import logger, require, state_digest
 from .base import Backend, GraphSpec
 
 KEY_NAME = "backend.json"
-FORMAT = 2  # raise when the export changes, so older cache entries are not used
+FORMAT = 3  # raise when how a graph is made changes, so older cache entries are not used
 _CONFIG_NOISE = {"transformers_version", "dtype", "torch_dtype", "_name_or_path"}  # say nothing about the graph
 
 

@@ -4,15 +4,18 @@ quantization of that graph's weights).
 ``fp32`` is torch's dynamo export with its attention, layer norms and GELU fused into ONNX Runtime's kernels by
 onnxscript's ``optimize_for_ort`` (ONNX Runtime's own session optimizer does not recognise the dynamo graph's
 attention: unfused, it ran at 0.84x the speed of sentence-transformers' TorchScript-exported graph); OpenVINO reads
-the fused graph too. ``int8`` is made from ``fp32``.
+the fused graph too. ``int8`` is fused alike, but for the attention's projections (see :func:`fuse`), then quantized.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import sys
+import tempfile
+import threading
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Type
+from typing import Any, Dict, Optional, Tuple, Type
 
 import numpy as np
 
@@ -38,14 +41,16 @@ class OnnxBackend(Backend):
 
     @classmethod
     def source(cls, graph: str) -> Optional[Tuple[Type[Backend], str]]:
-        return None if graph == "fp32" else (cls, "fp32")
+        return None  # both from torch's export: they are fused differently
 
     @classmethod
     def convert(cls, source: Path, out: Path, graph: str) -> None:
         if graph == "fp32":
             fuse(source, out)
-        else:
-            quantize(source, out)
+            return
+        with tempfile.TemporaryDirectory(dir=out) as fused:  # inside the entry's scratch folder
+            fuse(source, Path(fused), for_int8=True)
+            quantize(Path(fused), out)
 
     def __init__(self, folder: Path, spec: GraphSpec, precision: str) -> None:
         super().__init__(folder, spec, precision)
@@ -60,15 +65,17 @@ class OnnxBackend(Backend):
         return self.session.run([self.spec.output], feeds)[0]  # InferenceSession.run is thread-safe
 
 
-def fuse(source: Path, out: Path) -> None:
-    """fp32 from torch's export: the same computation in fewer, fused kernels (attention, skip + layer norm,
-    bias + GELU). The fused graph is run against the export on a padded example batch; where the fusion pass fails
-    on an architecture, or its graph does not give the export's outputs (within 1e-4), the export is kept as it is
-    (slower, same outputs), with a warning."""
+def fuse(source: Path, out: Path, for_int8: bool = False) -> None:
+    """The export in fewer, fused kernels (attention, skip + layer norm, bias + GELU). ``for_int8``: the query, key
+    and value projections stay three matrix products, which dynamic quantization makes int8, instead of joining the
+    fp32 weights of one Attention kernel (int8 MiniLM encoded passages 1.1x faster so, at
+    ``benchmarks/cpu_backends.py``'s settings; fp32 is faster with the one kernel). The fused graph is run against
+    the export on a padded example batch; where the fusion pass fails on an architecture, or its graph does not
+    give the export's outputs (within 1e-4), the export is kept as it is (slower, same outputs), with a warning."""
     ir = require("onnx_ir", OnnxBackend.extra)  # onnxscript's graph representation (installed with it)
     fusions = require("onnxscript.rewriter.ort_fusions", OnnxBackend.extra)
     try:
-        model, counts = fusions.optimize_for_ort(ir.load(str(source / "model.onnx")))
+        model, counts = _optimize_for_ort(fusions, ir.load(str(source / "model.onnx")), keep_projections=for_int8)
         ir.save(model, str(out / "model.onnx"), external_data="model.onnx.data")
         difference = _largest_difference(source, out)
         if not difference <= 1e-4:  # also nan
@@ -82,6 +89,24 @@ def fuse(source: Path, out: Path) -> None:
             shutil.copy2(file, out / file.name)
         return
     logger.info("ONNX Runtime fusions: %s", {k: v for k, v in counts.items() if v})
+
+
+_FUSING = threading.Lock()  # one fusion pass at a time: the int8 one swaps a step of onnxscript's pipeline
+
+
+def _optimize_for_ort(fusions: Any, model: Any, keep_projections: bool) -> Tuple[Any, Dict[str, int]]:
+    """onnxscript's ``optimize_for_ort``; ``keep_projections``: without its last attention step (merging the
+    projections into one Attention kernel). Where a later onnxscript has no such step to leave out, the full pass."""
+    core = sys.modules.get("onnxscript.rewriter.ort_fusions._core")
+    with _FUSING:
+        if not keep_projections or not hasattr(core, "fuse_attention"):
+            return fusions.optimize_for_ort(model)
+        merge = core.fuse_attention
+        core.fuse_attention = lambda *args, **kwargs: 0
+        try:
+            return fusions.optimize_for_ort(model)
+        finally:
+            core.fuse_attention = merge
 
 
 def _largest_difference(first: Path, second: Path) -> float:
