@@ -125,6 +125,30 @@ def test_onnx_runtime_gets_fused_kernels(model_fixture, request):
         assert ops.count("MatMulInteger") == 6 * layers  # q, k, v, output, and the two feed-forward products
 
 
+def test_graphs_made_by_many_threads_at_once(tiny_bert, tmp_path, monkeypatch):
+    """Four threads load fp32 and int8 ONNX graphs of one model into an empty cache at once: each precision's graph
+    is fused its own way (the int8 pass swaps a step of onnxscript's pipeline while it runs) and every thread encodes
+    as one thread alone does."""
+    requires("onnx")
+    import onnx
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("RETRIEVALS_CACHE", str(tmp_path / "cache"))
+    precisions = ["fp32", "int8", "fp32", "int8"]
+
+    def load(precision):
+        model = AutoModelForEmbedding.from_pretrained(tiny_bert, backend="onnx", backend_precision=precision)
+        graph = onnx.load(str(model.inference_backend.folder / "model.onnx"), load_external_data=False).graph
+        return model.encode(TEXTS), {node.op_type for node in graph.node}
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(load, precisions))
+    alone = {p: load(p)[0] for p in ("fp32", "int8")}
+    for precision, (vectors, ops) in zip(precisions, results):
+        np.testing.assert_allclose(vectors, alone[precision], atol=1e-6)
+        assert ("Attention" in ops) == (precision == "fp32") and ("MultiHeadAttention" in ops) == (precision == "int8")
+
+
 def wrong_fusion(optimize_for_ort):
     """A fusion pass that returns a graph computing something else: one weight matrix doubled."""
     import onnx_ir as ir

@@ -16,6 +16,7 @@ import os
 import shutil
 import logging
 import tempfile
+import threading
 import warnings
 from importlib import metadata
 from pathlib import Path
@@ -147,6 +148,14 @@ def export_onnx(backbone: torch.nn.Module, spec: GraphSpec, file: Path) -> None:
     bad = set(spec.inputs) - {"input_ids", "attention_mask", "token_type_ids", "position_ids"}
     if bad:
         raise RuntimeError(f"cannot export inputs {sorted(bad)}")
+    with _EXPORTING:
+        _export(backbone, spec, file)
+
+
+_EXPORTING = threading.Lock()  # torch.export traces through process-wide state: two at once fail
+
+
+def _export(backbone: torch.nn.Module, spec: GraphSpec, file: Path) -> None:
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     module, training = _Forward(backbone, spec), backbone.training
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
