@@ -5,11 +5,17 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
+import threading
 from typing import Any, Optional, Union
 
 import torch
 
 logger = logging.getLogger("retrievals")
+
+# transformers' from_pretrained swaps process-wide functions (torch.nn.init's, PreTrainedModel.init_weights) for
+# no-ops while it loads and puts them back after; two loads in parallel threads can leave the no-ops in place for
+# good, and every later fresh layer (a new head) then stays uninitialised. Every load of ours holds this lock.
+LOADING = threading.RLock()
 
 
 class UsageError(ValueError):

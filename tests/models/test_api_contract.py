@@ -322,3 +322,21 @@ def test_include_prompt_false_needs_prefix_instructions(tiny_bert):
     plain = AutoModelForEmbedding.from_pretrained(tiny_bert, query_instruction="Q: ", include_prompt=False)
     np.testing.assert_array_equal(prefix_template.encode_queries(QUERIES), plain.encode_queries(QUERIES))
     assert plain.tokenize(QUERIES, is_query=True).prompt_length == 3  # [CLS] q : (the trailing [SEP] of the prompt alone is not counted)
+
+
+def test_threads_load_like_one_thread(tiny_bert):
+    """Models loaded by many threads at once, then one with fresh layers (a sparse embedder's MLM head, which the
+    tiny BERT lacks): transformers swaps torch's init functions process-wide while it loads, and loads in parallel
+    threads used to leave them swapped, so the later fresh head stayed on the meta device and the load failed."""
+    import torch
+
+    from retrievals.models.sparse import SparseEmbedder
+
+    init = torch.nn.init.normal_
+    expected = AutoModelForEmbedding.from_pretrained(tiny_bert).encode(QUERIES[:4])
+    jobs = [lambda: AutoModelForEmbedding.from_pretrained(tiny_bert).encode(QUERIES[:4])] * 16
+    for got in _concurrently(jobs):
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert torch.nn.init.normal_ is init
+    sparse = SparseEmbedder.from_pretrained(tiny_bert)
+    assert all(p.device.type == "cpu" and torch.isfinite(p).all() for p in sparse.parameters())

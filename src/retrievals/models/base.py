@@ -449,7 +449,7 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         ``backbone_only=True`` takes only the transformer weights of a folder this library saved as another kind
         (a fine-tuned embedder's encoder to start a cross-encoder or ColBERT, say): the head and every setting
         start fresh, as from a plain transformers folder."""
-        from ..utils import resolve_device, resolve_dtype
+        from ..utils import LOADING, resolve_device, resolve_dtype
         from .backends import check_backend, load_backend
 
         if backbone_only and (lora_path or is_lora_dir(check_model_path(model_name_or_path))):
@@ -492,11 +492,12 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         cls._finish_config(config, tokenizer, overrides, saved_by_us)
         device_ = resolve_device("cpu" if backend != "torch" else device)
         dtype_ = torch.float32 if backend != "torch" else resolve_dtype(dtype, device_)  # graphs are exported in float32
-        backbone = cls._load_backbone(base_path, config, dtype_, trust_remote_code)
-        backbone = attach_lora(backbone, config, base_path, adapter_path, use_lora, lora_r, lora_alpha, lora_dropout,
-                               lora_target_modules, task_type=cls.lora_task_type)
-        model = cls(backbone, tokenizer, config)
-        model._load_extra(path, fresh=not saved_by_us)
+        with LOADING:
+            backbone = cls._load_backbone(base_path, config, dtype_, trust_remote_code)
+            backbone = attach_lora(backbone, config, base_path, adapter_path, use_lora, lora_r, lora_alpha, lora_dropout,
+                                   lora_target_modules, task_type=cls.lora_task_type)
+            model = cls(backbone, tokenizer, config)  # a kind may build fresh layers (a head) here or in _load_extra
+            model._load_extra(path, fresh=not saved_by_us)
         model = model.to(device_).eval()  # as transformers does; training switches modes itself
         model.inference_precision = inference_precision
         if backend != "torch":
