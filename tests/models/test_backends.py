@@ -126,29 +126,24 @@ def test_onnx_runtime_gets_fused_kernels(model_fixture, request):
 
 
 def test_graphs_made_by_many_threads_at_once(tiny_bert, tmp_path, monkeypatch):
-    """Four threads make fp32 and int8 ONNX graphs of one model into an empty cache at once: each precision's graph
+    """Four threads load a model with fp32 and int8 ONNX graphs into an empty cache at once: each precision's graph
     is fused its own way (the int8 pass swaps a step of onnxscript's pipeline while it runs) and every thread's model
-    encodes as one made alone does. (The torch models load first, one at a time: transformers' from_pretrained
-    switches process-wide state and is not safe in parallel threads.)"""
+    encodes as one loaded alone does (exports take turns: torch.export fails when two run at once)."""
     requires("onnx")
     import onnx
     from concurrent.futures import ThreadPoolExecutor
 
-    from retrievals.models.backends import load_backend
-
     monkeypatch.setenv("RETRIEVALS_CACHE", str(tmp_path / "cache"))
     precisions = ["fp32", "int8", "fp32", "int8"]
-    models = [AutoModelForEmbedding.from_pretrained(tiny_bert, device="cpu") for _ in precisions]
 
-    def make(model, precision):
-        model.inference_backend = load_backend(model, None, "onnx", precision)
+    def load(precision):
+        model = AutoModelForEmbedding.from_pretrained(tiny_bert, backend="onnx", backend_precision=precision)
         graph = onnx.load(str(model.inference_backend.folder / "model.onnx"), load_external_data=False).graph
         return model.encode(TEXTS), {node.op_type for node in graph.node}
 
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(make, models, precisions))
-    alone = {p: AutoModelForEmbedding.from_pretrained(tiny_bert, backend="onnx", backend_precision=p).encode(TEXTS)
-             for p in ("fp32", "int8")}
+        results = list(pool.map(load, precisions))
+    alone = {p: load(p)[0] for p in ("fp32", "int8")}
     for precision, (vectors, ops) in zip(precisions, results):
         np.testing.assert_allclose(vectors, alone[precision], atol=1e-6)
         assert ("Attention" in ops) == (precision == "fp32") and ("MultiHeadAttention" in ops) == (precision == "int8")
