@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -211,6 +212,8 @@ def main() -> None:
         if "train_minutes" not in row and runtime:  # a finished run reused: its own record of the time
             row["train_minutes"] = round(runtime[-1] / 60, 1)
         row["curve"] = [{"step": h["step"], "ndcg@10": h["eval_ndcg@10"]} for h in history if "eval_ndcg@10" in h]
+        if (folder / "training_curve.png").is_file():  # the held-out curve, beside the results
+            shutil.copyfile(folder / "training_curve.png", out.parent / f"rerank_recipes_{kind}_curve.png")
         before = AutoModelForRanking.from_pretrained(base_path, model_type=kind, max_length=MAX_LEN, backbone_only=True)
         after = AutoModelForRanking.from_pretrained(str(folder))
         k_max, k_min = max(opts.top_k), min(opts.top_k)
