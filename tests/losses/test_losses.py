@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -93,7 +94,7 @@ def test_matryoshka_is_the_weighted_loss_at_each_size():
         + 0.25 * base(F.normalize(q[:, :2], dim=-1), F.normalize(d[:, :2], dim=-1))
     assert loss(q, d).item() == pytest.approx(expected.item(), rel=1e-5)
     assert loss.get_config_dict() == {"name": "matryoshka", "dims": [8, 4, 2], "weights": [1.0, 0.5, 0.25],
-                                      "loss": {"name": "infonce", "temperature": 0.05, "use_inbatch_neg": True,
+                                      "distill": 0.0, "loss": {"name": "infonce", "temperature": 0.05, "use_inbatch_neg": True,
                                                "negatives_cross_device": False}}
     for bad in ([], [0], [4, 4]):
         with pytest.raises(ValueError, match="distinct integers"):
@@ -102,3 +103,27 @@ def test_matryoshka_is_the_weighted_loss_at_each_size():
         MatryoshkaLoss(base, dims=[8, 4], weights=[1.0])
     with pytest.raises(ValueError, match="exceed the embedding size"):
         MatryoshkaLoss(base, dims=[16])(q, d)
+
+
+def test_matryoshka_distillation_adds_the_kl_to_the_full_vectors_ranking():
+    from retrievals.losses import MatryoshkaLoss
+
+    q, d = embeddings(d=8)
+    q.requires_grad_(True)
+    base = InfoNCELoss(temperature=0.05)
+    plain = MatryoshkaLoss(base, dims=[8, 4], weights=[1.0, 0.5])
+    distilled = MatryoshkaLoss(base, dims=[8, 4], weights=[1.0, 0.5], distill=2.0)
+    teacher = torch.log_softmax(q @ d.T / 0.05, dim=-1)
+    q4, d4 = MatryoshkaLoss.truncate(q, 4), MatryoshkaLoss.truncate(d, 4)  # unit vectors: the full ones are
+    student = torch.log_softmax(q4 @ d4.T / 0.05, dim=-1)
+    kl = (teacher.exp() * (teacher - student)).sum(-1).mean()  # KL(teacher || student), per query, averaged
+    assert distilled(q, d).item() == pytest.approx((plain(q, d) + 0.5 * 2.0 * kl).item(), rel=1e-5)
+    # the teacher is detached: its gradient flows through the truncated student only
+    detached = teacher.detach()
+    expected = plain(q, d) + 0.5 * 2.0 * (detached.exp() * (detached - student)).sum(-1).mean()
+    np.testing.assert_allclose(torch.autograd.grad(distilled(q, d), q)[0].numpy(),
+                               torch.autograd.grad(expected, q)[0].numpy(), atol=1e-5)
+    assert distilled.get_config_dict()["distill"] == 2.0
+    for bad in (-1.0, float("nan"), float("inf"), True, "1"):
+        with pytest.raises(ValueError, match="distill must be a finite number"):
+            MatryoshkaLoss(base, dims=[8, 4], distill=bad)

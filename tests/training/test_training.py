@@ -198,3 +198,15 @@ def test_matryoshka_training_serves_every_trained_size(tiny_bert, train_file, tm
     assert "embeddings have 32 dimensions" in capsys.readouterr().err
     assert embed.main(cli(tiny_bert, train_file, tmp_path / "w", "--matryoshka_dims", "16", "--matryoshka_weights", "1", "2")) == 2
     assert "one weight per --matryoshka_dims" in capsys.readouterr().err
+    assert embed.main(cli(tiny_bert, train_file, tmp_path / "d", "--matryoshka_distill", "1")) == 2
+    assert "--matryoshka_distill needs --matryoshka_dims" in capsys.readouterr().err
+    assert embed.main(cli(tiny_bert, train_file, tmp_path / "d", "--matryoshka_dims", "16", "--matryoshka_distill", "-1")) == 2
+    assert "--matryoshka_distill must be a finite number >= 0" in capsys.readouterr().err
+
+
+def test_matryoshka_distillation_trains_and_is_recorded(tiny_bert, train_file, tmp_path):
+    out = tmp_path / "mrl"
+    assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "2", "--matryoshka_dims", "32", "8",
+                          "--matryoshka_distill", "0.5")) == 0
+    record = json.loads((out / "retrievals_fingerprint.json").read_text())
+    assert record["loss"]["distill"] == 0.5

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ..utils import UsageError
 from .base import RetrievalLoss
@@ -17,12 +18,19 @@ class MatryoshkaLoss(RetrievalLoss):
     Inputs: those of the wrapped embedder loss (``query_embeddings``, ``document_embeddings``). Truncated vectors are
     rescaled to the full vector's length, so normalised embeddings stay unit vectors (cosine scores) and
     unnormalised ones keep their norm. Use it when the model must also serve shorter vectors; weights default to 1.
+
+    ``distill`` > 0 adds self-distillation: at each smaller size, the KL divergence from the full vectors' softmax over
+    the batch's documents (each query against every document of the batch, the full scores detached: a teacher, not a
+    target that moves toward the student) to the truncated vectors' one, at the wrapped loss's temperature (1 if it
+    has none), times ``distill`` and that size's weight. The small sizes then learn how the full vector ranks every
+    candidate, not only which one is the positive. Documents of other processes are not used for it.
     """
 
     name = "matryoshka"
     reads = ("query_embeddings", "document_embeddings")
 
-    def __init__(self, loss: RetrievalLoss, dims: Sequence[int], weights: Optional[Sequence[float]] = None) -> None:
+    def __init__(self, loss: RetrievalLoss, dims: Sequence[int], weights: Optional[Sequence[float]] = None,
+                 distill: float = 0.0) -> None:
         super().__init__()
         dims = [int(d) for d in dims]
         if not dims or any(d < 1 for d in dims) or len(set(dims)) != len(dims):
@@ -32,10 +40,13 @@ class MatryoshkaLoss(RetrievalLoss):
             raise UsageError(f"matryoshka weights must be {len(dims)} numbers > 0 (one per dim), got {weights}.")
         if tuple(loss.reads) != self.reads:
             raise UsageError(f"matryoshka wraps an embedder loss, not {loss.name!r}.")
-        self.loss, self.dims, self.weights = loss, dims, weights
+        if isinstance(distill, bool) or not (isinstance(distill, (int, float)) and 0 <= distill < float("inf")):
+            raise UsageError(f"matryoshka distill must be a finite number >= 0, got {distill!r}.")
+        self.loss, self.dims, self.weights, self.distill = loss, dims, weights, float(distill)
 
     def get_config_dict(self) -> Dict[str, Any]:
-        return {"name": self.name, "dims": list(self.dims), "weights": list(self.weights), "loss": self.loss.get_config_dict()}
+        return {"name": self.name, "dims": list(self.dims), "weights": list(self.weights), "distill": self.distill,
+                "loss": self.loss.get_config_dict()}
 
     @staticmethod
     def truncate(embeddings: torch.Tensor, dim: int) -> torch.Tensor:
@@ -50,7 +61,17 @@ class MatryoshkaLoss(RetrievalLoss):
         full = query_embeddings.shape[-1]
         if max(self.dims) > full:
             raise UsageError(f"matryoshka dims {self.dims} exceed the embedding size {full}.")
+        teacher = self._log_softmax(query_embeddings, document_embeddings).detach() if self.distill else None
         total: List[torch.Tensor] = []
         for dim, weight in zip(self.dims, self.weights):
-            total.append(weight * self.loss(self.truncate(query_embeddings, dim), self.truncate(document_embeddings, dim)))
+            q, d = self.truncate(query_embeddings, dim), self.truncate(document_embeddings, dim)
+            total.append(weight * self.loss(q, d))
+            if teacher is not None and dim < full:
+                student = self._log_softmax(q, d)
+                total.append(weight * self.distill * F.kl_div(student, teacher, reduction="batchmean", log_target=True))
         return torch.stack(total).sum()
+
+    def _log_softmax(self, queries: torch.Tensor, documents: torch.Tensor) -> torch.Tensor:
+        """Each query's log-probabilities over every document of the batch, at the wrapped loss's temperature."""
+        temperature = float(getattr(self.loss, "temperature", 1.0))
+        return F.log_softmax(queries.float() @ documents.float().T / temperature, dim=-1)

@@ -103,7 +103,7 @@ def train(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
     if sparse:
         loss = FlopsRegularizedLoss(loss, model_args.query_flops_weight, model_args.document_flops_weight)
     if args.matryoshka_dims:
-        loss = MatryoshkaLoss(loss, args.matryoshka_dims, args.matryoshka_weights)
+        loss = MatryoshkaLoss(loss, args.matryoshka_dims, args.matryoshka_weights, args.matryoshka_distill)
 
     def build() -> AutoModelForEmbedding:
         model = build_model(model_args, data_args)

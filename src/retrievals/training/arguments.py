@@ -59,6 +59,9 @@ class RetrievalTrainingArguments(TrainingArguments):
         "help": "Embedders: apply the loss at these leading dimensions too (e.g. 384 256 128 64), so the model serves "
                 "each size (encode(..., truncate_dim=d), the server's dimensions)."})
     matryoshka_weights: List[float] = field(default_factory=list, metadata={"help": "One weight per --matryoshka_dims (default 1)."})
+    matryoshka_distill: float = field(default=0.0, metadata={
+        "help": "With --matryoshka_dims: weight of self-distillation, each smaller size matching the full vectors' "
+                "softmax over the batch's documents (KL divergence; 0: off)."})
 
     def __post_init__(self) -> None:
         if (self.fp16 or self.bf16) and not torch.cuda.is_available():
@@ -98,6 +101,10 @@ class RetrievalTrainingArguments(TrainingArguments):
             at_least("--matryoshka_dims", dim, 1)
         if self.matryoshka_weights and len(self.matryoshka_weights) != len(self.matryoshka_dims):
             raise UsageError(f"--matryoshka_weights needs one weight per --matryoshka_dims ({len(self.matryoshka_dims)}).")
+        if not 0 <= self.matryoshka_distill < float("inf"):
+            raise UsageError(f"--matryoshka_distill must be a finite number >= 0, got {self.matryoshka_distill}.")
+        if self.matryoshka_distill and not self.matryoshka_dims:
+            raise UsageError("--matryoshka_distill needs --matryoshka_dims (the sizes to distil into).")
         if self.matryoshka_dims and self.loss_registry != "embedding":
             raise UsageError("--matryoshka_dims is for embedders.")
         if not self.warmup_steps >= 0:

@@ -25,6 +25,7 @@ TRAINING_FIELDS = (
     "per_device_train_batch_size", "gradient_accumulation_steps", "world_size", "seed", "data_seed",
     "dataloader_drop_last", "fp16", "bf16", "loss_fn", "temperature", "margin", "use_inbatch_neg",
     "negatives_cross_device", "label_smoothing_factor", "matryoshka_dims", "matryoshka_weights",
+    "matryoshka_distill",
 )
 # Argument fields that do not change the result (or are fingerprinted another way).
 IGNORED_FIELDS = {"train_data", "eval_data", "model_name_or_path", "trust_remote_code", "tokenizer_name"}
