@@ -3,7 +3,8 @@ top 50 of two first stages (zero-shot and fine-tuned all-MiniLM-L6-v2) on AIA-BD
 each first stage alone, and the two-stage pipeline (fine-tuned embedder + best fine-tuned reranker).
 
     .venv/bin/python benchmarks/rerank_recipes.py --kinds cross-encoder colbert \
-        [--first_stage outputs/demo] [--work outputs/rerank_recipes] [--eval_queries 300]
+        [--first_stage outputs/demo] [--work outputs/rerank_recipes] [--eval_queries 300] \
+        [--more_first_stages "zero-shot e5=multilingual-e5-small" "fine-tuned e5=outputs/table/embed_e5"]
 
 Every step is the library's command line (recorded in the results): the fine-tuned first stage is the
 README's main job (``retrievals.pipelines.demo``; pass ``--first_stage`` to reuse one), negatives are mined
@@ -120,6 +121,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kinds", nargs="+", default=["cross-encoder", "colbert"], choices=sorted(RECIPES))
     p.add_argument("--first_stage", default=None, help="A fine-tuned embedder (default: run the main job into WORK/embedder).")
+    p.add_argument("--more_first_stages", nargs="*", default=[], metavar="NAME=PATH",
+                   help="Further first stages to rerank (PATH a folder or an asset name), e.g. 'fine-tuned e5=outputs/table/"
+                        "embed_e5'; a NAME starting with 'fine-tuned' competes for the two-stage row.")
     p.add_argument("--work", default="outputs/rerank_recipes")
     p.add_argument("--eval_queries", type=int, default=300)
     p.add_argument("--curve_queries", type=int, default=100)
@@ -154,6 +158,7 @@ def main() -> None:
         command = cli("demo", "--output_dir", str(first_stage), "--overwrite_output_dir")
         run_logged(command, work / "embedder.log")
     commands["first_stage"] = "python -m retrievals.pipelines.demo --output_dir OUT" if not opts.first_stage else f"given: {first_stage}"
+    commands["more_first_stages"] = opts.more_first_stages
 
     # held-out queries: a fixed random sample measured, a disjoint one for the training curve
     test_ids = sorted(split.test_queries)
@@ -162,6 +167,11 @@ def main() -> None:
     curve = test_ids[opts.eval_queries: opts.eval_queries + opts.curve_queries]
     qrels = {q: split.test_qrels[q] for q in measured}
     stages = {"zero-shot MiniLM": minilm, "fine-tuned MiniLM": str(first_stage)}
+    for item in opts.more_first_stages:
+        name, _, path = item.partition("=")
+        if not name or not path or name in stages:
+            raise SystemExit(f"--more_first_stages {item!r}: expected a new NAME=PATH")
+        stages[name] = str(fetch(path)) if not Path(path).exists() else str(Path(path).resolve())
     runs = {}
     for name, path in stages.items():
         embedder = AutoModelForEmbedding.from_pretrained(path, query_max_length=64, document_max_length=MAX_LEN)
@@ -248,7 +258,7 @@ def main() -> None:
                                                           for k, v in r.get("first_stage_weight", {}).items())]
                 if key.startswith("fine-tuned")), key=lambda t: t[2]["ndcg@10"], default=None)
     if best:
-        results["two_stage"] = {"reranker": best[0], "candidates": best[1],
+        results["two_stage"] = {"reranker": best[0], "candidates": best[1], "first_stage": best[1].split(" top ")[0],
                                 **{m: best[2][m] for m in ("map", "mrr@10", "ndcg@10")}}
     save()
     print(json.dumps(results, indent=2, ensure_ascii=False))

@@ -48,7 +48,12 @@ def test_e5s1_reader_dequantizes_every_tensor(tmp_path):
     scales = np.abs(words.reshape(-1, 32)).max(1) / 7
     np.testing.assert_allclose(tensors["emb.word"], words.reshape(-1), atol=float(scales.max()) / 2 + 1e-3)
     assert np.abs(tensors["emb.word"] - words.reshape(-1)).max() > 0  # really 4 bits: not the float values
-    path.write_bytes(b"GGUF" + path.read_bytes()[4:])
+    whole = path.read_bytes()
+    for cut in (30, len(header) + 10, len(whole) - 5):  # in the header, the directory, the last tensor
+        path.write_bytes(whole[:cut])
+        with pytest.raises(RuntimeError, match="damaged E5S1 model file"):
+            _read_e5s1(path)
+    path.write_bytes(b"GGUF" + whole[4:])
     with pytest.raises(RuntimeError, match="not an E5S1 model file"):
         _read_e5s1(path)
 

