@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/results_table.py --run embed embed_no_hn embed_llm embed_e5   # the embedder rows (about 90 min here)
     .venv/bin/python benchmarks/rerank_recipes.py --kinds cross-encoder colbert       # the reranker rows (about 90 min here)
+    .venv/bin/python benchmarks/results_table.py --run embed_e5 --seeds 42 0 1          # a row over 3 seeds (mean ± sd)
     .venv/bin/python benchmarks/results_table.py                                       # table from the saved results
 
 Embedder rows run the main job (``retrievals.pipelines.demo``) and keep its ``results.json`` in
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 from pathlib import Path
 
@@ -33,30 +35,46 @@ EMBED_ROWS = {  # name: (experiment, model, demo flags)
 }
 
 
-def run_embed_row(name: str) -> None:
+DEFAULT_SEED = 42  # the main job's; its run is ``table/NAME.json``, another seed's ``table/NAME-seedS.json``
+
+
+def run_embed_row(name: str, seed: int = DEFAULT_SEED) -> None:
     from retrievals.assets import fetch
     from retrievals.pipelines import demo
 
     _, model, flags = EMBED_ROWS[name]
-    out = ROOT / "outputs" / "table" / name
-    argv = ["--output_dir", str(out), "--overwrite_output_dir", *flags]
+    tag = name if seed == DEFAULT_SEED else f"{name}-seed{seed}"
+    out = ROOT / "outputs" / "table" / tag
+    argv = ["--output_dir", str(out), "--overwrite_output_dir", "--seed", str(seed), *flags]
     if model != "all-MiniLM-L6-v2":
         argv += ["--model_name_or_path", str(fetch(model))]
     demo.main(argv)
     (RESULTS / "table").mkdir(parents=True, exist_ok=True)
-    shutil.copy(out / "results.json", RESULTS / "table" / f"{name}.json")
+    shutil.copy(out / "results.json", RESULTS / "table" / f"{tag}.json")
+
+
+def seed_runs(name: str) -> list:
+    """The saved runs of an embedder row: the default seed's first, then the others' by seed."""
+    table = RESULTS / "table"
+    files = [table / f"{name}.json"] if (table / f"{name}.json").is_file() else []
+    files += sorted(table.glob(f"{name}-seed*.json"), key=lambda f: int(f.stem.rsplit("seed", 1)[1]))
+    return [json.loads(f.read_text()) for f in files]
 
 
 def build_table() -> str:
     rows = []
     for name, (experiment, model, flags) in EMBED_ROWS.items():
-        file = RESULTS / "table" / f"{name}.json"
-        if not file.is_file():
+        runs = seed_runs(name)
+        if not runs:
             continue
-        r = json.loads(file.read_text())
+        after = {m: [r["after"][m] for r in runs] for m in runs[0]["after"]}
         rows.append({"experiment": experiment, "model": model, "task": "retrieval from all 855 FAQs",
-                     "original": r["before"], "finetuned": r["after"], "minutes": round(r["train_seconds"] / 60, 1),
-                     "command": f"benchmarks/results_table.py --run {name}"})
+                     "original": runs[0]["before"], "finetuned": {m: statistics.mean(v) for m, v in after.items()},
+                     "spread": {m: statistics.stdev(v) for m, v in after.items()} if len(runs) > 1 else None,
+                     "seeds": [r["settings"]["seed"] for r in runs],
+                     "minutes": round(statistics.mean(r["train_seconds"] for r in runs) / 60, 1),
+                     "command": f"benchmarks/results_table.py --run {name}"
+                                + (f" --seeds {' '.join(str(r['settings']['seed']) for r in runs)}" if len(runs) > 1 else "")})
     recipes = RESULTS / "rerank_recipes.json"
     q = json.loads(recipes.read_text()) if recipes.is_file() else {}
     label = {"cross-encoder": "rerank cross encoder", "colbert": "rerank colbert", "llm": "rerank llm finetune (LoRA)"}
@@ -75,7 +93,9 @@ def build_table() -> str:
     lines = ["| experiment | model | task (AIA-BDE held-out FAQs) | nDCG@10 original → fine-tuned | MAP | MRR@10 | train min | command |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        cells = [f"{r['original'][m]:.3f} → **{r['finetuned'][m]:.3f}**" for m in ("ndcg@10", "map", "mrr@10")]
+        cells = [f"{r['original'][m]:.3f} → **{r['finetuned'][m]:.3f}**"
+                 + (f" ± {r['spread'][m]:.3f} ({len(r['seeds'])} seeds)" if r.get("spread") else "")
+                 for m in ("ndcg@10", "map", "mrr@10")]
         lines.append(f"| {r['experiment']} | {r['model']} | {r['task']} | " + " | ".join(cells) + f" | {r['minutes']} | `{r['command']}` |")
     table = "\n".join(lines) + "\n" + first_stage_table(q)
     (RESULTS / "results_table.md").write_text(table)
@@ -100,6 +120,9 @@ def first_stage_table(q: dict) -> str:
         for kind, k in columns:
             r = q["rerankers"][kind]
             fused = r.get("first_stage_weight", {}).get(f"{stage} top {k}")
+            if f"{stage} top {k}" not in r["reranked"]:  # a first stage added after this reranker's run
+                cells.append("not run")
+                continue
             cell = f"{r['reranked'][f'{stage} top {k}']['ndcg@10']:.3f}"
             if fused:
                 cell += f" / {fused['ndcg@10']:.3f} (w {fused['weight']})"
@@ -142,10 +165,13 @@ def copy_into(readme: Path, marker: str, text: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--run", nargs="*", default=[], choices=sorted(EMBED_ROWS), help="embedder rows to (re)run")
+    p.add_argument("--seeds", nargs="*", type=int, default=[DEFAULT_SEED],
+                   help="--run once per seed; the table shows the mean and standard deviation of a row's seeds")
     p.add_argument("--readme", action="store_true", help="copy the tables into README.md (between their markers)")
     opts = p.parse_args()
     for name in opts.run:
-        run_embed_row(name)
+        for seed in opts.seeds:
+            run_embed_row(name, seed)
     table, colbert = build_table(), colbert_zero_shot_table()
     (RESULTS / "colbert_zero_shot.md").write_text(colbert)
     if opts.readme:
