@@ -100,7 +100,7 @@ def _parse_e5s1(data: bytes, path: Path) -> tuple:
         (length,) = read("H")
         name = data[offset:offset + length].decode()
         kind, count = data[offset + length], struct.unpack_from("<I", data, offset + length + 1)[0]
-        start, nbytes = struct.unpack_from("<QQ", data, offset + length + 5)
+        start, _ = struct.unpack_from("<QQ", data, offset + length + 5)  # offset, byte count
         offset += length + 21
         if kind == 0:
             tensors[name] = np.frombuffer(data, "<f4", count, start).copy()
