@@ -1,5 +1,6 @@
 """Rerankers a user would deploy: each reranker kind trained with its recipe, then reranking the top 20 and
-top 50 of two first stages (zero-shot and fine-tuned all-MiniLM-L6-v2) on AIA-BDE held-out FAQs, beside
+top 50 of two first stages (zero-shot and fine-tuned all-MiniLM-L6-v2, or ``--zero_shot`` / ``--first_stage``
+named ``--name``) on AIA-BDE held-out FAQs, beside
 each first stage alone, and the two-stage pipeline (fine-tuned embedder + best fine-tuned reranker).
 
     .venv/bin/python benchmarks/rerank_recipes.py --kinds cross-encoder colbert \
@@ -121,6 +122,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kinds", nargs="+", default=["cross-encoder", "colbert"], choices=sorted(RECIPES))
     p.add_argument("--first_stage", default=None, help="A fine-tuned embedder (default: run the main job into WORK/embedder).")
+    p.add_argument("--zero_shot", default="all-MiniLM-L6-v2",
+                   help="The zero-shot first stage (a folder or an asset name): the model --first_stage was fine-tuned from.")
+    p.add_argument("--name", default="MiniLM", help="How the two first stages are named (zero-shot NAME, fine-tuned NAME).")
     p.add_argument("--more_first_stages", nargs="*", default=[], metavar="NAME=PATH",
                    help="Further first stages to rerank (PATH a folder or an asset name), e.g. 'fine-tuned e5=outputs/table/"
                         "embed_e5'; a NAME starting with 'fine-tuned' competes for the two-stage row.")
@@ -152,7 +156,8 @@ def main() -> None:
         os.replace(tmp, out)
 
     split = split_by_faq(parse_aia_bde(fetch("aia-bde")), 0.3, 0)
-    minilm = str(fetch("all-MiniLM-L6-v2"))
+    zero_shot = str(Path(opts.zero_shot).resolve()) if Path(opts.zero_shot).exists() else str(fetch(opts.zero_shot))
+    fine_name = f"fine-tuned {opts.name}"
     first_stage = Path(opts.first_stage).resolve() if opts.first_stage else work / "embedder"
     if not opts.first_stage and not finished(first_stage):
         command = cli("demo", "--output_dir", str(first_stage), "--overwrite_output_dir")
@@ -166,7 +171,7 @@ def main() -> None:
     measured = {q: split.test_queries[q] for q in test_ids[: opts.eval_queries]}
     curve = test_ids[opts.eval_queries: opts.eval_queries + opts.curve_queries]
     qrels = {q: split.test_qrels[q] for q in measured}
-    stages = {"zero-shot MiniLM": minilm, "fine-tuned MiniLM": str(first_stage)}
+    stages = {f"zero-shot {opts.name}": zero_shot, fine_name: str(first_stage)}
     for item in opts.more_first_stages:
         name, _, path = item.partition("=")
         if not name or not path or name in stages:
@@ -178,6 +183,7 @@ def main() -> None:
         runs[name] = retrieve(embedder, split.corpus, {**measured, **{q: split.test_queries[q] for q in curve}}, top_k=DEPTH)
     results["first_stages"] = {name: metrics({q: run[q] for q in measured}, qrels) for name, run in runs.items()}
     results["eval"] = {"dataset": "AIA-BDE v2.0 held-out FAQs (split_by_faq 0.3, seed 0)", "measured_queries": len(measured),
+                       "first_stage": fine_name, "zero_shot": opts.zero_shot,
                        "curve_queries": len(curve), "documents": len(split.corpus), "top_k": opts.top_k}
     print("first stages", results["first_stages"], flush=True)
     save()
@@ -194,7 +200,7 @@ def main() -> None:
     if not mined.is_file():
         run_logged(mine, work / "build_hn.log")
     commands["build_hn"] = " ".join(["python", "-m", "retrievals.pipelines.build_hn", *mine[3:]]).replace(str(work), "WORK")
-    fine_run = runs["fine-tuned MiniLM"]
+    fine_run = runs[fine_name]
     write_jsonl(work / "curve.jsonl", ({"query": split.test_queries[q], "positive": [split.corpus[d] for d in split.test_qrels[q]],
                                        "negative": [d_text for d_text in (split.corpus[d] for d in top(fine_run[q], 20)
                                                                           if d not in split.test_qrels[q])]} for q in curve))
@@ -239,7 +245,7 @@ def main() -> None:
                                       first_stage_weight=weight), {q: split.test_qrels[q] for q in queries})
 
         row["reranked"] = {f"{stage} top {k}": reranked(fine, stage, k, measured) for stage in runs for k in opts.top_k}
-        row[f"original_on_fine-tuned top {k_min}"] = reranked(base, "fine-tuned MiniLM", k_min, measured)
+        row[f"original_on_fine-tuned top {k_min}"] = reranked(base, fine_name, k_min, measured)
         # --rerank_first_stage_weight: chosen on the curve queries (held out, disjoint from the measured ones)
         curve_queries = {q: split.test_queries[q] for q in curve}
         row["first_stage_weight"] = {}

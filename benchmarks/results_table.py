@@ -86,8 +86,9 @@ def build_table() -> str:
         if not r:
             continue
         k = min(q["eval"]["top_k"])
-        stage = "fine-tuned MiniLM"
-        base = "all-MiniLM-L6-v2 (encoder of the fine-tuned embedder)" if r["base"] == "first_stage" else r["base"]
+        stage = q["eval"].get("first_stage", "fine-tuned MiniLM")
+        encoder = q["eval"].get("zero_shot", "all-MiniLM-L6-v2")
+        base = f"{encoder} (encoder of the fine-tuned embedder)" if r["base"] == "first_stage" else r["base"]
         rows.append({"experiment": experiment, "model": base,
                      "task": f"rerank top {k} of the fine-tuned embedder ({q['eval']['measured_queries']} queries; first stage "
                              f"alone: nDCG@10 {q['first_stages'][stage]['ndcg@10']:.3f}, MAP {q['first_stages'][stage]['map']:.3f})",
