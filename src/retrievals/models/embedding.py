@@ -17,7 +17,7 @@ from ..utils import UsageError, instruction_as_prefix, logger
 from .base import ModelConfig, RetrievalModel, hf_config, is_decoder_only, load_backbone
 from .pooling import POOLING_METHODS, pool
 from .processing import TextProcessor, run_in_length_chunks
-from .st_format import read_st_settings, warn_unsupported_prefix, write_st_files
+from ..st_format import read_st_settings, warn_unsupported_prefix, write_st_files
 
 Batch = Dict[str, torch.Tensor]
 

@@ -22,7 +22,7 @@ from ..inputs import as_texts, check_batch_size
 from ..utils import UsageError
 from .base import hf_config
 from .embedding import AutoModelForEmbedding, EmbeddingConfig, EmbeddingOutput
-from .st_format import read_st_settings
+from ..st_format import read_st_settings
 
 QUERY_WEIGHTS = "query_weights.safetensors"  # the inference-free query side's term weights
 _ST_SPLADE = "sentence_transformers.sparse_encoder.modules.splade_pooling.SpladePooling"

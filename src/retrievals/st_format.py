@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from ..utils import UsageError, logger
+from .utils import UsageError, logger
 
 _POOL_FLAGS = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "last": "pooling_mode_lasttoken"}
 _POOL_NAMES = {"cls": "cls", "mean": "mean", "lasttoken": "last", "last": "last"}
