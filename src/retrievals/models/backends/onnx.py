@@ -128,7 +128,7 @@ def _largest_difference(first: Path, second: Path) -> float:
 
 def quantize(source: Path, out: Path) -> None:
     """int8: weights of MatMul/Gemm stored as int8 with a scale per output channel (all-MiniLM-L6-v2 on AIA-BDE
-    held-out lost 0.007 nDCG@10 so, 0.012 with one scale per tensor: benchmarks/cpu_backends.py), activations
+    held-out lost 0.007 nDCG@10 so, more with one scale per tensor: benchmarks/cpu_backends.py), activations
     quantized per batch at run time (no calibration data needed; ``onnxruntime.quantization.quantize_dynamic``)."""
     quantization = require("onnxruntime.quantization", OnnxBackend.extra)
     size = sum(f.stat().st_size for f in source.iterdir() if f.name.startswith("model.onnx"))
