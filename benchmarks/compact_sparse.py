@@ -12,7 +12,8 @@ zero-shot all-MiniLM-L6-v2 among training FAQs), one epoch, batch 32, queries 64
 * ``matryoshka``: the same plus ``--matryoshka_dims 384 256 128 64``; ``matryoshka_small``: also
   ``--matryoshka_weights 1 1 2 4`` (the small sizes weigh more); ``matryoshka_3ep``: three epochs instead of one;
   ``matryoshka_lr2e-4_3ep``: three epochs at learning rate 2e-4; ``matryoshka_distill_3ep``: three epochs with
-  ``--matryoshka_distill 1``; ``only64_3ep``: the loss at 64 dimensions only, three epochs (a bound on the first
+  ``--matryoshka_distill 1``; ``matryoshka_pca_distill_3ep``: the same starting from ``--pca_rotation`` (a Dense
+  layer set to the principal axes of the training texts' embeddings); ``only64_3ep``: the loss at 64 dimensions only, three epochs (a bound on the first
   64 dimensions with this data, not a model that serves 384; see ``MATRYOSHKA``).
 * ``sparse``: the tiny SPLADE (``retrievals.assets`` ``splade-tiny``, provenance unknown), ``--model_type sparse``.
 
@@ -67,6 +68,8 @@ MATRYOSHKA = {  # run name: (label in the results, its colour in the PNG, flags 
                               ["--learning_rate", "2e-4", "--num_train_epochs", "3"]),
     "matryoshka_distill_3ep": ("MiniLM Matryoshka + self-distillation, 3 epochs", "tab:red",
                                ["--matryoshka_distill", "1", "--num_train_epochs", "3"]),
+    "matryoshka_pca_distill_3ep": ("MiniLM PCA rotation + Matryoshka + self-distillation, 3 epochs", "tab:cyan",
+                                   ["--pca_rotation", "true", "--matryoshka_distill", "1", "--num_train_epochs", "3"]),
     # the loss at 64 dimensions only: how far the first 64 can go with this data (its 384 is not trained)
     "only64_3ep": ("MiniLM trained at 64 only, 3 epochs", "tab:gray", ["--matryoshka_dims", "64", "--num_train_epochs", "3"]),
 }

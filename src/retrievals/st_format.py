@@ -1,13 +1,18 @@
-"""Read and write the sentence-transformers folder layout (modules.json, pooling, normalize, prompts)."""
+"""Read and write the sentence-transformers folder layout (modules.json, pooling, dense, normalize, prompts)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
+
+import torch
 
 from .utils import UsageError, logger
 
+# the Dense activations retrievals runs, by its name and by sentence-transformers' (the class's full name)
+DENSE_ACTIVATIONS = {"identity": "torch.nn.modules.linear.Identity", "tanh": "torch.nn.modules.activation.Tanh"}
+DENSE_FOLDER = "2_Dense"  # where retrievals saves its Dense module (before Normalize, as sentence-transformers orders them)
 _POOL_FLAGS = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "last": "pooling_mode_lasttoken"}
 _POOL_NAMES = {"cls": "cls", "mean": "mean", "lasttoken": "last", "last": "last"}
 
@@ -27,7 +32,14 @@ def read_st_settings(path: str | Path) -> Dict[str, Any]:
     for module in json.loads(modules_file.read_text(encoding="utf-8")):
         kind = module.get("type", "")
         folder = path / module.get("path", "")
-        if kind.endswith("Pooling") and ".sparse_encoder." not in kind:  # SpladePooling: see models/sparse.py
+        if kind.endswith("Dense") and ".sparse_encoder." not in kind:
+            if "dense_dim" in settings:
+                raise UsageError(f"{modules_file}: more than one Dense module; retrievals runs one.")
+            if settings["normalize_embeddings"]:
+                raise UsageError(f"{modules_file}: a Dense module after Normalize is not supported (retrievals "
+                                 "normalises last).")
+            settings.update(_dense_settings(folder / "config.json"))
+        elif kind.endswith("Pooling") and ".sparse_encoder." not in kind:  # SpladePooling: see models/sparse.py
             cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
             mode = cfg.get("pooling_mode")
             if isinstance(mode, list):
@@ -72,16 +84,22 @@ def write_st_files(
     query_prompt: Optional[str],
     document_prompt: Optional[str],
     include_prompt: bool = True,
+    dense: bool = False,
 ) -> None:
-    """Write the classic sentence-transformers module files next to a saved transformer."""
+    """Write the classic sentence-transformers module files next to a saved transformer. ``dense``: list the Dense
+    module (``2_Dense``, written by :func:`write_st_dense`) between pooling and normalisation."""
     path = Path(path)
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
     ]
+    if dense:
+        modules.append({"idx": 2, "name": "2", "path": DENSE_FOLDER, "type": "sentence_transformers.models.Dense"})
     if normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
-        (path / "2_Normalize").mkdir(exist_ok=True)
+        folder = f"{len(modules)}_Normalize"
+        modules.append({"idx": len(modules), "name": str(len(modules)), "path": folder,
+                        "type": "sentence_transformers.models.Normalize"})
+        (path / folder).mkdir(exist_ok=True)
     (path / "modules.json").write_text(json.dumps(modules, indent=2) + "\n", encoding="utf-8")
     (path / "sentence_bert_config.json").write_text(
         json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}, indent=2) + "\n", encoding="utf-8"
@@ -93,6 +111,68 @@ def write_st_files(
     prompts = {"query": query_prompt or "", "document": document_prompt or ""}
     st_config = {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine" if normalize else "dot"}
     (path / "config_sentence_transformers.json").write_text(json.dumps(st_config, indent=2) + "\n", encoding="utf-8")
+
+
+def _dense_settings(config_file: Path) -> Dict[str, Any]:
+    """A sentence-transformers Dense module's settings as config fields, or a UsageError naming the file and field."""
+    if not config_file.is_file():
+        raise UsageError(f"{config_file}: missing; the Dense module listed in modules.json needs it.")
+    cfg = json.loads(config_file.read_text(encoding="utf-8"))
+    names = {full: name for name, full in DENSE_ACTIVATIONS.items()}
+    activation = cfg.get("activation_function", DENSE_ACTIVATIONS["tanh"])  # sentence-transformers' default: Tanh
+    if activation not in names:
+        raise UsageError(f"{config_file}: activation_function {activation!r} is not supported; retrievals runs "
+                         f"{sorted(names)}.")
+    if cfg.get("use_residual") or cfg.get("module_input_name", "sentence_embedding") != "sentence_embedding":
+        raise UsageError(f"{config_file}: use_residual / module_input_name other than the defaults are not supported.")
+    for key in ("in_features", "out_features"):
+        if not isinstance(cfg.get(key), int) or cfg[key] < 1:
+            raise UsageError(f"{config_file}: field {key!r} must be a positive integer, got {cfg.get(key)!r}.")
+    return {"dense_dim": cfg["out_features"], "dense_bias": bool(cfg.get("bias", True)),
+            "dense_activation": names[activation]}
+
+
+def st_dense_folder(path: str | Path) -> Path:
+    """The folder of a model's Dense module: the one modules.json lists, else ``2_Dense`` (a LoRA adapter folder
+    of ours, which has no modules.json)."""
+    path = Path(path)
+    modules_file = path / "modules.json"
+    if modules_file.is_file():
+        for module in json.loads(modules_file.read_text(encoding="utf-8")):
+            if module.get("type", "").endswith("Dense"):
+                return path / module.get("path", "")
+    return path / DENSE_FOLDER
+
+
+def write_st_dense(folder: str | Path, linear: torch.nn.Linear, activation: str) -> None:
+    """A Dense module's folder as sentence-transformers writes it: config.json and model.safetensors
+    (``linear.weight`` / ``linear.bias``)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(exist_ok=True)
+    cfg = {"in_features": linear.in_features, "out_features": linear.out_features, "bias": linear.bias is not None,
+           "activation_function": DENSE_ACTIVATIONS[activation]}
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+    save_file({f"linear.{k}": v.detach().cpu().contiguous() for k, v in linear.state_dict().items()},
+              str(folder / "model.safetensors"))
+
+
+def read_st_dense(folder: str | Path) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
+    """A Dense module's settings (config fields ``dense_dim``, ``dense_bias``, ``dense_activation``) and its linear
+    weights (keys ``weight`` and, with a bias, ``bias``) from model.safetensors or, in folders of older
+    sentence-transformers, pytorch_model.bin."""
+    folder = Path(folder)
+    settings = _dense_settings(folder / "config.json")
+    if (folder / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(str(folder / "model.safetensors"))
+    elif (folder / "pytorch_model.bin").is_file():
+        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin for the Dense module.")
+    return settings, {key[len("linear."):]: value for key, value in state.items() if key.startswith("linear.")}
 
 
 def warn_unsupported_prefix(kind: str) -> None:

@@ -341,3 +341,17 @@ def test_retrieve_cli_backend_flags(tiny_bert, tmp_path):
         assert [d for d in docs][:1] == [d for d in onnx_run[query]][:1]
         np.testing.assert_allclose([docs[d] for d in docs], [onnx_run[query][d] for d in onnx_run[query]], atol=1e-4)
     assert retrieve.main(args + ["--output", str(tmp_path / "x.trec"), "--backend", "onnx", "--backend_precision", "bf16"]) == 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_embedder_with_a_dense_layer_equals_torch(tiny_bert, tmp_path, backend):
+    """The Dense layer runs after the graph, in the model's torch code, whatever the backend."""
+    requires(backend)
+    model = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean", device="cpu")
+    model.fit_pca(TEXTS, TEXTS, dim=8)
+    model.save_pretrained(tmp_path / "m")
+    expected = model.encode(TEXTS, batch_size=4)
+    for got in encode_both(AutoModelForEmbedding.from_pretrained(str(tmp_path / "m"), backend=backend)):
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+    with pytest.raises(ValueError, match="fit_pca changes the model"):
+        AutoModelForEmbedding.from_pretrained(tiny_bert, backend=backend).fit_pca(TEXTS, TEXTS)

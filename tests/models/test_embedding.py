@@ -192,3 +192,131 @@ def test_length_chunks_split_only_when_padding_saved(left):
     similar = [[i + 1] * (10 if i % 2 else 9) for i in range(40)]  # chunking would save < 10% of tokens
     out = run_in_length_chunks(row_sums, pad_ids(similar, 0, left=left), 8, left=left)
     assert out.tolist() == [sum(s) for s in similar] and calls == [(40, 10)]
+
+
+def _gram(x):
+    return x @ x.T
+
+
+def test_fit_pca_rotation_keeps_scores_orders_variance_and_round_trips(tiny_bert, tmp_path):
+    model = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean", query_instruction="q: ")
+    queries, docs = corpus_lines(30)[:12], corpus_lines(30)[12:]
+    before_q, before_d = model.encode(queries, is_query=True), model.encode(docs)
+    shares = model.fit_pca(queries, docs)
+    assert model.embedding_dim == 32 and shares.shape == (32,)
+    assert np.all(np.diff(shares) <= 1e-12) and abs(shares.sum() - 1) < 1e-6
+    after_q, after_d = model.encode(queries, is_query=True), model.encode(docs)
+    np.testing.assert_allclose(after_q @ after_d.T, before_q @ before_d.T, atol=1e-5)  # a rotation: scores unchanged
+    rotated = np.concatenate([after_q, after_d])
+    variances = rotated.var(axis=0, ddof=1)
+    assert np.all(np.diff(variances) <= 1e-6)  # leading dimensions carry the most variance
+    np.testing.assert_allclose(variances / variances.sum(), shares, atol=1e-5)
+    model.save_pretrained(tmp_path / "saved")
+    modules = json.loads((tmp_path / "saved" / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[1] for m in modules] == ["Transformer", "Pooling", "Dense", "Normalize"]
+    reloaded = AutoModelForEmbedding.from_pretrained(str(tmp_path / "saved"))
+    assert reloaded.retrieval_config == model.retrieval_config
+    np.testing.assert_array_equal(reloaded.encode(docs), after_d)
+    np.testing.assert_array_equal(reloaded.encode(queries, is_query=True, truncate_dim=8),
+                                  model.encode(queries, is_query=True, truncate_dim=8))
+    st = needs("sentence_transformers")
+    theirs = st.SentenceTransformer(str(tmp_path / "saved"), device="cpu")
+    np.testing.assert_allclose(theirs.encode_query(queries), after_q, atol=1e-5)
+    np.testing.assert_allclose(theirs.encode_document(docs), after_d, atol=1e-5)
+
+
+def test_fit_pca_fewer_axes_is_the_projection_on_the_leading_principal_axes(tiny_bert):
+    model = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean")
+    texts = corpus_lines(40)
+    before = model.encode(texts)
+    model.fit_pca(texts[:20], texts[20:], dim=6)
+    after = model.encode(texts)
+    assert after.shape == (40, 6)
+    centred = before - before.mean(axis=0)
+    axes = np.linalg.svd(centred, full_matrices=False)[2][:6].T  # computed apart, by numpy's SVD
+    expected = before @ axes
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(_gram(after), _gram(expected), atol=1e-4)  # equal up to each axis's sign
+
+
+def test_fit_pca_input_contract(tiny_bert):
+    model = AutoModelForEmbedding.from_pretrained(tiny_bert)
+    texts = corpus_lines(4)
+    for dim in (0, 33, True, 2.0):
+        with pytest.raises(ValueError, match=r"dim must be an integer in \[1, 32\]"):
+            model.fit_pca(texts, texts, dim=dim)
+    with pytest.raises(ValueError, match="at least 2 texts"):
+        model.fit_pca(["one"], [])
+    with pytest.raises((TypeError, ValueError), match="queries"):
+        model.fit_pca(None, texts)
+    assert model.dense is None and model.embedding_dim == 32  # nothing half-added
+    model.fit_pca(texts, texts)
+    with pytest.raises(ValueError, match="already has a Dense layer"):
+        model.fit_pca(texts, texts)
+
+
+def test_reads_a_sentence_transformers_dense_module(tiny_bert, tmp_path):
+    st = needs("sentence_transformers")
+    from sentence_transformers.sentence_transformer import modules
+
+    torch.manual_seed(0)
+    layers = [modules.Transformer(tiny_bert), modules.Pooling(32, "mean"),
+              modules.Dense(32, 12, bias=True, activation_function=torch.nn.Tanh()), modules.Normalize()]
+    st.SentenceTransformer(modules=layers, device="cpu").save(str(tmp_path / "st"))
+    theirs = st.SentenceTransformer(str(tmp_path / "st"), device="cpu")
+    ours = AutoModelForEmbedding.from_pretrained(str(tmp_path / "st"))
+    cfg = ours.retrieval_config
+    assert (cfg.dense_dim, cfg.dense_bias, cfg.dense_activation, ours.embedding_dim) == (12, True, "tanh", 12)
+    texts = corpus_lines(7)
+    np.testing.assert_allclose(ours.encode(texts), theirs.encode(texts), atol=1e-5)
+    ours.save_pretrained(tmp_path / "ours")  # and back: ours saves the same module
+    np.testing.assert_allclose(st.SentenceTransformer(str(tmp_path / "ours"), device="cpu").encode(texts),
+                               theirs.encode(texts), atol=1e-5)
+
+
+def test_unsupported_dense_modules_fail_naming_the_file(tiny_bert, tmp_path):
+    model = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean")
+    model.fit_pca(corpus_lines(10), [])
+    model.save_pretrained(tmp_path / "m")
+    config = tmp_path / "m" / "2_Dense" / "config.json"
+    good = config.read_text()
+    config.write_text(good.replace("torch.nn.modules.linear.Identity", "torch.nn.modules.activation.ReLU"))
+    with pytest.raises(ValueError, match=r"2_Dense/config.json: activation_function 'torch.nn.modules.activation.ReLU'"):
+        AutoModelForEmbedding.from_pretrained(str(tmp_path / "m"))
+    config.write_text(good.replace('"bias": false', '"bias": true'))  # edited by hand: disagrees with our config
+    with pytest.raises(ValueError, match="2_Dense/config.json: Dense settings .* disagree with retrievals_config.json"):
+        AutoModelForEmbedding.from_pretrained(str(tmp_path / "m"))
+    config.write_text(good.replace("torch.nn.modules.linear.Identity", "torch.nn.modules.activation.ReLU"))
+    (tmp_path / "m" / "retrievals_config.json").unlink()  # read as a plain sentence-transformers folder from here on
+    with pytest.raises(ValueError, match="activation_function"):
+        AutoModelForEmbedding.from_pretrained(str(tmp_path / "m"))
+    config.write_text(good)
+    modules_file = tmp_path / "m" / "modules.json"
+    modules = json.loads(modules_file.read_text())
+    modules_file.write_text(json.dumps([modules[0], modules[1], modules[3], modules[2]]))
+    with pytest.raises(ValueError, match="Dense module after Normalize"):
+        AutoModelForEmbedding.from_pretrained(str(tmp_path / "m"))
+    modules_file.write_text(json.dumps(modules))
+    (tmp_path / "m" / "2_Dense" / "model.safetensors").unlink()
+    with pytest.raises(Exception, match="2_Dense/model.safetensors: missing"):  # our save's file record notices
+        AutoModelForEmbedding.from_pretrained(str(tmp_path / "m"))
+    (tmp_path / "m" / "retrievals_files.json").unlink()
+    with pytest.raises(FileNotFoundError, match="2_Dense: no model.safetensors"):
+        AutoModelForEmbedding.from_pretrained(str(tmp_path / "m"))
+
+
+def test_lora_adapter_keeps_its_dense_layer(tiny_qwen, tmp_path):
+    needs("peft")
+    model = AutoModelForEmbedding.from_pretrained(tiny_qwen, use_lora=True, lora_r=4)
+    texts = corpus_lines(12)
+    model.fit_pca(texts, texts, dim=8)
+    with torch.no_grad():
+        model.dense.weight.add_(0.1)  # trained weights, not the PCA ones
+    expected = model.encode(texts)
+    model.save_pretrained(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "2_Dense" / "model.safetensors").is_file()
+    np.testing.assert_allclose(AutoModelForEmbedding.from_pretrained(str(tmp_path / "adapter")).encode(texts), expected,
+                               atol=1e-5)
+    model.save_pretrained(tmp_path / "merged", merge_lora=True)
+    np.testing.assert_allclose(AutoModelForEmbedding.from_pretrained(str(tmp_path / "merged")).encode(texts), expected,
+                               atol=1e-5)

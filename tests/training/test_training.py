@@ -210,3 +210,29 @@ def test_matryoshka_distillation_trains_and_is_recorded(tiny_bert, train_file, t
                           "--matryoshka_distill", "0.5")) == 0
     record = json.loads((out / "retrievals_fingerprint.json").read_text())
     assert record["loss"]["distill"] == 0.5
+
+
+def test_pca_rotation_trains_saves_and_resumes(tiny_bert, train_file, tmp_path, caplog, monkeypatch, capsys):
+    args = ("--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--seed", "7", "--pca_rotation", "true",
+            "--matryoshka_dims", "32", "8")
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert embed.main(cli(tiny_bert, train_file, straight, *args)) == 0
+    assert "--pca_rotation: principal axes of" in caplog.text
+    model = AutoModelForEmbedding.from_pretrained(str(straight))
+    assert model.dense is not None and model.retrieval_config.dense_dim == 32
+    assert json.loads((straight / "retrievals_fingerprint.json").read_text())["pca_rotation"] is True
+    texts = corpus_lines(6)
+    st = needs("sentence_transformers")
+    np.testing.assert_allclose(st.SentenceTransformer(str(straight), device="cpu").encode(texts), model.encode(texts), atol=1e-5)
+    with monkeypatch.context() as patch:  # the resumed run takes the checkpoint's Dense weights, not a fresh PCA
+        kill_at_step(patch, 3)
+        with pytest.raises(Killed):
+            embed.main(cli(tiny_bert, train_file, killed, *args))
+    assert embed.main(cli(tiny_bert, train_file, killed, *args)) == 0
+    np.testing.assert_allclose(AutoModelForEmbedding.from_pretrained(str(killed)).encode(texts), model.encode(texts),
+                               atol=1e-5)
+    # a model that has its Dense layer already, and the sparse kind, refuse the flag
+    assert embed.main(cli(str(straight), train_file, tmp_path / "again", "--max_steps", "1", "--pca_rotation", "true")) == 2
+    assert "the model already has a Dense layer" in capsys.readouterr().err
+    assert embed.main(cli(tiny_bert, train_file, tmp_path / "sp", "--model_type", "sparse", "--pca_rotation", "true")) == 2
+    assert "--pca_rotation is for dense embedders" in capsys.readouterr().err

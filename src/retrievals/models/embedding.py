@@ -17,7 +17,8 @@ from ..utils import UsageError, instruction_as_prefix, logger
 from .base import ModelConfig, RetrievalModel, hf_config, is_decoder_only, load_backbone
 from .pooling import POOLING_METHODS, pool
 from .processing import TextProcessor, run_in_length_chunks
-from ..st_format import read_st_settings, warn_unsupported_prefix, write_st_files
+from ..st_format import (DENSE_FOLDER, read_st_dense, read_st_settings, st_dense_folder, warn_unsupported_prefix,
+                         write_st_dense, write_st_files)
 
 Batch = Dict[str, torch.Tensor]
 
@@ -39,6 +40,11 @@ class EmbeddingConfig(ModelConfig):
     decoder: bool = False
     truncate_dim: Optional[int] = None  # encode to this many leading dimensions by default (None: all)
     matryoshka_dims: List[int] = field(default_factory=list)  # sizes the model was trained to serve (Matryoshka)
+    # a linear layer after pooling (sentence-transformers' Dense module): its output size (None: no layer), bias and
+    # activation (identity | tanh); set by a folder's Dense module or by fit_pca, never from outside
+    dense_dim: Optional[int] = None
+    dense_bias: bool = False
+    dense_activation: str = "identity"
 
 
 @dataclass
@@ -66,12 +72,16 @@ class AutoModelForEmbedding(RetrievalModel):
     config_class = EmbeddingConfig
     model_type = "embedding"
     accepted_and_ignored = frozenset({"causal_lm", "model_type"})  # the CLIs' spellings; decoders are detected
-    internal_fields = frozenset({"lora_base", "model_type", "decoder", "matryoshka_dims"})
+    internal_fields = frozenset({"lora_base", "model_type", "decoder", "matryoshka_dims", "dense_dim", "dense_bias",
+                                 "dense_activation"})
     backend_output = "last_hidden_state"
 
     def __init__(self, backbone: nn.Module, tokenizer: Any, config: EmbeddingConfig) -> None:
         self._check_config(config)
         super().__init__(backbone, tokenizer, config)
+        self.dense: Optional[nn.Linear] = None
+        if config.dense_dim:
+            self._add_dense(config.dense_dim, config.dense_bias, config.dense_activation)
 
     def _check_config(self, config: EmbeddingConfig) -> None:
         if config.pooling_method not in POOLING_METHODS:
@@ -109,7 +119,25 @@ class AutoModelForEmbedding(RetrievalModel):
     def _load_backbone(cls, path: str, config: EmbeddingConfig, dtype: Optional[torch.dtype], trust_remote_code: bool) -> nn.Module:
         return load_backbone(path, dtype=dtype, trust_remote_code=trust_remote_code)
 
+    def _load_extra(self, path: str, fresh: bool) -> None:
+        if self.dense is None:
+            return
+        folder = st_dense_folder(path)
+        settings, state = read_st_dense(folder)
+        config = self.retrieval_config
+        mine = {"dense_dim": config.dense_dim, "dense_bias": config.dense_bias, "dense_activation": config.dense_activation}
+        if settings != mine:  # a hand-edited file: sentence-transformers would run what it says, we what the config says
+            raise UsageError(f"{folder / 'config.json'}: Dense settings {settings} disagree with retrievals_config.json's "
+                             f"{mine}.")
+        expected = {name: tuple(t.shape) for name, t in self.dense.state_dict().items()}
+        if {name: tuple(t.shape) for name, t in state.items()} != expected:
+            raise UsageError(f"{folder}: Dense weights of shapes { {k: tuple(v.shape) for k, v in state.items()} }; this "
+                             f"model's pooled vectors need {expected}.")
+        self.dense.load_state_dict(state)
+
     def _save_extra(self, folder: Path, config: EmbeddingConfig, lora: bool) -> None:
+        if self.dense is not None:
+            write_st_dense(folder / DENSE_FOLDER, self.dense, config.dense_activation)
         if not lora:  # a LoRA adapter folder is no sentence-transformers model
             self._write_st_files(folder, config)
 
@@ -127,13 +155,14 @@ class AutoModelForEmbedding(RetrievalModel):
             )
         write_st_files(
             path,
-            embedding_dim=int(self.embedding_dim),
+            embedding_dim=int(self.backbone.config.hidden_size),  # what pooling gives; the Dense layer maps it
             pooling_method=config.pooling_method,
             normalize=config.normalize_embeddings,
             max_seq_length=max(config.query_max_length, config.document_max_length),
             query_prompt=prompts[0],
             document_prompt=prompts[1],
             include_prompt=config.include_prompt,
+            dense=self.dense is not None,
         )
 
     def _tokenizer_for_saving(self, config: EmbeddingConfig) -> Any:
@@ -162,7 +191,54 @@ class AutoModelForEmbedding(RetrievalModel):
     # ------------------------------------------------------------------ properties
     @property
     def embedding_dim(self) -> int:
-        return int(self.backbone.config.hidden_size)
+        return int(self.retrieval_config.dense_dim or self.backbone.config.hidden_size)
+
+    # ------------------------------------------------------------------ the Dense layer
+    def _add_dense(self, dim: int, bias: bool, activation: str) -> None:
+        if activation not in ("identity", "tanh"):
+            raise UsageError(f"dense_activation must be identity or tanh, got {activation!r}.")
+        param = next(self.backbone.parameters())
+        self.dense = nn.Linear(int(self.backbone.config.hidden_size), int(dim), bias=bias).to(param.device, param.dtype)
+        self._dense_tanh = activation == "tanh"
+        self.retrieval_config.update(dense_dim=int(dim), dense_bias=bias, dense_activation=activation)
+
+    @torch.no_grad()
+    def fit_pca(self, queries: Sequence[str], documents: Sequence[str], dim: Optional[int] = None,
+                batch_size: int = 32) -> np.ndarray:
+        """Add a Dense layer (no bias) set to the principal axes of these texts' embeddings, largest variance first,
+        and return the share of the variance along each axis.
+
+        With ``dim`` None (all axes) the layer is a rotation: every cosine score stays as it was, and the leading
+        dimensions carry the most variance, so truncated vectors (Matryoshka sizes) start from the best linear
+        subspace of that size; a smaller ``dim`` keeps that many axes (vectors get shorter). Axes come from the
+        covariance of the vectors as scored (normalised when the model normalises), queries embedded as queries.
+        The layer is saved with the model (sentence-transformers' Dense module) and trains with it.
+        """
+        if self.dense is not None:
+            raise UsageError("this model already has a Dense layer; fit_pca adds one to a model without.")
+        if self.inference_backend is not None:
+            raise UsageError(f"fit_pca changes the model; backend {self.inference_backend} runs a fixed graph: load "
+                             "the model with backend='torch'.")
+        q_texts, _ = as_texts(queries, "queries")
+        d_texts, _ = as_texts(documents, "documents")
+        hidden = int(self.backbone.config.hidden_size)
+        dim = hidden if dim is None else dim
+        if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= hidden:
+            raise UsageError(f"dim must be an integer in [1, {hidden}] (the pooled size), got {dim!r}.")
+        if len(q_texts) + len(d_texts) < 2:
+            raise UsageError(f"fit_pca needs at least 2 texts, got {len(q_texts) + len(d_texts)}.")
+        parts = [self.encode(texts, batch_size=batch_size, is_query=is_query, convert_to_tensor=True, truncate_dim=hidden)
+                 for texts, is_query in ((q_texts, True), (d_texts, False)) if texts]
+        vectors = torch.cat(parts).double()
+        centred = vectors - vectors.mean(dim=0, keepdim=True)
+        values, axes = torch.linalg.eigh(centred.T @ centred / (len(vectors) - 1))  # ascending
+        values, axes = values.flip(0).clamp(min=0), axes.flip(1)
+        signs = torch.sign(axes.gather(0, axes.abs().argmax(dim=0, keepdim=True)))  # each axis's largest entry > 0
+        axes = axes * torch.where(signs == 0, 1.0, signs)
+        self._add_dense(dim, False, "identity")
+        self.dense.weight.copy_(axes[:, :dim].T.to(self.dense.weight.dtype))
+        total = float(values.sum())
+        return (values[:dim] / total).numpy() if total > 0 else np.zeros(dim)
 
     # ------------------------------------------------------------------ tokenization
     def tokenize(self, texts: Sequence[str], is_query: bool = False, max_length: Optional[int] = None) -> List[List[int]]:
@@ -194,6 +270,9 @@ class AutoModelForEmbedding(RetrievalModel):
             inputs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         hidden = self.run_backbone(**inputs).last_hidden_state
         emb = pool(hidden, attention_mask if pooling_mask is None else pooling_mask, self.retrieval_config.pooling_method)
+        if self.dense is not None:
+            emb = self.dense(emb.to(self.dense.weight.dtype))
+            emb = torch.tanh(emb) if self._dense_tanh else emb
         if self.retrieval_config.normalize_embeddings if normalize is None else normalize:
             # in float32: a bf16 norm leaves lengths 0.996-1.004, so cosine scores would differ by up to 1%
             emb = torch.nn.functional.normalize(emb.float(), p=2, dim=-1)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..data import EmbeddingCollator
 from ..files import atomic_write_bytes, check_new_output
-from ..data.readers import DataError, iter_lines, iter_raw
+from ..data.readers import DataError, iter_lines, iter_raw, load_records
 from ..losses import EMBEDDING_LOSSES, FlopsRegularizedLoss, MatryoshkaLoss, loss_from_args
 from ..models.embedding import AutoModelForEmbedding
 from ..models.base import saved_model_type
@@ -45,6 +45,10 @@ class EmbedModelArguments(ModelLoadingArguments):
     document_flops_weight: float = field(default=1e-4, metadata={"help": "sparse: FLOPS regularisation of document vectors."})
     query_inference_free: Optional[bool] = field(default=None, metadata={
         "help": "sparse: queries are their tokens times a learned weight per term (no model forward at query time)."})
+    pca_rotation: bool = field(default=False, metadata={
+        "help": "Before training, add a linear layer after pooling set to the principal axes of the training texts' "
+                "embeddings (a rotation: scores unchanged at the start; leading dimensions carry the most variance), "
+                "a better start for --matryoshka_dims' small sizes. Saved with the model (sentence-transformers' Dense)."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -59,6 +63,8 @@ class EmbedModelArguments(ModelLoadingArguments):
             raise UsageError("--query_flops_weight and --document_flops_weight must be >= 0.")
         if self.model_type == "sparse" and self.pooling_method not in (None, "splade"):
             raise UsageError("a sparse embedder pools with splade: drop --pooling_method.")
+        if self.pca_rotation and self.model_type == "sparse":
+            raise UsageError("--pca_rotation is for dense embedders.")
 
 
 @dataclass
@@ -107,6 +113,8 @@ def train(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
 
     def build() -> AutoModelForEmbedding:
         model = build_model(model_args, data_args)
+        if model_args.pca_rotation:
+            add_pca_rotation(model, data_args, args.seed)
         if args.matryoshka_dims:
             if max(args.matryoshka_dims) > model.embedding_dim:
                 raise UsageError(f"--matryoshka_dims {args.matryoshka_dims}: the model's embeddings have {model.embedding_dim} "
@@ -117,6 +125,28 @@ def train(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
     collator = lambda model: EmbeddingCollator(model.processor, args.pad_to_multiple_of)  # noqa: E731
     return run_training(build, collator, loss, data_args, args,
                         model_path=model_args.model_name_or_path, settings=(asdict(model_args), asdict(data_args)))
+
+
+PCA_MAX_TEXTS = 10_000  # per side (queries, documents): enough for a 384-1024-dimensional covariance
+
+
+def add_pca_rotation(model: AutoModelForEmbedding, data_args: DataArguments, seed: int) -> None:
+    """``--pca_rotation``: :meth:`AutoModelForEmbedding.fit_pca` over the training queries and their documents
+    (positives and negatives, each once), at most ``PCA_MAX_TEXTS`` of each drawn with the run's seed."""
+    import random
+
+    if model.dense is not None:
+        raise UsageError("--pca_rotation: the model already has a Dense layer (a model "
+                         "trained with --pca_rotation, or a sentence-transformers model with one); drop the flag.")
+    records = load_records(data_args.train_data, data_args.query_key, data_args.positive_key, data_args.negative_key)
+    queries = list(dict.fromkeys(r.query for r in records))
+    documents = list(dict.fromkeys(d for r in records for d in (*r.positives, *r.negatives)))
+    rng = random.Random(seed)
+    sample = lambda texts: texts if len(texts) <= PCA_MAX_TEXTS else rng.sample(texts, PCA_MAX_TEXTS)  # noqa: E731
+    shares = model.fit_pca(sample(queries), sample(documents))
+    logger.warning("--pca_rotation: principal axes of %d queries and %d documents; the first 64 dimensions carry "
+                   "%.1f%% of the variance.", min(len(queries), PCA_MAX_TEXTS), min(len(documents), PCA_MAX_TEXTS),
+                   100 * float(shares[:64].sum()))
 
 
 def read_texts(path: str, key: str) -> List[str]:
