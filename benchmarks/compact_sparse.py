@@ -13,7 +13,8 @@ zero-shot all-MiniLM-L6-v2 among training FAQs), one epoch, batch 32, queries 64
   ``--matryoshka_weights 1 1 2 4`` (the small sizes weigh more); ``matryoshka_3ep``: three epochs instead of one;
   ``matryoshka_lr2e-4_3ep``: three epochs at learning rate 2e-4; ``matryoshka_distill_3ep``: three epochs with
   ``--matryoshka_distill 1``; ``matryoshka_pca_distill_3ep``: the same starting from ``--pca_rotation`` (a Dense
-  layer set to the principal axes of the training texts' embeddings); ``only64_3ep``: the loss at 64 dimensions only, three epochs (a bound on the first
+  layer set to the principal axes of the training texts' embeddings); ``matryoshka_pca_distill_vg_3ep``: that recipe
+  with ``train_vg.jsonl`` (the back-translated questions of the training FAQs as 852 more queries); ``only64_3ep``: the loss at 64 dimensions only, three epochs (a bound on the first
   64 dimensions with this data, not a model that serves 384; see ``MATRYOSHKA``).
 * ``sparse``: the tiny SPLADE (``retrievals.assets`` ``splade-tiny``, provenance unknown), ``--model_type sparse``.
 
@@ -47,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from retrievals import AutoModelForEmbedding, __version__  # noqa: E402
 from retrievals.assets import fetch  # noqa: E402
-from retrievals.data.aia_bde import parse_aia_bde, split_by_faq  # noqa: E402
+from retrievals.data.aia_bde import BACK_TRANSLATION_TAGS, QUERY_TAGS, parse_aia_bde, split_by_faq  # noqa: E402
 from retrievals.evaluation.metrics import evaluate_run  # noqa: E402
 from retrievals.index import BM25Index, SparseIndex, build_dense_index  # noqa: E402
 from retrievals.index.hybrid import reciprocal_rank_fusion, weighted_score_fusion  # noqa: E402
@@ -70,6 +71,10 @@ MATRYOSHKA = {  # run name: (label in the results, its colour in the PNG, flags 
                                ["--matryoshka_distill", "1", "--num_train_epochs", "3"]),
     "matryoshka_pca_distill_3ep": ("MiniLM PCA rotation + Matryoshka + self-distillation, 3 epochs", "tab:cyan",
                                    ["--pca_rotation", "true", "--matryoshka_distill", "1", "--num_train_epochs", "3"]),
+    # the same with the back-translated questions of the training FAQs as extra training queries (train_vg.jsonl)
+    "matryoshka_pca_distill_vg_3ep": ("MiniLM PCA rotation + Matryoshka + self-distillation + back-translations, 3 epochs",
+                                      "tab:pink", ["--pca_rotation", "true", "--matryoshka_distill", "1",
+                                                   "--num_train_epochs", "3", "--train_data", "{work}/train_vg.jsonl"]),
     # the loss at 64 dimensions only: how far the first 64 can go with this data (its 384 is not trained)
     "only64_3ep": ("MiniLM trained at 64 only, 3 epochs", "tab:gray", ["--matryoshka_dims", "64", "--num_train_epochs", "3"]),
 }
@@ -82,6 +87,7 @@ def training_commands(work: Path) -> Dict[str, List[str]]:
     plain = ["--model_name_or_path", minilm, "--learning_rate", "5e-5", "--temperature", "0.05", *COMMON]
     commands = {"plain": embed + ["--output_dir", str(work / "plain"), *plain]}
     for name, (_, _, flags) in MATRYOSHKA.items():  # later flags win (argparse), so a run's own lr / epochs apply
+        flags = [flag.replace("{work}", str(work)) for flag in flags]
         commands[name] = embed + ["--output_dir", str(work / name), *plain, "--matryoshka_dims", *map(str, DIMS), *flags]
     commands["sparse"] = embed + ["--model_name_or_path", splade, "--model_type", "sparse", "--output_dir", str(work / "sparse"),
                                   "--learning_rate", "1e-4", *COMMON]
@@ -89,15 +95,18 @@ def training_commands(work: Path) -> Dict[str, List[str]]:
 
 
 def prepare(work: Path) -> None:
-    """The demo's training file (same split, same mined negatives)."""
-    if (work / "train.jsonl").is_file():
-        return
-    split = split_by_faq(parse_aia_bde(str(fetch("aia-bde"))), 0.3, 0)
-    base = AutoModelForEmbedding.from_pretrained(str(fetch("all-MiniLM-L6-v2")), query_max_length=64, document_max_length=128)
-    negatives = demo.mine_hard_negatives(base, split, 4, start_rank=3, depth=30)
-    tmp = work / "train.jsonl.tmp"
-    demo.write_training_file(split, negatives, tmp)
-    os.replace(tmp, work / "train.jsonl")
+    """The demo's training file (same split, same mined negatives), and ``train_vg.jsonl``: the same with the
+    back-translations (VG1/VG2) of the training FAQs' questions as more queries (the held-out FAQs untouched: the
+    split does not depend on the queries)."""
+    for name, tags in (("train.jsonl", QUERY_TAGS), ("train_vg.jsonl", QUERY_TAGS + BACK_TRANSLATION_TAGS)):
+        if (work / name).is_file():
+            continue
+        split = split_by_faq(parse_aia_bde(str(fetch("aia-bde")), tags), 0.3, 0)
+        base = AutoModelForEmbedding.from_pretrained(str(fetch("all-MiniLM-L6-v2")), query_max_length=64, document_max_length=128)
+        negatives = demo.mine_hard_negatives(base, split, 4, start_rank=3, depth=30)
+        tmp = work / f"{name}.tmp"
+        demo.write_training_file(split, negatives, tmp)
+        os.replace(tmp, work / name)
 
 
 def train(work: Path, names: List[str]) -> Dict[str, Dict[str, Any]]:

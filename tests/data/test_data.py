@@ -95,3 +95,34 @@ def test_collator_uses_model_tokenization(tiny_bert):
     assert batch["query"]["input_ids"].shape == (1, 8)
     assert batch["document"]["input_ids"].shape[0] == 2
     assert batch["query"]["input_ids"][0].tolist() == model.tokenize(["tax card " * 20], is_query=True)[0]
+
+
+AIA_BDE_SAMPLE = """S:Section
+P:Como peço o cartão?
+R:No balcão.
+VIN:Onde peço o cartão?
+VUC:Onde peço o cartão?
+VG1:Como solicito o cartão?
+VG2:Como solicito o cartão?
+P:Quanto custa?
+R:Dez euros.
+VG1:Quanto custa?
+VG2:Qual é o preço?
+VIN:Qual o custo?
+"""
+
+
+def test_aia_bde_query_tags_add_back_translations_without_changing_the_split(tmp_path):
+    from retrievals.data.aia_bde import BACK_TRANSLATION_TAGS, QUERY_TAGS, parse_aia_bde, split_by_faq
+
+    path = tmp_path / "aia.txt"
+    path.write_text(AIA_BDE_SAMPLE, encoding="utf-8")
+    plain = parse_aia_bde(path)
+    assert [f.queries for f in plain] == [["Onde peço o cartão?", "Onde peço o cartão?"], ["Qual o custo?"]]  # as filed
+    more = parse_aia_bde(path, QUERY_TAGS + BACK_TRANSLATION_TAGS)
+    assert [f.queries for f in more] == [["Onde peço o cartão?", "Onde peço o cartão?", "Como solicito o cartão?"],
+                                         ["Quanto custa?", "Qual é o preço?", "Qual o custo?"]]
+    assert [f.document for f in more] == [f.document for f in plain]
+    assert split_by_faq(more, 0.5, 3).train_faq_ids == split_by_faq(plain, 0.5, 3).train_faq_ids
+    with pytest.raises(ValueError, match="unknown AIA-BDE query tags"):
+        parse_aia_bde(path, ("VIN", "R"))

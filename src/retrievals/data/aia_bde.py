@@ -2,6 +2,8 @@
 
 File format: one ``TAG:text`` per line. ``P`` starts an FAQ (its question), ``R`` is its answer,
 ``VIN``/``VUC`` are human paraphrases of the question (the queries). A document is ``P + " " + R``.
+``VG1``/``VG2`` are machine back-translations of the question (Brazilian Portuguese), one of each per FAQ: extra
+training queries where a recipe wants them (``query_tags``), never test queries.
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 QUERY_TAGS = ("VIN", "VUC")
+BACK_TRANSLATION_TAGS = ("VG1", "VG2")
 
 
 @dataclass
@@ -26,8 +29,13 @@ class FAQ:
         return f"{self.question} {self.answer}".strip()
 
 
-def parse_aia_bde(path: str | Path) -> List[FAQ]:
-    """Every FAQ of the file, in order, with its paraphrase queries."""
+def parse_aia_bde(path: str | Path, query_tags: Tuple[str, ...] = QUERY_TAGS) -> List[FAQ]:
+    """Every FAQ of the file, in order, with its queries: the lines tagged ``query_tags`` (by default the human
+    paraphrases, as the file has them; a machine one already among the FAQ's queries is left out). The FAQs, and so
+    :func:`split_by_faq`'s split, do not depend on the tags."""
+    unknown = set(query_tags) - set(QUERY_TAGS) - set(BACK_TRANSLATION_TAGS) - {"VMT"}
+    if unknown:
+        raise ValueError(f"unknown AIA-BDE query tags {sorted(unknown)}; known: VIN, VUC, VG1, VG2, VMT.")
     faqs: List[FAQ] = []
     current: Optional[FAQ] = None
     for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
@@ -42,8 +50,8 @@ def parse_aia_bde(path: str | Path) -> List[FAQ]:
             continue
         elif tag == "R":
             current.answer = text
-        elif tag in QUERY_TAGS and text:
-            current.queries.append(text)
+        elif tag in query_tags and text and (tag in QUERY_TAGS or text not in current.queries):
+            current.queries.append(text)  # a machine query equal to one already there is left out
     if not faqs:
         raise ValueError(f"{path}: no FAQ ('P:' lines) found.")
     return faqs
