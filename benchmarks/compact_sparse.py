@@ -16,6 +16,8 @@ zero-shot all-MiniLM-L6-v2 among training FAQs), one epoch, batch 32, queries 64
   layer set to the principal axes of the training texts' embeddings); ``matryoshka_pca_distill_vg_3ep``: that recipe
   with ``train_vg.jsonl`` (the back-translated questions of the training FAQs as 852 more queries); ``only64_3ep``: the loss at 64 dimensions only, three epochs (a bound on the first
   64 dimensions with this data, not a model that serves 384; see ``MATRYOSHKA``).
+* ``plain_pca``: no training; ``plain`` with ``AutoModelForEmbedding.fit_pca`` over ``train.jsonl``'s queries and
+  documents (a rotation: its 384-d scores unchanged), for the truncations of a model trained without Matryoshka.
 * ``sparse``: the tiny SPLADE (``retrievals.assets`` ``splade-tiny``, provenance unknown), ``--model_type sparse``.
 
 Measured for each dataset: nDCG@10 / recall@100, bytes per document in memory and on disk (the saved index's data
@@ -79,6 +81,9 @@ MATRYOSHKA = {  # run name: (label in the results, its colour in the PNG, flags 
     "only64_3ep": ("MiniLM trained at 64 only, 3 epochs", "tab:gray", ["--matryoshka_dims", "64", "--num_train_epochs", "3"]),
 }
 SERVES_384 = [label for label, _, flags in MATRYOSHKA.values() if "--matryoshka_dims" not in flags]
+# no training: the plain fine-tune with AutoModelForEmbedding.fit_pca over its training file's texts (a rotation that
+# leaves its 384-d scores as they were; what a user can do to a model trained without Matryoshka)
+POSTHOC_PCA = ("plain_pca", "MiniLM fine-tuned + fit_pca afterwards", "tab:brown")
 
 
 def training_commands(work: Path) -> Dict[str, List[str]]:
@@ -109,6 +114,20 @@ def prepare(work: Path) -> None:
         os.replace(tmp, work / name)
 
 
+def fit_pca_afterwards(work: Path) -> Dict[str, Any]:
+    """``POSTHOC_PCA``: the plain fine-tune rotated to the principal axes of train.jsonl's queries and documents."""
+    name = POSTHOC_PCA[0]
+    if not (work / name / "retrievals_config.json").is_file():
+        records = [json.loads(line) for line in (work / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+        queries = list(dict.fromkeys(r["query"] for r in records))
+        documents = list(dict.fromkeys(d for r in records for d in (*r["positive"], *r["negative"])))
+        model = AutoModelForEmbedding.from_pretrained(str(work / "plain"))
+        model.fit_pca(queries, documents)
+        model.save_pretrained(work / name)
+    return {"command": "AutoModelForEmbedding.from_pretrained(plain).fit_pca(train.jsonl's queries, its documents)",
+            "train_seconds": None}
+
+
 def train(work: Path, names: List[str]) -> Dict[str, Dict[str, Any]]:
     out = {}
     for name, cmd in training_commands(work).items():
@@ -124,6 +143,8 @@ def train(work: Path, names: List[str]) -> Dict[str, Dict[str, Any]]:
         seconds = (work / f"{name}.seconds").read_text().strip() if (work / f"{name}.seconds").is_file() else None
         out[name] = {"command": " ".join(Path(c).name if c == sys.executable else c for c in cmd),
                      "train_seconds": float(seconds) if seconds else None}
+    if POSTHOC_PCA[0] in names:
+        out[POSTHOC_PCA[0]] = fit_pca_afterwards(work)
     return out
 
 
@@ -197,6 +218,7 @@ def measure(work: Path, trained: Dict[str, Dict[str, Any]], out: Path, vaswani: 
 
     models = {"MiniLM zero-shot": str(fetch("all-MiniLM-L6-v2")), "MiniLM fine-tuned": str(work / "plain"),
               **{label: str(work / name) for name, (label, _, _) in MATRYOSHKA.items() if name in trained},
+              **({POSTHOC_PCA[1]: str(work / POSTHOC_PCA[0])} if POSTHOC_PCA[0] in trained else {}),
               "SPLADE-tiny zero-shot": str(fetch("splade-tiny")), "SPLADE-tiny fine-tuned": str(work / "sparse")}
     rows: List[Dict[str, Any]] = []
     for dname, data in (("aia-bde", load_eval_dataset("aia-bde")), ("vaswani", load_eval_dataset(vaswani))):
@@ -323,7 +345,7 @@ def plot(rows: List[Dict[str, Any]], path: Path) -> None:
     styles = {"bm25": "s", "sparse": "^", "dense": "o"}
     for ax, dname in zip(np.atleast_1d(axes), datasets):
         for r in (r for r in rows if r["dataset"] == dname and "bytes_per_vector" in r):
-            colour = {**{label: c for label, c, _ in MATRYOSHKA.values()},
+            colour = {**{label: c for label, c, _ in MATRYOSHKA.values()}, POSTHOC_PCA[1]: POSTHOC_PCA[2],
                       "MiniLM fine-tuned": "tab:blue", "MiniLM zero-shot": "tab:grey"}.get(
                 r.get("model", ""), "tab:red" if r["kind"] == "sparse" else "black")
             ax.scatter(r["bytes_per_vector"], r["ndcg@10"], marker=styles[r["kind"]], color=colour,
@@ -342,7 +364,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="outputs/compact")
     p.add_argument("--train_only", action="store_true")
-    p.add_argument("--models", nargs="+", default=["plain", *MATRYOSHKA, "sparse"])
+    p.add_argument("--models", nargs="+", default=["plain", *MATRYOSHKA, POSTHOC_PCA[0], "sparse"])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "compact_sparse.json"))
     p.add_argument("--vaswani", default=str(ROOT.parent / "shared" / "data" / "vaswani"))
     opts = p.parse_args()

@@ -117,7 +117,12 @@ def _dense_settings(config_file: Path) -> Dict[str, Any]:
     """A sentence-transformers Dense module's settings as config fields, or a UsageError naming the file and field."""
     if not config_file.is_file():
         raise UsageError(f"{config_file}: missing; the Dense module listed in modules.json needs it.")
-    cfg = json.loads(config_file.read_text(encoding="utf-8"))
+    try:
+        cfg = json.loads(config_file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UsageError(f"{config_file}: not valid JSON ({exc}).") from None
+    if not isinstance(cfg, dict):
+        raise UsageError(f"{config_file}: expected a JSON object, got {type(cfg).__name__}.")
     names = {full: name for name, full in DENSE_ACTIVATIONS.items()}
     activation = cfg.get("activation_function", DENSE_ACTIVATIONS["tanh"])  # sentence-transformers' default: Tanh
     if activation not in names:
@@ -164,14 +169,18 @@ def read_st_dense(folder: str | Path) -> Tuple[Dict[str, Any], Dict[str, torch.T
     sentence-transformers, pytorch_model.bin."""
     folder = Path(folder)
     settings = _dense_settings(folder / "config.json")
-    if (folder / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        state = load_file(str(folder / "model.safetensors"))
-    elif (folder / "pytorch_model.bin").is_file():
-        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
+    file = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()), None)
+    if file is None:
         raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin for the Dense module.")
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(file))
+        else:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged file: say which one
+        raise UsageError(f"{file}: unreadable Dense weights ({exc}).") from None
     return settings, {key[len("linear."):]: value for key, value in state.items() if key.startswith("linear.")}
 
 

@@ -297,6 +297,21 @@ def test_unsupported_dense_modules_fail_naming_the_file(tiny_bert, tmp_path):
     with pytest.raises(ValueError, match="Dense module after Normalize"):
         AutoModelForEmbedding.from_pretrained(str(tmp_path / "m"))
     modules_file.write_text(json.dumps(modules))
+    config.write_text("{not json")
+    with pytest.raises(ValueError, match="2_Dense/config.json: not valid JSON"):
+        AutoModelForEmbedding.from_pretrained(str(tmp_path / "m"))
+    config.write_text(good)
+    weights = tmp_path / "m" / "2_Dense" / "model.safetensors"
+    intact = weights.read_bytes()
+    weights.write_bytes(intact[: len(intact) // 2])
+    with pytest.raises(Exception, match="2_Dense/model.safetensors"):  # our save's checksums notice first
+        AutoModelForEmbedding.from_pretrained(str(tmp_path / "m"))
+    record = (tmp_path / "m" / "retrievals_files.json").read_bytes()
+    (tmp_path / "m" / "retrievals_files.json").unlink()
+    with pytest.raises(ValueError, match="2_Dense/model.safetensors: unreadable Dense weights"):
+        AutoModelForEmbedding.from_pretrained(str(tmp_path / "m"))  # a folder of another library: the reader says which
+    weights.write_bytes(intact)
+    (tmp_path / "m" / "retrievals_files.json").write_bytes(record)
     (tmp_path / "m" / "2_Dense" / "model.safetensors").unlink()
     with pytest.raises(Exception, match="2_Dense/model.safetensors: missing"):  # our save's file record notices
         AutoModelForEmbedding.from_pretrained(str(tmp_path / "m"))
