@@ -335,30 +335,48 @@ def markdown(result: Dict[str, Any]) -> str:
 
 
 def plot(rows: List[Dict[str, Any]], path: Path) -> None:
+    """nDCG@10 against bytes per document: colour = model (legend), marker = encoding; BM25 and sparse named."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    colours = {"MiniLM zero-shot": "darkgoldenrod", "MiniLM fine-tuned": "tab:blue", POSTHOC_PCA[1]: POSTHOC_PCA[2],
+               **{label: c for label, c, _ in MATRYOSHKA.values()}}
+    markers = {"float32": ("o", "float (384 to 64 dims)"), "int8": ("D", "int8"), "binary": ("v", "binary"),
+               "binary rescored": ("*", "binary, rescored x4"), "binary_hnsw": ("1", "binary HNSW (+ rescored)")}
+
+    def marker(r: Dict[str, Any]) -> str:
+        encoding = r.get("encoding", "")
+        if encoding == "binary" and r.get("rescore_multiplier"):
+            return markers["binary rescored"][0]
+        return markers.get(encoding, ("o", ""))[0]
 
     datasets = sorted({r["dataset"] for r in rows})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 5.5))
-    styles = {"bm25": "s", "sparse": "^", "dense": "o"}
+    fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 7.5))
     for ax, dname in zip(np.atleast_1d(axes), datasets):
         for r in (r for r in rows if r["dataset"] == dname and "bytes_per_vector" in r):
-            colour = {**{label: c for label, c, _ in MATRYOSHKA.values()}, POSTHOC_PCA[1]: POSTHOC_PCA[2],
-                      "MiniLM fine-tuned": "tab:blue", "MiniLM zero-shot": "tab:grey"}.get(
-                r.get("model", ""), "tab:red" if r["kind"] == "sparse" else "black")
-            ax.scatter(r["bytes_per_vector"], r["ndcg@10"], marker=styles[r["kind"]], color=colour,
-                       alpha=0.55 if r.get("rescore_multiplier") == 0 else 1.0)
-            label = r["name"].replace("MiniLM ", "").replace("rescored x4", "+rs").replace(" (int8 on disk)", "/i8")
-            ax.annotate(label, (r["bytes_per_vector"], r["ndcg@10"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
+            if r["kind"] != "dense":
+                ax.scatter(r["bytes_per_vector"], r["ndcg@10"], marker="s" if r["kind"] == "bm25" else "^",
+                           color="black" if r["kind"] == "bm25" else "tab:red")
+                ax.annotate(r["name"], (r["bytes_per_vector"], r["ndcg@10"]), fontsize=7, xytext=(4, 2),
+                            textcoords="offset points")
+                continue
+            ax.scatter(r["bytes_per_vector"], r["ndcg@10"], marker=marker(r), s=36, color=colours.get(r["model"], "black"),
+                       alpha=0.8)
         ax.set_xscale("log")
         ax.set_xlabel("index bytes in memory per document (log)")
         ax.set_ylabel("nDCG@10")
         ax.set_title(f"{dname}: quality per byte")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    present = {r.get("model") for r in rows}
+    handles = [Line2D([], [], marker="o", linestyle="", color=c, label=m) for m, c in colours.items() if m in present]
+    handles += [Line2D([], [], marker=m, linestyle="", color="black", label=label) for m, label in markers.values()]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.2, 1, 1))
     fig.savefig(path, dpi=130)
+
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
