@@ -39,9 +39,12 @@ def _concurrently(jobs, workers=8):
         return list(pool.map(lambda job: job(), jobs))
 
 
-def test_threads_encode_like_one_thread(dropout_bert):
+@pytest.mark.parametrize("dense", [False, True])
+def test_threads_encode_like_one_thread(dropout_bert, dense):
     model = AutoModelForEmbedding.from_pretrained(dropout_bert, pooling_method="mean", query_max_length=8,
                                                   document_max_length=64)
+    if dense:  # a Dense layer after pooling (fit_pca's): the same path, one more module
+        model.fit_pca(QUERIES, DOCS, dim=16)
     expected = {True: model.encode_queries(QUERIES, batch_size=4), False: model.encode_corpus(DOCS, batch_size=4)}
     jobs = []
     for i in range(48):  # queries and documents interleaved: different truncation lengths overlap
