@@ -117,15 +117,15 @@ def prepare(work: Path) -> None:
 def fit_pca_afterwards(work: Path) -> Dict[str, Any]:
     """``POSTHOC_PCA``: the plain fine-tune rotated to the principal axes of train.jsonl's queries and documents."""
     name = POSTHOC_PCA[0]
+    from retrievals.data import load_records
+    from retrievals.pipelines.embed import add_pca_rotation
+
     if not (work / name / "retrievals_config.json").is_file():
-        records = [json.loads(line) for line in (work / "train.jsonl").read_text(encoding="utf-8").splitlines()]
-        queries = list(dict.fromkeys(r["query"] for r in records))
-        documents = list(dict.fromkeys(d for r in records for d in (*r["positive"], *r["negative"])))
         model = AutoModelForEmbedding.from_pretrained(str(work / "plain"))
-        model.fit_pca(queries, documents)
+        add_pca_rotation(model, load_records(str(work / "train.jsonl")), seed=42)  # what --pca_rotation does
         model.save_pretrained(work / name)
-    return {"command": "AutoModelForEmbedding.from_pretrained(plain).fit_pca(train.jsonl's queries, its documents)",
-            "train_seconds": None}
+    return {"command": "retrievals.pipelines.embed.add_pca_rotation(AutoModelForEmbedding.from_pretrained(plain), "
+                       "load_records(train.jsonl), seed=42)", "train_seconds": None}
 
 
 def train(work: Path, names: List[str]) -> Dict[str, Dict[str, Any]]:

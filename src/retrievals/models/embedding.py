@@ -17,7 +17,7 @@ from ..utils import UsageError, instruction_as_prefix, logger
 from .base import ModelConfig, RetrievalModel, hf_config, is_decoder_only, load_backbone
 from .pooling import POOLING_METHODS, pool
 from .processing import TextProcessor, run_in_length_chunks
-from ..st_format import (DENSE_FOLDER, read_st_dense, read_st_settings, st_dense_folder, warn_unsupported_prefix,
+from ..st_format import (DENSE_ACTIVATIONS, DENSE_FOLDER, read_st_dense, read_st_settings, st_dense_folder, warn_unsupported_prefix,
                          write_st_dense, write_st_files)
 
 Batch = Dict[str, torch.Tensor]
@@ -195,11 +195,10 @@ class AutoModelForEmbedding(RetrievalModel):
 
     # ------------------------------------------------------------------ the Dense layer
     def _add_dense(self, dim: int, bias: bool, activation: str) -> None:
-        if activation not in ("identity", "tanh"):
-            raise UsageError(f"dense_activation must be identity or tanh, got {activation!r}.")
+        if activation not in DENSE_ACTIVATIONS:
+            raise UsageError(f"dense_activation must be one of {sorted(DENSE_ACTIVATIONS)}, got {activation!r}.")
         param = next(self.backbone.parameters())
         self.dense = nn.Linear(int(self.backbone.config.hidden_size), int(dim), bias=bias).to(param.device, param.dtype)
-        self._dense_tanh = activation == "tanh"
         self.retrieval_config.update(dense_dim=int(dim), dense_bias=bias, dense_activation=activation)
 
     @torch.no_grad()
@@ -272,7 +271,7 @@ class AutoModelForEmbedding(RetrievalModel):
         emb = pool(hidden, attention_mask if pooling_mask is None else pooling_mask, self.retrieval_config.pooling_method)
         if self.dense is not None:
             emb = self.dense(emb.to(self.dense.weight.dtype))
-            emb = torch.tanh(emb) if self._dense_tanh else emb
+            emb = torch.tanh(emb) if self.retrieval_config.dense_activation == "tanh" else emb
         if self.retrieval_config.normalize_embeddings if normalize is None else normalize:
             # in float32: a bf16 norm leaves lengths 0.996-1.004, so cosine scores would differ by up to 1%
             emb = torch.nn.functional.normalize(emb.float(), p=2, dim=-1)

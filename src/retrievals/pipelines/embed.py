@@ -11,13 +11,13 @@ import logging
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 
 from ..data import EmbeddingCollator
 from ..files import atomic_write_bytes, check_new_output
-from ..data.readers import DataError, iter_lines, iter_raw, load_records
+from ..data.readers import DataError, Record, iter_lines, iter_raw
 from ..losses import EMBEDDING_LOSSES, FlopsRegularizedLoss, MatryoshkaLoss, loss_from_args
 from ..models.embedding import AutoModelForEmbedding
 from ..models.base import saved_model_type
@@ -111,10 +111,10 @@ def train(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
     if args.matryoshka_dims:
         loss = MatryoshkaLoss(loss, args.matryoshka_dims, args.matryoshka_weights, args.matryoshka_distill)
 
-    def build() -> AutoModelForEmbedding:
+    def build(records: Sequence[Record]) -> AutoModelForEmbedding:
         model = build_model(model_args, data_args)
         if model_args.pca_rotation:
-            add_pca_rotation(model, data_args, args.seed)
+            add_pca_rotation(model, records, args.seed)
         if args.matryoshka_dims:
             if max(args.matryoshka_dims) > model.embedding_dim:
                 raise UsageError(f"--matryoshka_dims {args.matryoshka_dims}: the model's embeddings have {model.embedding_dim} "
@@ -130,15 +130,14 @@ def train(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
 PCA_MAX_TEXTS = 10_000  # per side (queries, documents): enough for a 384-1024-dimensional covariance
 
 
-def add_pca_rotation(model: AutoModelForEmbedding, data_args: DataArguments, seed: int) -> None:
-    """``--pca_rotation``: :meth:`AutoModelForEmbedding.fit_pca` over the training queries and their documents
+def add_pca_rotation(model: AutoModelForEmbedding, records: Sequence[Record], seed: int) -> None:
+    """``--pca_rotation``: :meth:`AutoModelForEmbedding.fit_pca` over the training records' queries and documents
     (positives and negatives, each once), at most ``PCA_MAX_TEXTS`` of each drawn with the run's seed."""
     import random
 
     if model.dense is not None:
         raise UsageError("--pca_rotation: the model already has a Dense layer (a model "
                          "trained with --pca_rotation, or a sentence-transformers model with one); drop the flag.")
-    records = load_records(data_args.train_data, data_args.query_key, data_args.positive_key, data_args.negative_key)
     queries = list(dict.fromkeys(r.query for r in records))
     documents = list(dict.fromkeys(d for r in records for d in (*r.positives, *r.negatives)))
     rng = random.Random(seed)

@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import sys
 from dataclasses import asdict, dataclass, field
-from typing import ClassVar, List, Optional
+from typing import Any, ClassVar, List, Optional, Sequence
 
 from ..losses import LOSS_FAMILIES, RANKING_LOSSES, loss_from_args
 from ..models.rankers import (
@@ -108,7 +108,7 @@ def train(model_args: RerankModelArguments, data_args: DataArguments, args: Rera
     if data_args.train_group_size < 2 and not args.use_inbatch_neg and args.loss_fn == "ce":
         raise UsageError("--loss_fn ce needs --train_group_size >= 2 (a positive and at least one negative).")
 
-    def build() -> BaseRanker:
+    def build(records: Sequence[Any]) -> BaseRanker:
         return build_model(model_args, data_args, kind)
 
     return run_training(build, lambda model: model.processor.with_pad_to_multiple_of(args.pad_to_multiple_of), loss, data_args,

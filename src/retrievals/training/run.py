@@ -22,7 +22,7 @@ from .trainer import RetrievalTrainer
 
 
 def run_training(
-    build_model: Callable[[], nn.Module],
+    build_model: Callable[[Sequence[Any]], nn.Module],
     make_collator: Callable[[nn.Module], Any],
     loss: nn.Module,
     data_args: DataArguments,
@@ -34,8 +34,9 @@ def run_training(
     (refuse, start, or resume the same run: see :mod:`.output_dir`), all before any weights load; then train
     and save the final model (plus a merged copy of LoRA runs with ``--save_merged``) into ``output_dir``.
 
-    ``settings`` (the pipeline's model and data arguments) go into the run's fingerprint with the data,
-    the base model's weights and the training settings that change the result."""
+    ``build_model`` gets the validated training records (for a start made from the data, such as
+    ``--pca_rotation``). ``settings`` (the pipeline's model and data arguments) go into the run's fingerprint with the
+    data, the base model's weights and the training settings that change the result."""
     if not data_args.train_data:
         raise DataError("--do_train needs --train_data (JSONL/JSON files or folders).")
     records = load_records(
@@ -62,7 +63,7 @@ def run_training(
     if checkpoint:
         logger.warning("Resuming from %s", checkpoint)
     set_seed(args.seed)
-    model = build_model()
+    model = build_model(records)
     trainer = RetrievalTrainer(model=model, args=args, train_dataset=dataset, data_collator=make_collator(model), loss_fn=loss,
                                eval_records=eval_records, run_folder=folder)
     trainer.train(resume_from_checkpoint=checkpoint)
