@@ -14,7 +14,10 @@ zero-shot all-MiniLM-L6-v2 among training FAQs), one epoch, batch 32, queries 64
   ``matryoshka_lr2e-4_3ep``: three epochs at learning rate 2e-4; ``matryoshka_distill_3ep``: three epochs with
   ``--matryoshka_distill 1``; ``matryoshka_pca_distill_3ep``: the same starting from ``--pca_rotation`` (a Dense
   layer set to the principal axes of the training texts' embeddings); ``matryoshka_pca_distill_vg_3ep``: that recipe
-  with ``train_vg.jsonl`` (the back-translated questions of the training FAQs as 852 more queries); ``only64_3ep``: the loss at 64 dimensions only, three epochs (a bound on the first
+  with ``train_vg.jsonl`` (the back-translated questions of the training FAQs as 852 more queries);
+  ``matryoshka_teacher_distill_3ep``: ``matryoshka_distill_3ep`` plus ``--teacher_model`` the results table's fine-tuned
+  multilingual-e5-small (``outputs/table/embed_e5``, from ``benchmarks/results_table.py --run embed_e5``) at
+  ``--teacher_temperature 0.02``; ``only64_3ep``: the loss at 64 dimensions only, three epochs (a bound on the first
   64 dimensions with this data, not a model that serves 384; see ``MATRYOSHKA``).
 * ``plain_pca``: no training; ``plain`` with ``AutoModelForEmbedding.fit_pca`` over ``train.jsonl``'s queries and
   documents (a rotation: its 384-d scores unchanged), for the truncations of a model trained without Matryoshka.
@@ -77,9 +80,15 @@ MATRYOSHKA = {  # run name: (label in the results, its colour in the PNG, flags 
     "matryoshka_pca_distill_vg_3ep": ("MiniLM PCA rotation + Matryoshka + self-distillation + back-translations, 3 epochs",
                                       "tab:pink", ["--pca_rotation", "true", "--matryoshka_distill", "1",
                                                    "--num_train_epochs", "3", "--train_data", "{work}/train_vg.jsonl"]),
+    # self-distillation plus a teacher: the fine-tuned multilingual-e5-small of the results table (TEACHER), its
+    # ranking of each batch's documents learnt at every size (--teacher_model; its training temperature, 0.02)
+    "matryoshka_teacher_distill_3ep": ("MiniLM Matryoshka + self-distillation + e5 teacher, 3 epochs", "navy",
+                                       ["--matryoshka_distill", "1", "--num_train_epochs", "3", "--teacher_model",
+                                        "{teacher}", "--teacher_temperature", "0.02"]),
     # the loss at 64 dimensions only: how far the first 64 can go with this data (its 384 is not trained)
     "only64_3ep": ("MiniLM trained at 64 only, 3 epochs", "tab:gray", ["--matryoshka_dims", "64", "--num_train_epochs", "3"]),
 }
+TEACHER = ROOT / "outputs" / "table" / "embed_e5"  # made by: benchmarks/results_table.py --run embed_e5
 SERVES_384 = [label for label, _, flags in MATRYOSHKA.values() if "--matryoshka_dims" not in flags]
 # no training: the plain fine-tune with AutoModelForEmbedding.fit_pca over its training file's texts (a rotation that
 # leaves its 384-d scores as they were; what a user can do to a model trained without Matryoshka)
@@ -92,7 +101,7 @@ def training_commands(work: Path) -> Dict[str, List[str]]:
     plain = ["--model_name_or_path", minilm, "--learning_rate", "5e-5", "--temperature", "0.05", *COMMON]
     commands = {"plain": embed + ["--output_dir", str(work / "plain"), *plain]}
     for name, (_, _, flags) in MATRYOSHKA.items():  # later flags win (argparse), so a run's own lr / epochs apply
-        flags = [flag.replace("{work}", str(work)) for flag in flags]
+        flags = [flag.replace("{work}", str(work)).replace("{teacher}", str(TEACHER)) for flag in flags]
         commands[name] = embed + ["--output_dir", str(work / name), *plain, "--matryoshka_dims", *map(str, DIMS), *flags]
     commands["sparse"] = embed + ["--model_name_or_path", splade, "--model_type", "sparse", "--output_dir", str(work / "sparse"),
                                   "--learning_rate", "1e-4", *COMMON]

@@ -127,3 +127,83 @@ def test_matryoshka_distillation_adds_the_kl_to_the_full_vectors_ranking():
     for bad in (-1.0, float("nan"), float("inf"), True, "1"):
         with pytest.raises(ValueError, match="distill must be a finite number"):
             MatryoshkaLoss(base, dims=[8, 4], distill=bad)
+
+
+def kl(teacher_logits, student_logits):
+    """KL(teacher || student) of each row's softmax, averaged over rows (by hand)."""
+    t, s = teacher_logits.log_softmax(-1), student_logits.log_softmax(-1)
+    return (t.exp() * (t - s)).sum(-1).mean()
+
+
+def test_teacher_distillation_is_the_loss_plus_the_kl_to_the_teachers_ranking():
+    from retrievals.losses import TeacherDistillLoss
+
+    q, d = embeddings(d=8)
+    q.requires_grad_(True)
+    torch.manual_seed(1)
+    tq, td = F.normalize(torch.randn(4, 5), dim=-1), F.normalize(torch.randn(12, 5), dim=-1)  # another width
+    tq.requires_grad_(True)
+    base = InfoNCELoss(temperature=0.05)
+    loss = TeacherDistillLoss(base, weight=2.0, teacher_temperature=0.02)
+    expected = base(q, d) + 2.0 * kl(tq @ td.T / 0.02, q @ d.T / 0.05)
+    assert loss(q, d, tq, td).item() == pytest.approx(expected.item(), rel=1e-5)
+    grad_q, grad_t = torch.autograd.grad(loss(q, d, tq, td), [q, tq], allow_unused=True)
+    assert grad_t is None or not grad_t.abs().sum()  # the teacher is a target, never trained
+    np.testing.assert_allclose(grad_q.numpy(), torch.autograd.grad(expected, q)[0].numpy(), atol=1e-5)
+    # the teacher's own vectors at the student's temperature: nothing to learn; weight 0: the plain loss
+    assert TeacherDistillLoss(base)(q, d, q, d).item() == pytest.approx(base(q, d).item(), rel=1e-5)
+    assert TeacherDistillLoss(base, weight=0)(q, d, tq, td).item() == pytest.approx(base(q, d).item(), rel=1e-6)
+    assert TeacherDistillLoss(base).teacher_temperature == 0.05  # default: the student's
+    assert loss.reads == ("query_embeddings", "document_embeddings", "teacher_query_embeddings", "teacher_document_embeddings")
+    assert loss.get_config_dict() == {"name": "teacher_distill", "weight": 2.0, "teacher_temperature": 0.02,
+                                      "loss": base.get_config_dict()}
+    for bad in (-1.0, float("nan"), float("inf"), True, "1"):
+        with pytest.raises(ValueError, match="distill weight must be a finite number"):
+            TeacherDistillLoss(base, weight=bad)
+    for bad in (0, -0.1, float("inf"), float("nan"), True):
+        with pytest.raises(ValueError, match="teacher temperature must be a finite number > 0"):
+            TeacherDistillLoss(base, teacher_temperature=bad)
+    from retrievals.losses import ListwiseCrossEntropyLoss
+
+    with pytest.raises(ValueError, match="wraps an embedder loss"):
+        TeacherDistillLoss(ListwiseCrossEntropyLoss())
+    with pytest.raises(ValueError, match="teacher vectors for 3 queries"):
+        loss(q, d, tq[:3], td)
+
+
+def test_matryoshka_hands_the_teacher_to_every_size():
+    from retrievals.losses import MatryoshkaLoss, TeacherDistillLoss
+
+    q, d = embeddings(d=8)
+    torch.manual_seed(2)
+    tq, td = F.normalize(torch.randn(4, 6), dim=-1), F.normalize(torch.randn(12, 6), dim=-1)
+    base = InfoNCELoss(temperature=0.05)
+    inner = TeacherDistillLoss(base, weight=0.5)
+    loss = MatryoshkaLoss(inner, dims=[8, 4], weights=[1.0, 2.0], distill=1.0)
+    assert loss.reads == inner.reads
+    q4, d4 = MatryoshkaLoss.truncate(q, 4), MatryoshkaLoss.truncate(d, 4)
+    teacher_part = lambda a, b: base(a, b) + 0.5 * kl(tq @ td.T / 0.05, a @ b.T / 0.05)  # noqa: E731
+    expected = teacher_part(q, d) + 2.0 * teacher_part(q4, d4) + 2.0 * 1.0 * kl(q @ d.T / 0.05, q4 @ d4.T / 0.05)
+    assert loss(q, d, teacher_query_embeddings=tq, teacher_document_embeddings=td).item() == \
+        pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_teacher_distillation_alone_teaches_the_teachers_ranking():
+    """Free student vectors trained on the KL term only end up ranking every document as the teacher does."""
+    from retrievals.losses import TeacherDistillLoss
+
+    torch.manual_seed(3)
+    tq, td = F.normalize(torch.randn(6, 10), dim=-1), F.normalize(torch.randn(18, 10), dim=-1)
+    q = torch.randn(6, 16, requires_grad=True)
+    d = torch.randn(18, 16, requires_grad=True)
+    loss = TeacherDistillLoss(InfoNCELoss(temperature=0.05), weight=1.0)
+    optimizer = torch.optim.Adam([q, d], lr=0.05)
+    start = loss.divergence(F.normalize(q, dim=-1), F.normalize(d, dim=-1), tq, td).item()
+    for _ in range(400):
+        optimizer.zero_grad()
+        loss.divergence(F.normalize(q, dim=-1), F.normalize(d, dim=-1), tq, td).backward()
+        optimizer.step()
+    end = loss.divergence(F.normalize(q, dim=-1), F.normalize(d, dim=-1), tq, td).item()
+    assert start > 0.5 and end < 0.01 * start
+    student = F.normalize(q, dim=-1) @ F.normalize(d, dim=-1).T
+    assert torch.equal(student.argsort(dim=-1, descending=True)[:, :3], (tq @ td.T).argsort(dim=-1, descending=True)[:, :3])

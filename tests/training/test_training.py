@@ -236,3 +236,113 @@ def test_pca_rotation_trains_saves_and_resumes(tiny_bert, train_file, tmp_path, 
     assert "the model already has a Dense layer" in capsys.readouterr().err
     assert embed.main(cli(tiny_bert, train_file, tmp_path / "sp", "--model_type", "sparse", "--pca_rotation", "true")) == 2
     assert "--pca_rotation is for dense embedders" in capsys.readouterr().err
+
+
+def teacher_divergence(student, teacher, records, teacher_temperature):
+    """KL(teacher || student) of each training query's softmax over every training document (the student's
+    scores at temperature 0.05)."""
+    import torch
+
+    from retrievals.losses import InfoNCELoss, TeacherDistillLoss
+
+    queries = [r["query"] for r in records]
+    documents = list(dict.fromkeys(d for r in records for d in (*r["positive"], *r["negative"])))
+    vec = lambda m, texts, q: torch.from_numpy(m.encode(texts, is_query=q))  # noqa: E731
+    return TeacherDistillLoss(InfoNCELoss(temperature=0.05), teacher_temperature=teacher_temperature).divergence(
+        vec(student, queries, True), vec(student, documents, False), vec(teacher, queries, True),
+        vec(teacher, documents, False)).item()
+
+
+def test_teacher_distillation_trains_toward_the_teacher(tiny_bert, tiny_qwen, train_file, tmp_path, caplog, monkeypatch,
+                                                        capsys):
+    """A teacher of another family (a decoder with its own tokenizer): the student trained on the KL term alone
+    (``--distill_weight`` large against InfoNCE) ranks the training documents closer to the teacher's way; the
+    teacher's identity is part of the run, a killed run resumes to the same weights."""
+    records = [json.loads(line) for line in Path(train_file).read_text().splitlines()]
+    args = ("--max_steps", "16", "--learning_rate", "1e-2", "--temperature", "0.05", "--teacher_model", tiny_qwen, "--distill_weight", "20",
+            "--teacher_temperature", "0.002",
+            "--save_strategy", "steps", "--save_steps", "8", "--seed", "3")
+    out = tmp_path / "distilled"
+    assert embed.main(cli(tiny_bert, train_file, out, *args)) == 0
+    documents = {d for r in records for d in (*r["positive"], *r["negative"])}
+    assert f"--teacher_model: encoding {len({r['query'] for r in records})} queries and {len(documents)} documents" \
+        in caplog.text  # each distinct text once
+    teacher, start = AutoModelForEmbedding.from_pretrained(tiny_qwen), AutoModelForEmbedding.from_pretrained(tiny_bert)
+    student = AutoModelForEmbedding.from_pretrained(str(out))
+    before, after = (teacher_divergence(m, teacher, records, 0.002) for m in (start, student))
+    control = tmp_path / "control"  # the same run, the KL term weighted 0: InfoNCE alone does not do it
+    assert embed.main(cli(tiny_bert, train_file, control, *args, "--distill_weight", "0")) == 0
+    alone = teacher_divergence(AutoModelForEmbedding.from_pretrained(str(control)), teacher, records, 0.002)
+    assert after < 0.9 * before and after < alone - 0.1, (before, after, alone)
+    record = json.loads((out / "retrievals_fingerprint.json").read_text())
+    assert record["loss"]["name"] == "teacher_distill" and record["loss"]["weight"] == 20.0
+    assert record["teacher_model"] and record["teacher_weights"] and record["distill_weight"] == 20.0
+    # killed after its first checkpoint, then rerun: the same weights as straight through
+    killed = tmp_path / "killed"
+    with monkeypatch.context() as patch:
+        kill_at_step(patch, 10)
+        with pytest.raises(Killed):
+            embed.main(cli(tiny_bert, train_file, killed, *args))
+    assert embed.main(cli(tiny_bert, train_file, killed, *args, "--distill_weight", "5")) == 2
+    assert "distill_weight 20.0 -> 5.0" in capsys.readouterr().err  # another teacher setting: not this run
+    assert embed.main(cli(tiny_bert, train_file, killed, *args)) == 0
+    texts = corpus_lines(6)
+    np.testing.assert_allclose(AutoModelForEmbedding.from_pretrained(str(killed)).encode(texts), student.encode(texts),
+                               atol=1e-5)
+    # with Matryoshka, every size learns from the teacher
+    mrl = tmp_path / "mrl"
+    assert embed.main(cli(tiny_bert, train_file, mrl, "--max_steps", "2", "--teacher_model", tiny_qwen,
+                          "--matryoshka_dims", "32", "8")) == 0
+    loss = json.loads((mrl / "retrievals_fingerprint.json").read_text())["loss"]
+    assert loss["name"] == "matryoshka" and loss["loss"]["name"] == "teacher_distill"
+
+
+def test_teacher_flags_are_checked_before_anything_loads(tiny_bert, train_file, tmp_path, capsys):
+    def refused(*extra):
+        out = tmp_path / "refused"
+        assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "1", *extra)) == 2
+        assert not out.exists()
+        return capsys.readouterr().err
+
+    assert "no such teacher model folder" in refused("--teacher_model", str(tmp_path / "nowhere"))
+    assert "--distill_weight and --teacher_temperature need --teacher_model" in refused("--distill_weight", "2")
+    assert "--distill_weight and --teacher_temperature need --teacher_model" in refused("--teacher_temperature", "0.1")
+    assert "--distill_weight must be a finite number >= 0" in refused("--teacher_model", tiny_bert, "--distill_weight", "-1")
+    assert "--teacher_temperature must be a finite number > 0" in refused("--teacher_model", tiny_bert,
+                                                                          "--teacher_temperature", "0")
+    # a teacher's weights changed in place: a rerun is another run
+    teacher = tmp_path / "teacher"
+    AutoModelForEmbedding.from_pretrained(tiny_bert).save_pretrained(teacher)
+    out = tmp_path / "run"
+    base = cli(tiny_bert, train_file, out, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1",
+               "--teacher_model", str(teacher))
+    assert embed.main(base) == 0
+    changed = AutoModelForEmbedding.from_pretrained(str(teacher))
+    with __import__("torch").no_grad():
+        next(changed.parameters()).add_(0.1)
+    changed.save_pretrained(teacher)
+    assert embed.main(base) == 2
+    assert "teacher_weights (content changed)" in capsys.readouterr().err
+
+
+def test_collator_gives_each_row_its_teachers_vector():
+    import torch
+
+    from retrievals.data import EmbeddingCollator, TeacherVectors
+
+    class Processor:  # the collator's processor contract, reduced to what the teacher part needs
+        def tokenize(self, texts, is_query):
+            return texts
+
+        def pad(self, texts):
+            return {"n": torch.tensor(len(texts))}
+
+    teacher = TeacherVectors(["q1", "q2"], torch.tensor([[1.0], [2.0]]), ["a", "b", "q1"], torch.tensor([[10.0], [20.0], [30.0]]))
+    batch = EmbeddingCollator(Processor(), teacher=teacher)([{"query": "q2", "documents": ["b", "q1"]},
+                                                             {"query": "q1", "documents": ["a", "b"]}])
+    assert batch["teacher_query_embeddings"].tolist() == [[2.0], [1.0]]
+    assert batch["teacher_document_embeddings"].tolist() == [[20.0], [30.0], [10.0], [20.0]]  # "q1" as a document
+    with pytest.raises(RuntimeError, match="no vector of the training query"):
+        teacher.rows(["unknown"], [])
+    with pytest.raises(ValueError, match="vectors"):
+        TeacherVectors(["q"], torch.zeros(2, 1), [], torch.zeros(0, 1))

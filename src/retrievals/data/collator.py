@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -16,14 +16,47 @@ class EmbeddingCollator:
     widths up (see :class:`retrievals.models.processing.PaddingOptions`).
     """
 
-    def __init__(self, processor: Any, pad_to_multiple_of: Optional[int] = None) -> None:
+    def __init__(self, processor: Any, pad_to_multiple_of: Optional[int] = None,
+                 teacher: Optional["TeacherVectors"] = None) -> None:
         # a TextProcessor (``model.processor``); a copy when padding differs, so inference keeps its own
         self.processor = processor if pad_to_multiple_of is None else processor.with_pad_to_multiple_of(pad_to_multiple_of)
+        self.teacher = teacher
 
-    def __call__(self, items: List[Dict[str, Any]]) -> Dict[str, Dict[str, torch.Tensor]]:
+    def __call__(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
         queries = [item["query"] for item in items]
         documents = [doc for item in items for doc in item["documents"]]
-        return {
+        batch: Dict[str, Any] = {
             "query": self.processor.pad(self.processor.tokenize(queries, is_query=True)),
             "document": self.processor.pad(self.processor.tokenize(documents, is_query=False)),
         }
+        if self.teacher is not None:  # the loss reads these from the batch (TeacherDistillLoss), same rows
+            batch.update(self.teacher.rows(queries, documents))
+        return batch
+
+
+class TeacherVectors:
+    """A teacher embedder's vectors of the training texts, looked up by text: queries and documents apart (a text
+    that is both is encoded once as each, the teacher's instructions differing). Built once before training
+    (``--teacher_model``), read by :class:`EmbeddingCollator` into ``teacher_query_embeddings`` and
+    ``teacher_document_embeddings``."""
+
+    def __init__(self, queries: Sequence[str], query_vectors: torch.Tensor, documents: Sequence[str],
+                 document_vectors: torch.Tensor) -> None:
+        if len(queries) != len(query_vectors) or len(documents) != len(document_vectors):
+            raise ValueError(f"{len(queries)} queries / {len(documents)} documents with {len(query_vectors)} / "
+                             f"{len(document_vectors)} vectors.")
+        self.query_row = {text: i for i, text in enumerate(queries)}
+        self.document_row = {text: i for i, text in enumerate(documents)}
+        self.query_vectors = query_vectors.float().contiguous()
+        self.document_vectors = document_vectors.float().contiguous()
+
+    def rows(self, queries: Sequence[str], documents: Sequence[str]) -> Dict[str, torch.Tensor]:
+        return {"teacher_query_embeddings": self.query_vectors[self._rows(self.query_row, queries, "query")],
+                "teacher_document_embeddings": self.document_vectors[self._rows(self.document_row, documents, "document")]}
+
+    @staticmethod
+    def _rows(table: Dict[str, int], texts: Sequence[str], what: str) -> torch.Tensor:
+        try:
+            return torch.tensor([table[t] for t in texts], dtype=torch.long)
+        except KeyError as missing:  # built from the same records, so this is a bug, never a user's mistake
+            raise RuntimeError(f"the teacher has no vector of the training {what} {str(missing)[:80]}") from None

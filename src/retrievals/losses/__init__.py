@@ -11,6 +11,7 @@ from .listwise_ce import ListwiseCrossEntropyLoss
 from .matryoshka import MatryoshkaLoss
 from .maxsim_ce import MaxSimCrossEntropyLoss
 from .pointwise_bce import PointwiseBCELoss
+from .teacher_distill import TeacherDistillLoss
 from .triplet import TripletMarginLoss
 from ..utils import UsageError
 
@@ -45,6 +46,6 @@ def loss_from_args(name: str, registry: Dict[str, Type[RetrievalLoss]], args: An
 
 
 __all__ = [
-    "EMBEDDING_LOSSES", "FlopsRegularizedLoss", "InfoNCELoss", "LATE_INTERACTION_LOSSES", "LOSS_FAMILIES", "MatryoshkaLoss", "MaxSimCrossEntropyLoss", "ListwiseCrossEntropyLoss", "PointwiseBCELoss", "RANKING_LOSSES", "TripletMarginLoss",
+    "EMBEDDING_LOSSES", "FlopsRegularizedLoss", "InfoNCELoss", "LATE_INTERACTION_LOSSES", "LOSS_FAMILIES", "MatryoshkaLoss", "MaxSimCrossEntropyLoss", "ListwiseCrossEntropyLoss", "PointwiseBCELoss", "RANKING_LOSSES", "TeacherDistillLoss", "TripletMarginLoss",
     "RetrievalLoss", "get_loss", "loss_class", "loss_from_args",
 ]

@@ -8,7 +8,7 @@ describes the loss (it is written into every saved model's training record, ``re
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Dict, Mapping, Tuple, Type
+from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple, Type
 
 from torch import nn
 from ..utils import UsageError
@@ -60,11 +60,14 @@ class RetrievalLoss(nn.Module):
     def get_config_dict(self) -> Dict[str, Any]:
         return {"name": self.name, **dataclasses.asdict(self.settings)}
 
-    def inputs_from(self, outputs: Any) -> Dict[str, Any]:
-        """The fields this loss reads, taken by name from a model output; a missing one is named."""
+    def inputs_from(self, outputs: Any, batch: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+        """The fields this loss reads, taken by name from a model output, else from ``batch`` (what the collator gave
+        beside the model's inputs, such as a teacher's vectors); a missing one is named."""
         values = {}
         for field in self.reads:
             value = outputs.get(field) if isinstance(outputs, Mapping) else getattr(outputs, field, None)
+            if value is None and batch is not None:
+                value = batch.get(field)
             if value is None:
                 raise UsageError(f"loss {self.name!r} reads {field!r}, which {type(outputs).__name__} does not give: "
                                  "this loss does not fit this model kind.")

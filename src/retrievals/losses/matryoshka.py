@@ -15,7 +15,8 @@ class MatryoshkaLoss(RetrievalLoss):
     """Weighted sum of ``loss`` on the first ``d`` dimensions of the embeddings, for each ``d`` in ``dims``, so one
     model serves every one of those sizes (``encode(..., truncate_dim=d)``, the server's ``dimensions``).
 
-    Inputs: those of the wrapped embedder loss (``query_embeddings``, ``document_embeddings``). Truncated vectors are
+    Inputs: those of the wrapped embedder loss (``query_embeddings``, ``document_embeddings``, and any other field it
+    reads, such as :class:`TeacherDistillLoss`'s teacher vectors, passed on as they are). Truncated vectors are
     rescaled to the full vector's length, so normalised embeddings stay unit vectors (cosine scores) and
     unnormalised ones keep their norm. Use it when the model must also serve shorter vectors; weights default to 1.
 
@@ -38,8 +39,9 @@ class MatryoshkaLoss(RetrievalLoss):
         weights = [1.0] * len(dims) if not weights else [float(w) for w in weights]
         if len(weights) != len(dims) or any(not w > 0 for w in weights):
             raise UsageError(f"matryoshka weights must be {len(dims)} numbers > 0 (one per dim), got {weights}.")
-        if tuple(loss.reads) != self.reads:
+        if tuple(loss.reads[:2]) != self.reads:
             raise UsageError(f"matryoshka wraps an embedder loss, not {loss.name!r}.")
+        self.reads = tuple(loss.reads)  # and whatever else the wrapped loss reads (a teacher's vectors), untruncated
         if isinstance(distill, bool) or not (isinstance(distill, (int, float)) and 0 <= distill < float("inf")):
             raise UsageError(f"matryoshka distill must be a finite number >= 0, got {distill!r}.")
         self.loss, self.dims, self.weights, self.distill = loss, dims, weights, float(distill)
@@ -57,7 +59,7 @@ class MatryoshkaLoss(RetrievalLoss):
         scale = embeddings.norm(dim=-1, keepdim=True) / head.norm(dim=-1, keepdim=True).clamp(min=1e-12)
         return head * scale
 
-    def forward(self, query_embeddings: torch.Tensor, document_embeddings: torch.Tensor) -> torch.Tensor:
+    def forward(self, query_embeddings: torch.Tensor, document_embeddings: torch.Tensor, **extra: torch.Tensor) -> torch.Tensor:
         full = query_embeddings.shape[-1]
         if max(self.dims) > full:
             raise UsageError(f"matryoshka dims {self.dims} exceed the embedding size {full}.")
@@ -65,7 +67,7 @@ class MatryoshkaLoss(RetrievalLoss):
         total: List[torch.Tensor] = []
         for dim, weight in zip(self.dims, self.weights):
             q, d = self.truncate(query_embeddings, dim), self.truncate(document_embeddings, dim)
-            total.append(weight * self.loss(q, d))
+            total.append(weight * self.loss(q, d, **extra))
             if teacher is not None and dim < full:
                 student = self._log_softmax(q, d)
                 total.append(weight * self.distill * F.kl_div(student, teacher, reduction="batchmean", log_target=True))

@@ -81,8 +81,10 @@ class RetrievalTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
     def compute_loss(self, model: nn.Module, inputs: Dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
-        outputs = model(**inputs)
-        loss = self.loss_fn(**self.loss_fn.inputs_from(outputs))  # the fields the loss reads, by name
+        # fields the loss reads straight from the batch (a teacher's vectors) are not the model's inputs
+        extra = {k: inputs[k] for k in self.loss_fn.reads if k in inputs}
+        outputs = model(**{k: v for k, v in inputs.items() if k not in extra})
+        loss = self.loss_fn(**self.loss_fn.inputs_from(outputs, extra))  # the fields the loss reads, by name
         return (loss, outputs) if return_outputs else loss
 
     def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> Dict[str, float]:
