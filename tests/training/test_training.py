@@ -297,7 +297,7 @@ def test_teacher_distillation_trains_toward_the_teacher(tiny_bert, tiny_qwen, tr
     assert loss["name"] == "matryoshka" and loss["loss"]["name"] == "teacher_distill"
 
 
-def test_teacher_flags_are_checked_before_anything_loads(tiny_bert, train_file, tmp_path, capsys):
+def test_teacher_flags_are_checked_before_anything_loads(tiny_bert, train_file, tmp_path, capsys, monkeypatch):
     def refused(*extra):
         out = tmp_path / "refused"
         assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "1", *extra)) == 2
@@ -310,19 +310,33 @@ def test_teacher_flags_are_checked_before_anything_loads(tiny_bert, train_file, 
     assert "--distill_weight must be a finite number >= 0" in refused("--teacher_model", tiny_bert, "--distill_weight", "-1")
     assert "--teacher_temperature must be a finite number > 0" in refused("--teacher_model", tiny_bert,
                                                                           "--teacher_temperature", "0")
-    # a teacher's weights changed in place: a rerun is another run
+    ranker = tmp_path / "ranker"
+    from retrievals import AutoModelForRanking
+
+    AutoModelForRanking.from_pretrained(tiny_bert, model_type="cross-encoder").save_pretrained(ranker)
+    assert "a cross-encoder model; the teacher must be a dense embedder" in refused("--teacher_model", str(ranker))
+    sparse = tmp_path / "sparse"
+    from retrievals.models.sparse import SparseEmbedder
+
+    SparseEmbedder.from_pretrained(tiny_bert).save_pretrained(sparse)
+    assert "a sparse model; the teacher must be a dense embedder" in refused("--teacher_model", str(sparse))
+    # a teacher's weights changed in place: the killed run is not resumed by a rerun with that teacher
     teacher = tmp_path / "teacher"
     AutoModelForEmbedding.from_pretrained(tiny_bert).save_pretrained(teacher)
     out = tmp_path / "run"
-    base = cli(tiny_bert, train_file, out, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1",
+    base = cli(tiny_bert, train_file, out, "--max_steps", "3", "--save_strategy", "steps", "--save_steps", "1",
                "--teacher_model", str(teacher))
-    assert embed.main(base) == 0
+    with monkeypatch.context() as patch:
+        kill_at_step(patch, 2)
+        with pytest.raises(Killed):
+            embed.main(base)
     changed = AutoModelForEmbedding.from_pretrained(str(teacher))
     with __import__("torch").no_grad():
         next(changed.parameters()).add_(0.1)
     changed.save_pretrained(teacher)
     assert embed.main(base) == 2
-    assert "teacher_weights (content changed)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "teacher_weights (content changed)" in err, err[-700:]
 
 
 def test_collator_gives_each_row_its_teachers_vector():

@@ -81,6 +81,9 @@ class EmbedModelArguments(ModelLoadingArguments):
             raise UsageError(f"--teacher_temperature must be a finite number > 0, got {self.teacher_temperature}.")
         if self.teacher_model is not None:
             self.teacher_model = check_model_path(self.teacher_model, "teacher model")  # before any data or weights load
+            kind = saved_model_type(self.teacher_model)
+            if kind not in (None, "embedding"):
+                raise UsageError(f"--teacher_model {self.teacher_model}: a {kind} model; the teacher must be a dense embedder.")
 
 
 @dataclass

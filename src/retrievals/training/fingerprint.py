@@ -81,7 +81,7 @@ def describe_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> st
         old, new = saved.get(key, "(unset)"), current.get(key, "(unset)")
         if old == new:
             continue
-        if key in {"model_weights", "train_data"}:
+        if key in {"model_weights", "teacher_weights", "train_data"}:
             changes.append(f"{key} (content changed)")
         else:
             changes.append(f"{key} {old!r} -> {new!r}")
