@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple, Type
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 from ..utils import UsageError
 
@@ -73,3 +75,9 @@ class RetrievalLoss(nn.Module):
                                  "this loss does not fit this model kind.")
             values[field] = value
         return values
+
+
+def batch_log_softmax(queries: torch.Tensor, documents: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Each query's log-probabilities over every document of the batch (scores = dot products / ``temperature``, in
+    float32): the distribution the distillation terms compare (Matryoshka's self-distillation, a teacher's)."""
+    return F.log_softmax(queries.float() @ documents.float().T / temperature, dim=-1)

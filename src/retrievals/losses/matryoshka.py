@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..utils import UsageError
-from .base import RetrievalLoss
+from .base import RetrievalLoss, batch_log_softmax
 
 
 class MatryoshkaLoss(RetrievalLoss):
@@ -75,5 +75,4 @@ class MatryoshkaLoss(RetrievalLoss):
 
     def _log_softmax(self, queries: torch.Tensor, documents: torch.Tensor) -> torch.Tensor:
         """Each query's log-probabilities over every document of the batch, at the wrapped loss's temperature."""
-        temperature = float(getattr(self.loss, "temperature", 1.0))
-        return F.log_softmax(queries.float() @ documents.float().T / temperature, dim=-1)
+        return batch_log_softmax(queries, documents, float(getattr(self.loss, "temperature", 1.0)))

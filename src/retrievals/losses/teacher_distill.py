@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..utils import UsageError
-from .base import RetrievalLoss
+from .base import RetrievalLoss, batch_log_softmax
 
 EMBEDDING_FIELDS = ("query_embeddings", "document_embeddings")
 TEACHER_FIELDS = ("teacher_query_embeddings", "teacher_document_embeddings")
@@ -72,7 +72,6 @@ class TeacherDistillLoss(RetrievalLoss):
     def divergence(self, queries: torch.Tensor, documents: torch.Tensor, teacher_queries: torch.Tensor,
                    teacher_documents: torch.Tensor) -> torch.Tensor:
         """KL(teacher || student) of each query's softmax over the batch's documents, averaged over queries."""
-        teacher = F.log_softmax(teacher_queries.detach().float() @ teacher_documents.detach().float().T
-                                / self.teacher_temperature, dim=-1)
-        student = F.log_softmax(queries.float() @ documents.float().T / self.temperature, dim=-1)
+        teacher = batch_log_softmax(teacher_queries.detach(), teacher_documents.detach(), self.teacher_temperature)
+        student = batch_log_softmax(queries, documents, self.temperature)
         return F.kl_div(student, teacher, reduction="batchmean", log_target=True)
