@@ -42,3 +42,19 @@ def test_demo_llm_recipe_keeps_its_pooling(tiny_qwen, tmp_path):
     assert json.loads((out / "results.json").read_text())["settings"]["pooling"] == "mean"
     config = AutoModelForEmbedding.from_pretrained(str(out)).retrieval_config
     assert config.pooling_method == "mean" and not config.append_eos and config.lora_base
+
+
+def test_demo_with_a_teacher_and_its_refusals(tiny_bert, tiny_qwen, tmp_path, capsys):
+    """``--teacher_model`` reaches the training run (recorded in its fingerprint); a teacher that is not there fails
+    in one line before the zero-shot evaluation starts."""
+    data = asset("aia-bde")
+    base = ["--model_name_or_path", tiny_bert, "--data_file", data, "--num_train_epochs", "0.05",
+            "--per_device_train_batch_size", "16", "--query_max_length", "16", "--document_max_length", "32"]
+    assert demo.main(base + ["--output_dir", str(tmp_path / "missing"), "--teacher_model", str(tmp_path / "nowhere")]) == 2
+    assert "no such teacher model folder" in capsys.readouterr().err
+    assert not (tmp_path / "missing").exists()
+    out = tmp_path / "taught"
+    assert demo.main(base + ["--output_dir", str(out), "--teacher_model", tiny_qwen, "--teacher_temperature", "0.02"]) == 0
+    record = json.loads((out / "retrievals_fingerprint.json").read_text())
+    assert record["loss"]["name"] == "teacher_distill" and record["loss"]["teacher_temperature"] == 0.02
+    assert json.loads((out / "results.json").read_text())["settings"]["teacher_model"] == tiny_qwen

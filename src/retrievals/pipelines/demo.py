@@ -29,6 +29,7 @@ from ..training.output_dir import record_written
 from ..training import RetrievalTrainingArguments
 from ..training.arguments import DataArguments
 from . import embed
+from .cli import USER_ERRORS
 
 REPORTED = ("ndcg@10", "map", "mrr@10")
 
@@ -75,17 +76,33 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         "decoders). mean gives a chat LLM a usable zero-shot start (see README, LLM embedder recipe).")
     p.add_argument("--query_instruction", default=None)
     p.add_argument("--document_instruction", default=None)
+    p.add_argument("--teacher_model", default=None, help="A teacher embedder to distil from (see the embed pipeline).")
+    p.add_argument("--teacher_temperature", type=float, default=None)
+    p.add_argument("--distill_weight", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=42)
     return p.parse_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     opts = parse_args(argv)
+    try:
+        return run(opts)
+    except USER_ERRORS as exc:  # as every pipeline: the user's mistake in one line, exit code 2
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(opts: argparse.Namespace) -> int:
     started = time.time()
     out = Path(opts.output_dir)
     model_path = opts.model_name_or_path or str(fetch("all-MiniLM-L6-v2"))
     data_path = opts.data_file or str(fetch("aia-bde"))
     split = split_by_faq(parse_aia_bde(data_path), opts.test_fraction, opts.split_seed)
+    model_args = embed.EmbedModelArguments(  # first: a wrong flag (a teacher that is not there) fails before any work
+        model_name_or_path=model_path, use_lora=opts.use_lora, pooling_method=opts.pooling_method,
+        query_instruction=opts.query_instruction, document_instruction=opts.document_instruction,
+        teacher_model=opts.teacher_model, teacher_temperature=opts.teacher_temperature, distill_weight=opts.distill_weight,
+    )
     print(f"[data] {len(split.corpus)} FAQs; train: {len(split.train_faq_ids)} FAQs / {len(split.train_queries)} queries; "
           f"held-out: {len(split.corpus) - len(split.train_faq_ids)} FAQs / {len(split.test_queries)} queries", flush=True)
 
@@ -105,10 +122,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     train_file = Path(scratch.name) / "train.jsonl"
     write_training_file(split, negatives, train_file)
 
-    model_args = embed.EmbedModelArguments(
-        model_name_or_path=model_path, use_lora=opts.use_lora, pooling_method=opts.pooling_method,
-        query_instruction=opts.query_instruction, document_instruction=opts.document_instruction,
-    )
     data_args = DataArguments(train_data=[str(train_file)], train_group_size=group,
                               query_max_length=opts.query_max_length, document_max_length=opts.document_max_length)
     train_args = RetrievalTrainingArguments(
