@@ -305,6 +305,12 @@ def test_teacher_flags_are_checked_before_anything_loads(tiny_bert, train_file, 
         return capsys.readouterr().err
 
     assert "no such teacher model folder" in refused("--teacher_model", str(tmp_path / "nowhere"))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("one text\nanother\n")
+    for flags in (["--teacher_model", tiny_bert], ["--pca_rotation", "true"]):  # encoding only: they would do nothing
+        assert embed.main(["--model_name_or_path", tiny_bert, "--output_dir", str(tmp_path / "enc"), "--do_encode",
+                           "--encode_data", str(corpus), *flags]) == 2
+        assert f"{flags[0]} apply to training" in capsys.readouterr().err and not (tmp_path / "enc").exists()
     assert "--distill_weight and --teacher_temperature need --teacher_model" in refused("--distill_weight", "2")
     assert "--distill_weight and --teacher_temperature need --teacher_model" in refused("--teacher_temperature", "0.1")
     assert "--distill_weight must be a finite number >= 0" in refused("--teacher_model", tiny_bert, "--distill_weight", "-1")

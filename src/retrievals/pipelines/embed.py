@@ -232,9 +232,14 @@ def _main(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
     if args.should_log:
         logging.getLogger().setLevel(logging.INFO)
     model = None
+    training = bool(args.do_train or (data_args.train_data and not enc.do_encode))
+    unused = [flag for flag, given in (("--teacher_model", model_args.teacher_model), ("--pca_rotation", model_args.pca_rotation))
+              if given and not training]
+    if unused:  # a flag that would be silently ignored is an error
+        raise UsageError(f"{' and '.join(unused)} apply to training (--do_train --train_data ...); this run only encodes.")
     if enc.do_encode:  # before training: a refused output must not cost a training run
         encode_output_path(enc, args.output_dir, args.overwrite_output_dir)
-    if args.do_train or (data_args.train_data and not enc.do_encode):
+    if training:
         model = train(model_args, data_args, args)
     if enc.do_encode:
         if model is None:
