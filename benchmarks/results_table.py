@@ -27,6 +27,10 @@ RESULTS = ROOT / "benchmarks" / "results"
 EMBED_ROWS = {  # name: (experiment, model, demo flags)
     "embed": ("embed pairwise finetune, mined hard negatives", "all-MiniLM-L6-v2", []),
     "embed_no_hn": ("embed pairwise finetune, in-batch negatives only", "all-MiniLM-L6-v2", ["--hard_negatives", "0"]),
+    # the main job plus the fine-tuned multilingual-e5-small row's model as a teacher (run --run embed_e5 first; it
+    # saw the same training FAQs only), at its training temperature
+    "embed_teacher": ("embed pairwise finetune, mined hard negatives, e5 teacher (`--teacher_model`)", "all-MiniLM-L6-v2",
+                      ["--teacher_model", str(ROOT / "outputs" / "table" / "embed_e5"), "--teacher_temperature", "0.02"]),
     "embed_llm": ("embed llm finetune (LoRA), mean pooling, in-batch negatives", "SmolLM2-135M-Instruct",
                   ["--use_lora", "--pooling_method", "mean", "--learning_rate", "2e-4", "--per_device_train_batch_size", "16",
                    "--hard_negatives", "0"]),
