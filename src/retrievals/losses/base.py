@@ -16,6 +16,9 @@ from torch import nn
 from ..utils import UsageError
 
 
+EMBEDDING_FIELDS = ("query_embeddings", "document_embeddings")  # what every embedder loss reads first
+
+
 @dataclasses.dataclass
 class NoSettings:
     pass

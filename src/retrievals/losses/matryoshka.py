@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..utils import UsageError
-from .base import RetrievalLoss, batch_log_softmax
+from .base import EMBEDDING_FIELDS, RetrievalLoss, batch_log_softmax
 
 
 class MatryoshkaLoss(RetrievalLoss):
@@ -28,7 +28,7 @@ class MatryoshkaLoss(RetrievalLoss):
     """
 
     name = "matryoshka"
-    reads = ("query_embeddings", "document_embeddings")
+    reads = EMBEDDING_FIELDS
 
     def __init__(self, loss: RetrievalLoss, dims: Sequence[int], weights: Optional[Sequence[float]] = None,
                  distill: float = 0.0) -> None:
@@ -39,7 +39,7 @@ class MatryoshkaLoss(RetrievalLoss):
         weights = [1.0] * len(dims) if not weights else [float(w) for w in weights]
         if len(weights) != len(dims) or any(not w > 0 for w in weights):
             raise UsageError(f"matryoshka weights must be {len(dims)} numbers > 0 (one per dim), got {weights}.")
-        if tuple(loss.reads[:2]) != self.reads:
+        if tuple(loss.reads[:2]) != EMBEDDING_FIELDS:
             raise UsageError(f"matryoshka wraps an embedder loss, not {loss.name!r}.")
         self.reads = tuple(loss.reads)  # and whatever else the wrapped loss reads (a teacher's vectors), untruncated
         if isinstance(distill, bool) or not (isinstance(distill, (int, float)) and 0 <= distill < float("inf")):

@@ -8,9 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from ..utils import UsageError
-from .base import RetrievalLoss, batch_log_softmax
+from .base import EMBEDDING_FIELDS, RetrievalLoss, batch_log_softmax
 
-EMBEDDING_FIELDS = ("query_embeddings", "document_embeddings")
 TEACHER_FIELDS = ("teacher_query_embeddings", "teacher_document_embeddings")
 
 
@@ -56,14 +55,13 @@ class TeacherDistillLoss(RetrievalLoss):
                 "loss": self.loss.get_config_dict()}
 
     def forward(self, query_embeddings: torch.Tensor, document_embeddings: torch.Tensor,
-                teacher_query_embeddings: torch.Tensor, teacher_document_embeddings: torch.Tensor,
-                **extra: torch.Tensor) -> torch.Tensor:
+                teacher_query_embeddings: torch.Tensor, teacher_document_embeddings: torch.Tensor) -> torch.Tensor:
         if teacher_query_embeddings.shape[0] != query_embeddings.shape[0] or \
                 teacher_document_embeddings.shape[0] != document_embeddings.shape[0]:
             raise UsageError(f"teacher vectors for {teacher_query_embeddings.shape[0]} queries and "
                              f"{teacher_document_embeddings.shape[0]} documents, the batch has {query_embeddings.shape[0]} "
                              f"and {document_embeddings.shape[0]}.")
-        base = self.loss(query_embeddings, document_embeddings, **extra)
+        base = self.loss(query_embeddings, document_embeddings)
         if not self.weight:
             return base
         return base + self.weight * self.divergence(query_embeddings, document_embeddings, teacher_query_embeddings,

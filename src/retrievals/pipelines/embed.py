@@ -131,11 +131,8 @@ def train(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
         loss = TeacherDistillLoss(loss, model_args.distill_weight, model_args.teacher_temperature)
     if args.matryoshka_dims:
         loss = MatryoshkaLoss(loss, args.matryoshka_dims, args.matryoshka_weights, args.matryoshka_distill)
-    teacher: List[TeacherVectors] = []  # filled by build: the collator reads them
 
     def build(records: Sequence[Record]) -> AutoModelForEmbedding:
-        if model_args.teacher_model:
-            teacher.append(encode_with_teacher(model_args.teacher_model, records, data_args))
         model = build_model(model_args, data_args)
         if model_args.pca_rotation:
             add_pca_rotation(model, records, args.seed)
@@ -146,7 +143,10 @@ def train(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
             model.retrieval_config.matryoshka_dims = sorted(set(args.matryoshka_dims), reverse=True)
         return model
 
-    collator = lambda model: EmbeddingCollator(model.processor, args.pad_to_multiple_of, teacher[-1] if teacher else None)  # noqa: E731
+    def collator(model: AutoModelForEmbedding, records: Sequence[Record]) -> EmbeddingCollator:
+        teacher = encode_with_teacher(model_args.teacher_model, records, data_args) if model_args.teacher_model else None
+        return EmbeddingCollator(model.processor, args.pad_to_multiple_of, teacher)
+
     settings = [asdict(model_args), asdict(data_args)]
     if model_args.teacher_model:  # the teacher decides the result as much as the base model: its weights too
         settings.append({"teacher_weights": weights_digest(model_args.teacher_model)})

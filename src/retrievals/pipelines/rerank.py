@@ -111,7 +111,7 @@ def train(model_args: RerankModelArguments, data_args: DataArguments, args: Rera
     def build(records: Sequence[Any]) -> BaseRanker:
         return build_model(model_args, data_args, kind)
 
-    return run_training(build, lambda model: model.processor.with_pad_to_multiple_of(args.pad_to_multiple_of), loss, data_args,
+    return run_training(build, lambda model, records: model.processor.with_pad_to_multiple_of(args.pad_to_multiple_of), loss, data_args,
                         args, model_path=model_args.model_name_or_path,
                         settings=(asdict(model_args), asdict(data_args), {"model_type": kind}))
 

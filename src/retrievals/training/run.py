@@ -23,7 +23,7 @@ from .trainer import RetrievalTrainer
 
 def run_training(
     build_model: Callable[[Sequence[Any]], nn.Module],
-    make_collator: Callable[[nn.Module], Any],
+    make_collator: Callable[[nn.Module, Sequence[Any]], Any],
     loss: nn.Module,
     data_args: DataArguments,
     args: RetrievalTrainingArguments,
@@ -34,8 +34,8 @@ def run_training(
     (refuse, start, or resume the same run: see :mod:`.output_dir`), all before any weights load; then train
     and save the final model (plus a merged copy of LoRA runs with ``--save_merged``) into ``output_dir``.
 
-    ``build_model`` gets the validated training records (for a start made from the data, such as
-    ``--pca_rotation``). ``settings`` (the pipeline's model and data arguments) go into the run's fingerprint with the
+    ``build_model`` and ``make_collator`` get the validated training records (for what is made from the data: a start
+    such as ``--pca_rotation``, a teacher's vectors of the training texts). ``settings`` (the pipeline's model and data arguments) go into the run's fingerprint with the
     data, the base model's weights and the training settings that change the result."""
     if not data_args.train_data:
         raise DataError("--do_train needs --train_data (JSONL/JSON files or folders).")
@@ -64,7 +64,7 @@ def run_training(
         logger.warning("Resuming from %s", checkpoint)
     set_seed(args.seed)
     model = build_model(records)
-    trainer = RetrievalTrainer(model=model, args=args, train_dataset=dataset, data_collator=make_collator(model), loss_fn=loss,
+    trainer = RetrievalTrainer(model=model, args=args, train_dataset=dataset, data_collator=make_collator(model, records), loss_fn=loss,
                                eval_records=eval_records, run_folder=folder)
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(args.output_dir)
