@@ -1,4 +1,4 @@
-"""Rerankers a user would deploy: each reranker kind trained with its recipe, then reranking the top 20 and
+"""Rerankers a user would deploy: each recipe (a reranker kind and its flags) trained, then reranking the top 20 and
 top 50 of two first stages (zero-shot and fine-tuned all-MiniLM-L6-v2, or ``--zero_shot`` / ``--first_stage``
 named ``--name``) on AIA-BDE held-out FAQs, beside
 each first stage alone, and the two-stage pipeline (fine-tuned embedder + best fine-tuned reranker).
@@ -14,7 +14,8 @@ distribution the reranker will see), and each reranker trains with ``retrievals.
 ``--eval_data`` (100 held-out queries, disjoint from the ones measured) so its run folder has the
 held-out curve (``training_curve.png``). A finished run in ``--work`` is reused, not retrained.
 Scores are cached per (query, FAQ) in ``--work``, so each pair is scored once per model.
-Results: ``benchmarks/results/rerank_recipes.json`` (saved after each kind).
+Results: ``benchmarks/results/rerank_recipes.json`` (saved after each recipe). The distilled recipes learn from
+``--teacher`` too (``--teacher_model``: an embedder's softmax over each training group).
 """
 
 from __future__ import annotations
@@ -45,17 +46,23 @@ from retrievals.evaluation import evaluate_run, rerank_run, retrieve  # noqa: E4
 
 MAX_LEN, DEPTH = 256, 50
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # --rerank_first_stage_weight values tried on the curve queries
-# kind: (base ("first_stage": the fine-tuned embedder's encoder; or an asset name), flags of retrievals.pipelines.rerank)
+# recipe: (model_type, base ("first_stage": the fine-tuned embedder's encoder; or an asset name), flags of
+# retrievals.pipelines.rerank; "TEACHER" stands for --teacher, the embedder a distilled recipe learns from)
+CROSS_ENCODER = ["--train_group_size", "8", "--per_device_train_batch_size", "4", "--num_train_epochs", "1",
+                 "--warmup_steps", "0.1", "--max_len", str(MAX_LEN)]
 RECIPES: Dict[str, tuple] = {
-    "cross-encoder": ("first_stage", ["--train_group_size", "8", "--learning_rate", "3e-5", "--per_device_train_batch_size", "4",
-                                      "--num_train_epochs", "1", "--warmup_steps", "0.1", "--max_len", str(MAX_LEN)]),
-    "colbert": ("first_stage", ["--train_group_size", "8", "--learning_rate", "3e-5", "--per_device_train_batch_size", "8",
-                                "--num_train_epochs", "1", "--warmup_steps", "0.1", "--max_len", str(MAX_LEN),
-                                "--query_max_length", "64", "--use_inbatch_neg", "true"]),
-    "llm": ("SmolLM2-135M-Instruct", ["--causal_lm", "true", "--use_lora", "true", "--lora_r", "16", "--lora_alpha", "32",
-                                      "--train_group_size", "8", "--learning_rate", "2e-4", "--per_device_train_batch_size", "2",
-                                      "--gradient_accumulation_steps", "2", "--num_train_epochs", "1", "--warmup_steps", "0.1",
-                                      "--max_len", str(MAX_LEN)]),
+    "cross-encoder": ("cross-encoder", "first_stage", [*CROSS_ENCODER, "--learning_rate", "3e-5"]),
+    # the fresh 1-logit head barely separates a group's documents at first (the loss sits at ln 8 for ~250 steps at
+    # 3e-5): a higher rate leaves that plateau in ~30 steps; the teacher's softmax over each group is a denser signal
+    "cross-encoder-distilled": ("cross-encoder", "first_stage", [*CROSS_ENCODER, "--learning_rate", "1e-4",
+                                                                 "--teacher_model", "TEACHER"]),
+    "colbert": ("colbert", "first_stage", ["--train_group_size", "8", "--learning_rate", "3e-5", "--per_device_train_batch_size", "8",
+                                           "--num_train_epochs", "1", "--warmup_steps", "0.1", "--max_len", str(MAX_LEN),
+                                           "--query_max_length", "64", "--use_inbatch_neg", "true"]),
+    "llm": ("llm", "SmolLM2-135M-Instruct", ["--causal_lm", "true", "--use_lora", "true", "--lora_r", "16", "--lora_alpha", "32",
+                                             "--train_group_size", "8", "--learning_rate", "2e-4", "--per_device_train_batch_size", "2",
+                                             "--gradient_accumulation_steps", "2", "--num_train_epochs", "1", "--warmup_steps", "0.1",
+                                             "--max_len", str(MAX_LEN)]),
 }
 COMMON = ["--do_train", "--logging_steps", "10", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
           "--seed", "42", "--dataloader_drop_last", "true", "--eval_strategy", "steps", "--eval_steps", "100"]
@@ -120,7 +127,10 @@ def cached_scores(model, name: str, pairs, split, queries, work: Path) -> Dict[t
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kinds", nargs="+", default=["cross-encoder", "colbert"], choices=sorted(RECIPES))
+    p.add_argument("--kinds", nargs="+", default=["cross-encoder", "colbert"], choices=sorted(RECIPES), help="Recipes to run.")
+    p.add_argument("--teacher", default="outputs/table/embed_e5",
+                   help="The teacher embedder of the distilled recipes (default: the results table's fine-tuned "
+                        "multilingual-e5-small, `benchmarks/results_table.py --run embed_e5`).")
     p.add_argument("--first_stage", default=None, help="A fine-tuned embedder (default: run the main job into WORK/embedder).")
     p.add_argument("--zero_shot", default="all-MiniLM-L6-v2",
                    help="The zero-shot first stage (a folder or an asset name): the model --first_stage was fine-tuned from.")
@@ -206,10 +216,14 @@ def main() -> None:
                                                                           if d not in split.test_qrels[q])]} for q in curve))
 
     for kind in opts.kinds:
-        base, flags = RECIPES[kind]
+        model_type, base, flags = RECIPES[kind]
         base_path = str(first_stage) if base == "first_stage" else str(fetch(base))
+        if "TEACHER" in flags:
+            if not finished(Path(opts.teacher)):
+                raise SystemExit(f"--teacher {opts.teacher}: no finished embedder there (benchmarks/results_table.py --run embed_e5)")
+            flags = [str(Path(opts.teacher).resolve()) if f == "TEACHER" else f for f in flags]
         folder = work / kind
-        command = cli("rerank", "--model_name_or_path", base_path, "--model_type", kind, "--train_data", str(mined),
+        command = cli("rerank", "--model_name_or_path", base_path, "--model_type", model_type, "--train_data", str(mined),
                       "--eval_data", str(work / "curve.jsonl"), "--output_dir", str(folder), "--overwrite_output_dir", *COMMON, *flags)
         if base == "first_stage":
             command += ["--backbone_only", "true"]  # the embedder's encoder, a fresh reranker head
@@ -220,7 +234,11 @@ def main() -> None:
             seconds = run_logged(command, work / f"{kind}.log")
         shown = " ".join(["python", "-m", "retrievals.pipelines.rerank", *command[3:]]).replace(str(work), "WORK")
         row = results["rerankers"].get(kind, {}) if seconds is None else {}
-        row.update({"base": base, "command": shown.replace(base_path, "FIRST_STAGE" if base == "first_stage" else base)})
+        row.update({"base": base, "model_type": model_type,
+                    "command": shown.replace(base_path, "FIRST_STAGE" if base == "first_stage" else base)
+                    .replace(str(Path(opts.teacher).resolve()), "TEACHER")})
+        if "--teacher_model" in flags:
+            row["teacher"] = opts.teacher
         if seconds is not None:
             row["train_minutes"] = round(seconds / 60, 1)
         history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
@@ -230,14 +248,15 @@ def main() -> None:
         row["curve"] = [{"step": h["step"], "ndcg@10": h["eval_ndcg@10"]} for h in history if "eval_ndcg@10" in h]
         if (folder / "training_curve.png").is_file():  # the held-out curve, beside the results
             shutil.copyfile(folder / "training_curve.png", out.parent / f"rerank_recipes_{kind}_curve.png")
-        before = AutoModelForRanking.from_pretrained(base_path, model_type=kind, max_length=MAX_LEN, backbone_only=True)
+        before = AutoModelForRanking.from_pretrained(base_path, model_type=model_type, max_length=MAX_LEN, backbone_only=True)
         after = AutoModelForRanking.from_pretrained(str(folder))
         k_max, k_min = max(opts.top_k), min(opts.top_k)
         held_out = {q: split.test_queries[q] for q in [*measured, *curve]}
         pairs = {(q, d) for run in runs.values() for q in held_out for d in top(run[q], k_max)}
         fine = CachedRanker(cached_scores(after, f"{kind}-finetuned", pairs, split, held_out, work), split, held_out)
         base_pairs = {(q, d) for q in measured for d in top(fine_run[q], k_min)}
-        base = CachedRanker(cached_scores(before, f"{kind}-original", base_pairs, split, measured, work), split, measured)
+        original = f"{model_type}-original" if base == "first_stage" else f"{model_type}-{base}-original"  # per base model
+        base = CachedRanker(cached_scores(before, original, base_pairs, split, measured, work), split, measured)
         del before, after
 
         def reranked(ranker, stage: str, k: int, queries, weight: float = 0.0):  # the library's rerank_run, cached scores

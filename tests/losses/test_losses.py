@@ -163,10 +163,8 @@ def test_teacher_distillation_is_the_loss_plus_the_kl_to_the_teachers_ranking():
     for bad in (0, -0.1, float("inf"), float("nan"), True):
         with pytest.raises(ValueError, match="teacher temperature must be a finite number > 0"):
             TeacherDistillLoss(base, teacher_temperature=bad)
-    from retrievals.losses import ListwiseCrossEntropyLoss
-
-    with pytest.raises(ValueError, match="wraps an embedder loss"):
-        TeacherDistillLoss(ListwiseCrossEntropyLoss())
+    with pytest.raises(ValueError, match="missing teacher_document_embeddings"):
+        loss(q, d, tq)
     with pytest.raises(ValueError, match="teacher vectors for 3 queries"):
         loss(q, d, tq[:3], td)
 
@@ -207,3 +205,42 @@ def test_teacher_distillation_alone_teaches_the_teachers_ranking():
     assert start > 0.5 and end < 0.01 * start
     student = F.normalize(q, dim=-1) @ F.normalize(d, dim=-1).T
     assert torch.equal(student.argsort(dim=-1, descending=True)[:, :3], (tq @ td.T).argsort(dim=-1, descending=True)[:, :3])
+
+
+def test_teacher_distillation_of_a_reranker_is_over_each_querys_group():
+    """A reranker's ``scores``: the KL to the teacher's softmax over the same columns, each query's own group ([B, G])
+    or every document of the batch ([B, B * G]); a loss that does not read scores (ColBERT's) gets them anyway."""
+    from retrievals.losses import ListwiseCrossEntropyLoss, MaxSimCrossEntropyLoss, TeacherDistillLoss
+
+    torch.manual_seed(4)
+    b, g = 3, 4
+    tq, td = F.normalize(torch.randn(b, 6), dim=-1), F.normalize(torch.randn(b * g, 6), dim=-1)
+    group_logits = torch.stack([tq[i] @ td[i * g:(i + 1) * g].T for i in range(b)]) / 0.02  # by hand, row by row
+    scores = torch.randn(b, g, requires_grad=True)
+    targets = torch.zeros(b, dtype=torch.long)
+    base = ListwiseCrossEntropyLoss(temperature=0.5)
+    loss = TeacherDistillLoss(base, weight=3.0, teacher_temperature=0.02)
+    assert loss.reads == ("scores", "targets", "teacher_query_embeddings", "teacher_document_embeddings")
+    expected = base(scores, targets) + 3.0 * kl(group_logits, scores / 0.5)
+    assert loss(scores, targets, tq, td).item() == pytest.approx(expected.item(), rel=1e-5)
+    np.testing.assert_allclose(torch.autograd.grad(loss(scores, targets, tq, td), scores)[0].numpy(),
+                               torch.autograd.grad(expected, scores)[0].numpy(), atol=1e-6)
+    wide = torch.randn(b, b * g)  # every document of the batch a candidate
+    assert loss(wide, targets, tq, td).item() == pytest.approx(
+        (base(wide, targets) + 3.0 * kl(tq @ td.T / 0.02, wide / 0.5)).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="expected the group \\(4\\) or the batch \\(12\\)"):
+        loss(torch.randn(b, 5), targets, tq, td)
+    with pytest.raises(ValueError, match="teacher vectors for 2 queries"):
+        loss(scores, targets, tq[:2], td)
+    # ColBERT's loss reads token vectors: the KL reads the model's group scores beside them
+    colbert = MaxSimCrossEntropyLoss(temperature=0.05, use_inbatch_neg=False)
+    wrapped = TeacherDistillLoss(colbert, teacher_temperature=0.02)
+    assert wrapped.reads == (*colbert.reads, "scores", "teacher_query_embeddings", "teacher_document_embeddings")
+    qv, dv = F.normalize(torch.randn(b, 5, 8), dim=-1), F.normalize(torch.randn(b * g, 7, 8), dim=-1)
+    qm, dm = torch.ones(b, 5, dtype=torch.long), torch.ones(b * g, 7, dtype=torch.long)
+    from retrievals.models.rankers import maxsim
+
+    group_scores = maxsim(qv, qm, dv.view(b, g, 7, 8), dm.view(b, g, 7))
+    got = wrapped(query_vectors=qv, query_mask=qm, document_vectors=dv, document_mask=dm, scores=group_scores,
+                  teacher_query_embeddings=tq, teacher_document_embeddings=td)
+    assert got.item() == pytest.approx((colbert(qv, qm, dv, dm) + kl(group_logits, group_scores / 0.05)).item(), rel=1e-5)

@@ -348,7 +348,7 @@ def test_teacher_flags_are_checked_before_anything_loads(tiny_bert, train_file, 
 def test_collator_gives_each_row_its_teachers_vector():
     import torch
 
-    from retrievals.data import EmbeddingCollator, TeacherVectors
+    from retrievals.data import EmbeddingCollator, TeacherCollator, TeacherVectors
 
     class Processor:  # the collator's processor contract, reduced to what the teacher part needs
         def tokenize(self, texts, is_query):
@@ -358,8 +358,9 @@ def test_collator_gives_each_row_its_teachers_vector():
             return {"n": torch.tensor(len(texts))}
 
     teacher = TeacherVectors(["q1", "q2"], torch.tensor([[1.0], [2.0]]), ["a", "b", "q1"], torch.tensor([[10.0], [20.0], [30.0]]))
-    batch = EmbeddingCollator(Processor(), teacher=teacher)([{"query": "q2", "documents": ["b", "q1"]},
-                                                             {"query": "q1", "documents": ["a", "b"]}])
+    batch = TeacherCollator(EmbeddingCollator(Processor()), teacher)([{"query": "q2", "documents": ["b", "q1"]},
+                                                                      {"query": "q1", "documents": ["a", "b"]}])
+    assert batch["query"] == {"n": torch.tensor(2)} and batch["document"] == {"n": torch.tensor(4)}  # the wrapped one's
     assert batch["teacher_query_embeddings"].tolist() == [[2.0], [1.0]]
     assert batch["teacher_document_embeddings"].tolist() == [[20.0], [30.0], [10.0], [20.0]]  # "q1" as a document
     with pytest.raises(RuntimeError, match="no vector of the training query"):

@@ -16,28 +16,38 @@ class EmbeddingCollator:
     widths up (see :class:`retrievals.models.processing.PaddingOptions`).
     """
 
-    def __init__(self, processor: Any, pad_to_multiple_of: Optional[int] = None,
-                 teacher: Optional["TeacherVectors"] = None) -> None:
+    def __init__(self, processor: Any, pad_to_multiple_of: Optional[int] = None) -> None:
         # a TextProcessor (``model.processor``); a copy when padding differs, so inference keeps its own
         self.processor = processor if pad_to_multiple_of is None else processor.with_pad_to_multiple_of(pad_to_multiple_of)
-        self.teacher = teacher
 
     def __call__(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
         queries = [item["query"] for item in items]
         documents = [doc for item in items for doc in item["documents"]]
-        batch: Dict[str, Any] = {
+        return {
             "query": self.processor.pad(self.processor.tokenize(queries, is_query=True)),
             "document": self.processor.pad(self.processor.tokenize(documents, is_query=False)),
         }
-        if self.teacher is not None:  # the loss reads these from the batch (TeacherDistillLoss), same rows
-            batch.update(self.teacher.rows(queries, documents))
+
+
+class TeacherCollator:
+    """Any training collator of ``[{"query", "documents"}]`` items (an embedder's, a reranker's processor), whose
+    batches also carry a teacher's vectors of the same texts in the same rows (``teacher_query_embeddings`` [B, t],
+    ``teacher_document_embeddings`` [B * G, t], documents query-major): the loss reads them from the batch
+    (:class:`retrievals.losses.TeacherDistillLoss`), the model never sees them."""
+
+    def __init__(self, collator: Any, teacher: "TeacherVectors") -> None:
+        self.collator, self.teacher = collator, teacher
+
+    def __call__(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
+        batch = dict(self.collator(items))
+        batch.update(self.teacher.rows([item["query"] for item in items], [d for item in items for d in item["documents"]]))
         return batch
 
 
 class TeacherVectors:
     """A teacher embedder's vectors of the training texts, looked up by text: queries and documents apart (a text
     that is both is encoded once as each, the teacher's instructions differing). Built once before training
-    (``--teacher_model``), read by :class:`EmbeddingCollator` into ``teacher_query_embeddings`` and
+    (``--teacher_model``), read by :class:`TeacherCollator` into ``teacher_query_embeddings`` and
     ``teacher_document_embeddings``."""
 
     def __init__(self, queries: Sequence[str], query_vectors: torch.Tensor, documents: Sequence[str],

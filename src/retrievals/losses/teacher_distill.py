@@ -1,4 +1,4 @@
-"""Knowledge distillation from a teacher embedder: the student learns how the teacher ranks the batch's documents."""
+"""Knowledge distillation from a teacher embedder: the student learns how the teacher ranks each query's candidates."""
 
 from __future__ import annotations
 
@@ -14,36 +14,43 @@ TEACHER_FIELDS = ("teacher_query_embeddings", "teacher_document_embeddings")
 
 
 class TeacherDistillLoss(RetrievalLoss):
-    """``loss`` plus ``weight`` x the KL divergence from the teacher's softmax over the batch's documents to the
-    student's: each query against every document of the batch (positives, hard negatives and the other queries'
-    documents), the teacher's scores at ``teacher_temperature``, the student's at the wrapped loss's temperature
-    (1 if it has none).
+    """``loss`` plus ``weight`` x the KL divergence from the teacher's softmax over each query's candidates to the
+    student's; the teacher's scores (cosine, or the dot products of its vectors) at ``teacher_temperature``, the
+    student's at the wrapped loss's temperature (1 if it has none).
 
-    Inputs: the wrapped embedder loss's (``query_embeddings`` [B, d], ``document_embeddings`` [B * G, d]) and the
-    teacher's vectors of the same texts in the same rows (``teacher_query_embeddings`` [B, t],
-    ``teacher_document_embeddings`` [B * G, t]; ``t`` may differ from ``d``), which training reads from the batch
-    (``--teacher_model``: every training text encoded once by the teacher before the first step). The teacher is
-    frozen: its scores are a target, never trained. Documents of other processes are not used for the KL term.
+    Inputs: the wrapped loss's, and the teacher's vectors of the batch's texts in the same rows
+    (``teacher_query_embeddings`` [B, t], ``teacher_document_embeddings`` [B * G, t], documents query-major), which
+    training reads from the batch (``--teacher_model``: every training text encoded once by the teacher before the
+    first step; ``t`` need not be the student's width). Two kinds of student:
 
-    Use it when a stronger (larger, multilingual, or fine-tuned) embedder exists and the student must be small or
-    short (inside :class:`MatryoshkaLoss`, each size learns the teacher's ranking): the student learns the teacher's
-    ordering of every candidate, not only which one is the positive. ``teacher_temperature`` should suit the
-    teacher's score scale (0.01-0.05 for cosine-trained embedders); ``weight`` 0 trains as without a teacher.
+    - an embedder loss (``query_embeddings`` [B, d], ``document_embeddings`` [B * G, d]): the softmax over every
+      document of the batch (positives, hard negatives, the other queries' documents);
+    - a reranker: the model's ``scores`` [B, G] (each query's group, positive first; read from the model's output
+      even where the wrapped loss reads other fields, as ColBERT's does) or [B, B * G] (every document of the
+      batch): the softmax over those same columns.
+
+    The teacher is frozen: its scores are a target, never trained. Documents of other processes are not used for the
+    KL term.
+
+    Use it when a stronger (larger, multilingual or fine-tuned) embedder exists: a small or short embedder (inside
+    :class:`MatryoshkaLoss`, at each size) or a reranker with few training queries then learns the teacher's ordering of
+    every candidate, not only which one is the positive. ``teacher_temperature`` should suit the teacher's score scale
+    (0.01-0.05 for cosine-trained embedders); ``weight`` 0 trains as without a teacher.
     """
 
     name = "teacher_distill"
 
     def __init__(self, loss: RetrievalLoss, weight: float = 1.0, teacher_temperature: Optional[float] = None) -> None:
         super().__init__()
-        if tuple(loss.reads[:2]) != EMBEDDING_FIELDS:
-            raise UsageError(f"teacher distillation wraps an embedder loss, not {loss.name!r}.")
         if isinstance(weight, bool) or not (isinstance(weight, (int, float)) and 0 <= weight < float("inf")):
             raise UsageError(f"distill weight must be a finite number >= 0, got {weight!r}.")
         temperature = float(getattr(loss, "temperature", 1.0)) if teacher_temperature is None else teacher_temperature
         if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and 0 < temperature < float("inf")):
             raise UsageError(f"teacher temperature must be a finite number > 0, got {teacher_temperature!r}.")
         self.loss, self.weight, self.teacher_temperature = loss, float(weight), float(temperature)
-        self.reads = (*loss.reads, *TEACHER_FIELDS)
+        self.embedder = tuple(loss.reads[:2]) == EMBEDDING_FIELDS
+        student = () if self.embedder or "scores" in loss.reads else ("scores",)  # a reranker's scores, always
+        self.reads = (*loss.reads, *student, *TEACHER_FIELDS)
 
     @property
     def temperature(self) -> float:
@@ -54,22 +61,49 @@ class TeacherDistillLoss(RetrievalLoss):
         return {"name": self.name, "weight": self.weight, "teacher_temperature": self.teacher_temperature,
                 "loss": self.loss.get_config_dict()}
 
-    def forward(self, query_embeddings: torch.Tensor, document_embeddings: torch.Tensor,
-                teacher_query_embeddings: torch.Tensor, teacher_document_embeddings: torch.Tensor) -> torch.Tensor:
-        if teacher_query_embeddings.shape[0] != query_embeddings.shape[0] or \
-                teacher_document_embeddings.shape[0] != document_embeddings.shape[0]:
+    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
+        """The fields of :attr:`reads`, in that order or by name."""
+        inputs = {**dict(zip(self.reads, args)), **kwargs}
+        missing = [k for k in self.reads if k not in inputs]
+        if missing or len(args) > len(self.reads):
+            raise UsageError(f"loss {self.name!r} reads {', '.join(self.reads)}; missing {', '.join(missing) or 'none'}.")
+        teacher_query_embeddings, teacher_document_embeddings = (inputs[k] for k in TEACHER_FIELDS)
+        own = {k: v for k, v in inputs.items() if k in self.loss.reads}
+        if self.embedder:
+            queries, documents = own[EMBEDDING_FIELDS[0]], own[EMBEDDING_FIELDS[1]]
+            rows = (queries.shape[0], documents.shape[0])
+        else:
+            rows = (inputs["scores"].shape[0], inputs["scores"].shape[0] * teacher_document_embeddings.shape[0]
+                    // max(1, teacher_query_embeddings.shape[0]))
+        if (teacher_query_embeddings.shape[0], teacher_document_embeddings.shape[0]) != rows:
             raise UsageError(f"teacher vectors for {teacher_query_embeddings.shape[0]} queries and "
-                             f"{teacher_document_embeddings.shape[0]} documents, the batch has {query_embeddings.shape[0]} "
-                             f"and {document_embeddings.shape[0]}.")
-        base = self.loss(query_embeddings, document_embeddings)
+                             f"{teacher_document_embeddings.shape[0]} documents, the batch has {rows[0]} and {rows[1]}.")
+        base = self.loss(**own)
         if not self.weight:
             return base
-        return base + self.weight * self.divergence(query_embeddings, document_embeddings, teacher_query_embeddings,
-                                                    teacher_document_embeddings)
+        if self.embedder:
+            return base + self.weight * self.divergence(queries, documents, teacher_query_embeddings,
+                                                        teacher_document_embeddings)
+        student = F.log_softmax(inputs["scores"].float() / self.temperature, dim=-1)
+        teacher = self.teacher_scores(teacher_query_embeddings, teacher_document_embeddings, student.shape[1])
+        return base + self.weight * F.kl_div(student, teacher, reduction="batchmean", log_target=True)
 
     def divergence(self, queries: torch.Tensor, documents: torch.Tensor, teacher_queries: torch.Tensor,
                    teacher_documents: torch.Tensor) -> torch.Tensor:
-        """KL(teacher || student) of each query's softmax over the batch's documents, averaged over queries."""
+        """An embedder's KL(teacher || student) of each query's softmax over the batch's documents, averaged over
+        queries."""
         teacher = batch_log_softmax(teacher_queries.detach(), teacher_documents.detach(), self.teacher_temperature)
         student = batch_log_softmax(queries, documents, self.temperature)
         return F.kl_div(student, teacher, reduction="batchmean", log_target=True)
+
+    def teacher_scores(self, queries: torch.Tensor, documents: torch.Tensor, columns: int) -> torch.Tensor:
+        """The teacher's log-softmax over the columns a reranker scored: each query's own group (``columns`` = G) or
+        every document of the batch (``columns`` = B * G)."""
+        logits = queries.detach().float() @ documents.detach().float().T / self.teacher_temperature  # [B, B * G]
+        batch, group = queries.shape[0], documents.shape[0] // max(1, queries.shape[0])
+        if columns == group and columns != logits.shape[1]:
+            logits = logits.view(batch, batch, group)[torch.arange(batch), torch.arange(batch)]  # each query's own group
+        elif columns != logits.shape[1]:
+            raise UsageError(f"reranker scores with {columns} columns: expected the group ({group}) or the batch "
+                             f"({logits.shape[1]}).")
+        return F.log_softmax(logits, dim=-1)

@@ -15,24 +15,24 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from ..data import EmbeddingCollator, TeacherVectors
+from ..data import EmbeddingCollator
 from ..files import atomic_write_bytes, check_new_output
 from ..data.readers import DataError, Record, iter_lines, iter_raw
-from ..losses import EMBEDDING_LOSSES, FlopsRegularizedLoss, MatryoshkaLoss, TeacherDistillLoss, loss_from_args
+from ..losses import EMBEDDING_LOSSES, FlopsRegularizedLoss, MatryoshkaLoss, loss_from_args
 from ..models.embedding import AutoModelForEmbedding
-from ..models.base import check_model_path, saved_model_type
+from ..models.base import saved_model_type
 from ..models.sparse import SparseEmbedder
 from ..training import RetrievalTrainingArguments
 from ..training.arguments import DataArguments, ModelLoadingArguments
 from ..distributed import shutdown_distributed
-from ..training.fingerprint import weights_digest
 from ..training.run import run_training
+from ..training.teacher import TeacherArguments
 from ..utils import UsageError, at_least, logger, unescape_cli
 from .cli import run_cli
 
 
 @dataclass
-class EmbedModelArguments(ModelLoadingArguments):
+class EmbedModelArguments(ModelLoadingArguments, TeacherArguments):
     pooling_method: Optional[str] = field(default=None, metadata={"help": "cls | mean | last (default: from the model)."})
     normalize_embeddings: Optional[bool] = None
     query_instruction: Optional[str] = field(default=None, metadata={"help": "Prefix, or template with {}."})
@@ -46,13 +46,6 @@ class EmbedModelArguments(ModelLoadingArguments):
     document_flops_weight: float = field(default=1e-4, metadata={"help": "sparse: FLOPS regularisation of document vectors."})
     query_inference_free: Optional[bool] = field(default=None, metadata={
         "help": "sparse: queries are their tokens times a learned weight per term (no model forward at query time)."})
-    teacher_model: Optional[str] = field(default=None, metadata={
-        "help": "A teacher embedder (folder) whose ranking of each batch's documents the student learns (KL divergence, "
-                "added to the loss; with --matryoshka_dims, at every size). Every training text is encoded by it once "
-                "before the first step."})
-    distill_weight: float = field(default=1.0, metadata={"help": "With --teacher_model: weight of the KL term."})
-    teacher_temperature: Optional[float] = field(default=None, metadata={
-        "help": "With --teacher_model: temperature of the teacher's scores (default: --temperature)."})
     pca_rotation: bool = field(default=False, metadata={
         "help": "Before training, add a linear layer after pooling set to the principal axes of the training texts' "
                 "embeddings (a rotation: scores unchanged at the start; leading dimensions carry the most variance), "
@@ -73,17 +66,7 @@ class EmbedModelArguments(ModelLoadingArguments):
             raise UsageError("a sparse embedder pools with splade: drop --pooling_method.")
         if self.pca_rotation and self.model_type == "sparse":
             raise UsageError("--pca_rotation is for dense embedders.")
-        if self.teacher_model is None and (self.distill_weight != 1.0 or self.teacher_temperature is not None):
-            raise UsageError("--distill_weight and --teacher_temperature need --teacher_model.")
-        if not 0 <= self.distill_weight < float("inf"):
-            raise UsageError(f"--distill_weight must be a finite number >= 0, got {self.distill_weight}.")
-        if self.teacher_temperature is not None and not 0 < self.teacher_temperature < float("inf"):
-            raise UsageError(f"--teacher_temperature must be a finite number > 0, got {self.teacher_temperature}.")
-        if self.teacher_model is not None:
-            self.teacher_model = check_model_path(self.teacher_model, "teacher model")  # before any data or weights load
-            kind = saved_model_type(self.teacher_model)
-            if kind not in (None, "embedding"):
-                raise UsageError(f"--teacher_model {self.teacher_model}: a {kind} model; the teacher must be a dense embedder.")
+        self.check_teacher()  # before any data or weights load
 
 
 @dataclass
@@ -127,8 +110,7 @@ def train(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
     loss = loss_from_args(args.loss_fn, EMBEDDING_LOSSES, args, **overrides)  # first: a wrong name fails before anything loads
     if sparse:
         loss = FlopsRegularizedLoss(loss, model_args.query_flops_weight, model_args.document_flops_weight)
-    if model_args.teacher_model:
-        loss = TeacherDistillLoss(loss, model_args.distill_weight, model_args.teacher_temperature)
+    loss = model_args.with_teacher(loss)  # the teacher's temperature defaults to the student's
     if args.matryoshka_dims:
         loss = MatryoshkaLoss(loss, args.matryoshka_dims, args.matryoshka_weights, args.matryoshka_distill)
 
@@ -143,33 +125,11 @@ def train(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
             model.retrieval_config.matryoshka_dims = sorted(set(args.matryoshka_dims), reverse=True)
         return model
 
-    def collator(model: AutoModelForEmbedding, records: Sequence[Record]) -> EmbeddingCollator:
-        teacher = encode_with_teacher(model_args.teacher_model, records, data_args) if model_args.teacher_model else None
-        return EmbeddingCollator(model.processor, args.pad_to_multiple_of, teacher)
-
-    settings = [asdict(model_args), asdict(data_args)]
-    if model_args.teacher_model:  # the teacher decides the result as much as the base model: its weights too
-        settings.append({"teacher_weights": weights_digest(model_args.teacher_model)})
-    return run_training(build, collator, loss, data_args, args,
-                        model_path=model_args.model_name_or_path, settings=settings)
-
-
-def encode_with_teacher(path: str, records: Sequence[Record], data_args: DataArguments) -> TeacherVectors:
-    """``--teacher_model``: every distinct query and document of the training records (positives and negatives)
-    encoded once by the teacher, read at the student's maximum lengths (the student never sees more of a text)."""
-    import torch
-
-    model = AutoModelForEmbedding.from_pretrained(path, query_max_length=data_args.query_max_length or data_args.max_length,
-                                                  document_max_length=data_args.document_max_length or data_args.max_length)
-    if isinstance(model, SparseEmbedder):
-        raise UsageError(f"--teacher_model {path}: a sparse embedder; the teacher must be a dense one.")
-    queries = list(dict.fromkeys(r.query for r in records))
-    documents = list(dict.fromkeys(d for r in records for d in (*r.positives, *r.negatives)))
-    logger.warning("--teacher_model: encoding %d queries and %d documents with %s", len(queries), len(documents), path)
-    vectors = TeacherVectors(queries, torch.from_numpy(model.encode(queries, is_query=True, show_progress_bar=True)),
-                             documents, torch.from_numpy(model.encode(documents, show_progress_bar=True)))
-    del model
-    return vectors
+    collator = model_args.teacher_collator(lambda model, records: EmbeddingCollator(model.processor, args.pad_to_multiple_of),
+                                           data_args.query_max_length or data_args.max_length,
+                                           data_args.document_max_length or data_args.max_length)
+    return run_training(build, collator, loss, data_args, args, model_path=model_args.model_name_or_path,
+                        settings=[asdict(model_args), asdict(data_args), *model_args.teacher_settings()])
 
 
 PCA_MAX_TEXTS = 10_000  # per side (queries, documents): enough for a 384-1024-dimensional covariance

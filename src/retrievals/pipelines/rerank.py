@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, List, Optional, Sequence
 
 from ..losses import LOSS_FAMILIES, RANKING_LOSSES, loss_from_args
+from ..losses.base import ContrastiveSettings
 from ..models.rankers import (
     AutoModelForRanking,
     BaseRanker,
@@ -24,11 +25,12 @@ from ..training import RetrievalTrainingArguments
 from ..training.arguments import DataArguments, ModelLoadingArguments
 from ..distributed import shutdown_distributed
 from ..training.run import run_training
+from ..training.teacher import TeacherArguments
 from ..utils import UsageError, unescape_cli
 from .cli import run_cli
 
 @dataclass
-class RerankModelArguments(ModelLoadingArguments):
+class RerankModelArguments(ModelLoadingArguments, TeacherArguments):
     model_type: Optional[str] = field(default=None, metadata={"help": "cross-encoder | colbert | llm (default: inferred)."})
     causal_lm: bool = field(default=False, metadata={"help": "Score with the LM head's target-token logit (model_type llm)."})
     task_prompt: Optional[str] = field(default=None, metadata={"help": "LLM: the question after query and document."})
@@ -38,6 +40,10 @@ class RerankModelArguments(ModelLoadingArguments):
     negative_token: Optional[str] = None
     score_mode: Optional[str] = field(default=None, metadata={"help": "LLM: yes | yes_minus_no."})
     colbert_dim: Optional[int] = field(default=None, metadata={"help": "ColBERT: token vector size (<= 0: hidden size)."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_teacher()  # before any data or weights load
 
 
 @dataclass
@@ -107,13 +113,17 @@ def train(model_args: RerankModelArguments, data_args: DataArguments, args: Rera
             raise UsageError(f"--{flag} true is not supported by {kind} with --loss_fn {loss.name} (it is by {able}).")
     if data_args.train_group_size < 2 and not args.use_inbatch_neg and args.loss_fn == "ce":
         raise UsageError("--loss_fn ce needs --train_group_size >= 2 (a positive and at least one negative).")
+    # the teacher is an embedder: its cosine scores at the temperature embedders train at here, unless told
+    loss = model_args.with_teacher(loss, default_temperature=ContrastiveSettings.temperature)
 
     def build(records: Sequence[Any]) -> BaseRanker:
         return build_model(model_args, data_args, kind)
 
-    return run_training(build, lambda model, records: model.processor.with_pad_to_multiple_of(args.pad_to_multiple_of), loss, data_args,
-                        args, model_path=model_args.model_name_or_path,
-                        settings=(asdict(model_args), asdict(data_args), {"model_type": kind}))
+    collator = model_args.teacher_collator(lambda model, records: model.processor.with_pad_to_multiple_of(args.pad_to_multiple_of),
+                                           data_args.query_max_length or data_args.max_length,
+                                           data_args.max_length or data_args.document_max_length)
+    return run_training(build, collator, loss, data_args, args, model_path=model_args.model_name_or_path,
+                        settings=(asdict(model_args), asdict(data_args), {"model_type": kind}, *model_args.teacher_settings()))
 
 
 def _main(model_args: RerankModelArguments, data_args: DataArguments, args: RerankTrainingArguments) -> None:

@@ -380,3 +380,63 @@ def test_backbone_only_refuses_a_lora_adapter(tiny_qwen, tmp_path):
     model.save_pretrained(tmp_path / "adapter")
     with pytest.raises(Exception, match="not a LoRA adapter"):
         AutoModelForRanking.from_pretrained(str(tmp_path / "adapter"), model_type="llm", backbone_only=True)
+
+
+def group_divergence(ranker, teacher, records, temperature):
+    """KL(teacher || reranker) of each training query's softmax over its group [positive, negatives]: the teacher's
+    cosines at ``temperature``, the reranker's scores as they are (temperature 1)."""
+    import torch.nn.functional as F
+
+    from retrievals import AutoModelForEmbedding
+
+    teacher = AutoModelForEmbedding.from_pretrained(teacher)
+    total = 0.0
+    for r in records:
+        group = [*r["positive"], *r["negative"]]
+        t = torch.from_numpy(teacher.encode([r["query"]], is_query=True) @ teacher.encode(group).T)[0] / temperature
+        s = torch.tensor(ranker.compute_score([(r["query"], d) for d in group]))
+        total += F.kl_div(s.log_softmax(-1), t.log_softmax(-1), reduction="sum", log_target=True).item()
+    return total / len(records)
+
+
+def test_reranker_learns_its_teachers_ranking(tiny_bert, tiny_qwen, train_file, tmp_path, caplog):
+    """--teacher_model on a cross-encoder (the teacher a decoder embedder of another family): the reranker's softmax
+    over each group moves toward the teacher's; the same run with --distill_weight 0 does not."""
+    records = [json.loads(line) for line in open(train_file)]
+    args = ("--model_type", "cross-encoder", "--max_len", "32", "--train_group_size", "3", "--max_steps", "16",
+            "--learning_rate", "1e-2", "--teacher_model", tiny_qwen, "--distill_weight", "20", "--teacher_temperature",
+            "0.002", "--seed", "3", "--per_device_train_batch_size", "4")
+    out, control = tmp_path / "taught", tmp_path / "control"
+    assert rerank_cli.main(_cli(tiny_bert, train_file, out, *args)) == 0
+    assert "--teacher_model: encoding 32 queries" in caplog.text
+    assert rerank_cli.main(_cli(tiny_bert, train_file, control, *args, "--distill_weight", "0")) == 0
+    start = group_divergence(AutoModelForRanking.from_pretrained(tiny_bert, model_type="cross-encoder", max_length=32),
+                             tiny_qwen, records, 0.002)
+    taught, alone = (group_divergence(AutoModelForRanking.from_pretrained(str(p)), tiny_qwen, records, 0.002)
+                     for p in (out, control))
+    assert taught < 0.8 * start and taught < alone - 0.1, (start, taught, alone)
+    print("divergences", start, taught, alone)
+    record = json.loads((out / "retrievals_fingerprint.json").read_text())
+    assert record["loss"] == {"name": "teacher_distill", "weight": 20.0, "teacher_temperature": 0.002,
+                              "loss": {"name": "ce", "temperature": 1.0}}
+    assert record["teacher_weights"] and record["teacher_model"] == tiny_qwen
+
+
+@pytest.mark.parametrize("ranker_kind", ["colbert", "llm"])
+def test_every_reranker_kind_trains_with_a_teacher(ranker_kind, tiny_bert, tiny_qwen, train_file, tmp_path, capsys):
+    extra = ["--model_type", ranker_kind, "--max_len", "32", "--train_group_size", "3", "--teacher_model", tiny_bert]
+    if ranker_kind == "llm":
+        extra += ["--causal_lm", "True", "--use_lora", "True", "--task_prompt", SHORT_PROMPT["task_prompt"], "--max_len", "64"]
+    else:
+        extra += ["--use_inbatch_neg", "true"]  # the loss scores the batch; the KL reads the groups
+    out = tmp_path / "out"
+    assert rerank_cli.main(_cli(tiny_qwen if ranker_kind == "llm" else tiny_bert, train_file, out, *extra)) == 0
+    loss = json.loads((out / "retrievals_fingerprint.json").read_text())["loss"]
+    assert loss["name"] == "teacher_distill" and loss["teacher_temperature"] == 0.02  # embedders' temperature here
+    assert AutoModelForRanking.from_pretrained(str(out)).retrieval_config.model_type == ranker_kind
+    # the flags are checked as the embedder pipeline checks them, before anything loads
+    refused = tmp_path / "refused"
+    assert rerank_cli.main(_cli(tiny_bert, train_file, refused, "--teacher_model", str(out))) == 2
+    assert f"a {ranker_kind} model; the teacher must be a dense embedder" in capsys.readouterr().err
+    assert rerank_cli.main(_cli(tiny_bert, train_file, refused, "--distill_weight", "2")) == 2
+    assert "need --teacher_model" in capsys.readouterr().err and not refused.exists()
