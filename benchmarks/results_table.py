@@ -85,7 +85,8 @@ def build_table() -> str:
                                 + (f" --seeds {' '.join(str(r['settings']['seed']) for r in runs)}" if len(runs) > 1 else "")})
     recipes = RESULTS / "rerank_recipes.json"
     q = json.loads(recipes.read_text()) if recipes.is_file() else {}
-    label = {"cross-encoder": "rerank cross encoder", "colbert": "rerank colbert", "llm": "rerank llm finetune (LoRA)"}
+    label = {"cross-encoder": "rerank cross encoder", "cross-encoder-distilled": "rerank cross encoder, lr 1e-4, distilled "
+             "from a teacher embedder (`--teacher_model`)", "colbert": "rerank colbert", "llm": "rerank llm finetune (LoRA)"}
     for kind, experiment in label.items():
         r = q.get("rerankers", {}).get(kind)
         if not r:
@@ -94,6 +95,8 @@ def build_table() -> str:
         stage = q["eval"].get("first_stage", "fine-tuned MiniLM")
         encoder = q["eval"].get("zero_shot", "all-MiniLM-L6-v2")
         base = f"{encoder} (encoder of the fine-tuned embedder)" if r["base"] == "first_stage" else r["base"]
+        if r.get("teacher"):
+            base += f"; teacher {r['teacher']}"
         rows.append({"experiment": experiment, "model": base,
                      "task": f"rerank top {k} of the fine-tuned embedder ({q['eval']['measured_queries']} queries; first stage "
                              f"alone: nDCG@10 {q['first_stages'][stage]['ndcg@10']:.3f}, MAP {q['first_stages'][stage]['map']:.3f})",

@@ -69,15 +69,16 @@ class TeacherDistillLoss(RetrievalLoss):
             raise UsageError(f"loss {self.name!r} reads {', '.join(self.reads)}; missing {', '.join(missing) or 'none'}.")
         teacher_query_embeddings, teacher_document_embeddings = (inputs[k] for k in TEACHER_FIELDS)
         own = {k: v for k, v in inputs.items() if k in self.loss.reads}
+        given = (teacher_query_embeddings.shape[0], teacher_document_embeddings.shape[0])
         if self.embedder:
             queries, documents = own[EMBEDDING_FIELDS[0]], own[EMBEDDING_FIELDS[1]]
-            rows = (queries.shape[0], documents.shape[0])
-        else:
-            rows = (inputs["scores"].shape[0], inputs["scores"].shape[0] * teacher_document_embeddings.shape[0]
-                    // max(1, teacher_query_embeddings.shape[0]))
-        if (teacher_query_embeddings.shape[0], teacher_document_embeddings.shape[0]) != rows:
-            raise UsageError(f"teacher vectors for {teacher_query_embeddings.shape[0]} queries and "
-                             f"{teacher_document_embeddings.shape[0]} documents, the batch has {rows[0]} and {rows[1]}.")
+            fits = given == (queries.shape[0], documents.shape[0])
+            batch = f"{queries.shape[0]} and {documents.shape[0]}"
+        else:  # a reranker's scores: one row per query, the documents are groups of equal size
+            fits = given[0] == inputs["scores"].shape[0] and given[1] % max(1, given[0]) == 0
+            batch = f"{inputs['scores'].shape[0]} queries in groups"
+        if not fits:
+            raise UsageError(f"teacher vectors for {given[0]} queries and {given[1]} documents, the batch has {batch}.")
         base = self.loss(**own)
         if not self.weight:
             return base

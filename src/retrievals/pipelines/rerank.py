@@ -113,6 +113,9 @@ def train(model_args: RerankModelArguments, data_args: DataArguments, args: Rera
             raise UsageError(f"--{flag} true is not supported by {kind} with --loss_fn {loss.name} (it is by {able}).")
     if data_args.train_group_size < 2 and not args.use_inbatch_neg and args.loss_fn == "ce":
         raise UsageError("--loss_fn ce needs --train_group_size >= 2 (a positive and at least one negative).")
+    if model_args.teacher_model and data_args.train_group_size < 2:  # a softmax over one document: nothing to learn
+        raise UsageError("--teacher_model needs --train_group_size >= 2: the reranker learns the teacher's ranking of "
+                         "each query's group.")
     # the teacher is an embedder: its cosine scores at the temperature embedders train at here, unless told
     loss = model_args.with_teacher(loss, default_temperature=ContrastiveSettings.temperature)
 

@@ -415,7 +415,6 @@ def test_reranker_learns_its_teachers_ranking(tiny_bert, tiny_qwen, train_file, 
     taught, alone = (group_divergence(AutoModelForRanking.from_pretrained(str(p)), tiny_qwen, records, 0.002)
                      for p in (out, control))
     assert taught < 0.8 * start and taught < alone - 0.1, (start, taught, alone)
-    print("divergences", start, taught, alone)
     record = json.loads((out / "retrievals_fingerprint.json").read_text())
     assert record["loss"] == {"name": "teacher_distill", "weight": 20.0, "teacher_temperature": 0.002,
                               "loss": {"name": "ce", "temperature": 1.0}}
@@ -439,4 +438,7 @@ def test_every_reranker_kind_trains_with_a_teacher(ranker_kind, tiny_bert, tiny_
     assert rerank_cli.main(_cli(tiny_bert, train_file, refused, "--teacher_model", str(out))) == 2
     assert f"a {ranker_kind} model; the teacher must be a dense embedder" in capsys.readouterr().err
     assert rerank_cli.main(_cli(tiny_bert, train_file, refused, "--distill_weight", "2")) == 2
-    assert "need --teacher_model" in capsys.readouterr().err and not refused.exists()
+    assert "need --teacher_model" in capsys.readouterr().err
+    assert rerank_cli.main(_cli(tiny_bert, train_file, refused, "--teacher_model", tiny_bert, "--loss_fn", "bce",
+                                "--train_group_size", "1")) == 2  # a softmax over one document teaches nothing
+    assert "--teacher_model needs --train_group_size >= 2" in capsys.readouterr().err and not refused.exists()
