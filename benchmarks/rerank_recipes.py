@@ -3,7 +3,7 @@ top 50 of two first stages (zero-shot and fine-tuned all-MiniLM-L6-v2, or ``--ze
 named ``--name``) on AIA-BDE held-out FAQs, beside
 each first stage alone, and the two-stage pipeline (fine-tuned embedder + best fine-tuned reranker).
 
-    .venv/bin/python benchmarks/rerank_recipes.py --kinds cross-encoder colbert \
+    .venv/bin/python benchmarks/rerank_recipes.py --kinds cross-encoder colbert [--seeds 42 0 1] \
         [--first_stage outputs/demo] [--work outputs/rerank_recipes] [--eval_queries 300] \
         [--more_first_stages "zero-shot e5=multilingual-e5-small" "fine-tuned e5=outputs/table/embed_e5"]
 
@@ -27,6 +27,7 @@ import os
 import platform
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -66,7 +67,35 @@ RECIPES: Dict[str, tuple] = {
                                              "--max_len", str(MAX_LEN)]),
 }
 COMMON = ["--do_train", "--logging_steps", "10", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
-          "--seed", "42", "--dataloader_drop_last", "true", "--eval_strategy", "steps", "--eval_steps", "100"]
+          "--dataloader_drop_last", "true", "--eval_strategy", "steps", "--eval_steps", "100"]
+
+
+FIRST_SEED = 42  # the seed of a single run (COMMON's before --seeds): its folders and caches keep the plain names
+
+
+def aggregate(runs: List[dict]) -> dict:
+    """One recipe's row from its seeds' results: each metric's mean (and sample standard deviation, ``spread``, over
+    two or more seeds), the fused rows' weights per seed; the curve and per-seed figures kept under ``per_seed``."""
+    def mean_of(rows: List[Dict[str, float]]) -> Dict[str, float]:
+        return {m: round(statistics.mean(r[m] for r in rows), 4) for m in ("map", "mrr@10", "ndcg@10")}
+
+    keys = runs[0]["reranked"]
+    row = {"reranked": {k: mean_of([r["reranked"][k] for r in runs]) for k in keys},
+           "first_stage_weight": {k: {**mean_of([r["first_stage_weight"][k] for r in runs]),
+                                      "weight": runs[0]["first_stage_weight"][k]["weight"] if len(runs) == 1
+                                      else [r["first_stage_weight"][k]["weight"] for r in runs],
+                                      **({"curve_ndcg@10_by_weight": runs[0]["first_stage_weight"][k]["curve_ndcg@10_by_weight"]}
+                                         if len(runs) == 1 else {})}
+                                  for k in runs[0]["first_stage_weight"]},
+           "curve": runs[0]["curve"]}
+    minutes = [r["train_minutes"] for r in runs if r["train_minutes"] is not None]
+    if minutes:
+        row["train_minutes"] = round(statistics.mean(minutes), 1)
+    if len(runs) > 1:
+        row["spread"] = {k: {m: round(statistics.stdev(r["reranked"][k][m] for r in runs), 4)
+                             for m in ("map", "mrr@10", "ndcg@10")} for k in keys}
+        row["per_seed"] = runs
+    return row
 
 
 def cli(module: str, *args: str) -> List[str]:
@@ -144,6 +173,8 @@ def main() -> None:
     p.add_argument("--eval_queries", type=int, default=300)
     p.add_argument("--curve_queries", type=int, default=100)
     p.add_argument("--top_k", type=int, nargs="+", default=[20, 50])
+    p.add_argument("--seeds", type=int, nargs="+", default=[FIRST_SEED],
+                   help="Train each recipe once per seed; rows give the mean and spread (seed 42's run is reused).")
     p.add_argument("--max_steps", type=int, default=None, help="Cap training (smoke runs).")
     p.add_argument("--out", default="benchmarks/results/rerank_recipes.json")
     opts = p.parse_args()
@@ -217,63 +248,71 @@ def main() -> None:
                                        "negative": [d_text for d_text in (split.corpus[d] for d in top(fine_run[q], 20)
                                                                           if d not in split.test_qrels[q])]} for q in curve))
 
+    k_max, k_min = max(opts.top_k), min(opts.top_k)
+    held_out = {q: split.test_queries[q] for q in [*measured, *curve]}
+    curve_queries = {q: split.test_queries[q] for q in curve}
+
+    def reranked(ranker, stage: str, k: int, queries, weight: float = 0.0):  # the library's rerank_run, cached scores
+        return metrics(rerank_run(ranker, split.corpus, queries, {q: runs[stage][q] for q in queries}, top_k=k,
+                                  first_stage_weight=weight), {q: split.test_qrels[q] for q in queries})
+
     for kind in opts.kinds:
         model_type, base, flags = RECIPES[kind]
         base_path = str(first_stage) if base == "first_stage" else str(fetch(base))
         teacher = str(Path(opts.teacher).resolve()) if Path(opts.teacher).exists() else str(fetch(opts.teacher))
         flags = [teacher if f == "TEACHER" else f for f in flags]
-        folder = work / kind
-        command = cli("rerank", "--model_name_or_path", base_path, "--model_type", model_type, "--train_data", str(mined),
-                      "--eval_data", str(work / "curve.jsonl"), "--output_dir", str(folder), "--overwrite_output_dir", *COMMON, *flags)
-        if base == "first_stage":
-            command += ["--backbone_only", "true"]  # the embedder's encoder, a fresh reranker head
-        if opts.max_steps:
-            command += ["--max_steps", str(opts.max_steps)]
-        seconds = None
-        if not finished(folder):
-            seconds = run_logged(command, work / f"{kind}.log")
+        previous = results["rerankers"].get(kind, {})
+        seeds = {}
+        for seed in opts.seeds:
+            name = kind if seed == FIRST_SEED else f"{kind}-seed{seed}"  # the first seed keeps the unseeded names
+            folder = work / name
+            command = cli("rerank", "--model_name_or_path", base_path, "--model_type", model_type, "--train_data", str(mined),
+                          "--eval_data", str(work / "curve.jsonl"), "--output_dir", str(folder), "--overwrite_output_dir",
+                          *COMMON, "--seed", str(seed), *flags)
+            if base == "first_stage":
+                command += ["--backbone_only", "true"]  # the embedder's encoder, a fresh reranker head
+            if opts.max_steps:
+                command += ["--max_steps", str(opts.max_steps)]
+            seconds = run_logged(command, work / f"{name}.log") if not finished(folder) else None
+            one = {}
+            history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
+            runtime = [h["train_runtime"] for h in history if "train_runtime" in h]
+            minutes = seconds / 60 if seconds is not None else (runtime[-1] / 60 if runtime else None)  # a reused run: its record
+            one["train_minutes"] = round(minutes, 1) if minutes is not None else None
+            one["curve"] = [{"step": h["step"], "ndcg@10": h["eval_ndcg@10"]} for h in history if "eval_ndcg@10" in h]
+            if (folder / "training_curve.png").is_file():  # the held-out curve, beside the results
+                shutil.copyfile(folder / "training_curve.png", out.parent / f"rerank_recipes_{name}_curve.png")
+            after = AutoModelForRanking.from_pretrained(str(folder))
+            pairs = {(q, d) for run in runs.values() for q in held_out for d in top(run[q], k_max)}
+            fine = CachedRanker(cached_scores(after, f"{name}-finetuned", pairs, split, held_out, work), split, held_out)
+            del after
+            one["reranked"] = {f"{stage} top {k}": reranked(fine, stage, k, measured) for stage in runs for k in opts.top_k}
+            # --rerank_first_stage_weight: chosen on the curve queries (held out, disjoint from the measured ones)
+            one["first_stage_weight"] = {}
+            for stage in runs:
+                for k in opts.top_k:
+                    by_weight = {w: reranked(fine, stage, k, curve_queries, w)["ndcg@10"] for w in WEIGHTS}
+                    w = max(WEIGHTS, key=lambda x: (by_weight[x], -x))
+                    one["first_stage_weight"][f"{stage} top {k}"] = {
+                        "weight": w, "curve_ndcg@10_by_weight": by_weight, **reranked(fine, stage, k, measured, w)}
+            print(kind, seed, json.dumps(one["reranked"]), flush=True)
+            seeds[seed] = one
         shown = " ".join(["python", "-m", "retrievals.pipelines.rerank", *command[3:]]).replace(str(work), "WORK")
-        row = results["rerankers"].get(kind, {}) if seconds is None else {}
-        row.update({"base": base, "model_type": model_type,
-                    "command": shown.replace(base_path, "FIRST_STAGE" if base == "first_stage" else base)
-                    .replace(teacher, "TEACHER")})
+        row = {"base": base, "model_type": model_type, "seeds": list(opts.seeds),
+               "command": shown.replace(base_path, "FIRST_STAGE" if base == "first_stage" else base).replace(teacher, "TEACHER")
+               .replace(f"--seed {seed}", "--seed SEED")}
         if "--teacher_model" in flags:
             row["teacher"] = opts.teacher
-        if seconds is not None:
-            row["train_minutes"] = round(seconds / 60, 1)
-        history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
-        runtime = [h["train_runtime"] for h in history if "train_runtime" in h]
-        if "train_minutes" not in row and runtime:  # a finished run reused: its own record of the time
-            row["train_minutes"] = round(runtime[-1] / 60, 1)
-        row["curve"] = [{"step": h["step"], "ndcg@10": h["eval_ndcg@10"]} for h in history if "eval_ndcg@10" in h]
-        if (folder / "training_curve.png").is_file():  # the held-out curve, beside the results
-            shutil.copyfile(folder / "training_curve.png", out.parent / f"rerank_recipes_{kind}_curve.png")
+        row.update(aggregate(list(seeds.values())))
+        if "train_minutes" not in row and previous.get("train_minutes"):
+            row["train_minutes"] = previous["train_minutes"]  # measured when the run was made, before runs recorded it
         before = AutoModelForRanking.from_pretrained(base_path, model_type=model_type, max_length=MAX_LEN, backbone_only=True)
-        after = AutoModelForRanking.from_pretrained(str(folder))
-        k_max, k_min = max(opts.top_k), min(opts.top_k)
-        held_out = {q: split.test_queries[q] for q in [*measured, *curve]}
-        pairs = {(q, d) for run in runs.values() for q in held_out for d in top(run[q], k_max)}
-        fine = CachedRanker(cached_scores(after, f"{kind}-finetuned", pairs, split, held_out, work), split, held_out)
         base_pairs = {(q, d) for q in measured for d in top(fine_run[q], k_min)}
         original = f"{model_type}-original" if base == "first_stage" else f"{model_type}-{base}-original"  # per base model
-        base = CachedRanker(cached_scores(before, original, base_pairs, split, measured, work), split, measured)
-        del before, after
-
-        def reranked(ranker, stage: str, k: int, queries, weight: float = 0.0):  # the library's rerank_run, cached scores
-            return metrics(rerank_run(ranker, split.corpus, queries, {q: runs[stage][q] for q in queries}, top_k=k,
-                                      first_stage_weight=weight), {q: split.test_qrels[q] for q in queries})
-
-        row["reranked"] = {f"{stage} top {k}": reranked(fine, stage, k, measured) for stage in runs for k in opts.top_k}
-        row[f"original_on_fine-tuned top {k_min}"] = reranked(base, fine_name, k_min, measured)
-        # --rerank_first_stage_weight: chosen on the curve queries (held out, disjoint from the measured ones)
-        curve_queries = {q: split.test_queries[q] for q in curve}
-        row["first_stage_weight"] = {}
-        for stage in runs:
-            for k in opts.top_k:
-                by_weight = {w: reranked(fine, stage, k, curve_queries, w)["ndcg@10"] for w in WEIGHTS}
-                w = max(WEIGHTS, key=lambda x: (by_weight[x], -x))
-                row["first_stage_weight"][f"{stage} top {k}"] = {
-                    "weight": w, "curve_ndcg@10_by_weight": by_weight, **reranked(fine, stage, k, measured, w)}
+        row[f"original_on_fine-tuned top {k_min}"] = reranked(
+            CachedRanker(cached_scores(before, original, base_pairs, split, measured, work), split, measured), fine_name,
+            k_min, measured)
+        del before
         print(kind, json.dumps(row["reranked"]), json.dumps(row["first_stage_weight"]), flush=True)
         results["rerankers"][kind] = row
         save()

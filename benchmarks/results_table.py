@@ -101,7 +101,10 @@ def build_table() -> str:
                      "task": f"rerank top {k} of the fine-tuned embedder ({q['eval']['measured_queries']} queries; first stage "
                              f"alone: nDCG@10 {q['first_stages'][stage]['ndcg@10']:.3f}, MAP {q['first_stages'][stage]['map']:.3f})",
                      "original": r[f"original_on_fine-tuned top {k}"], "finetuned": r["reranked"][f"{stage} top {k}"],
-                     "minutes": r.get("train_minutes", ""), "command": f"benchmarks/rerank_recipes.py --kinds {kind}"})
+                     "spread": r["spread"][f"{stage} top {k}"] if r.get("spread") else None, "seeds": r.get("seeds", [42]),
+                     "minutes": r.get("train_minutes", ""),
+                     "command": f"benchmarks/rerank_recipes.py --kinds {kind}"
+                                + (f" --seeds {' '.join(map(str, r['seeds']))}" if len(r.get("seeds", [])) > 1 else "")})
     lines = ["| experiment | model | task (AIA-BDE held-out FAQs) | nDCG@10 original → fine-tuned | MAP | MRR@10 | train min | command |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -137,7 +140,8 @@ def first_stage_table(q: dict) -> str:
                 continue
             cell = f"{r['reranked'][f'{stage} top {k}']['ndcg@10']:.3f}"
             if fused:
-                cell += f" / {fused['ndcg@10']:.3f} (w {fused['weight']})"
+                weight = fused["weight"] if not isinstance(fused["weight"], list) else "/".join(map(str, fused["weight"]))
+                cell += f" / {fused['ndcg@10']:.3f} (w {weight})"
             cells.append(cell)
         lines.append(f"| {stage} | {alone['ndcg@10']:.3f} | " + " | ".join(cells) + " |")
     if q.get("two_stage"):
