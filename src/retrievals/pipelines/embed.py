@@ -32,7 +32,7 @@ from .cli import run_cli
 
 
 @dataclass
-class EmbedModelArguments(ModelLoadingArguments, TeacherArguments):
+class EmbedModelArguments(TeacherArguments, ModelLoadingArguments):
     pooling_method: Optional[str] = field(default=None, metadata={"help": "cls | mean | last (default: from the model)."})
     normalize_embeddings: Optional[bool] = None
     query_instruction: Optional[str] = field(default=None, metadata={"help": "Prefix, or template with {}."})

@@ -30,7 +30,7 @@ from ..utils import UsageError, unescape_cli
 from .cli import run_cli
 
 @dataclass
-class RerankModelArguments(ModelLoadingArguments, TeacherArguments):
+class RerankModelArguments(TeacherArguments, ModelLoadingArguments):
     model_type: Optional[str] = field(default=None, metadata={"help": "cross-encoder | colbert | llm (default: inferred)."})
     causal_lm: bool = field(default=False, metadata={"help": "Score with the LM head's target-token logit (model_type llm)."})
     task_prompt: Optional[str] = field(default=None, metadata={"help": "LLM: the question after query and document."})
