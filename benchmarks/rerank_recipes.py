@@ -56,6 +56,7 @@ RECIPES: Dict[str, tuple] = {
     # the fresh 1-logit head barely separates a group's documents at first: at 3e-5 the loss sits at ln 8 for ~80 steps
     # and reaches 1.2 at step 130, at 1e-4 by step 80 (a 120-step pilot); the teacher's softmax over each group is a
     # denser signal than the positive alone
+    "cross-encoder-lr1e-4": ("cross-encoder", "first_stage", [*CROSS_ENCODER, "--learning_rate", "1e-4"]),  # the teacher's share
     "cross-encoder-distilled": ("cross-encoder", "first_stage", [*CROSS_ENCODER, "--learning_rate", "1e-4",
                                                                  "--teacher_model", "TEACHER"]),
     "colbert": ("colbert", "first_stage", ["--train_group_size", "8", "--learning_rate", "3e-5", "--per_device_train_batch_size", "8",

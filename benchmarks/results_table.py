@@ -85,7 +85,8 @@ def build_table() -> str:
                                 + (f" --seeds {' '.join(str(r['settings']['seed']) for r in runs)}" if len(runs) > 1 else "")})
     recipes = RESULTS / "rerank_recipes.json"
     q = json.loads(recipes.read_text()) if recipes.is_file() else {}
-    label = {"cross-encoder": "rerank cross encoder", "cross-encoder-distilled": "rerank cross encoder, lr 1e-4, distilled "
+    label = {"cross-encoder": "rerank cross encoder", "cross-encoder-lr1e-4": "rerank cross encoder, lr 1e-4",
+             "cross-encoder-distilled": "rerank cross encoder, lr 1e-4, distilled "
              "from a teacher embedder (`--teacher_model`)", "colbert": "rerank colbert", "llm": "rerank llm finetune (LoRA)"}
     for kind, experiment in label.items():
         r = q.get("rerankers", {}).get(kind)
