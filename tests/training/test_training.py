@@ -345,6 +345,23 @@ def test_teacher_flags_are_checked_before_anything_loads(tiny_bert, train_file, 
     assert "teacher_weights (content changed)" in err, err[-700:]
 
 
+def test_teacher_confidence_is_the_mean_softmax_of_the_positive():
+    import math
+
+    import torch
+
+    from retrievals.data import Record, TeacherVectors
+    from retrievals.training.teacher import teacher_confidence
+
+    teacher = TeacherVectors(["q1", "q2"], torch.tensor([[1.0, 0.0], [0.0, 1.0]]), ["a", "b", "c"],
+                             torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]))
+    records = [Record("q1", ["a"], ["b", "c"]), Record("q2", ["b"], ["a"]), Record("q2", ["c"], [])]  # the last: no negatives
+    by_hand = [math.exp(1 / 0.5) / (math.exp(1 / 0.5) + math.exp(0) + math.exp(0.6 / 0.5)),
+               math.exp(1 / 0.5) / (math.exp(1 / 0.5) + math.exp(0))]
+    assert teacher_confidence(teacher, records, 0.5) == pytest.approx(sum(by_hand) / 2, rel=1e-6)
+    assert teacher_confidence(teacher, records[2:], 0.5) is None
+
+
 def test_collator_gives_each_row_its_teachers_vector():
     import torch
 

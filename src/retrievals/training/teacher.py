@@ -42,29 +42,52 @@ class TeacherArguments:
             if kind not in (None, "embedding"):
                 raise UsageError(f"--teacher_model {self.teacher_model}: a {kind} model; the teacher must be a dense embedder.")
 
-    def with_teacher(self, loss: RetrievalLoss, default_temperature: Optional[float] = None) -> RetrievalLoss:
+    def resolved_temperature(self, default: float) -> float:
+        return self.teacher_temperature if self.teacher_temperature is not None else default
+
+    def with_teacher(self, loss: RetrievalLoss, default_temperature: float) -> RetrievalLoss:
         """``loss`` with the teacher's KL term when a teacher is given (else ``loss`` itself)."""
         if not self.teacher_model:
             return loss
-        temperature = self.teacher_temperature if self.teacher_temperature is not None else default_temperature
-        return TeacherDistillLoss(loss, self.distill_weight, temperature)
+        return TeacherDistillLoss(loss, self.distill_weight, self.resolved_temperature(default_temperature))
 
     def teacher_settings(self) -> List[Dict[str, Any]]:
         """For the run's fingerprint: the teacher decides the result as much as the base model, so its weights too."""
         return [{"teacher_weights": weights_digest(self.teacher_model)}] if self.teacher_model else []
 
     def teacher_collator(self, make: Callable[[Any, Sequence[Record]], Any], query_max_length: Optional[int],
-                         document_max_length: Optional[int]) -> Callable[[Any, Sequence[Record]], Any]:
+                         document_max_length: Optional[int], default_temperature: float) -> Callable[[Any, Sequence[Record]], Any]:
         """The collator factory ``make`` (model, records) -> collator, whose batches also carry the teacher's vectors
-        when a teacher is given."""
+        when a teacher is given (and the teacher's confidence on the training records is logged)."""
         if not self.teacher_model:
             return make
-        path = self.teacher_model
+        path, temperature = self.teacher_model, self.resolved_temperature(default_temperature)
 
         def factory(model: Any, records: Sequence[Record]) -> Any:
-            return TeacherCollator(make(model, records), encode_with_teacher(path, records, query_max_length,
-                                                                             document_max_length))
+            vectors = encode_with_teacher(path, records, query_max_length, document_max_length)
+            confidence = teacher_confidence(vectors, records, temperature)
+            if confidence is not None:
+                logger.warning("--teacher_model: its softmax over each training query's positive and negatives (temperature "
+                               "%g) gives the positive %.3f on average; near 1 it teaches little beyond the labels "
+                               "(a teacher trained on these queries, or too low a --teacher_temperature).", temperature,
+                               confidence)
+            return TeacherCollator(make(model, records), vectors)
         return factory
+
+
+def teacher_confidence(vectors: TeacherVectors, records: Sequence[Record], temperature: float) -> Optional[float]:
+    """The mean probability the teacher's softmax (its scores / ``temperature``) gives each record's first positive
+    among that positive and the record's negatives; None without negatives."""
+    import torch
+
+    values = []
+    for r in records:
+        if not r.negatives:
+            continue
+        rows = vectors.rows([r.query], [r.positives[0], *r.negatives])
+        scores = rows["teacher_query_embeddings"] @ rows["teacher_document_embeddings"].T / temperature
+        values.append(torch.softmax(scores[0], dim=-1)[0].item())
+    return sum(values) / len(values) if values else None
 
 
 def encode_with_teacher(path: str, records: Sequence[Record], query_max_length: Optional[int],

@@ -409,6 +409,7 @@ def test_reranker_learns_its_teachers_ranking(tiny_bert, tiny_qwen, train_file, 
     out, control = tmp_path / "taught", tmp_path / "control"
     assert rerank_cli.main(_cli(tiny_bert, train_file, out, *args)) == 0
     assert "--teacher_model: encoding 32 queries" in caplog.text
+    assert "(temperature 0.002) gives the positive" in caplog.text  # how much beyond the labels it can teach
     assert rerank_cli.main(_cli(tiny_bert, train_file, control, *args, "--distill_weight", "0")) == 0
     start = group_divergence(AutoModelForRanking.from_pretrained(tiny_bert, model_type="cross-encoder", max_length=32),
                              tiny_qwen, records, 0.002)
