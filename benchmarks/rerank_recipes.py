@@ -161,8 +161,8 @@ def main() -> None:
     p.add_argument("--kinds", nargs="+", default=["cross-encoder", "colbert"], choices=sorted(RECIPES), help="Recipes to run.")
     p.add_argument("--teacher", default="multilingual-e5-small",
                    help="The teacher embedder of the distilled recipes (a folder or an asset name). Default: zero-shot "
-                        "multilingual-e5-small, whose softmax over the training groups is soft (p(positive) 0.73 at "
-                        "temperature 0.02); the fine-tuned e5 was trained on these queries and gives them 0.99.")
+                        "multilingual-e5-small, whose softmax over the training groups is soft (the positive's share 0.732 at "
+                        "temperature 0.02, as training logs it); the fine-tuned e5 was trained on these queries: 0.985.")
     p.add_argument("--first_stage", default=None, help="A fine-tuned embedder (default: run the main job into WORK/embedder).")
     p.add_argument("--zero_shot", default="all-MiniLM-L6-v2",
                    help="The zero-shot first stage (a folder or an asset name): the model --first_stage was fine-tuned from.")
