@@ -86,7 +86,7 @@ class TeacherDistillLoss(RetrievalLoss):
             return base + self.weight * self.divergence(queries, documents, teacher_query_embeddings,
                                                         teacher_document_embeddings)
         student = F.log_softmax(inputs["scores"].float() / self.temperature, dim=-1)
-        teacher = self.teacher_scores(teacher_query_embeddings, teacher_document_embeddings, student.shape[1])
+        teacher = self.teacher_log_probs(teacher_query_embeddings, teacher_document_embeddings, student.shape[1])
         return base + self.weight * F.kl_div(student, teacher, reduction="batchmean", log_target=True)
 
     def divergence(self, queries: torch.Tensor, documents: torch.Tensor, teacher_queries: torch.Tensor,
@@ -97,7 +97,7 @@ class TeacherDistillLoss(RetrievalLoss):
         student = batch_log_softmax(queries, documents, self.temperature)
         return F.kl_div(student, teacher, reduction="batchmean", log_target=True)
 
-    def teacher_scores(self, queries: torch.Tensor, documents: torch.Tensor, columns: int) -> torch.Tensor:
+    def teacher_log_probs(self, queries: torch.Tensor, documents: torch.Tensor, columns: int) -> torch.Tensor:
         """The teacher's log-softmax over the columns a reranker scored: each query's own group (``columns`` = G) or
         every document of the batch (``columns`` = B * G)."""
         logits = queries.detach().float() @ documents.detach().float().T / self.teacher_temperature  # [B, B * G]
