@@ -232,6 +232,8 @@ def test_teacher_distillation_of_a_reranker_is_over_each_querys_group():
         loss(torch.randn(b, 5), targets, tq, td)
     with pytest.raises(ValueError, match="teacher vectors for 2 queries"):
         loss(scores, targets, tq[:2], td)
+    with pytest.raises(ValueError, match="missing teacher_query_embeddings"):
+        loss(scores, targets, None, td)
     # ColBERT's loss reads token vectors: the KL reads the model's group scores beside them
     colbert = MaxSimCrossEntropyLoss(temperature=0.05, use_inbatch_neg=False)
     wrapped = TeacherDistillLoss(colbert, teacher_temperature=0.02)

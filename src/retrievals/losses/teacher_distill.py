@@ -64,7 +64,7 @@ class TeacherDistillLoss(RetrievalLoss):
     def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
         """The fields of :attr:`reads`, in that order or by name."""
         inputs = {**dict(zip(self.reads, args)), **kwargs}
-        missing = [k for k in self.reads if k not in inputs]
+        missing = [k for k in self.reads if inputs.get(k) is None]
         if missing or len(args) > len(self.reads):
             raise UsageError(f"loss {self.name!r} reads {', '.join(self.reads)}; missing {', '.join(missing) or 'none'}.")
         teacher_query_embeddings, teacher_document_embeddings = (inputs[k] for k in TEACHER_FIELDS)
