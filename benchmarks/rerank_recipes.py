@@ -260,8 +260,10 @@ def main() -> None:
     for kind in opts.kinds:
         model_type, base, flags = RECIPES[kind]
         base_path = str(first_stage) if base == "first_stage" else str(fetch(base))
-        teacher = str(Path(opts.teacher).resolve()) if Path(opts.teacher).exists() else str(fetch(opts.teacher))
-        flags = [teacher if f == "TEACHER" else f for f in flags]
+        teacher = None
+        if "TEACHER" in flags:  # resolved (or fetched) only for the recipes that learn from it
+            teacher = str(Path(opts.teacher).resolve()) if Path(opts.teacher).exists() else str(fetch(opts.teacher))
+            flags = [teacher if f == "TEACHER" else f for f in flags]
         previous = results["rerankers"].get(kind, {})
         seeds = {}
         for seed in opts.seeds:
@@ -300,7 +302,7 @@ def main() -> None:
             seeds[seed] = one
         shown = " ".join(["python", "-m", "retrievals.pipelines.rerank", *command[3:]]).replace(str(work), "WORK")
         row = {"base": base, "model_type": model_type, "seeds": list(opts.seeds),
-               "command": shown.replace(base_path, "FIRST_STAGE" if base == "first_stage" else base).replace(teacher, "TEACHER")
+               "command": shown.replace(base_path, "FIRST_STAGE" if base == "first_stage" else base).replace(teacher or "TEACHER", "TEACHER")
                .replace(f"--seed {seed}", "--seed SEED")}
         if "--teacher_model" in flags:
             row["teacher"] = opts.teacher

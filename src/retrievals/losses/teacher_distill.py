@@ -100,11 +100,13 @@ class TeacherDistillLoss(RetrievalLoss):
     def teacher_log_probs(self, queries: torch.Tensor, documents: torch.Tensor, columns: int) -> torch.Tensor:
         """The teacher's log-softmax over the columns a reranker scored: each query's own group (``columns`` = G) or
         every document of the batch (``columns`` = B * G)."""
-        logits = queries.detach().float() @ documents.detach().float().T / self.teacher_temperature  # [B, B * G]
+        queries, documents = queries.detach().float(), documents.detach().float()
         batch, group = queries.shape[0], documents.shape[0] // max(1, queries.shape[0])
-        if columns == group and columns != logits.shape[1]:
-            logits = logits.view(batch, batch, group)[torch.arange(batch), torch.arange(batch)]  # each query's own group
-        elif columns != logits.shape[1]:
+        if columns == documents.shape[0]:
+            logits = queries @ documents.T  # every document of the batch
+        elif columns == group:
+            logits = torch.einsum("bt,bgt->bg", queries, documents.view(batch, group, -1))  # each query's own group
+        else:
             raise UsageError(f"reranker scores with {columns} columns: expected the group ({group}) or the batch "
-                             f"({logits.shape[1]}).")
-        return F.log_softmax(logits, dim=-1)
+                             f"({documents.shape[0]}).")
+        return F.log_softmax(logits / self.teacher_temperature, dim=-1)

@@ -110,8 +110,10 @@ def train(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
     loss = loss_from_args(args.loss_fn, EMBEDDING_LOSSES, args, **overrides)  # first: a wrong name fails before anything loads
     if sparse:
         loss = FlopsRegularizedLoss(loss, model_args.query_flops_weight, model_args.document_flops_weight)
-    student_temperature = float(getattr(loss, "temperature", 1.0))  # the teacher's temperature defaults to the student's
-    loss = model_args.with_teacher(loss, student_temperature)
+    loss, collator = model_args.attach_teacher(  # the teacher's temperature defaults to the student's
+        loss, lambda model, records: EmbeddingCollator(model.processor, args.pad_to_multiple_of),
+        data_args.query_max_length or data_args.max_length, data_args.document_max_length or data_args.max_length,
+        float(getattr(loss, "temperature", 1.0)))
     if args.matryoshka_dims:
         loss = MatryoshkaLoss(loss, args.matryoshka_dims, args.matryoshka_weights, args.matryoshka_distill)
 
@@ -126,9 +128,6 @@ def train(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
             model.retrieval_config.matryoshka_dims = sorted(set(args.matryoshka_dims), reverse=True)
         return model
 
-    collator = model_args.teacher_collator(lambda model, records: EmbeddingCollator(model.processor, args.pad_to_multiple_of),
-                                           data_args.query_max_length or data_args.max_length,
-                                           data_args.document_max_length or data_args.max_length, student_temperature)
     return run_training(build, collator, loss, data_args, args, model_path=model_args.model_name_or_path,
                         settings=[asdict(model_args), asdict(data_args), *model_args.teacher_settings()])
 

@@ -117,14 +117,14 @@ def train(model_args: RerankModelArguments, data_args: DataArguments, args: Rera
         raise UsageError("--teacher_model needs --train_group_size >= 2: the reranker learns the teacher's ranking of "
                          "each query's group.")
     # the teacher is an embedder: its cosine scores at the temperature embedders train at here, unless told
-    loss = model_args.with_teacher(loss, ContrastiveSettings.temperature)
+    loss, collator = model_args.attach_teacher(
+        loss, lambda model, records: model.processor.with_pad_to_multiple_of(args.pad_to_multiple_of),
+        data_args.query_max_length or data_args.max_length, data_args.max_length or data_args.document_max_length,
+        ContrastiveSettings.temperature)
 
     def build(records: Sequence[Any]) -> BaseRanker:
         return build_model(model_args, data_args, kind)
 
-    collator = model_args.teacher_collator(lambda model, records: model.processor.with_pad_to_multiple_of(args.pad_to_multiple_of),
-                                           data_args.query_max_length or data_args.max_length,
-                                           data_args.max_length or data_args.document_max_length, ContrastiveSettings.temperature)
     return run_training(build, collator, loss, data_args, args, model_path=model_args.model_name_or_path,
                         settings=(asdict(model_args), asdict(data_args), {"model_type": kind}, *model_args.teacher_settings()))
 

@@ -4,7 +4,7 @@ flags, the teacher's vectors of the training texts, the loss wrapper and the col
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..data import TeacherCollator, TeacherVectors
 from ..data.readers import Record
@@ -42,26 +42,20 @@ class TeacherArguments:
             if kind not in (None, "embedding"):
                 raise UsageError(f"--teacher_model {self.teacher_model}: a {kind} model; the teacher must be a dense embedder.")
 
-    def resolved_temperature(self, default: float) -> float:
-        return self.teacher_temperature if self.teacher_temperature is not None else default
-
-    def with_teacher(self, loss: RetrievalLoss, default_temperature: float) -> RetrievalLoss:
-        """``loss`` with the teacher's KL term when a teacher is given (else ``loss`` itself)."""
-        if not self.teacher_model:
-            return loss
-        return TeacherDistillLoss(loss, self.distill_weight, self.resolved_temperature(default_temperature))
-
     def teacher_settings(self) -> List[Dict[str, Any]]:
         """For the run's fingerprint: the teacher decides the result as much as the base model, so its weights too."""
         return [{"teacher_weights": weights_digest(self.teacher_model)}] if self.teacher_model else []
 
-    def teacher_collator(self, make: Callable[[Any, Sequence[Record]], Any], query_max_length: Optional[int],
-                         document_max_length: Optional[int], default_temperature: float) -> Callable[[Any, Sequence[Record]], Any]:
-        """The collator factory ``make`` (model, records) -> collator, whose batches also carry the teacher's vectors
-        when a teacher is given (and the teacher's confidence on the training records is logged)."""
+    def attach_teacher(self, loss: RetrievalLoss, make: Callable[[Any, Sequence[Record]], Any],
+                       query_max_length: Optional[int], document_max_length: Optional[int],
+                       default_temperature: float) -> Tuple[RetrievalLoss, Callable[[Any, Sequence[Record]], Any]]:
+        """With a teacher: ``loss`` with its KL term, and the collator factory ``make`` (model, records) -> collator
+        whose batches also carry the teacher's vectors (the teacher's confidence on the training records is logged);
+        the teacher's temperature is ``--teacher_temperature``, else ``default_temperature``. Without: both as given."""
         if not self.teacher_model:
-            return make
-        path, temperature = self.teacher_model, self.resolved_temperature(default_temperature)
+            return loss, make
+        path = self.teacher_model
+        temperature = self.teacher_temperature if self.teacher_temperature is not None else default_temperature
 
         def factory(model: Any, records: Sequence[Record]) -> Any:
             vectors = encode_with_teacher(path, records, query_max_length, document_max_length)
@@ -72,7 +66,7 @@ class TeacherArguments:
                                "(a teacher trained on these queries, or too low a --teacher_temperature).", temperature,
                                confidence)
             return TeacherCollator(make(model, records), vectors)
-        return factory
+        return TeacherDistillLoss(loss, self.distill_weight, temperature), factory
 
 
 def teacher_confidence(vectors: TeacherVectors, records: Sequence[Record], temperature: float) -> Optional[float]:
