@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -76,7 +77,8 @@ FIRST_SEED = 42  # the seed of a single run (COMMON's before --seeds): its folde
 
 def aggregate(runs: List[dict]) -> dict:
     """One recipe's row from its seeds' results: each metric's mean (and sample standard deviation, ``spread``, over
-    two or more seeds), the fused rows' weights per seed; the curve and per-seed figures kept under ``per_seed``."""
+    two or more seeds), the fused rows' weights per seed; the first seed's curve, and every seed's figures under
+    ``per_seed`` (what a later run may reuse, see ``recorded_seeds``)."""
     def mean_of(rows: List[Dict[str, float]]) -> Dict[str, float]:
         return {m: round(statistics.mean(r[m] for r in rows), 4) for m in ("map", "mrr@10", "ndcg@10")}
 
@@ -95,8 +97,39 @@ def aggregate(runs: List[dict]) -> dict:
     if len(runs) > 1:
         row["spread"] = {k: {m: round(statistics.stdev(r["reranked"][k][m] for r in runs), 4)
                              for m in ("map", "mrr@10", "ndcg@10")} for k in keys}
-        row["per_seed"] = runs
+    row["per_seed"] = runs
     return row
+
+
+def normalised(command: str) -> str:
+    """A recorded command with its seed and output folder as placeholders (one command for every seed's run)."""
+    return re.sub(r"--output_dir \S+", "--output_dir OUT", re.sub(r"--seed \S+", "--seed SEED", command))
+
+
+def same_run(a: str, b: str) -> bool:
+    """Whether two recorded commands train alike: the same flags with the same values, in any order."""
+    def flags(command: str) -> List[str]:
+        return sorted(re.split(r" (?=--)", normalised(command)))
+    return flags(a) == flags(b)
+
+
+def recorded_seeds(row: dict, command: str, first_stages: Dict[str, dict]) -> Dict[int, dict]:
+    """The seeds of ``row`` (a recipe's results from an earlier run of this script) that this run may reuse instead of
+    retraining: recorded with the same rerank command (seed aside) over first stages with the same figures on the
+    same queries. Training on this CPU is deterministic for a seed (the main job and the e5 row retrain to the same
+    figures), so such a seed retrained would give the same model. A row written before seeds were recorded is its
+    command's one seed, over the results' first stages of that time (``legacy_first_stages``)."""
+    if not row or not same_run(row.get("command", ""), command):
+        return {}
+    if "per_seed" in row and isinstance(row["per_seed"], list) and all("seed" in r for r in row["per_seed"]):
+        runs = row["per_seed"]
+    else:  # one seed, recorded before per-seed records: its seed from the command, its first stages the results'
+        seed = re.search(r"--seed (\d+)", row.get("command", ""))
+        if not seed or "legacy_first_stages" not in row:
+            return {}
+        runs = [{**{k: row[k] for k in ("train_minutes", "curve", "reranked", "first_stage_weight") if k in row},
+                 "seed": int(seed.group(1)), "first_stages": row["legacy_first_stages"]}]
+    return {r["seed"]: r for r in runs if r.get("first_stages") == first_stages}
 
 
 def cli(module: str, *args: str) -> List[str]:
@@ -177,6 +210,10 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[FIRST_SEED],
                    help="Train each recipe once per seed; rows give the mean and spread (seed 42's run is reused).")
     p.add_argument("--max_steps", type=int, default=None, help="Cap training (smoke runs).")
+    p.add_argument("--score_backend", choices=("torch", "openvino"), default="torch",
+                   help="What scores the held-out pairs for cross-encoders: torch, or OpenVINO's float32 graph (the "
+                        "library's backend: the same scores within 1e-6 here, about twice as fast on this CPU; ColBERT and "
+                        "LLM rerankers always score with torch).")
     p.add_argument("--out", default="benchmarks/results/rerank_recipes.json")
     opts = p.parse_args()
     work = Path(opts.work).resolve()
@@ -185,6 +222,9 @@ def main() -> None:
     import transformers
 
     results = json.loads(out.read_text()) if out.is_file() else {}
+    for row in results.get("rerankers", {}).values():  # rows without per-seed records: the first stages they were measured over
+        if "per_seed" not in row and "first_stages" in results:
+            row.setdefault("legacy_first_stages", results["first_stages"])
     results.update({"machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
                     + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"),
                     "date": datetime.date.today().isoformat(),
@@ -266,6 +306,12 @@ def main() -> None:
             flags = [teacher if f == "TEACHER" else f for f in flags]
         previous = results["rerankers"].get(kind, {})
         seeds = {}
+
+        def shown(command: List[str]) -> str:  # the command as recorded: paths of this machine replaced by names
+            text = " ".join(["python", "-m", "retrievals.pipelines.rerank", *command[3:]]).replace(str(work), "WORK")
+            return (text.replace(base_path, "FIRST_STAGE" if base == "first_stage" else base)
+                    .replace(teacher or "TEACHER", "TEACHER"))
+
         for seed in opts.seeds:
             name = kind if seed == FIRST_SEED else f"{kind}-seed{seed}"  # the first seed keeps the unseeded names
             folder = work / name
@@ -276,8 +322,13 @@ def main() -> None:
                 command += ["--backbone_only", "true"]  # the embedder's encoder, a fresh reranker head
             if opts.max_steps:
                 command += ["--max_steps", str(opts.max_steps)]
+            reusable = recorded_seeds(previous, shown(command), results["first_stages"])
+            if not finished(folder) and seed in reusable:
+                print(f"{kind} seed {seed}: reusing its recorded results (same command, same first stages)", flush=True)
+                seeds[seed] = reusable[seed]
+                continue
             seconds = run_logged(command, work / f"{name}.log") if not finished(folder) else None
-            one = {}
+            one = {"seed": seed, "first_stages": results["first_stages"]}
             history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
             runtime = [h["train_runtime"] for h in history if "train_runtime" in h]
             minutes = seconds / 60 if seconds is not None else (runtime[-1] / 60 if runtime else None)  # a reused run: its record
@@ -285,8 +336,16 @@ def main() -> None:
             one["curve"] = [{"step": h["step"], "ndcg@10": h["eval_ndcg@10"]} for h in history if "eval_ndcg@10" in h]
             if (folder / "training_curve.png").is_file():  # the held-out curve, beside the results
                 shutil.copyfile(folder / "training_curve.png", out.parent / f"rerank_recipes_{name}_curve.png")
-            after = AutoModelForRanking.from_pretrained(str(folder))
+            backend = opts.score_backend if model_type == "cross-encoder" else "torch"  # the CPU backends' kinds
+            after = AutoModelForRanking.from_pretrained(str(folder), backend=backend)
+            one["scored_with"] = backend
             pairs = {(q, d) for run in runs.values() for q in held_out for d in top(run[q], k_max)}
+            if backend != "torch":  # the backend's scores against torch's on a sample: a figure, and a bound
+                sample = [(held_out[q], split.corpus[d]) for q, d in sorted(pairs)[:64]]
+                reference = AutoModelForRanking.from_pretrained(str(folder)).compute_score(sample)
+                one["score_backend_max_diff"] = max(abs(a - b) for a, b in zip(after.compute_score(sample), reference))
+                if one["score_backend_max_diff"] > 1e-4:
+                    raise SystemExit(f"{backend} scores differ from torch's by {one['score_backend_max_diff']:.2e}")
             fine = CachedRanker(cached_scores(after, f"{name}-finetuned", pairs, split, held_out, work), split, held_out)
             del after
             one["reranked"] = {f"{stage} top {k}": reranked(fine, stage, k, measured) for stage in runs for k in opts.top_k}
@@ -300,10 +359,7 @@ def main() -> None:
                         "weight": w, "curve_ndcg@10_by_weight": by_weight, **reranked(fine, stage, k, measured, w)}
             print(kind, seed, json.dumps(one["reranked"]), flush=True)
             seeds[seed] = one
-        shown = " ".join(["python", "-m", "retrievals.pipelines.rerank", *command[3:]]).replace(str(work), "WORK")
-        row = {"base": base, "model_type": model_type, "seeds": list(opts.seeds),
-               "command": shown.replace(base_path, "FIRST_STAGE" if base == "first_stage" else base).replace(teacher or "TEACHER", "TEACHER")
-               .replace(f"--seed {seed}", "--seed SEED")}
+        row = {"base": base, "model_type": model_type, "seeds": list(opts.seeds), "command": normalised(shown(command))}
         if "--teacher_model" in flags:
             row["teacher"] = opts.teacher
         row.update(aggregate(list(seeds.values())))
