@@ -95,8 +95,12 @@ def aggregate(runs: List[dict]) -> dict:
     if minutes:
         row["train_minutes"] = round(statistics.mean(minutes), 1)
     if len(runs) > 1:
-        row["spread"] = {k: {m: round(statistics.stdev(r["reranked"][k][m] for r in runs), 4)
-                             for m in ("map", "mrr@10", "ndcg@10")} for k in keys}
+        def spread_of(rows: List[Dict[str, float]]) -> Dict[str, float]:
+            return {m: round(statistics.stdev(r[m] for r in rows), 4) for m in ("map", "mrr@10", "ndcg@10")}
+
+        row["spread"] = {k: spread_of([r["reranked"][k] for r in runs]) for k in keys}
+        for k, fused in row["first_stage_weight"].items():
+            fused["spread"] = spread_of([r["first_stage_weight"][k] for r in runs])
     row["per_seed"] = runs
     return row
 
@@ -128,7 +132,7 @@ def recorded_seeds(row: dict, command: str, first_stages: Dict[str, dict]) -> Di
         if not seed or "legacy_first_stages" not in row:
             return {}
         runs = [{**{k: row[k] for k in ("train_minutes", "curve", "reranked", "first_stage_weight") if k in row},
-                 "seed": int(seed.group(1)), "first_stages": row["legacy_first_stages"]}]
+                 "seed": int(seed.group(1)), "first_stages": row["legacy_first_stages"], "scored_with": "torch"}]
     return {r["seed"]: r for r in runs if r.get("first_stages") == first_stages}
 
 
@@ -382,7 +386,8 @@ def main() -> None:
                 if key.startswith("fine-tuned")), key=lambda t: t[2]["ndcg@10"], default=None)
     if best:
         results["two_stage"] = {"reranker": best[0], "candidates": best[1], "first_stage": best[1].split(" top ")[0],
-                                **{m: best[2][m] for m in ("map", "mrr@10", "ndcg@10")}}
+                                "seeds": results["rerankers"][best[0]].get("seeds", [FIRST_SEED]),
+                                **{m: best[2][m] for m in ("map", "mrr@10", "ndcg@10", "spread") if m in best[2]}}
     save()
     print(json.dumps(results, indent=2, ensure_ascii=False))
 

@@ -139,16 +139,20 @@ def first_stage_table(q: dict) -> str:
             if f"{stage} top {k}" not in r["reranked"]:  # a first stage added after this reranker's run
                 cells.append("not run")
                 continue
-            cell = f"{r['reranked'][f'{stage} top {k}']['ndcg@10']:.3f}"
+            spread = r.get("spread", {}).get(f"{stage} top {k}")
+            cell = f"{r['reranked'][f'{stage} top {k}']['ndcg@10']:.3f}" + (f" ± {spread['ndcg@10']:.3f}" if spread else "")
             if fused:
                 weight = fused["weight"] if not isinstance(fused["weight"], list) else "/".join(map(str, fused["weight"]))
-                cell += f" / {fused['ndcg@10']:.3f} (w {weight})"
+                cell += (f" / {fused['ndcg@10']:.3f}" + (f" ± {fused['spread']['ndcg@10']:.3f}" if "spread" in fused else "")
+                         + f" (w {weight})")
             cells.append(cell)
         lines.append(f"| {stage} | {alone['ndcg@10']:.3f} | " + " | ".join(cells) + " |")
     if q.get("two_stage"):
         t = q["two_stage"]
+        seeds = (f" ± {t['spread']['ndcg@10']:.3f} over {len(t['seeds'])} seeds ({', '.join(map(str, t['seeds']))}; "
+                 "the mean of each seed's run at its own weight)" if t.get("spread") else "")
         lines += ["", f"Two stages, best: {t.get('first_stage', 'fine-tuned MiniLM')} + fine-tuned {t['reranker']} ({t['candidates']}): nDCG@10 "
-                      f"**{t['ndcg@10']:.3f}** (MAP {t['map']:.3f}, MRR@10 {t['mrr@10']:.3f})."]
+                      f"**{t['ndcg@10']:.3f}**{seeds} (MAP {t['map']:.3f}, MRR@10 {t['mrr@10']:.3f})."]
     return "\n".join(lines) + "\n"
 
 
