@@ -216,7 +216,7 @@ def main() -> None:
     p.add_argument("--max_steps", type=int, default=None, help="Cap training (smoke runs).")
     p.add_argument("--score_backend", choices=("torch", "openvino"), default="torch",
                    help="What scores the held-out pairs for cross-encoders: torch, or OpenVINO's float32 graph (the "
-                        "library's backend: the same scores within 1e-6 here, about twice as fast on this CPU; ColBERT and "
+                        "library's backend: the same scores within 1e-5 here, about twice as fast on this CPU; ColBERT and "
                         "LLM rerankers always score with torch).")
     p.add_argument("--out", default="benchmarks/results/rerank_recipes.json")
     opts = p.parse_args()
@@ -381,7 +381,8 @@ def main() -> None:
         save()
 
     best = max(((kind, key, m) for kind, r in results["rerankers"].items()
-                for key, m in [*r["reranked"].items(), *((f"{k}, first stage weight {v['weight']}", v)
+                for key, m in [*r["reranked"].items(), *((f"{k}, first stage weight " + (
+                    "/".join(map(str, v["weight"])) + " (per seed)" if isinstance(v["weight"], list) else str(v["weight"])), v)
                                                           for k, v in r.get("first_stage_weight", {}).items())]
                 if key.startswith("fine-tuned")), key=lambda t: t[2]["ndcg@10"], default=None)
     if best:
