@@ -15,7 +15,9 @@ distribution the reranker will see), and each reranker trains with ``retrievals.
 held-out curve (``training_curve.png``). A finished run in ``--work`` is reused, not retrained.
 Scores are cached per (query, FAQ) in ``--work``, so each pair is scored once per model.
 Results: ``benchmarks/results/rerank_recipes.json`` (saved after each recipe). The distilled recipes learn from
-``--teacher`` too (``--teacher_model``: an embedder's softmax over each training group).
+``--teacher`` too (``--teacher_model``: an embedder's softmax over each training group). A recipe sized for this
+CPU (``llm-cpu``) measures less (``LIMITS``: fewer training-curve queries, the MiniLM first stages' top 20 only);
+``--score_precision bf16`` scores with torch's bf16 autocast and records its agreement with float32 on a sample.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ MAX_LEN, DEPTH = 256, 50
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # --rerank_first_stage_weight values tried on the curve queries
 # recipe: (model_type, base ("first_stage": the fine-tuned embedder's encoder; or an asset name), flags of
 # retrievals.pipelines.rerank; "TEACHER" stands for --teacher, the embedder a distilled recipe learns from)
+LLM = ["--causal_lm", "true", "--use_lora", "true", "--lora_r", "16", "--lora_alpha", "32", "--learning_rate", "2e-4",
+       "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2", "--warmup_steps", "0.1", "--max_len", str(MAX_LEN)]
 CROSS_ENCODER = ["--train_group_size", "8", "--per_device_train_batch_size", "4", "--num_train_epochs", "1",
                  "--warmup_steps", "0.1", "--max_len", str(MAX_LEN)]
 RECIPES: Dict[str, tuple] = {
@@ -63,11 +67,15 @@ RECIPES: Dict[str, tuple] = {
     "colbert": ("colbert", "first_stage", ["--train_group_size", "8", "--learning_rate", "3e-5", "--per_device_train_batch_size", "8",
                                            "--num_train_epochs", "1", "--warmup_steps", "0.1", "--max_len", str(MAX_LEN),
                                            "--query_max_length", "64", "--use_inbatch_neg", "true"]),
-    "llm": ("llm", "SmolLM2-135M-Instruct", ["--causal_lm", "true", "--use_lora", "true", "--lora_r", "16", "--lora_alpha", "32",
-                                             "--train_group_size", "8", "--learning_rate", "2e-4", "--per_device_train_batch_size", "2",
-                                             "--gradient_accumulation_steps", "2", "--num_train_epochs", "1", "--warmup_steps", "0.1",
-                                             "--max_len", str(MAX_LEN)]),
+    "llm": ("llm", "SmolLM2-135M-Instruct", [*LLM, "--train_group_size", "8", "--num_train_epochs", "1"]),
+    # sized for this CPU (about 1.1 s per training sequence and 2 pairs/s scored in float32 here, ~10 h for the recipe
+    # above): 150 steps of 4 queries (600 of the 2,168), groups of 4, the teacher's denser signal
+    "llm-cpu": ("llm", "SmolLM2-135M-Instruct", [*LLM, "--train_group_size", "4", "--max_steps", "150", "--eval_steps", "50",
+                                                 "--teacher_model", "TEACHER"]),
 }
+# what a recipe's runs measure when the whole set costs too much on this CPU: the training curve's queries and
+# negatives (each curve query's top negatives), the first stages reranked and their top k (default: all)
+LIMITS: Dict[str, dict] = {"llm-cpu": {"curve": (25, 7), "stages": ("zero-shot MiniLM", "fine-tuned MiniLM"), "top_k": (20,)}}
 COMMON = ["--do_train", "--logging_steps", "10", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
           "--dataloader_drop_last", "true", "--eval_strategy", "steps", "--eval_steps", "100"]
 
@@ -169,6 +177,15 @@ def top(scores: Dict[str, float], k: int) -> List[str]:
     return rank(scores)[:k]  # the order rerank_run takes its candidates in
 
 
+def ranks(values: List[float]) -> List[int]:
+    """Each value's rank (for Spearman's correlation, as Pearson's over ranks; ties here are measure-zero floats)."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    out = [0] * len(values)
+    for position, index in enumerate(order):
+        out[index] = position
+    return out
+
+
 class CachedRanker:
     """``compute_score`` from scores computed once per (query, FAQ), so rerank_run's variants cost no model calls."""
 
@@ -179,17 +196,20 @@ class CachedRanker:
         return [self.by_text[pair] for pair in pairs]
 
 
-def cached_scores(model, name: str, pairs, split, queries, work: Path) -> Dict[tuple, float]:
-    """Scores of (qid, doc_id) pairs by ``model``, cached in ``work/scores-<name>.json``."""
+def cached_scores(model, name: str, pairs, split, queries, work: Path, chunk: int = 1024) -> Dict[tuple, float]:
+    """Scores of (qid, doc_id) pairs by ``model``, cached in ``work/scores-<name>.json``, written after every ``chunk``
+    pairs (a killed run keeps what it scored)."""
     path = work / f"scores-{name}.json"
     cache = {tuple(k.split("\t")): v for k, v in json.loads(path.read_text()).items()} if path.is_file() else {}
     todo = sorted(set(pairs) - set(cache))
-    if todo:
-        values = model.compute_score([(queries[q], split.corpus[d]) for q, d in todo], batch_size=32, show_progress_bar=True)
-        cache.update({pair: float(v) for pair, v in zip(todo, values)})
+    for start in range(0, len(todo), chunk):
+        part = todo[start: start + chunk]
+        values = model.compute_score([(queries[q], split.corpus[d]) for q, d in part], batch_size=32, show_progress_bar=True)
+        cache.update({pair: float(v) for pair, v in zip(part, values)})
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"\t".join(k): v for k, v in cache.items()}))
         os.replace(tmp, path)
+        print(f"scores-{name}: {min(start + chunk, len(todo))}/{len(todo)} pairs scored", flush=True)
     return cache
 
 
@@ -218,6 +238,9 @@ def main() -> None:
                    help="What scores the held-out pairs for cross-encoders: torch, or OpenVINO's float32 graph (the "
                         "library's backend: the same scores within 1e-5 here, about twice as fast on this CPU; ColBERT and "
                         "LLM rerankers always score with torch).")
+    p.add_argument("--score_precision", choices=("fp32", "bf16"), default="fp32",
+                   help="Precision of the torch scoring (inference_precision): bf16 autocast scores the LLM reranker about "
+                        "2.8x faster on this CPU; its agreement with float32 on a sample is recorded (Spearman, max diff).")
     p.add_argument("--out", default="benchmarks/results/rerank_recipes.json")
     opts = p.parse_args()
     work = Path(opts.work).resolve()
@@ -293,7 +316,6 @@ def main() -> None:
                                        "negative": [d_text for d_text in (split.corpus[d] for d in top(fine_run[q], 20)
                                                                           if d not in split.test_qrels[q])]} for q in curve))
 
-    k_max, k_min = max(opts.top_k), min(opts.top_k)
     held_out = {q: split.test_queries[q] for q in [*measured, *curve]}
     curve_queries = {q: split.test_queries[q] for q in curve}
 
@@ -303,6 +325,17 @@ def main() -> None:
 
     for kind in opts.kinds:
         model_type, base, flags = RECIPES[kind]
+        limits = LIMITS.get(kind, {})
+        ks = [k for k in opts.top_k if k in limits.get("top_k", opts.top_k)]
+        if not ks or set(limits.get("stages", ())) - set(runs):
+            raise SystemExit(f"{kind}: its limits {limits} name first stages or top k this run lacks ({sorted(runs)}, {opts.top_k})")
+        stages_of = {s: runs[s] for s in limits.get("stages", runs)}  # the first stages this recipe reranks
+        curve_file = work / "curve.jsonl"
+        if "curve" in limits:  # the training curve on fewer held-out queries and candidates
+            n_queries, n_negatives = limits["curve"]
+            curve_file = work / f"curve-{n_queries}x{n_negatives}.jsonl"
+            write_jsonl(curve_file, ({**row, "negative": row["negative"][:n_negatives]} for row in
+                                     (json.loads(line) for line in (work / "curve.jsonl").read_text(encoding="utf-8").splitlines()[:n_queries])))
         base_path = str(first_stage) if base == "first_stage" else str(fetch(base))
         teacher = None
         if "TEACHER" in flags:  # resolved (or fetched) only for the recipes that learn from it
@@ -320,7 +353,7 @@ def main() -> None:
             name = kind if seed == FIRST_SEED else f"{kind}-seed{seed}"  # the first seed keeps the unseeded names
             folder = work / name
             command = cli("rerank", "--model_name_or_path", base_path, "--model_type", model_type, "--train_data", str(mined),
-                          "--eval_data", str(work / "curve.jsonl"), "--output_dir", str(folder), "--overwrite_output_dir",
+                          "--eval_data", str(curve_file), "--output_dir", str(folder), "--overwrite_output_dir",
                           *COMMON, "--seed", str(seed), *flags)
             if base == "first_stage":
                 command += ["--backbone_only", "true"]  # the embedder's encoder, a fresh reranker head
@@ -341,22 +374,30 @@ def main() -> None:
             if (folder / "training_curve.png").is_file():  # the held-out curve, beside the results
                 shutil.copyfile(folder / "training_curve.png", out.parent / f"rerank_recipes_{name}_curve.png")
             backend = opts.score_backend if model_type == "cross-encoder" else "torch"  # the CPU backends' kinds
-            after = AutoModelForRanking.from_pretrained(str(folder), backend=backend)
-            one["scored_with"] = backend
-            pairs = {(q, d) for run in runs.values() for q in held_out for d in top(run[q], k_max)}
+            precision = {"inference_precision": opts.score_precision} if backend == "torch" else {}
+            after = AutoModelForRanking.from_pretrained(str(folder), backend=backend, **precision)
+            one["scored_with"] = backend + (f" {opts.score_precision} autocast" if opts.score_precision != "fp32" and precision else "")
+            pairs = {(q, d) for run in stages_of.values() for q in held_out for d in top(run[q], max(ks))}
             if backend != "torch":  # the backend's scores against torch's on a sample: a figure, and a bound
                 sample = [(held_out[q], split.corpus[d]) for q, d in sorted(pairs)[:64]]
                 reference = AutoModelForRanking.from_pretrained(str(folder)).compute_score(sample)
                 one["score_backend_max_diff"] = max(abs(a - b) for a, b in zip(after.compute_score(sample), reference))
                 if one["score_backend_max_diff"] > 1e-4:
                     raise SystemExit(f"{backend} scores differ from torch's by {one['score_backend_max_diff']:.2e}")
-            fine = CachedRanker(cached_scores(after, f"{name}-finetuned", pairs, split, held_out, work), split, held_out)
+            if precision and opts.score_precision != "fp32":  # autocast against float32 on a sample: recorded, not bounded
+                sample = [(held_out[q], split.corpus[d]) for q, d in sorted(pairs)[:64]]
+                low, exact = after.compute_score(sample), AutoModelForRanking.from_pretrained(str(folder)).compute_score(sample)
+                one["score_precision_vs_fp32"] = {"pairs": len(sample), "max_diff": round(max(abs(a - b) for a, b in zip(low, exact)), 4),
+                                                  "spearman": round(statistics.correlation(ranks(low), ranks(exact)), 4)}
+                print(kind, seed, "scores vs float32", one["score_precision_vs_fp32"], flush=True)
+            suffix = "" if opts.score_precision == "fp32" or not precision else f"-{opts.score_precision}"  # one cache per precision
+            fine = CachedRanker(cached_scores(after, f"{name}-finetuned{suffix}", pairs, split, held_out, work), split, held_out)
             del after
-            one["reranked"] = {f"{stage} top {k}": reranked(fine, stage, k, measured) for stage in runs for k in opts.top_k}
+            one["reranked"] = {f"{stage} top {k}": reranked(fine, stage, k, measured) for stage in stages_of for k in ks}
             # --rerank_first_stage_weight: chosen on the curve queries (held out, disjoint from the measured ones)
             one["first_stage_weight"] = {}
-            for stage in runs:
-                for k in opts.top_k:
+            for stage in stages_of:
+                for k in ks:
                     by_weight = {w: reranked(fine, stage, k, curve_queries, w)["ndcg@10"] for w in WEIGHTS}
                     w = max(WEIGHTS, key=lambda x: (by_weight[x], -x))
                     one["first_stage_weight"][f"{stage} top {k}"] = {
@@ -366,12 +407,17 @@ def main() -> None:
         row = {"base": base, "model_type": model_type, "seeds": list(opts.seeds), "command": normalised(shown(command))}
         if "--teacher_model" in flags:
             row["teacher"] = opts.teacher
+        if opts.score_precision != "fp32":  # how its torch scores were made (each seed's agreement with float32 in per_seed)
+            row["score_precision"] = opts.score_precision
         row.update(aggregate(list(seeds.values())))
         if "train_minutes" not in row and previous.get("train_minutes"):
             row["train_minutes"] = previous["train_minutes"]  # measured when the run was made, before runs recorded it
-        before = AutoModelForRanking.from_pretrained(base_path, model_type=model_type, max_length=MAX_LEN, backbone_only=True)
+        before = AutoModelForRanking.from_pretrained(base_path, model_type=model_type, max_length=MAX_LEN, backbone_only=True,
+                                                     inference_precision=opts.score_precision)  # torch scores the original
+        k_min = min(ks)
         base_pairs = {(q, d) for q in measured for d in top(fine_run[q], k_min)}
         original = f"{model_type}-original" if base == "first_stage" else f"{model_type}-{base}-original"  # per base model
+        original += "" if opts.score_precision == "fp32" else f"-{opts.score_precision}"  # one cache per precision
         row[f"original_on_fine-tuned top {k_min}"] = reranked(
             CachedRanker(cached_scores(before, original, base_pairs, split, measured, work), split, measured), fine_name,
             k_min, measured)

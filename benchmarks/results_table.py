@@ -87,7 +87,9 @@ def build_table() -> str:
     q = json.loads(recipes.read_text()) if recipes.is_file() else {}
     label = {"cross-encoder": "rerank cross encoder", "cross-encoder-lr1e-4": "rerank cross encoder, lr 1e-4",
              "cross-encoder-distilled": "rerank cross encoder, lr 1e-4, distilled "
-             "from a teacher embedder (`--teacher_model`)", "colbert": "rerank colbert", "llm": "rerank llm finetune (LoRA)"}
+             "from a teacher embedder (`--teacher_model`)", "colbert": "rerank colbert", "llm": "rerank llm finetune (LoRA)",
+             "llm-cpu": "rerank llm finetune (LoRA), sized for this CPU: 600 training queries, groups of 4, distilled from a "
+             "teacher embedder"}
     for kind, experiment in label.items():
         r = q.get("rerankers", {}).get(kind)
         if not r:
@@ -105,7 +107,8 @@ def build_table() -> str:
                      "spread": r["spread"][f"{stage} top {k}"] if r.get("spread") else None, "seeds": r.get("seeds", [42]),
                      "minutes": r.get("train_minutes", ""),
                      "command": f"benchmarks/rerank_recipes.py --kinds {kind}"
-                                + (f" --seeds {' '.join(map(str, r['seeds']))}" if len(r.get("seeds", [])) > 1 else "")})
+                                + (f" --seeds {' '.join(map(str, r['seeds']))}" if len(r.get("seeds", [])) > 1 else "")
+                                + (f" --score_precision {r['score_precision']}" if r.get("score_precision") else "")})
     lines = ["| experiment | model | task (AIA-BDE held-out FAQs) | nDCG@10 original → fine-tuned | MAP | MRR@10 | train min | command |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
