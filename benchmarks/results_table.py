@@ -128,7 +128,8 @@ def first_stage_table(q: dict) -> str:
     if not q.get("rerankers"):
         return ""
     ks = q["eval"]["top_k"]
-    columns = [(kind, k) for kind in q["rerankers"] for k in ks]
+    columns = [(kind, k) for kind in q["rerankers"] for k in ks  # a reranker's top k measured over no first stage: no column
+               if any(f"{stage} top {k}" in q["rerankers"][kind]["reranked"] for stage in q["first_stages"])]
     lines = ["", f"Rerankers over first stages ({q['eval']['measured_queries']} held-out queries, nDCG@10; reranker alone / "
                  f"fused with the first stage, weight w chosen on {q['eval']['curve_queries']} other held-out queries; "
                  "`benchmarks/rerank_recipes.py`):", "",
