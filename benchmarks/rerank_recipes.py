@@ -75,8 +75,8 @@ RECIPES: Dict[str, tuple] = {
 }
 # what a recipe's runs measure when the whole set costs too much on this CPU: the training curve's queries and
 # negatives (each curve query's top negatives), the first stages reranked and their top k (default: all)
-# (the LLM reranker scores about 3 pairs/s with bf16 autocast here: the fine-tuned MiniLM's top 20 of the 400 held-out
-# queries, 8,000 pairs, and the original model's 6,000 take about 70 minutes)
+# (the LLM reranker scores about 5 pairs/s with bf16 autocast here, quiet: the fine-tuned MiniLM's top 20 of the 400 held-out
+# queries, 8,000 pairs, and the original model's 6,000 took about an hour, partly beside the test suite)
 LIMITS: Dict[str, dict] = {"llm-cpu": {"curve": (25, 7), "stages": ("fine-tuned MiniLM",), "top_k": (20,)}}
 COMMON = ["--do_train", "--logging_steps", "10", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
           "--dataloader_drop_last", "true", "--eval_strategy", "steps", "--eval_steps", "100"]
