@@ -68,15 +68,14 @@ RECIPES: Dict[str, tuple] = {
                                            "--num_train_epochs", "1", "--warmup_steps", "0.1", "--max_len", str(MAX_LEN),
                                            "--query_max_length", "64", "--use_inbatch_neg", "true"]),
     "llm": ("llm", "SmolLM2-135M-Instruct", [*LLM, "--train_group_size", "8", "--num_train_epochs", "1"]),
-    # sized for this CPU (about 1.1 s per training sequence and 2 pairs/s scored in float32 here, ~10 h for the recipe
-    # above): 150 steps of 4 queries (600 of the 2,168), groups of 4, the teacher's denser signal
+    # sized for this CPU (1.16 s per training sequence here, the llm-cpu run's record: the recipe above takes hours):
+    # 150 steps of 4 queries (600 of the 2,168), groups of 4, the teacher's denser signal
     "llm-cpu": ("llm", "SmolLM2-135M-Instruct", [*LLM, "--train_group_size", "4", "--max_steps", "150", "--eval_steps", "50",
                                                  "--teacher_model", "TEACHER"]),
 }
 # what a recipe's runs measure when the whole set costs too much on this CPU: the training curve's queries and
 # negatives (each curve query's top negatives), the first stages reranked and their top k (default: all)
-# (the LLM reranker scores about 5 pairs/s with bf16 autocast here, quiet: the fine-tuned MiniLM's top 20 of the 400 held-out
-# queries, 8,000 pairs, and the original model's 6,000 took about an hour, partly beside the test suite)
+# (llm-cpu: the fine-tuned MiniLM's top 20 of the 400 held-out queries, 8,000 pairs, and the original model's 6,000)
 LIMITS: Dict[str, dict] = {"llm-cpu": {"curve": (25, 7), "stages": ("fine-tuned MiniLM",), "top_k": (20,)}}
 COMMON = ["--do_train", "--logging_steps", "10", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
           "--dataloader_drop_last", "true", "--eval_strategy", "steps", "--eval_steps", "100"]
@@ -241,8 +240,8 @@ def main() -> None:
                         "library's backend: the same scores within 1e-5 here, about twice as fast on this CPU; ColBERT and "
                         "LLM rerankers always score with torch).")
     p.add_argument("--score_precision", choices=("fp32", "bf16"), default="fp32",
-                   help="Precision of the torch scoring (inference_precision): bf16 autocast scores the LLM reranker about "
-                        "2.8x faster on this CPU; its agreement with float32 on a sample is recorded (Spearman, max diff).")
+                   help="Precision of the torch scoring (inference_precision): bf16 autocast is faster on CPUs with bf16 "
+                        "instructions; its agreement with float32 on a sample is recorded (Spearman, max diff).")
     p.add_argument("--out", default="benchmarks/results/rerank_recipes.json")
     opts = p.parse_args()
     work = Path(opts.work).resolve()
@@ -319,6 +318,7 @@ def main() -> None:
                                                                           if d not in split.test_qrels[q])]} for q in curve))
 
     held_out = {q: split.test_queries[q] for q in [*measured, *curve]}
+    autocast = "" if opts.score_precision == "fp32" else f"-{opts.score_precision}"  # torch's scores: one cache per precision
     curve_queries = {q: split.test_queries[q] for q in curve}
 
     def reranked(ranker, stage: str, k: int, queries, weight: float = 0.0):  # the library's rerank_run, cached scores
@@ -378,7 +378,8 @@ def main() -> None:
             backend = opts.score_backend if model_type == "cross-encoder" else "torch"  # the CPU backends' kinds
             precision = {"inference_precision": opts.score_precision} if backend == "torch" else {}
             after = AutoModelForRanking.from_pretrained(str(folder), backend=backend, **precision)
-            one["scored_with"] = backend + (f" {opts.score_precision} autocast" if opts.score_precision != "fp32" and precision else "")
+            suffix = autocast if backend == "torch" else ""
+            one["scored_with"] = backend + (f" {opts.score_precision} autocast" if suffix else "")
             pairs = {(q, d) for run in stages_of.values() for q in held_out for d in top(run[q], max(ks))}
             if one["scored_with"] != "torch":  # its scores against torch float32's on a sample
                 sample = [(held_out[q], split.corpus[d]) for q, d in sorted(pairs)[:64]]
@@ -392,7 +393,6 @@ def main() -> None:
                     one["score_precision_vs_fp32"] = {"pairs": len(sample), "max_diff": round(diff, 4),
                                                       "spearman": round(statistics.correlation(ranks(got), ranks(exact)), 4)}
                     print(kind, seed, "scores vs float32", one["score_precision_vs_fp32"], flush=True)
-            suffix = "" if opts.score_precision == "fp32" or not precision else f"-{opts.score_precision}"  # one cache per precision
             fine = CachedRanker(cached_scores(after, f"{name}-finetuned{suffix}", pairs, split, held_out, work), split, held_out)
             del after
             one["reranked"] = {f"{stage} top {k}": reranked(fine, stage, k, measured) for stage in stages_of for k in ks}
@@ -409,7 +409,7 @@ def main() -> None:
         row = {"base": base, "model_type": model_type, "seeds": list(opts.seeds), "command": normalised(shown(command))}
         if "--teacher_model" in flags:
             row["teacher"] = opts.teacher
-        if opts.score_precision != "fp32":  # how its torch scores were made (each seed's agreement with float32 in per_seed)
+        if autocast:  # how its torch scores were made (each seed's agreement with float32 in per_seed)
             row["score_precision"] = opts.score_precision
         row.update(aggregate(list(seeds.values())))
         if "train_minutes" not in row and previous.get("train_minutes"):
@@ -419,7 +419,7 @@ def main() -> None:
         k_min = min(ks)
         base_pairs = {(q, d) for q in measured for d in top(fine_run[q], k_min)}
         original = f"{model_type}-original" if base == "first_stage" else f"{model_type}-{base}-original"  # per base model
-        original += "" if opts.score_precision == "fp32" else f"-{opts.score_precision}"  # one cache per precision
+        original += autocast
         row[f"original_on_fine-tuned top {k_min}"] = reranked(
             CachedRanker(cached_scores(before, original, base_pairs, split, measured, work), split, measured), fine_name,
             k_min, measured)
