@@ -14,7 +14,12 @@ distribution the reranker will see), and each reranker trains with ``retrievals.
 ``--eval_data`` (100 held-out queries, disjoint from the ones measured) so its run folder has the
 held-out curve (``training_curve.png``). A finished run in ``--work`` is reused, not retrained.
 Scores are cached per (query, FAQ) in ``--work``, so each pair is scored once per model.
-Results: ``benchmarks/results/rerank_recipes.json`` (saved after each recipe). The distilled recipes learn from
+Results: ``benchmarks/results/rerank_recipes.json`` (saved after each recipe); rerankers built on another
+first stage's encoder, with negatives it mined, go to their own work folder and results file::
+
+    .venv/bin/python benchmarks/rerank_recipes.py --kinds cross-encoder-distilled --first_stage outputs/table/embed_e5 \
+        --zero_shot multilingual-e5-small --name e5 --score_backend openvino    # rerank_recipes_e5.json
+ The distilled recipes learn from
 ``--teacher`` too (``--teacher_model``: an embedder's softmax over each training group). A recipe sized for this
 CPU (``llm-cpu``) measures less (``LIMITS``: fewer training-curve queries, the MiniLM first stages' top 20 only);
 ``--score_precision bf16`` scores with torch's bf16 autocast and records its agreement with float32 on a sample.
@@ -145,6 +150,14 @@ def recorded_seeds(row: dict, command: str, first_stages: Dict[str, dict]) -> Di
     return {r["seed"]: r for r in runs if r.get("first_stages") == first_stages}
 
 
+def relative(path: Path) -> str:
+    """``path`` as recorded: relative to the repository when inside it (results name no machine's folders)."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def cli(module: str, *args: str) -> List[str]:
     return [sys.executable, "-m", f"retrievals.pipelines.{module}", *args]
 
@@ -228,7 +241,9 @@ def main() -> None:
     p.add_argument("--more_first_stages", nargs="*", default=[], metavar="NAME=PATH",
                    help="Further first stages to rerank (PATH a folder or an asset name), e.g. 'fine-tuned e5=outputs/table/"
                         "embed_e5'; a NAME starting with 'fine-tuned' competes for the two-stage row.")
-    p.add_argument("--work", default="outputs/rerank_recipes")
+    p.add_argument("--work", default=None,
+                   help="Where models, mined negatives and score caches go (default: outputs/rerank_recipes, or "
+                        "outputs/rerank_recipes_NAME for another --name); one work folder serves one first stage.")
     p.add_argument("--eval_queries", type=int, default=300)
     p.add_argument("--curve_queries", type=int, default=100)
     p.add_argument("--top_k", type=int, nargs="+", default=[20, 50])
@@ -242,11 +257,13 @@ def main() -> None:
     p.add_argument("--score_precision", choices=("fp32", "bf16"), default="fp32",
                    help="Precision of the torch scoring (inference_precision): bf16 autocast is faster on CPUs with bf16 "
                         "instructions; its agreement with float32 on a sample is recorded (Spearman, max diff).")
-    p.add_argument("--out", default="benchmarks/results/rerank_recipes.json")
+    p.add_argument("--out", default=None, help="The results file (default: benchmarks/results/rerank_recipes.json, or "
+                                              "rerank_recipes_NAME.json for another --name).")
     opts = p.parse_args()
-    work = Path(opts.work).resolve()
+    suffix_of_name = "" if opts.name == "MiniLM" else f"_{opts.name}"
+    work = Path(opts.work or f"outputs/rerank_recipes{suffix_of_name}").resolve()
+    out = Path(opts.out or f"benchmarks/results/rerank_recipes{suffix_of_name}.json")
     work.mkdir(parents=True, exist_ok=True)
-    out = Path(opts.out)
     import transformers
 
     results = json.loads(out.read_text()) if out.is_file() else {}
@@ -271,10 +288,17 @@ def main() -> None:
     zero_shot = str(Path(opts.zero_shot).resolve()) if Path(opts.zero_shot).exists() else str(fetch(opts.zero_shot))
     fine_name = f"fine-tuned {opts.name}"
     first_stage = Path(opts.first_stage).resolve() if opts.first_stage else work / "embedder"
+    # the work folder's negatives, curve and score caches belong to the first stage that mined them: never reuse
+    # another's (a rerun with another --first_stage and the same --work would otherwise train on them)
+    owner, shown_stage = work / "first_stage.txt", relative(first_stage)
+    if owner.is_file() and owner.read_text().strip() != shown_stage:
+        raise SystemExit(f"{owner}: this work folder belongs to first stage {owner.read_text().strip()!r}, not "
+                         f"{shown_stage!r}; pass another --work.")
+    owner.write_text(shown_stage + "\n")
     if not opts.first_stage and not finished(first_stage):
         command = cli("demo", "--output_dir", str(first_stage), "--overwrite_output_dir")
         run_logged(command, work / "embedder.log")
-    commands["first_stage"] = "python -m retrievals.pipelines.demo --output_dir OUT" if not opts.first_stage else f"given: {first_stage}"
+    commands["first_stage"] = "python -m retrievals.pipelines.demo --output_dir OUT" if not opts.first_stage else f"given: {shown_stage}"
     commands["more_first_stages"] = opts.more_first_stages
 
     # held-out queries: a fixed random sample measured, a disjoint one for the training curve
@@ -374,7 +398,7 @@ def main() -> None:
             one["train_minutes"] = round(minutes, 1) if minutes is not None else None
             one["curve"] = [{"step": h["step"], "ndcg@10": h["eval_ndcg@10"]} for h in history if "eval_ndcg@10" in h]
             if (folder / "training_curve.png").is_file():  # the held-out curve, beside the results
-                shutil.copyfile(folder / "training_curve.png", out.parent / f"rerank_recipes_{name}_curve.png")
+                shutil.copyfile(folder / "training_curve.png", out.parent / f"{out.stem}_{name}_curve.png")
             backend = opts.score_backend if model_type == "cross-encoder" else "torch"  # the CPU backends' kinds
             precision = {"inference_precision": opts.score_precision} if backend == "torch" else {}
             after = AutoModelForRanking.from_pretrained(str(folder), backend=backend, **precision)

@@ -6,7 +6,7 @@
     .venv/bin/python benchmarks/results_table.py                                       # table from the saved results
 
 Embedder rows run the main job (``retrievals.pipelines.demo``) and keep its ``results.json`` in
-``benchmarks/results/table/``; reranker rows come from ``benchmarks/results/rerank_recipes.json``. The
+``benchmarks/results/table/``; reranker rows come from ``benchmarks/results/rerank_recipes*.json``. The
 table is written to ``benchmarks/results/results_table.md`` (and ``.json``); ``--readme`` copies it, and the
 zero-shot ColBERT table (``colbert_zero_shot.json``), into README.md.
 """
@@ -83,32 +83,32 @@ def build_table() -> str:
                      "minutes": round(statistics.mean(r["train_seconds"] for r in runs) / 60, 1),
                      "command": f"benchmarks/results_table.py --run {name}"
                                 + (f" --seeds {' '.join(str(r['settings']['seed']) for r in runs)}" if len(runs) > 1 else "")})
-    recipes = RESULTS / "rerank_recipes.json"
-    q = json.loads(recipes.read_text()) if recipes.is_file() else {}
+    files = reranker_results()
     label = {"cross-encoder": "rerank cross encoder", "cross-encoder-lr1e-4": "rerank cross encoder, lr 1e-4",
              "cross-encoder-distilled": "rerank cross encoder, lr 1e-4, distilled "
              "from a teacher embedder (`--teacher_model`)", "colbert": "rerank colbert", "llm": "rerank llm finetune (LoRA)",
              "llm-cpu": "rerank llm finetune (LoRA), sized for this CPU: 600 training queries, groups of 4, distilled from a "
              "teacher embedder"}
-    for kind, experiment in label.items():
-        r = q.get("rerankers", {}).get(kind)
-        if not r:
-            continue
-        k = min(q["eval"]["top_k"])
-        stage = q["eval"].get("first_stage", "fine-tuned MiniLM")
-        encoder = q["eval"].get("zero_shot", "all-MiniLM-L6-v2")
-        base = f"{encoder} (encoder of the fine-tuned embedder)" if r["base"] == "first_stage" else r["base"]
-        if r.get("teacher"):
-            base += f"; teacher {r['teacher']}"
-        rows.append({"experiment": experiment, "model": base,
-                     "task": f"rerank top {k} of the fine-tuned embedder ({q['eval']['measured_queries']} queries; first stage "
-                             f"alone: nDCG@10 {q['first_stages'][stage]['ndcg@10']:.3f}, MAP {q['first_stages'][stage]['map']:.3f})",
-                     "original": r[f"original_on_fine-tuned top {k}"], "finetuned": r["reranked"][f"{stage} top {k}"],
-                     "spread": r["spread"][f"{stage} top {k}"] if r.get("spread") else None, "seeds": r.get("seeds", [42]),
-                     "minutes": r.get("train_minutes", ""),
-                     "command": f"benchmarks/rerank_recipes.py --kinds {kind}"
-                                + (f" --seeds {' '.join(map(str, r['seeds']))}" if len(r.get("seeds", [])) > 1 else "")
-                                + (f" --score_precision {r['score_precision']}" if r.get("score_precision") else "")})
+    for q in files:
+        for kind, experiment in label.items():
+            r = q.get("rerankers", {}).get(kind)
+            if not r:
+                continue
+            k = min(q["eval"]["top_k"])
+            stage = q["eval"].get("first_stage", "fine-tuned MiniLM")
+            encoder = q["eval"].get("zero_shot", "all-MiniLM-L6-v2")
+            base = f"{encoder} (encoder of the fine-tuned embedder)" if r["base"] == "first_stage" else r["base"]
+            if r.get("teacher"):
+                base += f"; teacher {r['teacher']}"
+            rows.append({"experiment": experiment, "model": base,
+                         "task": f"rerank top {k} of the {stage} embedder ({q['eval']['measured_queries']} queries; first stage "
+                                 f"alone: nDCG@10 {q['first_stages'][stage]['ndcg@10']:.3f}, MAP {q['first_stages'][stage]['map']:.3f})",
+                         "original": r[f"original_on_fine-tuned top {k}"], "finetuned": r["reranked"][f"{stage} top {k}"],
+                         "spread": r["spread"][f"{stage} top {k}"] if r.get("spread") else None, "seeds": r.get("seeds", [42]),
+                         "minutes": r.get("train_minutes", ""),
+                         "command": f"benchmarks/rerank_recipes.py --kinds {kind}" + first_stage_flags(q)
+                                    + (f" --seeds {' '.join(map(str, r['seeds']))}" if len(r.get("seeds", [])) > 1 else "")
+                                    + (f" --score_precision {r['score_precision']}" if r.get("score_precision") else "")})
     lines = ["| experiment | model | task (AIA-BDE held-out FAQs) | nDCG@10 original → fine-tuned | MAP | MRR@10 | train min | command |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -116,31 +116,68 @@ def build_table() -> str:
                  + (f" ± {r['spread'][m]:.3f} ({len(r['seeds'])} seeds)" if r.get("spread") else "")
                  for m in ("ndcg@10", "map", "mrr@10")]
         lines.append(f"| {r['experiment']} | {r['model']} | {r['task']} | " + " | ".join(cells) + f" | {r['minutes']} | `{r['command']}` |")
-    table = "\n".join(lines) + "\n" + first_stage_table(q)
+    table = "\n".join(lines) + "\n" + first_stage_table(files)
     (RESULTS / "results_table.md").write_text(table)
     (RESULTS / "results_table.json").write_text(json.dumps(rows, indent=2) + "\n")
     return table
 
 
-def first_stage_table(q: dict) -> str:
-    """Each fine-tuned reranker over each first stage's top k, alone and fused with the first stage's scores
-    (``--rerank_first_stage_weight w``, w chosen on separate held-out queries), beside that first stage (nDCG@10)."""
-    if not q.get("rerankers"):
+def reranker_results() -> list:
+    """Every ``rerank_recipes*.json``: the MiniLM-based rerankers' file first, then those built on other first stages
+    (``rerank_recipes_NAME.json``, ``benchmarks/rerank_recipes.py --name NAME``)."""
+    files = [RESULTS / "rerank_recipes.json", *sorted(RESULTS.glob("rerank_recipes_*.json"))]
+    return [json.loads(f.read_text()) for f in files if f.is_file()]
+
+
+def family(q: dict) -> str:
+    """The first stage a results file's rerankers were built on: its ``--name`` (MiniLM for the default file)."""
+    return q["eval"].get("first_stage", "fine-tuned MiniLM").removeprefix("fine-tuned ")
+
+
+def first_stage_flags(q: dict) -> str:
+    """The ``benchmarks/rerank_recipes.py`` flags that pick a results file's first stage (none for the default)."""
+    if family(q) == "MiniLM":
         return ""
-    ks = q["eval"]["top_k"]
-    columns = [(kind, k) for kind in q["rerankers"] for k in ks  # a reranker's top k measured over no first stage: no column
+    given = q["commands"]["first_stage"].removeprefix("given: ")
+    path = Path(given)
+    if path.is_absolute() and path.is_relative_to(ROOT):  # runs that recorded this machine's folder
+        given = str(path.relative_to(ROOT))
+    return f" --first_stage {given} --zero_shot {q['eval']['zero_shot']} --name {family(q)}"
+
+
+def first_stage_table(files: list) -> str:
+    """Each fine-tuned reranker over each first stage's top k, alone and fused with the first stage's scores
+    (``--rerank_first_stage_weight w``, w chosen on separate held-out queries), beside that first stage (nDCG@10).
+    Rerankers of every results file share the table; a first stage measured by two files must agree (same queries,
+    same model)."""
+    files = [q for q in files if q.get("rerankers")]
+    if not files:
+        return ""
+    alone: dict = {}
+    for q in files:
+        for stage, m in q["first_stages"].items():
+            if stage in alone and abs(alone[stage]["ndcg@10"] - m["ndcg@10"]) > 1e-9:
+                raise SystemExit(f"first stage {stage!r}: nDCG@10 {alone[stage]['ndcg@10']} in one results file, "
+                                 f"{m['ndcg@10']} in another: rerun one of them")
+            alone.setdefault(stage, m)
+    columns = [(q, kind, k) for q in files for kind in q["rerankers"] for k in q["eval"]["top_k"]
+               # a reranker's top k measured over no first stage: no column
                if any(f"{stage} top {k}" in q["rerankers"][kind]["reranked"] for stage in q["first_stages"])]
-    lines = ["", f"Rerankers over first stages ({q['eval']['measured_queries']} held-out queries, nDCG@10; reranker alone / "
-                 f"fused with the first stage, weight w chosen on {q['eval']['curve_queries']} other held-out queries; "
-                 "`benchmarks/rerank_recipes.py`):", "",
-             "| first stage | alone | " + " | ".join(f"{kind} top {k}" for kind, k in columns) + " |",
+    q0 = files[0]
+    lines = ["", f"Rerankers over first stages ({q0['eval']['measured_queries']} held-out queries, nDCG@10; reranker alone / "
+                 f"fused with the first stage, weight w chosen on {q0['eval']['curve_queries']} other held-out queries; "
+                 "`benchmarks/rerank_recipes.py`" + ("; a reranker built on another first stage's encoder is marked with "
+                                                     "its name" if any(family(q) != "MiniLM" for q, _, _ in columns) else "")
+                 + "):", "",
+             "| first stage | alone | " + " | ".join(f"{kind}{'' if family(q) == 'MiniLM' else f' ({family(q)})'} top {k}"
+                                                     for q, kind, k in columns) + " |",
              "|---|---|" + "---|" * len(columns)]
-    for stage, alone in q["first_stages"].items():
+    for stage, first in alone.items():
         cells = []
-        for kind, k in columns:
+        for q, kind, k in columns:
             r = q["rerankers"][kind]
             fused = r.get("first_stage_weight", {}).get(f"{stage} top {k}")
-            if f"{stage} top {k}" not in r["reranked"]:  # a first stage added after this reranker's run
+            if f"{stage} top {k}" not in r["reranked"]:  # a first stage added after this reranker's run, or not in its file
                 cells.append("not run")
                 continue
             spread = r.get("spread", {}).get(f"{stage} top {k}")
@@ -150,13 +187,15 @@ def first_stage_table(q: dict) -> str:
                 cell += (f" / {fused['ndcg@10']:.3f}" + (f" ± {fused['spread']['ndcg@10']:.3f}" if "spread" in fused else "")
                          + f" (w {weight})")
             cells.append(cell)
-        lines.append(f"| {stage} | {alone['ndcg@10']:.3f} | " + " | ".join(cells) + " |")
-    if q.get("two_stage"):
-        t = q["two_stage"]
+        lines.append(f"| {stage} | {first['ndcg@10']:.3f} | " + " | ".join(cells) + " |")
+    best = max((q for q in files if q.get("two_stage")), key=lambda q: q["two_stage"]["ndcg@10"], default=None)
+    if best:
+        t = best["two_stage"]
         seeds = (f" ± {t['spread']['ndcg@10']:.3f} over {len(t['seeds'])} seeds ({', '.join(map(str, t['seeds']))}; "
                  "the mean of each seed's run at its own weight)" if t.get("spread") else "")
-        lines += ["", f"Two stages, best: {t.get('first_stage', 'fine-tuned MiniLM')} + fine-tuned {t['reranker']} ({t['candidates']}): nDCG@10 "
-                      f"**{t['ndcg@10']:.3f}**{seeds} (MAP {t['map']:.3f}, MRR@10 {t['mrr@10']:.3f})."]
+        built = "" if family(best) == "MiniLM" else f" (built on {family(best)})"
+        lines += ["", f"Two stages, best: {t.get('first_stage', 'fine-tuned MiniLM')} + fine-tuned {t['reranker']}{built} "
+                      f"({t['candidates']}): nDCG@10 **{t['ndcg@10']:.3f}**{seeds} (MAP {t['map']:.3f}, MRR@10 {t['mrr@10']:.3f})."]
     return "\n".join(lines) + "\n"
 
 
