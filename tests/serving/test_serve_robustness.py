@@ -113,6 +113,16 @@ def client(app):
     ("[" * 150_000 + "]" * 150_000, 413, "bytes"),  # deep nesting, and too large
     ("[" * 20_000 + "]" * 20_000, 400, "body"),  # deep nesting within the byte limit
     ('{"input": ' + json.dumps(["a"] * 20) + "}", 413, "at most 16"),
+    # a value that fits no member of a union: the error names the member's actual problem, not "input.str"
+    ('{"input": [[1, 2, 3]]}', 400, "token-id input is not supported"),
+    ('{"input": [1, 2]}', 400, "token-id input is not supported"),
+    ('{"input": ["ok", 5]}', 400, "input[1]: Input should be a valid string"),
+    ('{"input": ""}', 400, "input is empty"),  # refused like OpenAI's API does
+    ('{"input": ["a", ""]}', 400, "input[1] is empty"),
+    ('{"query": "", "documents": ["a"]}', 400, "query: String should have at least 1 character"),
+    ('{"query": "q", "documents": [{"text": "' + "x" * 401 + '"}]}', 413, "documents[0].text: String should have at most 400"),
+    ('{"query": "q", "documents": ["ok", {"text": "a\\ud800"}]}', 400, "documents[1].text"),
+    ('{"query": "q", "documents": ["ok", {"txt": "a"}]}', 400, "documents[1].text: Field required"),
 ])
 def test_hostile_bodies_get_the_error_envelope(client, body, status, words):
     path = "/v1/rerank" if "query" in str(body) else "/v1/embeddings"
@@ -120,6 +130,23 @@ def test_hostile_bodies_get_the_error_envelope(client, body, status, words):
                     headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
     assert words in r.json()["error"]["message"]
+    assert client.post("/v1/embeddings", json={"input": "still serving"}).status_code == 200
+
+
+def test_a_body_not_sent_as_json_or_over_the_limit_in_chunks_is_named(client):
+    for headers in ({}, {"content-type": "application/x-www-form-urlencoded"}, {"content-type": "text/plain"}):
+        r = client.post("/v1/embeddings", content=b'{"input": "a"}', headers=headers)  # what curl -d sends, say
+        assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_content_type", r.text
+    r = client.post("/v1/embeddings", content=b'{"input": "a"}', headers={"content-type": "application/json; charset=utf-8"})
+    assert r.status_code == 200, r.text
+
+    def chunks():  # no Content-Length: the limit is found while the body is read
+        yield b'{"input": "'
+        yield b"a" * 300_000
+        yield b'"}'
+
+    r = client.post("/v1/embeddings", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large", r.text
     assert client.post("/v1/embeddings", json={"input": "still serving"}).status_code == 200
 
 
@@ -367,3 +394,16 @@ def test_dimensions_are_served_for_trained_sizes(served):
             assert enums and sorted(enums[0]) == [16, 32], prop
     finally:
         emb.retrieval_config.matryoshka_dims = []
+
+
+def test_a_truncate_dim_in_the_config_is_a_served_size(tiny_bert):
+    from fastapi.testclient import TestClient
+
+    emb = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean", truncate_dim=16)
+    with TestClient(create_app(emb, None, "emb")) as client:
+        default = client.post("/v1/embeddings", json={"input": TEXTS[0]}).json()["data"][0]["embedding"]
+        asked = client.post("/v1/embeddings", json={"input": TEXTS[0], "dimensions": 16})
+        assert asked.status_code == 200, asked.text
+        assert len(default) == 16 and asked.json()["data"][0]["embedding"] == default
+        full = client.post("/v1/embeddings", json={"input": TEXTS[0], "dimensions": emb.embedding_dim})
+        assert full.status_code == 200 and len(full.json()["data"][0]["embedding"]) == emb.embedding_dim

@@ -65,7 +65,9 @@ def error_response(exc: ApiError) -> JSONResponse:
 
 
 class _BodyTooLarge(Exception):
-    pass
+    @staticmethod
+    def error(limit: int) -> ApiError:
+        return ApiError(413, f"the request body is over {limit} bytes (--max_request_bytes)", code="body_too_large")
 
 
 class Guard:
@@ -105,8 +107,7 @@ class Guard:
             await self.app(scope, receive_limited, send_counted)
         except _BodyTooLarge:
             if not status[0]:
-                await error_response(ApiError(413, f"the request body is over {limit} bytes (--max_request_bytes)",
-                                              code="body_too_large"))(scope, receive, send_counted)
+                await error_response(_BodyTooLarge.error(limit))(scope, receive, send_counted)
         except Exception as exc:  # noqa: BLE001 - a bug must cost one request, not the connection or the server
             logger.exception("request %s %s failed", scope.get("method"), scope.get("path"))
             if not status[0]:
@@ -136,8 +137,10 @@ class Service:
             raise ApiError(413, f"{param} has {count} items; this server takes at most {self.limits.max_batch_size} "
                                 "per request (--max_batch_size)", param=param)
 
-    def check_chars(self, texts: List[str], param: str) -> None:
+    def check_chars(self, texts: List[str], param: str, allow_empty: bool = True) -> None:
         for i, text in enumerate(texts):
+            if not text and not allow_empty:
+                raise ApiError(400, f"{param}[{i}] is empty", param=f"{param}[{i}]")
             if len(text) > self.limits.max_input_chars:
                 raise ApiError(413, f"{param}[{i}] has {len(text)} characters; the limit is {self.limits.max_input_chars} "
                                     "(--max_input_chars)", param=f"{param}[{i}]")
@@ -189,9 +192,11 @@ class Service:
     # ------------------------------------------------------------------ endpoints
     async def embeddings(self, req: Any, request: Request) -> JSONResponse:
         self.check_model(req.model, self.embedder_name, "embedding")
+        if isinstance(req.input, str) and not req.input:
+            raise ApiError(400, "input is empty", param="input")
         texts = [req.input] if isinstance(req.input, str) else list(req.input)
         self.check_count(len(texts), "input")
-        self.check_chars(texts, "input")
+        self.check_chars(texts, "input", allow_empty=False)
         is_query = req.input_type == "query"
         dims = req.dimensions or self.embedder.retrieval_config.truncate_dim  # None: all dimensions
         ids = await _tokenized(_in_slices, lambda part: self.embedder.tokenize(part, is_query=is_query), texts)
@@ -283,13 +288,29 @@ def _model_info(name: Optional[str], model: Any) -> Optional[Dict[str, Any]]:
     return {"id": name, "class": type(model).__name__, "config": dataclasses.asdict(model.retrieval_config)}
 
 
+def _where(loc: Tuple[Any, ...]) -> str:
+    """A pydantic error location as the request spells it: ``documents[1].text``, without ``body`` and without the
+    union-member tags pydantic inserts (``str``, ``list[str]``, ``RerankDocument``)."""
+    out = ""
+    for part in loc[1:] if loc[:1] == ("body",) else loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not ("[" in part or part[:1].isupper() or part in ("str", "int", "float", "bool")):
+            out += f".{part}" if out else part
+    return out
+
+
 def _validation_error(exc: RequestValidationError) -> ApiError:
-    """400 for malformed requests; 413 when a text or list is over the declared limits; 404 for an unknown model."""
+    """400 for malformed requests; 413 when a text or list is over the declared limits; 404 for an unknown model.
+
+    A value that fits no member of a union (``input``: a string or a list of strings) gets one error per member;
+    the deepest one names the actual problem (``input[1]`` is not a string, ``documents[0].text`` is too long)."""
     errors = exc.errors()
-    first = errors[0] if errors else {}
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-    message = f"{where or 'body'}: {first.get('msg', 'invalid request')}"
     kinds = {e.get("type") for e in errors}
+    too_long = [e for e in errors if e.get("type") in ("string_too_long", "too_long")]
+    first = max(too_long or errors, key=lambda e: len(e.get("loc", ())), default={})
+    where = _where(tuple(first.get("loc", ())))
+    message = f"{where or 'body'}: {str(first.get('msg', 'invalid request')).removeprefix('Value error, ')}"
     if first.get("loc", ())[-1:] == ("model",) and first.get("type") == "literal_error":
         return ApiError(404, f"model {first.get('input')!r} is not served here", param="model", code="model_not_found")
     if kinds & {"string_too_long", "too_long"}:
@@ -339,12 +360,22 @@ def _install_errors(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        kind = request.headers.get("content-type", "")
+        media = kind.split(";")[0].strip().lower()
+        whole_body = any(tuple(e.get("loc", ())) == ("body",) for e in exc.errors())  # no JSON object was read
+        if whole_body and not (media == "application/json" or media.startswith("application/") and media.endswith("+json")):
+            # FastAPI reads a body as JSON only when it says so (a guard against cross-site requests): curl -d sends
+            # a form, and the error would otherwise say the body is not an object
+            return error_response(ApiError(400, f"send the body as JSON with the header Content-Type: application/json "
+                                                f"(got {kind[:60]!r})", code="unsupported_content_type"))
         return error_response(_validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
         detail = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if isinstance(exc.__cause__, _BodyTooLarge):  # a body without Content-Length, over the limit while read
+            return error_response(_BodyTooLarge.error(request.app.state.service.limits.max_request_bytes))
         if exc.status_code == 400:
             detail = f"the body could not be parsed ({detail})"
         return error_response(ApiError(exc.status_code, detail, kind=kind, headers=getattr(exc, "headers", None)))
@@ -352,8 +383,10 @@ def _install_errors(app: FastAPI) -> None:
 
 def _install_routes(app: FastAPI, service: Service) -> None:
     # the model's own size, and the sizes it was trained to serve (Matryoshka): anything else is a schema error (400)
-    dims = sorted({int(service.embedder.embedding_dim), *service.embedder.retrieval_config.matryoshka_dims}, reverse=True) \
-        if service.embedder is not None else []
+    # (and the size a truncate_dim in its config makes the default)
+    dims = sorted({int(service.embedder.embedding_dim), *service.embedder.retrieval_config.matryoshka_dims,
+                   *([service.embedder.retrieval_config.truncate_dim] if service.embedder.retrieval_config.truncate_dim else [])},
+                  reverse=True) if service.embedder is not None else []
     models = request_models(service.limits, service.embedder_name, dims, service.reranker_name)
 
     @app.get("/health", response_model=HealthResponse, responses=error_responses(503))

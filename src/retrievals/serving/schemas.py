@@ -119,8 +119,9 @@ class HealthResponse(BaseModel):
     queued_items: int
 
 
-def _checked_text(max_chars: int) -> Any:
-    return Field(max_length=max_chars, description=f"at most {max_chars} characters of valid Unicode")
+def _checked_text(max_chars: int, min_chars: int = 0) -> Any:
+    return Field(min_length=min_chars, max_length=max_chars,
+                 description=f"{'1 to ' if min_chars else 'at most '}{max_chars} characters of valid Unicode")
 
 
 def request_models(limits: ServerLimits, embedder_name: Optional[str], embedding_dims: List[int],
@@ -137,6 +138,11 @@ def request_models(limits: ServerLimits, embedder_name: Optional[str], embedding
                 raise UsageError(problem if isinstance(value, str) else f"item {i}: {problem}")
         return value
 
+    def no_token_ids(cls, value: Any) -> Any:  # the OpenAI client may send pre-tokenized input: say so, plainly
+        if isinstance(value, list) and value and all(isinstance(v, (int, list)) and not isinstance(v, bool) for v in value):
+            raise UsageError("token-id input is not supported here: send the text (a string or a list of strings)")
+        return value
+
     config = ConfigDict(extra="ignore")
     models: Dict[str, Type[BaseModel]] = {}
     if embedder_name is not None:
@@ -144,11 +150,13 @@ def request_models(limits: ServerLimits, embedder_name: Optional[str], embedding
         dims_field = Optional[Literal[tuple(embedding_dims)]]  # type: ignore[valid-type]
         models["embeddings"] = create_model(
             "EmbeddingRequest", __config__=config,
-            __validators__={"_input_unicode": field_validator("input")(no_surrogates)},
+            __validators__={"_input_unicode": field_validator("input")(no_surrogates),
+                            "_input_text": field_validator("input", mode="before")(no_token_ids)},
+            # an empty text is refused (400), as OpenAI's API does: its vector would be the special tokens'
             input=(Union[str, List[str]], Field(
-                description=f"a text or a list of 1 to {items} texts, each at most {chars} characters",
-                json_schema_extra={"anyOf": [{"type": "string", "maxLength": chars},
-                                             {"type": "array", "items": {"type": "string", "maxLength": chars},
+                description=f"a text or a list of 1 to {items} texts, each 1 to {chars} characters",
+                json_schema_extra={"anyOf": [{"type": "string", "minLength": 1, "maxLength": chars},
+                                             {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": chars},
                                               "minItems": 1, "maxItems": items}]})),
             model=(model_field, Field(default=None, description="the served embedding model's id")),
             encoding_format=(Literal["float", "base64"], "float"),
@@ -161,7 +169,7 @@ def request_models(limits: ServerLimits, embedder_name: Optional[str], embedding
         models["rerank"] = create_model(
             "RerankRequest", __config__=config,
             __validators__={"_query_unicode": field_validator("query", "documents")(no_surrogates)},
-            query=text,
+            query=(str, _checked_text(chars, min_chars=1)),
             documents=(List[Union[str, document]], Field(  # type: ignore[valid-type]
                 description=f"1 to {items} documents, strings or {{text}} objects, each at most {chars} characters",
                 json_schema_extra={"minItems": 1, "maxItems": items})),
