@@ -18,8 +18,11 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
+
+from filelock import FileLock, Timeout
 
 from .utils import logger
 
@@ -93,28 +96,77 @@ def _remove(path: Path) -> None:
         os.unlink(path)
 
 
+def lock_dir() -> Path:
+    """Where folder locks live: ``$RETRIEVALS_LOCK_DIR``, else ``retrievals-locks`` in the system's temp folder
+    (one per machine: processes of one machine coordinate; other machines sharing a network folder do not)."""
+    return Path(os.environ.get("RETRIEVALS_LOCK_DIR") or Path(tempfile.gettempdir()) / "retrievals-locks")
+
+
+_LOCKS: Dict[str, FileLock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Exclusive use of ``folder`` while a save writes or commits into it, or a reader recovers or reads it.
+
+    Without it, a reader's :func:`recover` would delete the scratch folder of a save still being written
+    (another thread or process), and a reader could read while a commit moves files. An OS file lock,
+    released when its process dies (a killed save never blocks anyone), re-entrant within a thread; its
+    file lives in ``lock_dir()``, not in the folder (a user's folder gets no file of ours, a read-only one
+    can be locked too). Where no lock file can be made, the folder is used unlocked.
+    """
+    key = str(Path(folder).resolve())
+    with _LOCKS_GUARD:
+        if key not in _LOCKS:
+            _LOCKS[key] = FileLock(str(lock_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.lock"))
+        lock = _LOCKS[key]
+    try:
+        lock_dir().mkdir(parents=True, exist_ok=True)
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.warning("%s: waiting for a save or load in progress (another thread or process) to finish.", folder)
+        lock.acquire()
+    except OSError:  # no lock file can be made there (permissions), or a file system without locks
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def recover(folder: str | os.PathLike, announce: bool = True) -> None:
     """Finish a committed save that was interrupted, and delete scratch folders of uncommitted ones.
 
     Idempotent: every step checks what is still to do, so a kill during recovery is recovered next time.
+    Runs under :func:`folder_lock`: a save in progress elsewhere is waited for, never taken for a dead one.
     """
     folder = Path(folder)
     if not folder.is_dir():
         return
+    with folder_lock(folder):
+        _recover(folder, announce)
+
+
+def _recover(folder: Path, announce: bool) -> None:
     journal_path = folder / JOURNAL_NAME
     if journal_path.is_file():
         journal = json.loads(journal_path.read_text(encoding="utf-8"))
         scratch = folder / journal["scratch"]
-        for name in journal["remove"]:
-            _remove(folder / name)
-        for name in journal["move"]:
-            source = scratch / name
-            if source.exists() or source.is_symlink():
+        if not scratch.is_dir():  # removed by hand after the commit: the old files stay, nothing is half-moved
+            logger.warning("%s: a save's journal names %s, which is gone; that save is dropped.", folder, scratch.name)
+        else:
+            for name in journal["remove"]:
                 _remove(folder / name)
-                os.replace(source, folder / name)
+            for name in journal["move"]:
+                source = scratch / name
+                if source.exists() or source.is_symlink():
+                    _remove(folder / name)
+                    os.replace(source, folder / name)
+            if announce:
+                logger.warning("%s: finished a save that was interrupted.", folder)
         os.unlink(journal_path)
-        if announce:
-            logger.warning("%s: finished a save that was interrupted.", folder)
     for entry in folder.iterdir():
         if entry.name.startswith(SCRATCH_PREFIX) and entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
@@ -130,19 +182,20 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
-    recover(target)
-    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=target))
-    try:
-        yield scratch
-        atomic_write_json(scratch / FILES_NAME, {"files": record_files(scratch)})
-        new = sorted(entry.name for entry in scratch.iterdir())
-        stale = [name for name in saved_entries(target) if name not in new]
-        journal = {"scratch": scratch.name, "move": new, "remove": stale}
-        atomic_write_json(target / JOURNAL_NAME, journal)  # the commit point
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
-    recover(target, announce=False)  # this save's own roll-forward
+    with folder_lock(target):  # readers and other saves of this folder wait until this one is committed
+        recover(target)
+        scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=target))
+        try:
+            yield scratch
+            atomic_write_json(scratch / FILES_NAME, {"files": record_files(scratch)})
+            new = sorted(entry.name for entry in scratch.iterdir())
+            stale = [name for name in saved_entries(target) if name not in new]
+            journal = {"scratch": scratch.name, "move": new, "remove": stale}
+            atomic_write_json(target / JOURNAL_NAME, journal)  # the commit point
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        recover(target, announce=False)  # this save's own roll-forward
 
 
 _VERIFIED: set = set()  # (path, size, mtime, sha256) of files whose checksum matched: unchanged files are not rehashed

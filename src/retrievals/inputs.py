@@ -92,6 +92,24 @@ def check_top_k(top_k: Any, allow_none: bool = False) -> Optional[int]:
     return int(top_k)
 
 
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int >= ``minimum`` (a setting such as ``nprobe`` or ``shard_size``): a named error otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {_kind(value)}")
+    if value < minimum:
+        raise UsageError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_finite(array: np.ndarray, name: str) -> np.ndarray:
+    """``array`` unchanged when every value is finite: a nan or inf vector would rank first in one backend and
+    vanish from another."""
+    if array.size and not np.isfinite(array).all():
+        row = int(np.argwhere(~np.isfinite(array))[0][0]) if array.ndim > 1 else 0
+        raise UsageError(f"{name}[{row}] has a nan or inf value; vectors must be finite.")
+    return array
+
+
 def as_query_vectors(queries: Any, dim: int) -> np.ndarray:
     """Query vectors as a float32 matrix [n, dim]: one vector (1-D) is one query, an empty list is zero queries."""
     if queries is None or isinstance(queries, (str, bytes, dict)):
@@ -104,7 +122,7 @@ def as_query_vectors(queries: Any, dim: int) -> np.ndarray:
     array = array[None, :] if array.ndim == 1 else array
     if array.ndim != 2 or array.shape[1] != dim:
         raise UsageError(f"queries must be vectors of size {dim}, got an array of shape {tuple(array.shape)}")
-    return array
+    return check_finite(array, "queries")
 
 
 def check_same_length(first: Sequence[Any], second: Sequence[Any], names: str) -> None:

@@ -10,8 +10,9 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
 import numpy as np
 
-from ..files import atomic_directory, prepare_folder, verify_files
-from ..inputs import check_same_length, check_top_k
+from ..files import CorruptFileError, atomic_directory, folder_lock, prepare_folder, verify_files
+from ..inputs import check_finite, check_same_length, check_top_k
+from ..utils import UsageError
 
 Run = Dict[str, Dict[str, float]]
 META = "index_meta.json"
@@ -66,7 +67,15 @@ class Index(ABC):
         query_ids = [query_ids] if isinstance(query_ids, str) else list(query_ids)
         scores, ids = self.search(queries, top_k)
         check_same_length(query_ids, ids, "query_ids and queries")
+        if len(set(map(str, query_ids))) != len(query_ids):  # a run is keyed by query id: one would replace another
+            seen: set = set()
+            twice = next(str(q) for q in query_ids if str(q) in seen or seen.add(str(q)))
+            raise UsageError(f"query_ids must be unique; {twice!r} occurs more than once.")
         return {str(q): {d: float(s) for d, s in zip(row_ids, row) if d is not None} for q, row, row_ids in zip(query_ids, scores, ids)}
+
+    def stored(self) -> Optional[int]:
+        """How many documents the backend's own structure holds (checked against the ids on load); None: unknown."""
+        return None
 
     @abstractmethod
     def _save(self, folder: Path) -> Dict[str, Any]:
@@ -91,21 +100,29 @@ class Index(ABC):
     def load(path: str | os.PathLike) -> "Index":
         """Load any saved index; the backend comes from ``index_meta.json``."""
         folder = Path(path)
-        prepare_folder(folder)
-        verify_files(folder)
-        meta_file = folder / META
-        if not meta_file.is_file():
-            raise FileNotFoundError(f"{meta_file}: missing; not an index saved by retrievals.")
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        backend = meta.get("backend")
-        if backend not in INDEXES:
-            raise ValueError(f"{meta_file}: unknown backend {backend!r}; known: {sorted(INDEXES)}.")
-        ids = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
-        index = INDEXES[backend]._load(folder, ids, meta.get("settings", {}))
+        with folder_lock(folder):  # a save into this folder elsewhere commits before or after this read, not during
+            prepare_folder(folder)
+            verify_files(folder)
+            meta_file = folder / META
+            if not meta_file.is_file():
+                raise FileNotFoundError(f"{meta_file}: missing; not an index saved by retrievals.")
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            backend = meta.get("backend")
+            if backend not in INDEXES:
+                raise ValueError(f"{meta_file}: unknown backend {backend!r}; known: {sorted(INDEXES)}.")
+            ids = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
+            index = INDEXES[backend]._load(folder, ids, meta.get("settings", {}))
+        if len(index) != meta.get("size", len(index)) or index.stored() not in (None, len(index)):
+            raise CorruptFileError(f"{folder}: ids.json lists {len(index)} documents, the index holds {index.stored()} "
+                                   f"and {META} says {meta.get('size')}; the folder was altered after it was saved.")
         index.source = meta.get("source")
         return index
 
 
 def as_matrix(vectors: Any) -> np.ndarray:
+    """Document vectors as a finite float32 matrix [n, dim] (one 1-D vector is one document)."""
     array = np.ascontiguousarray(np.asarray(vectors.detach().cpu() if hasattr(vectors, "detach") else vectors, dtype=np.float32))
-    return array[None, :] if array.ndim == 1 else array
+    array = array[None, :] if array.ndim == 1 else array
+    if array.ndim != 2:
+        raise UsageError(f"document vectors must be a matrix [n, dim], got an array of shape {tuple(array.shape)}")
+    return check_finite(array, "vectors")

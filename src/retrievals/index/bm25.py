@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..inputs import as_texts
-from ..utils import require
+from ..utils import UsageError, require
 from .base import Index
 
 
@@ -26,11 +26,15 @@ class BM25Index(Index):
         if _retriever is not None:
             self.retriever = _retriever
             return
-        texts = list(texts or [])
+        texts = as_texts(texts if texts is not None else [], "texts", documents=True)[0]  # strings or BEIR dicts
         if len(texts) != len(self.ids):
             raise ValueError(f"{len(texts)} texts for {len(self.ids)} ids")
+        tokens = bm25s.tokenize(texts, stopwords=stopwords, show_progress=False)
+        if not tokens.vocab:  # bm25s fails on it with "max() arg is an empty sequence"
+            raise UsageError(f"BM25Index: the {len(texts)} texts have no word to index (words of two or more letters or "
+                             "digits, stopwords removed).")
         self.retriever = bm25s.BM25(k1=k1, b=b, method=method)
-        self.retriever.index(bm25s.tokenize(texts, stopwords=stopwords, show_progress=False), show_progress=False)
+        self.retriever.index(tokens, show_progress=False)
 
     def _queries(self, queries: Any) -> List[str]:
         return as_texts(queries, "queries")[0]
@@ -40,6 +44,9 @@ class BM25Index(Index):
         tokens = bm25s.tokenize(queries, stopwords=self.stopwords, show_progress=False)
         docs, scores = self.retriever.retrieve(tokens, k=k, show_progress=False, n_threads=1)
         return np.asarray(scores, dtype=np.float32), [[self.ids[int(j)] for j in row] for row in docs]
+
+    def stored(self) -> int:
+        return int(self.retriever.scores["num_docs"])
 
     def _save(self, folder: Path) -> Dict[str, Any]:
         self.retriever.save(str(folder / "bm25s"))

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..inputs import as_query_vectors
+from ..inputs import as_query_vectors, check_int, check_top_k
 from .base import Index, as_matrix
 
 
@@ -20,17 +20,31 @@ def exact_search(
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Top-``k`` documents by inner product for each query: (scores, indices), each [n_queries, k].
 
-    With L2-normalised embeddings the inner product is the cosine similarity.
+    With L2-normalised embeddings the inner product is the cosine similarity. Products are summed in float64
+    (then rounded to float32): a float32 matrix product's last bits depend on how many queries share the call,
+    so one query alone and the same query in a batch could get different scores, and near-ties other documents.
+
+    >>> scores, indices = exact_search(np.eye(3)[:2], np.eye(3), top_k=1)
+    >>> scores.tolist(), indices.tolist()
+    ([[1.0], [1.0]], [[0], [1]])
     """
-    q = torch.as_tensor(query_embeddings, dtype=torch.float32)
-    d = torch.as_tensor(document_embeddings, dtype=torch.float32)
-    k = min(top_k, d.shape[0])
+    d = torch.as_tensor(as_matrix(document_embeddings))
+    q = torch.as_tensor(as_query_vectors(query_embeddings, d.shape[1]))
+    k = min(check_top_k(top_k), d.shape[0])
+    check_int("chunk_size", chunk_size, 1)
+    if q.shape[0] == 0 or k == 0:
+        return np.zeros((q.shape[0], k), dtype=np.float32), np.zeros((q.shape[0], k), dtype=np.int64)
     scores, indices = [], []
     for start in range(0, q.shape[0], chunk_size):
-        s, i = torch.topk(q[start : start + chunk_size] @ d.T, k, dim=1)
+        block = q[start : start + chunk_size].double()
+        sims = torch.cat([block @ d[i : i + DOC_CHUNK].double().T for i in range(0, d.shape[0], DOC_CHUNK)], dim=1)
+        s, i = torch.topk(sims.float(), k, dim=1)
         scores.append(s)
         indices.append(i)
     return torch.cat(scores).numpy(), torch.cat(indices).numpy()
+
+
+DOC_CHUNK = 65536  # documents converted to float64 at a time (memory: this many x dim x 8 bytes)
 
 
 class ExactIndex(Index):
@@ -50,6 +64,9 @@ class ExactIndex(Index):
     def _search(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, List[List[str]]]:
         scores, idx = exact_search(queries, self.vectors, k)
         return scores, [[self.ids[j] for j in row] for row in idx]
+
+    def stored(self) -> int:
+        return int(self.vectors.shape[0])
 
     def _save(self, folder: Path) -> Dict[str, Any]:
         np.save(folder / "vectors.npy", self.vectors)

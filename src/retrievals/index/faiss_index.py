@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..utils import require
-from ..inputs import as_query_vectors
+from ..inputs import as_query_vectors, check_int
 from .base import Index, as_matrix
 
 FAISS_TYPES = ("flat", "ivf", "hnsw")
@@ -29,6 +29,10 @@ class FaissIndex(Index):
         faiss = require("faiss", "faiss")
         if index_type not in FAISS_TYPES:
             raise ValueError(f"Unknown faiss index_type {index_type!r}; choose one of {list(FAISS_TYPES)}.")
+        # bad values crash faiss itself (m=0 aborts the process, m<0 exhausts memory) or drop results (ef_search=0)
+        if nlist is not None:
+            check_int("nlist", nlist, 1)
+        nprobe, m, ef_search = check_int("nprobe", nprobe, 1), check_int("m", m, 2), check_int("ef_search", ef_search, 1)
         self.index_type, self.nprobe, self.m, self.ef_search = index_type, nprobe, m, ef_search
         if _index is not None:
             self.index = _index
@@ -61,6 +65,9 @@ class FaissIndex(Index):
     def _search(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, List[List[str]]]:
         scores, idx = self.index.search(queries, k)
         return scores, [[self.ids[j] if j >= 0 else None for j in row] for row in idx]
+
+    def stored(self) -> int:
+        return int(self.index.ntotal)
 
     def _save(self, folder: Path) -> Dict[str, Any]:
         faiss = require("faiss", "faiss")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 from ..data.io import rank
@@ -35,6 +36,8 @@ def reciprocal_rank_fusion(runs: Sequence[Run], k: int = 60, weights: Optional[S
 
     A document missing from a run gets nothing from it. Returns the fused run, best ``top_k`` per query.
     """
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 <= k < math.inf:
+        raise UsageError(f"k must be a finite number >= 0 (the rank constant, usually 60), got {k!r}.")
     return _fuse(runs, weights, top_k, lambda scores: ((d, 1.0 / (k + i)) for i, d in enumerate(rank(scores), start=1)))
 
 
@@ -61,6 +64,12 @@ def _fuse(runs: Sequence[Run], weights: Optional[Sequence[float]], top_k: Option
           contribution: Callable[[Mapping[str, float]], Iterable[Tuple[str, float]]]) -> Run:
     """Sum each run's weighted ``contribution`` per query and document; best first, the best ``top_k`` when given."""
     top_k = check_top_k(top_k, allow_none=True)
+    if isinstance(runs, (Mapping, str)) or not all(isinstance(run, Mapping) for run in runs):
+        raise TypeError("runs must be a list of runs ({query id: {document id: score}}), one per system fused")
+    for i, run in enumerate(runs):
+        for qid, scores in run.items():
+            if not isinstance(scores, Mapping) or not all(math.isfinite(v) for v in scores.values()):
+                raise UsageError(f"runs[{i}][{qid!r}] must map document ids to finite scores.")
     weights = list(weights) if weights is not None else [1.0] * len(runs)
     if len(weights) != len(runs):
         raise ValueError(f"{len(weights)} weights for {len(runs)} runs")

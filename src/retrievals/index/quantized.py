@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from ..inputs import as_query_vectors
+from ..inputs import as_query_vectors, check_int
 from ..utils import UsageError, require
 from .base import Index, as_matrix
 
@@ -49,8 +49,7 @@ class QuantizedIndex(Index):
             raise UsageError(f"Unknown encoding {encoding!r}; choose one of {list(ENCODINGS)}.")
         if structure not in ("flat", "hnsw") or (encoding == "int8" and structure != "flat"):
             raise UsageError(f"structure {structure!r} is not available for {encoding} (int8: flat; binary: flat or hnsw).")
-        if rescore_multiplier < 0:
-            raise UsageError(f"rescore_multiplier must be >= 0, got {rescore_multiplier}.")
+        rescore_multiplier, m = check_int("rescore_multiplier", rescore_multiplier, 0), check_int("m", m, 2)
         if rescore_with not in RESCORE_WITH or (rescore_with == "int8" and encoding != "binary"):
             raise UsageError(f"rescore_with {rescore_with!r}: choose 'codes', or 'int8' for a binary index.")
         self.encoding, self.structure, self.rescore_multiplier, self.m = encoding, structure, rescore_multiplier, m
@@ -117,6 +116,9 @@ class QuantizedIndex(Index):
             scores, idx = np.take_along_axis(rescored, order, 1), np.take_along_axis(idx, order, 1)
         scores, idx = scores[:, :k], idx[:, :k]
         return scores, [[self.ids[j] if j >= 0 else None for j in row] for row in idx]
+
+    def stored(self) -> int:
+        return int(self.index.ntotal)
 
     def _save(self, folder: Path) -> Dict[str, Any]:
         faiss = require("faiss", "faiss")

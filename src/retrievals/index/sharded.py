@@ -7,33 +7,43 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 import torch
 
 from ..files import atomic_write_bytes, atomic_write_json
-from ..utils import state_digest
+from ..inputs import as_texts, check_int
+from ..utils import UsageError, state_digest
 from ..distributed import world
 from ..utils import logger
 
 
 def encode_sharded(model: Any, texts: Sequence[str], folder: str | os.PathLike, shard_size: int = 10000,
-                   batch_size: int = 64, is_query: bool = False) -> np.ndarray:
+                   batch_size: int = 64, is_query: bool = False, cache_key: Optional[str] = None) -> np.ndarray:
     """Embeddings of ``texts``, written as ``shard-00000.npy`` ... under ``folder`` and returned memory-mapped.
 
     Shard ``i`` is encoded by process ``i % world_size`` (torchrun), written to a temporary file and
     renamed, so a killed run resumes at the first missing shard. Shards live in a subfolder named by a
     hash of the texts, the model's weights (as loaded) and its settings, so a cache folder shared by
-    several models or corpora serves each its own vectors.
+    several models or corpora serves each its own vectors. A model that is not a torch module (its weights
+    cannot be hashed) needs ``cache_key``: a string naming it and its weights exactly.
     """
+    texts = as_texts(texts, "texts")[0]
     if not texts:
         raise ValueError("no texts to encode")
+    check_int("shard_size", shard_size, 1)
     root = Path(folder)
     settings = json.dumps(getattr(model, "retrieval_config", None).__dict__ if hasattr(model, "retrieval_config") else {},
                           sort_keys=True, default=str)
-    weights = state_digest(model) if isinstance(model, torch.nn.Module) else type(model).__name__
+    if cache_key is not None:
+        weights = f"key:{cache_key}"
+    elif isinstance(model, torch.nn.Module):
+        weights = state_digest(model)
+    else:  # two such models of one class would share a cache folder: the second would get the first's vectors
+        raise UsageError(f"encode_sharded: a {type(model).__name__} is not a torch module, so its weights cannot key the "
+                         "cache; pass cache_key= naming the model and its weights.")
     digest = hashlib.sha256(json.dumps([list(texts), settings, weights, is_query, shard_size], ensure_ascii=False).encode())
     # one subfolder per (texts, model weights, settings): another model or corpus gets its own shards, never these
     folder = root / digest.hexdigest()[:16]

@@ -4,7 +4,7 @@ gives): exact sparse dot products, term by term."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -12,15 +12,32 @@ from ..utils import UsageError
 from .base import Index
 
 
+def _term_id(key: Any) -> int:
+    """A term id: an int, or its decimal string (JSON keys); ``"01"`` or ``1.7`` would silently merge terms."""
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return int(key)
+    if isinstance(key, str) and key.isdigit() and str(int(key)) == key:
+        return int(key)
+    raise ValueError(key)
+
+
 def _as_sparse(vector: Any, where: str) -> Dict[int, float]:
     if isinstance(vector, Mapping):
         try:
-            return {int(k): float(v) for k, v in vector.items() if float(v) != 0.0}
+            out = {_term_id(k): float(v) for k, v in vector.items()}
         except (TypeError, ValueError):
-            raise TypeError(f"{where} must map integer term ids to numbers, got {dict(list(vector.items())[:3])!r}") from None
+            raise TypeError(f"{where} must map integer term ids (ints or their decimal strings) to numbers, got "
+                            f"{dict(list(vector.items())[:3])!r}") from None
+        if len(out) != len(vector):
+            raise UsageError(f"{where}: two keys name the same term id")
+        if not all(np.isfinite(v) for v in out.values()):
+            raise UsageError(f"{where} has a nan or inf weight; weights must be finite.")
+        return {k: v for k, v in out.items() if v != 0.0}
     array = np.asarray(vector.detach().cpu() if hasattr(vector, "detach") else vector, dtype=np.float32)
     if array.ndim != 1:
         raise TypeError(f"{where} must be a {{term: weight}} dict or a 1-d vector, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise UsageError(f"{where} has a nan or inf weight; weights must be finite.")
     nonzero = np.flatnonzero(array)
     return dict(zip(nonzero.tolist(), array[nonzero].tolist()))
 
@@ -71,6 +88,10 @@ class SparseIndex(Index):
             out_scores[row] = scores[best]
             out_ids.append([self.ids[j] for j in best])
         return out_scores, out_ids
+
+    def stored(self) -> Optional[int]:
+        """Documents without a nonzero weight leave no trace in the postings: only an upper bound is checked."""
+        return None if not len(self.docs) or int(self.docs.max()) < len(self.ids) else int(self.docs.max()) + 1
 
     def _save(self, folder: Path) -> Dict[str, Any]:
         np.savez(folder / "postings.npz", terms=self.terms, offsets=self.offsets, docs=self.docs, weights=self.weights)

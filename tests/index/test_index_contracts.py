@@ -1,0 +1,205 @@
+"""The indexes under hostile use: concurrent saves and loads, non-finite or malformed vectors, settings that
+would crash faiss, edited folders, and batched = single for the exact backend."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import retrievals.files as files
+from retrievals.files import CorruptFileError
+from retrievals.index import BM25Index, ExactIndex, FaissIndex, Index, reciprocal_rank_fusion, weighted_score_fusion
+from retrievals.index.exact import exact_search
+from retrievals.index.quantized import QuantizedIndex
+from retrievals.index.sharded import encode_sharded
+from retrievals.index.sparse import SparseIndex
+from retrievals.utils import UsageError
+
+from ..conftest import needs
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 8)).astype("float32")
+    return x, [f"d{i}" for i in range(50)]
+
+
+def test_a_load_during_a_save_waits_for_it_and_never_breaks_the_folder(data, tmp_path, monkeypatch):
+    """A reader's recovery used to delete the scratch folder of a save still being written: the save then
+    committed nothing and removed the old files (neither index left)."""
+    needs("faiss")
+    x, ids = data
+    path = tmp_path / "idx"
+    ExactIndex(x, ids).save(path)
+    at_commit, go_on = threading.Event(), threading.Event()
+    write = files.atomic_write_json
+
+    def paused(target, obj):
+        if str(target).endswith(files.JOURNAL_NAME):
+            at_commit.set()
+            assert go_on.wait(30)
+        return write(target, obj)
+
+    monkeypatch.setattr(files, "atomic_write_json", paused)
+    errors, loaded = [], []
+    writer = threading.Thread(target=lambda: FaissIndex(x, ids).save(path))
+    reader = threading.Thread(target=lambda: loaded.append(Index.load(path)) if not errors else None)
+    writer.start()
+    assert at_commit.wait(30)
+    reader.start()
+    time.sleep(0.5)
+    assert reader.is_alive()  # waiting for the save in progress, not recovering the folder under it
+    go_on.set()
+    writer.join(30)
+    reader.join(30)
+    monkeypatch.setattr(files, "atomic_write_json", write)
+    assert [type(i) for i in loaded] == [FaissIndex]  # the new save, complete
+    again = Index.load(path)
+    assert type(again) is FaissIndex and again.search(x[:3], 5)[1] == ExactIndex(x, ids).search(x[:3], 5)[1]
+    assert sorted(p.name for p in path.iterdir()) == ["ids.json", "index.faiss", "index_meta.json", "retrievals_files.json"]
+
+
+def test_exact_search_batched_equals_one_query_at_a_time():
+    rng = np.random.default_rng(3)
+    docs = rng.normal(size=(300, 32)).astype("float32")
+    docs[7] = docs[3] + 1e-7  # a near-tie
+    queries = rng.normal(size=(64, 32)).astype("float32")
+    index = ExactIndex(docs, [f"d{i}" for i in range(300)])
+    batch_scores, batch_ids = index.search(queries, 10)
+    for i, query in enumerate(queries):
+        scores, found = index.search(query, 10)
+        assert found[0] == batch_ids[i]
+        assert scores[0].tolist() == batch_scores[i].tolist()
+
+
+def test_exact_search_has_an_input_contract():
+    docs = np.eye(4, dtype="float32")
+    assert exact_search(np.zeros((0, 4)), docs, 2)[0].shape == (0, 2)
+    assert exact_search(docs[0], docs, 1)[1].tolist() == [[0]]  # one vector is one query
+    with pytest.raises(UsageError, match="top_k"):
+        exact_search(docs, docs, -1)
+    with pytest.raises(UsageError, match="chunk_size"):
+        exact_search(docs, docs, 1, chunk_size=0)
+    with pytest.raises(UsageError, match="size 4"):
+        exact_search(np.ones((2, 3)), docs, 1)
+
+
+@pytest.mark.parametrize("build", ["exact", "flat", "hnsw", "int8", "binary"])
+def test_non_finite_vectors_are_refused(data, build):
+    if build != "exact":
+        needs("faiss")
+    x, ids = data
+    make = {"exact": lambda v: ExactIndex(v, ids), "flat": lambda v: FaissIndex(v, ids), "hnsw": lambda v: FaissIndex(v, ids, "hnsw"),
+            "int8": lambda v: QuantizedIndex(v, ids, "int8"), "binary": lambda v: QuantizedIndex(v, ids)}[build]
+    bad = x.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(UsageError, match=r"vectors\[3\].*nan or inf"):
+        make(bad)
+    index = make(x)
+    with pytest.raises(UsageError, match="queries.*nan or inf"):
+        index.search(np.full((1, 8), np.inf, dtype="float32"), 3)
+    with pytest.raises(UsageError, match="matrix"):
+        make(np.zeros((50, 4, 2), dtype="float32"))
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"index_type": "hnsw", "m": 0}, "m must be >= 2"),  # faiss aborts the process
+    ({"index_type": "hnsw", "m": -1}, "m must be >= 2"),  # faiss allocates until the kernel kills it
+    ({"index_type": "hnsw", "ef_search": 0}, "ef_search must be >= 1"),  # results silently missing
+    ({"index_type": "ivf", "nprobe": 0}, "nprobe must be >= 1"),
+    ({"index_type": "ivf", "nlist": 0}, "nlist must be >= 1"),
+])
+def test_faiss_settings_that_would_crash_it_are_refused(data, settings, words):
+    needs("faiss")
+    x, ids = data
+    with pytest.raises(UsageError, match=words):
+        FaissIndex(x, ids, **settings)
+
+
+def test_quantized_settings_are_checked(data):
+    needs("faiss")
+    x, ids = data
+    with pytest.raises(TypeError, match="rescore_multiplier must be an int"):
+        QuantizedIndex(x, ids, rescore_multiplier=2.5)
+    with pytest.raises(UsageError, match="m must be >= 2"):
+        QuantizedIndex(x, ids, structure="hnsw", m=0)
+
+
+@pytest.mark.parametrize("edit", ["fewer", "more"])
+def test_an_ids_file_edited_after_the_save_is_refused(data, tmp_path, edit):
+    x, ids = data
+    ExactIndex(x, ids).save(tmp_path / "idx")
+    changed = ids[:-1] if edit == "fewer" else ids + ["extra"]
+    (tmp_path / "idx" / "ids.json").write_text(json.dumps(changed))
+    with pytest.raises((CorruptFileError, ValueError), match="ids|vectors"):
+        Index.load(tmp_path / "idx")
+
+
+def test_search_run_refuses_duplicate_query_ids(data):
+    x, ids = data
+    with pytest.raises(UsageError, match="'q' occurs more than once"):
+        ExactIndex(x, ids).search_run(["q", "q"], x[:2], 2)
+
+
+def test_bm25_corpus_contract():
+    needs("bm25s")
+    index = BM25Index([{"title": "Cats", "text": "cats purr"}, "dogs bark"], ["a", "b"])  # BEIR dicts as elsewhere
+    assert index.search("purr", 1)[1] == [["a"]]
+    with pytest.raises(TypeError, match=r"texts\[1\]"):
+        BM25Index(["ok text", None], ["a", "b"])
+    with pytest.raises(UsageError, match="no word to index"):
+        BM25Index(["a", "b"], ["a", "b"])
+
+
+@pytest.mark.parametrize("vector, error", [
+    ({"1": 1.0, "01": 5.0}, TypeError),  # "01" would merge into term 1
+    ({1.7: 1.0}, TypeError),  # would become term 1
+    ({1: 1.0, "1": 2.0}, UsageError),  # the same term twice
+    ({3: float("nan")}, UsageError),
+])
+def test_sparse_term_ids_never_merge_silently(vector, error):
+    with pytest.raises(error):
+        SparseIndex([vector], ["d"])
+
+
+def test_sparse_index_accepts_json_keys():
+    index = SparseIndex([{"3": 1.0, 5: 2.0}, {"5": 1.0}], ["a", "b"])
+    scores, found = index.search({5: 1.0}, 2)
+    assert found == [["a", "b"]] and scores.tolist() == [[2.0, 1.0]]
+
+
+def test_fusion_input_contract():
+    run = {"q": {"a": 2.0, "b": 1.0}}
+    with pytest.raises(UsageError, match="k must be"):
+        reciprocal_rank_fusion([run, run], k=-1)
+    with pytest.raises(UsageError, match="finite"):
+        weighted_score_fusion([run, {"q": {"a": float("nan")}}])
+    with pytest.raises(TypeError, match="list of runs"):
+        reciprocal_rank_fusion(run)
+    assert list(reciprocal_rank_fusion([run, run], k=0)["q"]) == ["a", "b"]
+
+
+class _NotAModule:
+    def __init__(self, scale):
+        self.scale = scale
+
+    def encode(self, texts, batch_size=64, is_query=False, show_progress_bar=False):
+        return np.array([[self.scale * len(t), self.scale] for t in texts], dtype="float32")
+
+
+def test_the_shard_cache_never_serves_another_models_vectors(tmp_path):
+    texts = ["abc", "de"]
+    with pytest.raises(UsageError, match="cache_key"):
+        encode_sharded(_NotAModule(1.0), texts, tmp_path)
+    one = encode_sharded(_NotAModule(1.0), texts, tmp_path, cache_key="scale-1")
+    two = encode_sharded(_NotAModule(2.0), texts, tmp_path, cache_key="scale-2")
+    assert one.tolist() == [[3.0, 1.0], [2.0, 1.0]] and two.tolist() == [[6.0, 2.0], [4.0, 2.0]]
+    for bad in (0, -1):
+        with pytest.raises(UsageError, match="shard_size"):
+            encode_sharded(_NotAModule(1.0), texts, tmp_path, shard_size=bad, cache_key="k")
+    assert encode_sharded(_NotAModule(1.0), "hello", tmp_path, cache_key="k").shape == (1, 2)  # one text, not 5
