@@ -13,7 +13,7 @@ from retrievals.data.io import load_beir, read_qrels, read_trec_run, save_beir, 
 from retrievals.index import (AutoRetrieval, BM25Index, ExactIndex, FaissIndex, Index, reciprocal_rank_fusion,
                               weighted_score_fusion)
 from retrievals.index.sharded import encode_sharded
-from retrievals.utils import UsageError
+from retrievals.utils import UsageError, state_digest
 
 from ..conftest import corpus_lines, needs
 
@@ -90,6 +90,7 @@ def test_model_build_index(tiny_bert, tmp_path):
     model = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean")
     docs = corpus_lines(30)
     model.build_index(docs, index_path=str(tmp_path / "faiss"))
+    assert Index.load(tmp_path / "faiss").source["model_weights"] == state_digest(model)  # which model made it
     _, positions = AutoRetrieval().similarity_search(model.encode_corpus(docs[7]), index_path=str(tmp_path / "faiss"), top_k=1)
     assert positions[0][0] == 7
 
@@ -199,6 +200,12 @@ def test_retrieve_binary_rescored_with_int8(tiny_bert, beir_folder, tmp_path):
     assert (tmp_path / "idx" / "dense" / "rescore_int8.npy").is_file()
     assert retrieve.main(base + ["--rescore_with", "int8", "--output", str(tmp_path / "b.trec")]) == 0  # loaded
     assert read_trec_run(tmp_path / "a.trec") == read_trec_run(tmp_path / "b.trec")
+    # --rescore_multiplier is a search setting: a loaded index searches with this run's, like a fresh one
+    fresh = ["--dataset", str(beir_folder), "--model_name_or_path", tiny_bert, "--pooling_method", "mean", "--top_k", "20",
+             "--index_type", "binary", "--rescore_with", "int8", "--rescore_multiplier", "0"]
+    assert retrieve.main(fresh + ["--output", str(tmp_path / "fresh0.trec")]) == 0
+    assert retrieve.main(base + ["--rescore_with", "int8", "--rescore_multiplier", "0", "--output", str(tmp_path / "e.trec")]) == 0
+    assert read_trec_run(tmp_path / "e.trec") == read_trec_run(tmp_path / "fresh0.trec") != read_trec_run(tmp_path / "a.trec")
     assert retrieve.main(base + ["--output", str(tmp_path / "c.trec")]) == 2  # built with int8 rescoring: refused
     assert retrieve.main(base[:-4] + ["--index_type", "flat", "--rescore_with", "int8", "--output", str(tmp_path / "d")]) == 2
 

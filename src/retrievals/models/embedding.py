@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -13,7 +14,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from ..inputs import as_texts, check_batch_size
-from ..utils import UsageError, instruction_as_prefix, logger
+from ..utils import UsageError, instruction_as_prefix, logger, state_digest
 from .base import ModelConfig, RetrievalModel, hf_config, is_decoder_only, load_backbone
 from .pooling import POOLING_METHODS, pool
 from .processing import TextProcessor, run_in_length_chunks
@@ -372,6 +373,8 @@ class AutoModelForEmbedding(RetrievalModel):
 
         vectors = self.encode_corpus(sentences, batch_size=batch_size)
         index = build_dense_index(vectors, ids if ids is not None else [str(i) for i in range(len(vectors))], index_type, **index_kwargs)
+        # saved with the index: which weights and settings made its vectors (the retrieve pipeline's check reads it)
+        index.source = {"model_weights": state_digest(self), "model": dataclasses.asdict(self.retrieval_config)}
         if index_path:
             index.save(index_path)
         return index

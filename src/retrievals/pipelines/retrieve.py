@@ -102,6 +102,8 @@ def dense_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, s
               "index_type": index_type, **({"rescore_with": a.rescore_with} if a.rescore_with != "codes" else {})}
     if folder is not None and (folder / "index_meta.json").is_file():
         index = load_matching_index(folder, source)
+        if hasattr(index, "rescore_multiplier"):  # a search setting, not the index's content: this run's flag applies
+            index.rescore_multiplier = a.rescore_multiplier
     else:
         doc_ids = list(corpus)
         texts = [corpus[d] for d in doc_ids]
