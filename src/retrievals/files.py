@@ -250,11 +250,23 @@ class OutputExistsError(FileExistsError):
     """An output file is already there and replacing it was not asked for."""
 
 
-def check_new_output(path: str | os.PathLike, overwrite: bool, flag: str = "--overwrite") -> Path:
-    """``path`` as a Path when it may be written: absent, or present with ``overwrite`` (the user named it)."""
+def check_new_output(path: str | os.PathLike, overwrite: bool, flag: str = "--overwrite",
+                     inputs: Dict[str, Optional[str | os.PathLike]] | None = None) -> Path:
+    """``path`` as a Path when it may be written: absent, or present with ``overwrite`` (the user named it); never
+    one of ``inputs`` (``{flag: path}``: the files the run reads), even with ``overwrite``; and checked before any
+    work: a folder on the way that is a file would otherwise fail only when the results are written."""
     path = Path(path)
     if path.is_dir():
         raise OutputExistsError(f"{path}: is a folder; expected an output file path.")
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputExistsError(f"{path}: {parent} is a file, so nothing can be written under it.")
+            break
+    if path.exists():
+        for name, source in (inputs or {}).items():
+            if source and Path(source).exists() and Path(source).resolve() == path.resolve():
+                raise OutputExistsError(f"{path}: is the {name} this run reads; write the output to another file.")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} exists; pass {flag} to replace it, or choose another path.")
     return path

@@ -205,3 +205,69 @@ def test_property_trec_run_round_trip_keeps_rank_order(run):
     assert back == run
     for qid, scores in run.items():
         assert [row[2] for row in rows if row[0] == qid] == rank(scores) == rank(back[qid])
+
+
+# ---------------------------------------------------------------- evaluation files: ids, titles, judgments
+
+
+@pytest.mark.parametrize("lines, words", [
+    (['{"_id": "d1", "title": 5, "text": "x"}'], "field 'title' must be a string"),
+    (['{"_id": "d1", "text": "x"}', '{"_id": "d1", "text": "y"}'], "'d1' was already used at"),  # one would be lost
+    (['{"_id": null, "text": "x"}'], "field '_id' must be a non-empty string or integer"),
+    (['{"_id": "", "text": "x"}'], "non-empty"),
+    (['{"_id": {"a": 1}, "text": "x"}'], "non-empty string or integer"),
+])
+def test_corpus_ids_and_titles_are_checked(tmp_path, lines, words):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=words):
+        read_jsonl_texts(path)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("q1 0 d1 0.5\n", "whole number"),  # read as 0 before: not relevant
+    ("q1 0 d1 inf\n", "whole number"),
+    ("q1 0 d1 1e400\n", "whole number"),
+    ("q1 0 d1 1\nq1 0 d1 0\n", r"qrels.txt:2: query 'q1', document 'd1' judged again"),
+])
+def test_qrels_judgments_are_whole_numbers_given_once(tmp_path, text, words):
+    (tmp_path / "qrels.txt").write_text(text)
+    with pytest.raises(DataError, match=words):
+        read_qrels(tmp_path / "qrels.txt")
+    (tmp_path / "same.txt").write_text("q1 0 d1 1\nq1 0 d1 1.0\n")  # the same judgment twice is harmless
+    assert read_qrels(tmp_path / "same.txt") == {"q1": {"d1": 1}}
+
+
+def test_collection_files_go_through_the_shared_reader(tmp_path):
+    from retrievals.data.aia_bde import parse_aia_bde
+    from retrievals.data.vaswani import load_vaswani
+
+    faq = tmp_path / "faq.txt"
+    faq.write_bytes(BOM + "P:Uma pergunta\nR:resposta\nVIN:uma\nP:Outra pergunta\nR:outra\n".encode())
+    assert [f.question for f in parse_aia_bde(faq)] == ["Uma pergunta", "Outra pergunta"]  # the BOM hid the first
+    faq.write_text("R:only an answer\n")
+    with pytest.raises(DataError, match="no FAQ"):
+        parse_aia_bde(faq)
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "doc-text.trec").write_bytes(b"<DOC> <DOCNO> 1 </DOCNO> caf\xe9 </DOC>\n")
+    (tmp_path / "v" / "query-text.trec").write_text("<top> <num> 1 </num> <title> Q </title> </top>\n")
+    (tmp_path / "v" / "qrels").write_text("1 0 1 1\n")
+    with pytest.raises(DataError, match=r"doc-text.trec:1: not UTF-8"):
+        load_vaswani(tmp_path / "v")
+
+
+def test_a_folder_where_a_file_is_expected_is_named(tmp_path):
+    with pytest.raises(DataError, match="is a folder; expected a file"):
+        read_qrels(tmp_path)
+
+
+def test_encode_text_files_keep_one_row_per_line(tmp_path):
+    path = tmp_path / "texts.txt"
+    path.write_text("one\n\nthree\n")
+    with pytest.raises(DataError, match=r"texts.txt:2: blank line"):
+        read_texts(path, "text")
+    path.write_text("one\ntwo")  # no final newline: fine
+    assert read_texts(path, "text") == ["one", "two"]
+    path.write_text("")
+    with pytest.raises(DataError, match="no texts"):
+        read_texts(path, "text")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -325,3 +326,24 @@ def test_quantized_indexes(index_type, tmp_path):
     else:
         with pytest.raises(UsageError, match="rescore_with"):
             build_dense_index(docs, ids, "int8", rescore_with="int8")
+
+
+def test_retrieve_never_writes_over_its_inputs_and_checks_the_qrels_match(beir_folder, tmp_path, capsys):
+    """An output equal to an input is refused even with --overwrite; judgments naming none of the queries (or no
+    relevant document) are an error, not metrics of 0; a folder on the output path that is a file is named first."""
+    from retrievals.pipelines import retrieve
+
+    corpus, queries, qrels = (str(beir_folder / name) for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"))
+    base = ["--corpus", corpus, "--queries", queries, "--index_type", "bm25", "--overwrite"]
+    before = Path(qrels).read_bytes()
+    assert retrieve.main(base + ["--qrels", qrels, "--output", qrels]) == 2
+    assert "is the --qrels this run reads" in capsys.readouterr().err and Path(qrels).read_bytes() == before
+    (tmp_path / "afile").write_text("x")
+    assert retrieve.main(base + ["--output", str(tmp_path / "afile" / "run.trec")]) == 2
+    assert "is a file, so nothing can be written under it" in capsys.readouterr().err
+    (tmp_path / "other.tsv").write_text("nope 0 d1 1\n")
+    assert retrieve.main(base + ["--qrels", str(tmp_path / "other.tsv"), "--output", str(tmp_path / "r.trec")]) == 2
+    assert "judged query ids is a query id of this run" in capsys.readouterr().err
+    (tmp_path / "zero.tsv").write_text("".join(f"{q} 0 d1 0\n" for q in read_qrels(qrels)))
+    assert retrieve.main(base + ["--qrels", str(tmp_path / "zero.tsv"), "--output", str(tmp_path / "r.trec")]) == 2
+    assert "no query has a relevant document" in capsys.readouterr().err

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from .readers import DataError, iter_lines
+
 QUERY_TAGS = ("VIN", "VUC")
 BACK_TRANSLATION_TAGS = ("VG1", "VG2")
 
@@ -38,7 +40,7 @@ def parse_aia_bde(path: str | Path, query_tags: Tuple[str, ...] = QUERY_TAGS) ->
         raise ValueError(f"unknown AIA-BDE query tags {sorted(unknown)}; known: VIN, VUC, VG1, VG2, VMT.")
     faqs: List[FAQ] = []
     current: Optional[FAQ] = None
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in iter_lines(path):  # UTF-8 named by file:line when it is not, a BOM dropped
         tag, sep, text = line.partition(":")
         if not sep:
             continue
@@ -53,7 +55,7 @@ def parse_aia_bde(path: str | Path, query_tags: Tuple[str, ...] = QUERY_TAGS) ->
         elif tag in query_tags and text and (tag in QUERY_TAGS or text not in current.queries):
             current.queries.append(text)  # a machine query equal to one already there is left out
     if not faqs:
-        raise ValueError(f"{path}: no FAQ ('P:' lines) found.")
+        raise DataError(f"{path}: no FAQ ('P:' lines) found.")
     return faqs
 
 

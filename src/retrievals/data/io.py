@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Tuple
@@ -29,12 +30,23 @@ def rank(scores: Mapping[str, float]) -> List[str]:
 def read_jsonl_texts(path: str | os.PathLike, id_key: str = "_id", text_key: str = "text", title_key: str = "title") -> Dict[str, str]:
     """``{id: text}`` from JSONL records (BEIR corpus/queries layout; ``title`` is prepended when present)."""
     out: Dict[str, str] = {}
+    first: Dict[str, str] = {}  # id -> where it was first read
     for where, obj in iter_json_objects(path):
         key = (id_key if id_key in obj else ("id" if "id" in obj else None)) if isinstance(obj, dict) else None
         if key is None or not isinstance(obj.get(text_key), str):
             raise DataError(f"{where}: needs an '{id_key}' (or 'id') and a string '{text_key}'")
-        title = (obj.get(title_key) or "").strip()
-        out[str(obj[key])] = f"{title} {obj[text_key]}".strip() if title else obj[text_key]
+        raw_id = obj[key]
+        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or str(raw_id).strip() == "":
+            raise DataError(f"{where}: field '{key}' must be a non-empty string or integer id, got {raw_id!r:.60}")
+        title = obj.get(title_key)
+        if title is not None and not isinstance(title, str):
+            raise DataError(f"{where}: field '{title_key}' must be a string, got {type(title).__name__}")
+        doc_id = str(raw_id)
+        if doc_id in first:  # the second would replace the first: one of them silently lost
+            raise DataError(f"{where}: id {doc_id!r} was already used at {first[doc_id]}; ids must be unique")
+        first[doc_id] = where
+        title = (title or "").strip()
+        out[doc_id] = f"{title} {obj[text_key]}".strip() if title else obj[text_key]
     return out
 
 
@@ -52,9 +64,16 @@ def read_qrels(path: str | os.PathLike) -> Qrels:
         else:
             raise DataError(f"{path}:{line_no}: expected 'qid 0 docid relevance' or 'qid docid relevance'")
         try:
-            qrels.setdefault(qid, {})[doc] = int(float(rel))
+            value = float(rel)
         except ValueError:
             raise DataError(f"{path}:{line_no}: relevance {rel!r} is not a number") from None
+        if not (math.isfinite(value) and value.is_integer()):  # 0.5 would be read as 0: not relevant
+            raise DataError(f"{path}:{line_no}: relevance {rel!r} must be a whole number (0, 1, 2, ...)")
+        judged = qrels.setdefault(qid, {})
+        if doc in judged and judged[doc] != int(value):
+            raise DataError(f"{path}:{line_no}: query {qid!r}, document {doc!r} judged again, {int(value)} after "
+                            f"{judged[doc]}; keep one judgment")
+        judged[doc] = int(value)
     return qrels
 
 

@@ -67,6 +67,8 @@ def read_text(path: Union[str, os.PathLike]) -> str:
     A leading UTF-8 BOM (Excel, Notepad) is dropped. Bytes that are not UTF-8 raise a DataError naming
     ``file:line`` and the byte, instead of a UnicodeDecodeError traceback that names neither.
     """
+    if Path(path).is_dir():
+        raise DataError(f"{path}: is a folder; expected a file.")
     if not Path(path).is_file():
         raise DataError(f"{path}: no such file.")
     data = Path(path).read_bytes()

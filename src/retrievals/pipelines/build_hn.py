@@ -132,9 +132,7 @@ def mine(a: HardNegativeArguments, records: List[Record], pool: List[str], model
 
 
 def run(a: HardNegativeArguments) -> Dict[str, int]:
-    output = check_new_output(a.output_file, a.overwrite)
-    if output.exists() and Path(a.input_file).exists() and output.resolve() == Path(a.input_file).resolve():
-        raise UsageError(f"{output}: --output_file is the --input_file; write the mined records to another file.")
+    output = check_new_output(a.output_file, a.overwrite, inputs={"--input_file": a.input_file, "--candidate_pool": a.candidate_pool})
     parse_range(a.range_for_sampling)
     records = load_records(a.input_file, a.query_key, a.positive_key, a.negative_key)
     if a.candidate_pool:

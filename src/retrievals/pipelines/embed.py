@@ -158,8 +158,17 @@ def read_texts(path: str, key: str) -> List[str]:
     file = Path(path)
     if not file.is_file():
         raise DataError(f"{file}: no such file.")
-    if file.suffix not in {".jsonl", ".json"}:
-        return [line for _, line in iter_lines(file) if line.strip()]
+    if file.suffix not in {".jsonl", ".json"}:  # one text, one row: a blank line would shift every later row
+        lines = list(iter_lines(file))
+        if lines and not lines[-1][1]:
+            lines.pop()  # the file's final newline
+        blank = [n for n, line in lines if not line.strip()]
+        if blank:
+            raise DataError(f"{file}:{blank[0]}: blank line ({len(blank)} in all); each line is one text and one row of "
+                            "the output, so remove them or put the texts in a .jsonl file.")
+        if not lines:
+            raise DataError(f"{file}: no texts to encode.")
+        return [line for _, line in lines]
     texts = []
     for where, obj in iter_raw(str(file)):
         if not isinstance(obj, dict) or not isinstance(obj.get(key), str):
@@ -184,7 +193,8 @@ def encode_output_path(enc: EncodeArguments, output_dir: str, overwrite: bool) -
     ``--overwrite_output_dir``."""
     if not enc.encode_data:
         raise DataError("--do_encode needs --encode_data (a .txt or .jsonl file).")
-    return check_new_output(enc.encode_output or Path(output_dir) / "embeddings.npy", overwrite, "--overwrite_output_dir")
+    return check_new_output(enc.encode_output or Path(output_dir) / "embeddings.npy", overwrite, "--overwrite_output_dir",
+                            inputs={"--encode_data": enc.encode_data})
 
 
 def _main(model_args: EmbedModelArguments, data_args: DataArguments, args: RetrievalTrainingArguments,

@@ -152,6 +152,23 @@ def sparse_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, 
     return retrieve(model, corpus, queries, top_k=a.top_k, batch_size=a.batch_size)
 
 
+def check_qrels_cover(qrels: Dict[str, Dict[str, int]], queries: Dict[str, str], corpus: Dict[str, str], where: str) -> None:
+    """Judgments that name no query or document of this run measure nothing: none at all is an error (the metrics
+    would print 0 as if retrieval had failed), some are a warning with their count."""
+    judged = {q for q, docs in qrels.items() if any(r > 0 for r in docs.values())}
+    if not judged:
+        raise DataError(f"{where}: no query has a relevant document (every relevance is 0).")
+    missing = judged - set(queries)
+    if missing == judged:
+        raise DataError(f"{where}: none of its {len(judged)} judged query ids is a query id of this run (e.g. "
+                        f"{sorted(judged)[0]!r} vs {sorted(queries)[0] if queries else None!r}); ids must match exactly.")
+    unknown = {d for docs in qrels.values() for d, r in docs.items() if r > 0} - set(corpus)
+    if missing or unknown:
+        logger.warning("%s: %d judged queries are not among the queries and %d relevant documents not in the corpus; "
+                       "metrics average over the %d judged queries that are.", where, len(missing), len(unknown),
+                       len(judged) - len(missing))
+
+
 def load_matching_index(folder: Path, source: Dict) -> Index:
     """A saved index, only when it was built from this model (weights and settings) and corpus: never another's vectors."""
     index = Index.load(folder)
@@ -163,11 +180,14 @@ def load_matching_index(folder: Path, source: Dict) -> Index:
 
 
 def run_retrieval(a: RetrieveArguments) -> Dict[str, Dict[str, float]]:
-    check_new_output(a.output, a.overwrite)  # before any work: a refused output must not cost an encoding run
-    check_new_output(a.output + ".metrics.json", a.overwrite)
+    inputs = {"--corpus": a.corpus, "--queries": a.queries, "--qrels": a.qrels}
+    check_new_output(a.output, a.overwrite, inputs=inputs)  # before any work: a refused output must not cost an encoding run
+    check_new_output(a.output + ".metrics.json", a.overwrite, inputs=inputs)
     if a.index_type not in INDEX_TYPES:
         raise UsageError(f"Unknown --index_type {a.index_type!r}; choose one of {list(INDEX_TYPES)}.")
     corpus, queries, qrels = load_inputs(a)
+    if qrels:
+        check_qrels_cover(qrels, queries, corpus, a.qrels or a.dataset)
     if a.index_type == "bm25":
         run = bm25_run(a, corpus, queries)
     elif a.index_type == "sparse":
