@@ -343,3 +343,83 @@ def test_threads_load_like_one_thread(tiny_bert):
     assert torch.nn.init.normal_ is init
     sparse = SparseEmbedder.from_pretrained(tiny_bert)
     assert all(p.device.type == "cpu" and torch.isfinite(p).all() for p in sparse.parameters())
+
+
+# ---------------------------------------------------------------- lengths, empty texts, devices, saved tokenizers
+
+
+def test_an_empty_text_gives_the_same_vector_alone_and_in_a_batch(tiny_qwen, tiny_bert):
+    """A decoder tokenizer adds no token to "": it becomes one EOS token instead of a zero-token sequence that
+    crashed alone and came out as a zero vector beside other texts."""
+    qwen = AutoModelForEmbedding.from_pretrained(tiny_qwen, pooling_method="mean")
+    alone, batched = qwen.encode([""]), qwen.encode(["", LINES[0]])
+    np.testing.assert_allclose(alone[0], batched[0], atol=1e-5)
+    assert np.linalg.norm(alone[0]) > 0.5
+    ranker = AutoModelForRanking.from_pretrained(tiny_qwen, model_type="cross-encoder", max_length=64)
+    assert abs(ranker.compute_score(("", "")) - ranker.compute_score([("", ""), (LINES[0], LINES[1])])[0]) < 1e-5
+
+
+def test_lengths_and_sizes_are_checked(tiny_bert):
+    from retrievals.utils import UsageError
+
+    model = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean")
+    long_text = " ".join(LINES)
+    for bad, error in ((1, "leaves no room"), (2, "leaves no room"), (0, "max_length must be >= 1"), (-1, ">= 1")):
+        with pytest.raises(UsageError, match=error):  # 1 and 2: BERT adds 2 tokens, the tokenizer would not truncate
+            model.encode(long_text, max_length=bad)
+    assert model.encode(long_text, max_length=3).shape == (32,)
+    for bad in (True, 2.5):
+        with pytest.raises(TypeError, match="truncate_dim must be an int"):
+            model.encode("a", truncate_dim=bad)
+    with pytest.raises(TypeError, match="document_max_length must be an int"):
+        AutoModelForEmbedding.from_pretrained(tiny_bert, document_max_length=2.5)
+    with pytest.raises(UsageError, match="document_max_length must be >= 1"):
+        AutoModelForEmbedding.from_pretrained(tiny_bert, document_max_length=-3)
+    big = AutoModelForEmbedding.from_pretrained(tiny_bert, document_max_length=1000)  # 128 positions: lowered to them
+    assert big.retrieval_config.document_max_length == 128 and big.encode(long_text).shape == (32,)
+    with pytest.raises(UsageError, match="padding_side"):
+        AutoModelForEmbedding.from_pretrained(tiny_bert, padding_side="middle")
+    with pytest.raises(UsageError, match="window_overlap must be >= 0"):
+        AutoModelForRanking.from_pretrained(tiny_bert, model_type="cross-encoder", window_overlap=-5)
+
+
+def test_encode_never_moves_the_model(embedder):
+    from retrievals.utils import UsageError
+
+    assert embedder.encode("a", device="cpu").shape == (32,)
+    with pytest.raises(UsageError, match="move it first"):
+        embedder.encode("a", device="meta")
+    assert embedder.device.type == "cpu" and embedder.encode("a").shape == (32,)
+
+
+def test_build_index_of_one_text_is_one_document(embedder):
+    index = embedder.build_index(LINES[0], index_type="exact")
+    assert len(index) == 1 and index.search(embedder.encode(LINES[0]), 1)[1] == [["0"]]
+
+
+def test_a_save_after_inference_writes_the_tokenizer_at_rest(tiny_bert, tmp_path):
+    """The fast tokenizer keeps the last call's truncation: saved, it cut every text at that length when read by
+    `tokenizers`, and two saves of one model differed."""
+    from tokenizers import Tokenizer
+
+    model = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean", query_max_length=8)
+    model.save_pretrained(tmp_path / "a")
+    model.encode_queries(QUERIES[:2])
+    model.save_pretrained(tmp_path / "b")
+    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
+    assert json.loads((tmp_path / "b" / "tokenizer.json").read_text())["truncation"] is None
+    assert len(Tokenizer.from_file(str(tmp_path / "b" / "tokenizer.json")).encode(" ".join(LINES)).ids) > 8
+
+
+def test_sparse_call_arguments_are_checked(tiny_bert, tmp_path):
+    from retrievals.models.sparse import SparseEmbedder
+    from retrievals.utils import UsageError
+
+    model = SparseEmbedder.from_pretrained(tiny_bert, query_inference_free=True)
+    with pytest.raises(UsageError, match="top_k must be >= 0"):
+        model.encode_sparse("a", top_k=-1)
+    with pytest.raises(TypeError, match="top_k must be an int"):
+        model.encode_sparse("a", top_k=2.5)
+    with pytest.raises(UsageError, match="not normalised"):
+        model.encode("a", normalize_embeddings=True)
+    assert model.encode("a b", is_query=True, truncate_dim=5).shape == model.encode("a b", truncate_dim=5).shape == (5,)

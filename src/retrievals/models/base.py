@@ -21,8 +21,10 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from ..files import atomic_directory, atomic_write_json, prepare_folder, verify_files
-from ..utils import UsageError, require
+from ..inputs import check_int
+from ..utils import UsageError, logger, require
 from .precision import autocast, autocast_dtype, check_inference_precision
+from .processing import tokenizer_at_rest
 
 CONFIG_NAME = "retrievals_config.json"
 BATCHES_PER_COPY = 32  # batches kept on the GPU between device-to-host copies (bounded memory, rare waits)
@@ -301,6 +303,29 @@ class CheckpointingMixin:
 
 
 
+def check_config_numbers(config: ModelConfig, backbone_config: Any) -> None:
+    """The config's lengths and sizes, whoever set them (a saved file, ``from_pretrained`` or a CLI flag): a named
+    error here instead of a tokenizer that stops truncating, an ``OverflowError`` or an index error deep in the
+    backbone. A max length over the backbone's positions is lowered to them (a default of 512 on a smaller model
+    too), with a warning; ``padding_side`` is left or right."""
+    positions = getattr(backbone_config, "max_position_embeddings", None)
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name.endswith("max_length"):
+            check_int(f.name, value, 1)
+            if isinstance(positions, int) and positions > 0 and value > positions:
+                if value != f.default:
+                    logger.warning("%s=%d is over the %d positions this model has: using %d.", f.name, value, positions,
+                                   positions)
+                setattr(config, f.name, positions)
+        elif f.name == "window_overlap":
+            check_int(f.name, value, 0)
+        elif f.name == "truncate_dim" and value is not None:
+            check_int(f.name, value, 1)
+        elif f.name == "padding_side" and value not in ("left", "right"):
+            raise UsageError(f"padding_side must be 'left' or 'right', got {value!r}.")
+
+
 class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta):
     """What every model kind shares: loading (path checks, config resolution, tokenizer, backbone, LoRA, dtype,
     device, eval mode), atomic saving, resuming weights and its repr.
@@ -325,6 +350,7 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         self.tokenizer = tokenizer
         self.retrieval_config = config
         self.config = getattr(backbone, "config", None)  # what transformers' Trainer looks for
+        check_config_numbers(config, self.config)
         self.processor = self._make_processor()
         self.inference_backend: Any = None  # a CPU backend standing in for the backbone (models/backends)
         self.inference_precision = "auto"  # autocast for inference: see models/precision.py
@@ -488,6 +514,8 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         if config is None:
             config = cls._default_config(path, base_path, trust_remote_code)
         config.update(**overrides)
+        if overrides.get("padding_side") not in (None, "left", "right"):  # before a kind settles it (encoders: right)
+            raise UsageError(f"padding_side must be 'left' or 'right', got {overrides['padding_side']!r}.")
         tokenizer = load_tokenizer(tokenizer_name or (path if has_tokenizer(path) else base_path), trust_remote_code=trust_remote_code)
         cls._finish_config(config, tokenizer, overrides, saved_by_us)
         device_ = resolve_device("cpu" if backend != "torch" else device)
@@ -524,7 +552,7 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
             check_backend(type(self), backend or "torch", backend_precision, lora=lora)
         with atomic_directory(path) as scratch:
             backbone.save_pretrained(scratch)
-            self._tokenizer_for_saving(config).save_pretrained(scratch)
+            tokenizer_at_rest(self._tokenizer_for_saving(config)).save_pretrained(scratch)
             if lora:
                 record_lora_base(scratch, config.lora_base)
             else:
@@ -541,6 +569,13 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
                              "load them with from_pretrained(path, backend=...).")
         load_backbone_weights(self.backbone, path)
         self._load_extra(str(path), fresh=False)
+
+    def check_device(self, device: Any) -> None:
+        """``device=`` of an inference call (sentence-transformers' signature): the model's own device, or None.
+        Moving the model there would outlast the call and move it under other threads' calls."""
+        if device is not None and torch.device(device) != self.device and not (
+                torch.device(device).type == self.device.type and torch.device(device).index is None):
+            raise UsageError(f"device={str(device)!r}: this model is on {self.device}; move it first with model.to(...).")
 
     # ------------------------------------------------------------------ the batched inference loop
     def run_batches(self, lengths: List[int], collate: Any, compute: Any, out: torch.Tensor, batch_size: int,

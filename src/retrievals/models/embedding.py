@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from ..inputs import as_texts, check_batch_size
+from ..inputs import as_texts, check_batch_size, check_int
 from ..utils import UsageError, instruction_as_prefix, logger, state_digest
 from .base import ModelConfig, RetrievalModel, hf_config, is_decoder_only, load_backbone
 from .pooling import POOLING_METHODS, pool
@@ -308,8 +308,7 @@ class AutoModelForEmbedding(RetrievalModel):
         """
         texts, single = as_texts(sentences, "sentences")
         check_batch_size(batch_size)
-        if device is not None:
-            self.to(device)
+        self.check_device(device)
         ids = self.tokenize(texts, is_query=is_query, max_length=max_length)
         out = self.encode_token_ids(ids, batch_size, show_progress_bar, normalize_embeddings, truncate_dim=truncate_dim)
         result = out[0] if single else out
@@ -345,11 +344,9 @@ class AutoModelForEmbedding(RetrievalModel):
     def truncate(self, embeddings: torch.Tensor, dim: Optional[int] = None, normalize: Optional[bool] = None) -> torch.Tensor:
         """The first ``dim`` dimensions (default: the config's ``truncate_dim``; None keeps all), renormalised in
         float32 when embeddings are normalised."""
-        dim = dim if dim is not None else self.retrieval_config.truncate_dim
+        dim = check_int("truncate_dim", dim, 1) if dim is not None else self.retrieval_config.truncate_dim
         if dim is None or dim >= embeddings.shape[-1]:
             return embeddings
-        if dim < 1:
-            raise UsageError(f"truncate_dim must be >= 1, got {dim}.")
         head = embeddings[..., :dim]
         if self.retrieval_config.normalize_embeddings if normalize is None else normalize:
             head = torch.nn.functional.normalize(head.float(), p=2, dim=-1)
@@ -371,7 +368,7 @@ class AutoModelForEmbedding(RetrievalModel):
         ``exact``); ids default to positions. Saved to ``index_path`` when given."""
         from ..index import build_dense_index
 
-        vectors = self.encode_corpus(sentences, batch_size=batch_size)
+        vectors = np.atleast_2d(self.encode_corpus(sentences, batch_size=batch_size))  # one text: one row, not dim ids
         index = build_dense_index(vectors, ids if ids is not None else [str(i) for i in range(len(vectors))], index_type, **index_kwargs)
         # saved with the index: which weights and settings made its vectors (the retrieve pipeline's check reads it)
         index.source = {"model_weights": state_digest(self), "model": dataclasses.asdict(self.retrieval_config)}

@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Type
 
 import torch
 
+from ..inputs import check_int
 from ..utils import UsageError, apply_instruction, instruction_as_prefix
 
 MIN_PADDING_SAVED = 0.1  # run_in_length_chunks splits a batch only when that saves at least this share of tokens
@@ -48,6 +49,40 @@ def tokenize_user_text(tokenizer: Any, *args: Any, **kwargs: Any) -> Any:
     return call_tokenizer(tokenizer, *args, split_special_tokens=True, **kwargs)
 
 
+def tokenizer_lock(tokenizer: Any) -> threading.Lock:
+    """The lock every use of ``tokenizer`` takes (its Rust backend keeps each call's settings)."""
+    with _GUARD:
+        lock = _TOKENIZER_LOCKS.get(tokenizer)
+        if lock is None:
+            lock = _TOKENIZER_LOCKS[tokenizer] = threading.Lock()
+    return lock
+
+
+def tokenizer_at_rest(tokenizer: Any) -> Any:
+    """A copy of ``tokenizer`` without the truncation and padding its last call left in its fast backend: what
+    a save writes (else the saved ``tokenizer.json`` would cut every text at that call's length when read
+    with ``tokenizers``, and two saves of one model would differ)."""
+    with tokenizer_lock(tokenizer):
+        out = copy.deepcopy(tokenizer)
+    backend = getattr(out, "backend_tokenizer", None)
+    if backend is not None:
+        backend.no_truncation()
+        backend.no_padding()
+    return out
+
+
+def at_least_one_token(ids: List[List[int]], tokenizer: Any) -> List[List[int]]:
+    """Each sequence, or one EOS (else pad) token for a text that tokenizes to nothing (an empty text, with a
+    tokenizer that adds no special tokens): a model cannot run on zero tokens, and a text's result must not
+    depend on the batch it is in."""
+    if all(ids):
+        return ids
+    filler = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
+    if filler is None:
+        raise UsageError("an empty text tokenizes to no token, and this tokenizer has no EOS or pad token to stand in.")
+    return [seq if seq else [filler] for seq in ids]
+
+
 def call_tokenizer(tokenizer: Any, *args: Any, **kwargs: Any) -> Any:
     """``tokenizer(*args, **kwargs)`` under a lock shared by every user of that tokenizer object.
 
@@ -56,11 +91,7 @@ def call_tokenizer(tokenizer: Any, *args: Any, **kwargs: Any) -> Any:
     max lengths can truncate with each other's length. One call at a time keeps each call's results
     exactly those of a single thread. The lock lives outside the tokenizer, which stays picklable.
     """
-    with _GUARD:
-        lock = _TOKENIZER_LOCKS.get(tokenizer)
-        if lock is None:
-            lock = _TOKENIZER_LOCKS[tokenizer] = threading.Lock()
-    with lock:
+    with tokenizer_lock(tokenizer):
         return tokenizer(*args, **kwargs)
 
 
@@ -133,6 +164,8 @@ class TextProcessor(PaddingOptions):
         eos = tokenizer.eos_token_id
         ids = call_tokenizer(tokenizer, "a", add_special_tokens=True)["input_ids"] if eos is not None else []
         self.eos_added_by_tokenizer = bool(ids) and ids[-1] == eos
+        # the tokens the tokenizer adds to every text (and the EOS we add): a max length must leave room for a word
+        self.n_special = len(call_tokenizer(tokenizer, "", add_special_tokens=True)["input_ids"]) + int(self._add_eos())
         self._prompt_lengths: Dict[Any, int] = {}
         for instruction in (config.query_instruction, config.document_instruction):
             self._prompt(instruction)  # fail at loading, not at the first call
@@ -172,7 +205,11 @@ class TextProcessor(PaddingOptions):
         """
         cfg = self.config
         instruction = cfg.query_instruction if is_query else cfg.document_instruction
-        limit = max_length or (cfg.query_max_length if is_query else cfg.document_max_length)
+        limit = check_int("max_length", max_length, 1) if max_length is not None else (
+            cfg.query_max_length if is_query else cfg.document_max_length)
+        if limit <= self.n_special:  # the tokenizer would not truncate at all: a sequence longer than the model takes
+            raise UsageError(f"max_length {limit} leaves no room for text: this tokenizer adds {self.n_special} special "
+                             "token(s) to every text.")
         eos = self.tokenizer.eos_token_id
         add_eos = self._add_eos()
         texts = [apply_instruction(instruction, t) for t in texts]
@@ -182,7 +219,7 @@ class TextProcessor(PaddingOptions):
                                  padding=False)["input_ids"]
         if add_eos:
             ids = [seq if seq and seq[-1] == eos else seq + [eos] for seq in ids]
-        out = TokenIds(ids)
+        out = TokenIds(at_least_one_token(ids, self.tokenizer))
         out.prompt_length = self.prompt_length(instruction, limit)
         return out
 

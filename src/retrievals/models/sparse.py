@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForMaskedLM
 
-from ..inputs import as_texts, check_batch_size
+from ..inputs import as_texts, check_batch_size, check_top_k
 from ..utils import UsageError
 from .base import hf_config
 from .embedding import AutoModelForEmbedding, EmbeddingConfig, EmbeddingOutput
@@ -154,13 +154,14 @@ class SparseEmbedder(AutoModelForEmbedding):
                is_query: bool = False, max_length: Optional[int] = None, device: Any = None,
                truncate_dim: Optional[int] = None) -> Any:
         """:meth:`AutoModelForEmbedding.encode`; inference-free queries are built from their tokens alone."""
+        if normalize_embeddings:  # SPLADE weights are not unit vectors: a silently ignored flag would mislead
+            raise UsageError("normalize_embeddings=True: a sparse embedder's vectors are term weights, not normalised.")
         if not (is_query and self.retrieval_config.query_inference_free):
             return super().encode(sentences, batch_size, show_progress_bar, convert_to_numpy, convert_to_tensor,
                                   normalize_embeddings, is_query, max_length, device, truncate_dim)
         texts, single = as_texts(sentences, "sentences")
         check_batch_size(batch_size)
-        if device is not None:
-            self.to(device)
+        self.check_device(device)
         ids = self.tokenize(texts, is_query=True, max_length=max_length)
         out = torch.zeros((len(ids), self.embedding_dim), dtype=torch.float32)
         for start in range(0, len(ids), batch_size):
@@ -168,6 +169,7 @@ class SparseEmbedder(AutoModelForEmbedding):
             device_ = self.query_weights.device
             out[start:start + batch_size] = self._static_queries(batch["input_ids"].to(device_),
                                                                  batch["attention_mask"].to(device_)).cpu()
+        out = self.truncate(out, truncate_dim, False)  # as documents get it
         result = out[0] if single else out
         if convert_to_tensor:
             return result
@@ -178,7 +180,7 @@ class SparseEmbedder(AutoModelForEmbedding):
         """``{token id: weight}`` of each text (one dict for one string), the ``top_k`` heaviest terms when > 0."""
         texts, single = as_texts(sentences, "sentences")
         check_batch_size(batch_size)
-        keep = self.retrieval_config.top_k if top_k is None else top_k
+        keep = self.retrieval_config.top_k if top_k is None else check_top_k(top_k)
         out: List[SparseVector] = []
         for start in range(0, len(texts), SPARSE_CHUNK):  # the dense [n, vocab] rows of one chunk at a time
             dense = self.encode(texts[start:start + SPARSE_CHUNK], batch_size=batch_size, is_query=is_query,

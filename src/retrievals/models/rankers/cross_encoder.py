@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification
 
 from ...utils import apply_instruction, logger
 from ..base import hf_config
-from ..processing import PaddingOptions, pad_ids, run_in_length_chunks, tokenize_user_text
+from ..processing import PaddingOptions, at_least_one_token, pad_ids, run_in_length_chunks, tokenize_user_text
 from .base import TRAIN_CHUNK, BaseRanker, Batch, RankerConfig, RankingOutput, group_targets
 
 
@@ -57,8 +57,10 @@ class PairProcessor(PaddingOptions):
                   stride=min(cfg.window_overlap, (room - q_cap) // 2), return_overflowing_tokens=all_windows, verbose=False)
         owners = enc["overflow_to_sample_mapping"] if all_windows else range(len(pairs))
         out: List[List[Dict[str, Any]]] = [[] for _ in pairs]
+        filled = at_least_one_token([list(x) for x in enc["input_ids"]], tok)  # ("", "") with no special tokens
         for k, owner in enumerate(owners):
-            out[owner].append({"input_ids": enc["input_ids"][k], "token_type_ids": enc["token_type_ids"][k] if self.use_types else None})
+            types = (enc["token_type_ids"][k] or [0]) if self.use_types else None
+            out[owner].append({"input_ids": filled[k], "token_type_ids": types})
         return out
 
     @staticmethod
