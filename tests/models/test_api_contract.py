@@ -423,3 +423,15 @@ def test_sparse_call_arguments_are_checked(tiny_bert, tmp_path):
     with pytest.raises(UsageError, match="not normalised"):
         model.encode("a", normalize_embeddings=True)
     assert model.encode("a b", is_query=True, truncate_dim=5).shape == model.encode("a b", truncate_dim=5).shape == (5,)
+
+
+def test_similarity_and_the_encode_helpers_take_what_they_say(embedder):
+    from retrievals.utils import UsageError
+
+    q, d = embedder.encode_queries(["a"]), embedder.encode_corpus(["b", "c"])
+    mixed = embedder.similarity(q.astype(np.float64), torch.as_tensor(d))
+    assert mixed.dtype == torch.float32 and mixed.shape == (1, 2)
+    with pytest.raises(UsageError, match="use encode_queries"):
+        embedder.encode_corpus("b", is_query=True)
+    with pytest.raises(UsageError, match="use encode_corpus"):
+        embedder.encode_queries("a", is_query=False)

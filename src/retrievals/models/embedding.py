@@ -354,11 +354,15 @@ class AutoModelForEmbedding(RetrievalModel):
 
     def encode_queries(self, queries: Union[str, Sequence[str]], **kwargs: Any) -> Union[np.ndarray, torch.Tensor]:
         """:meth:`encode` with the query instruction and query max length."""
+        if not kwargs.pop("is_query", True):
+            raise UsageError("encode_queries(is_query=False): use encode_corpus or encode for documents.")
         return self.encode(queries, is_query=True, **kwargs)
 
     def encode_corpus(self, corpus: Union[str, Dict[str, str], Sequence[Any]], **kwargs: Any) -> Union[np.ndarray, torch.Tensor]:
         """:meth:`encode` for documents: strings, or dicts with ``text`` and optional ``title`` (BEIR),
         embedded as ``"title text"``. One string or one dict gives one vector."""
+        if kwargs.pop("is_query", False):
+            raise UsageError("encode_corpus(is_query=True): use encode_queries or encode for queries.")
         texts, single = as_texts(corpus, "corpus", documents=True)
         return self.encode(texts[0] if single else texts, is_query=False, **kwargs)
 
@@ -377,8 +381,9 @@ class AutoModelForEmbedding(RetrievalModel):
         return index
 
     def similarity(self, queries: np.ndarray | torch.Tensor, documents: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Dot product (cosine for normalised embeddings) between every query and document."""
-        return torch.as_tensor(queries) @ torch.as_tensor(documents).T
+        """Dot product (cosine for normalised embeddings) between every query and document, in float32 whatever
+        mix of numpy arrays, tensors and dtypes comes in."""
+        return torch.as_tensor(queries).float() @ torch.as_tensor(documents).float().T
 
 
 def _is_fast(tokenizer: Any) -> bool:
