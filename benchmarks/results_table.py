@@ -107,6 +107,7 @@ def build_table() -> str:
                          "spread": r["spread"][f"{stage} top {k}"] if r.get("spread") else None, "seeds": r.get("seeds", [42]),
                          "minutes": r.get("train_minutes", ""),
                          "command": f"benchmarks/rerank_recipes.py --kinds {kind}" + first_stage_flags(q)
+                                    + (f" --top_k {' '.join(map(str, q['eval']['top_k']))}" if q["eval"]["top_k"] != [20, 50] else "")
                                     + (f" --seeds {' '.join(map(str, r['seeds']))}" if len(r.get("seeds", [])) > 1 else "")
                                     + (f" --score_precision {r['score_precision']}" if r.get("score_precision") else "")})
     lines = ["| experiment | model | task (AIA-BDE held-out FAQs) | nDCG@10 original → fine-tuned | MAP | MRR@10 | train min | command |",
