@@ -85,11 +85,7 @@ def check_top_k(top_k: Any, allow_none: bool = False) -> Optional[int]:
     """``top_k`` as an int (``None`` passes through where it means "all"); 0 is valid: empty results."""
     if top_k is None and allow_none:
         return None
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
-        raise TypeError(f"top_k must be an int{' or None' if allow_none else ''}, got {_kind(top_k)}")
-    if top_k < 0:
-        raise UsageError(f"top_k must be >= 0, got {top_k}")
-    return int(top_k)
+    return check_int("top_k", top_k, 0)
 
 
 def check_int(name: str, value: Any, minimum: int) -> int:

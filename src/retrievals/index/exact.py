@@ -28,12 +28,17 @@ def exact_search(
     >>> scores.tolist(), indices.tolist()
     ([[1.0], [1.0]], [[0], [1]])
     """
-    d = torch.as_tensor(as_matrix(document_embeddings))
-    q = torch.as_tensor(as_query_vectors(query_embeddings, d.shape[1]))
+    d = as_matrix(document_embeddings)
+    q = as_query_vectors(query_embeddings, d.shape[1])
     k = min(check_top_k(top_k), d.shape[0])
-    check_int("chunk_size", chunk_size, 1)
     if q.shape[0] == 0 or k == 0:
         return np.zeros((q.shape[0], k), dtype=np.float32), np.zeros((q.shape[0], k), dtype=np.int64)
+    return _top_k(q, d, k, check_int("chunk_size", chunk_size, 1))
+
+
+def _top_k(queries: np.ndarray, documents: np.ndarray, k: int, chunk_size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`exact_search` on inputs already checked (``ExactIndex`` checked its vectors once, when built)."""
+    q, d = torch.as_tensor(queries), torch.as_tensor(documents)
     scores, indices = [], []
     for start in range(0, q.shape[0], chunk_size):
         block = q[start : start + chunk_size].double()
@@ -62,7 +67,7 @@ class ExactIndex(Index):
         return as_query_vectors(queries, self.vectors.shape[1])
 
     def _search(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, List[List[str]]]:
-        scores, idx = exact_search(queries, self.vectors, k)
+        scores, idx = _top_k(queries, self.vectors, k, 1024)  # Index.search checked the queries and k
         return scores, [[self.ids[j] for j in row] for row in idx]
 
     def stored(self) -> int:
