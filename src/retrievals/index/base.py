@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
@@ -67,10 +68,9 @@ class Index(ABC):
         query_ids = [query_ids] if isinstance(query_ids, str) else list(query_ids)
         scores, ids = self.search(queries, top_k)
         check_same_length(query_ids, ids, "query_ids and queries")
-        if len(set(map(str, query_ids))) != len(query_ids):  # a run is keyed by query id: one would replace another
-            seen: set = set()
-            twice = next(str(q) for q in query_ids if str(q) in seen or seen.add(str(q)))
-            raise UsageError(f"query_ids must be unique; {twice!r} occurs more than once.")
+        twice = [q for q, n in Counter(map(str, query_ids)).items() if n > 1]  # a run is keyed by query id
+        if twice:
+            raise UsageError(f"query_ids must be unique; {twice[0]!r} occurs more than once.")
         return {str(q): {d: float(s) for d, s in zip(row_ids, row) if d is not None} for q, row, row_ids in zip(query_ids, scores, ids)}
 
     def stored(self) -> Optional[int]:
