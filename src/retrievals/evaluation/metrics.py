@@ -10,9 +10,11 @@ skipped, like trec_eval.
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, List, Mapping
+from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
 from ..data.io import rank  # noqa: F401 (the one ordering of a run: metrics and written runs agree)
+from ..inputs import check_int
+from ..utils import UsageError
 
 Run = Mapping[str, Mapping[str, float]]
 Qrels = Mapping[str, Mapping[str, int]]
@@ -57,6 +59,21 @@ def hit_at_k(ranking: List[str], judged: Mapping[str, int], k: int) -> float:
     return float(any(judged.get(doc, 0) > 0 for doc in ranking[:k]))
 
 
+def check_k_values(k_values: Any) -> Tuple[int, ...]:
+    """The cutoffs as ints >= 1 (a cutoff of 0 divides by zero, a negative one silently drops the last documents)."""
+    if isinstance(k_values, (str, bytes)) or not isinstance(k_values, Iterable):
+        raise TypeError(f"k_values must be a list of ints, got {type(k_values).__name__}")
+    return tuple(check_int(f"k_values[{i}]", k, 1) for i, k in enumerate(k_values))
+
+
+def check_run_scores(run: Run) -> None:
+    """Every score finite: a nan compares false both ways, so a run holding one ranks by the order of its dict."""
+    for qid, scores in run.items():
+        for doc, score in scores.items():
+            if not math.isfinite(score):
+                raise UsageError(f"run[{qid!r}][{doc!r}] is {score}: scores must be finite numbers.")
+
+
 def evaluate_run(run: Run, qrels: Qrels, k_values: Iterable[int] = (1, 3, 5, 10, 100)) -> Dict[str, float]:
     """Mean of every metric over the judged queries: ``map``, ``mrr``, ``ndcg@k``, ``mrr@k``,
     ``map@k``, ``recall@k``, ``precision@k`` and ``hit@k``. Queries missing from the run score 0.
@@ -67,7 +84,8 @@ def evaluate_run(run: Run, qrels: Qrels, k_values: Iterable[int] = (1, 3, 5, 10,
     >>> metrics["mrr"], metrics["hit@1"], round(metrics["ndcg@10"], 4)
     (0.75, 0.5, 0.8155)
     """
-    k_values = sorted(set(k_values))
+    k_values = sorted(set(check_k_values(k_values)))
+    check_run_scores(run)
     totals: Dict[str, float] = {}
     n = 0
     for qid, judged in qrels.items():

@@ -7,12 +7,16 @@ from typing import Any, Dict, Iterable, List, Sequence
 import numpy as np
 
 from ..data.readers import Record
-from .metrics import evaluate_run
+from ..inputs import as_texts
+from .metrics import check_k_values, evaluate_run
 
 
 def score_candidates(model: Any, query: str, documents: Sequence[str], batch_size: int = 32) -> List[float]:
     """Scores of ``documents`` for ``query``: ``compute_score`` for rerankers, dot products of
-    ``encode_queries``/``encode_corpus`` embeddings for embedders."""
+    ``encode_queries``/``encode_corpus`` embeddings for embedders (a string is one document)."""
+    documents, _ = as_texts(documents, "documents", documents=True)
+    if not documents:
+        return []
     if hasattr(model, "compute_score"):
         return list(model.compute_score([(query, d) for d in documents], batch_size=batch_size))
     q = np.asarray(model.encode_queries([query], batch_size=batch_size))
@@ -24,17 +28,19 @@ def evaluate_reranking(model: Any, records: Iterable[Record], k_values: Iterable
     """MAP, MRR@k and nDCG@k of ranking each record's positives + negatives (positives relevant).
 
     Works for embedders and rerankers alike; the query's whole candidate list is ranked, so MAP is
-    over all candidates.
+    over all candidates. Ties count against the positives: a model that scores a positive and a negative alike has
+    not ranked the positive first.
     """
+    k_values = check_k_values(k_values)
     run: Dict[str, Dict[str, float]] = {}
     qrels: Dict[str, Dict[str, int]] = {}
     for i, record in enumerate(records):
         docs = list(record.positives) + list(record.negatives)
-        ids = [f"p{j}" for j in range(len(record.positives))] + [f"n{j}" for j in range(len(record.negatives))]
+        # ties are broken by doc id, descending (metrics.rank): every negative's id sorts above every positive's
+        ids = [f"a{j}" for j in range(len(record.positives))] + [f"b{j}" for j in range(len(record.negatives))]
         scores = score_candidates(model, record.query, docs, batch_size)
         run[str(i)] = dict(zip(ids, map(float, scores)))
-        qrels[str(i)] = {f"p{j}": 1 for j in range(len(record.positives))}
-    k_values = tuple(k_values)
+        qrels[str(i)] = {f"a{j}": 1 for j in range(len(record.positives))}
     metrics = evaluate_run(run, qrels, k_values)
     keep = ["map"] + [f"{m}@{k}" for k in k_values for m in ("mrr", "ndcg")]
     return {key: metrics[key] for key in keep}

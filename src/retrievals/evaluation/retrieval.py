@@ -7,8 +7,9 @@ from typing import Any, Dict, Iterable, Mapping
 from ..data.io import rank
 from ..index.exact import exact_search
 from ..index.hybrid import weighted_score_fusion
+from ..inputs import check_top_k
 from ..utils import UsageError
-from .metrics import evaluate_run
+from .metrics import check_k_values, evaluate_run
 
 
 def retrieve(model: Any, corpus: Mapping[str, str], queries: Mapping[str, str], top_k: int = 100, batch_size: int = 64,
@@ -35,8 +36,8 @@ def evaluate_embedder(model: Any, corpus: Mapping[str, str], queries: Mapping[st
                       show_progress_bar: bool = False) -> Dict[str, float]:
     """Metrics of ``model`` retrieving the top ``top_k`` (at least max k) documents from ``corpus`` for
     ``queries`` judged by ``qrels``; MAP and MRR without a cut are computed over that depth."""
-    k_values = tuple(k_values)
-    depth = max(top_k, *k_values)
+    k_values = check_k_values(k_values)
+    depth = max((check_top_k(top_k), *k_values))
     run = retrieve(model, corpus, queries, top_k=depth, batch_size=batch_size, show_progress_bar=show_progress_bar)
     return evaluate_run(run, qrels, k_values)
 
@@ -57,12 +58,17 @@ def rerank_run(ranker: Any, corpus: Mapping[str, str], queries: Mapping[str, str
     first stage rather than replacing it; 0 (default) keeps the reranker's raw scores.
     """
     check_first_stage_weight(first_stage_weight)
+    top_k = check_top_k(top_k)
     pairs, owners = [], []
     candidates: Dict[str, Dict[str, float]] = {}
     for qid, scores in run.items():
         best = rank(scores)[:top_k]
         candidates[qid] = {doc_id: scores[doc_id] for doc_id in best}
+        if best and qid not in queries:
+            raise UsageError(f"run query {qid!r} is not in queries.")
         for doc_id in best:
+            if doc_id not in corpus:
+                raise UsageError(f"run[{qid!r}] candidate {doc_id!r} is not in the corpus.")
             pairs.append((queries[qid], corpus[doc_id]))
             owners.append((qid, doc_id))
     new_scores = ranker.compute_score(pairs, batch_size=batch_size, show_progress_bar=show_progress_bar) if pairs else []
