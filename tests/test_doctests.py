@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 MODULES = ["retrievals.utils", "retrievals.data.io", "retrievals.evaluation.metrics", "retrievals.models.rankers.colbert",
-           "retrievals.index.hybrid"]
+           "retrievals.index.hybrid", "retrievals.pipelines.build_hn"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -347,3 +347,55 @@ def test_retrieve_never_writes_over_its_inputs_and_checks_the_qrels_match(beir_f
     (tmp_path / "zero.tsv").write_text("".join(f"{q} 0 d1 0\n" for q in read_qrels(qrels)))
     assert retrieve.main(base + ["--qrels", str(tmp_path / "zero.tsv"), "--output", str(tmp_path / "r.trec")]) == 2
     assert "no query has a relevant document" in capsys.readouterr().err
+
+
+class TextVectors:
+    """An embedder whose vector for each text is given (build_hn's ranking made by hand)."""
+
+    def __init__(self, vectors):
+        self.vectors = {t: np.asarray(v, dtype=np.float32) / np.linalg.norm(v) for t, v in vectors.items()}
+
+    def encode_corpus(self, texts, **kwargs):
+        return np.stack([self.vectors[t] for t in texts])
+
+    encode_queries = encode_corpus
+
+
+def test_build_hn_never_mines_a_positive_of_the_same_query(tmp_path):
+    from retrievals.data.readers import Record
+    from retrievals.pipelines import build_hn
+
+    # pair data: one record per (query, positive); p2 is q's positive too, though not in the first record
+    records = [Record("q", ["p1"]), Record("q", ["p2"]), Record("other", ["p3"])]
+    model = TextVectors({"q": [1, 0, 0], "other": [0, 0, 1], "p1": [1, 0.1, 0], "p2": [1, 0.2, 0], "p3": [0, 0.1, 1],
+                         "n": [1, 1, 0]})
+    a = build_hn.HardNegativeArguments(model_name_or_path="given", input_file="-", output_file="-",
+                                       range_for_sampling="0-4", negative_number=5, false_negative_ratio=10)
+    negatives, _ = build_hn.mine(a, records, ["p1", "p2", "p3", "n"], model)
+    assert set(negatives[0]) == set(negatives[1]) == {"n", "p3"}  # neither p1 nor p2
+    assert set(negatives[2]) == {"p1", "p2", "n"}
+
+
+def test_build_hn_false_negative_filter_below_a_negative_positive():
+    from retrievals.data.readers import Record
+    from retrievals.pipelines import build_hn
+
+    # the positive scores -0.4: a candidate at -0.3 scores above it (a likely false negative), one at -0.9 below
+    model = TextVectors({"q": [1, 0], "p": [-0.4, 0.9165], "close": [-0.3, 0.9539], "far": [-0.9, 0.4359]})
+    a = build_hn.HardNegativeArguments(model_name_or_path="given", input_file="-", output_file="-",
+                                       range_for_sampling="0-3", negative_number=5, false_negative_ratio=0.5)
+    negatives, stats = build_hn.mine(a, [Record("q", ["p"])], ["p", "close", "far"], model)
+    assert negatives == [["far"]] and stats["dropped_as_false_negative"] == 1
+    # a positive score: the threshold is ratio x that score, as before
+    assert build_hn.false_negative_threshold(0.8, 0.95) == pytest.approx(0.76)
+    assert build_hn.false_negative_threshold(-0.4, 0.5) == pytest.approx(-0.6)
+
+
+def test_build_hn_pool_file_is_deduplicated(tmp_path):
+    from retrievals.pipelines import build_hn
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text('{"text": "neg"}\n{"text": "other"}\n{"text": "neg"}\n"other"\n')
+    assert build_hn.read_pool(str(pool)) == ["neg", "other"]
+    (tmp_path / "pool.txt").write_text("a\nb\na\n")
+    assert build_hn.read_pool(str(tmp_path / "pool.txt")) == ["a", "b"]

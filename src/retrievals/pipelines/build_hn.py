@@ -41,7 +41,9 @@ class HardNegativeArguments(EmbedderFlags, RerankerFlags):
     candidate_pool: Optional[str] = field(default=None, metadata={"help": "JSONL with 'text' (or a .txt, one per line)."})
     range_for_sampling: str = field(default="2-200", metadata={"help": "Rank window START-END (0-based) to sample from."})
     negative_number: int = 15
-    false_negative_ratio: float = field(default=0.95, metadata={"help": "Drop candidates scoring above ratio x positive."})
+    false_negative_ratio: float = field(default=0.95, metadata={
+        "help": "Drop candidates scoring above ratio x the weakest positive's score (below 0: above it minus (1 - ratio) "
+                "x its size)."})
     keep_original_negatives: bool = False
     min_negatives: int = field(default=0, metadata={
         "help": "Leave out queries that end up with fewer negatives (e.g. --train_group_size - 1 of the training "
@@ -79,7 +81,7 @@ def read_pool(path: str) -> List[str]:
     if not file.is_file():
         raise DataError(f"{file}: no such file.")
     if file.suffix == ".txt":
-        return [line.strip() for _, line in iter_lines(file) if line.strip()]
+        return list(dict.fromkeys(line.strip() for _, line in iter_lines(file) if line.strip()))
     texts = []
     for where, obj in iter_raw(str(file)):
         if isinstance(obj, str):
@@ -88,7 +90,17 @@ def read_pool(path: str) -> List[str]:
             texts.append(obj["text"])
         else:
             raise DataError(f"{where}: field 'text' must be a string.")
-    return texts
+    return list(dict.fromkeys(texts))  # a text listed twice would be mined twice for one query (kept: its first place)
+
+
+def false_negative_threshold(positive_score: float, ratio: float) -> float:
+    """The score a candidate must not exceed: ``ratio`` x the positive's score, measured as a fraction of its size
+    below it, so a positive scoring below 0 (cosine scores can) still keeps candidates that score above it out.
+
+    >>> false_negative_threshold(0.8, 0.95), false_negative_threshold(-0.4, 0.5)
+    (0.76, -0.6000000000000001)
+    """
+    return positive_score - (1.0 - ratio) * abs(positive_score)
 
 
 def mine(a: HardNegativeArguments, records: List[Record], pool: List[str], model) -> Tuple[List[List[str]], Dict[str, int]]:
@@ -104,19 +116,22 @@ def mine(a: HardNegativeArguments, records: List[Record], pool: List[str], model
     reranker = a.load_reranker()
     stats = {"short": 0, "empty": 0, "dropped_as_false_negative": 0}
     out, offset = [], 0
+    positives_of: Dict[str, set] = {}  # pair data gives a query's positives one record each: none is its negative
+    for record in records:
+        positives_of.setdefault(record.query, set()).update(record.positives)
     for i, record in enumerate(records):
         n_pos = len(record.positives)
         pos_scores = np.asarray(q_emb[i]) @ np.asarray(p_emb[offset : offset + n_pos]).T
         offset += n_pos
-        threshold = a.false_negative_ratio * float(np.min(pos_scores))
-        own = set(record.positives)
+        threshold = false_negative_threshold(float(np.min(pos_scores)), a.false_negative_ratio)
+        own = positives_of[record.query]
         window = [int(j) for j in ranked[i][start:end] if pool[int(j)] not in own]
         scores = np.asarray(pool_emb[window]) @ np.asarray(q_emb[i]) if window else np.zeros(0)
         keep = [j for j, s in zip(window, scores) if s <= threshold]
         if reranker is not None and keep:
             rr = reranker.compute_score([(record.query, pool[j]) for j in keep] + [(record.query, p) for p in record.positives],
                                         normalize=True)
-            limit = a.false_negative_ratio * min(rr[len(keep):])
+            limit = false_negative_threshold(min(rr[len(keep):]), a.false_negative_ratio)
             keep = [j for j, s in zip(keep, rr[: len(keep)]) if s <= limit]
         stats["dropped_as_false_negative"] += len(window) - len(keep)
         rng = random.Random(f"{a.seed}-{i}")
