@@ -83,10 +83,11 @@ def saved_entries(folder: str | os.PathLike) -> List[str]:
     if not record.is_file():
         return []
     try:
-        files = json.loads(record.read_text(encoding="utf-8")).get("files", {})
+        saved = json.loads(record.read_text(encoding="utf-8"))
     except (ValueError, OSError):
         return []
-    return sorted({name.split("/", 1)[0] for name in files} | {FILES_NAME})
+    files, entries = saved.get("files", {}), saved.get("entries", [])  # "entries": saves since empty folders were listed
+    return sorted({name.split("/", 1)[0] for name in files} | set(entries) | {FILES_NAME})
 
 
 def _remove(path: Path) -> None:
@@ -187,8 +188,9 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
         scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=target))
         try:
             yield scratch
-            atomic_write_json(scratch / FILES_NAME, {"files": record_files(scratch)})
-            new = sorted(entry.name for entry in scratch.iterdir())
+            new = sorted([entry.name for entry in scratch.iterdir()] + [FILES_NAME])
+            # "entries" too: an empty folder (sentence-transformers' 2_Normalize) holds no file to list
+            atomic_write_json(scratch / FILES_NAME, {"files": record_files(scratch), "entries": new})
             stale = [name for name in saved_entries(target) if name not in new]
             journal = {"scratch": scratch.name, "move": new, "remove": stale}
             atomic_write_json(target / JOURNAL_NAME, journal)  # the commit point

@@ -75,6 +75,38 @@ def test_overwrite_refuses_a_foreign_model_it_would_replace(tiny_bert, train_fil
     assert snapshot(out) == before
 
 
+def test_a_lora_run_leaves_a_users_readme_alone(tiny_bert, train_file, tmp_path):
+    # peft writes a model card (README.md) beside every adapter: it replaced the user's notes
+    out = tmp_path / "out"
+    user_files(out)
+    before = snapshot(out)
+    lora = ("--use_lora", "true", "--lora_target_modules", "query", "value")
+    assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "1", "--overwrite_output_dir", *lora)) == 0
+    assert {k: v for k, v in snapshot(out).items() if k in before} == before
+    assert "README.md" not in json.loads((out / MANIFEST_NAME).read_text())["written"]
+    AutoModelForEmbedding.from_pretrained(str(out))
+
+
+@pytest.mark.parametrize("name", ["training_curve.png", "2_Dense", "query_weights.safetensors", "onnx"])
+def test_names_a_run_may_write_are_refused_in_a_foreign_folder(tiny_bert, train_file, tmp_path, capsys, name):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).write_text("mine\n")
+    assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "1", "--overwrite_output_dir")) == 2
+    assert "never rewrites files it did not write" in capsys.readouterr().err
+    assert (out / name).read_text() == "mine\n"
+
+
+def test_a_file_added_to_our_folder_is_not_overwritten_by_a_rerun(tiny_bert, train_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "1")) == 0
+    (out / "onnx").mkdir()  # added by hand after the run: a name a save with backend="onnx" writes
+    (out / "onnx" / "model.onnx").write_text("mine\n")
+    assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "1", "--overwrite_output_dir")) == 2
+    assert "holds onnx, which a run would overwrite" in capsys.readouterr().err
+    assert (out / "onnx" / "model.onnx").read_text() == "mine\n"
+
+
 def test_other_outputs_are_never_replaced_unasked(tiny_bert, train_file, tmp_path, capsys):
     data = tmp_path / "corpus.txt"
     data.write_text("\n".join(TEXTS) + "\n")

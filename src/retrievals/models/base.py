@@ -552,6 +552,8 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
             check_backend(type(self), backend or "torch", backend_precision, lora=lora)
         with atomic_directory(path) as scratch:
             backbone.save_pretrained(scratch)
+            # peft writes a placeholder model card beside an adapter: it would replace a README.md of the user's
+            (scratch / "README.md").unlink(missing_ok=True)
             tokenizer_at_rest(self._tokenizer_for_saving(config)).save_pretrained(scratch)
             if lora:
                 record_lora_base(scratch, config.lora_base)

@@ -35,9 +35,9 @@ _OUR_NAMES = re.compile(
     r"^(checkpoint-\d+|config\.json|generation_config\.json|model.*\.safetensors(\.index\.json)?|pytorch_model.*\.bin"
     r"|adapter_(config\.json|model\.safetensors)|tokenizer.*|vocab\.txt|merges\.txt|special_tokens_map\.json"
     r"|added_tokens\.json|chat_template\.jinja|modules\.json|sentence_bert_config\.json|config_sentence_transformers\.json"
-    r"|\d+_Pooling|\d+_Normalize|colbert_linear\.pt|retrievals_.*\.json|training_args\.bin|trainer_state\.json"
-    r"|merged|embeddings\.npy|runs)$"
-)
+    r"|\d+_\w+|colbert_linear\.pt|query_weights\.safetensors|retrievals_.*\.json|training_args\.bin"
+    r"|trainer_state\.json|training_curve(\.running)?\.png|onnx|openvino|merged|embeddings\.npy|runs)$"
+)  # \d+_\w+: sentence-transformers' module folders (1_Pooling, 2_Dense, 2_Normalize, 1_SpladePooling)
 
 
 class OutputDirError(RuntimeError):
@@ -163,6 +163,7 @@ def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool, fingerpri
     # what the last save wrote counts as ours even when a kill came before the manifest was updated
     run.written = (set(manifest.get("written", [])) | set(saved_entries(folder))) & set(entries)
     foreign = [e for e in entries if e not in run.written]
+    _check_clashes(folder, foreign, "were added after our run wrote it (not in its manifest)")
     if foreign:
         logger.warning("%s: leaving alone what this library did not write there: %s", folder, _listing(foreign))
     if manifest["status"] == "finished":
@@ -210,14 +211,18 @@ def _check_foreign_folder(folder: Path, entries: List[str], overwrite: bool) -> 
             f"{folder} is not empty and holds no run of ours ({_listing(entries)}); choose a new or empty --output_dir, "
             "or pass --overwrite_output_dir to write beside these files (they are left untouched)."
         )
-    clashes = [e for e in entries if _OUR_NAMES.match(e) or e == FILES_NAME]
+    _check_clashes(folder, entries, f"no run of ours wrote (no {MANIFEST_NAME})")
+    logger.warning("%s: writing beside files this library did not write, which stay untouched: %s", folder, _listing(entries))
+
+
+def _check_clashes(folder: Path, foreign: List[str], why: str) -> None:
+    """Refuse when files we did not write carry names a run may write: the save would replace them."""
+    clashes = [e for e in foreign if _OUR_NAMES.match(e) or e == FILES_NAME]
     if clashes:
         raise OutputDirError(
-            f"{folder} holds {_listing(clashes)}, which a run would overwrite but which no run of ours wrote (no "
-            f"{MANIFEST_NAME}); --overwrite_output_dir never rewrites files it did not write: move them, or choose "
-            "another --output_dir."
+            f"{folder} holds {_listing(clashes)}, which a run would overwrite but which {why}; --overwrite_output_dir "
+            "never rewrites files it did not write: move them, or choose another --output_dir."
         )
-    logger.warning("%s: writing beside files this library did not write, which stay untouched: %s", folder, _listing(entries))
 
 
 def record_written(output_dir: str | Path, *names: str) -> None:
