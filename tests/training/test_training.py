@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from retrievals import AutoModelForEmbedding
 from retrievals.pipelines import embed
@@ -384,3 +385,16 @@ def test_collator_gives_each_row_its_teachers_vector():
         teacher.rows(["unknown"], [])
     with pytest.raises(ValueError, match="vectors"):
         TeacherVectors(["q"], torch.zeros(2, 1), [], torch.zeros(0, 1))
+
+
+def test_load_best_model_at_end_saves_the_best_checkpoint(tiny_bert, train_file, tmp_path):
+    # transformers' own loader matched the bare backbone's key names: the run crashed at its end, every rerun too
+    out = tmp_path / "out"
+    assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "4", "--eval_data", train_file, "--eval_strategy",
+                          "steps", "--eval_steps", "1", "--save_strategy", "steps", "--save_steps", "1",
+                          "--load_best_model_at_end", "true", "--metric_for_best_model", "ndcg@10")) == 0
+    state = json.loads((out / "trainer_state.json").read_text())
+    best = Path(state["best_model_checkpoint"]).name
+    final = AutoModelForEmbedding.from_pretrained(str(out)).state_dict()
+    chosen = AutoModelForEmbedding.from_pretrained(str(out / best)).state_dict()
+    assert final.keys() == chosen.keys() and all(torch.equal(final[k], chosen[k]) for k in final)

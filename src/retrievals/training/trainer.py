@@ -124,6 +124,12 @@ class RetrievalTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Optional[nn.Module] = None) -> None:
         (model or self.model).load_weights(resume_from_checkpoint)
 
+    def _load_best_model(self) -> None:
+        """``--load_best_model_at_end``: the best checkpoint's weights through the model's own loader (transformers'
+        matches the bare backbone's key names, which a retrieval model's state dict does not use)."""
+        logger.info("Loading the best model from %s (score: %s).", self.state.best_model_checkpoint, self.state.best_metric)
+        self.accelerator.unwrap_model(self.model).load_weights(self.state.best_model_checkpoint)
+
 
 class NonFiniteWeightsError(RuntimeError):
     """Training produced nan/inf weights; nothing was saved over the previous model."""
