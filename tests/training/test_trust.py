@@ -393,3 +393,46 @@ def test_lora_adapter_loads_from_any_working_directory(tiny_qwen, tmp_path, monk
     monkeypatch.chdir(tmp_path)
     np.testing.assert_allclose(AutoModelForEmbedding.from_pretrained(str(tmp_path / "adapter")).encode(TEXTS), expected, atol=1e-6)
     assert (tmp_path / "adapter" / FILES_NAME).is_file()
+
+
+def unfinished_run(folder: Path, steps=(2, 4), optimizer=True) -> dict:
+    """A killed run's folder as our runs leave it: the manifest, and a checkpoint per step."""
+    from retrievals.training.output_dir import prepare_output_dir
+
+    fingerprint = {"model": "m", "max_steps": 8}
+    prepare_output_dir(str(folder), False, True, fingerprint)
+    for step in steps:
+        checkpoint = folder / f"checkpoint-{step}"
+        checkpoint.mkdir()
+        (checkpoint / "retrievals_config.json").write_text("{}")
+        (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        if optimizer:
+            (checkpoint / "optimizer.pt").write_bytes(b"o")
+            (checkpoint / "scheduler.pt").write_bytes(b"s")
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    manifest["written"] = manifest["this_run"] = [f"checkpoint-{s}" for s in steps]
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    return fingerprint
+
+
+def test_a_checkpoint_whose_trainer_state_is_cut_short_is_not_resumed(tmp_path):
+    # transformers writes trainer_state.json last but not atomically: a kill mid-write left a checkpoint every rerun
+    # resumed, then crashed on (a bare JSONDecodeError naming no file)
+    from retrievals.training.output_dir import prepare_output_dir
+
+    fingerprint = unfinished_run(tmp_path / "out")
+    (tmp_path / "out" / "checkpoint-4" / "trainer_state.json").write_text('{"global_st')
+    run = prepare_output_dir(str(tmp_path / "out"), False, True, fingerprint)
+    assert Path(run.resume_from).name == "checkpoint-2" and not (tmp_path / "out" / "checkpoint-4").exists()
+
+
+def test_a_weights_only_checkpoint_is_not_resumed_silently(tmp_path):
+    # --save_only_model: no optimizer or scheduler state, so a "resumed" run restarted both (another run)
+    from retrievals.training.output_dir import OutputDirError, prepare_output_dir
+
+    fingerprint = unfinished_run(tmp_path / "out", optimizer=False)
+    with pytest.raises(OutputDirError, match=r"checkpoint-4.*save_only_model.*--resume false"):
+        prepare_output_dir(str(tmp_path / "out"), False, True, fingerprint)
+    assert (tmp_path / "out" / "checkpoint-4").is_dir()  # nothing retired unasked
+    run = prepare_output_dir(str(tmp_path / "out"), False, False, fingerprint)
+    assert run.resume_from is None and not (tmp_path / "out" / "checkpoint-4").exists()

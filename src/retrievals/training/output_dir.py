@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set
 
+from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
+
 from ..files import FILES_NAME, JOURNAL_NAME, SCRATCH_PREFIX, atomic_write_json, recover, saved_entries
 from ..models.base import CONFIG_NAME
 from ..utils import logger
@@ -54,12 +56,26 @@ def _listing(names: List[str], limit: int = 6) -> str:
 
 
 def last_complete_checkpoint(folder: str | Path, among: Optional[Set[str]] = None) -> Optional[str]:
-    """The highest ``checkpoint-N`` that finished saving (its ``trainer_state.json`` is written last)."""
+    """The highest ``checkpoint-N`` that finished saving: its ``trainer_state.json``, which transformers writes last
+    (and not atomically: a kill mid-write leaves it cut short), reads as JSON."""
     found = []
     for number, entry in _checkpoints(Path(folder)):
-        if (among is None or entry.name in among) and (entry / "trainer_state.json").is_file() and (entry / CONFIG_NAME).is_file():
+        if (among is None or entry.name in among) and (entry / CONFIG_NAME).is_file() and _readable(entry / "trainer_state.json"):
             found.append((number, entry))
     return str(max(found)[1]) if found else None
+
+
+def _readable(file: Path) -> bool:
+    try:
+        return isinstance(json.loads(file.read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        return False
+
+
+def has_training_state(checkpoint: str | Path) -> bool:
+    """Whether a checkpoint holds the optimizer and scheduler (not with ``--save_only_model``): resuming without
+    them would restart both, which is another run than the one that was killed."""
+    return all((Path(checkpoint) / name).is_file() for name in (OPTIMIZER_NAME, SCHEDULER_NAME))
 
 
 def _checkpoints(folder: Path) -> List[tuple]:
@@ -184,6 +200,12 @@ def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool, fingerpri
                 f"{folder} holds an unfinished run ({Path(checkpoint).name}) with other settings: {changes}. "
                 "Pass --resume false to start over (its checkpoints are retired), restore those settings to resume, "
                 "or choose another --output_dir."
+            )
+        if not has_training_state(checkpoint):
+            raise OutputDirError(
+                f"{folder} holds an unfinished run whose last checkpoint ({Path(checkpoint).name}) has weights only "
+                f"(--save_only_model): resuming it would restart the optimizer and the learning-rate schedule. Pass "
+                "--resume false to start over (its checkpoints are retired), or choose another --output_dir."
             )
         run.resume_from = checkpoint
         run.this_run = set(run.written)  # resuming continues that run: what it wrote stays
