@@ -436,3 +436,33 @@ def test_a_weights_only_checkpoint_is_not_resumed_silently(tmp_path):
     assert (tmp_path / "out" / "checkpoint-4").is_dir()  # nothing retired unasked
     run = prepare_output_dir(str(tmp_path / "out"), False, False, fingerprint)
     assert run.resume_from is None and not (tmp_path / "out" / "checkpoint-4").exists()
+
+
+def test_fingerprint_covers_the_tokenizer_and_a_starting_adapter(tiny_bert, tmp_path):
+    # --tokenizer_name and --lora_path were fingerprinted by path (or not at all): a rerun with another vocabulary,
+    # or with the adapter folder's contents replaced, resumed the killed run
+    from types import SimpleNamespace
+
+    from retrievals.data.readers import Record
+    from retrievals.training.fingerprint import describe_changes, run_fingerprint
+
+    records, args = [Record("q", ["p"])], SimpleNamespace(learning_rate=1e-3)
+    tok = tmp_path / "tok"
+    shutil.copytree(tiny_bert, tok)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"one")
+
+    def fingerprint():
+        return run_fingerprint(tiny_bert, records, args, {"tokenizer_name": str(tok), "lora_path": str(adapter)})
+
+    before = fingerprint()
+    assert fingerprint() == before
+    (tok / "tokenizer.json").write_text((tok / "tokenizer.json").read_text().replace("[UNK]", "[UNKNOWN]"))
+    assert describe_changes(before, fingerprint()) == "tokenizer (content changed)"
+    before = fingerprint()
+    (adapter / "adapter_model.safetensors").write_bytes(b"two")
+    assert describe_changes(before, fingerprint()) == "lora_weights (content changed)"
+    # no --tokenizer_name: the model folder's own tokenizer files
+    plain = run_fingerprint(tiny_bert, records, args)
+    assert plain["tokenizer"] not in ("", None) and not plain["tokenizer"].startswith("not a local folder")

@@ -1,6 +1,7 @@
 """The fingerprint of a training run: what decides its result, so a rerun resumes only the same run.
 
-It holds the base model (path and a hash of its weight files), a hash of the training data, and the
+It holds the base model (path and a hash of its weight files; the tokenizer's files and a starting adapter's weights
+too), a hash of the training data, and the
 settings that change the outcome (optimiser and schedule, epochs, batch, group size, loss and its
 settings, seed, pooling and instructions, LoRA). Logging, saving and evaluation flags are left out:
 changing them does not change the model, so a rerun with them changed still resumes.
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping
 
 from ..files import sha256_file
+from ..models.base import ADAPTER_CONFIG_NAME, lora_base_of
 
 FINGERPRINT_NAME = "retrievals_fingerprint.json"
 
@@ -30,22 +32,30 @@ TRAINING_FIELDS = (
 # Argument fields that do not change the result (or are fingerprinted another way).
 IGNORED_FIELDS = {"train_data", "eval_data", "model_name_or_path", "trust_remote_code", "tokenizer_name"}
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
+_TOKENIZER_PATTERNS = ("tokenizer*.json", "vocab.txt", "vocab.json", "merges.txt", "*.model", "special_tokens_map.json",
+                       "added_tokens.json", "chat_template.jinja")
+CONTENT_KEYS = {"model_weights", "teacher_weights", "train_data", "tokenizer", "lora_weights", "lora_base_weights"}
 
 
 def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def weights_digest(path: str) -> str:
-    """sha256 over a local model folder's weight files (names and contents); a hub id is its own name."""
+def files_digest(path: str, patterns: Iterable[str] = _WEIGHT_PATTERNS) -> str:
+    """sha256 over a local folder's files matching ``patterns`` (names and contents); a hub id is its own name."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
         return f"not a local folder: {path}"
     digest = hashlib.sha256()
-    for pattern in _WEIGHT_PATTERNS:
+    for pattern in patterns:
         for file in sorted(folder.glob(pattern)):
             digest.update(f"{file.name}\0{sha256_file(file)}\0".encode())
     return digest.hexdigest()[:16]
+
+
+def weights_digest(path: str) -> str:
+    """:func:`files_digest` of a model folder's weight files."""
+    return files_digest(path)
 
 
 def data_digest(records: Iterable[Any]) -> str:
@@ -64,10 +74,17 @@ def run_fingerprint(model_path: str, records: Iterable[Any], args: Any, *setting
         "model_weights": weights_digest(model_path),
         "train_data": data_digest(records),
     }
-    for group in settings:
-        for key, value in group.items():
-            if key not in IGNORED_FIELDS:
-                out[key] = _plain(value)
+    given = {key: value for group in settings for key, value in group.items()}
+    # the tokenizer that turns the data into ids (--tokenizer_name, else the model's own), and the adapter a run
+    # starts from (--lora_path, or the model folder being an adapter: then its base model too), by content
+    out["tokenizer"] = files_digest(given.get("tokenizer_name") or model_path, _TOKENIZER_PATTERNS)
+    if given.get("lora_path"):
+        out["lora_weights"] = weights_digest(given["lora_path"])
+    if (Path(model_path).expanduser() / ADAPTER_CONFIG_NAME).is_file():
+        out["lora_base_weights"] = weights_digest(lora_base_of(model_path))
+    for key, value in given.items():
+        if key not in IGNORED_FIELDS:
+            out[key] = _plain(value)
     for key in TRAINING_FIELDS:
         if hasattr(args, key):
             out[key] = _plain(getattr(args, key))
@@ -81,7 +98,7 @@ def describe_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> st
         old, new = saved.get(key, "(unset)"), current.get(key, "(unset)")
         if old == new:
             continue
-        if key in {"model_weights", "teacher_weights", "train_data"}:
+        if key in CONTENT_KEYS:
             changes.append(f"{key} (content changed)")
         else:
             changes.append(f"{key} {old!r} -> {new!r}")
