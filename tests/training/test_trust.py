@@ -466,3 +466,17 @@ def test_fingerprint_covers_the_tokenizer_and_a_starting_adapter(tiny_bert, tmp_
     # no --tokenizer_name: the model folder's own tokenizer files
     plain = run_fingerprint(tiny_bert, records, args)
     assert plain["tokenizer"] not in ("", None) and not plain["tokenizer"].startswith("not a local folder")
+
+
+def test_an_adapter_trains_only_with_use_lora(tiny_bert, train_file, tmp_path, capsys):
+    # without --use_lora the adapter loaded frozen: the run crashed at its first backward ("does not require grad"),
+    # after setting up the output folder
+    adapter = tmp_path / "adapter"
+    lora = ("--use_lora", "true", "--lora_target_modules", "query", "value")
+    assert embed.main(cli(tiny_bert, train_file, adapter, "--max_steps", "1", *lora)) == 0
+    for flags in ((), ("--lora_path", str(adapter))):
+        start = str(adapter) if not flags else tiny_bert
+        assert embed.main(cli(start, train_file, tmp_path / "more", "--max_steps", "1", *flags)) == 2
+        assert "is a LoRA adapter: pass --use_lora true" in capsys.readouterr().err
+        assert not (tmp_path / "more").exists()
+    assert embed.main(cli(str(adapter), train_file, tmp_path / "more", "--max_steps", "1", "--use_lora", "true")) == 0

@@ -12,7 +12,8 @@ from transformers import set_seed
 
 from ..data import TrainDataset, load_records
 from ..data.readers import DataError
-from ..utils import logger
+from ..models.base import ADAPTER_CONFIG_NAME
+from ..utils import UsageError, logger
 from ..distributed import world
 from .arguments import DataArguments, RetrievalTrainingArguments
 from .curve import draw_curve
@@ -37,6 +38,7 @@ def run_training(
     ``build_model`` and ``make_collator`` get the validated training records (for what is made from the data: a start
     such as ``--pca_rotation``, a teacher's vectors of the training texts). ``settings`` (the pipeline's model and data arguments) go into the run's fingerprint with the
     data, the base model's weights and the training settings that change the result."""
+    check_adapter_trains(model_path, settings)
     if not data_args.train_data:
         raise DataError("--do_train needs --train_data (JSONL/JSON files or folders).")
     records = load_records(
@@ -77,6 +79,17 @@ def run_training(
         draw_curve(trainer.state.log_history, Path(args.output_dir), folder)  # after the save: the saved model's curve
         folder.finish()
     return model
+
+
+def check_adapter_trains(model_path: str, settings: Sequence[Mapping[str, Any]]) -> None:
+    """A run that starts from a LoRA adapter (``--lora_path``, or a model folder that is one) trains that adapter, which
+    loads frozen unless ``--use_lora`` is set: nothing would train (a crash at the first backward, after the output
+    folder was set up)."""
+    given = {key: value for group in settings for key, value in group.items()}
+    adapter = given.get("lora_path") or (model_path if (Path(model_path).expanduser() / ADAPTER_CONFIG_NAME).is_file() else None)
+    if adapter and not given.get("use_lora"):
+        raise UsageError(f"{adapter} is a LoRA adapter: pass --use_lora true to go on training it (its base model stays "
+                         "frozen), or train a merged copy (save_pretrained(..., merge_lora=True)).")
 
 
 def check_steps(items: int, args: RetrievalTrainingArguments) -> None:
