@@ -82,6 +82,12 @@ def test_listwise_ce_and_pointwise_bce_match_hand_computed():
     assert PointwiseBCELoss()(scores, targets).item() == pytest.approx(bce, rel=1e-6)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         PointwiseBCELoss(temperature=0)
+    with pytest.raises(ValueError, match="temperature must be > 0 and finite"):
+        PointwiseBCELoss(temperature=float("inf"))
+    from retrievals.losses import InfoNCELoss
+
+    with pytest.raises(ValueError, match="needs use_inbatch_neg"):  # it was ignored
+        InfoNCELoss(use_inbatch_neg=False, negatives_cross_device=True)
 
 
 def test_matryoshka_is_the_weighted_loss_at_each_size():

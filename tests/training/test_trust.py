@@ -320,6 +320,10 @@ def test_nan_weights_fail_loudly_and_keep_the_good_model(tiny_bert, train_file, 
     (("--per_device_train_batch_size", "0"), "--per_device_train_batch_size must be >= 1"),
     (("--train_group_size", "0"), "--train_group_size must be >= 1"),
     (("--temperature", "0"), "--temperature must be > 0"),
+    (("--temperature", "inf"), "--temperature must be > 0 and finite"),  # it learned nothing and exited 0
+    (("--use_inbatch_neg", "false", "--negatives_cross_device", "true"),
+     "--negatives_cross_device shares in-batch negatives"),  # it was ignored
+    (("--eval_data", "EVAL"), "--eval_data is scored only with --eval_strategy"),  # it was read, then never scored
     (("--margin", "-1", "--loss_fn", "triplet"), "--margin must be >= 0"),
     (("--margin", "0.5"), "--margin does not apply to --loss_fn infonce"),
     (("--loss_fn", "triplet", "--temperature", "0.1"), "--temperature does not apply to --loss_fn triplet"),
@@ -330,6 +334,7 @@ def test_nan_weights_fail_loudly_and_keep_the_good_model(tiny_bert, train_file, 
 ])
 def test_numeric_flags_checked_before_loading(flags, named, tiny_bert, train_file, tmp_path, capsys):
     out = tmp_path / "out"
+    flags = [train_file if f == "EVAL" else f for f in flags]
     assert embed.main(cli(tiny_bert, train_file, out, *flags)) == 2
     assert named in capsys.readouterr().err
     assert not out.exists()
@@ -343,6 +348,12 @@ def test_rerank_flags_checked(tiny_bert, train_file, tmp_path, capsys):
     assert "--temperature must be > 0" in capsys.readouterr().err
     assert rerank.main(base + ["--margin", "0.3"]) == 2
     assert "--margin does not apply to --loss_fn ce" in capsys.readouterr().err
+    # one candidate per query and no in-batch ones: every label is the positive's (bce learned to score all high)
+    for loss in ("bce", "CE"):
+        assert rerank.main(base + ["--loss_fn", loss, "--train_group_size", "1"]) == 2
+        assert "needs --train_group_size >= 2" in capsys.readouterr().err
+    assert rerank.main(base + ["--model_type", "colbert", "--negatives_cross_device", "true"]) == 2
+    assert "--negatives_cross_device shares in-batch negatives" in capsys.readouterr().err
     assert retrieve.main(["--output", str(tmp_path / "r.trec"), "--top_k", "-1"]) == 2
     assert "--top_k must be >= 1" in capsys.readouterr().err
     assert build_hn.main(["--model_name_or_path", tiny_bert, "--input_file", train_file, "--output_file",

@@ -52,8 +52,10 @@ class RetrievalLoss(nn.Module):
     def check(self) -> None:
         """Validate the settings: the shared ones here (a loss with others extends this)."""
         temperature = getattr(self.settings, "temperature", 1.0)
-        if not temperature > 0:
-            raise UsageError(f"temperature must be > 0, got {temperature}.")
+        if not 0 < temperature < float("inf"):
+            raise UsageError(f"temperature must be > 0 and finite, got {temperature}.")
+        if getattr(self.settings, "negatives_cross_device", False) and not getattr(self.settings, "use_inbatch_neg", True):
+            raise UsageError("negatives_cross_device shares in-batch negatives across processes: it needs use_inbatch_neg=True.")
         margin = getattr(self.settings, "margin", 0.0)
         if not margin >= 0:
             raise UsageError(f"margin must be >= 0, got {margin}.")

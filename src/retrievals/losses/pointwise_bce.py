@@ -19,8 +19,9 @@ class PointwiseBCELoss(RetrievalLoss):
     """Each (query, candidate) is a binary example: label 1 for the positive, 0 for the rest.
 
     Inputs: ``scores`` [B, C] (logits) and ``targets`` [B], the column of each query's positive.
-    Use it when scores must be calibrated probabilities (``sigmoid(score)``) or groups have a
-    single candidate; the listwise loss usually ranks better.
+    Requires groups with negatives (a group of the positive alone has only label 1: the model would learn to score
+    everything high). Use it when scores must be calibrated probabilities (``sigmoid(score)``); the listwise loss
+    usually ranks better.
     """
 
     name = "bce"

@@ -93,8 +93,11 @@ class RetrievalTrainingArguments(TrainingArguments):
             raise UsageError(f"--num_train_epochs must be > 0, got {self.num_train_epochs}.")
         if not self.learning_rate > 0:
             raise UsageError(f"--learning_rate must be > 0, got {self.learning_rate}; the model would learn nothing.")
-        if self.temperature is not None and not self.temperature > 0:
-            raise UsageError(f"--temperature must be > 0, got {self.temperature}.")
+        if self.temperature is not None and not 0 < self.temperature < float("inf"):  # inf: every score 0, no gradient
+            raise UsageError(f"--temperature must be > 0 and finite, got {self.temperature}.")
+        if self.negatives_cross_device and not self.use_inbatch_neg:
+            raise UsageError("--negatives_cross_device shares in-batch negatives across processes: it needs "
+                             "--use_inbatch_neg true (without it each query is scored against its own group only).")
         if not self.margin >= 0:
             raise UsageError(f"--margin must be >= 0, got {self.margin}.")
         for dim in self.matryoshka_dims:

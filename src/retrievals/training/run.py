@@ -39,6 +39,9 @@ def run_training(
     such as ``--pca_rotation``, a teacher's vectors of the training texts). ``settings`` (the pipeline's model and data arguments) go into the run's fingerprint with the
     data, the base model's weights and the training settings that change the result."""
     check_adapter_trains(model_path, settings)
+    if data_args.eval_data and args.eval_strategy == "no":
+        raise UsageError("--eval_data is scored only with --eval_strategy steps (every --eval_steps) or epoch; pass one, "
+                         "or drop --eval_data.")
     if not data_args.train_data:
         raise DataError("--do_train needs --train_data (JSONL/JSON files or folders).")
     records = load_records(
