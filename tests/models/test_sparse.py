@@ -209,3 +209,21 @@ def test_sparse_embedders_in_evaluate_with_hybrids(sparse_model, tiny_bert, tmp_
         assert rows["both"]["kind"] == f"hybrid sparse + dense ({fusion})" and "lex" in rows
     assert evaluate.main(["--dataset", str(tmp_path / "beir"), "--output_dir", str(tmp_path / "bad"), "--models",
                           f"a={sparse_model}", "--hybrids", "h=a+nope"]) == 2
+
+
+def test_sparse_training_flags_of_dense_embedders(sparse_model, tiny_bert, train_file, tmp_path, capsys):
+    from retrievals.pipelines import embed
+
+    from ..training.test_training import cli
+
+    # the teacher (a cosine embedder) scores at --temperature (0.02 by default), not at the sparse student's 1.0, at
+    # which its softmax over a batch was nearly flat
+    out = tmp_path / "distilled"
+    assert embed.main(cli(sparse_model, train_file, out, "--max_steps", "1", "--model_type", "sparse",
+                          "--teacher_model", tiny_bert)) == 0
+    loss = json.loads((out / "retrievals_fingerprint.json").read_text())["loss"]
+    assert loss["teacher_temperature"] == 0.02 and loss["loss"]["loss"]["temperature"] == 1.0
+    # Matryoshka sizes would be the first d vocabulary ids: refused like --pca_rotation
+    assert embed.main(cli(sparse_model, train_file, tmp_path / "m", "--model_type", "sparse", "--matryoshka_dims", "64")) == 2
+    assert "--matryoshka_dims is for dense embedders" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

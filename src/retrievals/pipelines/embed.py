@@ -105,15 +105,17 @@ def build_model(model_args: EmbedModelArguments, data_args: DataArguments) -> Au
 def train(model_args: EmbedModelArguments, data_args: DataArguments, args: RetrievalTrainingArguments) -> AutoModelForEmbedding:
     """Validate data, build model and trainer, train (resuming when possible) and save to output_dir."""
     sparse = model_args.model_type == "sparse"
+    if sparse and args.matryoshka_dims:  # its dimensions are vocabulary ids: a prefix of them is no smaller model
+        raise UsageError("--matryoshka_dims is for dense embedders.")
     defaults = {f.name: f.default for f in dataclasses.fields(args)}
     overrides = {"temperature": 1.0} if sparse and args.temperature == defaults["temperature"] else {}  # raw dot products
     loss = loss_from_args(args.loss_fn, EMBEDDING_LOSSES, args, **overrides)  # first: a wrong name fails before anything loads
     if sparse:
         loss = FlopsRegularizedLoss(loss, model_args.query_flops_weight, model_args.document_flops_weight)
-    loss, collator = model_args.attach_teacher(  # the teacher's temperature defaults to the student's
+    loss, collator = model_args.attach_teacher(  # the teacher (cosine scores) at --temperature, whatever the student's
         loss, lambda model, records: EmbeddingCollator(model.processor, args.pad_to_multiple_of),
         data_args.query_max_length or data_args.max_length, data_args.document_max_length or data_args.max_length,
-        float(getattr(loss, "temperature", 1.0)))
+        args.temperature)
     if args.matryoshka_dims:
         loss = MatryoshkaLoss(loss, args.matryoshka_dims, args.matryoshka_weights, args.matryoshka_distill)
 
