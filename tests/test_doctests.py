@@ -6,7 +6,8 @@ import importlib
 import pytest
 
 MODULES = ["retrievals.utils", "retrievals.data.io", "retrievals.evaluation.metrics", "retrievals.models.rankers.colbert",
-           "retrievals.index.hybrid", "retrievals.pipelines.build_hn"]
+           "retrievals.index.hybrid", "retrievals.pipelines.build_hn",
+           "retrievals.models.embedding"]
 
 
 @pytest.mark.parametrize("name", MODULES)

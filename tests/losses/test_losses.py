@@ -111,6 +111,24 @@ def test_matryoshka_is_the_weighted_loss_at_each_size():
         MatryoshkaLoss(base, dims=[16])(q, d)
 
 
+def test_matryoshka_trains_each_size_as_the_model_serves_it(tiny_bert):
+    # unnormalised vectors were rescaled to the full vector's norm in training but sliced when served: the top
+    # document of a query could differ between the two
+    from retrievals import AutoModelForEmbedding
+    from retrievals.losses import MatryoshkaLoss
+
+    q, d = torch.tensor([[1.0, 0, 0, 0]]), torch.tensor([[0.9, 0.1, 0, 0], [0.5, 0, 3, 0]])
+    loss = MatryoshkaLoss(InfoNCELoss(temperature=1.0), dims=[4, 2], normalize=False)
+    assert torch.equal(loss.truncate(d, 2), d[:, :2])
+    texts = ["a first text", "another one, longer than the first"]
+    for normalize in (True, False):
+        model = AutoModelForEmbedding.from_pretrained(tiny_bert, normalize_embeddings=normalize)
+        full = model.encode(texts, convert_to_tensor=True)
+        served = model.encode(texts, convert_to_tensor=True, truncate_dim=8)
+        trained = MatryoshkaLoss(InfoNCELoss(), dims=[8], normalize=normalize).truncate(full, 8)
+        torch.testing.assert_close(trained, served, atol=1e-6, rtol=1e-5)
+
+
 def test_matryoshka_distillation_adds_the_kl_to_the_full_vectors_ranking():
     from retrievals.losses import MatryoshkaLoss
 
@@ -120,7 +138,7 @@ def test_matryoshka_distillation_adds_the_kl_to_the_full_vectors_ranking():
     plain = MatryoshkaLoss(base, dims=[8, 4], weights=[1.0, 0.5])
     distilled = MatryoshkaLoss(base, dims=[8, 4], weights=[1.0, 0.5], distill=2.0)
     teacher = torch.log_softmax(q @ d.T / 0.05, dim=-1)
-    q4, d4 = MatryoshkaLoss.truncate(q, 4), MatryoshkaLoss.truncate(d, 4)  # unit vectors: the full ones are
+    q4, d4 = plain.truncate(q, 4), plain.truncate(d, 4)  # unit vectors: the full ones are
     student = torch.log_softmax(q4 @ d4.T / 0.05, dim=-1)
     kl = (teacher.exp() * (teacher - student)).sum(-1).mean()  # KL(teacher || student), per query, averaged
     assert distilled(q, d).item() == pytest.approx((plain(q, d) + 0.5 * 2.0 * kl).item(), rel=1e-5)
@@ -185,7 +203,7 @@ def test_matryoshka_hands_the_teacher_to_every_size():
     inner = TeacherDistillLoss(base, weight=0.5)
     loss = MatryoshkaLoss(inner, dims=[8, 4], weights=[1.0, 2.0], distill=1.0)
     assert loss.reads == inner.reads
-    q4, d4 = MatryoshkaLoss.truncate(q, 4), MatryoshkaLoss.truncate(d, 4)
+    q4, d4 = loss.truncate(q, 4), loss.truncate(d, 4)
     teacher_part = lambda a, b: base(a, b) + 0.5 * kl(tq @ td.T / 0.05, a @ b.T / 0.05)  # noqa: E731
     expected = teacher_part(q, d) + 2.0 * teacher_part(q4, d4) + 2.0 * 1.0 * kl(q @ d.T / 0.05, q4 @ d4.T / 0.05)
     assert loss(q, d, teacher_query_embeddings=tq, teacher_document_embeddings=td).item() == \

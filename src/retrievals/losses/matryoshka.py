@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..models.embedding import truncate_embeddings
 from ..utils import UsageError
 from .base import EMBEDDING_FIELDS, RetrievalLoss, batch_log_softmax
 
@@ -16,9 +17,10 @@ class MatryoshkaLoss(RetrievalLoss):
     model serves every one of those sizes (``encode(..., truncate_dim=d)``, the server's ``dimensions``).
 
     Inputs: those of the wrapped embedder loss (``query_embeddings``, ``document_embeddings``, and any other field it
-    reads, such as :class:`TeacherDistillLoss`'s teacher vectors, passed on as they are). Truncated vectors are
-    rescaled to the full vector's length, so normalised embeddings stay unit vectors (cosine scores) and
-    unnormalised ones keep their norm. Use it when the model must also serve shorter vectors; weights default to 1.
+    reads, such as :class:`TeacherDistillLoss`'s teacher vectors, passed on as they are). Vectors are truncated as the
+    model serves them (:func:`retrievals.models.embedding.truncate_embeddings`): renormalised when ``normalize`` (the
+    model normalises its embeddings; the training pipeline sets it from the model), else sliced, so what a size
+    learns is what it serves. Use it when the model must also serve shorter vectors; weights default to 1.
 
     ``distill`` > 0 adds self-distillation: at each smaller size, the KL divergence from the full vectors' softmax over
     the batch's documents (each query against every document of the batch, the full scores detached: a teacher, not a
@@ -31,7 +33,7 @@ class MatryoshkaLoss(RetrievalLoss):
     reads = EMBEDDING_FIELDS
 
     def __init__(self, loss: RetrievalLoss, dims: Sequence[int], weights: Optional[Sequence[float]] = None,
-                 distill: float = 0.0) -> None:
+                 distill: float = 0.0, normalize: bool = True) -> None:
         super().__init__()
         dims = [int(d) for d in dims]
         if not dims or any(d < 1 for d in dims) or len(set(dims)) != len(dims):
@@ -45,19 +47,15 @@ class MatryoshkaLoss(RetrievalLoss):
         if isinstance(distill, bool) or not (isinstance(distill, (int, float)) and 0 <= distill < float("inf")):
             raise UsageError(f"matryoshka distill must be a finite number >= 0, got {distill!r}.")
         self.loss, self.dims, self.weights, self.distill = loss, dims, weights, float(distill)
+        self.normalize = bool(normalize)
 
     def get_config_dict(self) -> Dict[str, Any]:
         return {"name": self.name, "dims": list(self.dims), "weights": list(self.weights), "distill": self.distill,
                 "loss": self.loss.get_config_dict()}
 
-    @staticmethod
-    def truncate(embeddings: torch.Tensor, dim: int) -> torch.Tensor:
-        """The first ``dim`` dimensions, rescaled to the full vector's length."""
-        if dim >= embeddings.shape[-1]:
-            return embeddings
-        head = embeddings[..., :dim]
-        scale = embeddings.norm(dim=-1, keepdim=True) / head.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-        return head * scale
+    def truncate(self, embeddings: torch.Tensor, dim: int) -> torch.Tensor:
+        """The first ``dim`` dimensions as the model serves them."""
+        return truncate_embeddings(embeddings, dim, self.normalize)
 
     def forward(self, query_embeddings: torch.Tensor, document_embeddings: torch.Tensor, **extra: torch.Tensor) -> torch.Tensor:
         full = query_embeddings.shape[-1]

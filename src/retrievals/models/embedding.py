@@ -57,6 +57,22 @@ class EmbeddingOutput(ModelOutput):
     document_embeddings: Optional[torch.Tensor] = None
 
 
+def truncate_embeddings(embeddings: torch.Tensor, dim: Optional[int], normalize: bool) -> torch.Tensor:
+    """The first ``dim`` dimensions (None or the full size: all), renormalised in float32 when ``normalize`` (a
+    normalising embedder's vectors), else as they are (sentence-transformers' ``truncate_dim``). The one rule of
+    serving (:meth:`AutoModelForEmbedding.truncate`) and training (:class:`retrievals.losses.MatryoshkaLoss`).
+
+    >>> truncate_embeddings(torch.tensor([[3.0, 4.0, 12.0]]), 2, normalize=True)
+    tensor([[0.6000, 0.8000]])
+    >>> truncate_embeddings(torch.tensor([[3.0, 4.0, 12.0]]), 2, normalize=False)
+    tensor([[3., 4.]])
+    """
+    if dim is None or dim >= embeddings.shape[-1]:
+        return embeddings
+    head = embeddings[..., :dim]
+    return torch.nn.functional.normalize(head.float(), p=2, dim=-1) if normalize else head
+
+
 class AutoModelForEmbedding(RetrievalModel):
     """A transformer plus pooling that turns texts into vectors.
 
@@ -345,12 +361,7 @@ class AutoModelForEmbedding(RetrievalModel):
         """The first ``dim`` dimensions (default: the config's ``truncate_dim``; None keeps all), renormalised in
         float32 when embeddings are normalised."""
         dim = check_int("truncate_dim", dim, 1) if dim is not None else self.retrieval_config.truncate_dim
-        if dim is None or dim >= embeddings.shape[-1]:
-            return embeddings
-        head = embeddings[..., :dim]
-        if self.retrieval_config.normalize_embeddings if normalize is None else normalize:
-            head = torch.nn.functional.normalize(head.float(), p=2, dim=-1)
-        return head
+        return truncate_embeddings(embeddings, dim, self.retrieval_config.normalize_embeddings if normalize is None else normalize)
 
     def encode_queries(self, queries: Union[str, Sequence[str]], **kwargs: Any) -> Union[np.ndarray, torch.Tensor]:
         """:meth:`encode` with the query instruction and query max length."""

@@ -128,6 +128,7 @@ def train(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
                 raise UsageError(f"--matryoshka_dims {args.matryoshka_dims}: the model's embeddings have {model.embedding_dim} "
                                  "dimensions.")
             model.retrieval_config.matryoshka_dims = sorted(set(args.matryoshka_dims), reverse=True)
+            loss.normalize = bool(model.retrieval_config.normalize_embeddings)  # each size trains as the model serves it
         return model
 
     return run_training(build, collator, loss, data_args, args, model_path=model_args.model_name_or_path,
