@@ -111,12 +111,12 @@ def train(model_args: RerankModelArguments, data_args: DataArguments, args: Rera
         if getattr(args, flag) and flag not in loss.setting_names():
             able = [k for k, c in RANKERS.items() if flag in LOSS_FAMILIES[c.loss_family].get(loss.name, type(loss)).setting_names()]
             raise UsageError(f"--{flag} true is not supported by {kind} with --loss_fn {loss.name} (it is by {able}).")
-    if data_args.train_group_size < 2 and not args.use_inbatch_neg:  # every label would be the positive's
-        raise UsageError(f"--loss_fn {loss.name} needs --train_group_size >= 2 (a positive and at least one negative) "
-                         "without --use_inbatch_neg.")
     if model_args.teacher_model and data_args.train_group_size < 2:  # a softmax over one document: nothing to learn
         raise UsageError("--teacher_model needs --train_group_size >= 2: the reranker learns the teacher's ranking of "
                          "each query's group.")
+    if data_args.train_group_size < 2 and not args.use_inbatch_neg:  # every label would be the positive's
+        raise UsageError(f"--loss_fn {loss.name} needs --train_group_size >= 2 (a positive and at least one negative) "
+                         "without --use_inbatch_neg.")
     # the teacher is an embedder: its cosine scores at the temperature embedders train at here, unless told
     loss, collator = model_args.attach_teacher(
         loss, lambda model, records: model.processor.with_pad_to_multiple_of(args.pad_to_multiple_of),

@@ -443,3 +443,15 @@ def test_every_reranker_kind_trains_with_a_teacher(ranker_kind, tiny_bert, tiny_
     assert rerank_cli.main(_cli(tiny_bert, train_file, refused, "--teacher_model", tiny_bert, "--loss_fn", "bce",
                                 "--train_group_size", "1")) == 2  # a softmax over one document teaches nothing
     assert "--teacher_model needs --train_group_size >= 2" in capsys.readouterr().err and not refused.exists()
+
+
+def test_empty_texts_score_alike_alone_and_in_a_batch(tiny_bert, tiny_qwen):
+    # a decoder tokenizer adds no special token: ColBERT's empty text was zero tokens (a crash alone, -10000 or 0 in a
+    # batch, depending on its neighbours)
+    for base in (tiny_qwen, tiny_bert):
+        model = AutoModelForRanking.from_pretrained(base, model_type="colbert", max_length=32)
+        pairs = [("tax", ""), ("", "passport office fee"), ("", ""), *PAIRS[1:3]]
+        single = [model.compute_score(p) for p in pairs]
+        batched = model.compute_score(pairs, batch_size=8)
+        torch.testing.assert_close(torch.tensor(batched), torch.tensor(single), atol=1e-5, rtol=0)
+        assert all(-1.0 <= s <= 1.0 for s in single)  # MaxSim of unit vectors

@@ -13,7 +13,7 @@ from torch import nn
 from ...utils import UsageError, apply_instruction
 from ..base import load_backbone
 from ...inputs import as_texts, check_batch_size
-from ..processing import PaddingOptions, call_tokenizer, pad_ids, tokenize_user_text
+from ..processing import PaddingOptions, at_least_one_token, call_tokenizer, pad_ids, tokenize_user_text
 from .base import BaseRanker, Batch, RankerConfig, RankingOutput, group_targets
 
 COLBERT_LINEAR = "colbert_linear.pt"  # the projection's state dict, as bge-m3 ships it
@@ -67,7 +67,10 @@ class ColBERTProcessor(PaddingOptions):
     def query_ids(self, queries: Sequence[str]) -> List[List[int]]:
         """Token ids of each query (with instruction), capped at ``query_max_length``; one batched call."""
         texts = [apply_instruction(self.config.query_instruction, q) for q in queries]
-        return tokenize_user_text(self.tokenizer, texts, truncation=True, max_length=self.config.query_max_length)["input_ids"] if texts else []
+        if not texts:
+            return []
+        ids = tokenize_user_text(self.tokenizer, texts, truncation=True, max_length=self.config.query_max_length)["input_ids"]
+        return at_least_one_token([list(x) for x in ids], self.tokenizer)  # an empty text with no special tokens
 
     def document_ids(self, documents: Sequence[str], all_windows: bool) -> List[List[List[int]]]:
         """The windows' token ids of each document (only the first unless ``all_windows``); one batched call."""
@@ -81,8 +84,9 @@ class ColBERTProcessor(PaddingOptions):
         owners = enc["overflow_to_sample_mapping"] if all_windows else range(len(texts))
         out: List[List[List[int]]] = [[] for _ in texts]
         for ids, owner in zip(enc["input_ids"], owners):
-            out[owner].append(ids)
-        return out
+            out[owner].append(list(ids))
+        # an empty text with no special tokens: one stand-in token, as alone so in any batch
+        return [at_least_one_token(windows or [[]], self.tokenizer) for windows in out]
 
     def units(self, pairs: Sequence[Tuple[str, str]], all_windows: bool) -> List[List[Tuple[List[int], List[int]]]]:
         """The (query ids, window ids) units of each pair; each distinct query and document is tokenized once."""
