@@ -455,3 +455,21 @@ def test_empty_texts_score_alike_alone_and_in_a_batch(tiny_bert, tiny_qwen):
         batched = model.compute_score(pairs, batch_size=8)
         torch.testing.assert_close(torch.tensor(batched), torch.tensor(single), atol=1e-5, rtol=0)
         assert all(-1.0 <= s <= 1.0 for s in single)  # MaxSim of unit vectors
+
+
+def test_saved_cross_encoder_truncates_alike_in_sentence_transformers(tiny_bert, tmp_path):
+    # the saved tokenizer kept the base's model_max_length, which sentence-transformers' CrossEncoder truncates at:
+    # a document longer than our max_length scored differently there
+    from ...conftest import needs
+
+    st = needs("sentence_transformers")
+    model = AutoModelForRanking.from_pretrained(tiny_bert, model_type="cross-encoder", max_length=32, score_windows=False)
+    with torch.no_grad():
+        model.backbone.classifier.weight.mul_(50)  # a head that tells the long document's tail apart
+    model.save_pretrained(tmp_path / "ce")
+    pairs = [("tax card renew", LONG), ("passport fee", "passport office fee online")]
+    theirs = st.cross_encoder.CrossEncoder(str(tmp_path / "ce"), device="cpu")
+    assert theirs.max_length == 32
+    torch.testing.assert_close(torch.tensor(model.compute_score(pairs, normalize=True)),
+                               torch.tensor(theirs.predict(pairs)).float(), atol=1e-5, rtol=0)
+    assert AutoModelForRanking.from_pretrained(str(tmp_path / "ce")).tokenizer.model_max_length == 32

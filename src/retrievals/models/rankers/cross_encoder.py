@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -109,6 +110,16 @@ class CrossEncoder(BaseRanker):
         elif not has_head:
             logger.info("%s has no classification head: adding a fresh 1-logit head (train it before use).", path)
         return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+
+    def _tokenizer_for_saving(self, config: Any) -> Any:
+        """The tokenizer with ``model_max_length`` = ``max_length``: sentence-transformers' ``CrossEncoder`` truncates
+        there, so a saved folder scores a long document alike in both libraries (``score_windows=False``; windows
+        and instructions are this library's)."""
+        if self.tokenizer.model_max_length == config.max_length:
+            return self.tokenizer
+        tokenizer = copy.deepcopy(self.tokenizer)
+        tokenizer.model_max_length = config.max_length
+        return tokenizer
 
     def backend_inputs(self) -> List[str]:
         return ["input_ids", "attention_mask"] + (["token_type_ids"] if self.processor.use_types else [])
