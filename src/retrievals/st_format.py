@@ -44,8 +44,9 @@ def read_st_settings(path: str | Path) -> Dict[str, Any]:
             mode = cfg.get("pooling_mode")
             if isinstance(mode, list):
                 mode = mode[0] if len(mode) == 1 else None
-            if mode is None:
-                mode = next((name for name, flag in _POOL_FLAGS.items() if cfg.get(flag)), None)
+            if mode is None:  # the classic layout: one flag per mode; several set = their outputs concatenated
+                on = [key for key, value in cfg.items() if key.startswith("pooling_mode_") and value is True]
+                mode = next((name for name, flag in _POOL_FLAGS.items() if on == [flag]), None)
             if mode is None or mode not in _POOL_NAMES:
                 raise UsageError(
                     f"{folder / 'config.json'}: pooling mode {cfg!r} is not supported; retrievals supports cls, mean and last."

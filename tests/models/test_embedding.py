@@ -6,7 +6,7 @@ import torch
 
 from retrievals import AutoModelForEmbedding
 from retrievals.models.pooling import pool
-from retrievals.utils import apply_instruction
+from retrievals.utils import UsageError, apply_instruction
 
 from ..conftest import corpus_lines, needs
 
@@ -108,6 +108,14 @@ def test_reads_sentence_transformers_folder(tiny_bert, tmp_path):
                         "document_max_length": 77, "query_instruction": "query: ", "document_instruction": "passage: "}
     (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "lasttoken"}))
     assert read_st_settings(tmp_path)["pooling_method"] == "last"
+    # the classic layout with two modes on (sentence-transformers concatenates them) was read as the first one
+    pooling = {"word_embedding_dimension": 32, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+               "pooling_mode_max_tokens": True}
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    with pytest.raises(UsageError, match=r"1_Pooling/config.json: pooling mode .* is not supported"):
+        read_st_settings(tmp_path)
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({**pooling, "pooling_mode_max_tokens": False}))
+    assert read_st_settings(tmp_path)["pooling_method"] == "mean"
 
 
 def test_lora_adapter_and_merged_roundtrip(tiny_qwen, tmp_path):
