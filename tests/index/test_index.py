@@ -399,3 +399,15 @@ def test_build_hn_pool_file_is_deduplicated(tmp_path):
     assert build_hn.read_pool(str(pool)) == ["neg", "other"]
     (tmp_path / "pool.txt").write_text("a\nb\na\n")
     assert build_hn.read_pool(str(tmp_path / "pool.txt")) == ["a", "b"]
+
+
+@pytest.mark.parametrize("flags", [["--hybrids", "e=e+bm25"], ["--models", "bm25=M"], ["--rerankers", "e=M"]])
+def test_evaluate_refuses_a_name_given_twice(flags, tiny_bert, beir_folder, tmp_path, capsys):
+    # a hybrid named like a model replaced its run: the report had two "e" rows, and a reranker over "e" reranked the hybrid
+    from retrievals.pipelines import evaluate
+
+    flags = [tiny_bert if f == "M" else f for f in flags]
+    models = ["--models", f"e={tiny_bert}"] + (flags[1:] if flags[0] == "--models" else [])
+    rest = [] if flags[0] == "--models" else flags
+    assert evaluate.main(["--dataset", str(beir_folder), "--output_dir", str(tmp_path / "r"), *models, *rest]) == 2
+    assert "that name is taken" in capsys.readouterr().err and not (tmp_path / "r").exists()

@@ -65,6 +65,17 @@ def named(specs: List[str]) -> List[Tuple[str, str]]:
     return out
 
 
+def check_unique_names(names: List[Tuple[str, str]]) -> None:
+    """Each report row's name once: a hybrid named like a model replaced that model's run (and a reranker over it
+    reranked the hybrid), and the report showed two rows of that name. ``bm25`` names the BM25 row."""
+    seen: Dict[str, str] = {"bm25": "the BM25 first stage"}
+    for flag, name in names:
+        if name in seen:
+            raise UsageError(f"{flag} {name!r}: that name is taken by {seen[name]}; every model, hybrid and reranker "
+                             "needs its own name.")
+        seen[name] = f"{flag} {name!r}"
+
+
 def bm25_run(data: Any, top_k: int) -> Dict[str, Dict[str, float]]:
     ids, query_ids = list(data.corpus), list(data.queries)
     return BM25Index([data.corpus[d] for d in ids], ids).search_run(query_ids, [data.queries[q] for q in query_ids], top_k)
@@ -87,6 +98,8 @@ def evaluate(a: EvaluateArguments) -> Dict[str, Dict]:
     data = load_eval_dataset(a.dataset)
     models, rerankers = named(a.models), named(a.rerankers)
     hybrids = [hybrid_parts(spec) for spec in a.hybrids]
+    check_unique_names([*(("--models", n) for n, _ in models), *(("--hybrids", n) for n, _, _ in hybrids),
+                        *(("--rerankers", n) for n, _ in rerankers)])
     known = {name for name, _ in models} | {"bm25"}
     for name, first, second in hybrids:
         if {first, second} - known:
