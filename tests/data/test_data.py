@@ -126,3 +126,13 @@ def test_aia_bde_query_tags_add_back_translations_without_changing_the_split(tmp
     assert split_by_faq(more, 0.5, 3).train_faq_ids == split_by_faq(plain, 0.5, 3).train_faq_ids
     with pytest.raises(ValueError, match="unknown AIA-BDE query tags"):
         parse_aia_bde(path, ("VIN", "R"))
+
+
+def test_dataset_hash_tells_apart_data_that_reads_alike_unescaped():
+    # sections and texts were hashed unescaped: these pairs collided (an index records its corpus by this hash)
+    from retrievals.data.io import dataset_hash
+
+    assert dataset_hash({"d1": "x\nd2\ty"}, {}, {}) != dataset_hash({"d1": "x", "d2": "y"}, {}, {})
+    assert dataset_hash({"d1": "a", "q1": "b"}, {}, {}) != dataset_hash({"d1": "a"}, {"q1": "b"}, {})
+    assert dataset_hash({"d": "a"}, {"q": "b"}, {"q": {"d": 1}}) != dataset_hash({"d": "a"}, {"q": "b"}, {"q": {"d": 2}})
+    assert dataset_hash({"b": "2", "a": "1"}, {}, {}) == dataset_hash({"a": "1", "b": "2"}, {}, {})  # order-free

@@ -128,14 +128,14 @@ def save_beir(folder: str | os.PathLike, corpus: Mapping[str, str], queries: Map
 
 
 def dataset_hash(corpus: Mapping[str, str], queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]]) -> str:
-    """sha256 over the sorted corpus, queries and qrels: two reports with the same hash used the same data."""
+    """sha256 over the sorted corpus, queries and qrels: two reports with the same hash used the same data (an index
+    records its corpus by it). Each section is hashed as JSON, whose escaping keeps a tab or newline inside a text,
+    and a record moved from one section to another, from ever reading as other records."""
     digest = hashlib.sha256()
-    for part in (corpus, queries):
-        for key in sorted(part):
-            digest.update(f"{key}\t{part[key]}\n".encode())
-    for q in sorted(qrels):
-        for d in sorted(qrels[q]):
-            digest.update(f"{q}\t{d}\t{qrels[q][d]}\n".encode())
+    for name, part in (("corpus", corpus), ("queries", queries)):
+        digest.update(json.dumps([name, sorted(part.items())], ensure_ascii=False).encode() + b"\n")
+    judged = sorted((q, sorted(docs.items())) for q, docs in qrels.items())
+    digest.update(json.dumps(["qrels", judged], ensure_ascii=False).encode())
     return digest.hexdigest()[:16]
 
 
