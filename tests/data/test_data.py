@@ -136,3 +136,15 @@ def test_dataset_hash_tells_apart_data_that_reads_alike_unescaped():
     assert dataset_hash({"d1": "a", "q1": "b"}, {}, {}) != dataset_hash({"d1": "a"}, {"q1": "b"}, {})
     assert dataset_hash({"d": "a"}, {"q": "b"}, {"q": {"d": 1}}) != dataset_hash({"d": "a"}, {"q": "b"}, {"q": {"d": 2}})
     assert dataset_hash({"b": "2", "a": "1"}, {}, {}) == dataset_hash({"a": "1", "b": "2"}, {}, {})  # order-free
+
+
+def test_judged_queries_without_text_are_left_out_with_a_warning(tmp_path, caplog):
+    # each counted as a query scoring 0 (a perfect run gave nDCG 0.5) and the report said "2 queries"
+    from retrievals.data.io import load_beir, save_beir
+    from retrievals.evaluation import evaluate_run
+
+    save_beir(tmp_path, {"d1": "a", "d2": "b"}, {"q1": "a"}, {"q1": {"d1": 1}, "q2": {"d2": 1}})
+    with caplog.at_level("WARNING"):
+        corpus, queries, qrels = load_beir(tmp_path)
+    assert qrels == {"q1": {"d1": 1}} and "judges 1 queries" in caplog.text and "'q2'" in caplog.text
+    assert evaluate_run({"q1": {"d1": 1.0}}, qrels, (10,))["ndcg@10"] == 1.0

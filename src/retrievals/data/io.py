@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Tuple
 
 from ..files import atomic_write_text
+from ..utils import logger
 from .readers import DataError, iter_json_objects, iter_lines
 
 Corpus = Dict[str, str]
@@ -115,6 +116,12 @@ def load_beir(folder: str | os.PathLike, split: str = "test") -> Tuple[Corpus, Q
             raise DataError(f"{folder / need}: missing (a BEIR folder has corpus.jsonl, queries.jsonl, qrels/{split}.tsv)")
     qrels = read_qrels(folder / "qrels" / f"{split}.tsv")
     queries = {q: t for q, t in read_jsonl_texts(folder / "queries.jsonl").items() if q in qrels}
+    missing = [q for q in qrels if q not in queries]
+    if missing:  # no text, so no run: each would count as a query scoring 0
+        logger.warning("%s judges %d queries that %s lacks (%s); they are left out of the evaluation.",
+                       folder / "qrels" / f"{split}.tsv", len(missing), folder / "queries.jsonl",
+                       ", ".join(map(repr, missing[:5])) + (" ..." if len(missing) > 5 else ""))
+        qrels = {q: docs for q, docs in qrels.items() if q in queries}
     return read_jsonl_texts(folder / "corpus.jsonl"), queries, qrels
 
 
