@@ -491,3 +491,16 @@ def test_an_adapter_trains_only_with_use_lora(tiny_bert, train_file, tmp_path, c
         assert "is a LoRA adapter: pass --use_lora true" in capsys.readouterr().err
         assert not (tmp_path / "more").exists()
     assert embed.main(cli(str(adapter), train_file, tmp_path / "more", "--max_steps", "1", "--use_lora", "true")) == 0
+
+
+def test_vectors_encoded_after_training_belong_to_the_run(tiny_bert, train_file, tmp_path):
+    # embeddings.npy was left out of the manifest: a retrain with --overwrite_output_dir kept the old model's vectors
+    # beside the new model, calling them "not written by this library"
+    data = tmp_path / "corpus.txt"
+    data.write_text("\n".join(TEXTS) + "\n")
+    out = tmp_path / "out"
+    encode = ("--do_encode", "--encode_data", str(data))
+    assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "1", *encode)) == 0
+    assert "embeddings.npy" in json.loads((out / MANIFEST_NAME).read_text())["written"]
+    assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "1", "--overwrite_output_dir")) == 0
+    assert not (out / "embeddings.npy").exists()  # the earlier run's vectors went with its model

@@ -25,6 +25,7 @@ from ..models.sparse import SparseEmbedder
 from ..training import RetrievalTrainingArguments
 from ..training.arguments import DataArguments, ModelLoadingArguments
 from ..distributed import shutdown_distributed
+from ..training.output_dir import record_written
 from ..training.run import run_training
 from ..training.teacher import TeacherArguments
 from ..utils import UsageError, at_least, logger, unescape_cli
@@ -211,9 +212,12 @@ def _main(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
     if unused:  # a flag that would be silently ignored is an error
         raise UsageError(f"{' and '.join(unused)} apply to training (--do_train --train_data ...); this run only encodes.")
     if enc.do_encode:  # before training: a refused output must not cost a training run
-        encode_output_path(enc, args.output_dir, args.overwrite_output_dir)
+        encoded = encode_output_path(enc, args.output_dir, args.overwrite_output_dir)
     if training:
         model = train(model_args, data_args, args)
+        if enc.do_encode and args.process_index == 0 and encoded.resolve().parent == Path(args.output_dir).resolve():
+            # the run's vectors belong to its folder: a later --overwrite_output_dir run removes them with the model
+            record_written(args.output_dir, encoded.name)
     if enc.do_encode:
         if model is None:
             model = build_model(model_args, data_args)
