@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Any, List, Optional, Sequence, Union
 
 import torch
 
-from ..utils import resolve_device, resolve_dtype
+from ..inputs import as_texts
+from ..utils import UsageError, resolve_device, resolve_dtype
 from .base import load_backbone, load_tokenizer
+from .processing import call_tokenizer, pad_ids, tokenize_user_text
+
+_MARK = "\ue000"  # a private-use character standing for the prompt while the chat template is rendered
+_SAMPLING = threading.Lock()  # torch's random state is one per process: one sampling call at a time
 
 
 class Generator:
@@ -43,6 +50,20 @@ class Generator:
         return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                                   add_generation_prompt=True)
 
+    def prompt_ids(self, prompt: str) -> List[int]:
+        """Token ids of one prompt: the chat template's own text with its special tokens, and the prompt with a
+        special token's spelling read as plain text (a retrieved document quoted in it cannot open a turn)."""
+        tok = self.tokenizer
+        if not self.use_chat_template:
+            return list(tokenize_user_text(tok, prompt)["input_ids"])
+        before, mark, after = self.format(_MARK).partition(_MARK)
+        if not mark or _MARK in after:
+            raise UsageError("the tokenizer's chat template does not place the user's message once; pass "
+                             "use_chat_template=False and format prompts yourself.")
+        return [*call_tokenizer(tok, before, add_special_tokens=False)["input_ids"],
+                *tokenize_user_text(tok, prompt, add_special_tokens=False)["input_ids"],
+                *call_tokenizer(tok, after, add_special_tokens=False)["input_ids"]]
+
     @torch.inference_mode()
     def generate(
         self,
@@ -54,20 +75,28 @@ class Generator:
         stop: Optional[Sequence[str]] = None,
         seed: Optional[int] = None,
     ) -> Union[str, List[str]]:
-        """Answers to ``prompts`` (one string for one prompt); batched with left padding."""
-        single = isinstance(prompts, str)
-        texts = [self.format(p) for p in ([prompts] if single else prompts)]
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not self.use_chat_template)
-        batch = {k: v.to(self.model.device) for k, v in batch.items()}
+        """Answers to ``prompts`` (one string for one prompt, a list for a list); batched with left padding.
+        Sampling (``temperature > 0``) runs one call at a time: torch's random state is one per process, so a
+        ``seed`` gives the same answers from many threads as from one."""
+        texts, single = as_texts(prompts, "prompts")
+        if not texts:
+            return []
+        ids = [self.prompt_ids(t) for t in texts]
+        for i, seq in enumerate(ids):
+            if not seq:  # no chat template and no BOS: a model cannot continue zero tokens
+                raise UsageError(f"prompts[{i}] is empty: it tokenizes to no token.")
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        batch = {k: v.to(self.model.device) for k, v in pad_ids(ids, pad, left=True).items()}
         sampling = temperature > 0
         kwargs: dict = {"max_new_tokens": max_new_tokens, "do_sample": sampling, "pad_token_id": self.tokenizer.pad_token_id}
         if sampling:
             kwargs.update(temperature=temperature, top_k=top_k, top_p=top_p)
-            if seed is not None:
-                torch.manual_seed(seed)
         else:  # greedy: clear sampling settings a model's generation_config may carry, so none is reported as unused
             kwargs.update(temperature=None, top_k=None, top_p=None)
-        out = self.model.generate(**batch, **kwargs)
+        with _SAMPLING if sampling else contextlib.nullcontext():
+            if sampling and seed is not None:
+                torch.manual_seed(seed)
+            out = self.model.generate(**batch, **kwargs)
         answers = self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
         answers = [_cut_at_stop(a, stop).strip() for a in answers]
         return answers[0] if single else answers
