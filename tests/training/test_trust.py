@@ -324,6 +324,8 @@ def test_nan_weights_fail_loudly_and_keep_the_good_model(tiny_bert, train_file, 
     (("--use_inbatch_neg", "false", "--negatives_cross_device", "true"),
      "--negatives_cross_device shares in-batch negatives"),  # it was ignored
     (("--eval_data", "EVAL"), "--eval_data is scored only with --eval_strategy"),  # it was read, then never scored
+    (("--dataloader_num_workers", "1", "--dataloader_persistent_workers", "true"),
+     "--dataloader_persistent_workers is not supported"),  # every epoch sampled epoch 0's negatives
     (("--margin", "-1", "--loss_fn", "triplet"), "--margin must be >= 0"),
     (("--margin", "0.5"), "--margin does not apply to --loss_fn infonce"),
     (("--loss_fn", "triplet", "--temperature", "0.1"), "--temperature does not apply to --loss_fn triplet"),

@@ -76,6 +76,11 @@ class RetrievalTrainingArguments(TrainingArguments):
         if self.dataloader_num_workers < 0:
             enough_cores = (os.cpu_count() or 1) >= 2 * AUTO_WORKERS
             self.dataloader_num_workers = AUTO_WORKERS if torch.cuda.is_available() and enough_cores else 0
+        if self.dataloader_persistent_workers and self.dataloader_num_workers > 0:
+            # each worker keeps its own copy of the data set, which the epoch never reaches: every epoch would
+            # train on epoch 0's sampled positives and negatives
+            raise UsageError("--dataloader_persistent_workers is not supported: the workers would keep sampling epoch "
+                             "0's groups in every epoch; drop it (workers restart each epoch).")
         self.remove_unused_columns = False  # our collators read raw text fields
         super().__post_init__()
 
