@@ -506,3 +506,14 @@ def test_vectors_encoded_after_training_belong_to_the_run(tiny_bert, train_file,
     assert "embeddings.npy" in json.loads((out / MANIFEST_NAME).read_text())["written"]
     assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "1", "--overwrite_output_dir")) == 0
     assert not (out / "embeddings.npy").exists()  # the earlier run's vectors went with its model
+
+
+def test_unfolded_positives_warn_of_false_in_batch_negatives(tiny_bert, tmp_path, caplog):
+    # the same pairs as separate records warned; unfolded from one record they did not
+    data = tmp_path / "multi.jsonl"
+    data.write_text("".join(json.dumps({"query": t, "positive": [TEXTS[(i + 1) % 5], TEXTS[(i + 2) % 5]]}) + "\n"
+                            for i, t in enumerate(TEXTS)))
+    with caplog.at_level("WARNING"):
+        assert embed.main(cli(tiny_bert, str(data), tmp_path / "out", "--max_steps", "1", "--train_group_size", "1",
+                              "--unfold_each_positive", "true")) == 0
+    assert "5 queries have several positives" in caplog.text and "false in-batch negatives" in caplog.text

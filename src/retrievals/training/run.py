@@ -53,6 +53,11 @@ def run_training(
         if data_args.eval_data else None
     )
     dataset = TrainDataset(records, data_args.train_group_size, args.seed, data_args.unfold_each_positive)
+    several = sum(len(r.positives) > 1 for r in records)
+    if data_args.unfold_each_positive and several and getattr(args, "use_inbatch_neg", False):
+        logger.warning("--unfold_each_positive: %d queries have several positives, each now an item of its own; two "
+                       "items of one query in a batch are false in-batch negatives of each other (each one's positive "
+                       "is scored as the other's negative).", several)
     check_steps(len(dataset), args)
     fingerprint = run_fingerprint(model_path, records, args, *settings)
     if hasattr(loss, "get_config_dict"):
