@@ -105,6 +105,15 @@ def test_a_file_added_to_our_folder_is_not_overwritten_by_a_rerun(tiny_bert, tra
     assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "1", "--overwrite_output_dir")) == 2
     assert "holds onnx, which a run would overwrite" in capsys.readouterr().err
     assert (out / "onnx" / "model.onnx").read_text() == "mine\n"
+    # a folder saved before empty folders were listed: its 2_Normalize is unlisted but empty, nothing to lose
+    shutil.rmtree(out / "onnx")
+    files = json.loads((out / FILES_NAME).read_text())
+    files.pop("entries")
+    (out / FILES_NAME).write_text(json.dumps(files))
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    manifest["written"] = [n for n in manifest["written"] if n != "2_Normalize"]
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+    assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "1", "--overwrite_output_dir")) == 0
 
 
 def test_other_outputs_are_never_replaced_unasked(tiny_bert, train_file, tmp_path, capsys):
