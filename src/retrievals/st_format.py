@@ -58,7 +58,12 @@ def read_st_settings(path: str | Path) -> Dict[str, Any]:
             settings["normalize_embeddings"] = True
         elif kind.endswith("Transformer"):
             st_cfg = folder / "sentence_bert_config.json"
-            max_len = json.loads(st_cfg.read_text(encoding="utf-8")).get("max_seq_length") if st_cfg.is_file() else None
+            st_settings = json.loads(st_cfg.read_text(encoding="utf-8")) if st_cfg.is_file() else {}
+            if st_settings.get("do_lower_case") and not _tokenizer_lower_cases(folder):
+                raise UsageError(f"{st_cfg}: do_lower_case is true and the tokenizer keeps case: sentence-transformers "
+                                 "lower-cases every text first, which retrievals does not do (other vectors); lower-case "
+                                 "the tokenizer's normalizer, or the texts yourself and set do_lower_case false.")
+            max_len = st_settings.get("max_seq_length")
             tok_cfg = folder / "tokenizer_config.json"
             if not max_len and tok_cfg.is_file():  # sentence-transformers v6 keeps it as the tokenizer's max length
                 max_len = json.loads(tok_cfg.read_text(encoding="utf-8")).get("model_max_length")
@@ -74,6 +79,19 @@ def read_st_settings(path: str | Path) -> Dict[str, Any]:
         if doc:
             settings["document_instruction"] = doc
     return settings
+
+
+def _tokenizer_lower_cases(folder: Path) -> bool:
+    """Whether the folder's tokenizer gives a text and its lower-cased form the same ids (an uncased model, where
+    sentence-transformers' ``do_lower_case`` changes nothing). Unknown (no ``tokenizer.json``): False."""
+    file = folder / "tokenizer.json"
+    if not file.is_file():
+        return False
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(file))
+    sample = "Hello World ÄÖ Tax"
+    return tok.encode(sample).ids == tok.encode(sample.lower()).ids
 
 
 def write_st_files(

@@ -118,6 +118,27 @@ def test_reads_sentence_transformers_folder(tiny_bert, tmp_path):
     assert read_st_settings(tmp_path)["pooling_method"] == "mean"
 
 
+def test_sentence_transformers_lower_casing_is_read_or_refused(tiny_bert, tmp_path):
+    # do_lower_case: true was ignored: a cased tokenizer then got other ids than sentence-transformers gives it
+    import shutil
+
+    from tokenizers import Tokenizer, normalizers
+
+    from retrievals.st_format import read_st_settings, write_st_files
+
+    folder = tmp_path / "st"
+    shutil.copytree(tiny_bert, folder)
+    write_st_files(folder, 32, "mean", True, 64, "", "")
+    config = folder / "sentence_bert_config.json"
+    config.write_text(json.dumps({"max_seq_length": 64, "do_lower_case": True}))
+    assert read_st_settings(folder)["pooling_method"] == "mean"  # an uncased tokenizer: lower-casing changes nothing
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=False)
+    tok.save(str(folder / "tokenizer.json"))
+    with pytest.raises(UsageError, match=r"sentence_bert_config.json: do_lower_case is true and the tokenizer keeps case"):
+        read_st_settings(folder)
+
+
 def test_lora_adapter_and_merged_roundtrip(tiny_qwen, tmp_path):
     needs("peft")
     model = AutoModelForEmbedding.from_pretrained(tiny_qwen, use_lora=True, lora_r=4, query_instruction="Q: ")
