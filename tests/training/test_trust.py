@@ -386,7 +386,12 @@ def test_bad_model_paths_are_named_in_one_line(tiny_bert, train_file, tmp_path, 
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "config.json").write_text(Path(tiny_bert, "config.json").read_text())
+    classic = tmp_path / "classic"  # an older sentence-transformers layout: the transformer in a subfolder
+    classic.mkdir()
+    (classic / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "0_Transformer",
+                                                       "type": "sentence_transformers.models.Transformer"}]))
     cases = {
+        str(classic): "no config.json; not a transformers model folder (its modules.json puts the transformer in 0_Transformer/",
         str(tmp_path / "nope"): "nope: no such model folder",
         "outputs/missing-model": "outputs/missing-model: no such model folder (hub ids are not tried",
         train_file: "is a file; a model is a folder",
@@ -396,7 +401,7 @@ def test_bad_model_paths_are_named_in_one_line(tiny_bert, train_file, tmp_path, 
         assert embed.main(cli(path, train_file, tmp_path / "o", "--max_steps", "1")) == 2, path
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-        with pytest.raises(FileNotFoundError, match="no such|is a file|no weights"):
+        with pytest.raises(FileNotFoundError, match="no such|is a file|no weights|no config.json"):
             AutoModelForEmbedding.from_pretrained(path)
 
 

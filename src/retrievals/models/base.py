@@ -94,6 +94,15 @@ def lora_base_of(path: str | os.PathLike) -> str:
     return base
 
 
+def _st_transformer_folder(folder: Path) -> Optional[str]:
+    """The subfolder a sentence-transformers ``modules.json`` names for its Transformer module, when not the root."""
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+        return next((m["path"] for m in modules if str(m.get("type", "")).endswith("Transformer") and m.get("path")), None)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
 def has_tokenizer(path: str) -> bool:
     """Whether ``path`` is a folder with tokenizer files."""
     p = Path(path)
@@ -169,7 +178,9 @@ def check_model_path(path: str | os.PathLike, what: str = "model") -> str:
     if what == "tokenizer":
         return str(folder)
     if not (folder / "config.json").is_file():
-        raise ModelPathError(f"{text}: no config.json; not a transformers model folder.")
+        inner = _st_transformer_folder(folder)
+        hint = f" (its modules.json puts the transformer in {inner}/: pass {folder / inner})" if inner else ""
+        raise ModelPathError(f"{text}: no config.json; not a transformers model folder{hint}.")
     if not any(any(folder.glob(pattern)) for pattern in _WEIGHT_FILES):
         raise ModelPathError(f"{text}: no weights (model.safetensors or pytorch_model.bin) in this folder.")
     return str(folder)
