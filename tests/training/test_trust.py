@@ -490,6 +490,8 @@ def test_fingerprint_covers_the_tokenizer_and_a_starting_adapter(tiny_bert, tmp_
     before = fingerprint()
     (adapter / "adapter_model.safetensors").write_bytes(b"two")
     assert describe_changes(before, fingerprint()) == "lora_weights (content changed)"
+    older = {k: v for k, v in before.items() if k != "tokenizer"}  # a run started before tokenizers were recorded
+    assert "tokenizer (not recorded by the run in that folder)" in describe_changes(older, fingerprint())
     # no --tokenizer_name: the model folder's own tokenizer files
     plain = run_fingerprint(tiny_bert, records, args)
     assert plain["tokenizer"] not in ("", None) and not plain["tokenizer"].startswith("not a local folder")

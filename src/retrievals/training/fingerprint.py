@@ -98,7 +98,9 @@ def describe_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> st
         old, new = saved.get(key, "(unset)"), current.get(key, "(unset)")
         if old == new:
             continue
-        if key in CONTENT_KEYS:
+        if key in CONTENT_KEYS and key not in saved:  # a run started by a version that did not record it
+            changes.append(f"{key} (not recorded by the run in that folder)")
+        elif key in CONTENT_KEYS:
             changes.append(f"{key} (content changed)")
         else:
             changes.append(f"{key} {old!r} -> {new!r}")
