@@ -203,3 +203,22 @@ def test_the_shard_cache_never_serves_another_models_vectors(tmp_path):
         with pytest.raises(UsageError, match="shard_size"):
             encode_sharded(_NotAModule(1.0), texts, tmp_path, shard_size=bad, cache_key="k")
     assert encode_sharded(_NotAModule(1.0), "hello", tmp_path, cache_key="k").shape == (1, 2)  # one text, not 5
+
+
+def test_exact_search_orders_equal_scores_by_position_for_every_k():
+    # torch.topk ordered (and, at the k-th score, chose) tied documents differently for different k
+    from retrievals.index import build_dense_index, exact_search
+
+    rng = np.random.default_rng(0)
+    docs = rng.normal(size=(40, 8)).astype(np.float32)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    for copy in (3, 7, 21, 30):
+        docs[copy] = docs[0]
+    ids = [f"d{i}" for i in range(40)]
+    index = build_dense_index(docs, ids, "exact")
+    full = index.search(docs[:1], 40)[1][0]
+    assert full[:5] == ["d0", "d3", "d7", "d21", "d30"]
+    for k in range(1, 41):
+        assert index.search(docs[:1], k)[1][0] == full[:k], k
+    scores, indices = exact_search(docs[:2], docs, top_k=2)
+    assert indices.tolist()[0] == [0, 3] and scores.shape == (2, 2)

@@ -42,11 +42,26 @@ def _top_k(queries: np.ndarray, documents: np.ndarray, k: int, chunk_size: int) 
     scores, indices = [], []
     for start in range(0, q.shape[0], chunk_size):
         block = q[start : start + chunk_size].double()
-        sims = torch.cat([block @ d[i : i + DOC_CHUNK].double().T for i in range(0, d.shape[0], DOC_CHUNK)], dim=1)
-        s, i = torch.topk(sims.float(), k, dim=1)
+        sims = torch.cat([block @ d[i : i + DOC_CHUNK].double().T for i in range(0, d.shape[0], DOC_CHUNK)], dim=1).float()
+        s, i = _ties_by_position(sims, *torch.topk(sims, k, dim=1))
         scores.append(s)
         indices.append(i)
     return torch.cat(scores).numpy(), torch.cat(indices).numpy()
+
+
+def _ties_by_position(sims: torch.Tensor, s: torch.Tensor, i: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Documents of equal score in document order, whatever ``k``: torch.topk's order (and, at the k-th score, its
+    choice) of tied documents changes with k. Rows whose k-th score ties outside the top k are re-ranked in full."""
+    k = s.shape[1]
+    boundary = (sims == s[:, -1:]).sum(dim=1) > (s == s[:, -1:]).sum(dim=1)  # the k-th score recurs beyond the top k
+    for row in boundary.nonzero().flatten().tolist():
+        order = torch.sort(-sims[row], stable=True).indices[:k]  # stable: ties stay in document order
+        s[row], i[row] = sims[row, order], order
+    # within the top k: by score, then by position (a stable sort of position-sorted candidates)
+    by_position = torch.sort(i, dim=1).indices
+    i, s = torch.gather(i, 1, by_position), torch.gather(s, 1, by_position)
+    by_score = torch.sort(-s, dim=1, stable=True).indices
+    return torch.gather(s, 1, by_score), torch.gather(i, 1, by_score)
 
 
 DOC_CHUNK = 65536  # documents converted to float64 at a time (memory: this many x dim x 8 bytes)
