@@ -81,6 +81,16 @@ def read_st_settings(path: str | Path) -> Dict[str, Any]:
     return settings
 
 
+def st_transformer_folder(path: str | Path) -> Optional[str]:
+    """The subfolder a sentence-transformers ``modules.json`` names for its Transformer module, when not the root
+    (older layouts: ``0_Transformer/``); None without one."""
+    try:
+        modules = json.loads((Path(path) / "modules.json").read_text(encoding="utf-8"))
+        return next((m["path"] for m in modules if str(m.get("type", "")).endswith("Transformer") and m.get("path")), None)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
 def _tokenizer_lower_cases(folder: Path) -> bool:
     """Whether the folder's tokenizer gives a text and its lower-cased form the same ids (an uncased model, where
     sentence-transformers' ``do_lower_case`` changes nothing). Unknown (no ``tokenizer.json``): False."""

@@ -22,6 +22,7 @@ from transformers.models.auto.modeling_auto import (
 
 from ..files import atomic_directory, atomic_write_json, prepare_folder, verify_files
 from ..inputs import check_int
+from ..st_format import st_transformer_folder
 from ..utils import UsageError, logger, require
 from .precision import autocast, autocast_dtype, check_inference_precision
 from .processing import tokenizer_at_rest
@@ -92,15 +93,6 @@ def lora_base_of(path: str | os.PathLike) -> str:
     if not base:
         raise UsageError(f"{Path(path) / ADAPTER_CONFIG_NAME}: field 'base_model_name_or_path' is missing.")
     return base
-
-
-def _st_transformer_folder(folder: Path) -> Optional[str]:
-    """The subfolder a sentence-transformers ``modules.json`` names for its Transformer module, when not the root."""
-    try:
-        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
-        return next((m["path"] for m in modules if str(m.get("type", "")).endswith("Transformer") and m.get("path")), None)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return None
 
 
 def has_tokenizer(path: str) -> bool:
@@ -178,7 +170,7 @@ def check_model_path(path: str | os.PathLike, what: str = "model") -> str:
     if what == "tokenizer":
         return str(folder)
     if not (folder / "config.json").is_file():
-        inner = _st_transformer_folder(folder)
+        inner = st_transformer_folder(folder)
         hint = f" (its modules.json puts the transformer in {inner}/: pass {folder / inner})" if inner else ""
         raise ModelPathError(f"{text}: no config.json; not a transformers model folder{hint}.")
     if not any(any(folder.glob(pattern)) for pattern in _WEIGHT_FILES):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping
 
 from ..files import sha256_file
-from ..models.base import ADAPTER_CONFIG_NAME, lora_base_of
+from ..models.base import is_lora_dir, lora_base_of
 
 FINGERPRINT_NAME = "retrievals_fingerprint.json"
 
@@ -67,6 +67,11 @@ def data_digest(records: Iterable[Any]) -> str:
     return digest.hexdigest()[:16]
 
 
+def flat_settings(settings: Iterable[Mapping[str, Any]]) -> Dict[str, Any]:
+    """The pipeline's argument groups as one mapping (the groups' field names do not overlap)."""
+    return {key: value for group in settings for key, value in group.items()}
+
+
 def run_fingerprint(model_path: str, records: Iterable[Any], args: Any, *settings: Mapping[str, Any]) -> Dict[str, Any]:
     """The fingerprint as a flat dict of JSON values (compared key by key to name what changed)."""
     out: Dict[str, Any] = {
@@ -74,13 +79,13 @@ def run_fingerprint(model_path: str, records: Iterable[Any], args: Any, *setting
         "model_weights": weights_digest(model_path),
         "train_data": data_digest(records),
     }
-    given = {key: value for group in settings for key, value in group.items()}
+    given = flat_settings(settings)
     # the tokenizer that turns the data into ids (--tokenizer_name, else the model's own), and the adapter a run
     # starts from (--lora_path, or the model folder being an adapter: then its base model too), by content
     out["tokenizer"] = files_digest(given.get("tokenizer_name") or model_path, _TOKENIZER_PATTERNS)
     if given.get("lora_path"):
         out["lora_weights"] = weights_digest(given["lora_path"])
-    if (Path(model_path).expanduser() / ADAPTER_CONFIG_NAME).is_file():
+    if is_lora_dir(Path(model_path).expanduser()):
         out["lora_base_weights"] = weights_digest(lora_base_of(model_path))
     for key, value in given.items():
         if key not in IGNORED_FIELDS:

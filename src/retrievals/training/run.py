@@ -12,12 +12,12 @@ from transformers import set_seed
 
 from ..data import TrainDataset, load_records
 from ..data.readers import DataError
-from ..models.base import ADAPTER_CONFIG_NAME
+from ..models.base import is_lora_dir
 from ..utils import UsageError, logger
 from ..distributed import world
 from .arguments import DataArguments, RetrievalTrainingArguments
 from .curve import draw_curve
-from .fingerprint import run_fingerprint
+from .fingerprint import flat_settings, run_fingerprint
 from .output_dir import prepare_output_dir
 from .trainer import RetrievalTrainer
 
@@ -93,8 +93,8 @@ def check_adapter_trains(model_path: str, settings: Sequence[Mapping[str, Any]])
     """A run that starts from a LoRA adapter (``--lora_path``, or a model folder that is one) trains that adapter, which
     loads frozen unless ``--use_lora`` is set: nothing would train (a crash at the first backward, after the output
     folder was set up)."""
-    given = {key: value for group in settings for key, value in group.items()}
-    adapter = given.get("lora_path") or (model_path if (Path(model_path).expanduser() / ADAPTER_CONFIG_NAME).is_file() else None)
+    given = flat_settings(settings)
+    adapter = given.get("lora_path") or (model_path if is_lora_dir(Path(model_path).expanduser()) else None)
     if adapter and not given.get("use_lora"):
         raise UsageError(f"{adapter} is a LoRA adapter: pass --use_lora true to go on training it (its base model stays "
                          "frozen), or train a merged copy (save_pretrained(..., merge_lora=True)).")
