@@ -90,6 +90,25 @@ def saved_entries(folder: str | os.PathLike) -> List[str]:
     return sorted({name.split("/", 1)[0] for name in files} | set(entries) | {FILES_NAME})
 
 
+# a save's kind names what the folder holds; saves of older versions did not record it: read from their files
+_KIND_MARKERS = {"index_meta.json": "index", "retrievals_config.json": "model"}
+
+
+def saved_kind(folder: str | os.PathLike) -> Optional[str]:
+    """What the last save into ``folder`` was (``model``, ``index``, ...), or None: no save of ours there."""
+    record = Path(folder) / FILES_NAME
+    if not record.is_file():
+        return None
+    try:
+        saved = json.loads(record.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return None
+    if saved.get("kind"):
+        return str(saved["kind"])
+    names = set(saved_entries(folder))
+    return next((kind for marker, kind in _KIND_MARKERS.items() if marker in names), None)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -174,23 +193,30 @@ def _recover(folder: Path, announce: bool) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a scratch folder to write a complete save into; on exit, commit it into ``target``.
+def atomic_directory(target: str | os.PathLike, kind: str) -> Iterator[Path]:
+    """Yield a scratch folder to write a complete save of ``kind`` (``model``, ``index``) into; on exit, commit
+    it into ``target``.
 
     Entries of ``target`` that the previous save did not write (a user's README, notes, other folders)
     are never touched unless the new save writes the same name. Entries the previous save wrote and the
     new one does not (a full model replaced by a LoRA adapter) are removed, so the folder never mixes two saves.
+    A save of another kind than the previous one is refused (an index saved into a model's folder would
+    otherwise remove the model as the previous save's stale entries).
     """
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
     with folder_lock(target):  # readers and other saves of this folder wait until this one is committed
         recover(target)
+        previous = saved_kind(target)
+        if previous is not None and previous != kind:
+            raise OutputExistsError(f"{target}: holds a saved {previous}; saving {'an' if kind[0] in 'aeiou' else 'a'} "
+                                    f"{kind} there would replace it. Save it into another folder (or delete the {previous} first).")
         scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=target))
         try:
             yield scratch
             new = sorted([entry.name for entry in scratch.iterdir()] + [FILES_NAME])
             # "entries" too: an empty folder (sentence-transformers' 2_Normalize) holds no file to list
-            atomic_write_json(scratch / FILES_NAME, {"files": record_files(scratch), "entries": new})
+            atomic_write_json(scratch / FILES_NAME, {"kind": kind, "files": record_files(scratch), "entries": new})
             stale = [name for name in saved_entries(target) if name not in new]
             journal = {"scratch": scratch.name, "move": new, "remove": stale}
             atomic_write_json(target / JOURNAL_NAME, journal)  # the commit point

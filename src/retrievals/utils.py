@@ -116,12 +116,17 @@ def at_least(flag: str, value: Optional[float], low: float) -> None:
 
 def state_digest(module: torch.nn.Module) -> str:
     """sha256 over a module's weights as they are in memory (names, dtypes, shapes, values) and, for a model that
-    runs on a CPU backend (``inference_backend``), that backend and precision: a cache keyed by it never serves
+    runs on a CPU backend (``inference_backend``), that backend and precision, or that autocasts its inference
+    (``inference_autocast``: bf16 on a GPU by default, or asked for), that dtype: a cache keyed by it never serves
     vectors computed by other weights or another runtime."""
     digest = hashlib.sha256()
     backend = getattr(module, "inference_backend", None)
     if backend is not None:
         digest.update(f"backend\0{backend}\0".encode())
+    autocast = getattr(module, "inference_autocast", None)
+    dtype = autocast() if callable(autocast) else None
+    if dtype is not None:  # float32 inference adds nothing: keys of models run that way stay as they were
+        digest.update(f"autocast\0{dtype}\0".encode())
     for name, tensor in sorted(module.state_dict().items()):
         data = tensor.detach().cpu().contiguous()
         digest.update(f"{name}\0{data.dtype}\0{tuple(data.shape)}\0".encode())

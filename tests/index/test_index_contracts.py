@@ -222,3 +222,92 @@ def test_exact_search_orders_equal_scores_by_position_for_every_k():
         assert index.search(docs[:1], k)[1][0] == full[:k], k
     scores, indices = exact_search(docs[:2], docs, top_k=2)
     assert indices.tolist()[0] == [0, 3] and scores.shape == (2, 2)
+
+
+def test_an_index_and_a_model_never_replace_each_other_in_one_folder(tiny_bert, data, tmp_path):
+    # each save removes what the folder's previous save wrote: an index saved into a model's folder deleted the model
+    from retrievals import AutoModelForEmbedding
+    from retrievals.files import OutputExistsError
+
+    model = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean")
+    model.save_pretrained(tmp_path / "m")
+    index = ExactIndex(*data)
+    with pytest.raises(OutputExistsError, match="holds a saved model"):
+        index.save(tmp_path / "m")
+    with pytest.raises(OutputExistsError, match="holds a saved model"):
+        model.build_index(["a b", "c d"], index_path=str(tmp_path / "m"), index_type="exact")
+    AutoModelForEmbedding.from_pretrained(str(tmp_path / "m"))  # still whole
+    index.save(tmp_path / "i")
+    with pytest.raises(OutputExistsError, match="holds a saved index"):
+        model.save_pretrained(tmp_path / "i")
+    assert Index.load(tmp_path / "i").ids == index.ids
+    index.save(tmp_path / "i")  # the same kind again replaces it, as before
+    model.save_pretrained(tmp_path / "m")
+    # a save made before saves recorded their kind is told by its files
+    record = tmp_path / "i" / files.FILES_NAME
+    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "kind"}))
+    with pytest.raises(OutputExistsError, match="holds a saved index"):
+        model.save_pretrained(tmp_path / "i")
+
+
+def test_lexical_indexes_find_only_documents_sharing_a_term():
+    # bm25s and the sparse index filled k slots with documents scoring 0, which fusion then ranked by id
+    bm25 = BM25Index(["red apple pie", "green pear", "blue sky", "apple tree"], ["a", "b", "c", "d"])
+    scores, ids = bm25.search(["apple", "xylophone"], 3)
+    assert ids[0][:2] == ["a", "d"] or ids[0][:2] == ["d", "a"]
+    assert ids[0][2] is None and scores[0][2] == -np.inf and ids[1] == [None] * 3
+    assert bm25.search_run(["q1", "q2"], ["apple", "xylophone"], 3) == {"q1": {d: float(s) for d, s in zip(ids[0][:2], scores[0][:2])}, "q2": {}}
+    sparse = SparseIndex([{1: 1.0}, {2: 1.0}, {1: -0.5, 3: 1.0}], ["a", "b", "c"])
+    scores, ids = sparse.search({1: 1.0}, 3)
+    assert ids == [["a", "c", None]] and scores.tolist() == [[1.0, -0.5, -np.inf]]  # a match below 0 is still a match
+    dense = {"q": {d: 1.0 - i / 10 for i, d in enumerate("abcdef")}}
+    lexical = BM25Index(["apple", "pear", "sky", "tree", "apple pie", "stone"], list("abcdef")).search_run(["q"], ["xylophone"], 2)
+    assert list(weighted_score_fusion([lexical, dense])["q"]) == list("abcdef")  # no lexical credit to anyone
+
+
+def test_faiss_search_settings_apply_when_set(data, tmp_path):
+    # nprobe and ef_search set after building did nothing, but were saved: the loaded index searched differently
+    x, ids = data
+    index = FaissIndex(x, ids, "ivf", nlist=8, nprobe=1)
+    index.nprobe = 8
+    assert index.index.nprobe == 8
+    exact = ExactIndex(x, ids).search(x[:5], 10)[1]
+    assert index.search(x[:5], 10)[1] == exact  # every cluster probed: exact
+    index.save(tmp_path / "ivf")
+    assert Index.load(tmp_path / "ivf").search(x[:5], 10)[1] == exact
+    hnsw = FaissIndex(x, ids, "hnsw")
+    hnsw.ef_search = 3
+    assert hnsw.index.hnsw.efSearch == 3
+    with pytest.raises(UsageError, match="nprobe"):
+        index.nprobe = 0
+
+
+def test_slots_no_document_reached_are_none_at_minus_infinity(data):
+    x, ids = data
+    index = FaissIndex(x, ids, "ivf", nlist=8, nprobe=1)
+    scores, found = index.search(x[:3], 50)
+    holes = [[d is None for d in row] for row in found]
+    assert any(any(row) for row in holes)
+    assert all((s == -np.inf) == h for row_s, row_h in zip(scores, holes) for s, h in zip(row_s, row_h))
+    run = index.search_run(["a", "b", "c"], x[:3], 50)
+    assert all(None not in docs and all(np.isfinite(list(docs.values()))) for docs in run.values())
+
+
+def test_fusion_weights_must_be_finite_and_not_all_zero():
+    run = {"q": {"a": 2.0, "b": 1.0}}
+    for weights in ([float("nan"), 1.0], [0.0, 0.0], [float("inf"), 1.0], [-1.0, 1.0], [True, 1.0]):
+        for fusion in (reciprocal_rank_fusion, weighted_score_fusion):
+            with pytest.raises(UsageError, match="finite numbers >= 0"):
+                fusion([run, run], weights=weights)
+    assert list(weighted_score_fusion([run, run], weights=[np.float32(0.0), 1])["q"]) == ["a", "b"]
+
+
+def test_ids_and_empty_corpora_get_named_errors(data):
+    with pytest.raises(UsageError, match="list of document ids"):
+        ExactIndex(np.eye(3, dtype=np.float32), "abc")  # was three documents named a, b and c
+    empty = np.zeros((0, 8), dtype=np.float32)
+    with pytest.raises(UsageError, match="ivf"):
+        FaissIndex(empty, [], "ivf")
+    for kwargs in ({"encoding": "int8"}, {"encoding": "binary", "rescore_with": "int8"}):
+        with pytest.raises(UsageError, match="calibrated"):
+            QuantizedIndex(empty, [], **kwargs)

@@ -4,6 +4,7 @@ batched loop's deferred copies keeping input order, and the flags that set it.""
 import numpy as np
 import pytest
 import torch
+from transformers import HfArgumentParser
 
 from retrievals import AutoModelForEmbedding, AutoModelForRanking
 from retrievals.models import base
@@ -77,3 +78,31 @@ def test_ranker_precision_and_cli_flag(tiny_bert, tmp_path):
                              inference_precision="bf16", output=str(tmp_path / "run.trec"))
     assert args.load_embedder().inference_precision == "bf16" and args.load_reranker().inference_precision == "bf16"
 
+
+
+def test_caches_and_saved_indexes_keep_bf16_vectors_apart_from_float32(tiny_bert, tmp_path):
+    # the shard cache and --index_dir keyed only the weights: a float32 run was served bf16 vectors, and back
+    from retrievals.data.io import save_beir
+    from retrievals.index.sharded import encode_sharded
+    from retrievals.pipelines import retrieve
+    from retrievals.utils import state_digest
+
+    exact = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean")
+    fast = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean", inference_precision="bf16")
+    assert state_digest(exact) != state_digest(fast)
+    fp32 = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean", inference_precision="fp32")
+    assert state_digest(exact) == state_digest(fp32)  # the same computation on CPU: the same key
+    texts = corpus_lines(6)
+    encode_sharded(fast, texts, tmp_path / "cache")
+    np.testing.assert_array_equal(encode_sharded(exact, texts, tmp_path / "cache"), exact.encode(texts, batch_size=64))
+
+    lines = corpus_lines(20)
+    save_beir(tmp_path / "beir", {f"d{i}": t for i, t in enumerate(lines)}, {f"q{i}": lines[i][:20] for i in range(3)},
+              {f"q{i}": {f"d{i}": 1} for i in range(3)})
+    common = ["--dataset", str(tmp_path / "beir"), "--model_name_or_path", tiny_bert, "--pooling_method", "mean",
+              "--index_type", "exact", "--index_dir", str(tmp_path / "idx"), "--output", str(tmp_path / "run.trec")]
+    assert retrieve.main(common) == 0
+    (args,) = HfArgumentParser(retrieve.RetrieveArguments).parse_args_into_dataclasses(
+        [*common, "--inference_precision", "bf16", "--overwrite", "true"])
+    with pytest.raises(UsageError, match=r"another model \(weights\) than"):  # named, not "model, settings or corpus"
+        retrieve.run_retrieval(args)

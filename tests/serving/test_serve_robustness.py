@@ -407,3 +407,55 @@ def test_a_truncate_dim_in_the_config_is_a_served_size(tiny_bert):
         assert len(default) == 16 and asked.json()["data"][0]["embedding"] == default
         full = client.post("/v1/embeddings", json={"input": TEXTS[0], "dimensions": emb.embedding_dim})
         assert full.status_code == 200 and len(full.json()["data"][0]["embedding"]) == emb.embedding_dim
+
+
+def test_served_vectors_leave_the_instruction_out_of_pooling_as_encode_does(tiny_bert):
+    """include_prompt=False: the server's token ids went through slices and the scheduler's batches, which once lost
+    how many leading tokens are the instruction, so the served query vectors pooled it."""
+    from fastapi.testclient import TestClient
+
+    emb = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean", query_instruction="query: ",
+                                                include_prompt=False)
+    with TestClient(create_app(emb, None, "emb")) as client:
+        r = client.post("/v1/embeddings", json={"input": TEXTS[:3], "input_type": "query"})
+        assert r.status_code == 200, r.text
+        served = np.array([d["embedding"] for d in r.json()["data"]])
+    np.testing.assert_allclose(served, emb.encode_queries(TEXTS[:3]), atol=1e-5)
+    pooled = emb.encode(["query: " + t for t in TEXTS[:3]])  # what the server returned before
+    assert np.abs(served - pooled).max() > 1e-3
+
+
+def test_served_queries_of_an_inference_free_sparse_model_are_its_queries(tiny_bert):
+    """Inference-free queries are term weights, not a forward pass: the server called the forward pass for them."""
+    from fastapi.testclient import TestClient
+
+    from retrievals.models.sparse import SparseEmbedder
+
+    model = SparseEmbedder.from_pretrained(tiny_bert, query_max_length=16, document_max_length=32, query_inference_free=True)
+    with TestClient(create_app(model, None, "sparse")) as client:
+        for input_type, expected in (("query", model.encode_queries(TEXTS[:2])), ("document", model.encode(TEXTS[:2]))):
+            r = client.post("/v1/embeddings", json={"input": TEXTS[:2], "input_type": input_type})
+            assert r.status_code == 200, r.text
+            np.testing.assert_allclose([d["embedding"] for d in r.json()["data"]], expected, atol=1e-5)
+
+
+def test_a_request_larger_than_the_queue_gets_413_not_a_retry_forever(served):
+    """More document windows than the queue ever holds: 503 + Retry-After would be answered the same way forever."""
+    from fastapi.testclient import TestClient
+
+    from retrievals.serving.scheduler import JobTooLarge
+
+    _, ce, _ = served
+    windows = len(ce.pair_units([(TEXTS[0], LONG)])[1])
+    limits = ServerLimits(max_batch_size=4, max_input_chars=len(LONG), max_queue_items=max(4, windows - 1))
+    with TestClient(create_app(None, ce, None, "ce", limits)) as client:
+        r = client.post("/v1/rerank", json={"query": TEXTS[0], "documents": [LONG]})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_items", r.text
+        assert "max_queue_items" in r.json()["error"]["message"] and "retry-after" not in r.headers
+        assert client.post("/v1/rerank", json={"query": TEXTS[0], "documents": [TEXTS[1]]}).status_code == 200
+    s = Scheduler(max_batch_tokens=100, max_batch_items=2, max_queue_items=5, max_wait_ms=0)
+    with pytest.raises(JobTooLarge, match="at most 5"):
+        s.submit("k", list(range(6)), [1] * 6, lambda xs: xs)
+    s.close()
+    with pytest.raises(Exception, match="max_queue_items .* must be >= max_batch_size"):
+        ServerLimits(max_batch_size=64, max_queue_items=32)

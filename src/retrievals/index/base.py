@@ -36,6 +36,8 @@ class Index(ABC):
             INDEXES[cls.backend] = cls
 
     def __init__(self, ids: Sequence[str]) -> None:
+        if isinstance(ids, (str, bytes)):  # would be split into one id per character
+            raise UsageError(f"ids must be a list of document ids, got one {type(ids).__name__}: {ids[:40]!r}")
         self.ids = [str(i) for i in ids]
         if len(set(self.ids)) != len(self.ids):
             raise ValueError("document ids must be unique")
@@ -48,6 +50,9 @@ class Index(ABC):
 
         One query (a vector, or a string for BM25) counts as a list of one; no queries or ``top_k=0``
         give scores of shape [n_queries, k] with no search; a negative ``top_k`` is a ``ValueError``.
+        A search may find fewer than k documents: an ``ivf`` index whose probed clusters hold fewer, a BM25 or
+        sparse index where fewer share a term with the query. The slots left have id None and score -inf
+        (:meth:`search_run` leaves them out).
         """
         k = min(check_top_k(top_k), len(self.ids))
         queries = self._queries(queries)
@@ -90,7 +95,7 @@ class Index(ABC):
 
     def save(self, path: str | os.PathLike) -> None:
         """Save the index with its document ids (atomically: a killed save leaves the old files)."""
-        with atomic_directory(path) as scratch:
+        with atomic_directory(path, "index") as scratch:
             settings = self._save(scratch)
             (scratch / "ids.json").write_text(json.dumps(self.ids, ensure_ascii=False), encoding="utf-8")
             meta = {"backend": self.backend, "size": len(self.ids), "settings": settings, "source": self.source}

@@ -43,7 +43,11 @@ class BM25Index(Index):
         bm25s = require("bm25s", "bm25")
         tokens = bm25s.tokenize(queries, stopwords=self.stopwords, show_progress=False)
         docs, scores = self.retriever.retrieve(tokens, k=k, show_progress=False, n_threads=1)
-        return np.asarray(scores, dtype=np.float32), [[self.ids[int(j)] for j in row] for row in docs]
+        scores = np.asarray(scores, dtype=np.float32)
+        # bm25s fills k slots with documents scoring 0 (no query word in them): not found, as Index.search states
+        found = scores != 0
+        return np.where(found, scores, -np.inf).astype(np.float32), [
+            [self.ids[int(j)] if hit else None for j, hit in zip(row, hits)] for row, hits in zip(docs, found)]
 
     def stored(self) -> int:
         return int(self.retriever.scores["num_docs"])

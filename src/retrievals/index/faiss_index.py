@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..utils import require
+from ..utils import UsageError, require
 from ..inputs import as_query_vectors, check_int
 from .base import Index, as_matrix
 
@@ -33,7 +33,8 @@ class FaissIndex(Index):
         if nlist is not None:
             check_int("nlist", nlist, 1)
         nprobe, m, ef_search = check_int("nprobe", nprobe, 1), check_int("m", m, 2), check_int("ef_search", ef_search, 1)
-        self.index_type, self.nprobe, self.m, self.ef_search = index_type, nprobe, m, ef_search
+        self.index_type, self.m = index_type, m
+        self._nprobe, self._ef_search = nprobe, ef_search
         if _index is not None:
             self.index = _index
         else:
@@ -44,6 +45,8 @@ class FaissIndex(Index):
             if index_type == "flat":
                 self.index = faiss.IndexFlatIP(dim)
             elif index_type == "ivf":
+                if not len(x):  # faiss' own failure (a C++ assertion) names nothing
+                    raise UsageError("FaissIndex: an ivf index clusters the vectors it indexes, and none were given.")
                 nlist = nlist or max(1, min(int(4 * np.sqrt(len(x))), len(x) // 39 or 1))
                 self.index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
                 self.index.train(x)
@@ -51,6 +54,25 @@ class FaissIndex(Index):
                 self.index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
             self.index.add(x)
         self.nlist = getattr(self.index, "nlist", None)
+        self._apply_search_settings()
+
+    # search settings: a change applies to the next search (and is saved), as faiss' own attributes would
+    @property
+    def nprobe(self) -> int:
+        return self._nprobe
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        self._nprobe = check_int("nprobe", value, 1)
+        self._apply_search_settings()
+
+    @property
+    def ef_search(self) -> int:
+        return self._ef_search
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        self._ef_search = check_int("ef_search", value, 1)
         self._apply_search_settings()
 
     def _apply_search_settings(self) -> None:
@@ -64,6 +86,7 @@ class FaissIndex(Index):
 
     def _search(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, List[List[str]]]:
         scores, idx = self.index.search(queries, k)
+        scores[idx < 0] = -np.inf  # faiss fills slots no document reached with -3.4e38 (see Index.search)
         return scores, [[self.ids[j] if j >= 0 else None for j in row] for row in idx]
 
     def stored(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 from ..data.io import rank
@@ -17,8 +18,17 @@ def check_fusion(method: str, weights: Optional[Sequence[float]]) -> None:
     """The fusion settings a pipeline takes (``--fusion``, ``--fusion_weights``) for two runs: a named error."""
     if method not in FUSIONS:
         raise UsageError(f"--fusion must be one of {list(FUSIONS)}, got {method!r}.")
-    if weights and (len(weights) != 2 or min(weights) < 0):
+    if weights and len(weights) != 2:
         raise UsageError(f"--fusion_weights takes two weights >= 0 (one per fused run), got {list(weights)}.")
+    if weights:
+        check_weights(weights, "--fusion_weights")
+
+
+def check_weights(weights: Sequence[float], name: str = "weights") -> None:
+    """Finite numbers >= 0, at least one > 0: nan gives nan scores, all zeros a ranking by document id alone."""
+    if not all(isinstance(w, numbers.Real) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in weights) \
+            or not any(w > 0 for w in weights):
+        raise UsageError(f"{name} must be finite numbers >= 0, at least one above 0; got {list(weights)}.")
 
 
 def fuse(method: str, runs: Sequence[Run], weights: Optional[Sequence[float]] = None, top_k: Optional[int] = None,
@@ -73,6 +83,8 @@ def _fuse(runs: Sequence[Run], weights: Optional[Sequence[float]], top_k: Option
     weights = list(weights) if weights is not None else [1.0] * len(runs)
     if len(weights) != len(runs):
         raise ValueError(f"{len(weights)} weights for {len(runs)} runs")
+    if weights:
+        check_weights(weights)
     fused: Dict[str, Dict[str, float]] = {}
     for run, weight in zip(runs, weights):
         for qid, scores in run.items():

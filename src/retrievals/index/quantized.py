@@ -60,6 +60,8 @@ class QuantizedIndex(Index):
         x = as_matrix(vectors)
         if x.shape[0] != len(self.ids):
             raise UsageError(f"{x.shape[0]} vectors for {len(self.ids)} ids")
+        if not len(x) and (encoding == "int8" or rescore_with == "int8"):  # faiss' own failure names nothing
+            raise UsageError(f"QuantizedIndex: int8 codes are calibrated on the vectors indexed, and none were given.")
         self.dim = int(x.shape[1])
         self.rescore_codes, self.rescore_scale = None, None
         if rescore_with == "int8":
@@ -114,7 +116,8 @@ class QuantizedIndex(Index):
                 rescored[row, valid] = self._decoded(positions[valid]) @ query
             order = np.argsort(-rescored, axis=1, kind="stable")
             scores, idx = np.take_along_axis(rescored, order, 1), np.take_along_axis(idx, order, 1)
-        scores, idx = scores[:, :k], idx[:, :k]
+        scores, idx = scores[:, :k], np.ascontiguousarray(idx[:, :k])
+        scores = np.where(idx < 0, -np.inf, scores).astype(np.float32)  # slots no document reached (Index.search)
         return scores, [[self.ids[j] if j >= 0 else None for j in row] for row in idx]
 
     def stored(self) -> int:

@@ -22,7 +22,8 @@ from ..utils import logger
 
 def encode_sharded(model: Any, texts: Sequence[str], folder: str | os.PathLike, shard_size: int = 10000,
                    batch_size: int = 64, is_query: bool = False, cache_key: Optional[str] = None) -> np.ndarray:
-    """Embeddings of ``texts``, written as ``shard-00000.npy`` ... under ``folder`` and returned memory-mapped.
+    """Embeddings of ``texts``, written as ``shard-00000.npy`` ... under ``folder`` and returned as one array
+    (memory-mapped when the texts fit one shard; several shards are read into memory).
 
     Shard ``i`` is encoded by process ``i % world_size`` (torchrun), written to a temporary file and
     renamed, so a killed run resumes at the first missing shard. Shards live in a subfolder named by a

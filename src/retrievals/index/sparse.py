@@ -79,14 +79,17 @@ class SparseIndex(Index):
         out_ids: List[List[str]] = []
         for row, query in enumerate(queries):
             scores = np.zeros(len(self.ids), dtype=np.float32)
+            hit = np.zeros(len(self.ids), dtype=bool)  # documents sharing a term with the query: the only ones found
             for term, weight in query.items():
                 at = np.searchsorted(self.terms, term)
                 if at < len(self.terms) and self.terms[at] == term:
                     span = slice(self.offsets[at], self.offsets[at + 1])
                     np.add.at(scores, self.docs[span], weight * self.weights[span])
+                    hit[self.docs[span]] = True
+            scores[~hit] = -np.inf
             best = np.argsort(-scores, kind="stable")[:k]
             out_scores[row] = scores[best]
-            out_ids.append([self.ids[j] for j in best])
+            out_ids.append([self.ids[j] if hit[j] else None for j in best])
         return out_scores, out_ids
 
     def stored(self) -> Optional[int]:

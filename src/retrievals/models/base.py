@@ -553,7 +553,7 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
             lora = False
         if backend is not None or backend_precision != "fp32":
             check_backend(type(self), backend or "torch", backend_precision, lora=lora)
-        with atomic_directory(path) as scratch:
+        with atomic_directory(path, "model") as scratch:
             backbone.save_pretrained(scratch)
             # peft writes a placeholder model card beside an adapter: it would replace a README.md of the user's
             (scratch / "README.md").unlink(missing_ok=True)
@@ -582,6 +582,13 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
                 torch.device(device).type == self.device.type and torch.device(device).index is None):
             raise UsageError(f"device={str(device)!r}: this model is on {self.device}; move it first with model.to(...).")
 
+    def inference_autocast(self) -> Optional[torch.dtype]:
+        """The dtype inference autocasts to on this model's device at its ``inference_precision`` (None: none, or
+        a CPU backend runs it); a cache key (:func:`retrievals.utils.state_digest`) reads it too."""
+        if self.inference_backend is not None:
+            return None
+        return autocast_dtype(getattr(self, "inference_precision", "auto"), self.device, next(self.parameters()).dtype)
+
     # ------------------------------------------------------------------ the batched inference loop
     def run_batches(self, lengths: List[int], collate: Any, compute: Any, out: torch.Tensor, batch_size: int,
                     max_tokens: Optional[int] = None, desc: str = "", show_progress_bar: bool = False) -> torch.Tensor:
@@ -597,8 +604,7 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
 
         dev = self.device
         gpu = dev.type == "cuda"
-        dtype = None if self.inference_backend is not None else autocast_dtype(
-            getattr(self, "inference_precision", "auto"), dev, next(self.parameters()).dtype)
+        dtype = self.inference_autocast()
         pending: List[Tuple[List[int], torch.Tensor]] = []
 
         def flush() -> None:

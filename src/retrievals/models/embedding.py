@@ -326,7 +326,8 @@ class AutoModelForEmbedding(RetrievalModel):
         check_batch_size(batch_size)
         self.check_device(device)
         ids = self.tokenize(texts, is_query=is_query, max_length=max_length)
-        out = self.encode_token_ids(ids, batch_size, show_progress_bar, normalize_embeddings, truncate_dim=truncate_dim)
+        out = self.encode_token_ids(ids, batch_size, show_progress_bar, normalize_embeddings, truncate_dim=truncate_dim,
+                                    is_query=is_query)
         result = out[0] if single else out
         if convert_to_tensor:
             return result
@@ -341,10 +342,12 @@ class AutoModelForEmbedding(RetrievalModel):
         normalize_embeddings: Optional[bool] = None,
         max_tokens: Optional[int] = None,
         truncate_dim: Optional[int] = None,
+        is_query: bool = False,
     ) -> torch.Tensor:
         """Float32 CPU embeddings of texts already tokenized by :meth:`tokenize` (for callers that also
         need the token counts, such as the server), in input order. Batches are length-sorted, at most
-        ``batch_size`` texts and (when given) ``max_tokens`` padded tokens each."""
+        ``batch_size`` texts and (when given) ``max_tokens`` padded tokens each. ``is_query``: as the texts were
+        tokenized (the instruction is in the ids already; a kind that embeds queries another way reads it)."""
         check_batch_size(batch_size)
         prompt_length = getattr(ids, "prompt_length", 0)  # the slices below are plain lists
         out = torch.empty((len(ids), self.embedding_dim), dtype=torch.float32)

@@ -156,24 +156,26 @@ class SparseEmbedder(AutoModelForEmbedding):
         """:meth:`AutoModelForEmbedding.encode`; inference-free queries are built from their tokens alone."""
         if normalize_embeddings:  # SPLADE weights are not unit vectors: a silently ignored flag would mislead
             raise UsageError("normalize_embeddings=True: a sparse embedder's vectors are term weights, not normalised.")
+        return super().encode(sentences, batch_size, show_progress_bar, convert_to_numpy, convert_to_tensor,
+                              normalize_embeddings, is_query, max_length, device, truncate_dim)
+
+    @torch.inference_mode()
+    def encode_token_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 32, show_progress_bar: Optional[bool] = None,
+                         normalize_embeddings: Optional[bool] = None, max_tokens: Optional[int] = None,
+                         truncate_dim: Optional[int] = None, is_query: bool = False) -> torch.Tensor:
+        """:meth:`AutoModelForEmbedding.encode_token_ids`; inference-free queries are built from their tokens alone
+        (the server's queries too: it passes ``is_query``)."""
         if not (is_query and self.retrieval_config.query_inference_free):
-            return super().encode(sentences, batch_size, show_progress_bar, convert_to_numpy, convert_to_tensor,
-                                  normalize_embeddings, is_query, max_length, device, truncate_dim)
-        texts, single = as_texts(sentences, "sentences")
+            return super().encode_token_ids(ids, batch_size, show_progress_bar, normalize_embeddings, max_tokens,
+                                            truncate_dim, is_query)
         check_batch_size(batch_size)
-        self.check_device(device)
-        ids = self.tokenize(texts, is_query=True, max_length=max_length)
         out = torch.zeros((len(ids), self.embedding_dim), dtype=torch.float32)
+        device_ = self.query_weights.device
         for start in range(0, len(ids), batch_size):
             batch = self.processor.pad(ids[start:start + batch_size])
-            device_ = self.query_weights.device
             out[start:start + batch_size] = self._static_queries(batch["input_ids"].to(device_),
                                                                  batch["attention_mask"].to(device_)).cpu()
-        out = self.truncate(out, truncate_dim, False)  # as documents get it
-        result = out[0] if single else out
-        if convert_to_tensor:
-            return result
-        return result.numpy() if convert_to_numpy else result
+        return self.truncate(out, truncate_dim, False)  # as documents get it
 
     def encode_sparse(self, sentences: Union[str, Sequence[str]], is_query: bool = False, batch_size: int = 32,
                       top_k: Optional[int] = None) -> Union[SparseVector, List[SparseVector]]:

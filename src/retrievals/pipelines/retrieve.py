@@ -169,11 +169,18 @@ def check_qrels_cover(qrels: Dict[str, Dict[str, int]], queries: Dict[str, str],
                        len(judged) - len(missing))
 
 
+SOURCE_NAMES = {"model_weights": "model (weights)", "model": "model settings", "corpus": "corpus",
+                "index_type": "--index_type", "rescore_with": "--rescore_with"}  # what an index's source records
+
+
 def load_matching_index(folder: Path, source: Dict) -> Index:
     """A saved index, only when it was built from this model (weights and settings) and corpus: never another's vectors."""
     index = Index.load(folder)
-    if index.source != json.loads(json.dumps(source, default=str)):
-        raise UsageError(f"{folder}: this index was built from another model, model settings or corpus; pass another "
+    wanted, saved = json.loads(json.dumps(source, default=str)), index.source or {}
+    differ = sorted(key for key in set(wanted) | set(saved) if wanted.get(key) != saved.get(key))
+    if differ:
+        names = [SOURCE_NAMES.get(key, key) for key in differ]
+        raise UsageError(f"{folder}: this index was built with another {', '.join(names)} than this run's; pass another "
                          "--index_dir, or delete that folder to rebuild it.")
     logger.warning("Loaded the %s index from %s", index.backend, folder)
     return index
@@ -210,6 +217,8 @@ def run_retrieval(a: RetrieveArguments) -> Dict[str, Dict[str, float]]:
                        if k in {"map", "mrr@10", "ndcg@10", "recall@10", "recall@100", "hit@1"}}
             atomic_write_json(a.output + ".metrics.json", metrics)
             print(json.dumps(metrics))
+        else:  # an earlier run's metrics beside this run's file would pass for its own
+            Path(a.output + ".metrics.json").unlink(missing_ok=True)
     return run
 
 

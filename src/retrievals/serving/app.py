@@ -34,8 +34,9 @@ from fastapi.responses import JSONResponse, Response  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
 from .. import __version__  # noqa: E402
+from ..models.processing import TokenIds  # noqa: E402
 from .metrics import ServerMetrics  # noqa: E402
-from .scheduler import DeadlineExceeded, JobCancelled, QueueFull, Scheduler  # noqa: E402
+from .scheduler import DeadlineExceeded, JobCancelled, JobTooLarge, QueueFull, Scheduler  # noqa: E402
 from .schemas import (  # noqa: E402
     EmbeddingResponse,
     HealthResponse,
@@ -151,6 +152,9 @@ class Service:
         A client that disconnects, a deadline or a shutdown drops the job's remaining items."""
         try:
             job = self.scheduler.submit(key, items, costs, fn, timeout_s=self.limits.request_timeout_s or None)
+        except JobTooLarge as exc:  # a retry would be refused the same way: it is the request's size
+            raise ApiError(413, f"the request is too large for this server: {exc} (--max_queue_items; a rerank "
+                                "document longer than the model's window counts once per window)", code="too_many_items") from None
         except QueueFull as exc:
             raise ApiError(503, f"the server is busy: {exc}; retry later", kind="server_busy", code="queue_full",
                            headers={"Retry-After": "1"}) from None
@@ -201,16 +205,18 @@ class Service:
         dims = req.dimensions or self.embedder.retrieval_config.truncate_dim  # None: all dimensions
         ids = await _tokenized(_in_slices, lambda part: self.embedder.tokenize(part, is_query=is_query), texts)
         embedder, batch_size = self.embedder, self.limits.model_batch_size
-
         max_tokens = self.limits.max_batch_tokens
+        # the instruction's tokens left out of pooling (include_prompt=False): the same for every request of this
+        # key (one instruction, one max length), so batches shared by requests keep it
+        prompt_length = getattr(ids, "prompt_length", 0)
 
         def encode(batch: List[List[int]]) -> List[np.ndarray]:
-            return list(embedder.encode_token_ids(batch, batch_size=batch_size, max_tokens=max_tokens,
-                                                  truncate_dim=embedder.embedding_dim).numpy())
+            batch_ids = TokenIds(batch)
+            batch_ids.prompt_length = prompt_length
+            return list(embedder.encode_token_ids(batch_ids, batch_size=batch_size, max_tokens=max_tokens,
+                                                  truncate_dim=embedder.embedding_dim, is_query=is_query).numpy())
 
         # full vectors are computed once per text and shared by requests of any size; each request truncates its own
-
-
         vectors = await self.run(("embed", is_query), ids, [len(x) for x in ids], encode, request)
         data = []
         matrix = embedder.truncate(torch.as_tensor(np.stack(vectors).astype(np.float32)), dims).numpy()  # once per request
@@ -269,8 +275,14 @@ def _in_slices(fn: Any, items: List[Any]) -> List[Any]:
     """``fn`` over slices of ``items``, results concatenated: each tokenizer call is short, so a small request's
     tokenization never waits long behind a huge one's."""
     out: List[Any] = []
+    part = None
     for start in range(0, len(items), TOKENIZE_SLICE):
-        out.extend(fn(items[start : start + TOKENIZE_SLICE]))
+        part = fn(items[start : start + TOKENIZE_SLICE])
+        out.extend(part)
+    if isinstance(part, TokenIds):  # token ids keep their prompt_length (every slice's is the same)
+        ids = TokenIds(out)
+        ids.prompt_length = part.prompt_length
+        return ids
     return out
 
 

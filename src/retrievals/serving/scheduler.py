@@ -32,6 +32,10 @@ class QueueFull(Exception):
     """The queue holds too many items to take this job now."""
 
 
+class JobTooLarge(QueueFull):
+    """The job alone has more items than the queue ever holds: waiting would never help."""
+
+
 class DeadlineExceeded(Exception):
     """The job's deadline passed before all its items were computed."""
 
@@ -101,6 +105,8 @@ class Scheduler:
         with self._cond:
             if self._closed:
                 raise JobCancelled("the server is shutting down")
+            if len(items) > self.max_queue_items:
+                raise JobTooLarge(f"{len(items)} items; the queue holds at most {self.max_queue_items}")
             self._expire(time.monotonic())  # cancelled and late jobs free their room first
             if self.queued_items() + len(items) > self.max_queue_items:
                 raise QueueFull(f"{self.queued_items()} items are queued; the limit is {self.max_queue_items}")

@@ -36,6 +36,8 @@ class ServerLimits:
         for name in ("max_wait_ms", "request_timeout_s", "stall_s"):
             if not getattr(self, name) >= 0:
                 raise UsageError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_queue_items < self.max_batch_size:  # a request within max_batch_size would never be queued
+            raise UsageError(f"max_queue_items ({self.max_queue_items}) must be >= max_batch_size ({self.max_batch_size}).")
 
 
 def _text_error(value: str) -> Optional[str]:
@@ -64,7 +66,7 @@ ERROR_STATUSES = {
     400: "Malformed request: invalid JSON, a wrong type, invalid Unicode, a dimension the model does not give",
     404: "Unknown route or model",
     405: "Method not allowed",
-    413: "Body, item count or text longer than the server's limits",
+    413: "Body, item count or text longer than the server's limits (or more document windows than the queue holds)",
     500: "Internal error (a bug): the server keeps serving",
     503: "Queue full (Retry-After says when to retry) or server shutting down",
     504: "The request's deadline (request_timeout_s) passed; its remaining work was dropped",

@@ -1,0 +1,22 @@
+"""The retrieve pipeline's outputs: what a rerun leaves beside its run file."""
+
+import json
+
+from retrievals.data.io import save_beir
+from retrievals.pipelines import retrieve
+
+from ..conftest import corpus_lines
+
+
+def test_a_rerun_without_qrels_leaves_no_earlier_metrics_beside_its_run(tiny_bert, tmp_path):
+    lines = corpus_lines(20)
+    save_beir(tmp_path / "beir", {f"d{i}": t for i, t in enumerate(lines)}, {f"q{i}": lines[i][:20] for i in range(3)},
+              {f"q{i}": {f"d{i}": 1} for i in range(3)})
+    out = tmp_path / "run.trec"
+    common = ["--model_name_or_path", tiny_bert, "--pooling_method", "mean", "--index_type", "exact", "--output", str(out)]
+    assert retrieve.main(["--dataset", str(tmp_path / "beir"), *common]) == 0
+    assert json.loads((tmp_path / "run.trec.metrics.json").read_text())["ndcg@10"] > 0
+    beir = tmp_path / "beir"
+    assert retrieve.main(["--corpus", str(beir / "corpus.jsonl"), "--queries", str(beir / "queries.jsonl"), *common,
+                          "--overwrite", "true"]) == 0
+    assert out.is_file() and not (tmp_path / "run.trec.metrics.json").exists()  # they were the earlier run's
