@@ -36,12 +36,55 @@ class CorruptFileError(OSError):
     """A file of a saved folder is missing, truncated or altered (its checksum does not match)."""
 
 
+def _proc_umask() -> Optional[int]:
+    """The process's umask as Linux's /proc/self/status reports it (read without changing it), else None."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _umask_at_import() -> int:
+    """``os.umask`` can only read the umask by setting it, process-wide: a file another thread created between
+    the set and the restore would get the wrong mask. So it is done at most once, here, while the module is
+    imported (before it writes anything), and only where /proc cannot tell it."""
+    mask = _proc_umask()
+    if mask is None:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+_IMPORT_UMASK = _umask_at_import()
+
+
+def _umask() -> int:
+    """The umask now (/proc is read on each call, so a later ``os.umask()`` is honoured), else as at import."""
+    mask = _proc_umask()
+    return _IMPORT_UMASK if mask is None else mask
+
+
+def give_default_mode(path: str | os.PathLike) -> None:
+    """Give ``path`` the mode ``open()`` or ``mkdir()`` would have (0o666 or 0o777 less the umask): mkstemp and
+    mkdtemp make theirs 0o600 and 0o700, which a rename into place keeps, leaving what we write unreadable for other
+    users of a shared model folder. A file system without modes (vfat, some network mounts) is left as it is."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: the old or the new content, never half."""
+    """Write ``data`` to ``path`` through a temporary file and a rename: the old or the new content, never half.
+
+    The file gets the mode ``open()`` would give it (:func:`give_default_mode`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        give_default_mode(tmp)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)

@@ -35,15 +35,30 @@ def document_text(doc: Any, where: str) -> str:
     raise TypeError(f"{where} must be a string or a dict with 'text', got {_kind(doc)}")
 
 
+def check_encodable(text: str, where: str) -> str:
+    """``text`` when it is valid Unicode. A lone surrogate ("\\ud800", which json.loads and surrogateescape
+    decoding can produce) passes every str check but no tokenizer: it would fail there with an unrelated TypeError
+    naming neither the item nor the cause. Only non-ASCII text is encoded to check (``isascii`` costs nothing)."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise UsageError(f"{where} has a lone surrogate at character {exc.start} ({text[exc.start]!r}), which "
+                             "is not valid Unicode text; fix the source's \\u escapes or decode it with "
+                             "errors='replace'.") from None
+    return text
+
+
 def as_texts(items: Any, name: str, documents: bool = False) -> Tuple[List[str], bool]:
     """``(texts, single)``: ``items`` as a list of strings, and whether it was one item.
 
     A string is one item; with ``documents`` a dict is one document too (see :func:`document_text`),
     never iterated as its keys. Anything else must be an iterable of such items (list, tuple, numpy
-    array, generator); ``None``, bytes and non-string items raise ``TypeError`` naming their position.
+    array, generator); ``None``, bytes and non-string items raise ``TypeError`` naming their position, and a
+    string with a lone surrogate a ``UsageError`` (a ``ValueError``) naming its position (:func:`check_encodable`).
     """
     if isinstance(items, str) or (documents and isinstance(items, dict)):
-        return [document_text(items, name) if documents else items], True
+        return [check_encodable(document_text(items, name) if documents else items, name)], True
     if items is None or isinstance(items, (bytes, bytearray, dict)) or not hasattr(items, "__iter__"):
         kinds = "a string, a dict or a list of them" if documents else "a string or a list of strings"
         raise TypeError(f"{name} must be {kinds}, got {_kind(items)}")
@@ -53,13 +68,14 @@ def as_texts(items: Any, name: str, documents: bool = False) -> Tuple[List[str],
             out[i] = document_text(item, f"{name}[{i}]")
         elif not isinstance(item, str):
             raise TypeError(f"{name}[{i}] must be a string, got {_kind(item)}")
+        check_encodable(out[i], f"{name}[{i}]")
     return out, False
 
 
 def as_pairs(pairs: Any, name: str = "pairs") -> Tuple[List[Pair], bool]:
     """``(pairs, single)``: one ``(query, document)`` tuple of strings, or a list of tuples/lists of two strings."""
     if isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(t, str) for t in pairs):
-        return [pairs], True
+        return [(check_encodable(pairs[0], f"{name}[0]"), check_encodable(pairs[1], f"{name}[1]"))], True
     if pairs is None or isinstance(pairs, (str, bytes, dict)) or not hasattr(pairs, "__iter__"):
         raise TypeError(f"{name} must be a (query, document) pair or a list of them, got {_kind(pairs)}")
     out = list(pairs)
@@ -69,6 +85,7 @@ def as_pairs(pairs: Any, name: str = "pairs") -> Tuple[List[Pair], bool]:
         for j, text in enumerate(pair):
             if not isinstance(text, str):
                 raise TypeError(f"{name}[{i}][{j}] must be a string, got {_kind(text)}")
+            check_encodable(text, f"{name}[{i}][{j}]")
         out[i] = (pair[0], pair[1])
     return out, False
 

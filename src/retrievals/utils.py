@@ -41,8 +41,14 @@ def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.d
 
 
 def resolve_dtype(dtype: Optional[Union[str, torch.dtype]], device: torch.device) -> Optional[torch.dtype]:
-    """Map a dtype name to a torch dtype; half precision on CPU falls back to float32 with a warning."""
-    if dtype is None or dtype == "auto":
+    """Map a dtype name to a torch dtype; half precision on CPU falls back to float32 with a warning.
+
+    None (the default) is float32 whatever a checkpoint stores: transformers 5 would otherwise load a bf16
+    checkpoint (most hub LLMs) in bf16, silently away from exact float32 inference and float32 master weights in
+    training. ``"auto"`` (None returned) keeps the stored dtype, as transformers' own ``auto``."""
+    if dtype is None:
+        return torch.float32
+    if dtype == "auto":
         return None
     if isinstance(dtype, str):
         if dtype not in _DTYPES:

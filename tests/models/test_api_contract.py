@@ -435,3 +435,42 @@ def test_similarity_and_the_encode_helpers_take_what_they_say(embedder):
         embedder.encode_corpus("b", is_query=True)
     with pytest.raises(UsageError, match="use encode_corpus"):
         embedder.encode_queries("a", is_query=False)
+
+
+def test_a_lone_surrogate_is_named_before_the_tokenizer(embedder):
+    from retrievals.inputs import as_pairs, as_texts
+    from retrievals.utils import UsageError
+
+    bad = json.loads('"bad \\ud800 text"')  # what json.loads gives for an unpaired \u escape
+    # before: passed every check and failed in the tokenizer with a TypeError naming neither item nor cause
+    with pytest.raises(UsageError, match=r"sentences\[1\] has a lone surrogate at character 4"):
+        embedder.encode(["ok", bad])
+    with pytest.raises(UsageError, match=r"^sentences has a lone surrogate at character 4"):
+        embedder.encode(bad)
+    with pytest.raises(UsageError, match=r"corpus\[0\] has a lone surrogate"):
+        embedder.encode_corpus([{"title": "t", "text": bad}])
+    with pytest.raises(UsageError, match=r"pairs\[1\]\[1\] has a lone surrogate at character 4"):
+        as_pairs([("q", "d"), ("q", bad)])
+    assert as_texts(["é \U0001f600 ok", "a"], "sentences") == (["é \U0001f600 ok", "a"], False)  # paired: fine
+
+
+def test_generator_stop_string_is_one_stop_sequence(tiny_qwen):
+    from retrievals.models.generator import Generator
+    from retrievals.utils import UsageError
+
+    gen = Generator.from_pretrained(tiny_qwen, use_chat_template=False)
+    full = gen.generate("the tax", max_new_tokens=8)
+    assert full
+    # its first character followed by one the model never writes: a stop that never occurs. Iterated as characters
+    # (before), its first character cut the answer before it: an empty answer.
+    stop = full[0] + "\ue001"
+    assert gen.generate("the tax", max_new_tokens=8, stop=stop) == full
+    assert gen.generate("the tax", max_new_tokens=8, stop=[stop]) == full
+    two = full[1:3]
+    assert gen.generate("the tax", max_new_tokens=8, stop=two) == gen.generate("the tax", max_new_tokens=8, stop=[two])
+    with pytest.raises(TypeError, match=r"stop\[1\] must be a string, got int"):
+        gen.generate("the tax", stop=["x", 3])
+    with pytest.raises(TypeError, match="stop must be a string or a list of strings, got int"):
+        gen.generate("the tax", stop=3)
+    with pytest.raises(UsageError, match="empty string"):
+        gen.generate("the tax", stop=["x", ""])

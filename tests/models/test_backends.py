@@ -4,6 +4,8 @@ saved graphs used, a cache that never serves another model's graph, and clear re
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -355,3 +357,19 @@ def test_embedder_with_a_dense_layer_equals_torch(tiny_bert, tmp_path, backend):
         np.testing.assert_allclose(got, expected, atol=1e-4)
     with pytest.raises(ValueError, match="fit_pca changes the model"):
         AutoModelForEmbedding.from_pretrained(tiny_bert, backend=backend).fit_pca(TEXTS, TEXTS)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+def test_a_saved_graph_folder_is_readable_as_the_umask_says(tiny_bert, tmp_path):
+    # the cache entry was made by mkdtemp (0o700) and renamed, then copied into the saved model: owner-only
+    requires("onnx")
+    old = os.umask(0o022)
+    try:
+        model = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean")
+        with torch.no_grad():  # weights of its own: a graph this module's cache does not hold yet
+            next(model.parameters()).add_(0.01)
+        model.save_pretrained(tmp_path / "m", backend="onnx")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m" / "onnx").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "m" / "retrievals_config.json").stat().st_mode) == 0o644

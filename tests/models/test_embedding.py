@@ -364,3 +364,16 @@ def test_lora_adapter_keeps_its_dense_layer(tiny_qwen, tmp_path):
     model.save_pretrained(tmp_path / "merged", merge_lora=True)
     np.testing.assert_allclose(AutoModelForEmbedding.from_pretrained(str(tmp_path / "merged")).encode(texts), expected,
                                atol=1e-5)
+
+
+def test_an_instruction_that_leaves_no_room_for_the_text_is_refused(tiny_bert, tiny_qwen):
+    # truncation cut every query to the instruction alone: every query got the same vector, silently
+    instruction = "the a query document retrieval model search answer question faq topic card company tax service: "
+    for path in (tiny_bert, tiny_qwen):
+        model = AutoModelForEmbedding.from_pretrained(path, pooling_method="mean", query_instruction=instruction,
+                                                      query_max_length=16)
+        with pytest.raises(UsageError, match="leaves no room for the text"):
+            model.encode_queries(["renew passport", "birth certificate fee"])
+        model.encode(["renew passport"])  # documents have no instruction: fine
+        vectors = model.encode_queries(["renew passport", "birth certificate fee"], max_length=64)
+        assert not np.allclose(vectors[0], vectors[1])

@@ -106,3 +106,20 @@ def test_caches_and_saved_indexes_keep_bf16_vectors_apart_from_float32(tiny_bert
         [*common, "--inference_precision", "bf16", "--overwrite", "true"])
     with pytest.raises(UsageError, match=r"another model \(weights\) than"):  # named, not "model, settings or corpus"
         retrieve.run_retrieval(args)
+
+
+def test_a_bf16_checkpoint_loads_in_float32_unless_asked(tiny_qwen, tmp_path):
+    # transformers 5 loads a checkpoint in its stored dtype when given none: a bf16 one ran in bf16 on CPU
+    import shutil
+    from pathlib import Path
+
+    from transformers import AutoModel
+
+    AutoModel.from_pretrained(tiny_qwen, dtype=torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(Path(tiny_qwen) / name, tmp_path / "bf16" / name)
+    model = AutoModelForEmbedding.from_pretrained(str(tmp_path / "bf16"))
+    assert next(model.parameters()).dtype == torch.float32
+    assert next(AutoModelForEmbedding.from_pretrained(str(tmp_path / "bf16"), dtype="auto").parameters()).dtype == torch.bfloat16
+    ranker = AutoModelForRanking.from_pretrained(str(tmp_path / "bf16"), model_type="llm")
+    assert next(ranker.parameters()).dtype == torch.float32

@@ -20,3 +20,14 @@ def test_a_rerun_without_qrels_leaves_no_earlier_metrics_beside_its_run(tiny_ber
     assert retrieve.main(["--corpus", str(beir / "corpus.jsonl"), "--queries", str(beir / "queries.jsonl"), *common,
                           "--overwrite", "true"]) == 0
     assert out.is_file() and not (tmp_path / "run.trec.metrics.json").exists()  # they were the earlier run's
+
+
+def test_ids_a_run_file_cannot_hold_are_refused_before_any_encoding(tiny_bert, tmp_path, monkeypatch, capsys):
+    from retrievals import AutoModelForEmbedding
+
+    save_beir(tmp_path / "beir", {"doc 1": "tax card", "d2": "passport"}, {"q1": "tax"}, {"q1": {"doc 1": 1}})
+    monkeypatch.setattr(AutoModelForEmbedding, "encode", lambda *a, **k: (_ for _ in ()).throw(AssertionError("encoded")))
+    assert retrieve.main(["--dataset", str(tmp_path / "beir"), "--model_name_or_path", tiny_bert, "--index_type", "exact",
+                          "--output", str(tmp_path / "run.trec")]) != 0
+    assert not (tmp_path / "run.trec").exists()
+    assert "'doc 1' is empty or contains whitespace" in capsys.readouterr().err

@@ -51,11 +51,30 @@ def read_jsonl_texts(path: str | os.PathLike, id_key: str = "_id", text_key: str
     return out
 
 
+def _fields(line: str) -> List[str]:
+    """A line's columns: split on tabs when it has one (BEIR TSV, whose ids may hold spaces: "doc 7" is one id),
+    else on any whitespace (TREC files, whose ids cannot hold whitespace); an empty list for a blank line."""
+    if not line.strip():
+        return []
+    return line.split("\t") if "\t" in line else line.split()
+
+
+def check_trec_id(value: object, field: str, where: str) -> None:
+    """TREC files separate columns by whitespace (trec_eval splits on any), so an id holding whitespace would be
+    read back as other columns: refused when writing, naming the id, instead of a file that reads back wrong."""
+    text = str(value)
+    if text.split() != [text]:  # str.split() splits on what the readers split on: every Unicode whitespace
+        raise DataError(f"{where}: {field} {text!r} is empty or contains whitespace, which a TREC file cannot hold "
+                        "(its columns are separated by whitespace); use ids without whitespace, or save_beir "
+                        "(tab-separated qrels)")
+
+
 def read_qrels(path: str | os.PathLike) -> Qrels:
-    """TREC qrels (``qid 0 docid rel``) or BEIR TSV (``query-id corpus-id score`` with a header)."""
+    """TREC qrels (``qid 0 docid rel``) or BEIR TSV (``query-id corpus-id score`` with a header; tab-separated,
+    so its ids may contain spaces)."""
     qrels: Qrels = {}
     for line_no, line in iter_lines(path):  # UTF-8 (a BOM is fine, so the header is still recognised)
-        parts = line.split()
+        parts = _fields(line)
         if not parts or (line_no == 1 and parts[0] in {"query-id", "qid", "query_id"}):
             continue
         if len(parts) == 4:
@@ -63,7 +82,11 @@ def read_qrels(path: str | os.PathLike) -> Qrels:
         elif len(parts) == 3:
             qid, doc, rel = parts
         else:
-            raise DataError(f"{path}:{line_no}: expected 'qid 0 docid relevance' or 'qid docid relevance'")
+            raise DataError(f"{path}:{line_no}: expected 'qid 0 docid relevance' or 'qid docid relevance'"
+                            + (" (tab-separated, as the line has a tab)" if "\t" in line else ""))
+        for field, value in (("query id", qid), ("document id", doc)):
+            if not value.strip():  # "q1\t\t1": no id at all, never a document named ""
+                raise DataError(f"{path}:{line_no}: the {field} column is empty")
         try:
             value = float(rel)
         except ValueError:
@@ -79,15 +102,20 @@ def read_qrels(path: str | os.PathLike) -> Qrels:
 
 
 def write_qrels(qrels: Mapping[str, Mapping[str, int]], path: str | os.PathLike) -> None:
+    """TREC qrels (``qid 0 docid rel``); ids with whitespace are refused (see :func:`_check_trec_id`)."""
+    for q, docs in qrels.items():
+        check_trec_id(q, "query id", str(path))
+        for d in docs:
+            check_trec_id(d, "document id", f"{path}: query {q!r}")
     lines = [f"{q} 0 {d} {r}\n" for q, docs in qrels.items() for d, r in docs.items()]
     atomic_write_text(Path(path), "".join(lines))
 
 
 def read_trec_run(path: str | os.PathLike) -> Run:
-    """A TREC run file: ``qid Q0 docid rank score tag``."""
+    """A TREC run file: ``qid Q0 docid rank score tag`` (a tab-separated one may hold ids with spaces)."""
     run: Run = {}
     for line_no, line in iter_lines(path):
-        parts = line.split()
+        parts = _fields(line)
         if not parts:
             continue
         if len(parts) != 6:
@@ -101,7 +129,13 @@ def read_trec_run(path: str | os.PathLike) -> Run:
 
 def write_trec_run(run: Mapping[str, Mapping[str, float]], path: str | os.PathLike, tag: str = "retrievals") -> None:
     """Rows in the order the metrics rank them (``metrics.rank``: ties by doc id descending, as trec_eval),
-    so the file's rank column agrees with the scores reported for it."""
+    so the file's rank column agrees with the scores reported for it. Ids (and ``tag``) with whitespace are
+    refused (see :func:`_check_trec_id`)."""
+    check_trec_id(tag, "tag", str(path))
+    for qid, scores in run.items():
+        check_trec_id(qid, "query id", str(path))
+        for doc in scores:
+            check_trec_id(doc, "document id", f"{path}: query {qid!r}")
     lines = []
     for qid, scores in run.items():
         lines.extend(f"{qid} Q0 {doc} {i} {scores[doc]:.6f} {tag}\n" for i, doc in enumerate(rank(scores), start=1))
@@ -127,6 +161,12 @@ def load_beir(folder: str | os.PathLike, split: str = "test") -> Tuple[Corpus, Q
 
 def save_beir(folder: str | os.PathLike, corpus: Mapping[str, str], queries: Mapping[str, str], qrels: Qrels, split: str = "test") -> None:
     folder = Path(folder)
+    for q, docs in qrels.items():  # checked before anything is written: no half-saved folder
+        for value in map(str, (q, *docs)):
+            # a tab or line break would split the TSV row: read back as other columns or rows (spaces are fine)
+            if not value.strip() or any(c in value for c in "\t\n\r"):
+                raise DataError(f"{folder / 'qrels' / f'{split}.tsv'}: id {value!r} is empty or contains a tab or line "
+                                "break, which a TSV qrels file cannot hold")
     (folder / "qrels").mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "corpus.jsonl", "".join(json.dumps({"_id": k, "text": v}, ensure_ascii=False) + "\n" for k, v in corpus.items()))
     atomic_write_text(folder / "queries.jsonl", "".join(json.dumps({"_id": k, "text": v}, ensure_ascii=False) + "\n" for k, v in queries.items()))

@@ -119,8 +119,13 @@ def iter_json_objects(path: Union[str, os.PathLike]) -> Iterator[Tuple[str, Any]
             return
         try:
             data = json.loads(text)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as exc:
             data = None  # fall through: JSON Lines saved with a .json name
+            if _is_broken_object(text):  # a pretty-printed object: its own error, not line 1's as JSON Lines
+                raise DataError(
+                    f"{path}:{exc.lineno}:{exc.colno}: invalid JSON object ({exc.msg}); a .json file starting "
+                    "with '{' must hold one complete object, or one object per line (JSON Lines)."
+                ) from None
         if isinstance(data, dict):
             yield f"{path}: item 0", data
             return
@@ -132,6 +137,22 @@ def iter_json_objects(path: Union[str, os.PathLike]) -> Iterator[Tuple[str, Any]
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg}, column {exc.colno}).") from None
         yield f"{path}:{lineno}", obj
+
+
+def _is_broken_object(text: str) -> bool:
+    """Whether ``text``, which does not parse as one JSON value, is a JSON object spread over several lines rather
+    than JSON Lines: it starts with ``{``, has more than one line, and its first line is not a complete value on its
+    own (a JSON Lines file's first line always is). Then the whole-file error is where the file breaks, while as
+    JSON Lines its first line would be reported with an unrelated message."""
+    # leading JSON whitespace, "{" and the rest of its line, then more text on a later line; no copy of the file
+    multiline = re.match(r"[ \t\r\n]*(\{[^\n]*)\n[ \t\r\n]*\S", text)
+    if not multiline:
+        return False
+    try:
+        json.loads(multiline.group(1))
+    except json.JSONDecodeError:
+        return True
+    return False
 
 
 DATA_SUFFIXES = (".jsonl", ".json")

@@ -72,13 +72,19 @@ class Generator:
         temperature: float = 0.0,
         top_k: Optional[int] = None,
         top_p: Optional[float] = None,
-        stop: Optional[Sequence[str]] = None,
+        stop: Union[None, str, Sequence[str]] = None,
         seed: Optional[int] = None,
     ) -> Union[str, List[str]]:
         """Answers to ``prompts`` (one string for one prompt, a list for a list); batched with left padding.
+        Each answer is cut at the first of the ``stop`` strings found in it (one string is one stop sequence).
         Sampling (``temperature > 0``) runs one call at a time: torch's random state is one per process, so a
         ``seed`` gives the same answers from many threads as from one."""
         texts, single = as_texts(prompts, "prompts")
+        # a string is one stop sequence, never iterated as its characters (each would cut the answer); any other
+        # item than a string is refused by as_texts, naming its position
+        stops = [] if stop is None else as_texts(stop, "stop")[0]
+        if "" in stops:  # found at index 0 of every answer: all would be cut to nothing
+            raise UsageError("stop holds an empty string, which would cut every answer to nothing.")
         if not texts:
             return []
         ids = [self.prompt_ids(t) for t in texts]
@@ -98,13 +104,13 @@ class Generator:
                 torch.manual_seed(seed)
             out = self.model.generate(**batch, **kwargs)
         answers = self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        answers = [_cut_at_stop(a, stop).strip() for a in answers]
+        answers = [_cut_at_stop(a, stops).strip() for a in answers]
         return answers[0] if single else answers
 
 
-def _cut_at_stop(text: str, stop: Optional[Sequence[str]]) -> str:
+def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
     cut = len(text)
-    for s in stop or ():
+    for s in stop:
         i = text.find(s)
         if i >= 0:
             cut = min(cut, i)

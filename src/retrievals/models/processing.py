@@ -198,6 +198,18 @@ class TextProcessor(PaddingOptions):
             self._prompt_lengths[key] = len(ids) - int(trailing_special)
         return self._prompt_lengths[key]
 
+    def check_room(self, instruction: str, limit: int) -> None:
+        """Refuse an instruction that fills ``limit`` tokens with the special tokens: truncation would cut every
+        text away, and every text would get the same vector."""
+        key = ("room", instruction, limit)
+        if instruction and key not in self._prompt_lengths:
+            used = len(call_tokenizer(self.tokenizer, apply_instruction(instruction, ""), add_special_tokens=False)["input_ids"])
+            if used + self.n_special >= limit:
+                raise UsageError(f"the instruction {instruction[:60]!r} takes {used} tokens and the special tokens "
+                                 f"{self.n_special}: a max length of {limit} leaves no room for the text. Raise the max "
+                                 "length or shorten the instruction.")
+            self._prompt_lengths[key] = used
+    
     def tokenize(self, texts: Sequence[str], is_query: bool = False, max_length: Optional[int] = None) -> TokenIds:
         """Unpadded token ids with the query or document instruction applied and truncation to the max length.
 
@@ -210,6 +222,7 @@ class TextProcessor(PaddingOptions):
         if limit <= self.n_special:  # the tokenizer would not truncate at all: a sequence longer than the model takes
             raise UsageError(f"max_length {limit} leaves no room for text: this tokenizer adds {self.n_special} special "
                              "token(s) to every text.")
+        self.check_room(instruction, limit)
         eos = self.tokenizer.eos_token_id
         add_eos = self._add_eos()
         texts = [apply_instruction(instruction, t) for t in texts]

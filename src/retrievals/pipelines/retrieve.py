@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 
 from ..data.readers import DataError
 from ..evaluation.datasets import load_eval_dataset
-from ..data.io import dataset_hash, read_jsonl_texts, read_qrels, write_trec_run
+from ..data.io import check_trec_id, dataset_hash, read_jsonl_texts, read_qrels, write_trec_run
 from ..evaluation.metrics import evaluate_run
 from ..evaluation.retrieval import check_first_stage_weight, rerank_run, retrieve
 from ..index import (
@@ -193,6 +193,9 @@ def run_retrieval(a: RetrieveArguments) -> Dict[str, Dict[str, float]]:
     if a.index_type not in INDEX_TYPES:
         raise UsageError(f"Unknown --index_type {a.index_type!r}; choose one of {list(INDEX_TYPES)}.")
     corpus, queries, qrels = load_inputs(a)
+    for field, ids in (("query id", queries), ("document id", corpus)):  # the run file could not hold them: say so
+        for key in ids:                                                  # now, not after the encoding
+            check_trec_id(key, field, a.output)
     if qrels:
         check_qrels_cover(qrels, queries, corpus, a.qrels or a.dataset)
     if a.index_type == "bm25":

@@ -473,3 +473,22 @@ def test_saved_cross_encoder_truncates_alike_in_sentence_transformers(tiny_bert,
     torch.testing.assert_close(torch.tensor(model.compute_score(pairs, normalize=True)),
                                torch.tensor(theirs.predict(pairs)).float(), atol=1e-5, rtol=0)
     assert AutoModelForRanking.from_pretrained(str(tmp_path / "ce")).tokenizer.model_max_length == 32
+
+
+@pytest.mark.parametrize("kind", ["cross-encoder", "llm"])
+def test_an_instruction_that_leaves_no_room_for_the_query_is_refused(kind, tiny_bert, tiny_qwen):
+    # the instruction filled the query's tokens: different queries got one score, silently
+    from retrievals.utils import UsageError
+
+    path = tiny_qwen if kind == "llm" else tiny_bert
+    extra = SHORT_PROMPT if kind == "llm" else {}
+    instruction = "a question about the tax office: " + ("{}" if kind == "llm" else "")
+    pairs = [(q, "renew passport online") for q in ("renew passport", "birth certificate fee")]
+    ranker = AutoModelForRanking.from_pretrained(path, model_type=kind, query_instruction=instruction, query_max_length=3,
+                                                 max_length=128, **extra)
+    with pytest.raises(UsageError, match="no room for the query"):
+        ranker.compute_score(pairs)
+    roomy = AutoModelForRanking.from_pretrained(path, model_type=kind, query_instruction=instruction, query_max_length=40,
+                                                max_length=128, **extra)
+    scores = roomy.compute_score(pairs)
+    assert scores[0] != scores[1]

@@ -25,7 +25,7 @@ from typing import Any, Dict, Optional, Sequence, Type
 import torch
 
 from ...assets import cache_dir
-from ...files import atomic_write_json
+from ...files import atomic_write_json, give_default_mode
 from ...utils import logger, require, state_digest
 from .base import Backend, GraphSpec
 
@@ -88,6 +88,7 @@ def ensure_graph(backbone: torch.nn.Module, spec: GraphSpec, base: Dict[str, Any
         return entry
     root.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    give_default_mode(scratch)  # renamed into place, then copied into saved models: not 0o700
     try:
         source = backend.source(graph)
         if source is None:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
-from ...utils import apply_instruction, logger
+from ...utils import UsageError, apply_instruction, logger
 from ..base import hf_config
 from ..processing import PaddingOptions, at_least_one_token, pad_ids, run_in_length_chunks, tokenize_user_text
 from .base import TRAIN_CHUNK, BaseRanker, Batch, RankerConfig, RankingOutput, group_targets
@@ -42,6 +42,16 @@ class PairProcessor(PaddingOptions):
         enc = tokenize_user_text(self.tokenizer, texts, add_special_tokens=False, truncation=True, max_length=cap, return_offsets_mapping=True)
         return {t: (t[: offs[-1][1]] if len(offs) == cap else t, len(offs)) for t, offs in zip(texts, enc["offset_mapping"])}
 
+    def _instruction_ids(self) -> List[int]:
+        """The query instruction's own tokens (a template's head and tail), counted once per instruction."""
+        instruction = self.config.query_instruction or ""
+        cached = getattr(self, "_instruction", None)  # (instruction, ids): one attribute, so threads see a whole pair
+        if cached is None or cached[0] != instruction:
+            text = apply_instruction(instruction, "") if instruction else ""
+            cached = (instruction, tokenize_user_text(self.tokenizer, [text], add_special_tokens=False)["input_ids"][0] if text else [])
+            self._instruction = cached
+        return cached[1]
+
     def units(self, pairs: Sequence[Tuple[str, str]], all_windows: bool) -> List[List[Dict[str, Any]]]:
         """The scoring units of each pair: its first window, or all of them."""
         if not pairs:
@@ -51,6 +61,11 @@ class PairProcessor(PaddingOptions):
         q_cap = min(cfg.query_max_length, max(1, room // 2))  # the document keeps at least half
         if room - q_cap < 1:
             raise ValueError(f"max_length={cfg.max_length} leaves no room for the document: raise it or lower query_max_length.")
+        used = len(self._instruction_ids())
+        if used >= q_cap:  # the instruction would fill the query's tokens: every query scored as the same text
+            raise UsageError(f"the query instruction {cfg.query_instruction[:60]!r} takes {used} tokens, and a query gets "
+                             f"{q_cap} (query_max_length, at most half of max_length): no room for the query. Raise them, "
+                             "or shorten the instruction.")
         cut = self._cut_queries([q for q, _ in pairs], q_cap)
         queries = [cut[apply_instruction(cfg.query_instruction, q)][0] for q, _ in pairs]
         documents = [apply_instruction(cfg.document_instruction, d) for _, d in pairs]

@@ -69,6 +69,12 @@ class PromptProcessor(PaddingOptions):
         tail = dt + self.suffix
         fixed = len(self.bos) + len(qh) + len(qt) + len(self.sep) + len(dh) + len(tail)
         q_cap = max(0, min(cfg.query_max_length - len(qh) - len(qt), (cfg.max_length - fixed) // 2))  # the document keeps half
+        # every query would be cut to nothing, one score for all (no room at all: the document's message below)
+        if q_cap < 1 and pairs and cfg.max_length > fixed:
+            raise UsageError(
+                f"no room for the query: the query instruction takes {len(qh) + len(qt)} of query_max_length="
+                f"{cfg.query_max_length} tokens, and the prompt {fixed} of max_length={cfg.max_length} (half of the rest "
+                "goes to the query). Raise query_max_length or max_length, or shorten the instructions.")
         distinct = list(dict.fromkeys(q for q, _ in pairs))
         q_ids = dict(zip(distinct, self._ids_many(distinct)))
         out = []
