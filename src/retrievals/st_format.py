@@ -72,7 +72,10 @@ def read_st_settings(path: str | Path) -> Dict[str, Any]:
                 settings["query_max_length"] = settings["document_max_length"] = int(max_len)
     prompts_file = path / "config_sentence_transformers.json"
     if prompts_file.is_file():
-        prompts = json.loads(prompts_file.read_text(encoding="utf-8")).get("prompts") or {}
+        st_config = json.loads(prompts_file.read_text(encoding="utf-8"))
+        prompts = st_config.get("prompts") or {}
+        if isinstance(st_config.get("truncate_dim"), int) and not isinstance(st_config["truncate_dim"], bool):
+            settings["truncate_dim"] = st_config["truncate_dim"]  # the size its vectors are served at
         if prompts.get("query"):
             settings["query_instruction"] = prompts["query"]
         doc = prompts.get("document") or prompts.get("passage")
@@ -114,6 +117,7 @@ def write_st_files(
     document_prompt: Optional[str],
     include_prompt: bool = True,
     dense: bool = False,
+    truncate_dim: Optional[int] = None,
 ) -> None:
     """Write the classic sentence-transformers module files next to a saved transformer. ``dense``: list the Dense
     module (``2_Dense``, written by :func:`write_st_dense`) between pooling and normalisation."""
@@ -139,6 +143,8 @@ def write_st_files(
     (path / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2) + "\n", encoding="utf-8")
     prompts = {"query": query_prompt or "", "document": document_prompt or ""}
     st_config = {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine" if normalize else "dot"}
+    if truncate_dim is not None:  # sentence-transformers reads it from here (it does not renormalise: cosine does)
+        st_config["truncate_dim"] = truncate_dim
     (path / "config_sentence_transformers.json").write_text(json.dumps(st_config, indent=2) + "\n", encoding="utf-8")
 
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from retrievals import AutoModelForEmbedding, AutoModelForRanking
 from retrievals.index import BM25Index, ExactIndex, FaissIndex, reciprocal_rank_fusion
 from retrievals.models.processing import eval_mode, exclude_prompt
+from retrievals.utils import UsageError
 
 from ..conftest import corpus_lines, needs
 
@@ -474,3 +475,87 @@ def test_generator_stop_string_is_one_stop_sequence(tiny_qwen):
         gen.generate("the tax", stop=3)
     with pytest.raises(UsageError, match="empty string"):
         gen.generate("the tax", stop=["x", ""])
+
+
+def test_settings_that_must_be_true_or_false_refuse_strings(tiny_bert):
+    # the string "false" is truthy: the model normalised, the ranker scored every window
+    with pytest.raises(UsageError, match="normalize_embeddings must be true or false"):
+        AutoModelForEmbedding.from_pretrained(tiny_bert, normalize_embeddings="false")
+    with pytest.raises(UsageError, match="score_windows must be true or false"):
+        AutoModelForRanking.from_pretrained(tiny_bert, model_type="cross-encoder", score_windows="false")
+    assert AutoModelForEmbedding.from_pretrained(tiny_bert, normalize_embeddings=False).retrieval_config.normalize_embeddings is False
+
+
+def test_a_call_max_length_over_the_positions_is_refused_and_cpu_0_is_the_cpu(tiny_bert):
+    model = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean")
+    positions = model.backbone.config.max_position_embeddings
+    with pytest.raises(UsageError, match=f"over the {positions} positions"):  # was a size mismatch inside the backbone
+        model.encode(["tax " * (2 * positions)], max_length=positions + 8)
+    assert model.encode(["tax card"], max_length=positions).shape == (1, model.embedding_dim)
+    np.testing.assert_array_equal(model.encode(["tax card"], device="cpu:0"), model.encode(["tax card"], device="cpu"))
+    with pytest.raises(UsageError, match="this model is on cpu"):
+        model.encode(["tax card"], device="meta")
+
+
+def test_a_load_reads_one_save_even_when_another_commits_meanwhile(tiny_bert, tmp_path, monkeypatch):
+    # the loader read the config, then the weights, without the folder's lock: a save committing in between gave a
+    # model with the old save's settings and the new save's weights
+    import threading
+
+    from retrievals.models.embedding import AutoModelForEmbedding as Embedder
+
+    old = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="cls", query_instruction="A: ")
+    old.save_pretrained(tmp_path / "m")
+    new = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean", query_instruction="B: ")
+    with torch.no_grad():
+        for p in new.backbone.parameters():
+            p.mul_(1.5)
+    reached, go, loaded = threading.Event(), threading.Event(), {}
+    original = Embedder._load_backbone.__func__
+
+    def slow(cls, *args, **kwargs):
+        if threading.current_thread().name == "reader":
+            reached.set()
+            go.wait(30)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Embedder, "_load_backbone", classmethod(slow))
+    reader = threading.Thread(target=lambda: loaded.setdefault("m", AutoModelForEmbedding.from_pretrained(str(tmp_path / "m"))),
+                              name="reader")
+    reader.start()
+    assert reached.wait(30)
+    saver = threading.Thread(target=new.save_pretrained, args=(tmp_path / "m",))
+    saver.start()
+    saver.join(1.0)
+    assert saver.is_alive()  # waits for the read to finish
+    go.set()
+    reader.join(60), saver.join(60)
+    texts = ["the tax office", "renew passport"]
+    assert loaded["m"].retrieval_config.pooling_method == "cls"
+    np.testing.assert_allclose(loaded["m"].encode_queries(texts), old.encode_queries(texts), atol=1e-6)
+    again = AutoModelForEmbedding.from_pretrained(str(tmp_path / "m"))
+    np.testing.assert_allclose(again.encode_queries(texts), new.encode_queries(texts), atol=1e-6)
+
+
+def test_a_lora_adapter_whose_base_moved_loads_with_its_own_settings(tiny_qwen, tmp_path):
+    # the recorded base gone: transformers' hub-id error; loaded onto the moved base with lora_path, the adapter's
+    # settings (pooling, instruction) were replaced by the base folder's defaults: other vectors, silently
+    from retrievals.models.base import ModelPathError
+
+    needs("peft")
+    shutil.copytree(tiny_qwen, tmp_path / "base")
+    model = AutoModelForEmbedding.from_pretrained(str(tmp_path / "base"), use_lora=True, pooling_method="mean",
+                                                  query_instruction="Query: ", padding_side="left")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    model.save_pretrained(tmp_path / "adapter")
+    texts = ["the tax office", "renew passport"]
+    expected = model.encode_queries(texts)
+    shutil.move(tmp_path / "base", tmp_path / "moved")
+    with pytest.raises(ModelPathError, match="base model .*base is gone.*lora_path"):
+        AutoModelForEmbedding.from_pretrained(str(tmp_path / "adapter"))
+    again = AutoModelForEmbedding.from_pretrained(str(tmp_path / "moved"), lora_path=str(tmp_path / "adapter"))
+    assert again.retrieval_config.pooling_method == "mean" and again.retrieval_config.query_instruction == "Query: "
+    np.testing.assert_allclose(again.encode_queries(texts), expected, atol=1e-5)

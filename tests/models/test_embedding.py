@@ -377,3 +377,18 @@ def test_an_instruction_that_leaves_no_room_for_the_text_is_refused(tiny_bert, t
         model.encode(["renew passport"])  # documents have no instruction: fine
         vectors = model.encode_queries(["renew passport", "birth certificate fee"], max_length=64)
         assert not np.allclose(vectors[0], vectors[1])
+
+
+def test_a_truncate_dim_reaches_sentence_transformers_and_comes_back(tiny_bert, tmp_path, caplog):
+    # the config's truncate_dim was not written where sentence-transformers reads it: full-size vectors there
+    st = needs("sentence_transformers")
+    model = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean", truncate_dim=8, query_max_length=16,
+                                                  document_max_length=32)
+    with caplog.at_level("WARNING"):
+        model.save_pretrained(tmp_path / "m")
+    assert "one max length" in caplog.text  # its queries are cut at 32 there, at 16 here
+    theirs = st.SentenceTransformer(str(tmp_path / "m"), device="cpu").encode(TEXTS[:3], normalize_embeddings=True)
+    np.testing.assert_allclose(theirs, model.encode(TEXTS[:3]), atol=1e-5)
+    (tmp_path / "m" / "retrievals_config.json").unlink()  # read as a sentence-transformers folder
+    (tmp_path / "m" / "retrievals_files.json").unlink()
+    assert AutoModelForEmbedding.from_pretrained(str(tmp_path / "m")).retrieval_config.truncate_dim == 8

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import copy
 import dataclasses
 import json
@@ -20,7 +21,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
-from ..files import atomic_directory, atomic_write_json, prepare_folder, verify_files
+from ..files import atomic_directory, atomic_write_json, folder_lock, prepare_folder, verify_files
 from ..inputs import check_int
 from ..st_format import st_transformer_folder
 from ..utils import UsageError, logger, require
@@ -220,7 +221,11 @@ def load_lora(model: torch.nn.Module, adapter_path: str, is_trainable: bool = Fa
 def resolve_lora_paths(path: str, saved_lora_base: Optional[str], lora_path: Optional[str]) -> Tuple[str, Optional[str]]:
     """(base model path, adapter path): a folder holding only a LoRA adapter loads onto its recorded base."""
     if is_lora_dir(path):
-        return saved_lora_base or lora_base_of(path), path
+        base = saved_lora_base or lora_base_of(path)
+        if os.path.isabs(base) and not os.path.exists(base):  # moved or deleted: transformers would try it as a hub id
+            raise ModelPathError(f"{path}: this LoRA adapter's base model {base} is gone; load the base from where it is "
+                                 f"now with the adapter: from_pretrained(<base folder>, lora_path={path!r}) (--lora_path).")
+        return base, path
     return path, lora_path
 
 
@@ -327,6 +332,9 @@ def check_config_numbers(config: ModelConfig, backbone_config: Any) -> None:
             check_int(f.name, value, 1)
         elif f.name == "padding_side" and value not in ("left", "right"):
             raise UsageError(f"padding_side must be 'left' or 'right', got {value!r}.")
+        elif f.type in (bool, Optional[bool], "bool", "Optional[bool]") and value is not None and not isinstance(value, bool):
+            # the string "false" is truthy: normalize_embeddings="false" would still normalise
+            raise UsageError(f"{f.name} must be true or false, got {value!r}.")
 
 
 class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta):
@@ -504,36 +512,42 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
             raise TypeError(f"{cls.__name__}.from_pretrained() got unexpected keyword arguments {sorted(unknown)}; known: {sorted(fields)}")
         overrides = {k: v for k, v in settings.items() if k in fields}
         path = check_model_path(model_name_or_path)
-        if lora_path:
-            lora_path = check_model_path(lora_path, "LoRA adapter")
-        if tokenizer_name and os.path.exists(tokenizer_name):
-            tokenizer_name = check_model_path(tokenizer_name, "tokenizer")
-        config = cls.config_class.load(path) if os.path.isdir(path) and not backbone_only else None
-        if config is not None and config.model_type != cls.model_type:
-            raise UsageError(f"{path} holds a {config.model_type!r} model, not {cls.model_type!r}; to start a fresh "
-                             f"{cls.model_type!r} from its transformer weights, pass backbone_only=True (--backbone_only true).")
-        saved_by_us = config is not None
-        base_path, adapter_path = resolve_lora_paths(path, config.lora_base if config else None, lora_path)
-        if config is None:
-            config = cls._default_config(path, base_path, trust_remote_code)
-        config.update(**overrides)
-        if overrides.get("padding_side") not in (None, "left", "right"):  # before a kind settles it (encoders: right)
-            raise UsageError(f"padding_side must be 'left' or 'right', got {overrides['padding_side']!r}.")
-        tokenizer = load_tokenizer(tokenizer_name or (path if has_tokenizer(path) else base_path), trust_remote_code=trust_remote_code)
-        cls._finish_config(config, tokenizer, overrides, saved_by_us)
-        device_ = resolve_device("cpu" if backend != "torch" else device)
-        dtype_ = torch.float32 if backend != "torch" else resolve_dtype(dtype, device_)  # graphs are exported in float32
-        with LOADING:
-            backbone = cls._load_backbone(base_path, config, dtype_, trust_remote_code)
-            backbone = attach_lora(backbone, config, base_path, adapter_path, use_lora, lora_r, lora_alpha, lora_dropout,
-                                   lora_target_modules, task_type=cls.lora_task_type)
-            model = cls(backbone, tokenizer, config)  # a kind may build fresh layers (a head) here or in _load_extra
-            model._load_extra(path, fresh=not saved_by_us)
-        model = model.to(device_).eval()  # as transformers does; training switches modes itself
-        model.inference_precision = inference_precision
-        if backend != "torch":
-            model.inference_backend = load_backend(model, path, backend, backend_precision)
-        return model
+        # the whole read under the folder's lock: a save committing meanwhile would mix its files with the old ones
+        with folder_lock(path) if os.path.isdir(path) else contextlib.nullcontext():
+            if lora_path:
+                lora_path = check_model_path(lora_path, "LoRA adapter")
+            if tokenizer_name and os.path.exists(tokenizer_name):
+                tokenizer_name = check_model_path(tokenizer_name, "tokenizer")
+            # an adapter trained by us (--lora_path) carries the run's settings and extra files: they are its model's,
+            # whatever the base folder holds
+            source = lora_path if lora_path and (Path(lora_path) / CONFIG_NAME).is_file() and not backbone_only else path
+            config = cls.config_class.load(source) if os.path.isdir(source) and not backbone_only else None
+            if config is not None and config.model_type != cls.model_type:
+                raise UsageError(f"{path} holds a {config.model_type!r} model, not {cls.model_type!r}; to start a fresh "
+                                 f"{cls.model_type!r} from its transformer weights, pass backbone_only=True (--backbone_only true).")
+            saved_by_us = config is not None
+            base_path, adapter_path = resolve_lora_paths(path, config.lora_base if config else None, lora_path)
+            if config is None:
+                config = cls._default_config(path, base_path, trust_remote_code)
+            config.update(**overrides)
+            if overrides.get("padding_side") not in (None, "left", "right"):  # before a kind settles it (encoders: right)
+                raise UsageError(f"padding_side must be 'left' or 'right', got {overrides['padding_side']!r}.")
+            tokenizer = load_tokenizer(tokenizer_name or next(p for p in (source, path, base_path) if p == base_path or has_tokenizer(p)),
+                                       trust_remote_code=trust_remote_code)
+            cls._finish_config(config, tokenizer, overrides, saved_by_us)
+            device_ = resolve_device("cpu" if backend != "torch" else device)
+            dtype_ = torch.float32 if backend != "torch" else resolve_dtype(dtype, device_)  # graphs are exported in float32
+            with LOADING:
+                backbone = cls._load_backbone(base_path, config, dtype_, trust_remote_code)
+                backbone = attach_lora(backbone, config, base_path, adapter_path, use_lora, lora_r, lora_alpha, lora_dropout,
+                                       lora_target_modules, task_type=cls.lora_task_type)
+                model = cls(backbone, tokenizer, config)  # a kind may build fresh layers (a head) here or in _load_extra
+                model._load_extra(source, fresh=not saved_by_us)
+            model = model.to(device_).eval()  # as transformers does; training switches modes itself
+            model.inference_precision = inference_precision
+            if backend != "torch":
+                model.inference_backend = load_backend(model, path, backend, backend_precision)
+            return model
 
     def save_pretrained(self, path: str | os.PathLike, merge_lora: bool = False, backend: Optional[str] = None,
                         backend_precision: str = "fp32") -> None:
@@ -578,8 +592,10 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
     def check_device(self, device: Any) -> None:
         """``device=`` of an inference call (sentence-transformers' signature): the model's own device, or None.
         Moving the model there would outlast the call and move it under other threads' calls."""
-        if device is not None and torch.device(device) != self.device and not (
-                torch.device(device).type == self.device.type and torch.device(device).index is None):
+        asked = torch.device(device) if device is not None else None
+        # "cuda" is the model's cuda:0, and "cpu:0" its "cpu" (one CPU device whatever the index)
+        if asked is not None and asked != self.device and not (asked.type == self.device.type and (
+                asked.index is None or asked.type == "cpu")):
             raise UsageError(f"device={str(device)!r}: this model is on {self.device}; move it first with model.to(...).")
 
     def inference_autocast(self) -> Optional[torch.dtype]:

@@ -170,6 +170,11 @@ class AutoModelForEmbedding(RetrievalModel):
                 "This model appends EOS to every text and its tokenizer is not a fast one, so sentence-transformers "
                 "will not: load it with retrievals.AutoModelForEmbedding for identical embeddings."
             )
+        if config.query_max_length != config.document_max_length:
+            logger.warning("sentence-transformers has one max length: written as the larger (%d), so there %s longer "
+                           "than %d tokens are not cut as retrievals cuts them.", max(config.query_max_length,
+                           config.document_max_length), "queries" if config.query_max_length < config.document_max_length
+                           else "documents", min(config.query_max_length, config.document_max_length))
         write_st_files(
             path,
             embedding_dim=int(self.backbone.config.hidden_size),  # what pooling gives; the Dense layer maps it
@@ -180,6 +185,7 @@ class AutoModelForEmbedding(RetrievalModel):
             document_prompt=prompts[1],
             include_prompt=config.include_prompt,
             dense=self.dense is not None,
+            truncate_dim=config.truncate_dim,
         )
 
     def _tokenizer_for_saving(self, config: EmbeddingConfig) -> Any:
@@ -258,7 +264,11 @@ class AutoModelForEmbedding(RetrievalModel):
 
     # ------------------------------------------------------------------ tokenization
     def tokenize(self, texts: Sequence[str], is_query: bool = False, max_length: Optional[int] = None) -> List[List[int]]:
-        """Token ids of ``texts`` (see :meth:`TextProcessor.tokenize`)."""
+        """Token ids of ``texts`` (see :meth:`TextProcessor.tokenize`); a ``max_length`` over the model's positions is
+        refused (the config's lengths were lowered to them at loading; a call's would crash deep in the backbone)."""
+        positions = getattr(self.backbone.config, "max_position_embeddings", None)
+        if max_length is not None and isinstance(positions, int) and positions > 0 and max_length > positions:
+            raise UsageError(f"max_length={max_length} is over the {positions} positions this model has.")
         return self.processor.tokenize(texts, is_query=is_query, max_length=max_length)
 
     def pad(self, sequences: Sequence[Sequence[int]]) -> Batch:
