@@ -392,3 +392,19 @@ def test_a_truncate_dim_reaches_sentence_transformers_and_comes_back(tiny_bert, 
     (tmp_path / "m" / "retrievals_config.json").unlink()  # read as a sentence-transformers folder
     (tmp_path / "m" / "retrievals_files.json").unlink()
     assert AutoModelForEmbedding.from_pretrained(str(tmp_path / "m")).retrieval_config.truncate_dim == 8
+
+
+def test_a_template_instruction_keeps_its_tail_when_the_text_is_cut(tiny_bert, tiny_qwen):
+    # truncation cut instruction + text at the end: a long text lost the template's text after "{}"
+    template = "passage: {} end of passage answer"
+    for path in (tiny_bert, tiny_qwen):
+        model = AutoModelForEmbedding.from_pretrained(path, pooling_method="mean", document_instruction=template,
+                                                      document_max_length=40)
+        tail = model.tokenizer(" end of passage answer", add_special_tokens=False)["input_ids"]
+        short, long = model.tokenize(["tax", "tax " * 60])
+        assert len(long) == 40
+        trailing = model.processor.n_trailing
+        assert long[len(long) - trailing - len(tail):len(long) - trailing] == tail
+        assert short == model.tokenizer(apply_instruction(template, "tax"))["input_ids"]  # untouched when it fits
+        np.testing.assert_allclose(model.encode(["tax " * 60, "tax"]), np.stack([model.encode("tax " * 60), model.encode("tax")]),
+                                   atol=1e-5)

@@ -166,6 +166,11 @@ class TextProcessor(PaddingOptions):
         self.eos_added_by_tokenizer = bool(ids) and ids[-1] == eos
         # the tokens the tokenizer adds to every text (and the EOS we add): a max length must leave room for a word
         self.n_special = len(call_tokenizer(tokenizer, "", add_special_tokens=True)["input_ids"]) + int(self._add_eos())
+        # of those the tokenizer adds, how many come after the text ([SEP], an EOS): a template's tail goes before them
+        framed = call_tokenizer(tokenizer, "a", add_special_tokens=True)["input_ids"]
+        bare = call_tokenizer(tokenizer, "a", add_special_tokens=False)["input_ids"]
+        at = next((i for i in range(len(framed) - len(bare) + 1) if framed[i:i + len(bare)] == bare), len(framed) - len(bare))
+        self.n_trailing = len(framed) - at - len(bare)
         self._prompt_lengths: Dict[Any, int] = {}
         for instruction in (config.query_instruction, config.document_instruction):
             self._prompt(instruction)  # fail at loading, not at the first call
@@ -198,6 +203,22 @@ class TextProcessor(PaddingOptions):
             self._prompt_lengths[key] = len(ids) - int(trailing_special)
         return self._prompt_lengths[key]
 
+    def _keep_template_tail(self, instruction: str, texts: Sequence[str], ids: List[List[int]], cap: int) -> List[List[int]]:
+        """A template's text after ``{}`` survives truncation (as the LLM ranker's prompts keep theirs): a sequence
+        cut at ``cap`` is rebuilt from the head and the text, cut shorter, then the tail's tokens before the
+        tokenizer's trailing special tokens. Sequences that fit are left as tokenized whole."""
+        head, marker, tail = (instruction or "").partition("{}")
+        cut = [i for i, seq in enumerate(ids) if len(seq) >= cap] if marker and tail.strip() else []
+        if not cut:
+            return ids
+        tail_ids = tokenize_user_text(self.tokenizer, [tail], add_special_tokens=False)["input_ids"][0]
+        short = tokenize_user_text(self.tokenizer, [head + texts[i] for i in cut], truncation=True,
+                                   max_length=cap - len(tail_ids), padding=False)["input_ids"]
+        for i, seq in zip(cut, short):
+            end = len(seq) - self.n_trailing
+            ids[i] = seq[:end] + tail_ids + seq[end:]
+        return ids
+
     def check_room(self, instruction: str, limit: int) -> None:
         """Refuse an instruction that fills ``limit`` tokens with the special tokens: truncation would cut every
         text away, and every text would get the same vector."""
@@ -225,11 +246,12 @@ class TextProcessor(PaddingOptions):
         self.check_room(instruction, limit)
         eos = self.tokenizer.eos_token_id
         add_eos = self._add_eos()
-        texts = [apply_instruction(instruction, t) for t in texts]
+        raw, texts = texts, [apply_instruction(instruction, t) for t in texts]
         ids: List[List[int]] = []
         if texts:  # a tokenizer call with no text fails in some tokenizers
-            ids = tokenize_user_text(self.tokenizer, texts, truncation=True, max_length=limit - 1 if add_eos else limit,
-                                 padding=False)["input_ids"]
+            cap = limit - 1 if add_eos else limit
+            ids = tokenize_user_text(self.tokenizer, texts, truncation=True, max_length=cap, padding=False)["input_ids"]
+            ids = self._keep_template_tail(instruction, raw, ids, cap)
         if add_eos:
             ids = [seq if seq and seq[-1] == eos else seq + [eos] for seq in ids]
         out = TokenIds(at_least_one_token(ids, self.tokenizer))
