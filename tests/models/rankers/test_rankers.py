@@ -492,3 +492,19 @@ def test_an_instruction_that_leaves_no_room_for_the_query_is_refused(kind, tiny_
                                                 max_length=128, **extra)
     scores = roomy.compute_score(pairs)
     assert scores[0] != scores[1]
+
+
+def test_a_cross_encoder_query_template_keeps_its_tail_when_the_query_is_cut(tiny_bert):
+    # the query with its instruction was cut at the query's tokens: a long query lost the template's text after "{}"
+    ranker = AutoModelForRanking.from_pretrained(tiny_bert, model_type="cross-encoder", max_length=64, query_max_length=16,
+                                                 query_instruction="query: {} end")
+    units = ranker.processor.units([("tax card renew " * 20, "passport office"), ("tax", "passport office")], False)
+    tok = ranker.tokenizer
+    long, short = (u[0]["input_ids"] for u in units)
+    tail = tok("end", add_special_tokens=False)["input_ids"]
+    sep = long.index(tok.sep_token_id)
+    assert long[sep - len(tail):sep] == tail and sep - 1 <= 16  # the query's part: at most query_max_length tokens
+    assert short == tok("query: tax end", "passport office")["input_ids"]
+    assert len(ranker.processor.units([("tax card renew " * 20, "x")], False)[0][0]["input_ids"]) <= 64
+    single = [ranker.compute_score(p) for p in PAIRS]
+    assert ranker.compute_score(PAIRS) == pytest.approx(single, abs=1e-5)

@@ -36,11 +36,20 @@ class PairProcessor(PaddingOptions):
         self.n_special = tokenizer.num_special_tokens_to_add(pair=True)
         self.use_types = "token_type_ids" in tokenizer.model_input_names
 
-    def _cut_queries(self, queries: Sequence[str], cap: int) -> Dict[str, Tuple[str, int]]:
-        """Each distinct query (with instruction) cut after ``cap`` tokens on a token boundary, and its token count."""
-        texts = list(dict.fromkeys(apply_instruction(self.config.query_instruction, q) for q in queries))
-        enc = tokenize_user_text(self.tokenizer, texts, add_special_tokens=False, truncation=True, max_length=cap, return_offsets_mapping=True)
-        return {t: (t[: offs[-1][1]] if len(offs) == cap else t, len(offs)) for t, offs in zip(texts, enc["offset_mapping"])}
+    def _cut_queries(self, queries: Sequence[str], cap: int) -> Dict[str, str]:
+        """Each distinct query with its instruction applied, in at most ``cap`` tokens: a longer query is cut on a
+        token boundary before the instruction is applied, so a template's text after ``{}`` is kept."""
+        instruction, tok = self.config.query_instruction, self.tokenizer
+        distinct = list(dict.fromkeys(queries))
+        whole = {q: apply_instruction(instruction, q) for q in distinct}
+        lengths = tokenize_user_text(tok, list(whole.values()), add_special_tokens=False)["input_ids"] if distinct else []
+        long = [q for q, ids in zip(distinct, lengths) if len(ids) > cap]
+        if long:  # the instruction's tokens leave at least one (checked by units)
+            enc = tokenize_user_text(tok, long, add_special_tokens=False, truncation=True,
+                                     max_length=cap - len(self._instruction_ids()), return_offsets_mapping=True)
+            for q, offsets in zip(long, enc["offset_mapping"]):
+                whole[q] = apply_instruction(instruction, q[: offsets[-1][1]] if offsets else "")
+        return whole
 
     def _instruction_ids(self) -> List[int]:
         """The query instruction's own tokens (a template's head and tail), counted once per instruction."""
@@ -67,7 +76,7 @@ class PairProcessor(PaddingOptions):
                              f"{q_cap} (query_max_length, at most half of max_length): no room for the query. Raise them, "
                              "or shorten the instruction.")
         cut = self._cut_queries([q for q, _ in pairs], q_cap)
-        queries = [cut[apply_instruction(cfg.query_instruction, q)][0] for q, _ in pairs]
+        queries = [cut[q] for q, _ in pairs]
         documents = [apply_instruction(cfg.document_instruction, d) for _, d in pairs]
         enc = tokenize_user_text(tok, queries, documents, truncation="only_second", max_length=cfg.max_length,
                   stride=min(cfg.window_overlap, (room - q_cap) // 2), return_overflowing_tokens=all_windows, verbose=False)
