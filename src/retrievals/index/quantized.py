@@ -61,7 +61,7 @@ class QuantizedIndex(Index):
         if x.shape[0] != len(self.ids):
             raise UsageError(f"{x.shape[0]} vectors for {len(self.ids)} ids")
         if not len(x) and (encoding == "int8" or rescore_with == "int8"):  # faiss' own failure names nothing
-            raise UsageError(f"QuantizedIndex: int8 codes are calibrated on the vectors indexed, and none were given.")
+            raise UsageError("QuantizedIndex: int8 codes are calibrated on the vectors indexed, and none were given.")
         self.dim = int(x.shape[1])
         self.rescore_codes, self.rescore_scale = None, None
         if rescore_with == "int8":

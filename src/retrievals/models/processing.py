@@ -172,6 +172,7 @@ class TextProcessor(PaddingOptions):
         at = next((i for i in range(len(framed) - len(bare) + 1) if framed[i:i + len(bare)] == bare), len(framed) - len(bare))
         self.n_trailing = len(framed) - at - len(bare)
         self._prompt_lengths: Dict[Any, int] = {}
+        self._roomy: set = set()  # (instruction, max length) pairs that leave room for text
         for instruction in (config.query_instruction, config.document_instruction):
             self._prompt(instruction)  # fail at loading, not at the first call
 
@@ -222,15 +223,14 @@ class TextProcessor(PaddingOptions):
     def check_room(self, instruction: str, limit: int) -> None:
         """Refuse an instruction that fills ``limit`` tokens with the special tokens: truncation would cut every
         text away, and every text would get the same vector."""
-        key = ("room", instruction, limit)
-        if instruction and key not in self._prompt_lengths:
+        if instruction and (instruction, limit) not in self._roomy:
             used = len(call_tokenizer(self.tokenizer, apply_instruction(instruction, ""), add_special_tokens=False)["input_ids"])
             if used + self.n_special >= limit:
                 raise UsageError(f"the instruction {instruction[:60]!r} takes {used} tokens and the special tokens "
                                  f"{self.n_special}: a max length of {limit} leaves no room for the text. Raise the max "
                                  "length or shorten the instruction.")
-            self._prompt_lengths[key] = used
-    
+            self._roomy.add((instruction, limit))
+
     def tokenize(self, texts: Sequence[str], is_query: bool = False, max_length: Optional[int] = None) -> TokenIds:
         """Unpadded token ids with the query or document instruction applied and truncation to the max length.
 
