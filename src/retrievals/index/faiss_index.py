@@ -14,6 +14,22 @@ from .base import Index, as_matrix
 FAISS_TYPES = ("flat", "ivf", "hnsw")
 
 
+class _SearchSetting:
+    """A faiss search setting (``nprobe``, ``ef_search``): checked, and applied to the index as soon as it is set (a
+    later change applies to the next search and is saved, as faiss' own attribute would)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: Optional[type] = None) -> Any:
+        return self if obj is None else obj.__dict__[self.name]
+
+    def __set__(self, obj: Any, value: int) -> None:
+        obj.__dict__[self.name] = check_int(self.name, value, 1)
+        if "index" in obj.__dict__:  # while building, the index comes after the settings
+            obj._apply_search_settings()
+
+
 class FaissIndex(Index):
     """Inner-product faiss index (cosine for normalised vectors), saved with its document ids.
 
@@ -22,6 +38,8 @@ class FaissIndex(Index):
     """
 
     backend = "faiss"
+    nprobe = _SearchSetting()
+    ef_search = _SearchSetting()
 
     def __init__(self, vectors: Any, ids: Sequence[str], index_type: str = "flat", nlist: Optional[int] = None,
                  nprobe: int = 16, m: int = 32, ef_search: int = 128, _index: Any = None) -> None:
@@ -32,9 +50,7 @@ class FaissIndex(Index):
         # bad values crash faiss itself (m=0 aborts the process, m<0 exhausts memory) or drop results (ef_search=0)
         if nlist is not None:
             check_int("nlist", nlist, 1)
-        nprobe, m, ef_search = check_int("nprobe", nprobe, 1), check_int("m", m, 2), check_int("ef_search", ef_search, 1)
-        self.index_type, self.m = index_type, m
-        self._nprobe, self._ef_search = nprobe, ef_search
+        self.index_type, self.m, self.nprobe, self.ef_search = index_type, check_int("m", m, 2), nprobe, ef_search
         if _index is not None:
             self.index = _index
         else:
@@ -54,25 +70,6 @@ class FaissIndex(Index):
                 self.index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
             self.index.add(x)
         self.nlist = getattr(self.index, "nlist", None)
-        self._apply_search_settings()
-
-    # search settings: a change applies to the next search (and is saved), as faiss' own attributes would
-    @property
-    def nprobe(self) -> int:
-        return self._nprobe
-
-    @nprobe.setter
-    def nprobe(self, value: int) -> None:
-        self._nprobe = check_int("nprobe", value, 1)
-        self._apply_search_settings()
-
-    @property
-    def ef_search(self) -> int:
-        return self._ef_search
-
-    @ef_search.setter
-    def ef_search(self, value: int) -> None:
-        self._ef_search = check_int("ef_search", value, 1)
         self._apply_search_settings()
 
     def _apply_search_settings(self) -> None:
