@@ -55,3 +55,27 @@ def test_cli_flag_is_checked_before_loading(tmp_path, capsys):
     assert "--rerank_first_stage_weight must be in [0, 1]" in capsys.readouterr().err
     assert retrieve.main(["--output", str(tmp_path / "r.trec"), "--rerank_first_stage_weight", "-1"]) == 2
     assert "--rerank_first_stage_weight must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_evaluate_retrieves_as_deep_as_the_rerankers_are_told(tiny_bert, tmp_path, monkeypatch):
+    # the first stage stopped at 100 documents: "--rerank_top_k 140" reranked 100 and the report said 140
+    from retrievals.data.io import save_beir
+    from retrievals.pipelines import evaluate
+
+    from ..conftest import corpus_lines
+
+    lines = corpus_lines(150)
+    save_beir(tmp_path / "beir", {f"d{i}": t for i, t in enumerate(lines)}, {f"q{i}": lines[i][:20] for i in range(3)},
+              {f"q{i}": {f"d{i}": 1} for i in range(3)})
+    seen = []
+    real = evaluate.rerank_run
+
+    def spy(model, corpus, queries, run, top_k, **kwargs):
+        seen.append(min(len(docs) for docs in run.values()))
+        return real(model, corpus, queries, run, top_k=top_k, **kwargs)
+
+    monkeypatch.setattr(evaluate, "rerank_run", spy)
+    assert evaluate.main(["--dataset", str(tmp_path / "beir"), "--output_dir", str(tmp_path / "r"), "--models",
+                          f"b={tiny_bert}", "--rerankers", f"ce={tiny_bert}", "--first_stage", "b",
+                          "--rerank_top_k", "140"]) == 0
+    assert seen == [140]  # was 100

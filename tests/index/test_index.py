@@ -411,3 +411,27 @@ def test_evaluate_refuses_a_name_given_twice(flags, tiny_bert, beir_folder, tmp_
     rest = [] if flags[0] == "--models" else flags
     assert evaluate.main(["--dataset", str(beir_folder), "--output_dir", str(tmp_path / "r"), *models, *rest]) == 2
     assert "that name is taken" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_build_hn_kept_original_negatives_are_screened_too(tmp_path):
+    from retrievals.data.readers import Record
+    from retrievals.pipelines import build_hn
+
+    # pair data: q's first record lists p2 as a negative, and p2 is q's positive in its second record
+    records = [Record("q", ["p1"], ["p2", "n0"]), Record("q", ["p2"], ["p1"])]
+    model = TextVectors({"q": [1, 0], "p1": [1, 0.1], "p2": [1, 0.2], "n0": [0.5, 1], "n": [0.2, 1]})
+    a = build_hn.HardNegativeArguments(model_name_or_path="given", input_file="-", output_file="-",
+                                       range_for_sampling="0-5", negative_number=5, false_negative_ratio=10,
+                                       keep_original_negatives=True)
+    negatives, _ = build_hn.mine(a, records, ["p1", "p2", "n0", "n"], model)
+    assert "p2" not in negatives[0] and "n0" in negatives[0] and "p1" not in negatives[1]
+
+
+def test_build_hn_loads_the_reranker_before_encoding(tiny_bert, train_file, tmp_path, monkeypatch, capsys):
+    from retrievals import AutoModelForEmbedding
+    from retrievals.pipelines import build_hn
+
+    monkeypatch.setattr(AutoModelForEmbedding, "encode_corpus", lambda *a, **k: (_ for _ in ()).throw(AssertionError("encoded")))
+    assert build_hn.main(["--model_name_or_path", tiny_bert, "--input_file", train_file, "--output_file",
+                          str(tmp_path / "hn.jsonl"), "--reranker_name_or_path", str(tmp_path / "nope")]) == 2
+    assert "no such model folder" in capsys.readouterr().err

@@ -211,3 +211,25 @@ def test_generator_input_contract_and_seeded_sampling_from_threads(tiny_qwen):
     with ThreadPoolExecutor(6) as pool:
         threaded = list(pool.map(lambda i: gen.generate(prompts[i], max_new_tokens=5, temperature=1.0, seed=i), range(6)))
     assert threaded == alone
+
+
+def test_langchain_retriever_searches_in_its_embeddings_space_and_checks_its_index(embedder):
+    # from_documents dropped a LangchainEmbedding's encode_kwargs (a truncate_dim): another space than the embedding's;
+    # a retriever built by hand read index ids as positions in documents whatever they were
+    from langchain_core.documents import Document
+
+    from retrievals.index import ExactIndex
+    from retrievals.integrations.langchain import LangchainEmbedding, LangchainRetriever
+
+    wrapped = LangchainEmbedding(embedder, encode_kwargs={"truncate_dim": 8})
+    retriever = LangchainRetriever.from_documents([Document(page_content=t) for t in DOCS], wrapped, index_type="exact", k=5)
+    sims = np.asarray(wrapped.embed_documents(DOCS)) @ np.asarray(wrapped.embed_query(QUERY))
+    found = retriever.invoke(QUERY)
+    assert [d.page_content for d in found] == [DOCS[i] for i in np.argsort(-sims)[:5]]
+    np.testing.assert_allclose([d.metadata["score"] for d in found], np.sort(sims)[::-1][:5], atol=1e-5)
+    vectors = embedder.encode_corpus(DOCS[:3])
+    docs = [Document(page_content=t) for t in DOCS[:3]]
+    for ids, documents in ((["a", "b", "c"], docs), (["0", "1", "2"], docs[:2]), (["2", "1", "0"], docs)):
+        with pytest.raises(ValueError, match="by position"):
+            LangchainRetriever(embedder=embedder, index=ExactIndex(vectors, ids), documents=documents)
+    assert LangchainRetriever(embedder=embedder, index=ExactIndex(vectors, ["0", "1", "2"]), documents=docs).invoke(DOCS[0])

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numbers
 from typing import Any, Dict, List, Optional, Sequence
 
+import numpy as np
+
 from ..utils import require
 
 require("langchain_core", "langchain")
@@ -26,9 +28,9 @@ from langchain_core.embeddings import Embeddings  # noqa: E402
 from langchain_core.language_models.llms import LLM  # noqa: E402
 from langchain_core.retrievers import BaseRetriever  # noqa: E402
 from langchain_core.runnables.config import run_in_executor  # noqa: E402
-from pydantic import ConfigDict, Field  # noqa: E402
+from pydantic import ConfigDict, Field, model_validator  # noqa: E402
 
-from ..index import Index  # noqa: E402
+from ..index import Index, build_dense_index  # noqa: E402
 from ..models.embedding import AutoModelForEmbedding  # noqa: E402
 from ..models.generator import Generator  # noqa: E402
 from ..models.rankers import AutoModelForRanking  # noqa: E402
@@ -94,15 +96,28 @@ class LangchainRetriever(BaseRetriever):
     k: int = Field(4, ge=0)
     fetch_k: int = Field(20, ge=0)
     reranker: Optional[LangchainReranker] = None
+    encode_kwargs: Dict[str, Any] = Field(default_factory=dict)  # a LangchainEmbedding's: documents and queries alike
+
+    @model_validator(mode="after")
+    def _index_holds_the_documents(self) -> "LangchainRetriever":
+        # a search's ids are positions in documents: another index would return other documents, or fail unclearly
+        if list(self.index.ids) != [str(i) for i in range(len(self.documents))]:
+            raise ValueError(f"index holds {len(self.index)} documents with ids {list(self.index.ids)[:3]}...; it must "
+                             f"hold the {len(self.documents)} documents by position ('0', '1', ...): build the retriever "
+                             "with from_texts or from_documents.")
+        return self
 
     @classmethod
     def from_documents(cls, documents: Sequence[Document], embedding: Any, index_type: str = "flat",
                        batch_size: int = 32, **kwargs: Any) -> "LangchainRetriever":
-        """Encode ``documents`` with ``embedding`` (an :class:`AutoModelForEmbedding` or :class:`LangchainEmbedding`)."""
+        """Encode ``documents`` with ``embedding`` (an :class:`AutoModelForEmbedding` or :class:`LangchainEmbedding`,
+        whose ``encode_kwargs`` then apply to the documents and to every query, as they do in it)."""
+        encode_kwargs = dict(embedding.encode_kwargs) if isinstance(embedding, LangchainEmbedding) else {}
         embedder = embedding.model if isinstance(embedding, LangchainEmbedding) else embedding
         docs = list(documents)
-        index = embedder.build_index([d.page_content for d in docs], index_type=index_type, batch_size=batch_size)
-        return cls(embedder=embedder, index=index, documents=docs, **kwargs)
+        vectors = embedder.encode_corpus([d.page_content for d in docs], **{"batch_size": batch_size, **encode_kwargs})
+        index = build_dense_index(np.atleast_2d(vectors), [str(i) for i in range(len(docs))], index_type)
+        return cls(embedder=embedder, index=index, documents=docs, encode_kwargs=encode_kwargs, **kwargs)
 
     @classmethod
     def from_texts(cls, texts: Sequence[str], embedding: Any, metadatas: Optional[Sequence[dict]] = None,
@@ -125,7 +140,7 @@ class LangchainRetriever(BaseRetriever):
         depth = max(k, fetch_k) if self.reranker is not None else k
         if k == 0:
             return []
-        scores, ids = index.search(self.embedder.encode_queries([query]), min(depth, len(index)))
+        scores, ids = index.search(self.embedder.encode_queries([query], **self.encode_kwargs), min(depth, len(index)))
         found = [Document(page_content=self.documents[int(i)].page_content, id=self.documents[int(i)].id,
                           metadata={**self.documents[int(i)].metadata, "score": float(s)})
                  for s, i in zip(scores[0], ids[0]) if i is not None]

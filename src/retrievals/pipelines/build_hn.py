@@ -18,7 +18,7 @@ import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -103,7 +103,8 @@ def false_negative_threshold(positive_score: float, ratio: float) -> float:
     return positive_score - (1.0 - ratio) * abs(positive_score)
 
 
-def mine(a: HardNegativeArguments, records: List[Record], pool: List[str], model) -> Tuple[List[List[str]], Dict[str, int]]:
+def mine(a: HardNegativeArguments, records: List[Record], pool: List[str], model,
+         reranker: Any = None) -> Tuple[List[List[str]], Dict[str, int]]:
     start, end = parse_range(a.range_for_sampling)
     if a.cache_dir:
         pool_emb = encode_sharded(model, pool, a.cache_dir, a.shard_size, a.batch_size)
@@ -113,7 +114,6 @@ def mine(a: HardNegativeArguments, records: List[Record], pool: List[str], model
     positives = [p for r in records for p in r.positives]
     p_emb = model.encode_corpus(positives, batch_size=a.batch_size)
     _, ranked = exact_search(q_emb, pool_emb, top_k=min(end, len(pool)))
-    reranker = a.load_reranker()
     stats = {"short": 0, "empty": 0, "dropped_as_false_negative": 0}
     out, offset = [], 0
     positives_of: Dict[str, set] = {}  # pair data gives a query's positives one record each: none is its negative
@@ -137,8 +137,9 @@ def mine(a: HardNegativeArguments, records: List[Record], pool: List[str], model
         rng = random.Random(f"{a.seed}-{i}")
         chosen = rng.sample(keep, a.negative_number) if len(keep) > a.negative_number else keep
         negatives = [pool[j] for j in chosen]
-        if a.keep_original_negatives:
-            negatives = list(record.negatives) + [n for n in negatives if n not in record.negatives]
+        if a.keep_original_negatives:  # screened like the mined ones: another record's positive of this query is none
+            original = [n for n in record.negatives if n not in own]
+            negatives = original + [n for n in negatives if n not in original]
         if len(negatives) < a.negative_number:
             stats["short"] += 1
             stats["empty"] += not negatives
@@ -156,8 +157,9 @@ def run(a: HardNegativeArguments) -> Dict[str, int]:
         pool = list(dict.fromkeys(t for r in records for t in (*r.positives, *r.negatives)))
     if not pool:
         raise DataError("the candidate pool is empty")
+    reranker = a.load_reranker()  # before the encoding: a wrong path must not cost an encoding of the whole pool
     model = a.load_embedder(required_for="build_hn")
-    negatives, stats = mine(a, records, pool, model)
+    negatives, stats = mine(a, records, pool, model, reranker)
     if stats["short"]:
         logger.warning("%d of %d queries got fewer than %d negatives (%d got none): widen --range_for_sampling, "
                        "raise --false_negative_ratio or add a --candidate_pool.", stats["short"], len(records),

@@ -107,11 +107,13 @@ def evaluate(a: EvaluateArguments) -> Dict[str, Dict]:
     if not models and not rerankers:
         raise UsageError("nothing to evaluate: pass --models and/or --rerankers")
     k_values = (10, 100)
+    # how deep the first stages retrieve: at least 100 (recall@100), and every document a reranker is told to take
+    depth = max(a.top_k, 100, a.rerank_top_k if rerankers else 0)
     rows, runs = [], {}
     for name, path in models:
         model = AutoModelForEmbedding.from_pretrained(path)
         start = time.perf_counter()
-        runs[name] = retrieve(model, data.corpus, data.queries, top_k=max(a.top_k, 100), batch_size=a.batch_size)
+        runs[name] = retrieve(model, data.corpus, data.queries, top_k=depth, batch_size=a.batch_size)
         metrics = evaluate_run(runs[name], data.qrels, k_values)
         rows.append({"name": name, "kind": "embedder", "path": path, "seconds": round(time.perf_counter() - start, 1),
                      "metrics": {m: round(metrics[m], 4) for m in REPORTED}, "settings": model_settings(model)})
@@ -120,7 +122,7 @@ def evaluate(a: EvaluateArguments) -> Dict[str, Dict]:
         if "bm25" in runs:
             return
         start = time.perf_counter()
-        runs["bm25"] = bm25_run(data, max(a.top_k, 100))
+        runs["bm25"] = bm25_run(data, depth)
         metrics = evaluate_run(runs["bm25"], data.qrels, k_values)
         rows.append({"name": "bm25", "kind": "bm25", "path": "", "seconds": round(time.perf_counter() - start, 1),
                      "metrics": {m: round(metrics[m], 4) for m in REPORTED}, "settings": {"implementation": "bm25s"}})
@@ -130,7 +132,7 @@ def evaluate(a: EvaluateArguments) -> Dict[str, Dict]:
             if part == "bm25":
                 ensure_bm25()
         weights = a.fusion_weights or None
-        runs[name] = fuse(a.fusion, [runs[first], runs[second]], weights, top_k=max(a.top_k, 100))
+        runs[name] = fuse(a.fusion, [runs[first], runs[second]], weights, top_k=depth)
         metrics = evaluate_run(runs[name], data.qrels, k_values)
         rows.append({"name": name, "kind": f"hybrid {first} + {second} ({a.fusion})", "path": "",
                      "seconds": 0.0, "metrics": {m: round(metrics[m], 4) for m in REPORTED},
