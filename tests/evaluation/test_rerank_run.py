@@ -79,3 +79,22 @@ def test_evaluate_retrieves_as_deep_as_the_rerankers_are_told(tiny_bert, tmp_pat
                           f"b={tiny_bert}", "--rerankers", f"ce={tiny_bert}", "--first_stage", "b",
                           "--rerank_top_k", "140"]) == 0
     assert seen == [140]  # was 100
+
+
+def test_settings_that_change_nothing_are_said_and_a_nan_ratio_refused(tiny_bert, tmp_path, caplog):
+    from retrievals.data.io import save_beir
+    from retrievals.pipelines import build_hn, evaluate
+    from retrievals.utils import UsageError
+
+    from ..conftest import corpus_lines
+
+    lines = corpus_lines(20)
+    save_beir(tmp_path / "beir", {f"d{i}": t for i, t in enumerate(lines)}, {"q0": lines[0][:20]}, {"q0": {"d0": 1}})
+    with caplog.at_level("WARNING"):
+        assert evaluate.main(["--dataset", str(tmp_path / "beir"), "--output_dir", str(tmp_path / "r"), "--models",
+                              f"b={tiny_bert}", "--first_stage", "b", "--fusion_weights", "1", "2"]) == 0
+    assert "--first_stage is set but there are no --rerankers" in caplog.text
+    assert "--fusion_weights is set but there are no --hybrids" in caplog.text
+    for ratio in (float("nan"), -0.5, float("inf")):
+        with pytest.raises(UsageError, match="false_negative_ratio"):
+            build_hn.HardNegativeArguments(model_name_or_path="m", input_file="-", output_file="-", false_negative_ratio=ratio)

@@ -123,6 +123,11 @@ def test_langchain_llm_and_a_rag_chain(tiny_qwen, embedder):
     direct = Generator.from_pretrained(tiny_qwen).generate("say hello", max_new_tokens=6)
     assert llm.invoke("say hello") == direct  # greedy: the same answer as the generator itself
     assert isinstance(direct, str)
+    # per-call settings apply (top_k and seed were ignored); an unknown one is refused, not ignored
+    sampled = Generator.from_pretrained(tiny_qwen).generate("say hello", max_new_tokens=6, temperature=1.0, top_k=3, seed=7)
+    assert llm.invoke("say hello", temperature=1.0, top_k=3, seed=7) == sampled
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        llm.invoke("say hello", max_new_tokens=3)
     retriever = LangchainRetriever.from_texts(DOCS, embedder, index_type="exact", k=2)
     prompt = PromptTemplate.from_template("Context:\n{context}\n\nQuestion: {question}\nAnswer:")
     chain = ({"context": retriever | (lambda docs: "\n".join(d.page_content for d in docs)), "question": RunnablePassthrough()}

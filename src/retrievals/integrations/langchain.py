@@ -191,6 +191,11 @@ class LangchainLLM(LLM):
 
     def _call(self, prompt: str, stop: Optional[List[str]] = None, run_manager: Optional[CallbackManagerForLLMRun] = None,
               **kwargs: Any) -> str:
+        unknown = sorted(set(kwargs) - {"max_tokens", "temperature", "top_k", "top_p", "seed"})
+        if unknown:  # silently ignored, they would look applied
+            raise TypeError(f"LangchainLLM got unexpected keyword argument(s) {unknown}; it takes max_tokens, temperature, "
+                            "top_k, top_p and seed")
         return self.generator.generate(prompt, max_new_tokens=kwargs.get("max_tokens", self.max_tokens),
-                                       temperature=kwargs.get("temperature", self.temperature), top_k=self.top_k,
-                                       top_p=self.top_p, stop=stop)
+                                       temperature=kwargs.get("temperature", self.temperature),
+                                       top_k=kwargs.get("top_k", self.top_k), top_p=kwargs.get("top_p", self.top_p),
+                                       stop=stop, seed=kwargs.get("seed"))

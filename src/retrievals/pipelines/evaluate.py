@@ -25,7 +25,7 @@ from ..evaluation.report import REPORT_FILES, REPORTED, model_settings, write_re
 from ..evaluation.retrieval import check_first_stage_weight, rerank_run, retrieve
 from ..index import BM25Index, check_fusion, fuse
 from ..files import check_new_output
-from ..utils import UsageError, at_least
+from ..utils import UsageError, at_least, logger
 from .cli import run_cli
 
 
@@ -106,6 +106,10 @@ def evaluate(a: EvaluateArguments) -> Dict[str, Dict]:
             raise UsageError(f"--hybrids {name}: {sorted({first, second} - known)} are neither bm25 nor --models names")
     if not models and not rerankers:
         raise UsageError("nothing to evaluate: pass --models and/or --rerankers")
+    for flag, value, needs in (("--first_stage", a.first_stage, rerankers), ("--fusion_weights", a.fusion_weights, hybrids)):
+        if value and not needs:  # a setting that changes nothing must not look as if it were in the report
+            logger.warning("%s is set but there are no %s: it changes nothing.", flag,
+                           "--rerankers" if flag == "--first_stage" else "--hybrids")
     k_values = (10, 100)
     # how deep the first stages retrieve: at least 100 (recall@100), and every document a reranker is told to take
     depth = max(a.top_k, 100, a.rerank_top_k if rerankers else 0)
