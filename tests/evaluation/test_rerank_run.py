@@ -95,6 +95,6 @@ def test_settings_that_change_nothing_are_said_and_a_nan_ratio_refused(tiny_bert
                               f"b={tiny_bert}", "--first_stage", "b", "--fusion_weights", "1", "2"]) == 0
     assert "--first_stage is set but there are no --rerankers" in caplog.text
     assert "--fusion_weights is set but there are no --hybrids" in caplog.text
-    for ratio in (float("nan"), -0.5, float("inf")):
+    for ratio in (float("nan"), float("inf"), float("-inf")):  # a negative ratio is a strict filter: allowed
         with pytest.raises(UsageError, match="false_negative_ratio"):
             build_hn.HardNegativeArguments(model_name_or_path="m", input_file="-", output_file="-", false_negative_ratio=ratio)

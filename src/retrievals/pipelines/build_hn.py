@@ -64,8 +64,8 @@ class HardNegativeArguments(EmbedderFlags, RerankerFlags):
         for flag in ("negative_number", "batch_size", "shard_size", "max_length"):
             at_least(f"--{flag}", getattr(self, flag), 1)
         at_least("--min_negatives", self.min_negatives, 0)
-        if not (math.isfinite(self.false_negative_ratio) and self.false_negative_ratio >= 0):  # nan passes ">= 0" checks
-            raise UsageError(f"--false_negative_ratio must be a finite number >= 0, got {self.false_negative_ratio}.")
+        if not math.isfinite(self.false_negative_ratio):  # nan would compare false everywhere: a silent setting
+            raise UsageError(f"--false_negative_ratio must be a finite number, got {self.false_negative_ratio}.")
         parse_range(self.range_for_sampling)
 
 
