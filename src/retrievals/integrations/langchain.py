@@ -12,8 +12,6 @@ from __future__ import annotations
 import numbers
 from typing import Any, Dict, List, Optional, Sequence
 
-import numpy as np
-
 from ..utils import require
 
 require("langchain_core", "langchain")
@@ -30,7 +28,7 @@ from langchain_core.retrievers import BaseRetriever  # noqa: E402
 from langchain_core.runnables.config import run_in_executor  # noqa: E402
 from pydantic import ConfigDict, Field, model_validator  # noqa: E402
 
-from ..index import Index, build_dense_index  # noqa: E402
+from ..index import Index  # noqa: E402
 from ..models.embedding import AutoModelForEmbedding  # noqa: E402
 from ..models.generator import Generator  # noqa: E402
 from ..models.rankers import AutoModelForRanking  # noqa: E402
@@ -115,8 +113,8 @@ class LangchainRetriever(BaseRetriever):
         encode_kwargs = dict(embedding.encode_kwargs) if isinstance(embedding, LangchainEmbedding) else {}
         embedder = embedding.model if isinstance(embedding, LangchainEmbedding) else embedding
         docs = list(documents)
-        vectors = embedder.encode_corpus([d.page_content for d in docs], **{"batch_size": batch_size, **encode_kwargs})
-        index = build_dense_index(np.atleast_2d(vectors), [str(i) for i in range(len(docs))], index_type)
+        index = embedder.build_index([d.page_content for d in docs], index_type=index_type, batch_size=batch_size,
+                                     encode_kwargs=encode_kwargs)
         return cls(embedder=embedder, index=index, documents=docs, encode_kwargs=encode_kwargs, **kwargs)
 
     @classmethod

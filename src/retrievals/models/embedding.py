@@ -391,12 +391,15 @@ class AutoModelForEmbedding(RetrievalModel):
         return self.encode(texts[0] if single else texts, is_query=False, **kwargs)
 
     def build_index(self, sentences: Sequence[Any], index_path: Optional[str] = None, index_type: str = "flat",
-                    ids: Optional[Sequence[str]] = None, batch_size: int = 32, **index_kwargs: Any) -> Any:
-        """Encode ``sentences`` as documents and index them (``flat``/``ivf``/``hnsw`` with faiss, or
-        ``exact``); ids default to positions. Saved to ``index_path`` when given."""
+                    ids: Optional[Sequence[str]] = None, batch_size: int = 32,
+                    encode_kwargs: Optional[Dict[str, Any]] = None, **index_kwargs: Any) -> Any:
+        """Encode ``sentences`` as documents (with ``encode_kwargs`` of :meth:`encode_corpus`, such as ``truncate_dim``)
+        and index them (``flat``/``ivf``/``hnsw`` with faiss, or ``exact``); ids default to positions. Saved to
+        ``index_path`` when given."""
         from ..index import build_dense_index
 
-        vectors = np.atleast_2d(self.encode_corpus(sentences, batch_size=batch_size))  # one text: one row, not dim ids
+        encode_kwargs = {"batch_size": batch_size, **(encode_kwargs or {})}
+        vectors = np.atleast_2d(self.encode_corpus(sentences, **encode_kwargs))  # one text: one row, not dim ids
         index = build_dense_index(vectors, ids if ids is not None else [str(i) for i in range(len(vectors))], index_type, **index_kwargs)
         # saved with the index: which weights and settings made its vectors (the retrieve pipeline's check reads it)
         index.source = {"model_weights": state_digest(self), "model": dataclasses.asdict(self.retrieval_config)}
