@@ -3,6 +3,7 @@ on AIA-BDE held-out FAQs and Vaswani.
 
     python benchmarks/compact_sparse.py --work outputs/compact            # trains what is missing, then measures
     python benchmarks/compact_sparse.py --work outputs/compact --train_only
+    python benchmarks/compact_sparse.py --work outputs/compact --models plain sparse --update   # some rows again
 
 Training (skipped for a model already in ``--work``) runs the library's own CLI, and the commands are recorded in the
 results: the AIA-BDE training split of the demo (FAQs split 70/30 with seed 0, 4 hard negatives per query mined by
@@ -221,7 +222,25 @@ def encoded(model: Any, name: str, data: Any, cache: Path) -> Dict[str, Any]:
     return {"docs": docs, "queries": queries, "qps": qps}
 
 
-def measure(work: Path, trained: Dict[str, Dict[str, Any]], out: Path, vaswani: str) -> int:
+def merged(previous: Dict[str, Any], result: Dict[str, Any]) -> Dict[str, Any]:
+    """``--update``: the rows measured now replace the same rows of ``previous`` (dataset and name), which keeps its
+    other rows in their places, each with the date it was measured (``measured``); rows new to the file come after.
+
+    >>> old = {"date": "2026-11-30", "training": {"a": 1}, "rows": [{"dataset": "d", "name": "x", "ndcg@10": 0.1},
+    ...                                                             {"dataset": "d", "name": "y", "ndcg@10": 0.2}]}
+    >>> new = {"date": "2026-12-01", "training": {"b": 2}, "rows": [{"dataset": "d", "name": "y", "ndcg@10": 0.3}]}
+    >>> [(r["name"], r["ndcg@10"], r["measured"]) for r in merged(old, new)["rows"]]
+    [('x', 0.1, '2026-11-30'), ('y', 0.3, '2026-12-01')]
+    >>> sorted(merged(old, new)["training"])
+    ['a', 'b']
+    """
+    fresh = {(r["dataset"], r["name"]): {**r, "measured": result["date"]} for r in result["rows"]}
+    rows = [fresh.pop((r["dataset"], r["name"]), None) or {**r, "measured": r.get("measured", previous["date"])}
+            for r in previous["rows"]]
+    return {**result, "training": {**previous.get("training", {}), **result["training"]}, "rows": rows + list(fresh.values())}
+
+
+def measure(work: Path, trained: Dict[str, Dict[str, Any]], out: Path, vaswani: str, update: bool = False) -> int:
     from retrievals.evaluation.datasets import load_eval_dataset
     from retrievals.models.sparse import SparseEmbedder
 
@@ -280,7 +299,11 @@ def measure(work: Path, trained: Dict[str, Dict[str, Any]], out: Path, vaswani: 
             add(f"hybrid {first} + {second} (weighted 1:1)", None, None, kind="hybrid",
                 run=weighted_score_fusion([runs[first], runs[second]], top_k=100))
     result = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-              "versions": versions(), "training": trained, "rows": rows, "targets": targets(rows)}
+              "versions": versions(), "training": trained, "rows": rows}
+    if update and out.is_file():
+        result = merged(json.loads(out.read_text()), result)
+    result["targets"] = targets(result["rows"])
+    rows = result["rows"]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     plot(rows, out.with_suffix(".png"))
@@ -327,14 +350,17 @@ def targets(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 def markdown(result: Dict[str, Any]) -> str:
     """The rows as one table per dataset, and the targets (written beside the JSON; README copies it)."""
-    lines = [f"Measured {result['date']} on {result['machine']} (torch {result['versions']['torch']}, faiss "
-             f"{result['versions']['faiss']}); `python benchmarks/compact_sparse.py`.", ""]
+    dates = sorted({r.get("measured", result["date"]) for r in result["rows"]})
+    lines = [f"Measured {' and '.join(dates)} on {result['machine']} (torch {result['versions']['torch']}, faiss "
+             f"{result['versions']['faiss']}); `python benchmarks/compact_sparse.py`"
+             + (" (each row's date in the last column; rows of another date: `--update`)." if len(dates) > 1 else "."), ""]
     for dname in sorted({r["dataset"] for r in result["rows"]}):
-        lines += [f"**{dname}**", "", "| run | nDCG@10 | recall@100 | bytes/doc in memory | on disk | search ms/query |",
-                  "|---|---|---|---|---|---|"]
+        lines += [f"**{dname}**", "", "| run | nDCG@10 | recall@100 | bytes/doc in memory | on disk | search ms/query |"
+                  + (" measured |" if len(dates) > 1 else ""), "|---|---|---|---|---|---|" + ("---|" if len(dates) > 1 else "")]
         for r in (r for r in result["rows"] if r["dataset"] == dname):
             cells = [r["name"], f"{r['ndcg@10']:.4f}", f"{r['recall@100']:.4f}", str(r.get("bytes_per_vector", "")),
                      str(r.get("disk_bytes_per_vector", "")), str(r.get("latency_ms", ""))]
+            cells += [r.get("measured", result["date"])] if len(dates) > 1 else []
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", "| target | measured | bar | met |", "|---|---|---|---|"]
         for name, t in result["targets"][dname].items():
@@ -394,6 +420,9 @@ def main() -> int:
     p.add_argument("--models", nargs="+", default=["plain", *MATRYOSHKA, POSTHOC_PCA[0], "sparse"])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "compact_sparse.json"))
     p.add_argument("--vaswani", default=str(ROOT.parent / "shared" / "data" / "vaswani"))
+    p.add_argument("--update", action="store_true",
+                   help="Replace only the rows measured now (the --models given, the zero-shot models, BM25 and the "
+                        "hybrids) in --out, keeping its other rows, each with the date it was measured.")
     opts = p.parse_args()
     work = Path(opts.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -401,7 +430,7 @@ def main() -> int:
     trained = train(work, opts.models)
     if opts.train_only:
         return 0
-    return measure(work, trained, Path(opts.out), opts.vaswani)
+    return measure(work, trained, Path(opts.out), opts.vaswani, opts.update)
 
 
 if __name__ == "__main__":
