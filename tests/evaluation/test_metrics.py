@@ -3,6 +3,7 @@ import random
 import pytest
 
 from retrievals.evaluation.metrics import evaluate_run
+from retrievals.utils import UsageError
 
 from ..conftest import needs
 
@@ -36,13 +37,23 @@ def test_random_runs_match_trec_eval(seed):
 
 def test_edge_cases():
     qrels = {"q1": {"a": 1, "b": 1}, "q2": {"x": 2}, "q3": {"n": 0}}
-    run = {"q1": {"a": 0.9, "c": 0.5}}  # q2 not retrieved at all; q3 has no relevant doc -> skipped
+    run = {"q1": {"a": 0.9, "c": 0.5}}  # q2 not retrieved at all; q3 judged without a relevant doc: 0, as trec_eval
     ours = evaluate_run(run, qrels, k_values=(1, 10))
-    theirs = trec({"q1": run["q1"], "q2": {"zzz": 0.0}}, {"q1": qrels["q1"], "q2": qrels["q2"]}, 10)
+    theirs = trec({"q1": run["q1"], "q2": {"zzz": 0.0}, "q3": {"n": 0.3}}, qrels, 10)
     for key, value in theirs.items():
         assert ours[key] == pytest.approx(value, abs=1e-4), key
     assert ours["ndcg@10"] < 0.5  # nDCG counts the unretrieved positive b in the ideal ranking
-    assert ours["hit@10"] == 0.5 and ours["hit@1"] <= 1.0
+    assert ours["hit@10"] == pytest.approx(1 / 3) and ours["hit@1"] <= 1.0
+
+
+def test_ids_must_be_strings():
+    """An int id never equals its string (every metric 0 without a word); mixed types cannot be ordered on a tie."""
+    qrels = {"1": {"10": 1}}
+    for run in ({1: {"10": 0.9}}, {"1": {10: 0.9, 11: 0.1}}, {"1": {10: 0.5, "11": 0.5}}):
+        with pytest.raises(UsageError, match="is a int; ids are strings"):
+            evaluate_run(run, qrels, (10,))
+    with pytest.raises(UsageError, match="query id 1 is a int"):
+        evaluate_run({"1": {"10": 0.9}}, {1: {"10": 1}}, (10,))
 
 
 def test_evaluate_embedder_map_uses_full_depth(tiny_bert):

@@ -3,8 +3,8 @@
 A run maps query id -> {doc id: score}; qrels map query id -> {doc id: relevance}. Documents are
 ranked by score, ties broken by doc id in descending order as trec_eval does. A document counts as
 relevant when its relevance is > 0; nDCG uses graded relevance and takes its ideal ranking from
-every judged document of the query, retrieved or not. Queries without relevant documents are
-skipped, like trec_eval.
+every judged document of the query, retrieved or not. A judged query without a relevant document
+scores 0 on every metric, as trec_eval scores it (and pytrec_eval, BEIR and ranx with it).
 """
 
 from __future__ import annotations
@@ -74,9 +74,24 @@ def check_run_scores(run: Run) -> None:
                 raise UsageError(f"run[{qid!r}][{doc!r}] is {score}: scores must be finite numbers.")
 
 
+def check_ids(run: Run, qrels: Qrels) -> None:
+    """Query and document ids are strings on both sides: an int id never equals its string (every metric 0
+    without a word), and ids of both types in one ranking cannot be ordered on a tie."""
+    for name, table in (("run", run), ("qrels", qrels)):
+        for qid, docs in table.items():
+            if not isinstance(qid, str):
+                raise UsageError(f"{name}: query id {qid!r} is a {type(qid).__name__}; ids are strings (str(id)).")
+            if not isinstance(docs, Mapping):
+                raise UsageError(f"{name}[{qid!r}] is a {type(docs).__name__}; expected {{doc id: score}}.")
+            bad = next((d for d in docs if not isinstance(d, str)), None)
+            if bad is not None:
+                raise UsageError(f"{name}[{qid!r}]: document id {bad!r} is a {type(bad).__name__}; ids are strings.")
+
+
 def evaluate_run(run: Run, qrels: Qrels, k_values: Iterable[int] = (1, 3, 5, 10, 100)) -> Dict[str, float]:
     """Mean of every metric over the judged queries: ``map``, ``mrr``, ``ndcg@k``, ``mrr@k``,
-    ``map@k``, ``recall@k``, ``precision@k`` and ``hit@k``. Queries missing from the run score 0.
+    ``map@k``, ``recall@k``, ``precision@k`` and ``hit@k``. Queries missing from the run score 0 (trec_eval's
+    ``-c``), and so do judged queries without a relevant document; qrels without any relevant document are refused.
 
     >>> run = {"q1": {"d1": 0.9, "d2": 0.8}, "q2": {"d3": 0.7, "d4": 0.6}}
     >>> qrels = {"q1": {"d1": 1}, "q2": {"d4": 1}}
@@ -85,12 +100,13 @@ def evaluate_run(run: Run, qrels: Qrels, k_values: Iterable[int] = (1, 3, 5, 10,
     (0.75, 0.5, 0.8155)
     """
     k_values = sorted(set(check_k_values(k_values)))
+    check_ids(run, qrels)
     check_run_scores(run)
+    if not any(r > 0 for judged in qrels.values() for r in judged.values()):
+        raise ValueError("qrels hold no query with a relevant document.")
     totals: Dict[str, float] = {}
     n = 0
     for qid, judged in qrels.items():
-        if not any(r > 0 for r in judged.values()):
-            continue
         n += 1
         ranking = rank(run.get(qid, {}))
         values = {"map": average_precision(ranking, judged), "mrr": reciprocal_rank(ranking, judged)}
@@ -103,6 +119,4 @@ def evaluate_run(run: Run, qrels: Qrels, k_values: Iterable[int] = (1, 3, 5, 10,
             values[f"hit@{k}"] = hit_at_k(ranking, judged, k)
         for key, value in values.items():
             totals[key] = totals.get(key, 0.0) + value
-    if n == 0:
-        raise ValueError("qrels hold no query with a relevant document.")
     return {key: value / n for key, value in totals.items()}

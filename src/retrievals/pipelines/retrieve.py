@@ -164,9 +164,8 @@ def check_qrels_cover(qrels: Dict[str, Dict[str, int]], queries: Dict[str, str],
                         f"{sorted(judged)[0]!r} vs {sorted(queries)[0] if queries else None!r}); ids must match exactly.")
     unknown = {d for docs in qrels.values() for d, r in docs.items() if r > 0} - set(corpus)
     if missing or unknown:
-        logger.warning("%s: %d judged queries are not among the queries and %d relevant documents not in the corpus; "
-                       "metrics average over the %d judged queries that are.", where, len(missing), len(unknown),
-                       len(judged) - len(missing))
+        logger.warning("%s: %d judged queries are not among the queries (left out of the metrics) and %d relevant "
+                       "documents not in the corpus.", where, len(missing), len(unknown))
 
 
 SOURCE_NAMES = {"model_weights": "model (weights)", "model": "model settings", "corpus": "corpus",
@@ -198,6 +197,7 @@ def run_retrieval(a: RetrieveArguments) -> Dict[str, Dict[str, float]]:
             check_trec_id(key, field, a.output)
     if qrels:
         check_qrels_cover(qrels, queries, corpus, a.qrels or a.dataset)
+        qrels = {q: docs for q, docs in qrels.items() if q in queries}  # a query not asked is not a query missed
     if a.index_type == "bm25":
         run = bm25_run(a, corpus, queries)
     elif a.index_type == "sparse":
