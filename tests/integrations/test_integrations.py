@@ -154,6 +154,21 @@ def test_llama_index_embedding_and_reranker(tiny_bert, embedder, reranker):
     np.testing.assert_allclose([n.score for n in kept], np.sort(scores)[::-1][:2], atol=1e-6)
     with pytest.raises(ValueError, match="needs the query"):
         LlamaIndexReranker(model=reranker).postprocess_nodes(nodes)
+    # a node's metadata is part of what it says (llama-index embeds it, and its own rerankers score it): scored too
+    from llama_index.core.schema import MetadataMode
+
+    titled = [NodeWithScore(node=TextNode(text="fee", id_=str(i), metadata={"title": t}), score=0.0)
+              for i, t in enumerate(("tax card", "passport renewal"))]
+    kept = LlamaIndexReranker(model=reranker, top_n=2).postprocess_nodes(titled, QueryBundle(QUERY))
+    contents = [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in titled]
+    expected = reranker.compute_score([(QUERY, c) for c in contents], normalize=True)
+    np.testing.assert_allclose(sorted(n.score for n in kept), sorted(expected), atol=1e-6)
+    assert len({round(n.score, 6) for n in kept}) == 2
+    # a loaded model and a path (or settings) to load: one of them would be silently ignored
+    with pytest.raises(ValueError, match="not both: model_kwargs would not apply"):
+        LlamaIndexEmbedding(model=embedder, model_kwargs={"query_instruction": "query: "})
+    with pytest.raises(ValueError, match="not both: the path would not apply"):
+        LlamaIndexReranker(model=reranker, model_name_or_path=tiny_bert)
 
 
 @pytest.mark.slow
@@ -210,6 +225,9 @@ def test_generator_input_contract_and_seeded_sampling_from_threads(tiny_qwen):
         gen.generate(None)
     with pytest.raises(UsageError, match=r"prompts\[1\] is empty"):  # this tokenizer adds no BOS: zero tokens
         gen.generate(["a", ""])
+    for bad in (float("nan"), -1.0, "0.7", True):  # nan and negative ones read as greedy before
+        with pytest.raises(UsageError, match="temperature must be a finite number >= 0"):
+            gen.generate("a", temperature=bad)
     # torch's RNG is one per process: seeded sampling from several threads gave other answers than one by one
     prompts = [f"text number {i}" for i in range(6)]
     alone = [gen.generate(p, max_new_tokens=5, temperature=1.0, seed=i) for i, p in enumerate(prompts)]

@@ -13,7 +13,7 @@ require("llama_index.core", "llama-index")
 
 from llama_index.core.base.embeddings.base import BaseEmbedding  # noqa: E402
 from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
-from llama_index.core.schema import NodeWithScore, QueryBundle  # noqa: E402
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle  # noqa: E402
 from pydantic import PrivateAttr  # noqa: E402
 
 from ..models.embedding import AutoModelForEmbedding  # noqa: E402
@@ -75,6 +75,7 @@ class LlamaIndexReranker(BaseNodePostprocessor):
             raise ValueError("LlamaIndexReranker needs the query (query_bundle).")
         if not nodes:
             return []
-        texts = [n.node.get_content() for n in nodes]
+        # what the embedding saw: the text with its metadata (llama-index's own rerankers score this content too)
+        texts = [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
         results = self._model.rerank(query_bundle.query_str, texts, top_k=self.top_n, batch_size=self.batch_size, normalize=True)
         return [NodeWithScore(node=nodes[r.index].node, score=r.score) for r in results]

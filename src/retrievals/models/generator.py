@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from typing import Any, List, Optional, Sequence, Union
 
@@ -80,6 +81,9 @@ class Generator:
         Sampling (``temperature > 0``) runs one call at a time: torch's random state is one per process, so a
         ``seed`` gives the same answers from many threads as from one."""
         texts, single = as_texts(prompts, "prompts")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
+                or temperature < 0:  # nan and negative ones would silently mean greedy
+            raise UsageError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}.")
         # a string is one stop sequence, never iterated as its characters (each would cut the answer); any other
         # item than a string is refused by as_texts, naming its position
         stops = [] if stop is None else as_texts(stop, "stop")[0]
