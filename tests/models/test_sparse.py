@@ -227,3 +227,47 @@ def test_sparse_training_flags_of_dense_embedders(sparse_model, tiny_bert, train
     assert embed.main(cli(sparse_model, train_file, tmp_path / "m", "--model_type", "sparse", "--matryoshka_dims", "64")) == 2
     assert "--matryoshka_dims is for dense embedders" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_top_k_is_the_models_vectors_everywhere_and_in_sentence_transformers(sparse_model, tmp_path, caplog):
+    """``top_k`` pruned only ``encode_sparse``: ``encode``, ``build_index`` and scores used every term (another
+    ranking from one model); sentence-transformers' ``max_active_dims`` is the same setting, both ways."""
+    st = needs("sentence_transformers")
+    model = SparseEmbedder.from_pretrained(sparse_model, top_k=5)
+    dense = model.encode(TEXTS, convert_to_tensor=True)
+    assert ((dense != 0).sum(dim=1) == 5).all()
+    assert [{i: v for i, v in enumerate(row.tolist()) if v} for row in dense] == [
+        pytest.approx(v) for v in model.encode_sparse(TEXTS)]
+    wider = model.encode_sparse(TEXTS[0], top_k=8)  # a call's own top_k, also above the config's
+    assert len(wider) == 8 and set(model.encode_sparse(TEXTS[0])) <= set(wider)
+    model.save_pretrained(tmp_path / "ours")
+    theirs = st.SparseEncoder(str(tmp_path / "ours"), device="cpu")
+    assert theirs.max_active_dims == 5
+    assert torch.allclose(theirs.encode_document(TEXTS, convert_to_tensor=True).to_dense(), dense, atol=1e-5)
+    theirs.max_active_dims = 7
+    theirs.save(str(tmp_path / "theirs"))
+    back = SparseEmbedder.from_pretrained(str(tmp_path / "theirs"))
+    assert back.retrieval_config.top_k == 7 and ((back.encode(TEXTS, convert_to_tensor=True) != 0).sum(dim=1) == 7).all()
+    # a template's text after {} has no sentence-transformers prompt: said, as for dense embedders
+    with caplog.at_level("WARNING", logger="retrievals"):
+        SparseEmbedder.from_pretrained(sparse_model, query_instruction="query: {} answer").save_pretrained(tmp_path / "t")
+    assert "cannot express it as a prompt" in caplog.text
+
+
+def test_sparse_contracts_truncate_dim_negative_weights_and_decode(sparse_model):
+    from retrievals.utils import UsageError
+
+    model = SparseEmbedder.from_pretrained(sparse_model, query_inference_free=True)
+    with pytest.raises(UsageError, match="truncate_dim=50: a sparse embedder's dimensions are vocabulary terms"):
+        model.encode(TEXTS[0], truncate_dim=50)
+    with pytest.raises(UsageError, match="truncate_dim=50"):
+        SparseEmbedder.from_pretrained(sparse_model, truncate_dim=50)
+    # a learned query weight below 0 counts in the dense vector's dot products: the sparse one keeps it too
+    ids = model.tokenizer(TEXTS[0], add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        model.query_weights[ids[0]] = -0.5
+    vector = model.encode_sparse(TEXTS[0], is_query=True)
+    assert vector[ids[0]] == -0.5
+    assert model.decode(vector, top=1)[0][1] in (-0.5, 1.0)
+    with pytest.raises(ValueError, match="top must be"):
+        model.decode(vector, top=-1)

@@ -332,12 +332,19 @@ class AutoModelForEmbedding(RetrievalModel):
         the config's) keeps the first dimensions, renormalised when the model normalises (Matryoshka models are
         trained for it). Safe to call from several threads at once: the results are those of one thread.
         """
+        return self._encode_texts(sentences, batch_size, is_query, max_length, device, convert_to_numpy, convert_to_tensor,
+                                  show_progress_bar=show_progress_bar, normalize_embeddings=normalize_embeddings,
+                                  truncate_dim=truncate_dim)
+
+    def _encode_texts(self, sentences: Union[str, Sequence[str]], batch_size: int, is_query: bool, max_length: Optional[int],
+                      device: Any, convert_to_numpy: bool, convert_to_tensor: bool, **options: Any) -> Any:
+        """:meth:`encode`'s steps: check, tokenize, :meth:`encode_token_ids` (``options``: its keywords, a kind's own
+        ones too), and the result in the form asked for."""
         texts, single = as_texts(sentences, "sentences")
         check_batch_size(batch_size)
         self.check_device(device)
         ids = self.tokenize(texts, is_query=is_query, max_length=max_length)
-        out = self.encode_token_ids(ids, batch_size, show_progress_bar, normalize_embeddings, truncate_dim=truncate_dim,
-                                    is_query=is_query)
+        out = self.encode_token_ids(ids, batch_size, is_query=is_query, **options)
         result = out[0] if single else out
         if convert_to_tensor:
             return result

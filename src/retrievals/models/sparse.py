@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForMaskedLM
 
-from ..inputs import as_texts, check_batch_size, check_top_k
+from ..inputs import as_texts, check_batch_size, check_int, check_top_k
 from ..utils import UsageError
 from .base import hf_config
 from .embedding import AutoModelForEmbedding, EmbeddingConfig, EmbeddingOutput
@@ -81,6 +81,7 @@ class SparseEmbedder(AutoModelForEmbedding):
             raise UsageError(f"a sparse embedder pools with splade, not {config.pooling_method!r}.")
         if config.top_k < 0:
             raise UsageError(f"top_k must be >= 0, got {config.top_k}.")
+        _no_truncate_dim(config.truncate_dim)
 
     @classmethod
     def _default_config(cls, path: str, base_path: str, trust_remote_code: bool) -> SparseConfig:
@@ -92,6 +93,7 @@ class SparseEmbedder(AutoModelForEmbedding):
             st = read_st_settings(path)  # max length and prompts (its pooling is checked above)
             config.update(**{k: st[k] for k in ("query_max_length", "document_max_length", "query_instruction",
                                                  "document_instruction") if k in st})
+            config.top_k = _read_max_active_dims(Path(path))
         return config
 
     @classmethod
@@ -121,7 +123,7 @@ class SparseEmbedder(AutoModelForEmbedding):
             save_file({"weight": self.query_weights.detach().float().cpu().contiguous()}, str(folder / QUERY_WEIGHTS))
         elif not lora:  # a LoRA adapter folder is no sentence-transformers model
             write_st_sparse_files(folder, self.embedding_dim, max(config.query_max_length, config.document_max_length),
-                                  config.query_instruction, config.document_instruction)
+                                  config.query_instruction, config.document_instruction, config.top_k)
 
     @property
     def embedding_dim(self) -> int:
@@ -152,22 +154,27 @@ class SparseEmbedder(AutoModelForEmbedding):
     def encode(self, sentences: Union[str, Sequence[str]], batch_size: int = 32, show_progress_bar: Optional[bool] = None,
                convert_to_numpy: bool = True, convert_to_tensor: bool = False, normalize_embeddings: Optional[bool] = None,
                is_query: bool = False, max_length: Optional[int] = None, device: Any = None,
-               truncate_dim: Optional[int] = None) -> Any:
-        """:meth:`AutoModelForEmbedding.encode`; inference-free queries are built from their tokens alone."""
+               truncate_dim: Optional[int] = None, top_k: Optional[int] = None) -> Any:
+        """:meth:`AutoModelForEmbedding.encode`; inference-free queries are built from their tokens alone. ``top_k``
+        (default: the config's; 0 keeps all) keeps the heaviest terms of each vector (by magnitude, as
+        sentence-transformers' ``max_active_dims``), the others set to 0: the vectors every index and score of
+        this model use."""
         if normalize_embeddings:  # SPLADE weights are not unit vectors: a silently ignored flag would mislead
             raise UsageError("normalize_embeddings=True: a sparse embedder's vectors are term weights, not normalised.")
-        return super().encode(sentences, batch_size, show_progress_bar, convert_to_numpy, convert_to_tensor,
-                              normalize_embeddings, is_query, max_length, device, truncate_dim)
+        return self._encode_texts(sentences, batch_size, is_query, max_length, device, convert_to_numpy, convert_to_tensor,
+                                  show_progress_bar=show_progress_bar, truncate_dim=truncate_dim, top_k=top_k)
 
     @torch.inference_mode()
     def encode_token_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 32, show_progress_bar: Optional[bool] = None,
                          normalize_embeddings: Optional[bool] = None, max_tokens: Optional[int] = None,
-                         truncate_dim: Optional[int] = None, is_query: bool = False) -> torch.Tensor:
-        """:meth:`AutoModelForEmbedding.encode_token_ids`; inference-free queries are built from their tokens alone
-        (the server's queries too: it passes ``is_query``)."""
+                         truncate_dim: Optional[int] = None, is_query: bool = False, top_k: Optional[int] = None) -> torch.Tensor:
+        """:meth:`AutoModelForEmbedding.encode_token_ids`, pruned to ``top_k`` terms as :meth:`encode`;
+        inference-free queries are built from their tokens alone (the server's queries too: it passes ``is_query``)."""
+        _no_truncate_dim(truncate_dim, self.embedding_dim)
+        keep = self.retrieval_config.top_k if top_k is None else check_top_k(top_k)
         if not (is_query and self.retrieval_config.query_inference_free):
-            return super().encode_token_ids(ids, batch_size, show_progress_bar, normalize_embeddings, max_tokens,
-                                            truncate_dim, is_query)
+            return keep_top_terms(super().encode_token_ids(ids, batch_size, show_progress_bar, normalize_embeddings,
+                                                           max_tokens, None, is_query), keep)
         check_batch_size(batch_size)
         out = torch.zeros((len(ids), self.embedding_dim), dtype=torch.float32)
         device_ = self.query_weights.device
@@ -175,24 +182,29 @@ class SparseEmbedder(AutoModelForEmbedding):
             batch = self.processor.pad(ids[start:start + batch_size])
             out[start:start + batch_size] = self._static_queries(batch["input_ids"].to(device_),
                                                                  batch["attention_mask"].to(device_)).cpu()
-        return self.truncate(out, truncate_dim, False)  # as documents get it
+        return keep_top_terms(out, keep)
+
+    def truncate(self, embeddings: torch.Tensor, dim: Optional[int] = None, normalize: Optional[bool] = None) -> torch.Tensor:
+        """All of a sparse vector (its dimensions are vocabulary terms: none is cut)."""
+        _no_truncate_dim(dim, self.embedding_dim)
+        return embeddings
 
     def encode_sparse(self, sentences: Union[str, Sequence[str]], is_query: bool = False, batch_size: int = 32,
                       top_k: Optional[int] = None) -> Union[SparseVector, List[SparseVector]]:
         """``{token id: weight}`` of each text (one dict for one string), the ``top_k`` heaviest terms when > 0."""
         texts, single = as_texts(sentences, "sentences")
         check_batch_size(batch_size)
-        keep = self.retrieval_config.top_k if top_k is None else check_top_k(top_k)
         out: List[SparseVector] = []
         for start in range(0, len(texts), SPARSE_CHUNK):  # the dense [n, vocab] rows of one chunk at a time
             dense = self.encode(texts[start:start + SPARSE_CHUNK], batch_size=batch_size, is_query=is_query,
-                                convert_to_tensor=True)
-            out.extend(to_sparse(row, keep) for row in dense)
+                                convert_to_tensor=True, top_k=top_k)
+            out.extend(to_sparse(row) for row in dense)
         return out[0] if single else out
 
     def decode(self, vector: SparseVector, top: int = 10) -> List[tuple]:
         """The ``top`` heaviest terms of a sparse vector as (token, weight): what the model expanded a text to."""
-        best = sorted(vector.items(), key=lambda kv: -kv[1])[:top]
+        top = check_int("top", top, 0)
+        best = sorted(vector.items(), key=lambda kv: -abs(kv[1]))[:top]
         return [(self.tokenizer.convert_ids_to_tokens(int(i)), w) for i, w in best]
 
 
@@ -210,10 +222,44 @@ def _check_st_pooling(path: Path) -> None:
             raise UsageError(f"{path / 'modules.json'}: module {module.get('type')} is not supported for a sparse model.")
 
 
+def _no_truncate_dim(dim: Optional[int], full: Optional[int] = None) -> None:
+    if dim is not None and dim != full:  # the first ids of the vocabulary are no smaller version of the vector
+        raise UsageError(f"truncate_dim={dim}: a sparse embedder's dimensions are vocabulary terms; keep the heaviest "
+                         "terms with top_k instead.")
+
+
+def _read_max_active_dims(path: Path) -> int:
+    """sentence-transformers' ``max_active_dims`` (config_sentence_transformers.json) as ``top_k``; 0 when unset."""
+    file = path / "config_sentence_transformers.json"
+    value = json.loads(file.read_text(encoding="utf-8")).get("max_active_dims") if file.is_file() else None
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UsageError(f"{file}: max_active_dims must be a positive integer or null, got {value!r}.")
+    return value
+
+
+def keep_top_terms(vectors: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Each row's ``top_k`` largest weights by magnitude, the others 0 (0 keeps all).
+
+    >>> keep_top_terms(torch.tensor([[0.5, -2.0, 1.0, 0.0]]), 2)
+    tensor([[ 0., -2.,  1.,  0.]])
+    """
+    if not top_k or top_k >= vectors.shape[-1]:
+        return vectors
+    best = vectors.abs().topk(top_k, dim=-1).indices
+    return torch.zeros_like(vectors).scatter_(-1, best, vectors.gather(-1, best))
+
+
 def write_st_sparse_files(path: Path, vocab_size: int, max_seq_length: int, query_instruction: str,
-                          document_instruction: str) -> None:
+                          document_instruction: str, top_k: int = 0) -> None:
     """The sentence-transformers ``SparseEncoder`` files beside the saved masked-LM (MLM transformer + SpladePooling)."""
+    from ..st_format import warn_unsupported_prefix
     from ..utils import instruction_as_prefix
+
+    for kind, instruction in (("query", query_instruction), ("document", document_instruction)):
+        if instruction_as_prefix(instruction) is None:  # a template with text after {}: written without it, as dense
+            warn_unsupported_prefix(kind)
 
     modules = [{"idx": 0, "name": "0", "path": "", "type": _ST_MLM},
                {"idx": 1, "name": "1", "path": "1_SpladePooling", "type": _ST_SPLADE}]
@@ -229,14 +275,13 @@ def write_st_sparse_files(path: Path, vocab_size: int, max_seq_length: int, quer
     prompts = {"query": instruction_as_prefix(query_instruction) or "",
                "document": instruction_as_prefix(document_instruction) or ""}
     (path / "config_sentence_transformers.json").write_text(json.dumps(
-        {"model_type": "SparseEncoder", "prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "dot"},
+        {"model_type": "SparseEncoder", "prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "dot",
+         **({"max_active_dims": top_k} if top_k else {})},
         indent=2) + "\n", encoding="utf-8")
 
 
-def to_sparse(row: torch.Tensor, top_k: int = 0) -> SparseVector:
-    nonzero = torch.nonzero(row > 0).flatten()
-    values = row[nonzero]
-    if top_k and len(nonzero) > top_k:
-        best = torch.topk(values, top_k).indices
-        nonzero, values = nonzero[best], values[best]
-    return {int(i): float(v) for i, v in zip(nonzero.tolist(), values.tolist())}
+def to_sparse(row: torch.Tensor) -> SparseVector:
+    """``{token id: weight}`` of a row's non-zero weights (a learned inference-free query weight may be negative:
+    kept, as the dense row's dot products count it)."""
+    nonzero = torch.nonzero(row).flatten()
+    return {int(i): float(v) for i, v in zip(nonzero.tolist(), row[nonzero].tolist())}
