@@ -15,6 +15,7 @@ DENSE_ACTIVATIONS = {"identity": "torch.nn.modules.linear.Identity", "tanh": "to
 DENSE_FOLDER = "2_Dense"  # where retrievals saves its Dense module (before Normalize, as sentence-transformers orders them)
 _POOL_FLAGS = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "last": "pooling_mode_lasttoken"}
 _POOL_NAMES = {"cls": "cls", "mean": "mean", "lasttoken": "last", "last": "last"}
+_MODULES_RUN = ("Transformer", "Pooling", "Dense", "Normalize")  # the sentence-transformers modules an embedder runs
 
 
 def read_st_settings(path: str | Path) -> Dict[str, Any]:
@@ -32,14 +33,20 @@ def read_st_settings(path: str | Path) -> Dict[str, Any]:
     for module in json.loads(modules_file.read_text(encoding="utf-8")):
         kind = module.get("type", "")
         folder = path / module.get("path", "")
-        if kind.endswith("Dense") and ".sparse_encoder." not in kind:
+        name = kind.rsplit(".", 1)[-1]
+        if ".sparse_encoder." in kind:  # a SparseEncoder's modules: models/sparse.py reads and checks them
+            continue
+        if name not in _MODULES_RUN:  # a module we would skip: other vectors than sentence-transformers', silently
+            raise UsageError(f"{modules_file}: module {kind or module!r} is not supported; an embedder runs "
+                             f"{', '.join(_MODULES_RUN)} modules.")
+        if name == "Dense":
             if "dense_dim" in settings:
                 raise UsageError(f"{modules_file}: more than one Dense module; retrievals runs one.")
             if settings["normalize_embeddings"]:
                 raise UsageError(f"{modules_file}: a Dense module after Normalize is not supported (retrievals "
                                  "normalises last).")
             settings.update(_dense_settings(folder / "config.json"))
-        elif kind.endswith("Pooling") and ".sparse_encoder." not in kind:  # SpladePooling: see models/sparse.py
+        elif name == "Pooling":
             cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
             mode = cfg.get("pooling_mode")
             if isinstance(mode, list):
@@ -54,9 +61,9 @@ def read_st_settings(path: str | Path) -> Dict[str, Any]:
             settings["pooling_method"] = _POOL_NAMES[mode]
             if not cfg.get("include_prompt", True):
                 settings["include_prompt"] = False
-        elif kind.endswith("Normalize"):
+        elif name == "Normalize":
             settings["normalize_embeddings"] = True
-        elif kind.endswith("Transformer"):
+        else:  # Transformer
             st_cfg = folder / "sentence_bert_config.json"
             st_settings = json.loads(st_cfg.read_text(encoding="utf-8")) if st_cfg.is_file() else {}
             if st_settings.get("do_lower_case") and not _tokenizer_lower_cases(folder):

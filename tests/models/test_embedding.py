@@ -116,6 +116,12 @@ def test_reads_sentence_transformers_folder(tiny_bert, tmp_path):
         read_st_settings(tmp_path)
     (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({**pooling, "pooling_mode_max_tokens": False}))
     assert read_st_settings(tmp_path)["pooling_method"] == "mean"
+    # a module we do not run (a LayerNorm after pooling, a weighted layer pooling) changed the vectors silently
+    modules = json.loads((tmp_path / "modules.json").read_text())
+    for kind in ("sentence_transformers.models.LayerNorm", "sentence_transformers.models.WeightedLayerPooling"):
+        (tmp_path / "modules.json").write_text(json.dumps([*modules, {"idx": 9, "name": "9", "path": "9_X", "type": kind}]))
+        with pytest.raises(UsageError, match=f"modules.json: module '{kind}' is not supported; an embedder runs"):
+            read_st_settings(tmp_path)
 
 
 def test_sentence_transformers_lower_casing_is_read_or_refused(tiny_bert, tmp_path):
