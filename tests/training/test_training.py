@@ -398,3 +398,20 @@ def test_load_best_model_at_end_saves_the_best_checkpoint(tiny_bert, train_file,
     final = AutoModelForEmbedding.from_pretrained(str(out)).state_dict()
     chosen = AutoModelForEmbedding.from_pretrained(str(out / best)).state_dict()
     assert final.keys() == chosen.keys() and all(torch.equal(final[k], chosen[k]) for k in final)
+
+
+def test_mask_duplicate_positives_reaches_the_loss(tiny_bert, tmp_path):
+    """FAQ data (queries sharing an answer): with the flag, another query's copy of a positive leaves the softmax,
+    so the run trains otherwise than without it; the fingerprint tells the two runs apart."""
+    lines = corpus_lines(40)
+    data = tmp_path / "faq.jsonl"
+    data.write_text("".join(json.dumps({"query": lines[i], "positive": [lines[30 + i % 2]], "negative": [lines[20 + i]]})
+                            + "\n" for i in range(8)))
+    weights = []
+    for flag in ("true", "false"):
+        out = tmp_path / flag
+        assert embed.main(cli(tiny_bert, str(data), out, "--max_steps", "2", "--mask_duplicate_positives", flag)) == 0
+        weights.append(AutoModelForEmbedding.from_pretrained(str(out)).encode(lines[:3]))
+        fingerprint = json.loads((out / "retrievals_run.json").read_text())["fingerprint"]
+        assert fingerprint["mask_duplicate_positives"] is (flag == "true")
+    assert not np.allclose(weights[0], weights[1], atol=1e-6)

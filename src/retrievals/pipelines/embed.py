@@ -16,6 +16,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from ..data import EmbeddingCollator
+from ..losses.base import TEXT_IDS
 from ..files import atomic_write_bytes, check_new_output
 from ..data.readers import DataError, Record, iter_lines, iter_raw
 from ..losses import EMBEDDING_LOSSES, FlopsRegularizedLoss, MatryoshkaLoss, loss_from_args
@@ -47,6 +48,10 @@ class EmbedModelArguments(TeacherArguments, ModelLoadingArguments):
     document_flops_weight: float = field(default=1e-4, metadata={"help": "sparse: FLOPS regularisation of document vectors."})
     query_inference_free: Optional[bool] = field(default=None, metadata={
         "help": "sparse: queries are their tokens times a learned weight per term (no model forward at query time)."})
+    mask_duplicate_positives: bool = field(default=False, metadata={
+        "help": "Leave out of each query's softmax every other copy of its positive's text in the batch (FAQ data where "
+                "queries share an answer: another query's copy of the same document is no negative). Off by default, "
+                "as in sentence-transformers and FlagEmbedding (the README's figures were trained without it)."})
     pca_rotation: bool = field(default=False, metadata={
         "help": "Before training, add a linear layer after pooling set to the principal axes of the training texts' "
                 "embeddings (a rotation: scores unchanged at the start; leading dimensions carry the most variance), "
@@ -61,8 +66,9 @@ class EmbedModelArguments(TeacherArguments, ModelLoadingArguments):
             raise UsageError("--query_inference_free is for --model_type sparse.")
         if self.model_type not in ("dense", "sparse"):
             raise UsageError(f"--model_type must be dense or sparse, got {self.model_type!r}.")
-        if self.query_flops_weight < 0 or self.document_flops_weight < 0:
-            raise UsageError("--query_flops_weight and --document_flops_weight must be >= 0.")
+        for flag in ("query_flops_weight", "document_flops_weight"):  # nan/inf made every step's loss nan/inf
+            if not 0 <= getattr(self, flag) < float("inf"):
+                raise UsageError(f"--{flag} must be a finite number >= 0, got {getattr(self, flag)}.")
         if self.model_type == "sparse" and self.pooling_method not in (None, "splade"):
             raise UsageError("a sparse embedder pools with splade: drop --pooling_method.")
         if self.pca_rotation and self.model_type == "sparse":
@@ -114,11 +120,15 @@ def train(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
     if sparse:
         loss = FlopsRegularizedLoss(loss, model_args.query_flops_weight, model_args.document_flops_weight)
     loss, collator = model_args.attach_teacher(  # the teacher (cosine scores) at --temperature, whatever the student's
-        loss, lambda model, records: EmbeddingCollator(model.processor, args.pad_to_multiple_of),
+        loss, lambda model, records: EmbeddingCollator(model.processor, args.pad_to_multiple_of,
+                                                       text_ids=model_args.mask_duplicate_positives),
         data_args.query_max_length or data_args.max_length, data_args.document_max_length or data_args.max_length,
         args.temperature)
     if args.matryoshka_dims:
         loss = MatryoshkaLoss(loss, args.matryoshka_dims, args.matryoshka_weights, args.matryoshka_distill)
+    if model_args.mask_duplicate_positives and TEXT_IDS not in loss.reads:  # the field would reach the model
+        raise UsageError(f"--mask_duplicate_positives: --loss_fn {args.loss_fn} has no softmax over the batch to leave "
+                         "copies out of; drop the flag.")
 
     def build(records: Sequence[Record]) -> AutoModelForEmbedding:
         model = build_model(model_args, data_args)
@@ -201,12 +211,26 @@ def encode_output_path(enc: EncodeArguments, output_dir: str, overwrite: bool) -
                             inputs={"--encode_data": enc.encode_data})
 
 
+def check_tasks(data_args: DataArguments, args: RetrievalTrainingArguments, enc: EncodeArguments) -> None:
+    """A flag of a task the run does not do is refused, naming the flags, not dropped: ``--train_data`` with
+    ``--do_encode`` alone encoded with the untrained model, ``--encode_data`` without ``--do_encode`` encoded nothing.
+    Which was meant is the user's to say."""
+    if data_args.train_data and enc.do_encode and not args.do_train:
+        raise UsageError("--train_data with --do_encode but without --do_train: pass --do_train to train and then encode "
+                         "with the trained model, or drop --train_data to encode with --model_name_or_path as it is.")
+    given = [flag for flag, value in (("--encode_data", enc.encode_data), ("--encode_output", enc.encode_output)) if value]
+    if given and not enc.do_encode:
+        raise UsageError(f"{' and '.join(given)} {'are' if len(given) > 1 else 'is'} read only with --do_encode: pass "
+                         "--do_encode to write the embeddings, or drop it.")
+
+
 def _main(model_args: EmbedModelArguments, data_args: DataArguments, args: RetrievalTrainingArguments,
           enc: EncodeArguments) -> None:
     if args.should_log:
         logging.getLogger().setLevel(logging.INFO)
     model = None
-    training = bool(args.do_train or (data_args.train_data and not enc.do_encode))
+    check_tasks(data_args, args, enc)
+    training = bool(args.do_train or data_args.train_data)
     unused = [flag for flag, given in (("--teacher_model", model_args.teacher_model), ("--pca_rotation", model_args.pca_rotation))
               if given and not training]
     if unused:  # a flag that would be silently ignored is an error

@@ -15,6 +15,9 @@ from ..distributed import world
 from ..utils import UsageError
 
 AUTO_WORKERS = 4  # data-loader workers used by default on a GPU machine (tokenizing in the main process starves the GPU)
+SAMPLING_STRATEGIES = ("random", "sequential")  # of transformers' --train_sampling_strategy, those that fit our items
+EVAL_METRICS = ("map", "mrr@10", "ndcg@10")  # what the trainer's evaluation of --eval_data reports (evaluate_reranking)
+DEFAULT_BEST_METRIC = "ndcg@10"  # --metric_for_best_model when --load_best_model_at_end or --save_strategy best need one
 
 
 @dataclass
@@ -73,6 +76,10 @@ class RetrievalTrainingArguments(TrainingArguments):
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
             raise UsageError(f"--pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}.")
         self._check_numbers()
+        if (self.load_best_model_at_end or self.save_strategy == "best") and self.metric_for_best_model is None:
+            # transformers would pick the eval loss, which the evaluation of --eval_data does not report (a crash
+            # at the first evaluation): rank checkpoints by nDCG@10 (transformers then sets greater_is_better)
+            self.metric_for_best_model = DEFAULT_BEST_METRIC
         if self.dataloader_num_workers < 0:
             enough_cores = (os.cpu_count() or 1) >= 2 * AUTO_WORKERS
             self.dataloader_num_workers = AUTO_WORKERS if torch.cuda.is_available() and enough_cores else 0
@@ -109,6 +116,9 @@ class RetrievalTrainingArguments(TrainingArguments):
             at_least("--matryoshka_dims", dim, 1)
         if self.matryoshka_weights and len(self.matryoshka_weights) != len(self.matryoshka_dims):
             raise UsageError(f"--matryoshka_weights needs one weight per --matryoshka_dims ({len(self.matryoshka_dims)}).")
+        for weight in self.matryoshka_weights:  # nan/inf made every step's loss nan/inf
+            if not 0 < weight < float("inf"):
+                raise UsageError(f"--matryoshka_weights must be finite numbers > 0, got {weight}.")
         if not 0 <= self.matryoshka_distill < float("inf"):
             raise UsageError(f"--matryoshka_distill must be a finite number >= 0, got {self.matryoshka_distill}.")
         if self.matryoshka_distill and not self.matryoshka_dims:
@@ -117,7 +127,25 @@ class RetrievalTrainingArguments(TrainingArguments):
             raise UsageError("--matryoshka_dims is for embedders.")
         if not self.warmup_steps >= 0:
             raise UsageError(f"--warmup_steps must be >= 0, got {self.warmup_steps}.")
+        self._check_unsupported()
         self._check_loss_settings()
+
+    def _check_unsupported(self) -> None:
+        """transformers flags our trainer cannot honour: refused by name, not silently ignored nor crashing once the
+        output folder is set up."""
+        if self.label_smoothing_factor:  # our losses take their targets themselves: transformers' smoothing never runs
+            raise UsageError(f"--label_smoothing_factor {self.label_smoothing_factor} is not supported (the retrieval "
+                             "losses would ignore it); drop it.")
+        if self.neftune_noise_alpha is not None:  # it hooks the input embeddings of a transformers model, not ours
+            raise UsageError(f"--neftune_noise_alpha {self.neftune_noise_alpha} is not supported by retrieval training; "
+                             "drop it.")
+        if self.train_sampling_strategy not in SAMPLING_STRATEGIES:  # they read token lengths our text items lack
+            raise UsageError(f"--train_sampling_strategy {self.train_sampling_strategy} is not supported (it groups "
+                             f"tokenized items by length; ours are raw texts): choose one of {list(SAMPLING_STRATEGIES)}.")
+        if self.eval_strategy != "no" and self.metric_for_best_model and \
+                self.metric_for_best_model.removeprefix("eval_") not in EVAL_METRICS:
+            raise UsageError(f"--metric_for_best_model {self.metric_for_best_model}: the evaluation of --eval_data scores "
+                             f"{', '.join(EVAL_METRICS)} (no loss); choose one of those.")
 
     def _check_loss_settings(self) -> None:
         """A loss setting given but not used by the chosen loss is an error, not a silent no-op. The model kind

@@ -27,8 +27,11 @@ TRAINING_FIELDS = (
     "per_device_train_batch_size", "gradient_accumulation_steps", "world_size", "seed", "data_seed",
     "dataloader_drop_last", "fp16", "bf16", "loss_fn", "temperature", "margin", "use_inbatch_neg",
     "negatives_cross_device", "label_smoothing_factor", "matryoshka_dims", "matryoshka_weights",
-    "matryoshka_distill",
+    "matryoshka_distill", "train_sampling_strategy",
 )
+# Fields fingerprinted since a later version, with the value every run before it trained with: a run whose
+# fingerprint lacks one resumes when the rerun's value is that one (the same run), and is refused otherwise.
+ADDED_LATER = {"train_sampling_strategy": "random", "mask_duplicate_positives": False}
 # Argument fields that do not change the result (or are fingerprinted another way).
 IGNORED_FIELDS = {"train_data", "eval_data", "model_name_or_path", "trust_remote_code", "tokenizer_name"}
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
@@ -101,7 +104,7 @@ def describe_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> st
     changes = []
     for key in sorted(set(saved) | set(current)):
         old, new = saved.get(key, "(unset)"), current.get(key, "(unset)")
-        if old == new:
+        if old == new or (key not in saved and key in ADDED_LATER and new == ADDED_LATER[key]):
             continue
         if key in CONTENT_KEYS and key not in saved:  # a run started by a version that did not record it
             changes.append(f"{key} (not recorded by the run in that folder)")

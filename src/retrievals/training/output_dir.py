@@ -10,21 +10,26 @@ entry it wrote. The rules:
   it did not write (the user's README, notes and folders stay as they are; the log says so).
 * A rerun resumes from the last complete checkpoint only when its fingerprint matches; otherwise it
   stops before loading weights, naming what changed. ``--resume false`` retires old checkpoints.
+* One run at a time: a run holds the folder's lock (:func:`run_lock`) until it ends; a second run into it is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import hashlib
 import json
 import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, Iterator, List, Optional, Set
+
+from filelock import FileLock, Timeout
 
 from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
 
-from ..files import FILES_NAME, JOURNAL_NAME, SCRATCH_PREFIX, atomic_write_json, recover, saved_entries
+from ..files import FILES_NAME, JOURNAL_NAME, SCRATCH_PREFIX, atomic_write_json, lock_dir, recover, saved_entries
 from ..models.base import CONFIG_NAME
 from ..utils import logger
 from .fingerprint import FINGERPRINT_NAME, describe_changes
@@ -158,6 +163,35 @@ def read_manifest(folder: Path) -> Optional[Dict[str, Any]]:
         return data if isinstance(data, dict) and data.get("status") in {"running", "finished"} else None
     except ValueError:
         raise OutputDirError(f"{file}: unreadable run manifest; delete it only if that folder holds nothing you need.") from None
+
+
+@contextlib.contextmanager
+def run_lock(output_dir: str | Path) -> Iterator[None]:
+    """Exclusive use of ``output_dir`` by one training run, held from before :func:`prepare_output_dir` until the run
+    ends (finished, failed or killed: an OS lock dies with its process). A second run into the folder is refused:
+    it would resume the live run's checkpoints while that run goes on writing them, and one of the two would crash.
+
+    Its lock file lives in ``lock_dir()`` beside :func:`~retrievals.files.folder_lock`'s, under another name: a save
+    into the folder during the run takes that lock, which this one must not block. Only the main process of a
+    torchrun job takes it (the others run inside its run). Where no lock file can be made, the run goes unlocked."""
+    key = str(Path(output_dir).resolve())
+    path = lock_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.run.lock"
+    lock = FileLock(str(path))
+    try:
+        lock_dir().mkdir(parents=True, exist_ok=True)
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise OutputDirError(f"{output_dir}: another training run is writing into this --output_dir now (it holds "
+                             f"{path}); wait for it to end, or choose another --output_dir.") from None
+    except OSError:  # no lock file can be made there (permissions), or a file system without locks
+        logger.warning("%s: cannot lock the folder (%s); a second run into it at the same time would not be refused.",
+                       output_dir, path)
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool, fingerprint: Dict[str, Any],

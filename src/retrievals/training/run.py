@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -18,7 +19,7 @@ from ..distributed import world
 from .arguments import DataArguments, RetrievalTrainingArguments
 from .curve import draw_curve
 from .fingerprint import flat_settings, run_fingerprint
-from .output_dir import prepare_output_dir
+from .output_dir import prepare_output_dir, run_lock
 from .trainer import RetrievalTrainer
 
 
@@ -39,9 +40,9 @@ def run_training(
     such as ``--pca_rotation``, a teacher's vectors of the training texts). ``settings`` (the pipeline's model and data arguments) go into the run's fingerprint with the
     data, the base model's weights and the training settings that change the result."""
     check_adapter_trains(model_path, settings)
-    if data_args.eval_data and args.eval_strategy == "no":
-        raise UsageError("--eval_data is scored only with --eval_strategy steps (every --eval_steps) or epoch; pass one, "
-                         "or drop --eval_data.")
+    check_weights(args, settings)
+    check_evaluation(data_args, args)
+    check_candidates(loss, data_args, args)
     if not data_args.train_data:
         raise DataError("--do_train needs --train_data (JSONL/JSON files or folders).")
     records = load_records(
@@ -63,29 +64,32 @@ def run_training(
     if hasattr(loss, "get_config_dict"):
         fingerprint["loss"] = loss.get_config_dict()  # the training record saved with every checkpoint and model
     rank, size = world()
-    if rank == 0:  # the main process settles the folder first; the others then read what it decided
-        folder = prepare_output_dir(args.output_dir, args.overwrite_output_dir, args.resume, fingerprint)
-    if size > 1:
-        torch.distributed.barrier()
-    if rank != 0:
-        folder = prepare_output_dir(args.output_dir, args.overwrite_output_dir, args.resume, fingerprint, is_main=False)
-    checkpoint = args.resume_from_checkpoint or folder.resume_from
-    if checkpoint:
-        logger.warning("Resuming from %s", checkpoint)
-    set_seed(args.seed)
-    model = build_model(records)
-    trainer = RetrievalTrainer(model=model, args=args, train_dataset=dataset, data_collator=make_collator(model, records), loss_fn=loss,
-                               eval_records=eval_records, run_folder=folder)
-    trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(args.output_dir)
-    if args.save_merged and trainer.is_world_process_zero() and model.retrieval_config.lora_base:
-        folder.record("merged")
-        model.save_pretrained(Path(args.output_dir) / "merged", merge_lora=True)
-    trainer.save_state()
-    if trainer.is_world_process_zero():
-        folder.record("trainer_state.json")
-        draw_curve(trainer.state.log_history, Path(args.output_dir), folder)  # after the save: the saved model's curve
-        folder.finish()
+    # the main process holds the folder's run lock until the run ends (a second run into it is refused); the others
+    # run inside the main process's run, and waiting on its lock would deadlock them at the barrier below
+    with run_lock(args.output_dir) if rank == 0 else contextlib.nullcontext():
+        if rank == 0:  # the main process settles the folder first; the others then read what it decided
+            folder = prepare_output_dir(args.output_dir, args.overwrite_output_dir, args.resume, fingerprint)
+        if size > 1:
+            torch.distributed.barrier()
+        if rank != 0:
+            folder = prepare_output_dir(args.output_dir, args.overwrite_output_dir, args.resume, fingerprint, is_main=False)
+        checkpoint = args.resume_from_checkpoint or folder.resume_from
+        if checkpoint:
+            logger.warning("Resuming from %s", checkpoint)
+        set_seed(args.seed)
+        model = build_model(records)
+        trainer = RetrievalTrainer(model=model, args=args, train_dataset=dataset, data_collator=make_collator(model, records),
+                                   loss_fn=loss, eval_records=eval_records, run_folder=folder)
+        trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.save_model(args.output_dir)
+        if args.save_merged and trainer.is_world_process_zero() and model.retrieval_config.lora_base:
+            folder.record("merged")
+            model.save_pretrained(Path(args.output_dir) / "merged", merge_lora=True)
+        trainer.save_state()
+        if trainer.is_world_process_zero():
+            folder.record("trainer_state.json")
+            draw_curve(trainer.state.log_history, Path(args.output_dir), folder)  # after the save: the saved model's curve
+            folder.finish()
     return model
 
 
@@ -98,6 +102,62 @@ def check_adapter_trains(model_path: str, settings: Sequence[Mapping[str, Any]])
     if adapter and not given.get("use_lora"):
         raise UsageError(f"{adapter} is a LoRA adapter: pass --use_lora true to go on training it (its base model stays "
                          "frozen), or train a merged copy (save_pretrained(..., merge_lora=True)).")
+
+
+MIXED_PRECISION = {"float16": "fp16", "fp16": "fp16", "half": "fp16", "bfloat16": "bf16", "bf16": "bf16"}  # --dtype: flag
+
+
+def check_weights(args: RetrievalTrainingArguments, settings: Sequence[Mapping[str, Any]]) -> None:
+    """Weight settings that would waste the run: a full fine-tune in half-precision weights loses most updates (a step
+    smaller than a weight's rounding step, bfloat16 keeps 8 bits of mantissa, leaves it unchanged), while LoRA keeps
+    its adapters in float32 over the half base and mixed precision (--bf16/--fp16) computes in half over float32
+    weights; ``--save_merged`` merges a LoRA adapter into its base, and without LoRA did nothing."""
+    given = flat_settings(settings)
+    dtype = given.get("dtype")
+    if dtype in MIXED_PRECISION and not given.get("use_lora"):
+        raise UsageError(f"--dtype {dtype} would train the weights themselves in {dtype}, where most updates round away "
+                         f"(the model barely changes): pass --{MIXED_PRECISION[dtype]} instead (mixed precision over "
+                         f"float32 weights), or --use_lora true (float32 adapters over a {dtype} base).")
+    if args.save_merged and not given.get("use_lora"):
+        raise UsageError("--save_merged saves a LoRA run's adapter merged into its base model: it needs --use_lora true "
+                         "(a full fine-tune's model in --output_dir is already a whole model); drop it.")
+
+
+def check_evaluation(data_args: DataArguments, args: RetrievalTrainingArguments) -> None:
+    """Evaluation flags that need held-out records, or records that would never be scored, are refused before
+    anything loads (they crashed after the model loaded, or were ignored)."""
+    if data_args.eval_data and args.eval_strategy == "no":
+        raise UsageError("--eval_data is scored only with --eval_strategy steps (every --eval_steps) or epoch; pass one, "
+                         "or drop --eval_data.")
+    if not data_args.eval_data and args.eval_strategy != "no":  # transformers has no evaluation of its own for us
+        raise UsageError(f"--eval_strategy {getattr(args.eval_strategy, 'value', args.eval_strategy)} scores held-out "
+                         "records: pass --eval_data (same format as --train_data), or drop it.")
+    best = "--load_best_model_at_end" if args.load_best_model_at_end else "--save_strategy best" \
+        if args.save_strategy == "best" else None
+    if best and not data_args.eval_data:
+        raise UsageError(f"{best} picks checkpoints by their --metric_for_best_model score on --eval_data: pass "
+                         "--eval_data (and an --eval_strategy), or drop it.")
+
+
+def check_candidates(loss: nn.Module, data_args: DataArguments, args: RetrievalTrainingArguments) -> None:
+    """Every query must be scored against some candidate besides its positive: over a single candidate the softmax
+    is 1 whatever the scores (loss 0, no gradient: the run saved its base model unchanged), and a triplet or a
+    group-only loss has no negative (it failed at the first step, after the output folder was set up)."""
+    inner = loss
+    while isinstance(getattr(inner, "loss", None), nn.Module):  # a wrapper (FLOPS, Matryoshka, a teacher) scores as it
+        inner = inner.loss
+    group = data_args.train_group_size
+    if group >= 2:
+        return
+    if not getattr(inner, "use_inbatch_neg", False):
+        without = " with --use_inbatch_neg false" if "use_inbatch_neg" in inner.setting_names() else ""
+        raise UsageError(f"--loss_fn {inner.name}{without} scores each query against its own group only: it needs "
+                         f"--train_group_size >= 2 (a positive and at least one negative), got {group}.")
+    processes = args.world_size if getattr(inner, "negatives_cross_device", False) else 1
+    if args.per_device_train_batch_size * processes * group == 1:
+        raise UsageError(f"--per_device_train_batch_size {args.per_device_train_batch_size} with --train_group_size {group}: "
+                         "each query's only candidate is its positive (no in-batch negative), so the loss is 0 and "
+                         "nothing trains; raise either (or pass --negatives_cross_device true under torchrun).")
 
 
 def check_steps(items: int, args: RetrievalTrainingArguments) -> None:

@@ -95,7 +95,8 @@ class RetrievalTrainer(Trainer):
         from ..evaluation.reranking import evaluate_reranking
 
         model = self.accelerator.unwrap_model(self.model)
-        metrics = {f"{metric_key_prefix}_{k}": round(v, 4) for k, v in evaluate_reranking(model, self.eval_records).items()}
+        scores = evaluate_reranking(model, self.eval_records, batch_size=self.args.per_device_eval_batch_size)
+        metrics = {f"{metric_key_prefix}_{k}": round(v, 4) for k, v in scores.items()}
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
