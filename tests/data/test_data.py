@@ -148,3 +148,70 @@ def test_judged_queries_without_text_are_left_out_with_a_warning(tmp_path, caplo
         corpus, queries, qrels = load_beir(tmp_path)
     assert qrels == {"q1": {"d1": 1}} and "judges 1 queries" in caplog.text and "'q2'" in caplog.text
     assert evaluate_run({"q1": {"d1": 1.0}}, qrels, (10,))["ndcg@10"] == 1.0
+
+
+def test_negatives_equal_to_a_positive_are_dropped_with_one_warning(tmp_path, caplog):
+    # scored as a negative of its own query, a positive held even a perfect embedder's loss at log 2
+    f = write(tmp_path / "d.jsonl", [
+        json.dumps({"query": "q1", "positive": "p", "negative": ["p", "n1"]}),
+        json.dumps({"query": "q2", "positive": ["a", "b"], "negative": ["b", "n2", "a"]}),
+        json.dumps({"query": "q3", "positive": "c", "negative": ["c "]}),  # another text: kept
+    ])
+    with caplog.at_level("WARNING", logger="retrievals"):
+        records = load_records(f, min_negatives=1)
+    assert [r.negatives for r in records] == [["n1"], ["n2"], ["c "]]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "dropped 3 negative(s) of 2 record(s)" in warnings[0]
+    assert f"{f}:1 (1), {f}:2 (2)" in warnings[0]
+    # a record left shorter than the group samples its negatives with repeats, as any short record does
+    item = TrainDataset(records, train_group_size=4, seed=0)[0]
+    assert item["documents"] == ["p", "n1", "n1", "n1"]
+    # one left with none: the error of a record without negatives, saying why
+    g = write(tmp_path / "e.jsonl", [json.dumps({"query": "q", "positive": "p", "negative": ["p", "p"]})])
+    with pytest.raises(DataError, match=r"e.jsonl:1: field 'negative' is empty once its 2 negative\(s\) equal to a "
+                                        r"positive are dropped but train_group_size needs 1"):
+        load_records(g, min_negatives=1)
+    assert load_records(g)[0].negatives == []  # no group to fill: read, with the warning
+
+
+def test_train_dataset_names_a_bad_group_size_or_record():
+    from retrievals.data import Record
+
+    for bad in (2.5, True, "2"):
+        with pytest.raises(TypeError, match=r"train_group_size .*must be an int"):
+            TrainDataset([Record("q", ["p"], ["n"])], bad)
+    with pytest.raises(ValueError, match="train_group_size .*must be >= 1, got 0"):
+        TrainDataset([Record("q", ["p"], ["n"])], 0)
+    with pytest.raises(ValueError, match=r"d.jsonl:3: query 'q' has no positive"):  # was an IndexError at its item
+        TrainDataset([Record("q", ["p"], ["n"]), Record("q", [], ["n"], origin="d.jsonl:3")], 2)
+    with pytest.raises(ValueError, match=r"records\[0\]: query 'q' has no negatives, but train_group_size 2 needs 1"):
+        TrainDataset([Record("q", ["p"], [])], 2)
+    assert TrainDataset([Record("q", ["p"], [])], 1)[0] == {"query": "q", "documents": ["p"]}
+    with pytest.raises(TypeError, match=r"records\[0\] must be a Record"):
+        TrainDataset([{"query": "q", "positive": ["p"]}], 1)
+
+
+def test_collator_text_ids_are_equal_for_equal_texts():
+    import hashlib
+
+    import torch
+
+    from retrievals.data.collator import hash_text_ids
+
+    class Processor:  # the collator's processor contract, reduced to counting texts
+        def tokenize(self, texts, is_query):
+            return texts
+
+        def pad(self, texts):
+            return {"n": torch.tensor(len(texts))}
+
+    items = [{"query": "q1", "documents": ["a", "n"]}, {"query": "q2", "documents": ["a", "m"]}]
+    assert set(EmbeddingCollator(Processor())(items)) == {"query", "document"}  # off by default: model(**batch) works
+    ids = EmbeddingCollator(Processor(), text_ids=True)(items)["document_text_ids"]
+    assert ids.dtype == torch.long and ids.shape == (4,) and ids[0] == ids[2] and len(set(ids.tolist())) == 3
+    # a digest, not Python's hash() (salted per process): every process gives a text the same id
+    expected = int.from_bytes(hashlib.blake2b("a".encode(), digest_size=8).digest(), "little", signed=True)
+    assert ids[0].item() == expected
+    assert hash_text_ids(["\ud800"]).shape == (1,)  # a lone surrogate: still an id (the tokenizer names it)
+    with pytest.raises(TypeError, match="text_ids must be True or False"):
+        EmbeddingCollator(Processor(), text_ids="yes")

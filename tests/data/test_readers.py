@@ -156,7 +156,9 @@ def test_property_valid_records_read_back_equal(records, layout, bom):
         path = Path(tmp) / ("d.json" if layout == "json" else "d.jsonl")
         path.write_bytes(_encode(records, layout, bom))
         got = load_records(str(path))
-    assert [(r.query, r.positives, r.negatives) for r in got] == [(r["query"], r["positive"], r["negative"]) for r in records]
+    # a negative that is one of its record's positives is dropped (a false negative), every other text read back as is
+    assert [(r.query, r.positives, r.negatives) for r in got] == [
+        (r["query"], r["positive"], [n for n in r["negative"] if n not in r["positive"]]) for r in records]
 
 
 @PROPERTY

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
+
+TEXT_IDS = "document_text_ids"  # the field the softmax losses read (retrievals.losses.base.TEXT_IDS)
+
+
+def hash_text_ids(texts: Sequence[str]) -> torch.Tensor:
+    """One int64 per text, equal for equal texts: the first 8 bytes of its BLAKE2b digest. A digest, not Python's
+    ``hash`` (salted per process), so the ids of copies of one document on different processes match when a loss
+    gathers them across devices; two different texts share an id with probability about 2^-64."""
+    return torch.tensor([int.from_bytes(hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
+                                        "little", signed=True) for t in texts], dtype=torch.long)
 
 
 class EmbeddingCollator:
@@ -14,19 +25,31 @@ class EmbeddingCollator:
     (``j == 0`` is the positive). Tokenization goes through ``model.processor`` so training sees
     exactly what inference sees (instructions, truncation, EOS). ``pad_to_multiple_of`` rounds the padded
     widths up (see :class:`retrievals.models.processing.PaddingOptions`).
+
+    ``text_ids=True`` adds ``document_text_ids`` [B * G] (:func:`hash_text_ids` of each document row), which the
+    embedder losses read to leave out a column holding another copy of a query's own positive: queries sharing
+    one answer (FAQ data) would otherwise each score the other's copy of their own positive as a negative. Off by
+    default: the batch then only holds the model's inputs, so ``model(**batch)`` works; the trainer routes the field
+    to the loss when the loss reads it (``"document_text_ids" in loss.reads``), so turn it on for such a loss only.
     """
 
-    def __init__(self, processor: Any, pad_to_multiple_of: Optional[int] = None) -> None:
+    def __init__(self, processor: Any, pad_to_multiple_of: Optional[int] = None, text_ids: bool = False) -> None:
         # a TextProcessor (``model.processor``); a copy when padding differs, so inference keeps its own
         self.processor = processor if pad_to_multiple_of is None else processor.with_pad_to_multiple_of(pad_to_multiple_of)
+        if not isinstance(text_ids, bool):
+            raise TypeError(f"text_ids must be True or False, got {type(text_ids).__name__}.")
+        self.text_ids = text_ids
 
     def __call__(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
         queries = [item["query"] for item in items]
         documents = [doc for item in items for doc in item["documents"]]
-        return {
+        batch = {
             "query": self.processor.pad(self.processor.tokenize(queries, is_query=True)),
             "document": self.processor.pad(self.processor.tokenize(documents, is_query=False)),
         }
+        if self.text_ids:
+            batch[TEXT_IDS] = hash_text_ids(documents)
+        return batch
 
 
 class TeacherCollator:

@@ -8,6 +8,7 @@ from typing import Dict, List, Sequence, Union
 from torch.utils.data import Dataset
 
 from .readers import Record
+from ..inputs import check_int
 from ..utils import UsageError
 
 
@@ -27,10 +28,19 @@ class TrainDataset(Dataset):
         seed: int = 42,
         unfold_each_positive: bool = False,
     ) -> None:
-        if train_group_size < 1:
-            raise UsageError(f"train_group_size must be >= 1 (1 positive + negatives), got {train_group_size}.")
+        # an int: 2.5 failed at the first item with a bare TypeError from random.sample
+        self.group_size = check_int("train_group_size (1 positive + negatives)", train_group_size, 1)
         self.records = list(records)
-        self.group_size = train_group_size
+        for i, record in enumerate(self.records):  # here, named, not as an IndexError at some step of training
+            if not isinstance(record, Record):
+                raise TypeError(f"records[{i}] must be a Record (see load_records), got {type(record).__name__}.")
+            where = record.origin or f"records[{i}]"
+            if not record.positives:
+                raise UsageError(f"{where}: query {record.query[:60]!r} has no positive; every record needs one.")
+            if self.group_size > 1 and not record.negatives:
+                raise UsageError(f"{where}: query {record.query[:60]!r} has no negatives, but train_group_size "
+                                 f"{self.group_size} needs {self.group_size - 1} per query (load_records(..., "
+                                 "min_negatives=...) checks this when reading).")
         self.seed = seed
         self.epoch = 0
         self.items: List[tuple[int, int]] = (

@@ -204,16 +204,27 @@ def load_records(
     """Read and validate every record before training starts.
 
     ``min_negatives`` > 0 requires each record to have negatives (needed when the training group
-    holds hard negatives); the error names the first record without.
+    holds hard negatives); the error names the first record without. A negative whose text is one of its record's
+    positives is dropped, with one warning for the whole source (a positive scored as its own query's negative
+    would hold even a perfect model's loss above zero); a record then shorter than the group samples its
+    remaining negatives with repeats, as any short record does, and one left with none is the error above.
     """
     records = []
     first_seen: Dict[str, str] = {}
     duplicates: List[Tuple[str, str, str]] = []  # (query, first origin, repeated origin)
+    dropped: List[Tuple[str, int]] = []  # (origin, negatives dropped there)
     for where, obj in iter_raw(source):
         record = parse_record(obj, where, query_key, positive_key, negative_key)
+        positives = set(record.positives)
+        kept = [text for text in record.negatives if text not in positives]
+        removed = len(record.negatives) - len(kept)
+        if removed:
+            dropped.append((where, removed))
+            record.negatives = kept
         if min_negatives and not record.negatives:
+            also = f" once its {removed} negative(s) equal to a positive are dropped" if removed else ""
             raise DataError(
-                f"{where}: field '{negative_key}' is empty but train_group_size needs {min_negatives} negative(s) "
+                f"{where}: field '{negative_key}' is empty{also} but train_group_size needs {min_negatives} negative(s) "
                 "per query; add hard negatives or use --train_group_size 1."
             )
         if record.query in first_seen:
@@ -222,9 +233,21 @@ def load_records(
         records.append(record)
     if not records:
         raise DataError(f"{source}: no records found.")
+    if dropped:
+        _warn_positive_negatives(dropped)
     if duplicates:
         _warn_duplicates(duplicates)
     return records
+
+
+def _warn_positive_negatives(dropped: List[Tuple[str, int]], shown: int = 3) -> None:
+    """One warning for negatives dropped because they are their record's positive: not an error (mined negatives
+    often contain the positive), but the data should be fixed at its source."""
+    examples = ", ".join(f"{where} ({count})" for where, count in dropped[:shown]) + (" ..." if len(dropped) > shown else "")
+    logger.warning(
+        f"dropped {sum(count for _, count in dropped)} negative(s) of {len(dropped)} record(s) that repeat a positive of "
+        f"the same record, e.g. {examples}: a positive scored as a negative of its own query is a false negative."
+    )
 
 
 def _warn_duplicates(duplicates: List[Tuple[str, str, str]], shown: int = 3) -> None:

@@ -6,25 +6,36 @@ from typing import Any, Dict
 
 import torch
 
-from ..utils import UsageError
-from .base import RetrievalLoss
+from .base import RetrievalLoss, finite_weight
 
 
 class FlopsRegularizedLoss(RetrievalLoss):
     """``loss`` plus ``query_weight * FLOPS(queries) + document_weight * FLOPS(documents)``, where FLOPS is the sum over
     vocabulary terms of the squared mean weight in the batch: it pushes terms to zero across texts, so vectors stay
     sparse and an inverted index stays fast (Paria et al., 2020; SPLADE). Inputs: those of the wrapped loss
-    (``query_embeddings``, ``document_embeddings``: [B, vocab] non-negative term weights). Documents usually take a
-    smaller weight than queries (longer expansions are cheaper at query time than long queries)."""
+    (``query_embeddings``, ``document_embeddings``: [B, vocab] non-negative term weights, and any other field it
+    reads, such as the documents' text ids, passed on as they are). Documents usually take a smaller weight than
+    queries (longer expansions are cheaper at query time than long queries). Weights must be finite and >= 0: a nan
+    or inf weight makes every step's loss nan or inf."""
 
     name = "flops"
     reads = ("query_embeddings", "document_embeddings")
 
     def __init__(self, loss: RetrievalLoss, query_weight: float = 5e-4, document_weight: float = 1e-4) -> None:
         super().__init__()
-        if query_weight < 0 or document_weight < 0:
-            raise UsageError(f"FLOPS weights must be >= 0, got {query_weight} and {document_weight}.")
-        self.loss, self.query_weight, self.document_weight = loss, float(query_weight), float(document_weight)
+        query_weight = finite_weight("FLOPS query_weight", query_weight)
+        document_weight = finite_weight("FLOPS document_weight", document_weight)
+        self.loss, self.query_weight, self.document_weight = loss, query_weight, document_weight
+        self.reads, self.optional = tuple(loss.reads), tuple(loss.optional)  # whatever else the wrapped loss reads
+
+    @property
+    def temperature(self) -> float:
+        """The wrapped loss's (an AttributeError when it has none, so ``getattr(loss, "temperature", default)`` sees
+        through this wrapper): a teacher's KL term or Matryoshka's self-distillation scores the student at it."""
+        try:
+            return float(self.loss.temperature)
+        except AttributeError:
+            raise AttributeError(f"{self.loss.name!r} (wrapped by flops) has no temperature") from None
 
     def get_config_dict(self) -> Dict[str, Any]:
         return {"name": self.name, "query_weight": self.query_weight, "document_weight": self.document_weight,
@@ -34,6 +45,6 @@ class FlopsRegularizedLoss(RetrievalLoss):
     def flops(weights: torch.Tensor) -> torch.Tensor:
         return (weights.float().mean(dim=0) ** 2).sum()
 
-    def forward(self, query_embeddings: torch.Tensor, document_embeddings: torch.Tensor) -> torch.Tensor:
-        return (self.loss(query_embeddings, document_embeddings) + self.query_weight * self.flops(query_embeddings)
+    def forward(self, query_embeddings: torch.Tensor, document_embeddings: torch.Tensor, **extra: torch.Tensor) -> torch.Tensor:
+        return (self.loss(query_embeddings, document_embeddings, **extra) + self.query_weight * self.flops(query_embeddings)
                 + self.document_weight * self.flops(document_embeddings))

@@ -7,7 +7,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from .base import RetrievalLoss
+from .base import RetrievalLoss, check_scores
 from ..utils import UsageError
 
 
@@ -31,6 +31,7 @@ class ListwiseCrossEntropyLoss(RetrievalLoss):
 
 
     def forward(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        check_scores(self.name, scores, targets)
         if scores.shape[1] < 2:
             raise UsageError("ListwiseCrossEntropyLoss needs at least 2 candidates per query (train_group_size >= 2).")
         return F.cross_entropy(scores.float() / self.temperature, targets)

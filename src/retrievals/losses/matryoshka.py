@@ -7,9 +7,10 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..inputs import check_int
 from ..models.embedding import truncate_embeddings
 from ..utils import UsageError
-from .base import EMBEDDING_FIELDS, RetrievalLoss, batch_log_softmax
+from .base import EMBEDDING_FIELDS, RetrievalLoss, batch_log_softmax, real_number
 
 
 class MatryoshkaLoss(RetrievalLoss):
@@ -35,19 +36,31 @@ class MatryoshkaLoss(RetrievalLoss):
     def __init__(self, loss: RetrievalLoss, dims: Sequence[int], weights: Optional[Sequence[float]] = None,
                  distill: float = 0.0, normalize: bool = True) -> None:
         super().__init__()
-        dims = [int(d) for d in dims]
-        if not dims or any(d < 1 for d in dims) or len(set(dims)) != len(dims):
+        # whole numbers only: int(16.9) would train size 16 and int(True) size 1, silently
+        dims = [check_int(f"matryoshka dims[{i}]", d, 1) for i, d in enumerate(dims)]
+        if not dims or len(set(dims)) != len(dims):
             raise UsageError(f"matryoshka dims must be distinct integers >= 1, got {dims}.")
-        weights = [1.0] * len(dims) if not weights else [float(w) for w in weights]
-        if len(weights) != len(dims) or any(not w > 0 for w in weights):
-            raise UsageError(f"matryoshka weights must be {len(dims)} numbers > 0 (one per dim), got {weights}.")
+        weights = [1.0] * len(dims) if not weights else [real_number("matryoshka weight", w) for w in weights]
+        # finite: an inf weight makes every step's loss inf, which training then skips step after step
+        if len(weights) != len(dims) or any(not 0 < w < float("inf") for w in weights):
+            raise UsageError(f"matryoshka weights must be {len(dims)} finite numbers > 0 (one per dim), got {weights}.")
         if tuple(loss.reads[:2]) != EMBEDDING_FIELDS:
             raise UsageError(f"matryoshka wraps an embedder loss, not {loss.name!r}.")
         self.reads = tuple(loss.reads)  # and whatever else the wrapped loss reads (a teacher's vectors), untruncated
+        self.optional = tuple(loss.optional)
         if isinstance(distill, bool) or not (isinstance(distill, (int, float)) and 0 <= distill < float("inf")):
             raise UsageError(f"matryoshka distill must be a finite number >= 0, got {distill!r}.")
         self.loss, self.dims, self.weights, self.distill = loss, dims, weights, float(distill)
         self.normalize = bool(normalize)
+
+    @property
+    def temperature(self) -> float:
+        """The wrapped loss's (an AttributeError when it has none, so ``getattr(loss, "temperature", default)`` sees
+        through this wrapper, as a teacher's KL term wrapped around it reads it)."""
+        try:
+            return float(self.loss.temperature)
+        except AttributeError:
+            raise AttributeError(f"{self.loss.name!r} (wrapped by matryoshka) has no temperature") from None
 
     def get_config_dict(self) -> Dict[str, Any]:
         return {"name": self.name, "dims": list(self.dims), "weights": list(self.weights), "distill": self.distill,

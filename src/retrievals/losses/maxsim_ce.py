@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from ..distributed import gather_padded_with_grad
 from ..models.rankers.colbert import maxsim
-from .base import ContrastiveSettings, RetrievalLoss
+from .base import (TEXT_IDS, ContrastiveSettings, RetrievalLoss, check_text_ids, gather_text_ids, groups, mask_false_negatives,
+                   mask_group_copies)
 from ..utils import UsageError
 
 
@@ -31,29 +33,36 @@ class MaxSimCrossEntropyLoss(RetrievalLoss):
     * ``negatives_cross_device=True`` (with in-batch negatives, under torchrun): the documents of every process
       are candidates, gathered with gradient (padded to a common length), so the mean of the processes' losses
       equals one process's loss on the global batch.
+    * ``document_text_ids`` [B * G] (optional): ids equal for equal document texts. A column holding another copy
+      of a query's own positive (another query's positive, or a hard negative equal to it) is left out of that
+      query's softmax instead of being scored as a negative; across processes the ids are gathered too.
     """
 
     name = "ce"
-    reads = ("query_vectors", "query_mask", "document_vectors", "document_mask")
+    reads = ("query_vectors", "query_mask", "document_vectors", "document_mask", TEXT_IDS)
+    optional = (TEXT_IDS,)
     Settings = MaxSimSettings
 
     def forward(self, query_vectors: torch.Tensor, query_mask: torch.Tensor, document_vectors: torch.Tensor,
-                document_mask: torch.Tensor) -> torch.Tensor:
-        batch = query_vectors.shape[0]
-        if document_vectors.shape[0] % batch:
-            raise UsageError(f"{document_vectors.shape[0]} documents do not split into groups for {batch} queries.")
-        group = document_vectors.shape[0] // batch
+                document_mask: torch.Tensor, document_text_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        batch, group = groups(self.name, query_vectors, document_vectors, dims=3)
+        ids = None if document_text_ids is None else check_text_ids(document_text_ids, batch * group).to(query_vectors.device)
         q, d = query_vectors.float(), document_vectors.float()
         if not self.use_inbatch_neg:
             if group < 2:
                 raise UsageError("use_inbatch_neg=False needs train_group_size >= 2 (a positive and negatives).")
             scores = maxsim(q, query_mask, d.view(batch, group, *d.shape[1:]), document_mask.view(batch, group, -1))
             target = torch.zeros(batch, dtype=torch.long, device=q.device)
+            if ids is not None:  # a hard negative equal to the positive
+                scores = mask_group_copies(scores, ids)
             return F.cross_entropy(scores / self.temperature, target)
         offset = 0
         if self.negatives_cross_device:
             (d, document_mask), rank = gather_padded_with_grad(d, document_mask)
             offset = rank * batch * group
+            ids = None if ids is None else gather_text_ids(ids)  # the same rows as the gathered documents
         scores = maxsim(q, query_mask, d, document_mask, all_pairs=True)
         target = offset + torch.arange(batch, device=q.device) * group
+        if ids is not None:
+            scores = mask_false_negatives(scores, ids, target)
         return F.cross_entropy(scores / self.temperature, target)

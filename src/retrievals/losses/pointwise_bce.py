@@ -7,7 +7,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from .base import RetrievalLoss
+from .base import RetrievalLoss, check_scores
 
 
 @dataclasses.dataclass
@@ -30,6 +30,7 @@ class PointwiseBCELoss(RetrievalLoss):
 
 
     def forward(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        check_scores(self.name, scores, targets)
         labels = torch.zeros_like(scores, dtype=torch.float32)
         labels[torch.arange(scores.shape[0], device=scores.device), targets] = 1.0
         return F.binary_cross_entropy_with_logits(scores.float() / self.temperature, labels)

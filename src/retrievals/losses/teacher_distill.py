@@ -50,7 +50,10 @@ class TeacherDistillLoss(RetrievalLoss):
         self.loss, self.weight, self.teacher_temperature = loss, float(weight), float(temperature)
         self.embedder = tuple(loss.reads[:2]) == EMBEDDING_FIELDS
         student = () if self.embedder or "scores" in loss.reads else ("scores",)  # a reranker's scores, always
-        self.reads = (*loss.reads, *student, *TEACHER_FIELDS)
+        # the wrapped loss's optional fields (its text ids) last: the required ones keep their positions
+        required = tuple(k for k in loss.reads if k not in loss.optional)
+        self.reads = (*required, *student, *TEACHER_FIELDS, *loss.optional)
+        self.optional = tuple(loss.optional)
 
     @property
     def temperature(self) -> float:
@@ -64,11 +67,11 @@ class TeacherDistillLoss(RetrievalLoss):
     def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
         """The fields of :attr:`reads`, in that order or by name."""
         inputs = {**dict(zip(self.reads, args)), **kwargs}
-        missing = [k for k in self.reads if inputs.get(k) is None]
+        missing = [k for k in self.reads if inputs.get(k) is None and k not in self.optional]
         if missing or len(args) > len(self.reads):
             raise UsageError(f"loss {self.name!r} reads {', '.join(self.reads)}; missing {', '.join(missing) or 'none'}.")
         teacher_query_embeddings, teacher_document_embeddings = (inputs[k] for k in TEACHER_FIELDS)
-        own = {k: v for k, v in inputs.items() if k in self.loss.reads}
+        own = {k: v for k, v in inputs.items() if k in self.loss.reads and v is not None}
         given = (teacher_query_embeddings.shape[0], teacher_document_embeddings.shape[0])
         if self.embedder:
             queries, documents = own[EMBEDDING_FIELDS[0]], own[EMBEDDING_FIELDS[1]]
