@@ -62,6 +62,9 @@ def test_sparse_index_scores_are_exact_dot_products(sparse_model, tmp_path):
         assert list(scores[row]) == sorted(scores[row], reverse=True)
     with pytest.raises(TypeError, match=r"vectors\[1\] must map integer term ids"):
         SparseIndex([{1: 0.5}, {"x": 1.0}], ["a", "b"])
+    for weight in ("2", True):  # float() read them as 2.0 and 1.0
+        with pytest.raises(TypeError, match=r"vectors\[1\] must map integer term ids .* to numbers"):
+            SparseIndex([{1: 0.5}, {1: weight}], ["a", "b"])
     index.save(tmp_path / "idx")
     assert Index.load(tmp_path / "idx").search(queries[0], 4)[1] == index.search(queries[0], 4)[1]
 

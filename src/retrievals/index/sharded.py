@@ -22,8 +22,8 @@ from ..utils import logger
 
 def encode_sharded(model: Any, texts: Sequence[str], folder: str | os.PathLike, shard_size: int = 10000,
                    batch_size: int = 64, is_query: bool = False, cache_key: Optional[str] = None) -> np.ndarray:
-    """Embeddings of ``texts``, written as ``shard-00000.npy`` ... under ``folder`` and returned as one array
-    (memory-mapped when the texts fit one shard; several shards are read into memory).
+    """Embeddings of ``texts``, written as ``shard-00000.npy`` ... under ``folder`` and returned as one writable
+    array in memory.
 
     Shard ``i`` is encoded by process ``i % world_size`` (torchrun), written to a temporary file and
     renamed, so a killed run resumes at the first missing shard. Shards live in a subfolder named by a
@@ -70,4 +70,6 @@ def encode_sharded(model: Any, texts: Sequence[str], folder: str | os.PathLike, 
 
         dist.barrier()
     parts = [np.load(folder / f"shard-{i:05d}.npy", mmap_mode="r") for i in range(n_shards)]
-    return np.concatenate(parts) if len(parts) > 1 else np.asarray(parts[0])
+    # one writable array in memory whatever the shard count (one shard was a read-only memory map: an in-place
+    # normalisation raised there and worked with two shards)
+    return np.concatenate(parts) if len(parts) > 1 else np.array(parts[0])

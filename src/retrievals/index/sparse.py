@@ -21,10 +21,17 @@ def _term_id(key: Any) -> int:
     raise ValueError(key)
 
 
+def _weight(value: Any) -> float:
+    """A weight: a real number ("2" or True would pass float() as 2.0 and 1.0, a string or bool of the caller's)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(value)
+    return float(value)
+
+
 def _as_sparse(vector: Any, where: str) -> Dict[int, float]:
     if isinstance(vector, Mapping):
         try:
-            out = {_term_id(k): float(v) for k, v in vector.items()}
+            out = {_term_id(k): _weight(v) for k, v in vector.items()}
         except (TypeError, ValueError):
             raise TypeError(f"{where} must map integer term ids (ints or their decimal strings) to numbers, got "
                             f"{dict(list(vector.items())[:3])!r}") from None

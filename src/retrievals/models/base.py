@@ -406,6 +406,11 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         """The transformer this kind runs."""
 
     @classmethod
+    def _check_foreign_folder(cls, path: str) -> None:
+        """Refuse another library's folder whose layers this kind would skip (other scores than that library's,
+        silently); ``backbone_only=True`` takes its transformer on purpose and skips this check."""
+
+    @classmethod
     def _finish_config(cls, config: Any, tokenizer: Any, overrides: Dict[str, Any], saved_by_us: bool) -> None:
         """Settle settings that depend on the tokenizer (after overrides)."""
 
@@ -528,6 +533,8 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
             saved_by_us = config is not None
             base_path, adapter_path = resolve_lora_paths(path, config.lora_base if config else None, lora_path)
             if config is None:
+                if not backbone_only:
+                    cls._check_foreign_folder(path)
                 config = cls._default_config(path, base_path, trust_remote_code)
             config.update(**overrides)
             if overrides.get("padding_side") not in (None, "left", "right"):  # before a kind settles it (encoders: right)

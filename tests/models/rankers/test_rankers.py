@@ -475,7 +475,7 @@ def test_saved_cross_encoder_truncates_alike_in_sentence_transformers(tiny_bert,
     assert AutoModelForRanking.from_pretrained(str(tmp_path / "ce")).tokenizer.model_max_length == 32
 
 
-@pytest.mark.parametrize("kind", ["cross-encoder", "llm"])
+@pytest.mark.parametrize("kind", ["cross-encoder", "colbert", "llm"])
 def test_an_instruction_that_leaves_no_room_for_the_query_is_refused(kind, tiny_bert, tiny_qwen):
     # the instruction filled the query's tokens: different queries got one score, silently
     from retrievals.utils import UsageError
@@ -508,3 +508,38 @@ def test_a_cross_encoder_query_template_keeps_its_tail_when_the_query_is_cut(tin
     assert len(ranker.processor.units([("tax card renew " * 20, "x")], False)[0][0]["input_ids"]) <= 64
     single = [ranker.compute_score(p) for p in PAIRS]
     assert ranker.compute_score(PAIRS) == pytest.approx(single, abs=1e-5)
+
+
+def test_a_colbert_query_template_keeps_its_tail_when_the_query_is_cut(tiny_bert):
+    ranker = AutoModelForRanking.from_pretrained(tiny_bert, model_type="colbert", colbert_dim=0, query_max_length=12,
+                                                 query_instruction="query: {} end")
+    tok = ranker.tokenizer
+    long = ranker.processor.query_ids(["tax card renew " * 20])[0]
+    tail = tok("end", add_special_tokens=False)["input_ids"]
+    assert len(long) <= 12 and long[-1 - len(tail):-1] == tail  # [SEP] last, the template's tail before it
+    assert ranker.processor.query_ids(["tax"])[0] == tok("query: tax end")["input_ids"]
+
+
+def test_colbert_refuses_another_librarys_multi_vector_folder_and_warns_of_a_fresh_projection(tiny_bert, tmp_path, caplog):
+    """A sentence-transformers MultiVectorEncoder / PyLate folder (its trained Dense projection and masks after the
+    transformer) loaded as a ColBERT with a fresh random projection: scores unlike that model's, another each load."""
+    import shutil
+
+    from retrievals.utils import UsageError
+
+    folder = tmp_path / "multi"
+    shutil.copytree(tiny_bert, folder)
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"}]))
+    with pytest.raises(UsageError, match="a multi-vector model of another library .*backbone_only"):
+        AutoModelForRanking.from_pretrained(str(folder), model_type="colbert")
+    with caplog.at_level("WARNING", logger="retrievals"):
+        AutoModelForRanking.from_pretrained(str(folder), model_type="colbert", backbone_only=True)
+    assert "a fresh" in caplog.text and "ColBERT projection (random" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="retrievals"):
+        identity = AutoModelForRanking.from_pretrained(tiny_bert, model_type="colbert", colbert_dim=0)
+    assert "ColBERT projection" not in caplog.text  # the identity start is a usable scorer
+    with pytest.raises(UsageError, match=r"document_vectors\[1\] holds no window"):
+        identity.score_vectors("tax", [identity.encode_documents(["tax card"])[0], []])

@@ -10,13 +10,52 @@ import torch
 from transformers.utils import ModelOutput
 
 from ...inputs import as_pairs, as_texts, check_batch_size, check_top_k
-from ...utils import UsageError, logger
+from ...utils import UsageError, apply_instruction, logger
 from ..base import ModelConfig, RetrievalModel, hf_config
+from ..processing import tokenize_user_text
 
 
 Pair = Tuple[str, str]
 Batch = Dict[str, torch.Tensor]
 TRAIN_CHUNK = 16  # training batches run as length-sorted chunks of this many inputs (less padding)
+
+
+class QueryCutter:
+    """A processor's queries with their instruction applied, cut to a token budget on a token boundary *before* the
+    instruction is applied (a template's text after ``{}`` is kept), and refused when the instruction leaves no room
+    (every query would score as the same text). Needs ``self.tokenizer`` and ``self.config.query_instruction``."""
+
+    tokenizer: Any
+    config: Any
+
+    def _cut_queries(self, queries: Sequence[str], cap: int, cap_is: str) -> Dict[str, str]:
+        """Each distinct query with its instruction applied, in at most ``cap`` tokens (special tokens not counted;
+        ``cap_is`` says where ``cap`` comes from, for the error)."""
+        used = len(self._instruction_ids())
+        if used >= cap:
+            raise UsageError(f"the query instruction {self.config.query_instruction[:60]!r} takes {used} tokens, and a "
+                             f"query gets {cap} ({cap_is}): no room for the query. Raise it, or shorten the instruction.")
+        instruction, tok = self.config.query_instruction, self.tokenizer
+        distinct = list(dict.fromkeys(queries))
+        whole = {q: apply_instruction(instruction, q) for q in distinct}
+        lengths = tokenize_user_text(tok, list(whole.values()), add_special_tokens=False)["input_ids"] if distinct else []
+        long = [q for q, ids in zip(distinct, lengths) if len(ids) > cap]
+        if long:
+            enc = tokenize_user_text(tok, long, add_special_tokens=False, truncation=True, max_length=cap - used,
+                                     return_offsets_mapping=True)
+            for q, offsets in zip(long, enc["offset_mapping"]):
+                whole[q] = apply_instruction(instruction, q[: offsets[-1][1]] if offsets else "")
+        return whole
+
+    def _instruction_ids(self) -> List[int]:
+        """The query instruction's own tokens (a template's head and tail), counted once per instruction."""
+        instruction = self.config.query_instruction or ""
+        cached = getattr(self, "_instruction", None)  # (instruction, ids): one attribute, so threads see a whole pair
+        if cached is None or cached[0] != instruction:
+            text = apply_instruction(instruction, "") if instruction else ""
+            cached = (instruction, tokenize_user_text(self.tokenizer, [text], add_special_tokens=False)["input_ids"][0] if text else [])
+            self._instruction = cached
+        return cached[1]
 
 
 @dataclass

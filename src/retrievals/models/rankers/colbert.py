@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -10,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...utils import UsageError, apply_instruction
+from ...utils import UsageError, apply_instruction, logger
 from ..base import load_backbone
 from ...inputs import as_texts, check_batch_size
 from ..processing import PaddingOptions, at_least_one_token, call_tokenizer, pad_ids, tokenize_user_text
-from .base import BaseRanker, Batch, RankerConfig, RankingOutput, group_targets
+from .base import BaseRanker, Batch, QueryCutter, RankerConfig, RankingOutput, group_targets
 
 COLBERT_LINEAR = "colbert_linear.pt"  # the projection's state dict, as bge-m3 ships it
 ENCODED_WINDOWS = 256  # document windows whose token vectors are held at once when scoring (memory bound)
@@ -56,7 +57,7 @@ def maxsim(q: torch.Tensor, q_mask: torch.Tensor, d: torch.Tensor, d_mask: torch
     return (best * qm).sum(-1) / qm.sum(-1).clamp(min=1)
 
 
-class ColBERTProcessor(PaddingOptions):
+class ColBERTProcessor(QueryCutter, PaddingOptions):
     """Queries capped at ``query_max_length``; documents cut, or split into overlapping windows, at ``max_length``."""
 
     def __init__(self, tokenizer: Any, config: ColBERTConfig) -> None:
@@ -65,11 +66,13 @@ class ColBERTProcessor(PaddingOptions):
         self.n_special = tokenizer.num_special_tokens_to_add(pair=False)
 
     def query_ids(self, queries: Sequence[str]) -> List[List[int]]:
-        """Token ids of each query (with instruction), capped at ``query_max_length``; one batched call."""
-        texts = [apply_instruction(self.config.query_instruction, q) for q in queries]
-        if not texts:
+        """Token ids of each query (with instruction), capped at ``query_max_length``: a long query is cut before its
+        instruction is applied (see :class:`~.base.QueryCutter`); one batched call."""
+        if not queries:
             return []
-        ids = tokenize_user_text(self.tokenizer, texts, truncation=True, max_length=self.config.query_max_length)["input_ids"]
+        cut = self._cut_queries(queries, self.config.query_max_length - self.n_special, "query_max_length")
+        ids = tokenize_user_text(self.tokenizer, [cut[q] for q in queries], truncation=True,
+                                 max_length=self.config.query_max_length)["input_ids"]
         return at_least_one_token([list(x) for x in ids], self.tokenizer)  # an empty text with no special tokens
 
     def document_ids(self, documents: Sequence[str], all_windows: bool) -> List[List[List[int]]]:
@@ -161,6 +164,24 @@ class ColBERT(BaseRanker):
         return config
 
     @classmethod
+    def _check_foreign_folder(cls, path: str) -> None:
+        """A sentence-transformers multi-vector folder (MultiVectorEncoder, PyLate: no Pooling, a token projection
+        and masks after the transformer) scores with layers and markers this ColBERT does not run: refused, where
+        its transformer with a fresh projection would have scored as if it were the trained model."""
+        modules = Path(path) / "modules.json"
+        if not modules.is_file():
+            return
+        try:
+            kinds = [str(m.get("type", "")) for m in json.loads(modules.read_text(encoding="utf-8"))]
+        except (ValueError, AttributeError):
+            raise UsageError(f"{modules}: not a list of modules.") from None
+        names = [k.rsplit(".", 1)[-1] for k in kinds]
+        if "Pooling" not in names and any(n not in ("Transformer", "Normalize") for n in names):
+            raise UsageError(f"{modules}: a multi-vector model of another library ({', '.join(kinds)}); retrievals' "
+                             "ColBERT does not run its layers after the transformer, so its scores would not be that "
+                             "model's. To train a ColBERT from its transformer, pass backbone_only=True (--backbone_only true).")
+
+    @classmethod
     def _load_backbone(cls, path: str, config: RankerConfig, dtype: Optional[torch.dtype], trust_remote_code: bool) -> nn.Module:
         return load_backbone(path, dtype=dtype, trust_remote_code=trust_remote_code)
 
@@ -173,6 +194,10 @@ class ColBERT(BaseRanker):
                 with torch.no_grad():  # start from the encoder's own token vectors: a usable zero-shot scorer
                     self.colbert_linear.weight.copy_(torch.eye(self.colbert_linear.in_features))
                     self.colbert_linear.bias.zero_()
+            else:  # random, and another at each load: scores mean nothing until it is trained
+                logger.warning("%s: a fresh %d -> %d ColBERT projection (random: train it before scoring with it, or pass "
+                               "colbert_dim=-1 to score with the encoder's own token vectors).", path,
+                               self.colbert_linear.in_features, self.colbert_linear.out_features)
             return
         state = torch.load(file, map_location="cpu", weights_only=True)
         expected = tuple(self.colbert_linear.weight.shape)
@@ -282,7 +307,9 @@ class ColBERT(BaseRanker):
         q, qm = self._padded_token_vectors(self.processor.query_ids([query]), 1, None)
         q, qm = q.to(self.device), qm.to(self.device)
         scores = []
-        for wins in document_vectors:
+        for i, wins in enumerate(document_vectors):
+            if len(wins) == 0:  # encode_documents gives every document at least one window
+                raise UsageError(f"document_vectors[{i}] holds no window; pass what encode_documents returned.")
             best = max(
                 float(maxsim(q, qm, w[None].to(q.device), torch.ones(1, w.shape[0], device=q.device))[0]) for w in wins
             )

@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification
 from ...utils import UsageError, apply_instruction, logger
 from ..base import hf_config
 from ..processing import PaddingOptions, at_least_one_token, pad_ids, run_in_length_chunks, tokenize_user_text
-from .base import TRAIN_CHUNK, BaseRanker, Batch, RankerConfig, RankingOutput, group_targets
+from .base import TRAIN_CHUNK, BaseRanker, Batch, QueryCutter, RankerConfig, RankingOutput, group_targets
 
 
 @dataclass
@@ -25,7 +25,7 @@ class CrossEncoderConfig(RankerConfig):
     query_max_length: int = 512
 
 
-class PairProcessor(PaddingOptions):
+class PairProcessor(QueryCutter, PaddingOptions):
     """Tokenizes (query, document) pairs: the query (with instruction) capped at ``query_max_length``
     and at half of ``max_length``, the document truncated, or split into overlapping windows, to fit.
     Each list of pairs is tokenized in two batched calls (distinct queries, then the pairs)."""
@@ -36,31 +36,6 @@ class PairProcessor(PaddingOptions):
         self.n_special = tokenizer.num_special_tokens_to_add(pair=True)
         self.use_types = "token_type_ids" in tokenizer.model_input_names
 
-    def _cut_queries(self, queries: Sequence[str], cap: int) -> Dict[str, str]:
-        """Each distinct query with its instruction applied, in at most ``cap`` tokens: a longer query is cut on a
-        token boundary before the instruction is applied, so a template's text after ``{}`` is kept."""
-        instruction, tok = self.config.query_instruction, self.tokenizer
-        distinct = list(dict.fromkeys(queries))
-        whole = {q: apply_instruction(instruction, q) for q in distinct}
-        lengths = tokenize_user_text(tok, list(whole.values()), add_special_tokens=False)["input_ids"] if distinct else []
-        long = [q for q, ids in zip(distinct, lengths) if len(ids) > cap]
-        if long:  # the instruction's tokens leave at least one (checked by units)
-            enc = tokenize_user_text(tok, long, add_special_tokens=False, truncation=True,
-                                     max_length=cap - len(self._instruction_ids()), return_offsets_mapping=True)
-            for q, offsets in zip(long, enc["offset_mapping"]):
-                whole[q] = apply_instruction(instruction, q[: offsets[-1][1]] if offsets else "")
-        return whole
-
-    def _instruction_ids(self) -> List[int]:
-        """The query instruction's own tokens (a template's head and tail), counted once per instruction."""
-        instruction = self.config.query_instruction or ""
-        cached = getattr(self, "_instruction", None)  # (instruction, ids): one attribute, so threads see a whole pair
-        if cached is None or cached[0] != instruction:
-            text = apply_instruction(instruction, "") if instruction else ""
-            cached = (instruction, tokenize_user_text(self.tokenizer, [text], add_special_tokens=False)["input_ids"][0] if text else [])
-            self._instruction = cached
-        return cached[1]
-
     def units(self, pairs: Sequence[Tuple[str, str]], all_windows: bool) -> List[List[Dict[str, Any]]]:
         """The scoring units of each pair: its first window, or all of them."""
         if not pairs:
@@ -70,12 +45,7 @@ class PairProcessor(PaddingOptions):
         q_cap = min(cfg.query_max_length, max(1, room // 2))  # the document keeps at least half
         if room - q_cap < 1:
             raise ValueError(f"max_length={cfg.max_length} leaves no room for the document: raise it or lower query_max_length.")
-        used = len(self._instruction_ids())
-        if used >= q_cap:  # the instruction would fill the query's tokens: every query scored as the same text
-            raise UsageError(f"the query instruction {cfg.query_instruction[:60]!r} takes {used} tokens, and a query gets "
-                             f"{q_cap} (query_max_length, at most half of max_length): no room for the query. Raise them, "
-                             "or shorten the instruction.")
-        cut = self._cut_queries([q for q, _ in pairs], q_cap)
+        cut = self._cut_queries([q for q, _ in pairs], q_cap, "query_max_length, at most half of max_length")
         queries = [cut[q] for q, _ in pairs]
         documents = [apply_instruction(cfg.document_instruction, d) for _, d in pairs]
         enc = tokenize_user_text(tok, queries, documents, truncation="only_second", max_length=cfg.max_length,
