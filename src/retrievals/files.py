@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from filelock import FileLock, Timeout
 
@@ -179,18 +179,38 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
     file lives in ``lock_dir()``, not in the folder (a user's folder gets no file of ours, a read-only one
     can be locked too). Where no lock file can be made, the folder is used unlocked.
     """
-    key = str(Path(folder).resolve())
+    path = lock_path(folder, "lock")
     with _LOCKS_GUARD:
-        if key not in _LOCKS:
-            _LOCKS[key] = FileLock(str(lock_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.lock"))
-        lock = _LOCKS[key]
+        if str(path) not in _LOCKS:
+            _LOCKS[str(path)] = FileLock(str(path))
+        lock = _LOCKS[str(path)]
+
+    def wait() -> None:
+        logger.warning("%s: waiting for a save or load in progress (another thread or process) to finish.", folder)
+        lock.acquire()
+
+    with holding(lock, wait):
+        yield
+
+
+def lock_path(folder: str | os.PathLike, suffix: str) -> Path:
+    """The lock file of ``folder`` for one use (``suffix``), in ``lock_dir()``: named by its resolved path."""
+    return lock_dir() / f"{hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:32]}.{suffix}"
+
+
+@contextlib.contextmanager
+def holding(lock: FileLock, when_busy: Any, when_unavailable: Any = None) -> Iterator[None]:
+    """``lock`` held for the block. Held elsewhere: ``when_busy()`` waits for it (acquiring it) or raises. Where no
+    lock file can be made (permissions, a file system without locks): ``when_unavailable()``, and the block runs
+    unlocked."""
     try:
         lock_dir().mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=0)
     except Timeout:
-        logger.warning("%s: waiting for a save or load in progress (another thread or process) to finish.", folder)
-        lock.acquire()
-    except OSError:  # no lock file can be made there (permissions), or a file system without locks
+        when_busy()
+    except OSError:
+        if when_unavailable is not None:
+            when_unavailable()
         yield
         return
     try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import json
 import re
 import shutil
@@ -25,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set
 
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
 from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
 
-from ..files import FILES_NAME, JOURNAL_NAME, SCRATCH_PREFIX, atomic_write_json, lock_dir, recover, saved_entries
+from ..files import FILES_NAME, JOURNAL_NAME, SCRATCH_PREFIX, atomic_write_json, holding, lock_path, recover, saved_entries
 from ..models.base import CONFIG_NAME
 from ..utils import logger
 from .fingerprint import FINGERPRINT_NAME, describe_changes
@@ -174,24 +173,18 @@ def run_lock(output_dir: str | Path) -> Iterator[None]:
     Its lock file lives in ``lock_dir()`` beside :func:`~retrievals.files.folder_lock`'s, under another name: a save
     into the folder during the run takes that lock, which this one must not block. Only the main process of a
     torchrun job takes it (the others run inside its run). Where no lock file can be made, the run goes unlocked."""
-    key = str(Path(output_dir).resolve())
-    path = lock_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.run.lock"
-    lock = FileLock(str(path))
-    try:
-        lock_dir().mkdir(parents=True, exist_ok=True)
-        lock.acquire(timeout=0)
-    except Timeout:
+    path = lock_path(output_dir, "run.lock")
+
+    def busy() -> None:
         raise OutputDirError(f"{output_dir}: another training run is writing into this --output_dir now (it holds "
-                             f"{path}); wait for it to end, or choose another --output_dir.") from None
-    except OSError:  # no lock file can be made there (permissions), or a file system without locks
+                             f"{path}); wait for it to end, or choose another --output_dir.")
+
+    def unavailable() -> None:
         logger.warning("%s: cannot lock the folder (%s); a second run into it at the same time would not be refused.",
                        output_dir, path)
+
+    with holding(FileLock(str(path)), busy, unavailable):
         yield
-        return
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool, fingerprint: Dict[str, Any],
