@@ -94,6 +94,21 @@ class RetrievalLoss(nn.Module):
         return values
 
 
+class WrappingLoss(RetrievalLoss):
+    """A loss around another (``self.loss``): FLOPS, Matryoshka. Its ``temperature`` is the wrapped loss's (an
+    AttributeError when that has none, so ``getattr(loss, "temperature", default)`` sees through the wrapper): a
+    teacher's KL term or Matryoshka's self-distillation scores the student at it."""
+
+    loss: RetrievalLoss
+
+    @property
+    def temperature(self) -> float:
+        try:
+            return float(self.loss.temperature)
+        except AttributeError:
+            raise AttributeError(f"{self.loss.name!r} (wrapped by {self.name}) has no temperature") from None
+
+
 def batch_log_softmax(queries: torch.Tensor, documents: torch.Tensor, temperature: float) -> torch.Tensor:
     """Each query's log-probabilities over every document of the batch (scores = dot products / ``temperature``, in
     float32): the distribution the distillation terms compare (Matryoshka's self-distillation, a teacher's)."""

@@ -6,10 +6,10 @@ from typing import Any, Dict
 
 import torch
 
-from .base import RetrievalLoss, finite_weight
+from .base import RetrievalLoss, WrappingLoss, finite_weight
 
 
-class FlopsRegularizedLoss(RetrievalLoss):
+class FlopsRegularizedLoss(WrappingLoss):
     """``loss`` plus ``query_weight * FLOPS(queries) + document_weight * FLOPS(documents)``, where FLOPS is the sum over
     vocabulary terms of the squared mean weight in the batch: it pushes terms to zero across texts, so vectors stay
     sparse and an inverted index stays fast (Paria et al., 2020; SPLADE). Inputs: those of the wrapped loss
@@ -27,15 +27,6 @@ class FlopsRegularizedLoss(RetrievalLoss):
         document_weight = finite_weight("FLOPS document_weight", document_weight)
         self.loss, self.query_weight, self.document_weight = loss, query_weight, document_weight
         self.reads, self.optional = tuple(loss.reads), tuple(loss.optional)  # whatever else the wrapped loss reads
-
-    @property
-    def temperature(self) -> float:
-        """The wrapped loss's (an AttributeError when it has none, so ``getattr(loss, "temperature", default)`` sees
-        through this wrapper): a teacher's KL term or Matryoshka's self-distillation scores the student at it."""
-        try:
-            return float(self.loss.temperature)
-        except AttributeError:
-            raise AttributeError(f"{self.loss.name!r} (wrapped by flops) has no temperature") from None
 
     def get_config_dict(self) -> Dict[str, Any]:
         return {"name": self.name, "query_weight": self.query_weight, "document_weight": self.document_weight,

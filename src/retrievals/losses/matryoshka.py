@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from ..inputs import check_int
 from ..models.embedding import truncate_embeddings
 from ..utils import UsageError
-from .base import EMBEDDING_FIELDS, RetrievalLoss, batch_log_softmax, real_number
+from .base import EMBEDDING_FIELDS, RetrievalLoss, WrappingLoss, batch_log_softmax, real_number
 
 
-class MatryoshkaLoss(RetrievalLoss):
+class MatryoshkaLoss(WrappingLoss):
     """Weighted sum of ``loss`` on the first ``d`` dimensions of the embeddings, for each ``d`` in ``dims``, so one
     model serves every one of those sizes (``encode(..., truncate_dim=d)``, the server's ``dimensions``).
 
@@ -52,15 +52,6 @@ class MatryoshkaLoss(RetrievalLoss):
             raise UsageError(f"matryoshka distill must be a finite number >= 0, got {distill!r}.")
         self.loss, self.dims, self.weights, self.distill = loss, dims, weights, float(distill)
         self.normalize = bool(normalize)
-
-    @property
-    def temperature(self) -> float:
-        """The wrapped loss's (an AttributeError when it has none, so ``getattr(loss, "temperature", default)`` sees
-        through this wrapper, as a teacher's KL term wrapped around it reads it)."""
-        try:
-            return float(self.loss.temperature)
-        except AttributeError:
-            raise AttributeError(f"{self.loss.name!r} (wrapped by matryoshka) has no temperature") from None
 
     def get_config_dict(self) -> Dict[str, Any]:
         return {"name": self.name, "dims": list(self.dims), "weights": list(self.weights), "distill": self.distill,
