@@ -34,7 +34,9 @@ def read_st_settings(path: str | Path) -> Dict[str, Any]:
         kind = module.get("type", "")
         folder = path / module.get("path", "")
         name = kind.rsplit(".", 1)[-1]
-        if ".sparse_encoder." in kind:  # a SparseEncoder's modules: models/sparse.py reads and checks them
+        if name == "MLMTransformer":  # a SparseEncoder's transformer: its max length is read as any transformer's
+            name = "Transformer"
+        elif ".sparse_encoder." in kind:  # a SparseEncoder's pooling: models/sparse.py reads and checks it
             continue
         if name not in _MODULES_RUN:  # a module we would skip: other vectors than sentence-transformers', silently
             raise UsageError(f"{modules_file}: module {kind or module!r} is not supported; an embedder runs "

@@ -423,7 +423,10 @@ def test_sparse_call_arguments_are_checked(tiny_bert, tmp_path):
         model.encode_sparse("a", top_k=2.5)
     with pytest.raises(UsageError, match="not normalised"):
         model.encode("a", normalize_embeddings=True)
-    assert model.encode("a b", is_query=True, truncate_dim=5).shape == model.encode("a b", truncate_dim=5).shape == (5,)
+    for is_query in (True, False):  # the inference-free query path too: vocabulary ids below 5 are no smaller vector
+        with pytest.raises(UsageError, match="truncate_dim=5: a sparse embedder's dimensions are vocabulary terms"):
+            model.encode("a b", is_query=is_query, truncate_dim=5)
+    assert model.encode("a b", is_query=True, truncate_dim=model.embedding_dim).shape == (model.embedding_dim,)
 
 
 def test_similarity_and_the_encode_helpers_take_what_they_say(embedder):
