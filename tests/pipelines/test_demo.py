@@ -17,12 +17,13 @@ def test_demo_runs_and_respects_its_output_folder(tiny_bert, tmp_path, capsys):
     out = tmp_path / "demo"
     argv = ["--model_name_or_path", tiny_bert, "--data_file", data, "--output_dir", str(out), "--num_train_epochs", "0.2",
             "--per_device_train_batch_size", "16", "--query_max_length", "16", "--document_max_length", "32"]
-    assert demo.main(argv) == 0
+    assert demo.main(argv + ["--mask_duplicate_positives"]) == 0  # FAQ data: queries share positives in a batch
     results = json.loads((out / "results.json").read_text())
     assert set(results["before"]) == set(results["after"]) and "ndcg@10" in results["after"]
     assert results["settings"]["train_queries"] > 1000 and results["settings"]["test_queries"] > 500
     manifest = json.loads((out / "retrievals_run.json").read_text())
     assert manifest["status"] == "finished" and "results.json" in manifest["written"]
+    assert manifest["fingerprint"]["mask_duplicate_positives"] is True
     assert not (out / "data").exists()  # the training file went to a scratch folder
     assert "AIA-BDE held-out FAQs" in capsys.readouterr().out
     (out / "NOTES.md").write_text("mine\n")

@@ -80,6 +80,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--teacher_temperature", type=float, default=None)
     p.add_argument("--distill_weight", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--mask_duplicate_positives", action="store_true",
+                   help="Leave other queries' copies of a query's positive FAQ out of its softmax (see the embed pipeline).")
     return p.parse_args(argv)
 
 
@@ -102,6 +104,7 @@ def run(opts: argparse.Namespace) -> int:
         model_name_or_path=model_path, use_lora=opts.use_lora, pooling_method=opts.pooling_method,
         query_instruction=opts.query_instruction, document_instruction=opts.document_instruction,
         teacher_model=opts.teacher_model, teacher_temperature=opts.teacher_temperature, distill_weight=opts.distill_weight,
+        mask_duplicate_positives=opts.mask_duplicate_positives,
     )
     print(f"[data] {len(split.corpus)} FAQs; train: {len(split.train_faq_ids)} FAQs / {len(split.train_queries)} queries; "
           f"held-out: {len(split.corpus) - len(split.train_faq_ids)} FAQs / {len(split.test_queries)} queries", flush=True)
