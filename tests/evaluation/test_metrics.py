@@ -54,6 +54,8 @@ def test_ids_must_be_strings():
             evaluate_run(run, qrels, (10,))
     with pytest.raises(UsageError, match="query id 1 is a int"):
         evaluate_run({"1": {"10": 0.9}}, {1: {"10": 1}}, (10,))
+    with pytest.raises(TypeError, match="run must be a mapping"):
+        evaluate_run(None, qrels, (10,))
 
 
 def test_evaluate_embedder_map_uses_full_depth(tiny_bert):

@@ -78,6 +78,8 @@ def check_ids(run: Run, qrels: Qrels) -> None:
     """Query and document ids are strings on both sides: an int id never equals its string (every metric 0
     without a word), and ids of both types in one ranking cannot be ordered on a tie."""
     for name, table in (("run", run), ("qrels", qrels)):
+        if not isinstance(table, Mapping):
+            raise TypeError(f"{name} must be a mapping {{query id: {{doc id: value}}}}, got {type(table).__name__}.")
         for qid, docs in table.items():
             if not isinstance(qid, str):
                 raise UsageError(f"{name}: query id {qid!r} is a {type(qid).__name__}; ids are strings (str(id)).")
