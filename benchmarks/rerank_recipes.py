@@ -52,6 +52,7 @@ from retrievals.assets import fetch  # noqa: E402
 from retrievals.data.aia_bde import parse_aia_bde, split_by_faq  # noqa: E402
 from retrievals.data.io import rank  # noqa: E402
 from retrievals.evaluation import evaluate_run, rerank_run, retrieve  # noqa: E402
+from retrievals.training.output_dir import last_complete_checkpoint  # noqa: E402
 
 MAX_LEN, DEPTH = 256, 50
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # --rerank_first_stage_weight values tried on the curve queries
@@ -72,7 +73,11 @@ RECIPES: Dict[str, tuple] = {
     "colbert": ("colbert", "first_stage", ["--train_group_size", "8", "--learning_rate", "3e-5", "--per_device_train_batch_size", "8",
                                            "--num_train_epochs", "1", "--warmup_steps", "0.1", "--max_len", str(MAX_LEN),
                                            "--query_max_length", "64", "--use_inbatch_neg", "true"]),
-    "llm": ("llm", "SmolLM2-135M-Instruct", [*LLM, "--train_group_size", "8", "--num_train_epochs", "1"]),
+    # the whole recipe: an epoch at group 8 with the teacher, under bf16 autocast (2.5x float32 on a CPU with bf16
+    # hardware, like this one; mixed precision on a GPU), checkpoints every 100 steps (a killed run resumes)
+    "llm": ("llm", "SmolLM2-135M-Instruct", [*LLM, "--train_group_size", "8", "--num_train_epochs", "1",
+                                             "--teacher_model", "TEACHER", "--bf16", "true", "--save_strategy", "steps",
+                                             "--save_steps", "100", "--save_total_limit", "1"]),
     # sized for this CPU (1.16 s per training sequence here, the llm-cpu run's record: the recipe above takes hours):
     # 150 steps of 4 queries (600 of the 2,168), groups of 4, the teacher's denser signal
     "llm-cpu": ("llm", "SmolLM2-135M-Instruct", [*LLM, "--train_group_size", "4", "--max_steps", "150", "--eval_steps", "50",
@@ -82,8 +87,18 @@ RECIPES: Dict[str, tuple] = {
 # negatives (each curve query's top negatives), the first stages reranked and their top k (default: all)
 # (llm-cpu: the fine-tuned MiniLM's top 20 of the 400 held-out queries, 8,000 pairs, and the original model's 6,000)
 LIMITS: Dict[str, dict] = {"llm-cpu": {"curve": (25, 7), "stages": ("fine-tuned MiniLM",), "top_k": (20,)}}
+# the whole LLM recipe measures as much as llm-cpu when no GPU is there (its training alone is hours of this CPU)
+LIMITS_WITHOUT_GPU: Dict[str, dict] = {"llm": LIMITS["llm-cpu"]}
 COMMON = ["--do_train", "--logging_steps", "10", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
           "--dataloader_drop_last", "true", "--eval_strategy", "steps", "--eval_steps", "100"]
+
+
+def common_for(flags: List[str]) -> List[str]:
+    """COMMON without the flags a recipe sets itself (its checkpoints: ``--save_strategy``)."""
+    if "--save_strategy" not in flags:
+        return COMMON
+    at = COMMON.index("--save_strategy")
+    return COMMON[:at] + COMMON[at + 2:]
 
 
 FIRST_SEED = 42  # the seed of a single run (COMMON's before --seeds): its folders and caches keep the plain names
@@ -162,11 +177,32 @@ def cli(module: str, *args: str) -> List[str]:
     return [sys.executable, "-m", f"retrievals.pipelines.{module}", *args]
 
 
-def run_logged(command: List[str], log: Path) -> float:
+def run_logged(command: List[str], log: Path, folder: Path) -> float:
+    """Runs ``command`` (its output appended to ``log``); returns the wall seconds of this run, summed over the
+    invocations a killed run was resumed over: each invocation's seconds are kept in ``<log>.seconds.json``, updated
+    every minute while it runs, and count when the next invocation resumes from a checkpoint in ``folder`` (a run
+    that starts over counts from zero)."""
+    record = log.with_suffix(".seconds.json")
+    earlier = json.loads(record.read_text()) if record.is_file() and last_complete_checkpoint(folder) else []
     start = time.perf_counter()
-    with log.open("w") as handle:
-        subprocess.run(command, check=True, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
-    return time.perf_counter() - start
+
+    def write(now: float) -> None:
+        tmp = record.with_suffix(".tmp")
+        tmp.write_text(json.dumps([*earlier, round(now - start, 1)]))
+        os.replace(tmp, record)
+
+    with log.open("a") as handle:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
+        while process.poll() is None:
+            write(time.perf_counter())
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+    write(time.perf_counter())
+    if process.returncode:
+        raise subprocess.CalledProcessError(process.returncode, command)
+    return sum(json.loads(record.read_text()))
 
 
 def finished(folder: Path) -> bool:
@@ -351,7 +387,7 @@ def main() -> None:
 
     for kind in opts.kinds:
         model_type, base, flags = RECIPES[kind]
-        limits = LIMITS.get(kind, {})
+        limits = LIMITS.get(kind) or ({} if torch.cuda.is_available() else LIMITS_WITHOUT_GPU.get(kind, {}))
         ks = [k for k in opts.top_k if k in limits.get("top_k", opts.top_k)]
         if not ks or set(limits.get("stages", ())) - set(runs):
             raise SystemExit(f"{kind}: its limits {limits} name first stages or top k this run lacks ({sorted(runs)}, {opts.top_k})")
@@ -380,7 +416,7 @@ def main() -> None:
             folder = work / name
             command = cli("rerank", "--model_name_or_path", base_path, "--model_type", model_type, "--train_data", str(mined),
                           "--eval_data", str(curve_file), "--output_dir", str(folder), "--overwrite_output_dir",
-                          *COMMON, "--seed", str(seed), *flags)
+                          *common_for(flags), "--seed", str(seed), *flags)
             if base == "first_stage":
                 command += ["--backbone_only", "true"]  # the embedder's encoder, a fresh reranker head
             if opts.max_steps:
@@ -390,7 +426,7 @@ def main() -> None:
                 print(f"{kind} seed {seed}: reusing its recorded results (same command, same first stages)", flush=True)
                 seeds[seed] = reusable[seed]
                 continue
-            seconds = run_logged(command, work / f"{name}.log") if not finished(folder) else None
+            seconds = run_logged(command, work / f"{name}.log", folder) if not finished(folder) else None
             one = {"seed": seed, "first_stages": results["first_stages"]}
             history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
             runtime = [h["train_runtime"] for h in history if "train_runtime" in h]

@@ -42,6 +42,33 @@ def test_train_lowers_loss_saves_and_reloads(tiny_bert, train_file, tmp_path, ca
     np.testing.assert_allclose(st.SentenceTransformer(str(out), device="cpu").encode(texts), model.encode(texts), atol=1e-5)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_without_a_gpu_trains_under_autocast_only_on_bf16_hardware(native, tiny_bert, train_file, tmp_path,
+                                                                       monkeypatch, caplog):
+    """``--bf16`` without a GPU: bf16 autocast where the CPU computes bf16 in hardware (2.5x float32's speed there),
+    float32 with a warning where torch would emulate it; either way float32 weights are saved and reload."""
+    from retrievals.training import arguments
+
+    monkeypatch.setattr(arguments, "cpu_has_native_bf16", lambda: native)
+    dtypes = set()
+
+    def record(module, inputs, output):
+        if isinstance(module, torch.nn.Linear) and module.training:
+            dtypes.add(output.dtype)
+
+    hook = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        assert embed.main(cli(tiny_bert, train_file, tmp_path / "out", "--max_steps", "2", "--bf16")) == 0
+    finally:
+        hook.remove()
+    assert dtypes == ({torch.bfloat16} if native else {torch.float32})
+    assert ("training in float32 instead" in caplog.text) is not native
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as saved:
+        assert {saved.get_tensor(k).dtype for k in saved.keys()} == {torch.float32}
+    assert np.isfinite(AutoModelForEmbedding.from_pretrained(str(tmp_path / "out")).encode(corpus_lines(3))).all()
+
+
 def test_refuses_to_overwrite_a_model_unless_asked(tiny_bert, train_file, tmp_path, capsys):
     out = tmp_path / "out"
     assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "1")) == 0

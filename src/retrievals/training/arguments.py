@@ -12,6 +12,7 @@ from transformers import TrainingArguments
 
 from ..utils import DTYPE_FLAG_ALIASES, at_least, logger  # noqa: F401 (at_least re-exported for the pipelines)
 from ..distributed import world
+from ..models.precision import cpu_has_native_bf16
 from ..utils import UsageError
 
 AUTO_WORKERS = 4  # data-loader workers used by default on a GPU machine (tokenizing in the main process starves the GPU)
@@ -20,11 +21,16 @@ EVAL_METRICS = ("map", "mrr@10", "ndcg@10")  # what the trainer's evaluation of 
 DEFAULT_BEST_METRIC = "ndcg@10"  # --metric_for_best_model when --load_best_model_at_end or --save_strategy best need one
 
 
+def mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+
+
 @dataclass
 class RetrievalTrainingArguments(TrainingArguments):
     """Every ``transformers.TrainingArguments`` flag plus the loss settings.
 
-    ``--fp16``/``--bf16`` without a CUDA GPU warn and train in float32 instead of failing.
+    Without a CUDA GPU, ``--bf16`` trains under bf16 autocast on a CPU that computes bf16 in hardware (transformers'
+    ``use_cpu`` path), and ``--fp16``, or ``--bf16`` on any other CPU, warns and trains in float32 instead of failing.
     """
 
     overwrite_output_dir: bool = field(
@@ -67,7 +73,12 @@ class RetrievalTrainingArguments(TrainingArguments):
                 "softmax over the batch's documents (KL divergence; 0: off)."})
 
     def __post_init__(self) -> None:
-        if (self.fp16 or self.bf16) and not torch.cuda.is_available():
+        if self.bf16 and not torch.cuda.is_available() and not mps_available() and cpu_has_native_bf16():
+            # transformers runs bf16 autocast on a CPU only when told it trains there (use_cpu); no GPU to lose
+            self.use_cpu = True
+            logger.info("--bf16 without a CUDA GPU: training under bf16 autocast on this CPU, which computes bf16 "
+                        "in hardware (float32 weights and optimizer state).")
+        elif (self.fp16 or self.bf16) and not torch.cuda.is_available():
             logger.warning(
                 "--%s asks for mixed precision but no CUDA GPU is available: training in float32 instead.",
                 "fp16" if self.fp16 else "bf16",
