@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from retrievals.data import DataError, EmbeddingCollator, TrainDataset, load_records
+from retrievals.data import DataError, EmbeddingCollator, TextIdsCollator, TrainDataset, load_records
 from retrievals.data.dataset import sample_negatives
 
 from ..conftest import needs
@@ -207,11 +207,9 @@ def test_collator_text_ids_are_equal_for_equal_texts():
 
     items = [{"query": "q1", "documents": ["a", "n"]}, {"query": "q2", "documents": ["a", "m"]}]
     assert set(EmbeddingCollator(Processor())(items)) == {"query", "document"}  # off by default: model(**batch) works
-    ids = EmbeddingCollator(Processor(), text_ids=True)(items)["document_text_ids"]
+    ids = TextIdsCollator(EmbeddingCollator(Processor()))(items)["document_text_ids"]
     assert ids.dtype == torch.long and ids.shape == (4,) and ids[0] == ids[2] and len(set(ids.tolist())) == 3
     # a digest, not Python's hash() (salted per process): every process gives a text the same id
     expected = int.from_bytes(hashlib.blake2b("a".encode(), digest_size=8).digest(), "little", signed=True)
     assert ids[0].item() == expected
     assert hash_text_ids(["\ud800"]).shape == (1,)  # a lone surrogate: still an id (the tokenizer names it)
-    with pytest.raises(TypeError, match="text_ids must be True or False"):
-        EmbeddingCollator(Processor(), text_ids="yes")

@@ -359,7 +359,7 @@ def test_collated_batch_gives_the_loss_its_text_ids(tmp_path, tiny_bert):
     from types import SimpleNamespace
 
     from retrievals import AutoModelForEmbedding
-    from retrievals.data import EmbeddingCollator, TrainDataset, load_records
+    from retrievals.data import EmbeddingCollator, TextIdsCollator, TrainDataset, load_records
     from retrievals.training.trainer import RetrievalTrainer
 
     path = tmp_path / "faq.jsonl"
@@ -384,7 +384,7 @@ def test_collated_batch_gives_the_loss_its_text_ids(tmp_path, tiny_bert):
     loss = InfoNCELoss(temperature=0.02)
     plain = EmbeddingCollator(model.processor)(items)
     assert "document_text_ids" not in plain  # off by default: model(**batch) keeps working
-    batch = EmbeddingCollator(model.processor, text_ids=True)(items)
+    batch = TextIdsCollator(EmbeddingCollator(model.processor))(items)
     assert batch["document_text_ids"].tolist()[0] == batch["document_text_ids"].tolist()[2]
     trainer = SimpleNamespace(loss_fn=loss)
     assert RetrievalTrainer.compute_loss(trainer, Perfect(), plain).item() == pytest.approx(math.log(2), rel=1e-4)

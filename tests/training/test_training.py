@@ -442,3 +442,31 @@ def test_mask_duplicate_positives_reaches_the_loss(tiny_bert, tmp_path):
         fingerprint = json.loads((out / "retrievals_run.json").read_text())["fingerprint"]
         assert fingerprint["mask_duplicate_positives"] is (flag == "true")
     assert not np.allclose(weights[0], weights[1], atol=1e-6)
+
+
+def test_mask_duplicate_positives_reaches_colbert_and_is_refused_without_an_inbatch_softmax(tiny_bert, tmp_path, capsys):
+    """ColBERT with in-batch negatives gets the documents' text ids too (the run trains otherwise than without the
+    flag); a cross-encoder, whose queries score their own group only, refuses the flag before loading."""
+    from retrievals import AutoModelForRanking
+    from retrievals.pipelines import rerank
+
+    lines = corpus_lines(40)
+    data = tmp_path / "faq.jsonl"
+    data.write_text("".join(json.dumps({"query": lines[i], "positive": [lines[30 + i % 2]], "negative": [lines[20 + i]]})
+                            + "\n" for i in range(8)))
+    pairs = [(lines[0], lines[30]), (lines[1], lines[25])]
+    scores = []
+    for flag in ("true", "false"):
+        out = tmp_path / flag
+        argv = cli(tiny_bert, str(data), out, "--max_steps", "2", "--model_type", "colbert", "--use_inbatch_neg", "true",
+                   "--mask_duplicate_positives", flag)
+        argv = [a for a in argv if a not in ("--query_max_length", "16", "--document_max_length", "32")] + ["--max_len", "32"]
+        assert rerank.main(argv) == 0
+        scores.append(AutoModelForRanking.from_pretrained(str(out)).compute_score(pairs))
+        assert json.loads((out / "retrievals_run.json").read_text())["fingerprint"]["mask_duplicate_positives"] is (flag == "true")
+    assert not np.allclose(scores[0], scores[1], atol=1e-6)
+    argv = cli(tiny_bert, str(data), tmp_path / "ce", "--max_steps", "2", "--model_type", "cross-encoder",
+               "--mask_duplicate_positives", "true")
+    assert rerank.main([a for a in argv if a not in ("--query_max_length", "16", "--document_max_length", "32")]) == 2
+    assert "--mask_duplicate_positives: --loss_fn ce of this model kind has no softmax" in capsys.readouterr().err
+    assert not (tmp_path / "ce").exists()

@@ -26,29 +26,36 @@ class EmbeddingCollator:
     exactly what inference sees (instructions, truncation, EOS). ``pad_to_multiple_of`` rounds the padded
     widths up (see :class:`retrievals.models.processing.PaddingOptions`).
 
-    ``text_ids=True`` adds ``document_text_ids`` [B * G] (:func:`hash_text_ids` of each document row), which the
-    embedder losses read to leave out a column holding another copy of a query's own positive: queries sharing
-    one answer (FAQ data) would otherwise each score the other's copy of their own positive as a negative. Off by
-    default: the batch then only holds the model's inputs, so ``model(**batch)`` works; the trainer routes the field
-    to the loss when the loss reads it (``"document_text_ids" in loss.reads``), so turn it on for such a loss only.
+    Wrap it in :class:`TextIdsCollator` to leave copies of a positive out of the softmax.
     """
 
-    def __init__(self, processor: Any, pad_to_multiple_of: Optional[int] = None, text_ids: bool = False) -> None:
+    def __init__(self, processor: Any, pad_to_multiple_of: Optional[int] = None) -> None:
         # a TextProcessor (``model.processor``); a copy when padding differs, so inference keeps its own
         self.processor = processor if pad_to_multiple_of is None else processor.with_pad_to_multiple_of(pad_to_multiple_of)
-        if not isinstance(text_ids, bool):
-            raise TypeError(f"text_ids must be True or False, got {type(text_ids).__name__}.")
-        self.text_ids = text_ids
 
     def __call__(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
         queries = [item["query"] for item in items]
         documents = [doc for item in items for doc in item["documents"]]
-        batch = {
+        return {
             "query": self.processor.pad(self.processor.tokenize(queries, is_query=True)),
             "document": self.processor.pad(self.processor.tokenize(documents, is_query=False)),
         }
-        if self.text_ids:
-            batch[TEXT_IDS] = hash_text_ids(documents)
+
+
+class TextIdsCollator:
+    """Any training collator of ``[{"query", "documents"}]`` items (an embedder's, ColBERT's processor), whose
+    batches also carry ``document_text_ids`` [B * G] (:func:`hash_text_ids` of each document row, query-major),
+    which the in-batch softmax losses read to leave out a column holding another copy of a query's own positive:
+    queries sharing one answer (FAQ data) would otherwise each score the other's copy of their own positive as a
+    negative (``--mask_duplicate_positives``). The model never sees the field: the trainer routes it to the loss,
+    which must read it (``"document_text_ids" in loss.reads``)."""
+
+    def __init__(self, collator: Any) -> None:
+        self.collator = collator
+
+    def __call__(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
+        batch = dict(self.collator(items))
+        batch[TEXT_IDS] = hash_text_ids([doc for item in items for doc in item["documents"]])
         return batch
 
 

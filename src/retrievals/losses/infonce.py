@@ -25,7 +25,7 @@ class InfoNCELoss(RetrievalLoss):
     * ``negatives_cross_device=True`` (with in-batch negatives, under torchrun): documents of all
       processes are candidates; gathered with gradient, so the result equals one process training
       on the global batch.
-    * ``document_text_ids`` [B * G] (optional; :class:`retrievals.data.EmbeddingCollator` with ``text_ids=True``
+    * ``document_text_ids`` [B * G] (optional; :class:`retrievals.data.TextIdsCollator`
       gives it): ids equal for equal document texts. A column holding another copy of a query's own positive
       (another query's positive when queries share an answer, or a hard negative equal to it) is left out of that
       query's softmax, instead of scoring the right document as a negative. Across processes the ids are

@@ -104,7 +104,6 @@ def run(opts: argparse.Namespace) -> int:
         model_name_or_path=model_path, use_lora=opts.use_lora, pooling_method=opts.pooling_method,
         query_instruction=opts.query_instruction, document_instruction=opts.document_instruction,
         teacher_model=opts.teacher_model, teacher_temperature=opts.teacher_temperature, distill_weight=opts.distill_weight,
-        mask_duplicate_positives=opts.mask_duplicate_positives,
     )
     print(f"[data] {len(split.corpus)} FAQs; train: {len(split.train_faq_ids)} FAQs / {len(split.train_queries)} queries; "
           f"held-out: {len(split.corpus) - len(split.train_faq_ids)} FAQs / {len(split.test_queries)} queries", flush=True)
@@ -132,6 +131,7 @@ def run(opts: argparse.Namespace) -> int:
         num_train_epochs=opts.num_train_epochs, per_device_train_batch_size=opts.per_device_train_batch_size,
         learning_rate=opts.learning_rate, temperature=opts.temperature, warmup_steps=0.1, logging_steps=10,
         save_steps=20, save_total_limit=1, seed=opts.seed, disable_tqdm=False, report_to="none",
+        mask_duplicate_positives=opts.mask_duplicate_positives,
     )
     print(f"[train] {len(split.train_queries)} queries, group {group}, batch {opts.per_device_train_batch_size}, "
           f"{opts.num_train_epochs:g} epoch(s) -> {out}", flush=True)

@@ -16,7 +16,6 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from ..data import EmbeddingCollator
-from ..losses.base import TEXT_IDS
 from ..files import atomic_write_bytes, check_new_output
 from ..data.readers import DataError, Record, iter_lines, iter_raw
 from ..losses import EMBEDDING_LOSSES, FlopsRegularizedLoss, MatryoshkaLoss, loss_from_args
@@ -27,7 +26,7 @@ from ..training import RetrievalTrainingArguments
 from ..training.arguments import DataArguments, ModelLoadingArguments
 from ..distributed import shutdown_distributed
 from ..training.output_dir import record_written
-from ..training.run import run_training
+from ..training.run import masking_copies, run_training
 from ..training.teacher import TeacherArguments
 from ..utils import UsageError, at_least, logger, unescape_cli
 from .cli import run_cli
@@ -48,10 +47,6 @@ class EmbedModelArguments(TeacherArguments, ModelLoadingArguments):
     document_flops_weight: float = field(default=1e-4, metadata={"help": "sparse: FLOPS regularisation of document vectors."})
     query_inference_free: Optional[bool] = field(default=None, metadata={
         "help": "sparse: queries are their tokens times a learned weight per term (no model forward at query time)."})
-    mask_duplicate_positives: bool = field(default=False, metadata={
-        "help": "Leave out of each query's softmax every other copy of its positive's text in the batch (FAQ data where "
-                "queries share an answer: another query's copy of the same document is no negative). Off by default, "
-                "as in sentence-transformers and FlagEmbedding (the README's figures were trained without it)."})
     pca_rotation: bool = field(default=False, metadata={
         "help": "Before training, add a linear layer after pooling set to the principal axes of the training texts' "
                 "embeddings (a rotation: scores unchanged at the start; leading dimensions carry the most variance), "
@@ -120,15 +115,11 @@ def train(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
     if sparse:
         loss = FlopsRegularizedLoss(loss, model_args.query_flops_weight, model_args.document_flops_weight)
     loss, collator = model_args.attach_teacher(  # the teacher (cosine scores) at --temperature, whatever the student's
-        loss, lambda model, records: EmbeddingCollator(model.processor, args.pad_to_multiple_of,
-                                                       text_ids=model_args.mask_duplicate_positives),
+        loss, masking_copies(loss, lambda model, records: EmbeddingCollator(model.processor, args.pad_to_multiple_of), args),
         data_args.query_max_length or data_args.max_length, data_args.document_max_length or data_args.max_length,
         args.temperature)
     if args.matryoshka_dims:
         loss = MatryoshkaLoss(loss, args.matryoshka_dims, args.matryoshka_weights, args.matryoshka_distill)
-    if model_args.mask_duplicate_positives and TEXT_IDS not in loss.reads:  # the field would reach the model
-        raise UsageError(f"--mask_duplicate_positives: --loss_fn {args.loss_fn} has no softmax over the batch to leave "
-                         "copies out of; drop the flag.")
 
     def build(records: Sequence[Record]) -> AutoModelForEmbedding:
         model = build_model(model_args, data_args)

@@ -24,7 +24,7 @@ from ..models.rankers import (
 from ..training import RetrievalTrainingArguments
 from ..training.arguments import DataArguments, ModelLoadingArguments
 from ..distributed import shutdown_distributed
-from ..training.run import run_training
+from ..training.run import masking_copies, run_training
 from ..training.teacher import TeacherArguments
 from ..utils import UsageError, unescape_cli
 from .cli import run_cli
@@ -119,7 +119,7 @@ def train(model_args: RerankModelArguments, data_args: DataArguments, args: Rera
                          "without --use_inbatch_neg.")
     # the teacher is an embedder: its cosine scores at the temperature embedders train at here, unless told
     loss, collator = model_args.attach_teacher(
-        loss, lambda model, records: model.processor.with_pad_to_multiple_of(args.pad_to_multiple_of),
+        loss, masking_copies(loss, lambda model, records: model.processor.with_pad_to_multiple_of(args.pad_to_multiple_of), args),
         data_args.query_max_length or data_args.max_length, data_args.max_length or data_args.document_max_length,
         ContrastiveSettings.temperature)
 

@@ -64,6 +64,11 @@ class RetrievalTrainingArguments(TrainingArguments):
                           "had one."},
     )
     save_merged: bool = field(default=False, metadata={"help": "LoRA runs: also save a merged model in output_dir/merged."})
+    mask_duplicate_positives: bool = field(default=False, metadata={
+        "help": "Embedders, and ColBERT with --use_inbatch_neg: leave out of each query's softmax every other copy of "
+                "its positive's text in the batch (FAQ data where queries share an answer: another query's copy of "
+                "the same document is no negative). Off by default, as in sentence-transformers and FlagEmbedding "
+                "(the README's figures were trained without it)."})
     matryoshka_dims: List[int] = field(default_factory=list, metadata={
         "help": "Embedders: apply the loss at these leading dimensions too (e.g. 384 256 128 64), so the model serves "
                 "each size (encode(..., truncate_dim=d), the server's dimensions)."})

@@ -27,7 +27,7 @@ TRAINING_FIELDS = (
     "per_device_train_batch_size", "gradient_accumulation_steps", "world_size", "seed", "data_seed",
     "dataloader_drop_last", "fp16", "bf16", "loss_fn", "temperature", "margin", "use_inbatch_neg",
     "negatives_cross_device", "label_smoothing_factor", "matryoshka_dims", "matryoshka_weights",
-    "matryoshka_distill", "train_sampling_strategy",
+    "matryoshka_distill", "train_sampling_strategy", "mask_duplicate_positives",
 )
 # Fields fingerprinted since a later version, with the value every run before it trained with: a run whose
 # fingerprint lacks one resumes when the rerun's value is that one (the same run), and is refused otherwise.

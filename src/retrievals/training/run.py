@@ -11,8 +11,9 @@ import torch
 from torch import nn
 from transformers import set_seed
 
-from ..data import TrainDataset, load_records
+from ..data import TextIdsCollator, TrainDataset, load_records
 from ..data.readers import DataError
+from ..losses.base import TEXT_IDS
 from ..models.base import is_lora_dir
 from ..utils import UsageError, logger
 from ..distributed import world
@@ -158,6 +159,20 @@ def check_candidates(loss: nn.Module, data_args: DataArguments, args: RetrievalT
         raise UsageError(f"--per_device_train_batch_size {args.per_device_train_batch_size} with --train_group_size {group}: "
                          "each query's only candidate is its positive (no in-batch negative), so the loss is 0 and "
                          "nothing trains; raise either (or pass --negatives_cross_device true under torchrun).")
+
+
+def masking_copies(loss: nn.Module, make_collator: Callable[[nn.Module, Sequence[Any]], Any],
+                   args: RetrievalTrainingArguments) -> Callable[[nn.Module, Sequence[Any]], Any]:
+    """``make_collator`` (model, records) -> collator, whose batches carry the documents' text ids
+    (:class:`retrievals.data.TextIdsCollator`) under ``--mask_duplicate_positives``; refused, before anything loads,
+    for a loss without a softmax over the batch's documents to leave copies out of (the ids would reach the model)."""
+    if not args.mask_duplicate_positives:
+        return make_collator
+    if TEXT_IDS not in loss.reads:
+        raise UsageError(f"--mask_duplicate_positives: --loss_fn {loss.name} of this model kind has no softmax over the "
+                         "batch's documents to leave copies out of (each query scores its own group, whose negatives "
+                         "equal to its positive are dropped when the data is read); drop the flag.")
+    return lambda model, records: TextIdsCollator(make_collator(model, records))
 
 
 def check_steps(items: int, args: RetrievalTrainingArguments) -> None:
