@@ -57,6 +57,30 @@ def test_flags_that_would_waste_the_run_are_refused_before_loading(flags, named,
     assert not out.exists()
 
 
+def test_dtype_auto_over_a_half_checkpoint_is_refused_before_loading(tiny_bert, train_file, tmp_path, capsys, monkeypatch):
+    """``--dtype auto`` keeps the stored dtype: over a bfloat16 checkpoint a full fine-tune would train bfloat16
+    weights (most updates round away); over a float32 one, or with LoRA, it trains."""
+    import shutil
+
+    half = tmp_path / "half"
+    shutil.copytree(tiny_bert, half)
+    config = json.loads((half / "config.json").read_text())
+    (half / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))
+    monkeypatch.setattr(embed, "build_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    out = tmp_path / "out"
+    assert embed.main(cli(str(half), train_file, out, "--max_steps", "1", "--dtype", "auto")) == 2
+    err = capsys.readouterr().err
+    assert f"--dtype auto keeps {half}'s stored bfloat16 weights" in err and "pass --bf16" in err
+    assert not out.exists()
+    from retrievals.training.run import check_weights, stored_dtype
+
+    args = SimpleNamespace(save_merged=False)
+    check_weights(args, [{"dtype": "auto", "use_lora": True}], str(half))  # float32 adapters over a bf16 base
+    assert stored_dtype(str(half)) == "bfloat16" and stored_dtype(tiny_bert) in (None, "float32")
+    check_weights(args, [{"dtype": "auto"}], tiny_bert)
+    assert stored_dtype("no/such/model") is None
+
+
 def test_colbert_with_one_candidate_per_query_is_refused(tiny_bert, train_file, tmp_path, capsys):
     # in-batch negatives over a batch of one query with its positive alone: loss 0, nothing trained, exit 0
     out = tmp_path / "out"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -41,7 +42,7 @@ def run_training(
     such as ``--pca_rotation``, a teacher's vectors of the training texts). ``settings`` (the pipeline's model and data arguments) go into the run's fingerprint with the
     data, the base model's weights and the training settings that change the result."""
     check_adapter_trains(model_path, settings)
-    check_weights(args, settings)
+    check_weights(args, settings, model_path)
     check_evaluation(data_args, args)
     check_candidates(loss, data_args, args)
     if not data_args.train_data:
@@ -108,13 +109,33 @@ def check_adapter_trains(model_path: str, settings: Sequence[Mapping[str, Any]])
 MIXED_PRECISION = {"float16": "fp16", "fp16": "fp16", "half": "fp16", "bfloat16": "bf16", "bf16": "bf16"}  # --dtype: flag
 
 
-def check_weights(args: RetrievalTrainingArguments, settings: Sequence[Mapping[str, Any]]) -> None:
+def stored_dtype(model_path: str) -> Optional[str]:
+    """The weights dtype a local model folder's ``config.json`` declares (what transformers' ``dtype="auto"`` loads
+    them in), or None (no such file, none declared, or a hub id: nothing is fetched to check)."""
+    config = Path(model_path).expanduser() / "config.json"
+    try:
+        declared = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = declared.get("dtype") or declared.get("torch_dtype") if isinstance(declared, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def check_weights(args: RetrievalTrainingArguments, settings: Sequence[Mapping[str, Any]],
+                  model_path: Optional[str] = None) -> None:
     """Weight settings that would waste the run: a full fine-tune in half-precision weights loses most updates (a step
     smaller than a weight's rounding step, bfloat16 keeps 8 bits of mantissa, leaves it unchanged), while LoRA keeps
     its adapters in float32 over the half base and mixed precision (--bf16/--fp16) computes in half over float32
     weights; ``--save_merged`` merges a LoRA adapter into its base, and without LoRA did nothing."""
     given = flat_settings(settings)
     dtype = given.get("dtype")
+    if dtype == "auto" and model_path:  # the dtype the checkpoint stores, which "auto" keeps
+        stored = stored_dtype(model_path)
+        if stored in MIXED_PRECISION and not given.get("use_lora"):
+            raise UsageError(f"--dtype auto keeps {model_path}'s stored {stored} weights, and would train them in "
+                             f"{stored}, where most updates round away (the model barely changes): drop --dtype (float32 "
+                             f"weights) and pass --{MIXED_PRECISION[stored]} for mixed precision, or --use_lora true "
+                             f"(float32 adapters over a {stored} base).")
     if dtype in MIXED_PRECISION and not given.get("use_lora"):
         raise UsageError(f"--dtype {dtype} would train the weights themselves in {dtype}, where most updates round away "
                          f"(the model barely changes): pass --{MIXED_PRECISION[dtype]} instead (mixed precision over "
