@@ -22,7 +22,11 @@ first stage's encoder, with negatives it mined, go to their own work folder and 
  The distilled recipes learn from
 ``--teacher`` too (``--teacher_model``: an embedder's softmax over each training group). A recipe sized for this
 CPU (``llm-cpu``) measures less (``LIMITS``: fewer training-curve queries, the MiniLM first stages' top 20 only);
-``--score_precision bf16`` scores with torch's bf16 autocast and records its agreement with float32 on a sample.
+so does the whole LLM recipe (``llm``) on a machine without a GPU (``LIMITS_WITHOUT_GPU``); it trains under
+``--bf16`` (bf16 autocast on a GPU, or on a CPU with bf16 hardware) and saves a checkpoint every 100 steps, so a
+killed run resumes when this script is run again with the same command (its recorded training time sums the
+invocations, see ``run_logged``). ``--score_precision bf16`` scores with torch's bf16 autocast and records its
+agreement with float32 on a sample.
 """
 
 from __future__ import annotations
