@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
+import math
+import numbers
 import threading
 from typing import Any, Optional, Union
 
@@ -118,6 +120,34 @@ def at_least(flag: str, value: Optional[float], low: float) -> None:
     """
     if value is not None and value < low:
         raise UsageError(f"{flag} must be >= {low}, got {value}.")
+
+
+def finite_number(name: str, value: Any, *, positive: bool = False) -> float:
+    """``value`` as a float when it is a finite real number >= 0 (> 0 with ``positive``): the one check of every
+    such setting (flags, loss settings, weights). A nan or inf weight or temperature makes every score or step loss
+    nan or inf; a bool (``True`` would pass as 1) or a non-number is a TypeError, a bad number a UsageError, both
+    naming ``name``.
+
+    >>> finite_number("--margin", 0)
+    0.0
+    >>> finite_number("--margin", float("inf"))
+    Traceback (most recent call last):
+    ...
+    retrievals.utils.UsageError: --margin must be a finite number >= 0, got inf.
+    >>> finite_number("--temperature", 0.0, positive=True)
+    Traceback (most recent call last):
+    ...
+    retrievals.utils.UsageError: --temperature must be a finite number > 0, got 0.0.
+    >>> finite_number("--temperature", True, positive=True)
+    Traceback (most recent call last):
+    ...
+    TypeError: --temperature must be a number, got bool.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}.")
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise UsageError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value}.")
+    return float(value)
 
 
 def state_digest(module: torch.nn.Module) -> str:

@@ -175,7 +175,7 @@ def test_sparse_index_accepts_json_keys():
 
 def test_fusion_input_contract():
     run = {"q": {"a": 2.0, "b": 1.0}}
-    with pytest.raises(UsageError, match="k must be"):
+    with pytest.raises(UsageError, match=r"k \(the rank constant, usually 60\) must be a finite number >= 0, got -1"):
         reciprocal_rank_fusion([run, run], k=-1)
     with pytest.raises(UsageError, match="finite"):
         weighted_score_fusion([run, {"q": {"a": float("nan")}}])
@@ -295,10 +295,14 @@ def test_slots_no_document_reached_are_none_at_minus_infinity(data):
 
 def test_fusion_weights_must_be_finite_and_not_all_zero():
     run = {"q": {"a": 2.0, "b": 1.0}}
-    for weights in ([float("nan"), 1.0], [0.0, 0.0], [float("inf"), 1.0], [-1.0, 1.0], [True, 1.0]):
-        for fusion in (reciprocal_rank_fusion, weighted_score_fusion):
-            with pytest.raises(UsageError, match="finite numbers >= 0"):
+    for fusion in (reciprocal_rank_fusion, weighted_score_fusion):
+        for weights in ([float("nan"), 1.0], [float("inf"), 1.0], [-1.0, 1.0]):
+            with pytest.raises(UsageError, match=r"weights\[0\] must be a finite number >= 0"):
                 fusion([run, run], weights=weights)
+        with pytest.raises(UsageError, match="weights must have at least one weight above 0"):
+            fusion([run, run], weights=[0.0, 0.0])
+        with pytest.raises(TypeError, match=r"weights\[0\] must be a number, got bool"):
+            fusion([run, run], weights=[True, 1.0])
     assert list(weighted_score_fusion([run, run], weights=[np.float32(0.0), 1])["q"]) == ["a", "b"]
 
 

@@ -225,8 +225,11 @@ def test_generator_input_contract_and_seeded_sampling_from_threads(tiny_qwen):
         gen.generate(None)
     with pytest.raises(UsageError, match=r"prompts\[1\] is empty"):  # this tokenizer adds no BOS: zero tokens
         gen.generate(["a", ""])
-    for bad in (float("nan"), -1.0, "0.7", True):  # nan and negative ones read as greedy before
-        with pytest.raises(UsageError, match="temperature must be a finite number >= 0"):
+    for bad in (float("nan"), -1.0):  # nan and negative ones read as greedy before
+        with pytest.raises(UsageError, match=r"temperature \(0: greedy\) must be a finite number >= 0"):
+            gen.generate("a", temperature=bad)
+    for bad in ("0.7", True):
+        with pytest.raises(TypeError, match=r"temperature \(0: greedy\) must be a number"):
             gen.generate("a", temperature=bad)
     # torch's RNG is one per process: seeded sampling from several threads gave other answers than one by one
     prompts = [f"text number {i}" for i in range(6)]

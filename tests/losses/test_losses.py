@@ -80,9 +80,9 @@ def test_listwise_ce_and_pointwise_bce_match_hand_computed():
     sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
     bce = -(math.log(sig(2.0)) + math.log(1 - sig(0.0)) + math.log(1 - sig(-1.0))) / 3
     assert PointwiseBCELoss()(scores, targets).item() == pytest.approx(bce, rel=1e-6)
-    with pytest.raises(ValueError, match="temperature must be > 0"):
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got 0"):
         PointwiseBCELoss(temperature=0)
-    with pytest.raises(ValueError, match="temperature must be > 0 and finite"):
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got inf"):
         PointwiseBCELoss(temperature=float("inf"))
     from retrievals.losses import InfoNCELoss
 
@@ -150,8 +150,11 @@ def test_matryoshka_distillation_adds_the_kl_to_the_full_vectors_ranking():
     np.testing.assert_allclose(torch.autograd.grad(distilled(q, d), q)[0].numpy(),
                                torch.autograd.grad(expected, q)[0].numpy(), atol=1e-5)
     assert distilled.get_config_dict()["distill"] == 2.0
-    for bad in (-1.0, float("nan"), float("inf"), True, "1"):
-        with pytest.raises(ValueError, match="distill must be a finite number"):
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="matryoshka distill must be a finite number >= 0"):
+            MatryoshkaLoss(base, dims=[8, 4], distill=bad)
+    for bad in (True, "1"):
+        with pytest.raises(TypeError, match="matryoshka distill must be a number"):
             MatryoshkaLoss(base, dims=[8, 4], distill=bad)
 
 
@@ -185,12 +188,17 @@ def test_teacher_distillation_is_the_loss_plus_the_kl_to_the_teachers_ranking():
                           "document_text_ids")
     assert loss.get_config_dict() == {"name": "teacher_distill", "weight": 2.0, "teacher_temperature": 0.02,
                                       "loss": base.get_config_dict()}
-    for bad in (-1.0, float("nan"), float("inf"), True, "1"):
-        with pytest.raises(ValueError, match="distill weight must be a finite number"):
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="distill weight must be a finite number >= 0"):
             TeacherDistillLoss(base, weight=bad)
-    for bad in (0, -0.1, float("inf"), float("nan"), True):
+    for bad in (True, "1"):
+        with pytest.raises(TypeError, match="distill weight must be a number"):
+            TeacherDistillLoss(base, weight=bad)
+    for bad in (0, -0.1, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="teacher temperature must be a finite number > 0"):
             TeacherDistillLoss(base, teacher_temperature=bad)
+    with pytest.raises(TypeError, match="teacher temperature must be a number, got bool"):
+        TeacherDistillLoss(base, teacher_temperature=True)
     with pytest.raises(ValueError, match="missing teacher_document_embeddings"):
         loss(q, d, tq)
     with pytest.raises(ValueError, match="teacher vectors for 3 queries"):
@@ -439,18 +447,18 @@ def test_loss_weights_must_be_finite():
 
     base = InfoNCELoss()
     for bad in (float("nan"), float("inf"), -1.0):
-        with pytest.raises(ValueError, match="query_weight must be >= 0 and finite"):
+        with pytest.raises(ValueError, match="query_weight must be a finite number >= 0"):
             FlopsRegularizedLoss(base, query_weight=bad)
-        with pytest.raises(ValueError, match="document_weight must be >= 0 and finite"):
+        with pytest.raises(ValueError, match="document_weight must be a finite number >= 0"):
             FlopsRegularizedLoss(base, document_weight=bad)
     for bad in (True, "1e-4", None):
         with pytest.raises(TypeError, match="query_weight must be a number"):
             FlopsRegularizedLoss(base, query_weight=bad)
     assert FlopsRegularizedLoss(base, 0, np.float32(1e-4)).document_weight == pytest.approx(1e-4)
     for bad in (float("inf"), float("nan"), 0.0, -1.0):
-        with pytest.raises(ValueError, match="finite numbers > 0"):
+        with pytest.raises(ValueError, match=r"matryoshka weights\[0\] must be a finite number > 0"):
             MatryoshkaLoss(base, dims=[4], weights=[bad])
-    with pytest.raises(TypeError, match="weight must be a number"):
+    with pytest.raises(TypeError, match=r"matryoshka weights\[0\] must be a number, got bool"):
         MatryoshkaLoss(base, dims=[4], weights=[True])
 
 
@@ -482,5 +490,5 @@ def test_loss_inputs_and_settings_are_named():
         InfoNCELoss(temperature=True)
     with pytest.raises(TypeError, match="use_inbatch_neg must be True or False, got str"):
         InfoNCELoss(use_inbatch_neg="false")
-    with pytest.raises(ValueError, match="margin must be >= 0 and finite"):
+    with pytest.raises(ValueError, match="margin must be a finite number >= 0, got inf"):
         TripletMarginLoss(margin=float("inf"))

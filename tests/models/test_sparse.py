@@ -78,7 +78,7 @@ def test_flops_regularizer_matches_hand_computed():
     flops_d = 0.75 ** 2 + 1.0 ** 2 + 0.5 ** 2
     assert loss(q, d).item() == pytest.approx(base(q, d).item() + 0.1 * flops_q + 0.01 * flops_d, rel=1e-6)
     assert loss.get_config_dict()["name"] == "flops"
-    with pytest.raises(ValueError, match="must be >= 0"):
+    with pytest.raises(ValueError, match="FLOPS query_weight must be a finite number >= 0, got -1"):
         FlopsRegularizedLoss(base, query_weight=-1)
 
 

@@ -78,7 +78,7 @@ def test_only_user_errors_become_one_line(tiny_bert, train_file, tmp_path, monke
 
     argv = ["--model_name_or_path", tiny_bert, "--train_data", train_file, "--output_dir", str(tmp_path / "o"), "--do_train"]
     assert embed.main(argv + ["--temperature", "0"]) == 2
-    assert capsys.readouterr().err.startswith("error: --temperature must be > 0")
+    assert capsys.readouterr().err.startswith("error: --temperature must be a finite number > 0")
 
     def bug(*args, **kwargs):
         raise ValueError("an internal invariant broke")

@@ -38,10 +38,12 @@ from ..training.test_training import cli
     (("--train_sampling_strategy", "group_by_length"), "--train_sampling_strategy group_by_length is not supported"),
     (("--train_sampling_strategy", "batch_rebalance"), "--train_sampling_strategy batch_rebalance is not supported"),
     # nan/inf weights made every step's loss nan/inf
-    (("--matryoshka_dims", "16", "--matryoshka_weights", "inf"), "--matryoshka_weights must be finite numbers > 0, got inf"),
-    (("--matryoshka_dims", "16", "--matryoshka_weights", "0"), "--matryoshka_weights must be finite numbers > 0, got 0.0"),
+    (("--matryoshka_dims", "16", "--matryoshka_weights", "inf"), "--matryoshka_weights must be a finite number > 0, got inf"),
+    (("--matryoshka_dims", "16", "--matryoshka_weights", "0"), "--matryoshka_weights must be a finite number > 0, got 0.0"),
     (("--model_type", "sparse", "--query_flops_weight", "nan"), "--query_flops_weight must be a finite number >= 0, got nan"),
     (("--model_type", "sparse", "--document_flops_weight", "inf"), "--document_flops_weight must be a finite number >= 0"),
+    # only >= 0 was checked: an inf margin made every triplet's hinge, so every step's loss, inf
+    (("--loss_fn", "triplet", "--margin", "inf"), "--margin must be a finite number >= 0, got inf"),
 ])
 def test_flags_that_would_waste_the_run_are_refused_before_loading(flags, named, tiny_bert, train_file, tmp_path, capsys,
                                                                    monkeypatch):

@@ -229,7 +229,7 @@ def test_matryoshka_training_serves_every_trained_size(tiny_bert, train_file, tm
     assert embed.main(cli(tiny_bert, train_file, tmp_path / "d", "--matryoshka_distill", "1")) == 2
     assert "--matryoshka_distill needs --matryoshka_dims" in capsys.readouterr().err
     assert embed.main(cli(tiny_bert, train_file, tmp_path / "d", "--matryoshka_dims", "16", "--matryoshka_distill", "-1")) == 2
-    assert "--matryoshka_distill must be a finite number >= 0" in capsys.readouterr().err
+    assert "--matryoshka_distill must be a finite number >= 0, got -1.0" in capsys.readouterr().err
 
 
 def test_matryoshka_distillation_trains_and_is_recorded(tiny_bert, train_file, tmp_path):
@@ -341,8 +341,8 @@ def test_teacher_flags_are_checked_before_anything_loads(tiny_bert, train_file, 
         assert f"{flags[0]} apply to training" in capsys.readouterr().err and not (tmp_path / "enc").exists()
     assert "--distill_weight and --teacher_temperature need --teacher_model" in refused("--distill_weight", "2")
     assert "--distill_weight and --teacher_temperature need --teacher_model" in refused("--teacher_temperature", "0.1")
-    assert "--distill_weight must be a finite number >= 0" in refused("--teacher_model", tiny_bert, "--distill_weight", "-1")
-    assert "--teacher_temperature must be a finite number > 0" in refused("--teacher_model", tiny_bert,
+    assert "--distill_weight must be a finite number >= 0, got -1.0" in refused("--teacher_model", tiny_bert, "--distill_weight", "-1")
+    assert "--teacher_temperature must be a finite number > 0, got 0.0" in refused("--teacher_model", tiny_bert,
                                                                           "--teacher_temperature", "0")
     ranker = tmp_path / "ranker"
     from retrievals import AutoModelForRanking

@@ -328,14 +328,14 @@ def test_nan_weights_fail_loudly_and_keep_the_good_model(tiny_bert, train_file, 
     (("--max_length", "-3"), "--max_length must be >= 1"),
     (("--per_device_train_batch_size", "0"), "--per_device_train_batch_size must be >= 1"),
     (("--train_group_size", "0"), "--train_group_size must be >= 1"),
-    (("--temperature", "0"), "--temperature must be > 0"),
-    (("--temperature", "inf"), "--temperature must be > 0 and finite"),  # it learned nothing and exited 0
+    (("--temperature", "0"), "--temperature must be a finite number > 0, got 0.0"),
+    (("--temperature", "inf"), "--temperature must be a finite number > 0, got inf"),  # it learned nothing and exited 0
     (("--use_inbatch_neg", "false", "--negatives_cross_device", "true"),
      "--negatives_cross_device shares in-batch negatives"),  # it was ignored
     (("--eval_data", "EVAL"), "--eval_data is scored only with --eval_strategy"),  # it was read, then never scored
     (("--dataloader_num_workers", "1", "--dataloader_persistent_workers", "true"),
      "--dataloader_persistent_workers is not supported"),  # every epoch sampled epoch 0's negatives
-    (("--margin", "-1", "--loss_fn", "triplet"), "--margin must be >= 0"),
+    (("--margin", "-1", "--loss_fn", "triplet"), "--margin must be a finite number >= 0, got -1.0"),
     (("--margin", "0.5"), "--margin does not apply to --loss_fn infonce"),
     (("--loss_fn", "triplet", "--temperature", "0.1"), "--temperature does not apply to --loss_fn triplet"),
     (("--use_lora", "True", "--lora_r", "0"), "--lora_r must be >= 1"),
@@ -356,7 +356,7 @@ def test_rerank_flags_checked(tiny_bert, train_file, tmp_path, capsys):
 
     base = ["--model_name_or_path", tiny_bert, "--train_data", train_file, "--output_dir", str(tmp_path / "r"), "--do_train"]
     assert rerank.main(base + ["--loss_fn", "bce", "--temperature", "0"]) == 2
-    assert "--temperature must be > 0" in capsys.readouterr().err
+    assert "--temperature must be a finite number > 0, got 0.0" in capsys.readouterr().err
     assert rerank.main(base + ["--margin", "0.3"]) == 2
     assert "--margin does not apply to --loss_fn ce" in capsys.readouterr().err
     # one candidate per query and no in-batch ones: every label is the positive's (bce learned to score all high)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 from ..data.io import rank
 from ..inputs import check_top_k
-from ..utils import UsageError
+from ..utils import UsageError, finite_number
 from .base import Run
 
 FUSIONS = ("rrf", "weighted")
@@ -26,9 +25,10 @@ def check_fusion(method: str, weights: Optional[Sequence[float]]) -> None:
 
 def check_weights(weights: Sequence[float], name: str = "weights") -> None:
     """Finite numbers >= 0, at least one > 0: nan gives nan scores, all zeros a ranking by document id alone."""
-    if not all(isinstance(w, numbers.Real) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in weights) \
-            or not any(w > 0 for w in weights):
-        raise UsageError(f"{name} must be finite numbers >= 0, at least one above 0; got {list(weights)}.")
+    for i, weight in enumerate(weights):
+        finite_number(f"{name}[{i}]", weight)
+    if not any(w > 0 for w in weights):
+        raise UsageError(f"{name} must have at least one weight above 0, got {list(weights)}.")
 
 
 def fuse(method: str, runs: Sequence[Run], weights: Optional[Sequence[float]] = None, top_k: Optional[int] = None,
@@ -46,8 +46,7 @@ def reciprocal_rank_fusion(runs: Sequence[Run], k: int = 60, weights: Optional[S
 
     A document missing from a run gets nothing from it. Returns the fused run, best ``top_k`` per query.
     """
-    if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 <= k < math.inf:
-        raise UsageError(f"k must be a finite number >= 0 (the rank constant, usually 60), got {k!r}.")
+    finite_number("k (the rank constant, usually 60)", k)
     return _fuse(runs, weights, top_k, lambda scores: ((d, 1.0 / (k + i)) for i, d in enumerate(rank(scores), start=1)))
 
 

@@ -8,14 +8,13 @@ describes the loss (it is written into every saved model's training record, ``re
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from ..distributed import world
-from ..utils import UsageError
+from ..utils import UsageError, finite_number
 
 
 EMBEDDING_FIELDS = ("query_embeddings", "document_embeddings")  # what every embedder loss reads first
@@ -58,17 +57,13 @@ class RetrievalLoss(nn.Module):
 
     def check(self) -> None:
         """Validate the settings: the shared ones here (a loss with others extends this)."""
-        temperature = real_number("temperature", getattr(self.settings, "temperature", 1.0))
-        if not 0 < temperature < float("inf"):
-            raise UsageError(f"temperature must be > 0 and finite, got {temperature}.")
+        finite_number("temperature", getattr(self.settings, "temperature", 1.0), positive=True)
         for flag in ("use_inbatch_neg", "negatives_cross_device"):  # a string "false" would be true
             if not isinstance(getattr(self.settings, flag, False), bool):
                 raise TypeError(f"{flag} must be True or False, got {type(getattr(self.settings, flag)).__name__}.")
         if getattr(self.settings, "negatives_cross_device", False) and not getattr(self.settings, "use_inbatch_neg", True):
             raise UsageError("negatives_cross_device shares in-batch negatives across processes: it needs use_inbatch_neg=True.")
-        margin = real_number("margin", getattr(self.settings, "margin", 0.0))
-        if not 0 <= margin < float("inf"):
-            raise UsageError(f"margin must be >= 0 and finite, got {margin}.")
+        finite_number("margin", getattr(self.settings, "margin", 0.0))
 
     @classmethod
     def setting_names(cls) -> Tuple[str, ...]:
@@ -113,22 +108,6 @@ def batch_log_softmax(queries: torch.Tensor, documents: torch.Tensor, temperatur
     """Each query's log-probabilities over every document of the batch (scores = dot products / ``temperature``, in
     float32): the distribution the distillation terms compare (Matryoshka's self-distillation, a teacher's)."""
     return F.log_softmax(queries.float() @ documents.float().T / temperature, dim=-1)
-
-
-def real_number(name: str, value: Any) -> float:
-    """``value`` as a float: a bool (``True`` would pass as 1) or a non-number is a TypeError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}.")
-    return float(value)
-
-
-def finite_weight(name: str, value: Any, positive: bool = False) -> float:
-    """A loss weight as a float: finite and >= 0 (> 0 with ``positive``). A nan or inf weight would make every
-    step's loss nan or inf, which training then skips step after step instead of failing at the start."""
-    value = real_number(name, value)
-    if not (0 < value if positive else 0 <= value) or value == float("inf"):
-        raise UsageError(f"{name} must be {'> 0' if positive else '>= 0'} and finite, got {value}.")
-    return value
 
 
 def groups(loss: str, queries: Any, documents: Any, dims: int = 2) -> Tuple[int, int]:

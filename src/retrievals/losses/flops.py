@@ -6,7 +6,8 @@ from typing import Any, Dict
 
 import torch
 
-from .base import RetrievalLoss, WrappingLoss, finite_weight
+from ..utils import finite_number
+from .base import RetrievalLoss, WrappingLoss
 
 
 class FlopsRegularizedLoss(WrappingLoss):
@@ -23,8 +24,8 @@ class FlopsRegularizedLoss(WrappingLoss):
 
     def __init__(self, loss: RetrievalLoss, query_weight: float = 5e-4, document_weight: float = 1e-4) -> None:
         super().__init__()
-        query_weight = finite_weight("FLOPS query_weight", query_weight)
-        document_weight = finite_weight("FLOPS document_weight", document_weight)
+        query_weight = finite_number("FLOPS query_weight", query_weight)
+        document_weight = finite_number("FLOPS document_weight", document_weight)
         self.loss, self.query_weight, self.document_weight = loss, query_weight, document_weight
         self.reads, self.optional = tuple(loss.reads), tuple(loss.optional)  # whatever else the wrapped loss reads
 

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from ..inputs import check_int
 from ..models.embedding import truncate_embeddings
-from ..utils import UsageError
-from .base import EMBEDDING_FIELDS, RetrievalLoss, WrappingLoss, batch_log_softmax, real_number
+from ..utils import UsageError, finite_number
+from .base import EMBEDDING_FIELDS, RetrievalLoss, WrappingLoss, batch_log_softmax
 
 
 class MatryoshkaLoss(WrappingLoss):
@@ -40,17 +40,17 @@ class MatryoshkaLoss(WrappingLoss):
         dims = [check_int(f"matryoshka dims[{i}]", d, 1) for i, d in enumerate(dims)]
         if not dims or len(set(dims)) != len(dims):
             raise UsageError(f"matryoshka dims must be distinct integers >= 1, got {dims}.")
-        weights = [1.0] * len(dims) if not weights else [real_number("matryoshka weight", w) for w in weights]
         # finite: an inf weight makes every step's loss inf, which training then skips step after step
-        if len(weights) != len(dims) or any(not 0 < w < float("inf") for w in weights):
-            raise UsageError(f"matryoshka weights must be {len(dims)} finite numbers > 0 (one per dim), got {weights}.")
+        weights = [1.0] * len(dims) if not weights else \
+            [finite_number(f"matryoshka weights[{i}]", w, positive=True) for i, w in enumerate(weights)]
+        if len(weights) != len(dims):
+            raise UsageError(f"matryoshka weights must be {len(dims)} numbers (one per dim), got {weights}.")
         if tuple(loss.reads[:2]) != EMBEDDING_FIELDS:
             raise UsageError(f"matryoshka wraps an embedder loss, not {loss.name!r}.")
         self.reads = tuple(loss.reads)  # and whatever else the wrapped loss reads (a teacher's vectors), untruncated
         self.optional = tuple(loss.optional)
-        if isinstance(distill, bool) or not (isinstance(distill, (int, float)) and 0 <= distill < float("inf")):
-            raise UsageError(f"matryoshka distill must be a finite number >= 0, got {distill!r}.")
-        self.loss, self.dims, self.weights, self.distill = loss, dims, weights, float(distill)
+        distill = finite_number("matryoshka distill", distill)
+        self.loss, self.dims, self.weights, self.distill = loss, dims, weights, distill
         self.normalize = bool(normalize)
 
     def get_config_dict(self) -> Dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from ..utils import UsageError
+from ..utils import UsageError, finite_number
 from .base import EMBEDDING_FIELDS, RetrievalLoss, batch_log_softmax
 
 TEACHER_FIELDS = ("teacher_query_embeddings", "teacher_document_embeddings")
@@ -42,12 +42,10 @@ class TeacherDistillLoss(RetrievalLoss):
 
     def __init__(self, loss: RetrievalLoss, weight: float = 1.0, teacher_temperature: Optional[float] = None) -> None:
         super().__init__()
-        if isinstance(weight, bool) or not (isinstance(weight, (int, float)) and 0 <= weight < float("inf")):
-            raise UsageError(f"distill weight must be a finite number >= 0, got {weight!r}.")
+        weight = finite_number("distill weight", weight)
         temperature = float(getattr(loss, "temperature", 1.0)) if teacher_temperature is None else teacher_temperature
-        if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and 0 < temperature < float("inf")):
-            raise UsageError(f"teacher temperature must be a finite number > 0, got {teacher_temperature!r}.")
-        self.loss, self.weight, self.teacher_temperature = loss, float(weight), float(temperature)
+        temperature = finite_number("teacher temperature", temperature, positive=True)
+        self.loss, self.weight, self.teacher_temperature = loss, weight, temperature
         self.embedder = tuple(loss.reads[:2]) == EMBEDDING_FIELDS
         student = () if self.embedder or "scores" in loss.reads else ("scores",)  # a reranker's scores, always
         # the wrapped loss's optional fields (its text ids) last: the required ones keep their positions

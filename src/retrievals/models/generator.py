@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 from typing import Any, List, Optional, Sequence, Union
 
 import torch
 
 from ..inputs import as_texts
-from ..utils import UsageError, resolve_device, resolve_dtype
+from ..utils import UsageError, finite_number, resolve_device, resolve_dtype
 from .base import load_backbone, load_tokenizer
 from .processing import call_tokenizer, pad_ids, tokenize_user_text
 
@@ -81,9 +80,7 @@ class Generator:
         Sampling (``temperature > 0``) runs one call at a time: torch's random state is one per process, so a
         ``seed`` gives the same answers from many threads as from one."""
         texts, single = as_texts(prompts, "prompts")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
-                or temperature < 0:  # nan and negative ones would silently mean greedy
-            raise UsageError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}.")
+        finite_number("temperature (0: greedy)", temperature)  # nan and negative ones would silently mean greedy
         # a string is one stop sequence, never iterated as its characters (each would cut the answer); any other
         # item than a string is refused by as_texts, naming its position
         stops = [] if stop is None else as_texts(stop, "stop")[0]

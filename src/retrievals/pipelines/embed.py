@@ -28,7 +28,7 @@ from ..distributed import shutdown_distributed
 from ..training.output_dir import record_written
 from ..training.run import masking_copies, run_training
 from ..training.teacher import TeacherArguments
-from ..utils import UsageError, at_least, logger, unescape_cli
+from ..utils import UsageError, at_least, finite_number, logger, unescape_cli
 from .cli import run_cli
 
 
@@ -62,8 +62,7 @@ class EmbedModelArguments(TeacherArguments, ModelLoadingArguments):
         if self.model_type not in ("dense", "sparse"):
             raise UsageError(f"--model_type must be dense or sparse, got {self.model_type!r}.")
         for flag in ("query_flops_weight", "document_flops_weight"):  # nan/inf made every step's loss nan/inf
-            if not 0 <= getattr(self, flag) < float("inf"):
-                raise UsageError(f"--{flag} must be a finite number >= 0, got {getattr(self, flag)}.")
+            finite_number(f"--{flag}", getattr(self, flag))
         if self.model_type == "sparse" and self.pooling_method not in (None, "splade"):
             raise UsageError("a sparse embedder pools with splade: drop --pooling_method.")
         if self.pca_rotation and self.model_type == "sparse":

@@ -13,7 +13,7 @@ from transformers import TrainingArguments
 from ..utils import DTYPE_FLAG_ALIASES, at_least, logger  # noqa: F401 (at_least re-exported for the pipelines)
 from ..distributed import world
 from ..models.precision import cpu_has_native_bf16
-from ..utils import UsageError
+from ..utils import UsageError, finite_number
 
 AUTO_WORKERS = 4  # data-loader workers used by default on a GPU machine (tokenizing in the main process starves the GPU)
 SAMPLING_STRATEGIES = ("random", "sequential")  # of transformers' --train_sampling_strategy, those that fit our items
@@ -121,22 +121,19 @@ class RetrievalTrainingArguments(TrainingArguments):
             raise UsageError(f"--num_train_epochs must be > 0, got {self.num_train_epochs}.")
         if not self.learning_rate > 0:
             raise UsageError(f"--learning_rate must be > 0, got {self.learning_rate}; the model would learn nothing.")
-        if self.temperature is not None and not 0 < self.temperature < float("inf"):  # inf: every score 0, no gradient
-            raise UsageError(f"--temperature must be > 0 and finite, got {self.temperature}.")
+        if self.temperature is not None:  # inf: every score 0, no gradient
+            finite_number("--temperature", self.temperature, positive=True)
         if self.negatives_cross_device and not self.use_inbatch_neg:
             raise UsageError("--negatives_cross_device shares in-batch negatives across processes: it needs "
                              "--use_inbatch_neg true (without it each query is scored against its own group only).")
-        if not self.margin >= 0:
-            raise UsageError(f"--margin must be >= 0, got {self.margin}.")
+        finite_number("--margin", self.margin)  # nan/inf made every step's loss nan/inf
         for dim in self.matryoshka_dims:
             at_least("--matryoshka_dims", dim, 1)
         if self.matryoshka_weights and len(self.matryoshka_weights) != len(self.matryoshka_dims):
             raise UsageError(f"--matryoshka_weights needs one weight per --matryoshka_dims ({len(self.matryoshka_dims)}).")
         for weight in self.matryoshka_weights:  # nan/inf made every step's loss nan/inf
-            if not 0 < weight < float("inf"):
-                raise UsageError(f"--matryoshka_weights must be finite numbers > 0, got {weight}.")
-        if not 0 <= self.matryoshka_distill < float("inf"):
-            raise UsageError(f"--matryoshka_distill must be a finite number >= 0, got {self.matryoshka_distill}.")
+            finite_number("--matryoshka_weights", weight, positive=True)
+        finite_number("--matryoshka_distill", self.matryoshka_distill)
         if self.matryoshka_distill and not self.matryoshka_dims:
             raise UsageError("--matryoshka_distill needs --matryoshka_dims (the sizes to distil into).")
         if self.matryoshka_dims and self.loss_registry != "embedding":

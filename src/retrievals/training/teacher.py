@@ -10,7 +10,7 @@ from ..data import TeacherCollator, TeacherVectors
 from ..data.readers import Record
 from ..losses import RetrievalLoss, TeacherDistillLoss
 from ..models.base import check_model_path, saved_model_type
-from ..utils import UsageError, logger
+from ..utils import UsageError, finite_number, logger
 from .fingerprint import weights_digest
 
 
@@ -32,10 +32,9 @@ class TeacherArguments:
         """Refuse wrong teacher flags before any data or weights load."""
         if self.teacher_model is None and (self.distill_weight != 1.0 or self.teacher_temperature is not None):
             raise UsageError("--distill_weight and --teacher_temperature need --teacher_model.")
-        if not 0 <= self.distill_weight < float("inf"):
-            raise UsageError(f"--distill_weight must be a finite number >= 0, got {self.distill_weight}.")
-        if self.teacher_temperature is not None and not 0 < self.teacher_temperature < float("inf"):
-            raise UsageError(f"--teacher_temperature must be a finite number > 0, got {self.teacher_temperature}.")
+        finite_number("--distill_weight", self.distill_weight)
+        if self.teacher_temperature is not None:
+            finite_number("--teacher_temperature", self.teacher_temperature, positive=True)
         if self.teacher_model is not None:
             self.teacher_model = check_model_path(self.teacher_model, "teacher model")
             kind = saved_model_type(self.teacher_model)
