@@ -6,6 +6,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -129,6 +130,35 @@ def test_written_run_with_ties_agrees_with_metrics_and_trec_eval(tmp_path):
     ours = evaluate_run(read_trec_run(path), qrels, k_values=(3,))
     for mine, key in (("map", "map"), ("mrr", "recip_rank"), ("ndcg@3", "ndcg_cut_3")):
         assert ours[mine] == pytest.approx(sum(v[key] for v in theirs.values()) / len(theirs), abs=1e-6), mine
+
+
+def test_written_run_keeps_near_tied_scores_apart(tmp_path):
+    """Scores 3e-7 apart (float32 cosines of two near-duplicates) once read back tied at 6 decimals, and the tie
+    went to the doc id: MRR 0.5 from the file against 1.0 in memory."""
+    run = {"q1": {"a": 0.80000040, "b": 0.80000010}, "q2": {"x": float(np.float32(0.1) + np.float32(1e-8)), "y": 0.1,
+                                                            "z": 1e-300}}
+    qrels = {"q1": {"a": 1}, "q2": {"x": 1}}
+    path = tmp_path / "run.trec"
+    write_trec_run(run, path)
+    back = read_trec_run(path)
+    assert back == run and all(rank(back[q]) == rank(run[q]) for q in run)
+    assert evaluate_run(back, qrels, (1,)) == evaluate_run(run, qrels, (1,)) and evaluate_run(back, qrels, (1,))["mrr"] == 1.0
+    pytrec_eval = needs("pytrec_eval")
+    with path.open() as handle:
+        theirs = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(pytrec_eval.parse_run(handle))
+    assert {q: v["recip_rank"] for q, v in theirs.items()} == {"q1": 1.0, "q2": 1.0}
+
+
+@PROPERTY
+@given(scores=st.dictionaries(st.from_regex(r"d[0-9]{1,2}", fullmatch=True),
+                              st.floats(allow_nan=False, allow_infinity=False) | st.floats(0.5, 0.500001),  # near-ties
+                              min_size=1, max_size=8))
+def test_property_trec_run_round_trip_is_exact(scores):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "run.trec"
+        write_trec_run({"q": scores}, path)
+        back = read_trec_run(path)
+    assert back == {"q": scores} and rank(back["q"]) == rank(scores)
 
 
 # --- properties -------------------------------------------------------------------------------------------

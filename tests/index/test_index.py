@@ -100,7 +100,7 @@ def test_trec_and_beir_round_trip(tmp_path):
     run = {"q1": {"d1": 0.5, "d2": 0.7}, "q2": {"d3": 1.0}}
     write_trec_run(run, tmp_path / "run.trec")
     assert read_trec_run(tmp_path / "run.trec") == run
-    assert (tmp_path / "run.trec").read_text().splitlines()[0] == "q1 Q0 d2 1 0.700000 retrievals"
+    assert (tmp_path / "run.trec").read_text().splitlines()[0] == "q1 Q0 d2 1 0.7 retrievals"  # exact, not rounded
     qrels = {"q1": {"d2": 1}, "q2": {"d3": 2}}
     write_qrels(qrels, tmp_path / "qrels")
     assert read_qrels(tmp_path / "qrels") == qrels

@@ -129,8 +129,10 @@ def read_trec_run(path: str | os.PathLike) -> Run:
 
 def write_trec_run(run: Mapping[str, Mapping[str, float]], path: str | os.PathLike, tag: str = "retrievals") -> None:
     """Rows in the order the metrics rank them (``metrics.rank``: ties by doc id descending, as trec_eval),
-    so the file's rank column agrees with the scores reported for it. Ids (and ``tag``) with whitespace are
-    refused (see :func:`_check_trec_id`)."""
+    so the file's rank column agrees with the scores reported for it. Scores are written exactly (Python's
+    shortest round-trip repr), so the file ranks as the run in memory (trec_eval keeps scores as 32-bit floats:
+    two that differ only beyond float32 precision tie there, in memory or read from a file alike). Ids (and
+    ``tag``) with whitespace are refused (see :func:`_check_trec_id`)."""
     check_trec_id(tag, "tag", str(path))
     for qid, scores in run.items():
         check_trec_id(qid, "query id", str(path))
@@ -138,7 +140,9 @@ def write_trec_run(run: Mapping[str, Mapping[str, float]], path: str | os.PathLi
             check_trec_id(doc, "document id", f"{path}: query {qid!r}")
     lines = []
     for qid, scores in run.items():
-        lines.extend(f"{qid} Q0 {doc} {i} {scores[doc]:.6f} {tag}\n" for i, doc in enumerate(rank(scores), start=1))
+        # each score's shortest exact repr: rounded (to 6 decimals, say) two scores 3e-7 apart would read back tied,
+        # and trec_eval (like read_trec_run + rank) would order them by doc id, not as the metrics did
+        lines.extend(f"{qid} Q0 {doc} {i} {float(scores[doc])!r} {tag}\n" for i, doc in enumerate(rank(scores), start=1))
     atomic_write_text(Path(path), "".join(lines))
 
 
