@@ -49,3 +49,31 @@ def test_metrics_leave_out_judged_queries_that_were_not_asked(tiny_bert, tmp_pat
         assert retrieve.main([*common, "--output", str(out)]) == 0
         metrics.append(json.loads(out.with_name(out.name + ".metrics.json").read_text()))
     assert metrics[0] == metrics[1] and metrics[0]["ndcg@10"] > 0
+
+
+def test_output_is_never_a_file_of_the_dataset_folder(tmp_path, capsys):
+    """--dataset FOLDER --output FOLDER/qrels/test.tsv --overwrite once replaced the dataset's own qrels with the run:
+    the files a --dataset folder supplies are protected like --corpus/--queries/--qrels (one error line naming it)."""
+    from retrievals.evaluation.datasets import dataset_files
+
+    beir = tmp_path / "beir"
+    save_beir(beir, {"d1": "tax card", "d2": "passport"}, {"q1": "tax"}, {"q1": {"d1": 1}})
+    vaswani = tmp_path / "vaswani"
+    vaswani.mkdir()
+    (vaswani / "doc-text.trec").write_text("<DOC> <DOCNO> 1 </DOCNO> tax card </DOC>\n<DOC> <DOCNO> 2 </DOCNO> passport </DOC>\n")
+    (vaswani / "query-text.trec").write_text("<top> <num> 1 </num> <title> TAX </title> </top>\n")
+    (vaswani / "qrels").write_text("1 0 1 1\n")
+    for folder, names in ((beir, ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv")),
+                          (vaswani, ("doc-text.trec", "query-text.trec", "qrels"))):
+        assert sorted(dataset_files(str(folder)).values()) == sorted(folder / name for name in names)
+        before = {name: (folder / name).read_bytes() for name in names}
+        for name in names:
+            argv = ["--dataset", str(folder), "--index_type", "bm25", "--top_k", "2", "--output", str(folder / name),
+                    "--overwrite", "true"]
+            assert retrieve.main(argv) == 2
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and f"{folder / name}: is the --dataset " in err, err
+        assert {name: (folder / name).read_bytes() for name in names} == before
+        out = tmp_path / f"{folder.name}.trec"  # the folder itself is fine to read from and write beside
+        assert retrieve.main(["--dataset", str(folder), "--index_type", "bm25", "--top_k", "2", "--output", str(out)]) == 0
+        assert out.read_text().split()[:3] == ["q1" if folder == beir else "1", "Q0", "d1" if folder == beir else "1"]

@@ -146,21 +146,28 @@ def write_trec_run(run: Mapping[str, Mapping[str, float]], path: str | os.PathLi
     atomic_write_text(Path(path), "".join(lines))
 
 
+def beir_files(folder: str | os.PathLike, split: str = "test") -> Dict[str, Path]:
+    """The files :func:`load_beir` reads, by role (``corpus``, ``queries``, ``qrels``): one list for the loader and
+    for a pipeline that must not write over them."""
+    folder = Path(folder)
+    return {"corpus": folder / "corpus.jsonl", "queries": folder / "queries.jsonl", "qrels": folder / "qrels" / f"{split}.tsv"}
+
+
 def load_beir(folder: str | os.PathLike, split: str = "test") -> Tuple[Corpus, Queries, Qrels]:
     """A BEIR folder: ``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``; queries limited to the judged ones."""
-    folder = Path(folder)
-    for need in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv"):
-        if not (folder / need).is_file():
-            raise DataError(f"{folder / need}: missing (a BEIR folder has corpus.jsonl, queries.jsonl, qrels/{split}.tsv)")
-    qrels = read_qrels(folder / "qrels" / f"{split}.tsv")
-    queries = {q: t for q, t in read_jsonl_texts(folder / "queries.jsonl").items() if q in qrels}
+    files = beir_files(folder, split)
+    for need in files.values():
+        if not need.is_file():
+            raise DataError(f"{need}: missing (a BEIR folder has corpus.jsonl, queries.jsonl, qrels/{split}.tsv)")
+    qrels = read_qrels(files["qrels"])
+    queries = {q: t for q, t in read_jsonl_texts(files["queries"]).items() if q in qrels}
     missing = [q for q in qrels if q not in queries]
     if missing:  # no text, so no run: each would count as a query scoring 0
         logger.warning("%s judges %d queries that %s lacks (%s); they are left out of the evaluation.",
-                       folder / "qrels" / f"{split}.tsv", len(missing), folder / "queries.jsonl",
+                       files["qrels"], len(missing), files["queries"],
                        ", ".join(map(repr, missing[:5])) + (" ..." if len(missing) > 5 else ""))
         qrels = {q: docs for q, docs in qrels.items() if q in queries}
-    return read_jsonl_texts(folder / "corpus.jsonl"), queries, qrels
+    return read_jsonl_texts(files["corpus"]), queries, qrels
 
 
 def save_beir(folder: str | os.PathLike, corpus: Mapping[str, str], queries: Mapping[str, str], qrels: Qrels, split: str = "test") -> None:

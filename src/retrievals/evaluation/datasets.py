@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 from ..data.readers import DataError
-from ..data.io import dataset_hash, load_beir
+from ..data.io import beir_files, dataset_hash, load_beir
 
 
 @dataclass
@@ -31,11 +31,31 @@ def load_eval_dataset(name_or_path: str, split: str = "test") -> EvalDataset:
 
         data = split_by_faq(parse_aia_bde(fetch("aia-bde")), 0.3, 0)
         return EvalDataset("aia-bde (held-out FAQs)", data.corpus, data.test_queries, data.test_qrels)
-    folder = Path(name_or_path)
-    if (folder / "doc-text.trec").is_file():
+    folder, layout = Path(name_or_path), _layout(name_or_path)
+    if layout == "vaswani":
         from ..data.vaswani import load_vaswani
 
         return EvalDataset(f"vaswani ({folder.name})", *load_vaswani(folder))
-    if (folder / "corpus.jsonl").is_file():
+    if layout == "beir":
         return EvalDataset(f"beir ({folder.name}, {split})", *load_beir(folder, split))
     raise DataError(f"{name_or_path}: not 'aia-bde', a Vaswani folder (doc-text.trec) or a BEIR folder (corpus.jsonl)")
+
+
+def _layout(name_or_path: str) -> Optional[str]:
+    """Which loader a folder goes to (one rule for the loader and for the list of its files)."""
+    folder = Path(name_or_path)
+    if (folder / "doc-text.trec").is_file():
+        return "vaswani"
+    return "beir" if (folder / "corpus.jsonl").is_file() else None
+
+
+def dataset_files(name_or_path: str, split: str = "test") -> Dict[str, Path]:
+    """The user's files ``load_eval_dataset(name_or_path, split)`` reads, by role (``corpus``, ``queries``,
+    ``qrels``), so a pipeline can refuse an output path that is one of them; none for ``aia-bde`` (a fetched asset
+    in the cache) or a folder the loader refuses."""
+    layout = None if name_or_path == "aia-bde" else _layout(name_or_path)
+    if layout == "vaswani":
+        from ..data.vaswani import vaswani_files
+
+        return vaswani_files(name_or_path)
+    return beir_files(name_or_path, split) if layout == "beir" else {}

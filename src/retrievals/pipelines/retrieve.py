@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from ..data.readers import DataError
-from ..evaluation.datasets import load_eval_dataset
+from ..evaluation.datasets import dataset_files, load_eval_dataset
 from ..data.io import check_trec_id, dataset_hash, read_jsonl_texts, read_qrels, write_trec_run
 from ..evaluation.metrics import evaluate_run
 from ..evaluation.retrieval import check_first_stage_weight, rerank_run, retrieve
@@ -186,7 +186,9 @@ def load_matching_index(folder: Path, source: Dict) -> Index:
 
 
 def run_retrieval(a: RetrieveArguments) -> Dict[str, Dict[str, float]]:
-    inputs = {"--corpus": a.corpus, "--queries": a.queries, "--qrels": a.qrels}
+    inputs = {"--corpus": a.corpus, "--queries": a.queries, "--qrels": a.qrels,
+              # a --dataset folder's own files are inputs too: --output FOLDER/qrels/test.tsv must not replace its qrels
+              **{f"--dataset {role} file": path for role, path in (dataset_files(a.dataset) if a.dataset else {}).items()}}
     check_new_output(a.output, a.overwrite, inputs=inputs)  # before any work: a refused output must not cost an encoding run
     check_new_output(a.output + ".metrics.json", a.overwrite, inputs=inputs)
     if a.index_type not in INDEX_TYPES:
