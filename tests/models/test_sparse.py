@@ -274,3 +274,53 @@ def test_sparse_contracts_truncate_dim_negative_weights_and_decode(sparse_model)
     assert model.decode(vector, top=1)[0][1] in (-0.5, 1.0)
     with pytest.raises(ValueError, match="top must be"):
         model.decode(vector, top=-1)
+
+
+def test_retrieve_saves_the_sparse_index_under_index_dir_and_never_serves_another_models(sparse_model, tiny_bert,
+                                                                                        tmp_path, monkeypatch, capsys,
+                                                                                        caplog):
+    """--index_type sparse (and hybrid's --sparse_name_or_path) once ignored --index_dir: every run re-encoded the
+    corpus. Now the second run loads the saved postings (no corpus encoding, the same run), and another sparse model
+    or setting with that folder is refused, naming what differs; --cache_dir, which a sparse index cannot use, is
+    refused with --index_type sparse and a warning in a hybrid (its dense half uses it)."""
+    from retrievals.data.io import save_beir
+    from retrievals.pipelines import retrieve
+
+    lines = corpus_lines(30)
+    save_beir(tmp_path / "beir", {f"d{i}": t for i, t in enumerate(lines)}, {f"q{i}": lines[i][:25] for i in range(5)},
+              {f"q{i}": {f"d{i}": 1} for i in range(5)})
+    encoded = []  # is_query of each encode_sparse call
+    original = SparseEmbedder.encode_sparse
+    monkeypatch.setattr(SparseEmbedder, "encode_sparse",
+                        lambda self, texts, is_query=False, **kw: encoded.append(is_query) or original(self, texts, is_query, **kw))
+    ix = tmp_path / "ix"
+    base = ["--dataset", str(tmp_path / "beir"), "--top_k", "10", "--index_dir", str(ix)]
+    sparse = base + ["--model_name_or_path", sparse_model, "--index_type", "sparse"]
+    runs = []
+    for i in range(2):
+        assert retrieve.main(sparse + ["--output", str(tmp_path / f"run{i}.trec")]) == 0
+        runs.append((tmp_path / f"run{i}.trec").read_text())
+    assert (ix / "sparse" / "index_meta.json").is_file() and encoded == [False, True, True]  # corpus encoded once
+    assert runs[0] == runs[1] and len(runs[0].splitlines()) == 50
+    torch.manual_seed(1)
+    other = tmp_path / "other"
+    SparseEmbedder.from_pretrained(tiny_bert, query_max_length=16, document_max_length=32).save_pretrained(other)
+    # the same settings, another (randomly initialised) MLM head: only the weights differ
+    capsys.readouterr()
+    for argv, differs in ((base + ["--model_name_or_path", str(other), "--index_type", "sparse"], "model (weights)"),
+                          (sparse + ["--max_length", "8"], "model settings")):
+        assert retrieve.main(argv + ["--output", str(tmp_path / "x.trec")]) == 2
+        assert f"{ix / 'sparse'}: this index was built with another {differs}" in capsys.readouterr().err
+    assert not (tmp_path / "x.trec").exists()
+    encoded.clear()
+    hybrid = base + ["--model_name_or_path", tiny_bert, "--pooling_method", "mean", "--index_type", "hybrid",
+                     "--sparse_name_or_path", sparse_model]  # its sparse half: the same model and folder
+    assert retrieve.main(hybrid + ["--output", str(tmp_path / "hybrid.trec")]) == 0
+    assert encoded == [True] and (ix / "dense" / "index_meta.json").is_file()
+    assert retrieve.main(sparse + ["--cache_dir", str(tmp_path / "cache"), "--output", str(tmp_path / "x.trec")]) == 2
+    assert "--cache_dir keeps dense corpus embeddings" in capsys.readouterr().err
+    fresh = [str(tmp_path / "ix2") if arg == str(ix) else arg for arg in hybrid]
+    with caplog.at_level("WARNING", logger="retrievals"):
+        assert retrieve.main(fresh + ["--cache_dir", str(tmp_path / "cache"), "--output", str(tmp_path / "x.trec")]) == 0
+    assert any(f"the sparse embedder {sparse_model} encodes the corpus again" in r.getMessage() for r in caplog.records)
+    assert list((tmp_path / "cache").iterdir())  # the dense half's shards

@@ -18,18 +18,19 @@ import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from ..data.readers import DataError
 from ..evaluation.datasets import dataset_files, load_eval_dataset
 from ..data.io import check_trec_id, dataset_hash, read_jsonl_texts, read_qrels, write_trec_run
 from ..evaluation.metrics import evaluate_run
-from ..evaluation.retrieval import check_first_stage_weight, rerank_run, retrieve
+from ..evaluation.retrieval import check_first_stage_weight, rerank_run
 from ..index import (
     FAISS_TYPES,
     QUANTIZED_TYPES,
     BM25Index,
     Index,
+    SparseIndex,
     build_dense_index,
     check_fusion,
     fuse,
@@ -54,7 +55,7 @@ class RetrieveArguments(EmbedderFlags, RerankerFlags):
     qrels: Optional[str] = field(default=None, metadata={"help": "TREC or BEIR qrels: print metrics."})
     index_type: str = field(default="flat", metadata={"help": f"One of {list(INDEX_TYPES)}."})
     index_dir: Optional[str] = field(default=None, metadata={"help": "Load the index from here, or build and save it here."})
-    cache_dir: Optional[str] = field(default=None, metadata={"help": "Corpus embedding shards (resumable)."})
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "Dense corpus embedding shards (resumable)."})
     shard_size: int = 10000
     batch_size: int = 64
     top_k: int = 100
@@ -84,6 +85,9 @@ class RetrieveArguments(EmbedderFlags, RerankerFlags):
         check_first_stage_weight(self.rerank_first_stage_weight, "--rerank_first_stage_weight")
         if (self.sparse_name_or_path or self.fusion_weights or self.fusion != "rrf") and self.index_type != "hybrid":
             raise UsageError("--sparse_name_or_path, --fusion and --fusion_weights are for --index_type hybrid.")
+        if self.cache_dir and self.index_type == "sparse":  # it would be ignored: no vectors it could hold
+            raise UsageError("--cache_dir keeps dense corpus embeddings, which --index_type sparse has none of: drop "
+                             "it (--index_dir saves the sparse index for the next run).")
 
 
 def load_inputs(a: RetrieveArguments):
@@ -100,25 +104,24 @@ def dense_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, s
     folder = Path(a.index_dir) / "dense" if a.index_dir else None
     source = {"model_weights": state_digest(model), "model": asdict(model.retrieval_config), "corpus": dataset_hash(corpus, {}, {}),
               "index_type": index_type, **({"rescore_with": a.rescore_with} if a.rescore_with != "codes" else {})}
-    if folder is not None and (folder / "index_meta.json").is_file():
-        index = load_matching_index(folder, source)
-        if hasattr(index, "rescore_multiplier"):  # a search setting, not the index's content: this run's flag applies
-            index.rescore_multiplier = a.rescore_multiplier
-    else:
+
+    def build() -> Index:
         doc_ids = list(corpus)
         texts = [corpus[d] for d in doc_ids]
         if a.cache_dir:
             vectors = encode_sharded(model, texts, a.cache_dir, a.shard_size, a.batch_size)
         else:
             vectors = model.encode_corpus(texts, batch_size=a.batch_size, show_progress_bar=True)
-        index = build_dense_index(vectors, doc_ids, index_type, rescore_multiplier=a.rescore_multiplier,
+        built = build_dense_index(vectors, doc_ids, index_type, rescore_multiplier=a.rescore_multiplier,
                                   rescore_with=a.rescore_with)  # the rescoring settings matter to quantized types only
-        if hasattr(index, "bytes_per_vector"):
-            logger.warning("%s index: %d bytes per vector (float32: %d)", index_type, index.bytes_per_vector,
-                           4 * int(index.dim))
-        index.source = source
-        if folder is not None and world()[0] == 0:
-            index.save(folder)
+        if hasattr(built, "bytes_per_vector"):
+            logger.warning("%s index: %d bytes per vector (float32: %d)", index_type, built.bytes_per_vector,
+                           4 * int(built.dim))
+        return built
+
+    index = load_or_build(folder, source, build)
+    if hasattr(index, "rescore_multiplier"):  # a search setting, not the index's content: this run's flag applies
+        index.rescore_multiplier = a.rescore_multiplier
     query_ids = list(queries)
     q = model.encode_queries([queries[i] for i in query_ids], batch_size=a.batch_size)
     return index.search_run(query_ids, q, a.top_k)
@@ -127,14 +130,7 @@ def dense_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, s
 def bm25_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, str]):
     folder = Path(a.index_dir) / "bm25" if a.index_dir else None
     source = {"corpus": dataset_hash(corpus, {}, {})}
-    if folder is not None and (folder / "index_meta.json").is_file():
-        index = load_matching_index(folder, source)
-    else:
-        doc_ids = list(corpus)
-        index = BM25Index([corpus[d] for d in doc_ids], doc_ids)
-        index.source = source
-        if folder is not None and world()[0] == 0:
-            index.save(folder)
+    index = load_or_build(folder, source, lambda: BM25Index(list(corpus.values()), list(corpus)))
     query_ids = list(queries)
     return index.search_run(query_ids, [queries[i] for i in query_ids], a.top_k)
 
@@ -149,7 +145,19 @@ def sparse_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, 
     model = flags.load_embedder(required_for=flag)
     if not isinstance(model, SparseEmbedder):
         raise UsageError(f"{flag} needs a sparse embedder; {path} is a dense one.")
-    return retrieve(model, corpus, queries, top_k=a.top_k, batch_size=a.batch_size)
+    # saved and reloaded like the dense index, keyed the same way: another sparse model (weights or settings) or
+    # corpus is refused, never served these postings
+    folder = Path(a.index_dir) / "sparse" if a.index_dir else None
+    if a.cache_dir and (folder is None or not (folder / "index_meta.json").is_file()):  # hybrid: the dense half's
+        logger.warning("--cache_dir keeps the dense model's corpus embeddings only; the sparse embedder %s encodes "
+                       "the corpus again%s.", path, "" if folder else " (--index_dir would save its index)")
+    source = {"model_weights": state_digest(model), "model": asdict(model.retrieval_config),
+              "corpus": dataset_hash(corpus, {}, {}), "index_type": "sparse"}
+    index = load_or_build(folder, source, lambda: SparseIndex(
+        model.encode_sparse(list(corpus.values()), batch_size=a.batch_size), list(corpus)))
+    query_ids = list(queries)
+    return index.search_run(query_ids, model.encode_sparse([queries[q] for q in query_ids], is_query=True,
+                                                           batch_size=a.batch_size), a.top_k)
 
 
 def check_qrels_cover(qrels: Dict[str, Dict[str, int]], queries: Dict[str, str], corpus: Dict[str, str], where: str) -> None:
@@ -170,6 +178,18 @@ def check_qrels_cover(qrels: Dict[str, Dict[str, int]], queries: Dict[str, str],
 
 SOURCE_NAMES = {"model_weights": "model (weights)", "model": "model settings", "corpus": "corpus",
                 "index_type": "--index_type", "rescore_with": "--rescore_with"}  # what an index's source records
+
+
+def load_or_build(folder: Optional[Path], source: Dict, build: Callable[[], Index]) -> Index:
+    """The index saved in ``folder`` when it matches ``source`` (see :func:`load_matching_index`), else ``build()``,
+    recorded with ``source`` and saved there (by rank 0 under torchrun)."""
+    if folder is not None and (folder / "index_meta.json").is_file():
+        return load_matching_index(folder, source)
+    index = build()
+    index.source = source
+    if folder is not None and world()[0] == 0:
+        index.save(folder)
+    return index
 
 
 def load_matching_index(folder: Path, source: Dict) -> Index:
