@@ -229,6 +229,23 @@ def test_schemathesis_finds_nothing(app, mode):
         check()
 
 
+def test_an_unhealthy_health_body_is_what_the_schema_declares(served):
+    """/health's 503 body is the health body ({"status": "unhealthy", "reason", "queued_items"}), but /openapi.json
+    declared the error envelope for it: a client generated from the schema could not read it."""
+    schemathesis = needs("schemathesis")
+    from fastapi.testclient import TestClient
+
+    emb, _, _ = served
+    app = create_app(emb, None, "emb")  # its own app: the shared one's worker must keep running
+    with TestClient(app) as client:
+        declared = client.get("/openapi.json").json()["paths"]["/health"]["get"]["responses"]
+        app.service.scheduler.close(timeout_s=5)  # the worker stops: /health must say so
+        r = client.get("/health")
+    assert r.status_code == 503 and r.json()["status"] == "unhealthy" and "worker" in r.json()["reason"], r.text
+    assert declared["503"]["content"] == declared["200"]["content"]  # the same body, healthy or not
+    schemathesis.openapi.from_asgi("/openapi.json", app)["/health"]["GET"].validate_response(r)  # raises if not
+
+
 # ---------------------------------------------------------------- a real server in a thread
 
 

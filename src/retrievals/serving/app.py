@@ -401,7 +401,11 @@ def _install_routes(app: FastAPI, service: Service) -> None:
                   reverse=True) if service.embedder is not None else []
     models = request_models(service.limits, service.embedder_name, dims, service.reranker_name)
 
-    @app.get("/health", response_model=HealthResponse, responses=error_responses(503))
+    # its 503 is the health body itself ("unhealthy" and the reason), not the error envelope: declared as such, so
+    # the schema says what a probe or client reading /health actually receives
+    @app.get("/health", response_model=HealthResponse, responses={503: {
+        "model": HealthResponse, "description": "Unhealthy (status \"unhealthy\"): the scheduler's worker is not "
+                                                "running, or one model call has run longer than stall_s; reason says which"}})
     async def health() -> Any:
         ok, reason = service.scheduler.health()
         body = {"status": "ok" if ok else "unhealthy", "reason": reason, "queued_items": service.scheduler.queued_items()}
