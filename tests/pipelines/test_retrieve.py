@@ -77,3 +77,16 @@ def test_output_is_never_a_file_of_the_dataset_folder(tmp_path, capsys):
         out = tmp_path / f"{folder.name}.trec"  # the folder itself is fine to read from and write beside
         assert retrieve.main(["--dataset", str(folder), "--index_type", "bm25", "--top_k", "2", "--output", str(out)]) == 0
         assert out.read_text().split()[:3] == ["q1" if folder == beir else "1", "Q0", "d1" if folder == beir else "1"]
+
+
+def test_cache_dir_is_refused_where_no_dense_embeddings_are_made(tmp_path, capsys):
+    """--cache_dir holds dense corpus embeddings: with --index_type bm25 it was silently ignored (every run re-indexed
+    while the user believed it cached); now refused before any work, naming the flag that does save the index."""
+    beir = tmp_path / "beir"
+    save_beir(beir, {"d1": "tax card", "d2": "passport"}, {"q1": "tax"}, {"q1": {"d1": 1}})
+    out = tmp_path / "run.trec"
+    argv = ["--dataset", str(beir), "--index_type", "bm25", "--output", str(out), "--cache_dir", str(tmp_path / "cache")]
+    assert retrieve.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--cache_dir keeps dense corpus embeddings, which --index_type bm25 has none of" in err and "--index_dir" in err
+    assert not out.exists() and not (tmp_path / "cache").exists()

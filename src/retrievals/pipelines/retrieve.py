@@ -85,9 +85,9 @@ class RetrieveArguments(EmbedderFlags, RerankerFlags):
         check_first_stage_weight(self.rerank_first_stage_weight, "--rerank_first_stage_weight")
         if (self.sparse_name_or_path or self.fusion_weights or self.fusion != "rrf") and self.index_type != "hybrid":
             raise UsageError("--sparse_name_or_path, --fusion and --fusion_weights are for --index_type hybrid.")
-        if self.cache_dir and self.index_type == "sparse":  # it would be ignored: no vectors it could hold
-            raise UsageError("--cache_dir keeps dense corpus embeddings, which --index_type sparse has none of: drop "
-                             "it (--index_dir saves the sparse index for the next run).")
+        if self.cache_dir and self.index_type in ("sparse", "bm25"):  # it would be ignored: no vectors it could hold
+            raise UsageError(f"--cache_dir keeps dense corpus embeddings, which --index_type {self.index_type} has none "
+                             f"of: drop it (--index_dir saves the {self.index_type} index for the next run).")
 
 
 def load_inputs(a: RetrieveArguments):
