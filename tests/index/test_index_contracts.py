@@ -9,8 +9,10 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 import retrievals.files as files
+import retrievals.index.exact as exact
 from retrievals.files import CorruptFileError
 from retrievals.index import BM25Index, ExactIndex, FaissIndex, Index, reciprocal_rank_fusion, weighted_score_fusion
 from retrievals.index.exact import exact_search
@@ -140,6 +142,41 @@ def test_an_ids_file_edited_after_the_save_is_refused(data, tmp_path, edit):
         Index.load(tmp_path / "idx")
 
 
+@pytest.mark.parametrize("name, text, problem", [
+    ("index_meta.json", '{"backend": "exact", ', "not valid JSON"),
+    ("index_meta.json", '["exact"]', "must hold a JSON object, got list"),
+    ("index_meta.json", '{"backend": "exact", "settings": null}', "'settings' must be an object"),
+    ("index_meta.json", '{"backend": ["exact"]}', "'backend' must be a string"),
+    ("ids.json", '["d0", "d1", ', "not valid JSON"),
+    ("ids.json", '{"d0": 0}', "must hold a JSON list of document ids, got dict"),
+    ("ids.json", '["d0", 1]', r"document id \[1\] must be a string, got int"),
+])
+def test_a_damaged_index_file_is_a_corrupt_file_error_naming_it(data, tmp_path, name, text, problem):
+    # json.loads' own JSONDecodeError named no file, and the retrieve CLI printed it as a traceback
+    x, ids = data
+    ExactIndex(x, ids).save(tmp_path / "idx")
+    (tmp_path / "idx" / name).write_text(text)
+    with pytest.raises(CorruptFileError, match=f"idx/{name}: {problem}"):
+        Index.load(tmp_path / "idx")
+
+
+def test_retrieve_reports_a_damaged_saved_index_in_one_line(tmp_path, capsys):
+    from retrievals.pipelines import retrieve
+
+    needs("bm25s")
+    for name, lines in (("corpus", ["apple pie", "green pear"]), ("queries", ["apple"])):
+        rows = [json.dumps({"_id": f"{name[0]}{i}", "text": t}) for i, t in enumerate(lines)]
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(rows) + "\n")
+    args = ["--corpus", str(tmp_path / "corpus.jsonl"), "--queries", str(tmp_path / "queries.jsonl"),
+            "--index_type", "bm25", "--index_dir", str(tmp_path / "idx")]
+    assert retrieve.main(args + ["--output", str(tmp_path / "a.trec")]) == 0
+    (tmp_path / "idx" / "bm25" / "index_meta.json").write_text('{"backend": ')
+    capsys.readouterr()
+    assert retrieve.main(args + ["--output", str(tmp_path / "b.trec")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'idx' / 'bm25' / 'index_meta.json'}: not valid JSON") and err.count("\n") == 1
+
+
 def test_search_run_refuses_duplicate_query_ids(data):
     x, ids = data
     with pytest.raises(UsageError, match="'q' occurs more than once"):
@@ -224,6 +261,56 @@ def test_exact_search_orders_equal_scores_by_position_for_every_k():
     assert indices.tolist()[0] == [0, 3] and scores.shape == (2, 2)
 
 
+def _full_ranking(queries, docs):
+    """The ranking exact_search promises, by one full sort: products summed in float64 and rounded to float32,
+    higher scores first, equal scores by document position."""
+    sims = (torch.as_tensor(queries).double() @ torch.as_tensor(docs).double().T).float().numpy()
+    order = np.argsort(-sims, axis=1, kind="stable")
+    return np.take_along_axis(sims, order, axis=1), order
+
+
+@pytest.mark.parametrize("doc_chunk", [3, 16, 4096])
+def test_exact_search_by_document_chunks_ranks_as_one_full_sort(doc_chunk, monkeypatch):
+    # the search now keeps a running top k over chunks of documents: it must still pick and order ties as before
+    rng = np.random.default_rng(5)
+    tied = rng.integers(-2, 3, size=(60, 3)).astype(np.float32)  # few distinct scores: most are exact ties
+    tied[[10, 40, 41, 59]] = 0  # scores of 0 (0.0 or -0.0, which are equal)
+    for docs in (tied, rng.normal(size=(60, 5)).astype(np.float32)):
+        queries = np.concatenate([docs[:12], rng.integers(-2, 3, size=(8, docs.shape[1])).astype(np.float32)])
+        expected_scores, expected = _full_ranking(queries, docs)
+        monkeypatch.setattr(exact, "DOC_CHUNK", doc_chunk)
+        for k in (1, 2, 5, 17, 59, 60):
+            for chunk_size in (7, 1024):
+                scores, indices = exact_search(queries, docs, k, chunk_size=chunk_size)
+                assert indices.tolist() == expected[:, :k].tolist(), (k, chunk_size)
+                assert scores.tolist() == expected_scores[:, :k].tolist(), (k, chunk_size)
+
+
+def test_exact_search_memory_grows_with_a_chunk_of_documents_not_the_corpus(monkeypatch):
+    # it scored all documents of up to 1,024 queries at once, in float64 and float32: 3 GB more for a top 10 over
+    # 200k documents, 44 GB over 2.7M. Now no tensor it ranks or joins is wider than a chunk of documents.
+    rng = np.random.default_rng(6)
+    docs, queries = rng.normal(size=(200, 4)).astype(np.float32), rng.normal(size=(16, 4)).astype(np.float32)
+    widths, topk, cat = [], torch.topk, torch.cat
+
+    def recording_topk(tensor, *args, **kwargs):
+        widths.append(tensor.shape[-1])
+        return topk(tensor, *args, **kwargs)
+
+    def recording_cat(tensors, *args, **kwargs):
+        joined = cat(tensors, *args, **kwargs)
+        widths.append(joined.shape[-1])
+        return joined
+
+    with monkeypatch.context() as patch:
+        patch.setattr(exact, "DOC_CHUNK", 16)
+        patch.setattr(torch, "topk", recording_topk)
+        patch.setattr(torch, "cat", recording_cat)
+        _, indices = exact_search(queries, docs, top_k=5, chunk_size=8)
+    assert widths and max(widths) <= 16  # DOC_CHUNK, and at most 2 x top_k when merging
+    assert indices.tolist() == _full_ranking(queries, docs)[1][:, :5].tolist()
+
+
 def test_an_index_and_a_model_never_replace_each_other_in_one_folder(tiny_bert, data, tmp_path):
     # each save removes what the folder's previous save wrote: an index saved into a model's folder deleted the model
     from retrievals import AutoModelForEmbedding
@@ -263,6 +350,25 @@ def test_lexical_indexes_find_only_documents_sharing_a_term():
     dense = {"q": {d: 1.0 - i / 10 for i, d in enumerate("abcdef")}}
     lexical = BM25Index(["apple", "pear", "sky", "tree", "apple pie", "stone"], list("abcdef")).search_run(["q"], ["xylophone"], 2)
     assert list(weighted_score_fusion([lexical, dense])["q"]) == list("abcdef")  # no lexical credit to anyone
+
+
+@pytest.mark.parametrize("method", ["robertson", "lucene", "atire", "bm25l", "bm25+"])
+def test_bm25_finds_only_documents_sharing_a_word_with_every_method(method, tmp_path):
+    # bm25l and bm25+ add a constant per query word to every document's score, so "score != 0" found every document
+    needs("bm25s")
+    docs, ids = ["red apple pie", "green pear", "blue sky", "apple tree", "stone wall", "river bank"], list("abcdef")
+    queries = ["apple", "pear sky", "xylophone", "apple apple wall"]
+    BM25Index(docs, ids, method=method).save(tmp_path / "bm25")
+    for index in (BM25Index(docs, ids, method=method), Index.load(tmp_path / "bm25")):
+        scores, found = index.search(queries, len(docs))
+        for query, row, row_scores in zip(queries, found, scores):
+            sharing = [d for d, text in zip(ids, docs) if set(text.split()) & set(query.split())]
+            n = len(sharing)
+            assert sorted(row[:n]) == sharing and row[n:] == [None] * (len(docs) - n), (query, row)
+            assert all(s == -np.inf for s in row_scores[n:])
+            if n:  # found documents keep bm25s's own scores
+                own = index.retriever.get_scores(query.split())
+                assert row_scores[:n].tolist() == [float(own[ids.index(d)]) for d in row[:n]]
 
 
 def test_faiss_search_settings_apply_when_set(data, tmp_path):

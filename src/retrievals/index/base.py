@@ -111,17 +111,57 @@ class Index(ABC):
             meta_file = folder / META
             if not meta_file.is_file():
                 raise FileNotFoundError(f"{meta_file}: missing; not an index saved by retrievals.")
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            meta = _read_meta(meta_file)
             backend = meta.get("backend")
             if backend not in INDEXES:
                 raise ValueError(f"{meta_file}: unknown backend {backend!r}; known: {sorted(INDEXES)}.")
-            ids = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
+            ids = _read_ids(folder / "ids.json")
             index = INDEXES[backend]._load(folder, ids, meta.get("settings", {}))
         if len(index) != meta.get("size", len(index)) or index.stored() not in (None, len(index)):
             raise CorruptFileError(f"{folder}: ids.json lists {len(index)} documents, the index holds {index.stored()} "
                                    f"and {META} says {meta.get('size')}; the folder was altered after it was saved.")
         index.source = meta.get("source")
         return index
+
+
+def _read_json(file: Path) -> Any:
+    """``file``'s JSON. Damaged (a hand edit, a partial copy), it is a CorruptFileError naming the file: json's own
+    error names none, and the CLI shows it as a traceback, not as the user's to fix."""
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise _altered(file, f"not valid JSON ({exc})") from None
+
+
+# the fields of index_meta.json that Index.load reads other than by comparing them, when present: their JSON types
+_META_FIELDS = {"backend": ((str,), "a string"), "settings": ((dict,), "an object"),
+                "source": ((dict, type(None)), "an object or null")}
+
+
+def _read_meta(file: Path) -> Dict[str, Any]:
+    """``index_meta.json``: an object, its fields of the types :meth:`Index.save` wrote."""
+    meta = _read_json(file)
+    if not isinstance(meta, dict):
+        raise _altered(file, f"must hold a JSON object, got {type(meta).__name__}")
+    for field, (types, expected) in _META_FIELDS.items():
+        if field in meta and not isinstance(meta[field], types):
+            raise _altered(file, f"{field!r} must be {expected}, got {type(meta[field]).__name__} {meta[field]!r}")
+    return meta
+
+
+def _read_ids(file: Path) -> List[str]:
+    """``ids.json``: the list of document id strings :meth:`Index.save` wrote."""
+    ids = _read_json(file)
+    if not isinstance(ids, list):
+        raise _altered(file, f"must hold a JSON list of document ids, got {type(ids).__name__}")
+    wrong = next((n for n, i in enumerate(ids) if not isinstance(i, str)), None)
+    if wrong is not None:
+        raise _altered(file, f"document id [{wrong}] must be a string, got {type(ids[wrong]).__name__} {ids[wrong]!r}")
+    return ids
+
+
+def _altered(file: Path, problem: str) -> CorruptFileError:
+    return CorruptFileError(f"{file}: {problem}; the folder was altered after it was saved.")
 
 
 def as_matrix(vectors: Any) -> np.ndarray:

@@ -46,8 +46,24 @@ class BM25Index(Index):
         scores = np.asarray(scores, dtype=np.float32)
         # bm25s fills k slots with documents scoring 0 (no query word in them): not found, as Index.search states
         found = scores != 0
+        if getattr(self.retriever, "nonoccurrence_array", None) is not None:
+            # bm25l and bm25+ add a constant per query word to every document's score: a document with none of the
+            # query's words scores above 0 too, so the words are looked up (matching documents keep their scores)
+            found &= self._sharing_a_word(tokens, np.asarray(docs))
         return np.where(found, scores, -np.inf).astype(np.float32), [
             [self.ids[int(j)] if hit else None for j, hit in zip(row, hits)] for row, hits in zip(docs, found)]
+
+    def _sharing_a_word(self, tokens: Any, docs: np.ndarray) -> np.ndarray:
+        """shared[q, j]: whether document ``docs[q, j]`` holds a word of query ``q``, from the index's postings (the
+        documents of each word)."""
+        from bm25s.tokenization import convert_tokenized_to_string_list
+
+        vocab, postings, starts = self.retriever.vocab_dict, self.retriever.scores["indices"], self.retriever.scores["indptr"]
+        shared = np.zeros(docs.shape, dtype=bool)
+        for row, words in enumerate(convert_tokenized_to_string_list(tokens)):
+            holding = [postings[starts[t] : starts[t + 1]] for t in {vocab[w] for w in words if w in vocab}]
+            shared[row] = np.isin(docs[row], np.concatenate(holding)) if holding else False
+        return shared
 
     def stored(self) -> int:
         return int(self.retriever.scores["num_docs"])
