@@ -149,9 +149,10 @@ def test_retrieve_pipeline(index_type, tiny_bert, beir_folder, tmp_path):
 
     out = tmp_path / "run.trec"
     args = ["--dataset", str(beir_folder), "--index_type", index_type, "--top_k", "20", "--output", str(out),
-            "--index_dir", str(tmp_path / "idx"), "--cache_dir", str(tmp_path / "cache"), "--shard_size", "25"]
-    if index_type != "bm25":
-        args += ["--model_name_or_path", tiny_bert, "--pooling_method", "mean"]
+            "--index_dir", str(tmp_path / "idx")]
+    if index_type != "bm25":  # a model's dense embeddings, cached in shards (bm25 has none: the flag is refused)
+        args += ["--model_name_or_path", tiny_bert, "--pooling_method", "mean", "--cache_dir", str(tmp_path / "cache"),
+                 "--shard_size", "25"]
     assert retrieve.main(args) == 0
     run = read_trec_run(out)
     assert len(run) == 10 and all(len(docs) <= 20 for docs in run.values())
