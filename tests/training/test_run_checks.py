@@ -27,6 +27,7 @@ from ..training.test_training import cli
     (("--dtype", "bfloat16"), "--dtype bfloat16 would train the weights themselves in bfloat16"),
     (("--model_dtype", "float16"), "pass --fp16 instead"),
     (("--save_merged", "true"), "--save_merged saves a LoRA run's adapter merged"),  # it did nothing
+    (("--fp16", "--bf16"), "--fp16 and --bf16 ask for two mixed precisions: pass one"),  # a traceback on a bf16 CPU
     # the best checkpoint is picked by a score on --eval_data: without it, a crash after the first evaluation
     (("--load_best_model_at_end", "true"), "--load_best_model_at_end picks checkpoints by their --metric_for_best_model"),
     (("--save_strategy", "best"), "--save_strategy best picks checkpoints"),

@@ -78,6 +78,8 @@ class RetrievalTrainingArguments(TrainingArguments):
                 "softmax over the batch's documents (KL divergence; 0: off)."})
 
     def __post_init__(self) -> None:
+        if self.fp16 and self.bf16:  # transformers' own ValueError would surface as a traceback
+            raise UsageError("--fp16 and --bf16 ask for two mixed precisions: pass one (--bf16 where the device has it).")
         if self.bf16 and not torch.cuda.is_available() and not mps_available() and cpu_has_native_bf16():
             # transformers runs bf16 autocast on a CPU only when told it trains there (use_cpu); no GPU to lose
             self.use_cpu = True
