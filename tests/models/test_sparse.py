@@ -69,6 +69,33 @@ def test_sparse_index_scores_are_exact_dot_products(sparse_model, tmp_path):
     assert Index.load(tmp_path / "idx").search(queries[0], 4)[1] == index.search(queries[0], 4)[1]
 
 
+def test_build_index_of_a_sparse_embedder_is_an_inverted_index(sparse_model, tmp_path):
+    """``build_index`` of a sparse embedder once built a dense faiss index of [n, vocabulary] vectors (memory
+    growing with the vocabulary); it is now the inverted index retrieval uses, with the dense kinds still on request,
+    ranking alike, and ``search_run`` is the evaluation's and the retrieve pipeline's query side."""
+    from retrievals.evaluation.retrieval import retrieve
+    from retrievals.utils import UsageError
+
+    model = SparseEmbedder.from_pretrained(sparse_model)
+    ids = [f"d{i}" for i in range(len(TEXTS))]
+    index = model.build_index(TEXTS, index_path=str(tmp_path / "ix"), ids=ids)
+    assert isinstance(index, SparseIndex) and index.postings == sum(len(v) for v in model.encode_sparse(TEXTS))
+    queries = {f"q{i}": TEXTS[i][:30] for i in range(4)}
+    run = model.search_run(index, queries, top_k=5)
+    assert run == model.search_run(Index.load(str(tmp_path / "ix")), queries, top_k=5)  # saved = reloaded
+    assert run == retrieve(model, dict(zip(ids, TEXTS)), queries, top_k=5)
+    dense = model.build_index(TEXTS, index_type="exact", ids=ids)
+    q = model.encode(list(queries.values()), is_query=True)
+    _, dense_ids = dense.search(q, 5)
+    assert [list(run[qid]) for qid in queries] == [list(row) for row in dense_ids]
+    pruned = model.build_index(TEXTS, encode_kwargs={"top_k": 3})
+    assert pruned.postings == 3 * len(TEXTS) and pruned.ids == [str(i) for i in range(len(TEXTS))]
+    with pytest.raises(UsageError, match="encode_kwargs \\['truncate_dim'\\]"):
+        model.build_index(TEXTS, encode_kwargs={"truncate_dim": 8})
+    with pytest.raises(UsageError, match="takes no index settings"):
+        model.build_index(TEXTS, nlist=4)
+
+
 def test_flops_regularizer_matches_hand_computed():
     q = torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 2.0]])
     d = torch.tensor([[1.0, 1.0, 0.0], [0.0, 3.0, 1.0], [2.0, 0.0, 0.0], [0.0, 0.0, 1.0]])

@@ -18,11 +18,8 @@ def retrieve(model: Any, corpus: Mapping[str, str], queries: Mapping[str, str], 
     doc_ids = list(corpus)
     query_ids = list(queries)
     if hasattr(model, "encode_sparse"):  # a sparse embedder: exact dot products over an inverted index
-        from ..index.sparse import SparseIndex
-
-        index = SparseIndex(model.encode_sparse([corpus[d] for d in doc_ids], batch_size=batch_size), doc_ids)
-        return index.search_run(query_ids, model.encode_sparse([queries[q] for q in query_ids], is_query=True,
-                                                               batch_size=batch_size), top_k)
+        index = model.build_index([corpus[d] for d in doc_ids], ids=doc_ids, batch_size=batch_size)
+        return model.search_run(index, {q: queries[q] for q in query_ids}, top_k, batch_size=batch_size)
     doc_emb = model.encode_corpus([corpus[d] for d in doc_ids], batch_size=batch_size, show_progress_bar=show_progress_bar)
     q_emb = model.encode_queries([queries[q] for q in query_ids], batch_size=batch_size, show_progress_bar=show_progress_bar)
     scores, indices = exact_search(q_emb, doc_emb, top_k=top_k)

@@ -7,8 +7,8 @@ and only documents are expanded."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Union
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
 
 import json
 from pathlib import Path
@@ -19,7 +19,7 @@ from torch import nn
 from transformers import AutoModelForMaskedLM
 
 from ..inputs import as_texts, check_batch_size, check_int, check_top_k
-from ..utils import UsageError
+from ..utils import UsageError, state_digest
 from .base import hf_config
 from .embedding import AutoModelForEmbedding, EmbeddingConfig, EmbeddingOutput
 from ..st_format import read_st_settings
@@ -27,6 +27,9 @@ from ..st_format import read_st_settings
 QUERY_WEIGHTS = "query_weights.safetensors"  # the inference-free query side's term weights
 _ST_SPLADE = "sentence_transformers.sparse_encoder.modules.splade_pooling.SpladePooling"
 _ST_MLM = "sentence_transformers.sparse_encoder.modules.mlm_transformer.MLMTransformer"
+
+if TYPE_CHECKING:
+    from ..index.sparse import SparseIndex
 
 SparseVector = Dict[int, float]  # token id -> weight (only non-zero weights)
 SPARSE_CHUNK = 1024  # texts encoded at once by encode_sparse: 1024 x 30522 floats is 125 MB
@@ -200,6 +203,37 @@ class SparseEmbedder(AutoModelForEmbedding):
                                 convert_to_tensor=True, top_k=top_k)
             out.extend(to_sparse(row) for row in dense)
         return out[0] if single else out
+
+    def build_index(self, sentences: Sequence[Any], index_path: Optional[str] = None, index_type: str = "sparse",
+                    ids: Optional[Sequence[str]] = None, batch_size: int = 32,
+                    encode_kwargs: Optional[Dict[str, Any]] = None, **index_kwargs: Any) -> Any:
+        """An inverted index (:class:`retrievals.index.SparseIndex`) of ``sentences`` encoded as documents, ids
+        defaulting to positions, saved to ``index_path`` when given; ``encode_kwargs`` may set ``top_k``. Another
+        ``index_type`` indexes the dense [n, vocabulary] vectors like a dense embedder (memory grows with the vocabulary)."""
+        if index_type != "sparse":
+            return super().build_index(sentences, index_path, index_type, ids, batch_size, encode_kwargs, **index_kwargs)
+        from ..index.sparse import SparseIndex
+
+        if index_kwargs:
+            raise UsageError(f"build_index(index_type='sparse') takes no index settings, got {sorted(index_kwargs)}.")
+        extra = dict(encode_kwargs or {})
+        unknown = set(extra) - {"top_k", "batch_size"}
+        if unknown:
+            raise UsageError(f"build_index(index_type='sparse'): encode_kwargs {sorted(unknown)} are not encode_sparse's.")
+        texts, _ = as_texts(sentences, "sentences", documents=True)
+        vectors = self.encode_sparse(texts, batch_size=extra.get("batch_size", batch_size), top_k=extra.get("top_k"))
+        index = SparseIndex(vectors, ids if ids is not None else [str(i) for i in range(len(vectors))])
+        index.source = {"model_weights": state_digest(self), "model": asdict(self.retrieval_config)}
+        if index_path:
+            index.save(index_path)
+        return index
+
+    def search_run(self, index: "SparseIndex", queries: Dict[str, str], top_k: int,
+                   batch_size: int = 32) -> Dict[str, Dict[str, float]]:
+        """A run (query id -> {doc id: score}) of ``queries`` (id -> text), encoded as queries, over ``index``."""
+        query_ids = list(queries)
+        vectors = self.encode_sparse([queries[q] for q in query_ids], is_query=True, batch_size=batch_size)
+        return index.search_run(query_ids, vectors, top_k)
 
     def decode(self, vector: SparseVector, top: int = 10) -> List[tuple]:
         """The ``top`` heaviest terms of a sparse vector as (token, weight): what the model expanded a text to."""

@@ -30,7 +30,6 @@ from ..index import (
     QUANTIZED_TYPES,
     BM25Index,
     Index,
-    SparseIndex,
     build_dense_index,
     check_fusion,
     fuse,
@@ -153,11 +152,8 @@ def sparse_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, 
                        "the corpus again%s.", path, "" if folder else " (--index_dir would save its index)")
     source = {"model_weights": state_digest(model), "model": asdict(model.retrieval_config),
               "corpus": dataset_hash(corpus, {}, {}), "index_type": "sparse"}
-    index = load_or_build(folder, source, lambda: SparseIndex(
-        model.encode_sparse(list(corpus.values()), batch_size=a.batch_size), list(corpus)))
-    query_ids = list(queries)
-    return index.search_run(query_ids, model.encode_sparse([queries[q] for q in query_ids], is_query=True,
-                                                           batch_size=a.batch_size), a.top_k)
+    index = load_or_build(folder, source, lambda: model.build_index(list(corpus.values()), ids=list(corpus), batch_size=a.batch_size))
+    return model.search_run(index, queries, a.top_k, batch_size=a.batch_size)
 
 
 def check_qrels_cover(qrels: Dict[str, Dict[str, int]], queries: Dict[str, str], corpus: Dict[str, str], where: str) -> None:
