@@ -127,8 +127,8 @@ def as_query_vectors(queries: Any, dim: int) -> np.ndarray:
     """Query vectors as a float32 matrix [n, dim]: one vector (1-D) is one query, an empty list is zero queries."""
     if queries is None or isinstance(queries, (str, bytes, dict)):
         raise TypeError(f"queries must be vectors (an array [n, {dim}]), got {_kind(queries)}")
-    if hasattr(queries, "detach"):
-        queries = queries.detach().cpu()
+    if hasattr(queries, "detach"):  # .float(): numpy has no bfloat16, and refused such tensors naming no argument
+        queries = queries.detach().cpu().float()
     array = np.ascontiguousarray(np.asarray(queries, dtype=np.float32))
     if array.size == 0:
         return np.zeros((0, dim), dtype=np.float32)

@@ -142,12 +142,21 @@ def finite_number(name: str, value: Any, *, positive: bool = False) -> float:
     Traceback (most recent call last):
     ...
     TypeError: --temperature must be a number, got bool.
+    >>> finite_number("--margin", 10 ** 400)
+    Traceback (most recent call last):
+    ...
+    retrievals.utils.UsageError: --margin must be a finite number >= 0, got one beyond a float's range.
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}.")
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise UsageError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value}.")
-    return float(value)
+    bound = "> 0" if positive else ">= 0"
+    try:
+        number = float(value)
+    except OverflowError:  # an int or fraction past a float (10 ** 400): math.isfinite raised this, naming nothing
+        raise UsageError(f"{name} must be a finite number {bound}, got one beyond a float's range.") from None
+    if not math.isfinite(number) or value < 0 or (positive and value == 0):
+        raise UsageError(f"{name} must be a finite number {bound}, got {value}.")
+    return number
 
 
 def state_digest(module: torch.nn.Module) -> str:

@@ -303,3 +303,17 @@ def test_encode_text_files_keep_one_row_per_line(tmp_path):
     path.write_text("")
     with pytest.raises(DataError, match="no texts"):
         read_texts(path, "text")
+
+
+def test_a_lone_surrogate_in_a_record_is_a_data_error_naming_line_and_field(tmp_path):
+    # json.loads reads "\ud800" as a str; it passed every check and failed training at the first batch holding it,
+    # in the tokenizer, with a TypeError naming neither the file nor the field
+    file = tmp_path / "train.jsonl"
+    file.write_text('{"query": "q", "positive": "p"}\n{"query": "q2", "positive": ["p", "bad \\udc80 text"]}\n')
+    with pytest.raises(DataError, match=r"train.jsonl:2: field 'positive'\[1\] has a lone surrogate at character 4"):
+        load_records(str(file))
+    file.write_text('{"query": "\\ud800", "positive": "p"}\n')
+    with pytest.raises(DataError, match=r"train.jsonl:1: field 'query' has a lone surrogate"):
+        load_records(str(file))
+    file.write_text('{"query": "caf\\u00e9 \\ud83d\\ude00", "positive": "p"}\n')  # a surrogate pair is one character
+    assert load_records(str(file))[0].query == "café 😀"

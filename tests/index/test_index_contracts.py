@@ -421,3 +421,59 @@ def test_ids_and_empty_corpora_get_named_errors(data):
     for kwargs in ({"encoding": "int8"}, {"encoding": "binary", "rescore_with": "int8"}):
         with pytest.raises(UsageError, match="calibrated"):
             QuantizedIndex(empty, [], **kwargs)
+
+
+def test_sparse_index_refuses_term_ids_and_weights_its_postings_cannot_hold():
+    # a term id past int64 was numpy's OverflowError, a weight past float32 passed as finite and scored inf
+    for vector in ({2 ** 63: 1.0}, {-1: 1.0}):  # "-1", as JSON writes a negative key, was already refused
+        with pytest.raises(TypeError, match=r"vectors\[0\] must map integer term ids"):
+            SparseIndex([vector], ["d"])
+    with pytest.raises(UsageError, match=r"vectors\[0\] has a nan or inf weight \(or one past float32's range\)"):
+        SparseIndex([{1: 1e39}], ["d"])
+    index = SparseIndex([{1: 1.0}, {2 ** 63 - 1: 2.0}], ["a", "b"])
+    assert index.search({2 ** 63 - 1: 1.0}, 2)[1] == [["b", None]]
+    with pytest.raises(UsageError, match=r"queries\[0\] has a nan or inf weight"):
+        index.search({1: 1e39}, 1)
+    with pytest.raises(TypeError, match=r"queries\[0\] must map integer term ids"):
+        index.search({2 ** 70: 1.0}, 1)
+
+
+def test_sparse_index_names_arguments_of_the_wrong_kind():
+    # None was "object of type 'NoneType' has no len()", a string "could not convert string to float: 'a'", one dict
+    # was read as its keys
+    for vectors in (None, "abc", {1: 1.0}):
+        with pytest.raises(TypeError, match="vectors must be a list of {term id: weight} dicts or vectors"):
+            SparseIndex(vectors, ["a", "b", "c"][: 1 if isinstance(vectors, dict) else 3])
+    index = SparseIndex([{1: 1.0}], ["a"])
+    for queries in (None, "abc", b"abc"):
+        with pytest.raises(TypeError, match="queries must be {term id: weight} dicts or vectors"):
+            index.search(queries, 1)
+
+
+def test_exact_search_takes_bfloat16_tensors_and_names_missing_documents():
+    docs = torch.tensor([[1.0, 0.5], [0.25, 2.0], [-1.0, 0.0]])  # exact in bfloat16
+    queries = torch.tensor([[1.0, 1.0], [0.0, -1.0]])
+    expected = exact_search(queries, docs, 2)
+    for dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16: it raised "unsupported ScalarType"
+        scores, indices = exact_search(queries.to(dtype), docs.to(dtype), 2)
+        assert scores.tolist() == expected[0].tolist() and indices.tolist() == expected[1].tolist()
+        assert ExactIndex(docs.to(dtype), ["a", "b", "c"]).search(queries.to(dtype), 1)[1] == [["b"], ["c"]]
+    with pytest.raises(TypeError, match="document vectors must be a matrix"):  # numpy read None as one nan vector
+        exact_search(queries, None, 2)
+    for empty in ([], torch.empty(0)):  # was one document of 0 dimensions: "queries must be vectors of size 0"
+        with pytest.raises(UsageError, match="an empty list has no dimension"):
+            exact_search(queries, empty, 2)
+        with pytest.raises(UsageError, match="an empty list has no dimension"):
+            ExactIndex(empty, [])  # was "1 vectors for 0 ids"
+    assert exact_search(queries, np.zeros((0, 2)), 2)[1].shape == (2, 0)
+    sparse = SparseIndex([docs[0].bfloat16(), docs[1].bfloat16()], ["a", "b"])  # dense rows as sparse vectors too
+    assert sparse.search(queries[0].bfloat16(), 2)[1] == [["b", "a"]]
+
+
+def test_fusion_settings_past_a_float_are_named_errors():
+    # math.isfinite(10 ** 400) raised OverflowError ("int too large to convert to float"), naming no setting
+    run = {"q": {"a": 2.0, "b": 1.0}}
+    with pytest.raises(UsageError, match=r"weights\[0\] must be a finite number >= 0, got one beyond a float's range"):
+        weighted_score_fusion([run, run], weights=[10 ** 400, 1])
+    with pytest.raises(UsageError, match=r"k \(the rank constant, usually 60\) must be a finite number >= 0, got one"):
+        reciprocal_rank_fusion([run], k=10 ** 400)

@@ -351,3 +351,22 @@ def test_retrieve_saves_the_sparse_index_under_index_dir_and_never_serves_anothe
         assert retrieve.main(fresh + ["--cache_dir", str(tmp_path / "cache"), "--output", str(tmp_path / "x.trec")]) == 0
     assert any(f"the sparse embedder {sparse_model} encodes the corpus again" in r.getMessage() for r in caplog.records)
     assert list((tmp_path / "cache").iterdir())  # the dense half's shards
+
+
+def test_search_run_names_queries_and_an_index_it_cannot_search(sparse_model):
+    """A list or string of queries failed as "list/string indices must be integers", a non-string text or a lone
+    surrogate was named "sentences[0]", and the dense index build_index makes on request failed in float()."""
+    from retrievals.utils import UsageError
+
+    model = SparseEmbedder.from_pretrained(sparse_model)
+    index = model.build_index(TEXTS)
+    for queries in (None, "tax card", ["tax card"]):
+        with pytest.raises(TypeError, match="queries must be a dict of query id -> text"):
+            model.search_run(index, queries, 3)
+    with pytest.raises(TypeError, match=r"queries\['q2'\] must be a string, got NoneType"):
+        model.search_run(index, {"q1": "tax", "q2": None}, 3)
+    with pytest.raises(UsageError, match=r"queries\['q1'\] has a lone surrogate"):
+        model.search_run(index, {"q1": "tax \ud800"}, 3)
+    with pytest.raises(UsageError, match="search_run searches a SparseIndex .* got ExactIndex"):
+        model.search_run(model.build_index(TEXTS, index_type="exact"), {"q1": "tax"}, 3)
+    assert model.search_run(index, {}, 3) == {}

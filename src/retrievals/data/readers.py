@@ -38,10 +38,22 @@ def _texts(value: Any, where: str, key: str, allow_empty: bool) -> List[str]:
     for i, text in enumerate(value):
         if not isinstance(text, str):
             raise DataError(f"{where}: field '{key}'[{i}] must be a string, got {type(text).__name__}.")
+        _check_unicode(text, where, f"'{key}'[{i}]")
     texts = [t for t in value if t.strip()]
     if not texts and not allow_empty:
         raise DataError(f"{where}: field '{key}' is empty; every record needs at least one non-empty text.")
     return list(texts)
+
+
+def _check_unicode(text: str, where: str, name: str) -> None:
+    """A lone surrogate (a JSON "\\ud800" escape) loads as a str but no tokenizer takes it: training failed at the
+    first batch holding it, mid-run, with a tokenizer TypeError naming neither the file nor the field."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DataError(f"{where}: field {name} has a lone surrogate at character {exc.start}, which is not valid "
+                            "Unicode text; fix its \\u escapes.") from None
 
 
 def parse_record(
@@ -56,6 +68,7 @@ def parse_record(
     query = obj[query_key]
     if not isinstance(query, str) or not query.strip():
         raise DataError(f"{where}: field '{query_key}' must be a non-empty string.")
+    _check_unicode(query, where, f"'{query_key}'")
     positives = _texts(obj[positive_key], where, positive_key, allow_empty=False)
     negatives = _texts(obj.get(negative_key), where, negative_key, allow_empty=True) if negative_key else []
     return Record(query=query, positives=positives, negatives=negatives, origin=where)

@@ -166,7 +166,13 @@ def _altered(file: Path, problem: str) -> CorruptFileError:
 
 def as_matrix(vectors: Any) -> np.ndarray:
     """Document vectors as a finite float32 matrix [n, dim] (one 1-D vector is one document)."""
-    array = np.ascontiguousarray(np.asarray(vectors.detach().cpu() if hasattr(vectors, "detach") else vectors, dtype=np.float32))
+    if vectors is None or isinstance(vectors, (str, bytes, dict)):  # numpy reads None as one nan, a string as digits
+        raise TypeError(f"document vectors must be a matrix [n, dim], got {type(vectors).__name__}")
+    if hasattr(vectors, "detach"):  # .float(): numpy has no bfloat16, and refused such tensors naming no argument
+        vectors = vectors.detach().cpu().float()
+    array = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+    if array.shape == (0,):  # an empty list was one document of 0 dimensions, so no query matched its width
+        raise UsageError("document vectors: an empty list has no dimension; give no documents as an array [0, dim]")
     array = array[None, :] if array.ndim == 1 else array
     if array.ndim != 2:
         raise UsageError(f"document vectors must be a matrix [n, dim], got an array of shape {tuple(array.shape)}")

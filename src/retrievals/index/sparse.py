@@ -13,12 +13,18 @@ from .base import Index
 
 
 def _term_id(key: Any) -> int:
-    """A term id: an int, or its decimal string (JSON keys); ``"01"`` or ``1.7`` would silently merge terms."""
+    """A term id: an int, or its decimal string (JSON keys); ``"01"`` or ``1.7`` would silently merge terms. Within
+    0 to 2**63 - 1: the postings store int64 (a larger one was numpy's OverflowError, naming nothing), and a negative
+    one, written to JSON as "-1", would not read back."""
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        return int(key)
-    if isinstance(key, str) and key.isdigit() and str(int(key)) == key:
-        return int(key)
-    raise ValueError(key)
+        key = int(key)
+    elif isinstance(key, str) and key.isdigit() and str(int(key)) == key:
+        key = int(key)
+    else:
+        raise ValueError(key)
+    if not 0 <= key < 2 ** 63:
+        raise ValueError(key)
+    return key
 
 
 def _weight(value: Any) -> float:
@@ -37,10 +43,13 @@ def _as_sparse(vector: Any, where: str) -> Dict[int, float]:
                             f"{dict(list(vector.items())[:3])!r}") from None
         if len(out) != len(vector):
             raise UsageError(f"{where}: two keys name the same term id")
-        if not all(np.isfinite(v) for v in out.values()):
-            raise UsageError(f"{where} has a nan or inf weight; weights must be finite.")
+        # checked as the float32 the postings store: 1e39 passed as finite, then was stored (and scored) as inf
+        with np.errstate(over="ignore"):  # the overflow is the error raised below, not a warning besides
+            stored = np.array(list(out.values()), dtype=np.float32)
+        if not np.isfinite(stored).all():
+            raise UsageError(f"{where} has a nan or inf weight (or one past float32's range); weights must be finite.")
         return {k: v for k, v in out.items() if v != 0.0}
-    array = np.asarray(vector.detach().cpu() if hasattr(vector, "detach") else vector, dtype=np.float32)
+    array = np.asarray(vector.detach().cpu().float() if hasattr(vector, "detach") else vector, dtype=np.float32)
     if array.ndim != 1:
         raise TypeError(f"{where} must be a {{term: weight}} dict or a 1-d vector, got shape {array.shape}")
     if not np.isfinite(array).all():
@@ -61,6 +70,9 @@ class SparseIndex(Index):
         if _postings is not None:
             self.terms, self.offsets, self.docs, self.weights = _postings
             return
+        if vectors is None or isinstance(vectors, (str, bytes, Mapping)):  # one dict would be read as its keys
+            raise TypeError("vectors must be a list of {term id: weight} dicts or vectors, got "
+                            f"{type(vectors).__name__}")
         if len(vectors) != len(self.ids):
             raise UsageError(f"{len(vectors)} vectors for {len(self.ids)} ids")
         rows = [_as_sparse(v, f"vectors[{i}]") for i, v in enumerate(vectors)]
@@ -77,6 +89,8 @@ class SparseIndex(Index):
         return int(len(self.docs))
 
     def _queries(self, queries: Any) -> List[Dict[int, float]]:
+        if queries is None or isinstance(queries, (str, bytes)):  # were "not iterable" or "could not convert 'a'"
+            raise TypeError(f"queries must be {{term id: weight}} dicts or vectors, got {type(queries).__name__}")
         if isinstance(queries, Mapping) or getattr(queries, "ndim", 2) == 1:
             queries = [queries]
         return [_as_sparse(q, f"queries[{i}]") for i, q in enumerate(queries)]

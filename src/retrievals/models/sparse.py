@@ -8,7 +8,7 @@ and only documents are expanded."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import json
 from pathlib import Path
@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForMaskedLM
 
-from ..inputs import as_texts, check_batch_size, check_int, check_top_k
+from ..inputs import as_texts, check_batch_size, check_encodable, check_int, check_top_k
 from ..utils import UsageError, state_digest
 from .base import hf_config
 from .embedding import AutoModelForEmbedding, EmbeddingConfig, EmbeddingOutput
@@ -231,6 +231,19 @@ class SparseEmbedder(AutoModelForEmbedding):
     def search_run(self, index: "SparseIndex", queries: Dict[str, str], top_k: int,
                    batch_size: int = 32) -> Dict[str, Dict[str, float]]:
         """A run (query id -> {doc id: score}) of ``queries`` (id -> text), encoded as queries, over ``index``."""
+        from ..index.sparse import SparseIndex
+
+        # a list or a string was indexed by its own items ("string indices must be integers"), None "not iterable"
+        if not isinstance(queries, Mapping):
+            raise TypeError(f"queries must be a dict of query id -> text, got {type(queries).__name__}")
+        # a dense index (build_index with another index_type) failed on the sparse dicts in float(), naming nothing
+        if not isinstance(index, SparseIndex):
+            raise UsageError(f"search_run searches a SparseIndex (build_index's default), got {type(index).__name__}; "
+                             "search a dense one with index.search_run(ids, model.encode(texts, is_query=True)).")
+        for query_id, text in queries.items():  # by query id: encode_sparse's own "sentences[3]" named neither
+            if not isinstance(text, str):
+                raise TypeError(f"queries[{query_id!r}] must be a string, got {type(text).__name__}")
+            check_encodable(text, f"queries[{query_id!r}]")
         query_ids = list(queries)
         vectors = self.encode_sparse([queries[q] for q in query_ids], is_query=True, batch_size=batch_size)
         return index.search_run(query_ids, vectors, top_k)
