@@ -408,7 +408,11 @@ class AutoModelForEmbedding(RetrievalModel):
         encode_kwargs = {"batch_size": batch_size, **(encode_kwargs or {})}
         vectors = np.atleast_2d(self.encode_corpus(sentences, **encode_kwargs))  # one text: one row, not dim ids
         index = build_dense_index(vectors, ids if ids is not None else [str(i) for i in range(len(vectors))], index_type, **index_kwargs)
-        # saved with the index: which weights and settings made its vectors (the retrieve pipeline's check reads it)
+        return self._record_index(index, index_path)
+
+    def _record_index(self, index: Any, index_path: Optional[str]) -> Any:
+        """``index`` marked with which weights and settings made its vectors (the retrieve pipeline's check reads
+        it), saved to ``index_path`` when given: every index a model builds ends here."""
         index.source = {"model_weights": state_digest(self), "model": dataclasses.asdict(self.retrieval_config)}
         if index_path:
             index.save(index_path)

@@ -7,7 +7,7 @@ and only documents are expanded."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import json
@@ -19,7 +19,7 @@ from torch import nn
 from transformers import AutoModelForMaskedLM
 
 from ..inputs import as_texts, check_batch_size, check_encodable, check_int, check_top_k
-from ..utils import UsageError, state_digest
+from ..utils import UsageError
 from .base import hf_config
 from .embedding import AutoModelForEmbedding, EmbeddingConfig, EmbeddingOutput
 from ..st_format import read_st_settings
@@ -222,11 +222,8 @@ class SparseEmbedder(AutoModelForEmbedding):
             raise UsageError(f"build_index(index_type='sparse'): encode_kwargs {sorted(unknown)} are not encode_sparse's.")
         texts, _ = as_texts(sentences, "sentences", documents=True)
         vectors = self.encode_sparse(texts, batch_size=extra.get("batch_size", batch_size), top_k=extra.get("top_k"))
-        index = SparseIndex(vectors, ids if ids is not None else [str(i) for i in range(len(vectors))])
-        index.source = {"model_weights": state_digest(self), "model": asdict(self.retrieval_config)}
-        if index_path:
-            index.save(index_path)
-        return index
+        return self._record_index(SparseIndex(vectors, ids if ids is not None else [str(i) for i in range(len(vectors))]),
+                                  index_path)
 
     def search_run(self, index: "SparseIndex", queries: Dict[str, str], top_k: int,
                    batch_size: int = 32) -> Dict[str, Dict[str, float]]:
