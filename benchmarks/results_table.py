@@ -86,7 +86,9 @@ def build_table() -> str:
     files = reranker_results()
     label = {"cross-encoder": "rerank cross encoder", "cross-encoder-lr1e-4": "rerank cross encoder, lr 1e-4",
              "cross-encoder-distilled": "rerank cross encoder, lr 1e-4, distilled "
-             "from a teacher embedder (`--teacher_model`)", "colbert": "rerank colbert", "llm": "rerank llm finetune (LoRA), "
+             "from a teacher embedder (`--teacher_model`)",
+             "cross-encoder-distilled-lr5e-5": "rerank cross encoder, lr 5e-5, distilled from a teacher embedder "
+             "(`--teacher_model`)", "colbert": "rerank colbert", "llm": "rerank llm finetune (LoRA), "
              "one epoch, groups of 8, distilled from a teacher embedder, bf16 autocast",
              "llm-cpu": "rerank llm finetune (LoRA), sized for this CPU: 600 training queries, groups of 4, distilled from a "
              "teacher embedder"}
