@@ -385,9 +385,11 @@ def main() -> None:
         embedder = AutoModelForEmbedding.from_pretrained(path, query_max_length=64, document_max_length=MAX_LEN)
         runs[name] = retrieve(embedder, split.corpus, {**measured, **{q: split.test_queries[q] for q in curve}}, top_k=DEPTH)
     results["first_stages"] = {name: metrics({q: run[q] for q in measured}, qrels) for name, run in runs.items()}
+    earlier_k = results.get("eval", {}).get("top_k", [])  # rows of earlier runs keep theirs (each row records its own)
     results["eval"] = {"dataset": "AIA-BDE v2.0 held-out FAQs (split_by_faq 0.3, seed 0)", "measured_queries": len(measured),
                        "first_stage": fine_name, "zero_shot": opts.zero_shot,
-                       "curve_queries": len(curve), "documents": len(split.corpus), "top_k": opts.top_k}
+                       "curve_queries": len(curve), "documents": len(split.corpus),
+                       "top_k": sorted(set(opts.top_k) | set(earlier_k))}
     print("first stages", results["first_stages"], flush=True)
     save()
 
@@ -419,7 +421,8 @@ def main() -> None:
     for kind in opts.kinds:
         model_type, base, flags = RECIPES[kind]
         limits = LIMITS.get(kind) or ({} if torch.cuda.is_available() else LIMITS_WITHOUT_GPU.get(kind, {}))
-        if opts.measure_all and kind not in LIMITS:  # measured as on a GPU; its training (the curve it saw) unchanged
+        lifted = opts.measure_all and kind not in LIMITS and set(limits) - {"curve"}
+        if lifted:  # measured as on a GPU; its training (the curve it saw) unchanged
             limits = {k: v for k, v in limits.items() if k == "curve"}
         ks = [k for k in opts.top_k if k in limits.get("top_k", opts.top_k)]
         if not ks or set(limits.get("stages", ())) - set(runs):
@@ -499,7 +502,8 @@ def main() -> None:
                         "weight": w, "curve_ndcg@10_by_weight": by_weight, **reranked(fine, stage, k, measured, w)}
             print(kind, seed, json.dumps(one["reranked"]), flush=True)
             seeds[seed] = one
-        row = {"base": base, "model_type": model_type, "seeds": list(opts.seeds), "command": normalised(shown(command))}
+        row = {"base": base, "model_type": model_type, "seeds": list(opts.seeds), "command": normalised(shown(command)),
+               "top_k": ks, **({"measure_all": True} if lifted else {})}
         if "--teacher_model" in flags:
             row["teacher"] = opts.teacher
         if autocast:  # how its torch scores were made (each seed's agreement with float32 in per_seed)

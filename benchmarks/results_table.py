@@ -97,7 +97,8 @@ def build_table() -> str:
             r = q.get("rerankers", {}).get(kind)
             if not r:
                 continue
-            k = min(q["eval"]["top_k"])
+            ks = r.get("top_k", q["eval"]["top_k"])  # the row's own (rows written before rows recorded it: the file's)
+            k = min(ks)
             stage = q["eval"].get("first_stage", "fine-tuned MiniLM")
             encoder = q["eval"].get("zero_shot", "all-MiniLM-L6-v2")
             base = f"{encoder} (encoder of the fine-tuned embedder)" if r["base"] == "first_stage" else r["base"]
@@ -110,7 +111,8 @@ def build_table() -> str:
                          "spread": r["spread"][f"{stage} top {k}"] if r.get("spread") else None, "seeds": r.get("seeds", [42]),
                          "minutes": r.get("train_minutes", ""),
                          "command": f"benchmarks/rerank_recipes.py --kinds {kind}" + first_stage_flags(q)
-                                    + (f" --top_k {' '.join(map(str, q['eval']['top_k']))}" if q["eval"]["top_k"] != [20, 50] else "")
+                                    + (f" --top_k {' '.join(map(str, ks))}" if ks != [20, 50] else "")
+                                    + (" --measure_all" if r.get("measure_all") else "")
                                     + (f" --seeds {' '.join(map(str, r['seeds']))}" if r.get("seeds", [42]) != [42] else "")
                                     + (f" --score_precision {r['score_precision']}" if r.get("score_precision") else "")})
     lines = ["| experiment | model | task (AIA-BDE held-out FAQs) | nDCG@10 original → fine-tuned | MAP | MRR@10 | train min | command |",
