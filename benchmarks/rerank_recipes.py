@@ -462,7 +462,9 @@ def main() -> None:
                 print(f"{kind} seed {seed}: reusing its recorded results (same command, same first stages)", flush=True)
                 seeds[seed] = reusable[seed]
                 continue
-            seconds = run_logged(command, work / f"{name}.log", folder) if not finished(folder) else None
+            record = (work / f"{name}.log").with_suffix(".seconds.json")  # run_logged's: every invocation's seconds
+            seconds = (run_logged(command, work / f"{name}.log", folder) if not finished(folder)
+                       else sum(json.loads(record.read_text())) if record.is_file() else None)
             one = {"seed": seed, "first_stages": results["first_stages"]}
             history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
             runtime = [h["train_runtime"] for h in history if "train_runtime" in h]
