@@ -142,14 +142,16 @@ def family(q: dict) -> str:
 
 
 def first_stage_flags(q: dict) -> str:
-    """The ``benchmarks/rerank_recipes.py`` flags that pick a results file's first stage (none for the default)."""
+    """The ``benchmarks/rerank_recipes.py`` flags that pick a results file's first stages (none for the default)."""
+    more = q.get("commands", {}).get("more_first_stages") or []  # the further first stages its rows were measured over
+    more = " --more_first_stages " + " ".join(f'"{item}"' for item in more) if more else ""
     if family(q) == "MiniLM":
-        return ""
+        return more
     given = q["commands"]["first_stage"].removeprefix("given: ")
     path = Path(given)
     if path.is_absolute() and path.is_relative_to(ROOT):  # runs that recorded this machine's folder
         given = str(path.relative_to(ROOT))
-    return f" --first_stage {given} --zero_shot {q['eval']['zero_shot']} --name {family(q)}"
+    return f" --first_stage {given} --zero_shot {q['eval']['zero_shot']} --name {family(q)}" + more
 
 
 def first_stage_table(files: list) -> str:
