@@ -118,9 +118,17 @@ def training_commands(work: Path) -> Dict[str, List[str]]:
     embed = [sys.executable, "-m", "retrievals.pipelines.embed", "--do_train", "--train_data", train]
     plain = ["--model_name_or_path", minilm, "--learning_rate", "5e-5", "--temperature", "0.05", *COMMON]
     commands = {"plain": embed + ["--output_dir", str(work / "plain"), *plain]}
+    places = {"{work}": lambda: str(work), "{teacher}": lambda: str(TEACHER),  # resolved only where a flag names one
+              "{e5}": lambda: str(fetch("multilingual-e5-small"))}             # (not once for every flag of every run)
+
+    def filled(flag: str) -> str:
+        for key, value in places.items():
+            if key in flag:
+                flag = flag.replace(key, value())
+        return flag
+
     for name, (_, _, flags) in MATRYOSHKA.items():  # later flags win (argparse), so a run's own lr / epochs apply
-        flags = [flag.replace("{work}", str(work)).replace("{teacher}", str(TEACHER))
-                 .replace("{e5}", str(fetch("multilingual-e5-small"))) for flag in flags]
+        flags = [filled(flag) for flag in flags]
         commands[name] = embed + ["--output_dir", str(work / name), *plain, "--matryoshka_dims", *map(str, DIMS), *flags]
     commands["sparse"] = embed + ["--model_name_or_path", splade, "--model_type", "sparse", "--output_dir", str(work / "sparse"),
                                   "--learning_rate", "1e-4", *COMMON]

@@ -45,7 +45,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -204,12 +204,23 @@ def cli(module: str, *args: str) -> List[str]:
     return [sys.executable, "-m", f"retrievals.pipelines.{module}", *args]
 
 
+def seconds_record(log: Path) -> Path:
+    """Where ``run_logged`` keeps the seconds of each invocation of the run logged to ``log``."""
+    return log.with_suffix(".seconds.json")
+
+
+def recorded_seconds(log: Path) -> Optional[float]:
+    """The wall seconds of a finished run summed over its invocations (None if it was not run by ``run_logged``)."""
+    record = seconds_record(log)
+    return sum(json.loads(record.read_text())) if record.is_file() else None
+
+
 def run_logged(command: List[str], log: Path, folder: Path) -> float:
     """Runs ``command`` (its output appended to ``log``); returns the wall seconds of this run, summed over the
     invocations a killed run was resumed over: each invocation's seconds are kept in ``<log>.seconds.json``, updated
     every minute while it runs, and count when the next invocation resumes from a checkpoint in ``folder`` (a run
     that starts over counts from zero)."""
-    record = log.with_suffix(".seconds.json")
+    record = seconds_record(log)
     earlier = json.loads(record.read_text()) if record.is_file() and last_complete_checkpoint(folder) else []
     start = time.perf_counter()
 
@@ -229,7 +240,7 @@ def run_logged(command: List[str], log: Path, folder: Path) -> float:
     write(time.perf_counter())
     if process.returncode:
         raise subprocess.CalledProcessError(process.returncode, command)
-    return sum(json.loads(record.read_text()))
+    return recorded_seconds(log)
 
 
 def finished(folder: Path) -> bool:
@@ -421,7 +432,7 @@ def main() -> None:
     for kind in opts.kinds:
         model_type, base, flags = RECIPES[kind]
         limits = LIMITS.get(kind) or ({} if torch.cuda.is_available() else LIMITS_WITHOUT_GPU.get(kind, {}))
-        lifted = opts.measure_all and kind not in LIMITS and set(limits) - {"curve"}
+        lifted = bool(opts.measure_all and kind not in LIMITS and set(limits) - {"curve"})
         if lifted:  # measured as on a GPU; its training (the curve it saw) unchanged
             limits = {k: v for k, v in limits.items() if k == "curve"}
         ks = [k for k in opts.top_k if k in limits.get("top_k", opts.top_k)]
@@ -462,9 +473,8 @@ def main() -> None:
                 print(f"{kind} seed {seed}: reusing its recorded results (same command, same first stages)", flush=True)
                 seeds[seed] = reusable[seed]
                 continue
-            record = (work / f"{name}.log").with_suffix(".seconds.json")  # run_logged's: every invocation's seconds
-            seconds = (run_logged(command, work / f"{name}.log", folder) if not finished(folder)
-                       else sum(json.loads(record.read_text())) if record.is_file() else None)
+            log = work / f"{name}.log"
+            seconds = run_logged(command, log, folder) if not finished(folder) else recorded_seconds(log)
             one = {"seed": seed, "first_stages": results["first_stages"]}
             history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
             runtime = [h["train_runtime"] for h in history if "train_runtime" in h]
