@@ -103,3 +103,44 @@ def test_gpu_default_is_half_precision_autocast(tiny_bert):
     np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-6)
     single = np.stack([fast.encode([t])[0] for t in texts[:5]])
     np.testing.assert_allclose(single, b[:5], atol=2e-2)
+
+
+def test_gpu_default_compiles_batched_inference(tiny_bert, tiny_qwen):
+    """On a GPU the batched loop runs the backbone compiled with CUDA graphs by default (models/compiled.py): the
+    same vectors and scores as eager (bf16 autocast in both), batched = single, one result from many threads."""
+    import threading
+
+    texts = corpus_lines(300)
+    model = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean", device="cuda")
+    fast = model.encode(texts, batch_size=16)
+    assert model.inference_compiled() is not None and model.inference_compiled().graphs
+    model.inference_compile = "off"
+    eager = model.encode(texts, batch_size=16)
+    model.inference_compile = "auto"
+    np.testing.assert_allclose(fast, eager, atol=2e-2)
+    np.testing.assert_allclose(np.stack([model.encode([t])[0] for t in texts[:5]]), fast[:5], atol=2e-2)
+    results = [None] * 3
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, model.encode(texts, batch_size=16))) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got in results:
+        np.testing.assert_allclose(got, fast, atol=1e-6)
+    pairs = [(texts[i], texts[-1 - i]) for i in range(20)]
+    for kind, path in (("cross-encoder", tiny_bert), ("colbert", tiny_bert), ("llm", tiny_qwen)):
+        ranker = AutoModelForRanking.from_pretrained(path, model_type=kind, device="cuda")
+        compiled = np.asarray(ranker.compute_score(pairs, batch_size=8))
+        assert ranker.inference_compiled() is not None
+        ranker.inference_compile = "off"
+        exact = np.asarray(ranker.compute_score(pairs, batch_size=8))
+        assert np.abs(compiled - exact).max() < 0.05 * max(1.0, np.abs(exact).max()), kind
+
+
+def test_gpu_training_defaults_to_mixed_precision(tmp_path):
+    from retrievals.training.arguments import RetrievalTrainingArguments
+
+    auto = RetrievalTrainingArguments(output_dir=str(tmp_path))
+    assert (auto.fp16, auto.bf16) == (not torch.cuda.is_bf16_supported(), torch.cuda.is_bf16_supported())
+    assert not RetrievalTrainingArguments(output_dir=str(tmp_path), auto_mixed_precision=False).bf16
+    assert RetrievalTrainingArguments(output_dir=str(tmp_path), fp16=True).fp16

@@ -189,3 +189,30 @@ def test_sampling_strategy_is_in_the_fingerprint_and_old_runs_still_resume(tmp_p
     older = {k: v for k, v in random.items() if k != "train_sampling_strategy"}  # a run started before it was recorded
     assert describe_changes(older, random) == ""  # it trained in random order: the same run, resumed
     assert describe_changes(older, sequential) == "train_sampling_strategy '(unset)' -> 'sequential'"
+
+
+def test_auto_mixed_precision_is_gpu_only_and_yields_to_flags(tmp_path, monkeypatch):
+    """On a CUDA GPU a run with neither --fp16 nor --bf16 trains under bf16 (fp16 without bf16); a flag given, or
+    --auto_mixed_precision false, wins; on CPU nothing changes."""
+    from unittest import mock
+
+    import torch
+
+    from retrievals.training import arguments
+    from retrievals.training.arguments import RetrievalTrainingArguments
+
+    plain = RetrievalTrainingArguments(output_dir=str(tmp_path))
+    assert (plain.fp16, plain.bf16, plain.auto_mixed_precision) == (False, False, True)  # no GPU here: float32
+    real, seen = arguments.training_gpu, []
+
+    def as_on_a_gpu(use_cpu):  # only this check sees a GPU: transformers' own checks see this machine as it is
+        with mock.patch.object(torch.cuda, "is_available", lambda: True), \
+                mock.patch.object(torch.cuda, "is_bf16_supported", lambda *a, **k: True):
+            return real(use_cpu)
+
+    monkeypatch.setattr(arguments, "training_gpu", as_on_a_gpu)
+    monkeypatch.setattr(arguments, "auto_precision", lambda *a: seen.append(a) or (False, False))
+    for flags in ({}, {"auto_mixed_precision": False}, {"use_cpu": True}):
+        RetrievalTrainingArguments(output_dir=str(tmp_path), **flags)
+    # (fp16, bf16, auto, a GPU to train on, bf16 on it): --use_cpu trains on the CPU, so no GPU to pick for
+    assert seen == [(False, False, True, True, True), (False, False, False, True, True), (False, False, True, False, False)]

@@ -36,6 +36,7 @@ def model_settings(model: Any) -> Dict[str, Any]:
         pass
     if hasattr(model, "inference_precision"):  # autocast changes scores too (models/precision.py)
         settings["inference_precision"] = model.inference_precision
+        settings["inference_compile"] = model.inference_compile
     return settings
 
 

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type, TypeVar, Union
 
@@ -25,10 +26,12 @@ from ..files import atomic_directory, atomic_write_json, folder_lock, prepare_fo
 from ..inputs import check_int
 from ..st_format import st_transformer_folder
 from ..utils import UsageError, logger, require
+from .compiled import CompiledForward, active_forward, check_inference_compile, wants_compile
 from .precision import autocast, autocast_dtype, check_inference_precision
 from .processing import tokenizer_at_rest
 
 CONFIG_NAME = "retrievals_config.json"
+_COMPILE_LOCK = threading.Lock()  # one compiled forward made per model, whatever the threads
 BATCHES_PER_COPY = 32  # batches kept on the GPU between device-to-host copies (bounded memory, rare waits)
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 
@@ -365,6 +368,8 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         self.processor = self._make_processor()
         self.inference_backend: Any = None  # a CPU backend standing in for the backbone (models/backends)
         self.inference_precision = "auto"  # autocast for inference: see models/precision.py
+        self.inference_compile = "auto"  # compiled batched inference: see models/compiled.py
+        self._compiled: Optional[CompiledForward] = None  # made on first use (not a submodule: not saved, not copied)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -429,13 +434,41 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
 
     # ------------------------------------------------------------------ the transformer forward
     def run_backbone(self, **inputs: Any) -> Any:
-        """The backbone's forward: the torch module, or the CPU backend standing in for it (inference only)."""
+        """The backbone's forward: the torch module (compiled inside this model's batched inference loop, see
+        :mod:`retrievals.models.compiled`), or the CPU backend standing in for it (inference only)."""
         if self.inference_backend is None:
+            compiled = active_forward()
+            if compiled is not None and compiled.backbone is self.backbone and not torch.is_grad_enabled():
+                return compiled(self.backbone, self.pads_left(), **inputs)
             return self.backbone(**inputs)
         if torch.is_grad_enabled():
             raise UsageError(f"backend {self.inference_backend} runs inference only (no gradients): call it under "
                              "torch.inference_mode(), or load the model with backend='torch' to train.")
         return self.inference_backend(**inputs)
+
+    def pads_left(self) -> bool:
+        """Whether the backbone's inputs are padded on the left (where a compiled call pads them too)."""
+        return getattr(self.tokenizer, "padding_side", "right") == "left"
+
+    def max_input_length(self) -> int:
+        """The longest input the config allows (its ``*max_length`` settings): a compiled call pads no further."""
+        config = self.retrieval_config
+        lengths = [getattr(config, f.name) for f in dataclasses.fields(config) if f.name.endswith("max_length")]
+        return max([n for n in lengths if isinstance(n, int)] or [512])
+
+    def inference_compiled(self) -> Optional[CompiledForward]:
+        """The compiled forward the batched loop runs under at this model's ``inference_compile`` on its device
+        (made on first use, remade when the model moved), or None: eager."""
+        if self.inference_backend is not None or not wants_compile(self.inference_compile, self.device):
+            return None
+        strict = self.inference_compile == "on"
+        with _COMPILE_LOCK:
+            compiled = self._compiled
+            if compiled is None or compiled.backbone is not self.backbone or compiled.device != self.device or compiled.strict != strict:
+                pad_id = getattr(self.tokenizer, "pad_token_id", None)
+                compiled = self._compiled = CompiledForward(self.backbone, self.device, pad_id if pad_id is not None else 0,
+                                                            self.max_input_length(), strict)
+        return None if compiled.failed is not None else compiled
 
     def train(self, mode: bool = True) -> "RetrievalModel":
         if mode and getattr(self, "inference_backend", None) is not None:
@@ -475,6 +508,7 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         backend_precision: str = "fp32",
         backbone_only: bool = False,
         inference_precision: str = "auto",
+        inference_compile: str = "auto",
         **settings: Any,
     ) -> "RetrievalModel":
         """Load a model saved by this library, a plain transformers folder (or another library's, where the kind
@@ -486,7 +520,8 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         see :mod:`retrievals.models.backends`.
 
         ``inference_precision``: ``auto`` (bf16 autocast on CUDA, exact float32 on CPU) | ``fp32`` | ``bf16`` |
-        ``fp16``; see :mod:`retrievals.models.precision`.
+        ``fp16``; see :mod:`retrievals.models.precision`. ``inference_compile``: ``auto`` (the batched inference loop
+        compiled with CUDA graphs on a GPU, eager on CPU) | ``on`` | ``off``; see :mod:`retrievals.models.compiled`.
 
         ``backbone_only=True`` takes only the transformer weights of a folder this library saved as another kind
         (a fine-tuned embedder's encoder to start a cross-encoder or ColBERT, say): the head and every setting
@@ -498,6 +533,9 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
             raise UsageError(f"{model_name_or_path}: backbone_only takes full transformer weights, not a LoRA adapter; "
                              "use the merged copy (--save_merged) of that run.")
         check_inference_precision(inference_precision)
+        check_inference_compile(inference_compile)
+        if backend != "torch" and inference_compile == "on":
+            raise UsageError(f"inference_compile='on' compiles the torch backbone; backend {backend!r} runs its own graph.")
         if backend != "torch" and inference_precision not in ("auto", "fp32"):
             raise UsageError(f"inference_precision={inference_precision!r} is for the torch backend; backend {backend!r} "
                              "takes backend_precision (fp32 | int8 | bf16).")
@@ -508,7 +546,7 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
                                         lora_target_modules=lora_target_modules, tokenizer_name=tokenizer_name, dtype=dtype,
                                         device=device, trust_remote_code=trust_remote_code, backend=backend,
                                         backend_precision=backend_precision, inference_precision=inference_precision,
-                                        **settings)
+                                        inference_compile=inference_compile, **settings)
         check_backend(cls, backend, backend_precision, device, dtype,
                       lora=bool(use_lora or lora_path or is_lora_dir(model_name_or_path)))
         fields = {f.name for f in dataclasses.fields(cls.config_class)} - cls.internal_fields
@@ -552,6 +590,7 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
                 model._load_extra(source, fresh=not saved_by_us)
             model = model.to(device_).eval()  # as transformers does; training switches modes itself
             model.inference_precision = inference_precision
+            model.inference_compile = inference_compile
             if backend != "torch":
                 model.inference_backend = load_backend(model, path, backend, backend_precision)
             return model
@@ -617,7 +656,8 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
                     max_tokens: Optional[int] = None, desc: str = "", show_progress_bar: bool = False) -> torch.Tensor:
         """Fill ``out`` (rows in input order) batch by batch: inputs grouped by length (:func:`length_batches`),
         ``collate(indices)`` builds a padded batch, ``compute(batch)`` gives its rows; in eval mode whatever the
-        model's mode (thread-safe), on the model's device, at its ``inference_precision``, float32 out.
+        model's mode (thread-safe), on the model's device, at its ``inference_precision`` and ``inference_compile``
+        (:mod:`retrievals.models.compiled`), float32 out.
 
         On a GPU, inputs go up from pinned memory without waiting and rows stay on the device until
         ``BATCHES_PER_COPY`` batches are done: one device-to-host copy (the loop's only wait) per that many."""
@@ -635,10 +675,16 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
                 out[[i for idx, _ in pending for i in idx]] = torch.cat([rows for _, rows in pending]).cpu()
                 pending.clear()
 
+        compiled = self.inference_compiled()
         with eval_mode(self), autocast(dev, dtype):
             for idx in tqdm(length_batches(lengths, batch_size, max_tokens), desc=desc, disable=not show_progress_bar):
                 batch = {k: (v.pin_memory().to(dev, non_blocking=True) if gpu else v.to(dev)) for k, v in collate(idx).items()}
-                pending.append((idx, compute(batch).float()))  # one path on every device (on CPU .cpu() is free)
+                if compiled is None:
+                    rows = compute(batch).float()  # one path on every device (on CPU .cpu() is free)
+                else:  # rows copied before the lock ends: the graph's next replay, any thread's, overwrites its outputs
+                    with compiled.active(batch_size):
+                        rows = compute(batch).float().clone()
+                pending.append((idx, rows))
                 if len(pending) >= BATCHES_PER_COPY:
                     flush()
             flush()

@@ -29,6 +29,9 @@ class EmbedderFlags:
     inference_precision: str = field(default="auto", metadata={
         "help": "auto (bf16 autocast on a GPU, exact float32 on CPU) | fp32 | bf16 | fp16 (GPU): the precision the "
                 "embedder and reranker run at (torch backend)."})
+    inference_compile: str = field(default="auto", metadata={
+        "help": "auto (the embedder and reranker's batched inference compiled with CUDA graphs on a GPU, eager on CPU) "
+                "| on | off (torch backend)."})
     trust_remote_code: bool = False
 
     def load_embedder(self, required_for: str = "") -> Any:
@@ -44,7 +47,7 @@ class EmbedderFlags:
             query_instruction=unescape_cli(self.query_instruction), document_instruction=unescape_cli(self.document_instruction),
             query_max_length=self.max_length, document_max_length=self.max_length, dtype=self.dtype, device=self.device,
             trust_remote_code=self.trust_remote_code, backend=self.backend, backend_precision=self.backend_precision,
-            inference_precision=self.inference_precision)
+            inference_precision=self.inference_precision, inference_compile=self.inference_compile)
 
 
 @dataclass(kw_only=True)
@@ -65,4 +68,4 @@ class RerankerFlags:
         return AutoModelForRanking.from_pretrained(
             self.reranker_name_or_path, model_type=self.model_type, dtype=self.dtype, device=self.device,
             trust_remote_code=self.trust_remote_code, backend=self.backend, backend_precision=self.backend_precision,
-            inference_precision=self.inference_precision)
+            inference_precision=self.inference_precision, inference_compile=self.inference_compile)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 import torch
 from transformers import TrainingArguments
@@ -25,12 +25,38 @@ def mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
 
 
+def training_gpu(use_cpu: bool) -> Tuple[bool, bool]:
+    """Whether a run trains on a CUDA GPU (one is there and ``--use_cpu`` is off), and whether that GPU has bf16."""
+    gpu = torch.cuda.is_available() and not use_cpu
+    return gpu, gpu and torch.cuda.is_bf16_supported()
+
+
+def auto_precision(fp16: bool, bf16: bool, auto: bool, gpu: bool, gpu_bf16: bool) -> Tuple[bool, bool]:
+    """``(fp16, bf16)`` a run trains with: the flags as given, or, on a CUDA GPU (``gpu``) with neither flag and
+    ``--auto_mixed_precision`` on, bf16 (fp16 where the GPU lacks it).
+
+    >>> auto_precision(False, False, True, True, True), auto_precision(False, False, True, True, False)
+    ((False, True), (True, False))
+    >>> auto_precision(False, False, True, False, False), auto_precision(True, False, True, True, True)
+    ((False, False), (True, False))
+    >>> auto_precision(False, False, False, True, True)
+    (False, False)
+    """
+    if fp16 or bf16 or not auto or not gpu:
+        return fp16, bf16
+    logger.info("A CUDA GPU and neither --fp16 nor --bf16: training under %s autocast (--auto_mixed_precision false: "
+                "float32).", "bf16" if gpu_bf16 else "fp16")
+    return not gpu_bf16, gpu_bf16
+
+
 @dataclass
 class RetrievalTrainingArguments(TrainingArguments):
     """Every ``transformers.TrainingArguments`` flag plus the loss settings.
 
-    Without a CUDA GPU, ``--bf16`` trains under bf16 autocast on a CPU that computes bf16 in hardware (transformers'
-    ``use_cpu`` path), and ``--fp16``, or ``--bf16`` on any other CPU, warns and trains in float32 instead of failing.
+    With a CUDA GPU and neither ``--fp16`` nor ``--bf16``, training runs under bf16 autocast (fp16 where the GPU lacks
+    bf16; ``--auto_mixed_precision false``: float32), as every current GPU's fast path. Without a CUDA GPU, ``--bf16``
+    trains under bf16 autocast on a CPU that computes bf16 in hardware (transformers' ``use_cpu`` path), and
+    ``--fp16``, or ``--bf16`` on any other CPU, warns and trains in float32 instead of failing.
     """
 
     overwrite_output_dir: bool = field(
@@ -77,9 +103,14 @@ class RetrievalTrainingArguments(TrainingArguments):
         "help": "With --matryoshka_dims: weight of self-distillation, each smaller size matching the full vectors' "
                 "softmax over the batch's documents (KL divergence; 0: off)."})
 
+    auto_mixed_precision: bool = field(default=True, metadata={
+        "help": "With a CUDA GPU and neither --fp16 nor --bf16: train under bf16 autocast (fp16 where the GPU lacks "
+                "bf16). false: float32 unless a flag asks. No effect without a CUDA GPU (or with --use_cpu)."})
+
     def __post_init__(self) -> None:
         if self.fp16 and self.bf16:  # transformers' own ValueError would surface as a traceback
             raise UsageError("--fp16 and --bf16 ask for two mixed precisions: pass one (--bf16 where the device has it).")
+        self.fp16, self.bf16 = auto_precision(self.fp16, self.bf16, self.auto_mixed_precision, *training_gpu(self.use_cpu))
         if self.bf16 and not torch.cuda.is_available() and not mps_available() and cpu_has_native_bf16():
             # transformers runs bf16 autocast on a CPU only when told it trains there (use_cpu); no GPU to lose
             self.use_cpu = True

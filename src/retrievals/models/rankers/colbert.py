@@ -211,7 +211,7 @@ class ColBERT(BaseRanker):
     # ------------------------------------------------------------------ vectors and scores
     def token_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Normalised token vectors [B, L, dim] (padding zeroed) and their mask, first token dropped."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.run_backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.skip_first:
             hidden, attention_mask = hidden[:, 1:], attention_mask[:, 1:]
         vectors = F.normalize(self.colbert_linear(hidden).float(), p=2, dim=-1)

@@ -138,11 +138,14 @@ class LLMRanker(BaseRanker):
         ids, mask = _end_aligned(batch["input_ids"], batch["attention_mask"])
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         # every row now ends in its last real token: only that column's logits are computed
-        logits = self.backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=1).logits[:, -1]
+        logits = self.run_backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=1).logits[:, -1]
         score = logits[:, self.target_id].float()
         if self.retrieval_config.score_mode == "yes_minus_no":
             score = score - logits[:, self.negative_id].float()
         return score
+
+    def pads_left(self) -> bool:
+        return True  # score_units end-aligns every row, whatever the tokenizer's side
 
     def forward(self, pairs: Batch, group_size: int) -> RankingOutput:
         scores = run_in_length_chunks(self.score_units, pairs, TRAIN_CHUNK, left=True).view(-1, group_size)
