@@ -16,6 +16,7 @@ from transformers import HfArgumentParser
 from retrievals import AutoModelForEmbedding, AutoModelForRanking
 from retrievals.models import base, compiled
 from retrievals.models.compiled import bucket_length, bucket_rows
+from retrievals.models.sparse import SparseEmbedder
 from retrievals.pipelines.model_flags import EmbedderFlags
 from retrievals.utils import UsageError
 
@@ -38,6 +39,8 @@ def load(kind, tiny_bert, tiny_qwen, **kw):
         return AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean", **kw)
     if kind == "embed-decoder":  # left padding, last-token pooling
         return AutoModelForEmbedding.from_pretrained(tiny_qwen, **kw)
+    if kind == "sparse":  # masked-LM logits [rows, tokens, vocab], max-pooled
+        return SparseEmbedder.from_pretrained(tiny_bert, **kw)
     return AutoModelForRanking.from_pretrained(tiny_qwen if kind == "llm" else tiny_bert, model_type=kind, **kw)
 
 
@@ -66,7 +69,7 @@ def record_shapes(model):
     return shapes
 
 
-@pytest.mark.parametrize("kind", ["embed-encoder", "embed-decoder", "cross-encoder", "colbert", "llm"])
+@pytest.mark.parametrize("kind", ["embed-encoder", "embed-decoder", "sparse", "cross-encoder", "colbert", "llm"])
 def test_compiled_equals_eager_on_few_shapes(kind, tiny_bert, tiny_qwen, dynamo_only):
     model = load(kind, tiny_bert, tiny_qwen, inference_compile="on")
     shapes = record_shapes(model)
