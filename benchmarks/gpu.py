@@ -178,29 +178,27 @@ def timed_st_trainer(trainer, warmup: int, per_step: int) -> dict:
     return {"per_s": round(timer.rate(per_step), 1), "peak_gib": peak_gib()}
 
 
+def timed_call(fn) -> float:
+    """Seconds of one call, the GPU synchronised before and after (the work it queued included)."""
+    if GPU:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if GPU:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def inference_rates(calls: dict, n: int, rounds: int = 3) -> dict:
     """Items/s of each call, best of ``rounds`` rounds taken in turns (after a warm-up call each, timed apart as
     ``first_call_s``: ours compiles its forward there on a GPU), with the ratios of our default to theirs and of
     fp16 to fp16."""
+    # warm-up: allocator, kernels, tokenizer caches, compiling
+    first = {name: round(timed_call(fn), 2) for name, fn in calls.items()}
     best: dict = {name: 0.0 for name in calls}
-    first = {}
-    for name, fn in calls.items():  # warm-up: allocator, kernels, tokenizer caches, compiling
-        if GPU:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if GPU:
-            torch.cuda.synchronize()
-        first[name] = round(time.perf_counter() - start, 2)
     for _ in range(rounds):
         for name, fn in calls.items():
-            if GPU:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if GPU:
-                torch.cuda.synchronize()
-            best[name] = max(best[name], round(n / (time.perf_counter() - start), 1))
+            best[name] = max(best[name], round(n / timed_call(fn), 1))
     best["ratio_default"] = round(best["retrievals_default"] / best["sentence_transformers_default"], 2)
     best["ratio_fp16"] = round(best["retrievals_fp16"] / best["sentence_transformers_fp16"], 2)
     if "retrievals_eager" in best:  # the default's compiled forward (inference_compile auto) against eager torch

@@ -459,11 +459,12 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
     def inference_compiled(self) -> Optional[CompiledForward]:
         """The compiled forward the batched loop runs under at this model's ``inference_compile`` on its device
         (made on first use, remade when the model moved), or None: eager."""
-        if self.inference_backend is not None or not wants_compile(self.inference_compile, self.device):
+        setting = getattr(self, "inference_compile", "auto")  # a model pickled before the setting existed: auto
+        if self.inference_backend is not None or not wants_compile(setting, self.device):
             return None
-        strict = self.inference_compile == "on"
+        strict = setting == "on"
         with _COMPILE_LOCK:
-            compiled = self._compiled
+            compiled = getattr(self, "_compiled", None)
             if compiled is None or compiled.backbone is not self.backbone or compiled.device != self.device or compiled.strict != strict:
                 pad_id = getattr(self.tokenizer, "pad_token_id", None)
                 compiled = self._compiled = CompiledForward(self.backbone, self.device, pad_id if pad_id is not None else 0,
