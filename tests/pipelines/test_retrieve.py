@@ -90,3 +90,30 @@ def test_cache_dir_is_refused_where_no_dense_embeddings_are_made(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert "--cache_dir keeps dense corpus embeddings, which --index_type bm25 has none of" in err and "--index_dir" in err
     assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+def test_truncate_dim_retrieves_with_the_leading_dimensions(tiny_bert, tmp_path):
+    """--truncate_dim (a Matryoshka model's smaller size) reaches the index: its vectors have that many dimensions,
+    renormalised, as encode(truncate_dim=) gives them; an index saved at another size is not served."""
+    import numpy as np
+
+    from retrievals import AutoModelForEmbedding
+
+    lines = corpus_lines(20)
+    beir = tmp_path / "beir"
+    save_beir(beir, {f"d{i}": t for i, t in enumerate(lines)}, {f"q{i}": lines[i][:20] for i in range(3)},
+              {f"q{i}": {f"d{i}": 1} for i in range(3)})
+    common = ["--dataset", str(beir), "--model_name_or_path", tiny_bert, "--pooling_method", "mean", "--index_type", "exact"]
+    for dim in (8, 16):
+        folder = tmp_path / f"index{dim}"
+        assert retrieve.main([*common, "--truncate_dim", str(dim), "--index_dir", str(folder),
+                              "--output", str(tmp_path / f"run{dim}.trec")]) == 0
+        vectors = np.load(folder / "dense" / "vectors.npy")
+        assert vectors.shape == (20, dim)
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    model = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean")
+    np.testing.assert_allclose(vectors, model.encode([lines[int(d[1:])] for d in json.loads(
+        (tmp_path / "index16" / "dense" / "ids.json").read_text())], truncate_dim=16), atol=1e-5)
+    assert retrieve.main([*common, "--truncate_dim", "8", "--index_dir", str(tmp_path / "index16"),
+                          "--output", str(tmp_path / "again.trec")]) == 2  # made at 16: not served as 8
+    assert retrieve.main([*common, "--truncate_dim", "0", "--output", str(tmp_path / "bad.trec")]) == 2

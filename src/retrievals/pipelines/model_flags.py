@@ -18,6 +18,9 @@ class EmbedderFlags:
     query_instruction: Optional[str] = field(default=None, metadata={"help": "Prefix, or template with {}."})
     document_instruction: Optional[str] = None
     max_length: Optional[int] = field(default=None, metadata={"help": "Max tokens of queries and documents (default: the model's)."})
+    truncate_dim: Optional[int] = field(default=None, metadata={
+        "help": "Encode to this many leading dimensions, renormalised (a Matryoshka model's smaller sizes; default: the "
+                "model's own truncate_dim, else all)."})
     dtype: Optional[str] = field(default=None, metadata={"aliases": DTYPE_FLAG_ALIASES,
                                                          "help": "float32 | float16 | bfloat16 (also --model_dtype)."})
     device: Optional[str] = field(default=None, metadata={"help": "cpu | cuda (default: cuda when available)."})
@@ -46,6 +49,7 @@ class EmbedderFlags:
             self.model_name_or_path, pooling_method=self.pooling_method,
             query_instruction=unescape_cli(self.query_instruction), document_instruction=unescape_cli(self.document_instruction),
             query_max_length=self.max_length, document_max_length=self.max_length, dtype=self.dtype, device=self.device,
+            **({"truncate_dim": self.truncate_dim} if self.truncate_dim is not None else {}),
             trust_remote_code=self.trust_remote_code, backend=self.backend, backend_precision=self.backend_precision,
             inference_precision=self.inference_precision, inference_compile=self.inference_compile)
 
