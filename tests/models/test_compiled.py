@@ -164,6 +164,9 @@ def test_auto_is_eager_on_cpu_and_settings_are_checked(tiny_bert, tiny_qwen):
     assert model.inference_compile == "auto"
     outputs(model)
     assert model._compiled is None  # nothing compiled on CPU unless asked
+    model.inference_compile = "yes"
+    with pytest.raises(UsageError, match="inference_compile must be one of"):
+        outputs(model)  # a bad value set on the attribute: refused at the next call
     with pytest.raises(UsageError, match="inference_compile must be one of"):
         AutoModelForEmbedding.from_pretrained(tiny_bert, inference_compile="yes")
     with pytest.raises(UsageError, match="compiles the torch backbone"):
