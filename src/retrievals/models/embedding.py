@@ -282,7 +282,7 @@ class AutoModelForEmbedding(RetrievalModel):
         batch) runs as length-sorted chunks, each cut to its own longest sequence, so short texts
         do not pay for the padding of long ones.
         """
-        left = self.processor.tokenizer.padding_side == "left"
+        left = self.pads_left()
         return run_in_length_chunks(
             lambda b: self._embed_padded(b["input_ids"], b["attention_mask"], normalize, b.get("pooling_mask")),
             batch, chunk_size, left,

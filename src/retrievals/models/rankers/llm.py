@@ -148,7 +148,7 @@ class LLMRanker(BaseRanker):
         return True  # score_units end-aligns every row, whatever the tokenizer's side
 
     def forward(self, pairs: Batch, group_size: int) -> RankingOutput:
-        scores = run_in_length_chunks(self.score_units, pairs, TRAIN_CHUNK, left=True).view(-1, group_size)
+        scores = run_in_length_chunks(self.score_units, pairs, TRAIN_CHUNK, left=self.pads_left()).view(-1, group_size)
         return RankingOutput(scores=scores, targets=group_targets(scores.shape[0], scores.device))
 
 
