@@ -215,13 +215,14 @@ def recorded_seconds(log: Path) -> Optional[float]:
     return sum(json.loads(record.read_text())) if record.is_file() else None
 
 
-def run_logged(command: List[str], log: Path, folder: Path) -> float:
+def run_logged(command: List[str], log: Path, folder: Optional[Path] = None) -> float:
     """Runs ``command`` (its output appended to ``log``); returns the wall seconds of this run, summed over the
     invocations a killed run was resumed over: each invocation's seconds are kept in ``<log>.seconds.json``, updated
     every minute while it runs, and count when the next invocation resumes from a checkpoint in ``folder`` (a run
-    that starts over counts from zero)."""
+    that starts over counts from zero; without ``folder``, as mining, every invocation starts over)."""
     record = seconds_record(log)
-    earlier = json.loads(record.read_text()) if record.is_file() and last_complete_checkpoint(folder) else []
+    resumed = folder is not None and record.is_file() and last_complete_checkpoint(folder)
+    earlier = json.loads(record.read_text()) if resumed else []
     start = time.perf_counter()
 
     def write(now: float) -> None:
