@@ -416,7 +416,8 @@ def main() -> None:
                "--negative_number", "7", "--min_negatives", "7", "--overwrite")
     if not mined.is_file():
         run_logged(mine, work / "build_hn.log")
-    commands["build_hn"] = " ".join(["python", "-m", "retrievals.pipelines.build_hn", *mine[3:]]).replace(str(work), "WORK")
+    commands["build_hn"] = (" ".join(["python", "-m", "retrievals.pipelines.build_hn", *mine[3:]])  # no machine's folders
+                            .replace(str(work), "WORK").replace(str(first_stage), "FIRST_STAGE"))
     fine_run = runs[fine_name]
     write_jsonl(work / "curve.jsonl", ({"query": split.test_queries[q], "positive": [split.corpus[d] for d in split.test_qrels[q]],
                                        "negative": [d_text for d_text in (split.corpus[d] for d in top(fine_run[q], 20)
