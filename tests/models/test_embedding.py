@@ -400,6 +400,19 @@ def test_a_truncate_dim_reaches_sentence_transformers_and_comes_back(tiny_bert, 
     assert AutoModelForEmbedding.from_pretrained(str(tmp_path / "m")).retrieval_config.truncate_dim == 8
 
 
+def test_a_truncate_dim_above_the_model_size_is_refused(tiny_bert):
+    # it served the full vectors silently: a typed 6400 for 64 went unnoticed (tiny_bert: 32 dimensions)
+    model = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean")
+    assert model.encode(TEXTS[:2], truncate_dim=32).shape == (2, 32)  # the full size itself is fine
+    with pytest.raises(UsageError, match="truncate_dim=33 is larger than this model's 32 dimensions"):
+        model.encode(TEXTS[:2], truncate_dim=33)
+    with pytest.raises(UsageError, match="truncate_dim=64 is larger"):  # as its default: refused when it loads
+        AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean", truncate_dim=64)
+    model.retrieval_config.truncate_dim = 64  # set afterwards: refused at the next encode
+    with pytest.raises(UsageError, match="truncate_dim=64"):
+        model.encode(TEXTS[:2])
+
+
 def test_a_template_instruction_keeps_its_tail_when_the_text_is_cut(tiny_bert, tiny_qwen):
     # truncation cut instruction + text at the end: a long text lost the template's text after "{}"
     template = "passage: {} end of passage answer"

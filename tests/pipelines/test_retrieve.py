@@ -117,3 +117,6 @@ def test_truncate_dim_retrieves_with_the_leading_dimensions(tiny_bert, tmp_path)
     assert retrieve.main([*common, "--truncate_dim", "8", "--index_dir", str(tmp_path / "index16"),
                           "--output", str(tmp_path / "again.trec")]) == 2  # made at 16: not served as 8
     assert retrieve.main([*common, "--truncate_dim", "0", "--output", str(tmp_path / "bad.trec")]) == 2
+    big = tmp_path / "index64"  # above the model's 32 dimensions: refused, no index left behind
+    assert retrieve.main([*common, "--truncate_dim", "64", "--index_dir", str(big), "--output", str(tmp_path / "big.trec")]) == 2
+    assert not (big / "dense" / "vectors.npy").exists() and not (tmp_path / "big.trec").exists()

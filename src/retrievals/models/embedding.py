@@ -99,6 +99,8 @@ class AutoModelForEmbedding(RetrievalModel):
         self.dense: Optional[nn.Linear] = None
         if config.dense_dim:
             self._add_dense(config.dense_dim, config.dense_bias, config.dense_activation)
+        if config.truncate_dim is not None and config.truncate_dim > self.embedding_dim:  # refused at load, not at encode
+            raise UsageError(f"truncate_dim={config.truncate_dim} is larger than this model's {self.embedding_dim} dimensions.")
 
     def _check_config(self, config: EmbeddingConfig) -> None:
         if config.pooling_method not in POOLING_METHODS:
@@ -379,8 +381,11 @@ class AutoModelForEmbedding(RetrievalModel):
 
     def truncate(self, embeddings: torch.Tensor, dim: Optional[int] = None, normalize: Optional[bool] = None) -> torch.Tensor:
         """The first ``dim`` dimensions (default: the config's ``truncate_dim``; None keeps all), renormalised in
-        float32 when embeddings are normalised."""
+        float32 when embeddings are normalised. A ``dim`` above the vectors' size is refused, not served as the full
+        size (a typed 6400 for 64 would otherwise pass unnoticed, and an index would record a size it does not hold)."""
         dim = check_int("truncate_dim", dim, 1) if dim is not None else self.retrieval_config.truncate_dim
+        if dim is not None and dim > embeddings.shape[-1]:
+            raise UsageError(f"truncate_dim={dim} is larger than this model's {embeddings.shape[-1]} dimensions.")
         return truncate_embeddings(embeddings, dim, self.retrieval_config.normalize_embeddings if normalize is None else normalize)
 
     def encode_queries(self, queries: Union[str, Sequence[str]], **kwargs: Any) -> Union[np.ndarray, torch.Tensor]:
