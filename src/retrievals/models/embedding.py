@@ -57,17 +57,25 @@ class EmbeddingOutput(ModelOutput):
     document_embeddings: Optional[torch.Tensor] = None
 
 
+def check_truncate_dim(dim: Optional[int], size: int) -> None:
+    """Refuses a ``truncate_dim`` above the vectors' ``size``: served as the full vectors, a typed 6400 for 64 would
+    pass unnoticed (and an index would record a size it does not hold)."""
+    if dim is not None and dim > size:
+        raise UsageError(f"truncate_dim={dim} is larger than this model's {size} dimensions.")
+
+
 def truncate_embeddings(embeddings: torch.Tensor, dim: Optional[int], normalize: bool) -> torch.Tensor:
-    """The first ``dim`` dimensions (None or the full size: all), renormalised in float32 when ``normalize`` (a
-    normalising embedder's vectors), else as they are (sentence-transformers' ``truncate_dim``). The one rule of
-    serving (:meth:`AutoModelForEmbedding.truncate`) and training (:class:`retrievals.losses.MatryoshkaLoss`).
+    """The first ``dim`` dimensions (None or the full size: all; more is refused), renormalised in float32 when
+    ``normalize`` (a normalising embedder's vectors), else as they are (sentence-transformers' ``truncate_dim``). The
+    one rule of serving (:meth:`AutoModelForEmbedding.truncate`) and training (:class:`retrievals.losses.MatryoshkaLoss`).
 
     >>> truncate_embeddings(torch.tensor([[3.0, 4.0, 12.0]]), 2, normalize=True)
     tensor([[0.6000, 0.8000]])
     >>> truncate_embeddings(torch.tensor([[3.0, 4.0, 12.0]]), 2, normalize=False)
     tensor([[3., 4.]])
     """
-    if dim is None or dim >= embeddings.shape[-1]:
+    check_truncate_dim(dim, embeddings.shape[-1])
+    if dim is None or dim == embeddings.shape[-1]:
         return embeddings
     head = embeddings[..., :dim]
     return torch.nn.functional.normalize(head.float(), p=2, dim=-1) if normalize else head
@@ -99,8 +107,7 @@ class AutoModelForEmbedding(RetrievalModel):
         self.dense: Optional[nn.Linear] = None
         if config.dense_dim:
             self._add_dense(config.dense_dim, config.dense_bias, config.dense_activation)
-        if config.truncate_dim is not None and config.truncate_dim > self.embedding_dim:  # refused at load, not at encode
-            raise UsageError(f"truncate_dim={config.truncate_dim} is larger than this model's {self.embedding_dim} dimensions.")
+        check_truncate_dim(config.truncate_dim, self.embedding_dim)  # a default too large: refused at load, not at encode
 
     def _check_config(self, config: EmbeddingConfig) -> None:
         if config.pooling_method not in POOLING_METHODS:
@@ -381,11 +388,8 @@ class AutoModelForEmbedding(RetrievalModel):
 
     def truncate(self, embeddings: torch.Tensor, dim: Optional[int] = None, normalize: Optional[bool] = None) -> torch.Tensor:
         """The first ``dim`` dimensions (default: the config's ``truncate_dim``; None keeps all), renormalised in
-        float32 when embeddings are normalised. A ``dim`` above the vectors' size is refused, not served as the full
-        size (a typed 6400 for 64 would otherwise pass unnoticed, and an index would record a size it does not hold)."""
+        float32 when embeddings are normalised; above their size, refused (:func:`check_truncate_dim`)."""
         dim = check_int("truncate_dim", dim, 1) if dim is not None else self.retrieval_config.truncate_dim
-        if dim is not None and dim > embeddings.shape[-1]:
-            raise UsageError(f"truncate_dim={dim} is larger than this model's {embeddings.shape[-1]} dimensions.")
         return truncate_embeddings(embeddings, dim, self.retrieval_config.normalize_embeddings if normalize is None else normalize)
 
     def encode_queries(self, queries: Union[str, Sequence[str]], **kwargs: Any) -> Union[np.ndarray, torch.Tensor]:
