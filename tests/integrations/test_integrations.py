@@ -36,6 +36,17 @@ def test_langchain_embedding_passes_options_through(tiny_bert, embedder):
         LangchainEmbedding()
 
 
+def test_langchain_embed_documents_refuses_a_string_or_none(embedder):
+    # list("a text") is its characters: one vector per character came back, silently; None read as no texts
+    from retrievals.integrations.langchain import LangchainEmbedding
+
+    lc = LangchainEmbedding(model=embedder)
+    for bad in (DOCS[0], None):
+        with pytest.raises(TypeError, match="texts must be a list of strings"):
+            lc.embed_documents(bad)
+    np.testing.assert_allclose(lc.embed_documents((DOCS[0],)), embedder.encode_corpus([DOCS[0]]), atol=1e-6)
+
+
 def test_original_import_path(embedder):
     from retrievals.tools.langchain import LangchainEmbedding, LangchainLLM, LangchainReranker  # noqa: F401
 

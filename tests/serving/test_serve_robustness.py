@@ -476,3 +476,20 @@ def test_a_request_larger_than_the_queue_gets_413_not_a_retry_forever(served):
     s.close()
     with pytest.raises(Exception, match="max_queue_items .* must be >= max_batch_size"):
         ServerLimits(max_batch_size=64, max_queue_items=32)
+
+
+def test_relevance_scores_stay_within_the_declared_range(tiny_bert):
+    """The schema declares relevance_score in [0, 1]; ColBERT's normalised (cos + 1) / 2 came back as 1.0000001 for a
+    document equal to the query (float32 rounding in a batch), a body a client validating by the schema refuses."""
+    from fastapi.testclient import TestClient
+
+    from retrievals.serving.schemas import RerankResponse
+
+    colbert = AutoModelForRanking.from_pretrained(tiny_bert, model_type="colbert", max_length=64, colbert_dim=-1)
+    with TestClient(create_app(None, colbert, None, "colbert")) as client:
+        r = client.post("/v1/rerank", json={"query": TEXTS[4], "documents": TEXTS[:16]})
+    assert r.status_code == 200, r.text
+    scores = [row["relevance_score"] for row in r.json()["results"]]
+    assert all(0.0 <= s <= 1.0 for s in scores), max(scores)
+    assert r.json()["results"][0] == {"index": 4, "relevance_score": 1.0}  # the query itself, still first
+    RerankResponse.model_validate(r.json())  # raises if a score is out of range

@@ -44,6 +44,10 @@ class LangchainEmbedding(Embeddings):
         self.encode_kwargs = dict(encode_kwargs or {})
 
     def embed_documents(self, texts: List[str]) -> List[List[float]]:
+        # list() of one string is its characters (one vector each, silently), and None read as no texts: refused
+        if texts is None or isinstance(texts, str):
+            raise TypeError(f"texts must be a list of strings, got {type(texts).__name__} (one document: "
+                            "embed_documents([text]))")
         return self.model.encode_corpus(list(texts), **self.encode_kwargs).tolist() if texts else []
 
     def embed_query(self, text: str) -> List[float]:

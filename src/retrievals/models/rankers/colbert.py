@@ -271,7 +271,9 @@ class ColBERT(BaseRanker):
         return out, mask
 
     def _postprocess(self, scores: torch.Tensor) -> torch.Tensor:
-        return (scores + 1) / 2  # cosine-based MaxSim average lies in [-1, 1]
+        # the cosine-based MaxSim average lies in [-1, 1], but in float32 a document equal to the query lands a hair
+        # above 1 in a batch (1.0000001): clamped, so normalize=True keeps its [0, 1] promise (the order is unchanged)
+        return ((scores + 1) / 2).clamp(0.0, 1.0)
 
     def forward(self, query: Batch, document: Batch, group_size: int) -> "ColBERTOutput":
         """Token vectors of the batch (the late-interaction loss scores them, in-batch or across processes as it
