@@ -123,6 +123,8 @@ def client(app):
     ('{"query": "q", "documents": [{"text": "' + "x" * 401 + '"}]}', 413, "documents[0].text: String should have at most 400"),
     ('{"query": "q", "documents": ["ok", {"text": "a\\ud800"}]}', 400, "documents[1].text"),
     ('{"query": "q", "documents": ["ok", {"txt": "a"}]}', 400, "documents[1].text: Field required"),
+    ('{"query": "q", "documents": ["a"], "top_n": true}', 400, "top_n"),  # not read as 1
+    ('{"query": "q", "documents": ["a"], "return_documents": "yes"}', 400, "return_documents"),
 ])
 def test_hostile_bodies_get_the_error_envelope(client, body, status, words):
     path = "/v1/rerank" if "query" in str(body) else "/v1/embeddings"
@@ -167,6 +169,21 @@ def test_a_tokenizer_error_is_the_requests_fault(client, app, monkeypatch):
     assert r.status_code == 400 and r.json()["error"]["code"] == "tokenizer_error"
     monkeypatch.undo()
     assert client.post("/v1/embeddings", json={"input": "x"}).status_code == 200
+
+
+def test_a_failed_model_call_is_a_500_that_keeps_its_cause_in_the_log(client, app, monkeypatch, caplog):
+    """The exception's text can name the host's paths and devices: the client gets its type, the log its text."""
+    def fail(*args, **kwargs):
+        raise RuntimeError("out of memory in /srv/private/model")
+
+    monkeypatch.setattr(app.service.embedder, "encode_token_ids", fail)
+    with caplog.at_level("WARNING", logger="retrievals"):
+        r = client.post("/v1/embeddings", json={"input": "a text no earlier test sent"})
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error", r.text
+    assert "RuntimeError" in r.text and "/srv/private" not in r.text
+    assert "/srv/private/model" in caplog.text
+    monkeypatch.undo()
+    assert client.post("/v1/embeddings", json={"input": "a text no earlier test sent"}).status_code == 200
 
 
 def test_metrics_and_schema(client):

@@ -183,7 +183,10 @@ class Service:
             except JobCancelled as exc:
                 raise ApiError(503, str(exc), kind="server_busy", code="shutting_down") from None
             except Exception as exc:  # noqa: BLE001 - the model call failed (OOM of one batch, ...)
-                raise ApiError(500, f"the model call failed ({type(exc).__name__}: {exc})", kind="server_error") from None
+                # the cause's text stays in the server's log (the scheduler logs it): it can name the host's paths,
+                # devices and memory, which are not the client's to read
+                raise ApiError(500, f"the model call failed ({type(exc).__name__}); the server's log has the cause",
+                               kind="server_error") from None
         result.cancel()  # nobody will read it (and its future is not left holding an unread exception)
         self.scheduler.cancel(job)
         if job.deadline > time.monotonic():

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Literal, Optional, Type, Union
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, create_model, field_validator
 
 from ..utils import UsageError, require
 
@@ -175,8 +175,9 @@ def request_models(limits: ServerLimits, embedder_name: Optional[str], embedding
             documents=(List[Union[str, document]], Field(  # type: ignore[valid-type]
                 description=f"1 to {items} documents, strings or {{text}} objects, each at most {chars} characters",
                 json_schema_extra={"minItems": 1, "maxItems": items})),
-            top_n=(Optional[int], Field(default=None, ge=1)),
-            return_documents=(bool, False),
+            # strict: lax parsing read "top_n": true as 1 and "return_documents": "yes" as true
+            top_n=(Optional[StrictInt], Field(default=None, ge=1)),
+            return_documents=(StrictBool, False),
             model=(Optional[Literal[reranker_name]], Field(default=None, description="the served reranker's id")),  # type: ignore[valid-type]
         )
     return models
