@@ -92,3 +92,13 @@ def test_corpus_and_qrels_readers_name_file_and_line(tmp_path):
     qrels.write_text("q1 d1 yes\n")
     with pytest.raises(DataError, match="qrels.tsv:1: relevance 'yes' is not a number"):
         read_qrels(qrels)
+
+
+def test_a_query_without_any_judgment_is_left_out_as_trec_eval_does():
+    # an empty judgment dict (a corpus subset filtered the qrels) was a judged query scoring 0: every mean halved
+    qrels = {"q1": {"d1": 1, "d2": 0}, "q2": {}}
+    run = {"q1": {"d1": 0.9, "d2": 0.5}, "q2": {"d1": 0.3}}
+    ours = evaluate_run(run, qrels, k_values=(10,))
+    for key, value in trec(run, qrels, 10).items():
+        assert ours[key] == pytest.approx(value, abs=1e-6), key
+    assert ours["ndcg@10"] == 1.0 and ours["hit@10"] == 1.0

@@ -477,3 +477,83 @@ def test_fusion_settings_past_a_float_are_named_errors():
         weighted_score_fusion([run, run], weights=[10 ** 400, 1])
     with pytest.raises(UsageError, match=r"k \(the rank constant, usually 60\) must be a finite number >= 0, got one"):
         reciprocal_rank_fusion([run], k=10 ** 400)
+
+
+def test_a_save_never_replaces_files_the_library_did_not_write(data, tmp_path):
+    # a folder without a save of ours had its same-named files (a user's ids.json) replaced without a word
+    from retrievals.files import OutputExistsError
+
+    x, ids = data
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "ids.json").write_text("my own ids\n")
+    (folder / "README.md").write_text("notes\n")
+    with pytest.raises(OutputExistsError, match=r"holds ids\.json, which this library did not write"):
+        ExactIndex(x, ids).save(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "ids.json"]  # nothing written, nothing left
+    assert (folder / "ids.json").read_text() == "my own ids\n"
+    (folder / "ids.json").unlink()
+    ExactIndex(x, ids).save(folder)  # beside a file of the user's that it does not write: fine, left alone
+    ExactIndex(x[:5], ids[:5]).save(folder)  # and over its own save, as before
+    assert (folder / "README.md").read_text() == "notes\n" and len(Index.load(folder)) == 5
+
+
+def test_a_backends_load_refuses_another_backends_folder(data, tmp_path):
+    # FaissIndex.load returned whatever the folder held (an ExactIndex here), failing only later, at search
+    needs("faiss")
+    x, ids = data
+    ExactIndex(x, ids).save(tmp_path / "exact")
+    with pytest.raises(UsageError, match=r"holds a saved ExactIndex \(backend 'exact'\), not a FaissIndex; load it with Index"):
+        FaissIndex.load(tmp_path / "exact")
+    for cls in (ExactIndex, Index):
+        assert type(cls.load(tmp_path / "exact")) is ExactIndex
+
+
+def test_equal_scores_rank_by_position_for_every_k_in_every_dense_backend():
+    # faiss' heaps chose and ordered tied documents (duplicates) their own way, which changed with k: top_k=1 gave
+    # d0 and top_k=3 gave d22 first; a flat (exact) index ranked ties unlike ExactIndex
+    needs("faiss")
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(size=(10, 16)).astype("float32")] * 5)  # every document five times
+    x = x[rng.permutation(len(x))]
+    ids = [f"d{i}" for i in range(len(x))]
+    queries = rng.normal(size=(40, 16)).astype("float32")
+    exact = ExactIndex(x, ids).search(queries, len(x))[1]
+    indexes = [FaissIndex(x, ids), FaissIndex(x, ids, "hnsw"), FaissIndex(x, ids, "ivf"),
+               QuantizedIndex(x, ids, "int8", rescore_multiplier=0), QuantizedIndex(x, ids, "int8"),
+               QuantizedIndex(x, ids, rescore_multiplier=0)]
+    assert indexes[0].search(queries, len(x))[1] == exact  # flat ranks as exact, ties included
+    for index in indexes:
+        full = index.search(queries, len(x))[1]
+        for k in (1, 3, 7, 12):
+            assert index.search(queries, k)[1] == [row[:k] for row in full], (type(index).__name__, k)
+        for scores, row in zip(*index.search(queries, 20)):
+            positions = [ids.index(d) for d in row]
+            assert all(a > b or (a == b and p < q) for a, b, p, q in zip(scores, scores[1:], positions, positions[1:]))
+
+
+def test_bm25_ranks_equal_scores_by_position_for_every_k():
+    # bm25s picks its top k with a partition: among tied documents (frequent with short texts) the first result of
+    # top_k=1 was not the first of top_k=2
+    needs("bm25s")
+    import random
+
+    rng = random.Random(0)
+    words = ["apple", "banana", "cherry", "kiwi", "lemon", "mango"]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 3))) for _ in range(2000)]
+    index = BM25Index(texts, [f"t{i}" for i in range(len(texts))])
+    queries = words + ["apple cherry", "xylophone"]
+    full_scores, full = index.search(queries, len(texts))
+    for k in (1, 2, 5, 37, 500):
+        assert index.search(queries, k)[1] == [row[:k] for row in full], k
+        assert [index.search(q, k)[1][0] for q in queries] == [row[:k] for row in full]  # one by one = batched
+    for scores, row in zip(full_scores, full):
+        found = [(s, int(d[1:])) for s, d in zip(scores, row) if d is not None]
+        assert found == sorted(found, key=lambda sp: (-sp[0], sp[1]))
+
+
+def test_an_ivf_nlist_above_the_vectors_is_a_named_error(data):
+    needs("faiss")
+    x, ids = data
+    with pytest.raises(UsageError, match="nlist=60 clusters need at least as many vectors; got 50"):
+        FaissIndex(x, ids, "ivf", nlist=60)  # was faiss' RuntimeError "nx >= static_cast<idx_t>(k)"

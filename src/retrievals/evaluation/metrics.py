@@ -109,6 +109,8 @@ def evaluate_run(run: Run, qrels: Qrels, k_values: Iterable[int] = (1, 3, 5, 10,
     totals: Dict[str, float] = {}
     n = 0
     for qid, judged in qrels.items():
+        if not judged:  # no judgment at all: not a judged query (trec_eval has no line for it, pytrec_eval skips it)
+            continue
         n += 1
         ranking = rank(run.get(qid, {}))
         values = {"map": average_precision(ranking, judged), "mrr": reciprocal_rank(ranking, judged)}

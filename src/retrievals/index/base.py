@@ -7,11 +7,12 @@ import os
 from collections import Counter
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
 import numpy as np
 
-from ..files import CorruptFileError, atomic_directory, folder_lock, prepare_folder, verify_files
+from ..files import (CorruptFileError, OutputExistsError, atomic_directory, folder_lock, prepare_folder, saved_entries,
+                     verify_files)
 from ..inputs import check_finite, check_same_length, check_top_k
 from ..utils import UsageError
 
@@ -94,16 +95,19 @@ class Index(ABC):
     source: Optional[Dict[str, Any]] = None  # what the index was built from (model weights, corpus), saved with it
 
     def save(self, path: str | os.PathLike) -> None:
-        """Save the index with its document ids (atomically: a killed save leaves the old files)."""
+        """Save the index with its document ids (atomically: a killed save leaves the old files). Files of the folder
+        that no save of ours wrote are left alone; one this save would replace is refused."""
         with atomic_directory(path, "index") as scratch:
             settings = self._save(scratch)
             (scratch / "ids.json").write_text(json.dumps(self.ids, ensure_ascii=False), encoding="utf-8")
             meta = {"backend": self.backend, "size": len(self.ids), "settings": settings, "source": self.source}
             (scratch / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            _check_no_foreign_clash(Path(path), scratch)  # under the save's lock: refused, the folder is untouched
 
-    @staticmethod
-    def load(path: str | os.PathLike) -> "Index":
-        """Load any saved index; the backend comes from ``index_meta.json``."""
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Index":
+        """Load a saved index; the backend comes from ``index_meta.json``. ``Index.load`` takes any backend;
+        ``FaissIndex.load`` (a backend's class) refuses a folder holding another backend's index."""
         folder = Path(path)
         with folder_lock(folder):  # a save into this folder elsewhere commits before or after this read, not during
             prepare_folder(folder)
@@ -115,6 +119,10 @@ class Index(ABC):
             backend = meta.get("backend")
             if backend not in INDEXES:
                 raise ValueError(f"{meta_file}: unknown backend {backend!r}; known: {sorted(INDEXES)}.")
+            if not issubclass(INDEXES[backend], cls):  # it returned that other index, which failed only at search
+                saved = INDEXES[backend].__name__
+                raise UsageError(f"{folder}: holds a saved {saved} (backend {backend!r}), not a {cls.__name__}; "
+                                 f"load it with Index.load or {saved}.load.")
             ids = _read_ids(folder / "ids.json")
             index = INDEXES[backend]._load(folder, ids, meta.get("settings", {}))
         if len(index) != meta.get("size", len(index)) or index.stored() not in (None, len(index)):
@@ -122,6 +130,18 @@ class Index(ABC):
                                    f"and {META} says {meta.get('size')}; the folder was altered after it was saved.")
         index.source = meta.get("source")
         return index
+
+
+def _check_no_foreign_clash(target: Path, scratch: Path) -> None:
+    """Refuse a save whose files would replace ones of ``target`` that no save of ours wrote (none that its
+    ``retrievals_files.json`` lists): the commit replaces same-named entries, so a user's own ``ids.json`` or
+    another tool's ``index.faiss`` would be lost without a word."""
+    ours = set(saved_entries(target))
+    clashes = sorted(e.name for e in scratch.iterdir() if e.name not in ours
+                     and ((target / e.name).exists() or (target / e.name).is_symlink()))
+    if clashes:
+        raise OutputExistsError(f"{target}: holds {', '.join(clashes)}, which this library did not write and saving "
+                                "the index there would replace; save it into another folder (or move those files).")
 
 
 def _read_json(file: Path) -> Any:
@@ -162,6 +182,43 @@ def _read_ids(file: Path) -> List[str]:
 
 def _altered(file: Path, problem: str) -> CorruptFileError:
     return CorruptFileError(f"{file}: {problem}; the folder was altered after it was saved.")
+
+
+def ranked_search(search: Callable[[np.ndarray, int], Tuple[np.ndarray, np.ndarray]], queries: np.ndarray, k: int,
+                  n: int) -> Tuple[np.ndarray, np.ndarray]:
+    """``search(queries, width)`` (scores [Q, width], higher better; positions, -1 in slots no document reached) made
+    to rank as :class:`ExactIndex` does: best first, equal scores by document position, for every k.
+
+    faiss' heaps choose and order equal scores (duplicate documents, equal Hamming distances) their own way, which
+    changes with k: the first result of ``top_k=1`` was not the first of ``top_k=10``. So a row whose k-th score ties
+    with the last one returned is searched again twice as wide (only those rows), until the tie ends within what came
+    back (or all ``n`` documents did); then each row is sorted by score, equal scores by position, and cut to k.
+    """
+    scores, positions = np.zeros((len(queries), k), np.float32), np.full((len(queries), k), -1, np.int64)
+    # past k: shows whether the k-th score goes on; twice k, as most ties (equal Hamming distances) end within it
+    todo, width = np.arange(len(queries)), min(2 * k + 1, n)
+    while len(todo):
+        s, p = search(queries[todo], width)
+        s, p = np.where(p < 0, -np.inf, s).astype(np.float32), p.astype(np.int64)
+        open_tie = (p[:, -1] >= 0) & (s[:, -1] == s[:, k - 1]) if width < n else np.zeros(len(todo), bool)
+        done = ~open_tie
+        order = np.lexsort((np.where(p[done] < 0, n, p[done]), -s[done]), axis=1)[:, :k]  # last key sorts first
+        scores[todo[done]] = np.take_along_axis(s[done], order, 1)
+        positions[todo[done]] = np.take_along_axis(p[done], order, 1)
+        todo, width = todo[open_tie], min(2 * width, n)
+    return scores, positions
+
+
+def top_k_by_position(scores: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` of one query's scores over every document (-inf: not found), ranked as :class:`ExactIndex`
+    ranks: best first, equal scores by position; slots past the documents found get position -1 and -inf. Only the
+    documents scoring at least the k-th score are sorted."""
+    kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+    candidates = np.flatnonzero(scores >= kth) if kth > -np.inf else np.flatnonzero(scores > -np.inf)
+    best = candidates[np.lexsort((candidates, -scores[candidates]))][:k]
+    padding = k - len(best)
+    return (np.concatenate([scores[best], np.full(padding, -np.inf, np.float32)]).astype(np.float32),
+            np.concatenate([best, np.full(padding, -1)]).astype(np.int64))
 
 
 def as_matrix(vectors: Any) -> np.ndarray:

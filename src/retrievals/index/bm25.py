@@ -9,7 +9,7 @@ import numpy as np
 
 from ..inputs import as_texts
 from ..utils import UsageError, require
-from .base import Index
+from .base import Index, top_k_by_position
 
 
 class BM25Index(Index):
@@ -41,29 +41,27 @@ class BM25Index(Index):
 
     def _search(self, queries: List[str], k: int) -> Tuple[np.ndarray, List[List[str]]]:
         bm25s = require("bm25s", "bm25")
-        tokens = bm25s.tokenize(queries, stopwords=self.stopwords, show_progress=False)
-        docs, scores = self.retriever.retrieve(tokens, k=k, show_progress=False, n_threads=1)
-        scores = np.asarray(scores, dtype=np.float32)
-        # bm25s fills k slots with documents scoring 0 (no query word in them): not found, as Index.search states
-        found = scores != 0
-        if getattr(self.retriever, "nonoccurrence_array", None) is not None:
-            # bm25l and bm25+ add a constant per query word to every document's score: a document with none of the
-            # query's words scores above 0 too, so the words are looked up (matching documents keep their scores)
-            found &= self._sharing_a_word(tokens, np.asarray(docs))
-        return np.where(found, scores, -np.inf).astype(np.float32), [
-            [self.ids[int(j)] if hit else None for j, hit in zip(row, hits)] for row, hits in zip(docs, found)]
-
-    def _sharing_a_word(self, tokens: Any, docs: np.ndarray) -> np.ndarray:
-        """shared[q, j]: whether document ``docs[q, j]`` holds a word of query ``q``, from the index's postings (the
-        documents of each word)."""
         from bm25s.tokenization import convert_tokenized_to_string_list
 
-        vocab, postings, starts = self.retriever.vocab_dict, self.retriever.scores["indices"], self.retriever.scores["indptr"]
-        shared = np.zeros(docs.shape, dtype=bool)
+        tokens = bm25s.tokenize(queries, stopwords=self.stopwords, show_progress=False)
+        scores, positions = np.zeros((len(queries), k), np.float32), np.zeros((len(queries), k), np.int64)
         for row, words in enumerate(convert_tokenized_to_string_list(tokens)):
-            holding = [postings[starts[t] : starts[t + 1]] for t in {vocab[w] for w in words if w in vocab}]
-            shared[row] = np.isin(docs[row], np.concatenate(holding)) if holding else False
-        return shared
+            # bm25s' own top k (retrieve) chooses among equal scores by a partition that changes with k: the first
+            # result of top_k=1 was not the first of top_k=10; ranked here as ExactIndex ranks, equal scores by position
+            scores[row], positions[row] = top_k_by_position(self._scores(words), k)
+        return scores, [[self.ids[j] if j >= 0 else None for j in row] for row in positions]
+
+    def _scores(self, words: List[str]) -> np.ndarray:
+        """Every document's BM25 score for a query's words, -inf for those holding none of them (not found, as
+        Index.search states: bm25l and bm25+ add a constant per query word to every document's score, so a score
+        alone does not tell), from the index's postings (the documents of each word)."""
+        term_ids = self.retriever.get_tokens_ids(words)
+        scores = np.full(len(self), -np.inf, dtype=np.float32)
+        if term_ids:
+            postings, starts = self.retriever.scores["indices"], self.retriever.scores["indptr"]
+            found = np.concatenate([postings[starts[t] : starts[t + 1]] for t in set(term_ids)])
+            scores[found] = np.asarray(self.retriever.get_scores_from_ids(term_ids), dtype=np.float32)[found]
+        return scores
 
     def stored(self) -> int:
         return int(self.retriever.scores["num_docs"])

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..utils import UsageError, require
 from ..inputs import as_query_vectors, check_int
-from .base import Index, as_matrix
+from .base import Index, as_matrix, ranked_search
 
 FAISS_TYPES = ("flat", "ivf", "hnsw")
 
@@ -63,6 +63,8 @@ class FaissIndex(Index):
             elif index_type == "ivf":
                 if not len(x):  # faiss' own failure (a C++ assertion) names nothing
                     raise UsageError("FaissIndex: an ivf index clusters the vectors it indexes, and none were given.")
+                if nlist is not None and nlist > len(x):  # faiss' own failure ("nx >= k") names nothing
+                    raise UsageError(f"FaissIndex: nlist={nlist} clusters need at least as many vectors; got {len(x)}.")
                 nlist = nlist or max(1, min(int(4 * np.sqrt(len(x))), len(x) // 39 or 1))
                 self.index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
                 self.index.train(x)
@@ -82,8 +84,8 @@ class FaissIndex(Index):
         return as_query_vectors(queries, self.index.d)
 
     def _search(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, List[List[str]]]:
-        scores, idx = self.index.search(queries, k)
-        scores[idx < 0] = -np.inf  # faiss fills slots no document reached with -3.4e38 (see Index.search)
+        # slots no document reached (faiss: -3.4e38) become -inf; equal scores rank by position, as ExactIndex
+        scores, idx = ranked_search(self.index.search, queries, k, len(self))
         return scores, [[self.ids[j] if j >= 0 else None for j in row] for row in idx]
 
     def stored(self) -> int:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..inputs import as_query_vectors, check_int
 from ..utils import UsageError, require
-from .base import Index, as_matrix
+from .base import Index, as_matrix, ranked_search
 
 ENCODINGS = ("int8", "binary")
 RESCORE_WITH = ("codes", "int8")
@@ -94,6 +94,10 @@ class QuantizedIndex(Index):
         return as_query_vectors(queries, self.dim)
 
     def _candidates(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        """The best ``k`` by the codes, equal scores (many, for Hamming distances) by position (see ranked_search)."""
+        return ranked_search(self._code_search, queries, k, len(self))
+
+    def _code_search(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
         if self.encoding == "int8":
             return self.index.search(queries, k)
         distances, idx = self.index.search(binarize(queries), k)
@@ -114,7 +118,7 @@ class QuantizedIndex(Index):
             for row, (query, positions) in enumerate(zip(queries, idx)):
                 valid = positions >= 0
                 rescored[row, valid] = self._decoded(positions[valid]) @ query
-            order = np.argsort(-rescored, axis=1, kind="stable")
+            order = np.lexsort((np.where(idx < 0, len(self), idx), -rescored), axis=1)  # equal scores by position
             scores, idx = np.take_along_axis(rescored, order, 1), np.take_along_axis(idx, order, 1)
         scores, idx = scores[:, :k], np.ascontiguousarray(idx[:, :k])
         scores = np.where(idx < 0, -np.inf, scores).astype(np.float32)  # slots no document reached (Index.search)
