@@ -261,7 +261,8 @@ def atomic_directory(target: str | os.PathLike, kind: str) -> Iterator[Path]:
     it into ``target``.
 
     Entries of ``target`` that the previous save did not write (a user's README, notes, other folders)
-    are never touched unless the new save writes the same name. Entries the previous save wrote and the
+    are never touched: a save that would replace one (a user's own ``config.json`` or ``ids.json``) is refused
+    before anything moves. Entries the previous save wrote and the
     new one does not (a full model replaced by a LoRA adapter) are removed, so the folder never mixes two saves.
     A save of another kind than the previous one is refused (an index saved into a model's folder would
     otherwise remove the model as the previous save's stale entries).
@@ -278,6 +279,7 @@ def atomic_directory(target: str | os.PathLike, kind: str) -> Iterator[Path]:
         try:
             yield scratch
             new = sorted([entry.name for entry in scratch.iterdir()] + [FILES_NAME])
+            check_no_foreign_clash(target, new)
             # "entries" too: an empty folder (sentence-transformers' 2_Normalize) holds no file to list
             atomic_write_json(scratch / FILES_NAME, {"kind": kind, "files": record_files(scratch), "entries": new})
             stale = [name for name in saved_entries(target) if name not in new]
@@ -287,6 +289,18 @@ def atomic_directory(target: str | os.PathLike, kind: str) -> Iterator[Path]:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
         recover(target, announce=False)  # this save's own roll-forward
+
+
+def check_no_foreign_clash(target: Path, names: List[str]) -> None:
+    """Refuse a save whose entries ``names`` would replace ones of ``target`` that no save of ours wrote (none that
+    its ``retrievals_files.json`` lists): the commit replaces same-named entries, so a user's own file of that name
+    (another tool's ``config.json``, a hand-made ``ids.json``) would be lost without a word."""
+    ours = set(saved_entries(target))
+    clashes = sorted(name for name in names if name not in ours
+                     and ((target / name).exists() or (target / name).is_symlink()))
+    if clashes:
+        raise OutputExistsError(f"{target}: holds {', '.join(clashes)}, which this library did not write and this "
+                                "save would replace; save into another folder (or move those files).")
 
 
 _VERIFIED: set = set()  # (path, size, mtime, sha256) of files whose checksum matched: unchanged files are not rehashed

@@ -47,6 +47,14 @@ def test_weight_out_of_range_is_refused(weight):
         rerank_run(Ranker(), CORPUS, QUERIES, FIRST, first_stage_weight=weight)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_first_stage_score_that_is_not_finite_is_refused(bad):
+    # a nan first-stage score made the top k follow the run's dict order: arbitrary candidates, no error
+    first = {"q1": {"d0": 0.9, "d1": bad, "d2": 0.7}}
+    with pytest.raises(UsageError, match=r"run\['q1'\]\['d1'\] is .*: first-stage scores must be finite numbers"):
+        rerank_run(Ranker(), CORPUS, QUERIES, first, top_k=2)
+
+
 def test_cli_flag_is_checked_before_loading(tmp_path, capsys):
     from retrievals.pipelines import evaluate, retrieve
 

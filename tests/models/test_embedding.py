@@ -99,6 +99,25 @@ def test_save_reload_identical(kind, tiny_bert, tiny_qwen, tmp_path):
     assert saved["query_instruction"] == "Instruct: {}\nQuery:" and saved["pooling_method"] == "mean"
 
 
+def test_a_save_never_replaces_a_file_the_library_did_not_write(tiny_bert, tmp_path):
+    # a save replaced same-named entries: saving into another tool's model folder overwrote its config.json and
+    # weights without a word (files of other names are left alone, as before)
+    from retrievals.files import OutputExistsError
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "config.json").write_text('{"their": "model"}')
+    (theirs / "notes.txt").write_text("mine\n")
+    model = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean")
+    with pytest.raises(OutputExistsError, match=r"holds config\.json, which this library did not write"):
+        model.save_pretrained(theirs)
+    assert sorted(p.name for p in theirs.iterdir()) == ["config.json", "notes.txt"]  # nothing written, nothing left
+    assert (theirs / "config.json").read_text() == '{"their": "model"}'
+    (theirs / "config.json").unlink()
+    model.save_pretrained(theirs)
+    model.save_pretrained(theirs)  # over its own save: as before
+    assert (theirs / "notes.txt").read_text() == "mine\n"
+    AutoModelForEmbedding.from_pretrained(str(theirs))
 def test_reads_sentence_transformers_folder(tiny_bert, tmp_path):
     from retrievals.st_format import read_st_settings, write_st_files
 

@@ -186,6 +186,16 @@ def test_a_failed_model_call_is_a_500_that_keeps_its_cause_in_the_log(client, ap
     assert client.post("/v1/embeddings", json={"input": "a text no earlier test sent"}).status_code == 200
 
 
+def test_settings_that_fit_no_text_are_refused_when_the_server_is_built(tiny_qwen):
+    # an LLM reranker whose max_length is under its own prompt answered every request with a 400 telling the
+    # client to "raise max_length", which only the operator can
+    from retrievals.utils import UsageError
+
+    llm = AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm", max_length=8)
+    with pytest.raises(UsageError, match="the served model cannot take any text with its settings: max_length=8"):
+        create_app(None, llm, None, "llm")
+
+
 def test_metrics_and_schema(client):
     client.post("/v1/embeddings", json={"input": ["a", "b"]})
     text = client.get("/metrics").text

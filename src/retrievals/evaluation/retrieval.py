@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Iterable, Mapping
 
 from ..data.io import rank
@@ -59,6 +60,10 @@ def rerank_run(ranker: Any, corpus: Mapping[str, str], queries: Mapping[str, str
     pairs, owners = [], []
     candidates: Dict[str, Dict[str, float]] = {}
     for qid, scores in run.items():
+        # a nan compares false both ways: the candidates kept would follow the run's dict order, not its scores
+        bad = next((doc_id for doc_id, score in scores.items() if not math.isfinite(score)), None)
+        if bad is not None:
+            raise UsageError(f"run[{qid!r}][{bad!r}] is {scores[bad]}: first-stage scores must be finite numbers.")
         best = rank(scores)[:top_k]
         candidates[qid] = {doc_id: scores[doc_id] for doc_id in best}
         if best and qid not in queries:

@@ -11,8 +11,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from ..files import (CorruptFileError, OutputExistsError, atomic_directory, folder_lock, prepare_folder, saved_entries,
-                     verify_files)
+from ..files import CorruptFileError, atomic_directory, folder_lock, prepare_folder, verify_files
 from ..inputs import check_finite, check_same_length, check_top_k
 from ..utils import UsageError
 
@@ -102,7 +101,6 @@ class Index(ABC):
             (scratch / "ids.json").write_text(json.dumps(self.ids, ensure_ascii=False), encoding="utf-8")
             meta = {"backend": self.backend, "size": len(self.ids), "settings": settings, "source": self.source}
             (scratch / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-            _check_no_foreign_clash(Path(path), scratch)  # under the save's lock: refused, the folder is untouched
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Index":
@@ -130,18 +128,6 @@ class Index(ABC):
                                    f"and {META} says {meta.get('size')}; the folder was altered after it was saved.")
         index.source = meta.get("source")
         return index
-
-
-def _check_no_foreign_clash(target: Path, scratch: Path) -> None:
-    """Refuse a save whose files would replace ones of ``target`` that no save of ours wrote (none that its
-    ``retrievals_files.json`` lists): the commit replaces same-named entries, so a user's own ``ids.json`` or
-    another tool's ``index.faiss`` would be lost without a word."""
-    ours = set(saved_entries(target))
-    clashes = sorted(e.name for e in scratch.iterdir() if e.name not in ours
-                     and ((target / e.name).exists() or (target / e.name).is_symlink()))
-    if clashes:
-        raise OutputExistsError(f"{target}: holds {', '.join(clashes)}, which this library did not write and saving "
-                                "the index there would replace; save it into another folder (or move those files).")
 
 
 def _read_json(file: Path) -> Any:

@@ -23,7 +23,7 @@ from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..utils import logger, require
+from ..utils import UsageError, logger, require
 
 require("fastapi", "server")
 
@@ -129,6 +129,20 @@ class Service:
                                    limits.max_wait_ms, limits.stall_s)
         self.metrics = ServerMetrics(self.scheduler.queued_items)
         self.scheduler.on_batch = self.metrics.on_batch
+        self.check_models_take_a_text()
+
+    def check_models_take_a_text(self) -> None:
+        """Settings that leave no room for any text (an LLM reranker's ``max_length`` under its own prompt) fail every
+        request alike, each answered as the client's fault (a 400 telling it to raise ``max_length``): refused when
+        the server is built instead, where the operator reads it."""
+        try:
+            if self.embedder is not None:
+                for is_query in (True, False):
+                    self.embedder.tokenize(["a"], is_query=is_query)
+            if self.reranker is not None:
+                self.reranker.pair_units([("a", "a")])
+        except UsageError as exc:
+            raise UsageError(f"the served model cannot take any text with its settings: {exc}") from None
 
     # ------------------------------------------------------------------ checks
     def check_count(self, count: int, param: str) -> None:
