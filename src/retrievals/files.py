@@ -291,12 +291,18 @@ def atomic_directory(target: str | os.PathLike, kind: str) -> Iterator[Path]:
         recover(target, announce=False)  # this save's own roll-forward
 
 
+def empty_folder(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+
+
 def check_no_foreign_clash(target: Path, names: List[str]) -> None:
     """Refuse a save whose entries ``names`` would replace ones of ``target`` that no save of ours wrote (none that
     its ``retrievals_files.json`` lists): the commit replaces same-named entries, so a user's own file of that name
     (another tool's ``config.json``, a hand-made ``ids.json``) would be lost without a word."""
     ours = set(saved_entries(target))
-    clashes = sorted(name for name in names if name not in ours
+    # an empty folder holds nothing to lose (saves before 2026-12 did not list sentence-transformers' empty
+    # 2_Normalize as theirs)
+    clashes = sorted(name for name in names if name not in ours and not empty_folder(target / name)
                      and ((target / name).exists() or (target / name).is_symlink()))
     if clashes:
         raise OutputExistsError(f"{target}: holds {', '.join(clashes)}, which this library did not write and this "

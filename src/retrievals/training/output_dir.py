@@ -28,7 +28,8 @@ from filelock import FileLock
 
 from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
 
-from ..files import FILES_NAME, JOURNAL_NAME, SCRATCH_PREFIX, atomic_write_json, holding, lock_path, recover, saved_entries
+from ..files import (FILES_NAME, JOURNAL_NAME, SCRATCH_PREFIX, atomic_write_json, empty_folder, holding, lock_path, recover,
+                     saved_entries)
 from ..models.base import CONFIG_NAME
 from ..utils import logger
 from .fingerprint import FINGERPRINT_NAME, describe_changes
@@ -267,16 +268,12 @@ def _check_foreign_folder(folder: Path, entries: List[str], overwrite: bool) -> 
 def _check_clashes(folder: Path, foreign: List[str], why: str) -> None:
     """Refuse when files we did not write carry names a run may write: the save would replace them. An empty folder
     holds nothing to lose (saves before 2026-12 did not list sentence-transformers' empty 2_Normalize as theirs)."""
-    clashes = [e for e in foreign if (_OUR_NAMES.match(e) or e == FILES_NAME) and not _empty_folder(folder / e)]
+    clashes = [e for e in foreign if (_OUR_NAMES.match(e) or e == FILES_NAME) and not empty_folder(folder / e)]
     if clashes:
         raise OutputDirError(
             f"{folder} holds {_listing(clashes)}, which a run would overwrite but which {why}; --overwrite_output_dir "
             "never rewrites files it did not write: move them, or choose another --output_dir."
         )
-
-
-def _empty_folder(path: Path) -> bool:
-    return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
 
 
 def record_written(output_dir: str | Path, *names: str) -> None:
