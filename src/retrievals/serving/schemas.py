@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Literal, Optional, Type, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, create_model, field_validator
 
 from ..utils import UsageError, require
 
@@ -140,6 +140,11 @@ def request_models(limits: ServerLimits, embedder_name: Optional[str], embedding
                 raise UsageError(problem if isinstance(value, str) else f"item {i}: {problem}")
         return value
 
+    def not_a_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # a bool is an int to Python and to pydantic's lax mode, not to JSON
+            raise UsageError("Input should be a valid integer, not a boolean")
+        return value
+
     def no_token_ids(cls, value: Any) -> Any:  # the OpenAI client may send pre-tokenized input: say so, plainly
         if isinstance(value, list) and value and all(isinstance(v, (int, list)) and not isinstance(v, bool) for v in value):
             raise UsageError("token-id input is not supported here: send the text (a string or a list of strings)")
@@ -170,13 +175,15 @@ def request_models(limits: ServerLimits, embedder_name: Optional[str], embedding
         document = create_model("RerankDocument", __config__=config, text=text)
         models["rerank"] = create_model(
             "RerankRequest", __config__=config,
-            __validators__={"_query_unicode": field_validator("query", "documents")(no_surrogates)},
+            __validators__={"_query_unicode": field_validator("query", "documents")(no_surrogates),
+                            "_top_n_not_bool": field_validator("top_n", mode="before")(not_a_bool)},
             query=(str, _checked_text(chars, min_chars=1)),
             documents=(List[Union[str, document]], Field(  # type: ignore[valid-type]
                 description=f"1 to {items} documents, strings or {{text}} objects, each at most {chars} characters",
                 json_schema_extra={"minItems": 1, "maxItems": items})),
-            # strict: lax parsing read "top_n": true as 1 and "return_documents": "yes" as true
-            top_n=(Optional[StrictInt], Field(default=None, ge=1)),
+            # lax parsing read "top_n": true as 1 and "return_documents": "yes" as true; 1.0 stays an integer, as
+            # JSON Schema's "integer" (what /openapi.json declares) has it
+            top_n=(Optional[int], Field(default=None, ge=1)),
             return_documents=(StrictBool, False),
             model=(Optional[Literal[reranker_name]], Field(default=None, description="the served reranker's id")),  # type: ignore[valid-type]
         )
