@@ -552,6 +552,26 @@ def test_bm25_ranks_equal_scores_by_position_for_every_k():
         assert found == sorted(found, key=lambda sp: (-sp[0], sp[1]))
 
 
+def test_sparse_index_ranks_equal_scores_by_position_for_every_k():
+    # its top k is taken by the shared top_k_by_position (it sorted every document per query): equal scores rank by
+    # position, documents sharing no term with the query are not found (None, -inf) whatever k asks
+    import random
+
+    rng = random.Random(0)
+    docs = [{rng.randint(0, 5): float(rng.choice([1, 2])) for _ in range(rng.randint(1, 3))} for _ in range(300)]
+    index = SparseIndex(docs, [f"s{i}" for i in range(len(docs))])
+    queries = [{0: 1.0}, {1: 1.0, 2: 2.0}, {5: 0.5}, {99: 1.0}]
+    full_scores, full = index.search(queries, len(docs))
+    for k in (1, 2, 5, 37, 300):
+        assert index.search(queries, k)[1] == [row[:k] for row in full], k
+        assert [index.search(q, k)[1][0] for q in queries] == [row[:k] for row in full]  # one by one = batched
+    for query, scores, row in zip(queries, full_scores, full):
+        found = [(s, int(d[1:])) for s, d in zip(scores, row) if d is not None]
+        assert found == sorted(found, key=lambda sp: (-sp[0], sp[1]))
+        assert len(found) == sum(1 for doc in docs if set(doc) & set(query))  # only documents sharing a term
+        assert all(s == -np.inf for s, d in zip(scores, row) if d is None)
+
+
 def test_an_ivf_nlist_above_the_vectors_is_a_named_error(data):
     needs("faiss")
     x, ids = data

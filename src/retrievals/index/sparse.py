@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ..utils import UsageError
-from .base import Index
+from .base import Index, top_k_by_position
 
 
 def _term_id(key: Any) -> int:
@@ -108,9 +108,8 @@ class SparseIndex(Index):
                     np.add.at(scores, self.docs[span], weight * self.weights[span])
                     hit[self.docs[span]] = True
             scores[~hit] = -np.inf
-            best = np.argsort(-scores, kind="stable")[:k]
-            out_scores[row] = scores[best]
-            out_ids.append([self.ids[j] if hit[j] else None for j in best])
+            out_scores[row], best = top_k_by_position(scores, k)  # only documents at or above the k-th are sorted
+            out_ids.append([self.ids[j] if j >= 0 else None for j in best])
         return out_scores, out_ids
 
     def stored(self) -> Optional[int]:
