@@ -18,7 +18,9 @@ zero-shot all-MiniLM-L6-v2 among training FAQs), one epoch, batch 32, queries 64
   with ``train_vg.jsonl`` (the back-translated questions of the training FAQs as 852 more queries);
   ``matryoshka_teacher_distill_3ep``: ``matryoshka_distill_3ep`` plus ``--teacher_model`` the results table's fine-tuned
   multilingual-e5-small (``outputs/table/embed_e5``, from ``benchmarks/results_table.py --run embed_e5``) at
-  ``--teacher_temperature 0.02``; ``only64_3ep``: the loss at 64 dimensions only, three epochs (a bound on the first
+  ``--teacher_temperature 0.02``; ``matryoshka_distill_hn64_3ep``: ``matryoshka_distill_3ep``'s recipe on
+  ``train_hn64.jsonl``, whose negatives ``matryoshka_distill_3ep`` itself mined at 64 dimensions
+  (``retrievals.pipelines.build_hn --truncate_dim 64``, see ``MINED``); ``only64_3ep``: the loss at 64 dimensions only, three epochs (a bound on the first
   64 dimensions with this data, not a model that serves 384; see ``MATRYOSHKA``); ``e5_matryoshka_distill``: another
   backbone, multilingual-e5-small at the results table's e5 settings (lr 2e-5, temperature 0.02) with
   ``--matryoshka_distill 1``, one epoch, compared with the results table's plain e5 fine-tune (``E5_PLAIN``).
@@ -88,6 +90,11 @@ MATRYOSHKA = {  # run name: (label in the results, its colour in the PNG, flags 
     "matryoshka_teacher_distill_3ep": ("MiniLM Matryoshka + self-distillation + e5 teacher, 3 epochs", "navy",
                                        ["--matryoshka_distill", "1", "--num_train_epochs", "3", "--teacher_model",
                                         "{teacher}", "--teacher_temperature", "0.02"]),
+    # matryoshka_distill_3ep's recipe on negatives that its own first 64 dimensions confuse (train_hn64.jsonl, MINED):
+    # the small size's errors as the training signal, the 384 trained on them too
+    "matryoshka_distill_hn64_3ep": ("MiniLM Matryoshka + self-distillation, negatives mined at 64, 3 epochs", "gold",
+                                    ["--matryoshka_distill", "1", "--num_train_epochs", "3",
+                                     "--train_data", "{work}/train_hn64.jsonl"]),
     # the loss at 64 dimensions only: how far the first 64 can go with this data (its 384 is not trained)
     "only64_3ep": ("MiniLM trained at 64 only, 3 epochs", "tab:gray", ["--matryoshka_dims", "64", "--num_train_epochs", "3"]),
     # another backbone: multilingual-e5-small (384 dimensions too; this corpus is Portuguese, MiniLM an English
@@ -97,6 +104,11 @@ MATRYOSHKA = {  # run name: (label in the results, its colour in the PNG, flags 
                               ["--model_name_or_path", "{e5}", "--learning_rate", "2e-5", "--temperature", "0.02",
                                "--matryoshka_distill", "1"]),
 }
+# training files mined by a model trained here (the library's build_hn): file: (the miner, build_hn flags). The miner
+# at 64 dimensions ranks train.jsonl's documents; 4 negatives are drawn from each query's ranks 2 to 7 (0-based),
+# close to train.jsonl's (ranks 3 to 6 of zero-shot MiniLM); only one scoring above the weakest positive is dropped
+MINED = {"train_hn64.jsonl": ("matryoshka_distill_3ep", ["--truncate_dim", "64", "--range_for_sampling", "2-8",
+                                                         "--negative_number", "4", "--false_negative_ratio", "1.0"])}
 TEACHER = ROOT / "outputs" / "table" / "embed_e5"  # made by: benchmarks/results_table.py --run embed_e5
 # the plain fine-tune a Matryoshka recipe's 64 dimensions are compared with (truncated to 64), by backbone: the
 # MiniLM one is trained here; e5's is the results table's (the same recipe and split, its negatives mined by e5)
@@ -164,11 +176,30 @@ def fit_pca_afterwards(work: Path) -> Dict[str, Any]:
                        "load_records(train.jsonl), seed=42)", "train_seconds": None}
 
 
+def mine_for(work: Path, cmd: List[str]) -> List[str]:
+    """The build_hn commands that made the ``MINED`` files ``cmd`` trains on (run now where a file is missing; its
+    miner must have been trained: a --models run lists it first)."""
+    made = []
+    for file, (miner, flags) in MINED.items():
+        if str(work / file) not in cmd:
+            continue
+        mining = [sys.executable, "-m", "retrievals.pipelines.build_hn", "--model_name_or_path", str(work / miner),
+                  "--input_file", str(work / "train.jsonl"), "--output_file", str(work / file), *flags]
+        if not (work / file).is_file():
+            if not (work / miner / "retrievals_config.json").is_file():
+                raise SystemExit(f"{file} is mined by {miner}, not trained in {work}: add it to --models before this run")
+            print(f"[mine] {file}: {' '.join(mining)}", flush=True)
+            subprocess.run(mining, check=True, cwd=ROOT)
+        made.append(" ".join(Path(c).name if c == sys.executable else c for c in mining))
+    return made
+
+
 def train(work: Path, names: List[str]) -> Dict[str, Dict[str, Any]]:
     out = {}
     for name, cmd in training_commands(work).items():
         if name not in names:
             continue
+        mined = mine_for(work, cmd)
         if (work / name / "retrievals_config.json").is_file():
             print(f"[train] {name}: already in {work / name}", flush=True)
         else:
@@ -178,7 +209,7 @@ def train(work: Path, names: List[str]) -> Dict[str, Dict[str, Any]]:
             (work / f"{name}.seconds").write_text(f"{time.time() - start:.1f}\n")
         seconds = (work / f"{name}.seconds").read_text().strip() if (work / f"{name}.seconds").is_file() else None
         out[name] = {"command": " ".join(Path(c).name if c == sys.executable else c for c in cmd),
-                     "train_seconds": float(seconds) if seconds else None}
+                     "train_seconds": float(seconds) if seconds else None, **({"mined_by": mined} if mined else {})}
     if POSTHOC_PCA[0] in names:
         out[POSTHOC_PCA[0]] = fit_pca_afterwards(work)
     return out
@@ -270,12 +301,16 @@ def measure(work: Path, trained: Dict[str, Dict[str, Any]], out: Path, vaswani: 
     from retrievals.evaluation.datasets import load_eval_dataset
     from retrievals.models.sparse import SparseEmbedder
 
-    models = {"MiniLM zero-shot": str(fetch("all-MiniLM-L6-v2")), "MiniLM fine-tuned": str(work / "plain"),
+    if not update and not {"plain", "sparse"} <= set(trained):  # the whole table: its hybrids need both
+        raise SystemExit("a measure without --update is the whole table: --models must include plain and sparse")
+    models = {"MiniLM zero-shot": str(fetch("all-MiniLM-L6-v2")),
+              **({"MiniLM fine-tuned": str(work / "plain")} if "plain" in trained else {}),
               **{label: str(work / name) for name, (label, _, _) in MATRYOSHKA.items() if name in trained},
               **({POSTHOC_PCA[1]: str(work / POSTHOC_PCA[0])} if POSTHOC_PCA[0] in trained else {}),
               **({E5_PLAIN[0]: str(E5_PLAIN[1])} if any(plain_of(MATRYOSHKA[n][0]) == E5_PLAIN[0]
                                                         for n in trained if n in MATRYOSHKA) else {}),
-              "SPLADE-tiny zero-shot": str(fetch("splade-tiny")), "SPLADE-tiny fine-tuned": str(work / "sparse")}
+              "SPLADE-tiny zero-shot": str(fetch("splade-tiny")),
+              **({"SPLADE-tiny fine-tuned": str(work / "sparse")} if "sparse" in trained else {})}
     rows: List[Dict[str, Any]] = []
     for dname, data in (("aia-bde", load_eval_dataset("aia-bde")), ("vaswani", load_eval_dataset(vaswani))):
         doc_ids, query_ids = list(data.corpus), list(data.queries)
@@ -322,6 +357,8 @@ def measure(work: Path, trained: Dict[str, Dict[str, Any]], out: Path, vaswani: 
                     queries, kind="dense", model=name, dim=int(docs.shape[1]), encoding=index_type,
                     rescore_multiplier=rescore, rescore_with=rescore_with)
         for first, second in (("SPLADE-tiny fine-tuned", "MiniLM fine-tuned"), ("BM25", "MiniLM fine-tuned")):
+            if first not in runs or second not in runs:  # an --update without plain or sparse keeps these rows
+                continue
             add(f"hybrid {first} + {second} (rrf)", None, None, kind="hybrid",
                 run=reciprocal_rank_fusion([runs[first], runs[second]], top_k=100))
             add(f"hybrid {first} + {second} (weighted 1:1)", None, None, kind="hybrid",
@@ -450,8 +487,9 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "compact_sparse.json"))
     p.add_argument("--vaswani", default=str(ROOT.parent / "shared" / "data" / "vaswani"))
     p.add_argument("--update", action="store_true",
-                   help="Replace only the rows measured now (the --models given, the zero-shot models, BM25 and the "
-                        "hybrids) in --out, keeping its other rows, each with the date it was measured.")
+                   help="Replace only the rows measured now (the --models given, the zero-shot models, BM25 and, "
+                        "where plain and sparse are among --models, the hybrids) in --out, keeping its other rows, "
+                        "each with the date it was measured.")
     opts = p.parse_args()
     work = Path(opts.work)
     work.mkdir(parents=True, exist_ok=True)
