@@ -362,10 +362,11 @@ class OutputExistsError(FileExistsError):
 
 
 def check_new_output(path: str | os.PathLike, overwrite: bool, flag: str = "--overwrite",
-                     inputs: Dict[str, Optional[str | os.PathLike]] | None = None) -> Path:
+                     inputs: Dict[str, Any] | None = None) -> Path:
     """``path`` as a Path when it may be written: absent, or present with ``overwrite`` (the user named it); never
-    one of ``inputs`` (``{flag: path}``: the files the run reads), even with ``overwrite``; and checked before any
-    work: a folder on the way that is a file would otherwise fail only when the results are written."""
+    one of ``inputs`` (``{flag: path or list of paths}``: the files and folders the run reads; an existing file
+    inside such a folder counts as read), even with ``overwrite``; and checked before any work: a folder on the way
+    that is a file would otherwise fail only when the results are written."""
     path = Path(path)
     if path.is_dir():
         raise OutputExistsError(f"{path}: is a folder; expected an output file path.")
@@ -375,9 +376,14 @@ def check_new_output(path: str | os.PathLike, overwrite: bool, flag: str = "--ov
                 raise OutputExistsError(f"{path}: {parent} is a file, so nothing can be written under it.")
             break
     if path.exists():
-        for name, source in (inputs or {}).items():
-            if source and Path(source).exists() and Path(source).resolve() == path.resolve():
-                raise OutputExistsError(f"{path}: is the {name} this run reads; write the output to another file.")
+        for name, given in (inputs or {}).items():
+            for source in (given if isinstance(given, (list, tuple)) else [given]):
+                if not source or not Path(source).exists():
+                    continue
+                source = Path(source).resolve()
+                if source == path.resolve() or (source.is_dir() and source in path.resolve().parents):
+                    raise OutputExistsError(f"{path}: is {'the' if source == path.resolve() else 'in the'} {name} this "
+                                            "run reads; write the output to another file.")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} exists; pass {flag} to replace it, or choose another path.")
     return path

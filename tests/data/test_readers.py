@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from retrievals.data.readers import DataError, load_records
+from retrievals.utils import UsageError
 from retrievals.data.io import read_jsonl_texts, read_qrels, read_trec_run, write_trec_run
 from retrievals.evaluation.metrics import evaluate_run, rank
 from retrievals.pipelines.build_hn import read_pool
@@ -317,3 +318,63 @@ def test_a_lone_surrogate_in_a_record_is_a_data_error_naming_line_and_field(tmp_
         load_records(str(file))
     file.write_text('{"query": "caf\\u00e9 \\ud83d\\ude00", "positive": "p"}\n')  # a surrogate pair is one character
     assert load_records(str(file))[0].query == "café 😀"
+
+
+# ---------------------------------------------------------------- break-it review (2026-12-02)
+
+
+def test_data_suffixes_are_read_in_any_case_and_ndjson_is_json_lines(tmp_path):
+    # c.JSONL and c.ndjson were read as plain text by --do_encode: the raw JSON lines were embedded
+    for name in ("c.JSONL", "c.ndjson", "c.Jsonl"):
+        (tmp_path / name).write_text('{"text": "hello"}\n{"text": "world"}\n', encoding="utf-8")
+        assert read_texts(str(tmp_path / name), "text") == ["hello", "world"], name
+    (tmp_path / "A.JSON").write_text('[\n {"query": "a", "positive": "p"}\n]\n', encoding="utf-8")
+    assert [r.query for r in load_records(str(tmp_path / "A.JSON"))] == ["a"]  # an array, not JSON Lines
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "x.NDJSON").write_text('{"query": "x", "positive": "p"}\n', encoding="utf-8")
+    assert [r.query for r in load_records(str(folder))] == ["x"]
+
+
+def test_an_empty_data_path_is_refused_not_read_as_the_working_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "stray.jsonl").write_text('{"query": "stray", "positive": "p"}\n', encoding="utf-8")
+    for source in ("", "  ", [""]):
+        with pytest.raises(DataError, match="an empty data path"):
+            load_records(source)
+
+
+def test_the_three_keys_must_name_different_fields(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"query": "what", "positive": "ans", "negative": ["n"]}\n', encoding="utf-8")
+    for keys in ({"positive_key": "query"}, {"negative_key": "query"}, {"negative_key": "positive"}):
+        with pytest.raises(UsageError, match="must name different fields"):
+            load_records(str(path), **keys)  # every positive was its own query, or the query its own negative
+    assert load_records(str(path), negative_key=None)[0].negatives == []
+
+
+def test_a_missing_negative_field_is_named_with_the_fields_found(tmp_path):
+    path = tmp_path / "typo.jsonl"
+    path.write_text('{"query": "q1", "positive": "p1", "negatives": ["n1", "n2"]}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"typo.jsonl:1: field 'negative' is missing \(found fields: \['negatives', "
+                                        r"'positive', 'query'\]\) but train_group_size needs 1"):
+        load_records(str(path), min_negatives=1)
+    path.write_text('{"query": "q1", "positive": "p1", "negative": []}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="field 'negative' is empty but --eval_data needs them"):
+        load_records(str(path), min_negatives=1, needed_for="--eval_data needs them")
+
+
+def test_fields_not_read_are_named_once(tmp_path, caplog):
+    path = tmp_path / "fe.jsonl"
+    path.write_text('{"query": "a", "pos": ["p"], "positive": "p", "neg_scores": [0.1]}\n'
+                    '{"query": "b", "positive": "p", "neg_scores": [0.2], "prompt": "x"}\n', encoding="utf-8")
+    with caplog.at_level("WARNING", logger="retrievals"):
+        load_records(str(path))
+    warnings = [r.getMessage() for r in caplog.records if "fields not read" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "'pos' (first at" in warnings[0] and "'neg_scores' (first at" in warnings[0] and "fe.jsonl:2" in warnings[0]
+    caplog.clear()
+    path.write_text('{"query": "a", "pos": ["p"], "positive": "p"}\n', encoding="utf-8")
+    with caplog.at_level("WARNING", logger="retrievals"):
+        load_records(str(path), positive_key="pos")
+    assert "'positive' (first at" in caplog.text and "'pos' (" not in caplog.text

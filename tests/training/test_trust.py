@@ -15,6 +15,7 @@ from retrievals import AutoModelForEmbedding
 from retrievals.files import FILES_NAME, JOURNAL_NAME, SCRATCH_PREFIX
 from retrievals.pipelines import build_hn, embed, evaluate, retrieve
 from retrievals.training.output_dir import MANIFEST_NAME
+from retrievals.utils import UsageError
 
 from ..conftest import corpus_lines
 from ..training.test_training import Killed, cli, kill_at_step
@@ -342,6 +343,20 @@ def test_nan_weights_fail_loudly_and_keep_the_good_model(tiny_bert, train_file, 
     (("--lora_dropout", "1.5"), "--lora_dropout must be in [0, 1)"),
     (("--learning_rate", "0"), "--learning_rate must be > 0"),
     (("--num_train_epochs", "0"), "--num_train_epochs must be > 0"),
+    # transformers' own numbers: inf epochs overflowed after the model loaded; a nan rate, decay or clip norm trained
+    # the whole run into nan weights; a negative decay grew the weights; numpy refused the seed after the folder was set
+    (("--num_train_epochs", "inf"), "--num_train_epochs must be a finite number > 0, got inf"),
+    (("--learning_rate", "inf"), "--learning_rate must be a finite number > 0, got inf"),
+    (("--warmup_steps", "inf"), "--warmup_steps must be a finite number >= 0, got inf"),
+    (("--weight_decay", "nan"), "--weight_decay must be a finite number >= 0, got nan"),
+    (("--weight_decay", "-1"), "--weight_decay must be a finite number >= 0, got -1.0"),
+    (("--max_grad_norm", "nan"), "--max_grad_norm must be a finite number >= 0, got nan"),
+    (("--adam_epsilon", "nan"), "--adam_epsilon must be a finite number > 0, got nan"),
+    (("--adam_beta1", "2"), "--adam_beta1 must be in [0, 1), got 2.0"),
+    (("--seed", "-1"), "--seed must be in [0, 2**32), got -1"),
+    (("--seed", "4294967296"), "--seed must be in [0, 2**32), got 4294967296"),
+    (("--trian_data", "x"), "--trian_data: did you mean --train_data?"),  # was transformers' ValueError traceback
+    (("--logging_steps", "0"), "requires non-zero --logging_steps"),  # transformers' own check: one line, exit 2
 ])
 def test_numeric_flags_checked_before_loading(flags, named, tiny_bert, train_file, tmp_path, capsys):
     out = tmp_path / "out"
@@ -349,6 +364,49 @@ def test_numeric_flags_checked_before_loading(flags, named, tiny_bert, train_fil
     assert embed.main(cli(tiny_bert, train_file, out, *flags)) == 2
     assert named in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_mistyped_model_path_fails_before_the_output_folder_is_touched(tiny_bert, train_file, tmp_path, capsys):
+    # --overwrite_output_dir with a wrong --model_name_or_path retired the finished run's checkpoints and marked it
+    # running before the path was checked, so no training happened and the next run needed no --overwrite_output_dir
+    out = tmp_path / "out"
+    assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1")) == 0
+    capsys.readouterr()
+    before = snapshot(out)
+    assert any(name.startswith("checkpoint-") for name in before)
+    assert embed.main(cli(str(tmp_path / "nomodl"), train_file, out, "--overwrite_output_dir")) == 2
+    assert "nomodl: no such model folder" in capsys.readouterr().err
+    assert snapshot(out) == before
+
+
+def test_eval_records_without_negatives_are_refused_before_loading(tiny_bert, train_file, tmp_path, capsys):
+    # their positives ranked first among themselves: every model scored 1.0, and the best checkpoint was arbitrary
+    eval_file = tmp_path / "eval.jsonl"
+    eval_file.write_text('{"query": "q1", "positive": "p1", "negative": ["n1"]}\n{"query": "q2", "positive": ["p2", "p3"]}\n')
+    out = tmp_path / "out"
+    assert embed.main(cli(tiny_bert, train_file, out, "--eval_data", str(eval_file), "--eval_strategy", "steps")) == 2
+    err = capsys.readouterr().err
+    assert "eval.jsonl:2: field 'negative' is missing" in err and "any model scores 1.0" in err
+    assert not out.exists()
+    from retrievals.data import load_records
+    from retrievals.evaluation import evaluate_reranking
+
+    records = load_records(str(eval_file))
+    with pytest.raises(UsageError, match="eval.jsonl:2: no negatives to rank its positives among"):
+        evaluate_reranking(AutoModelForEmbedding.from_pretrained(tiny_bert), records)
+
+
+def test_encode_output_never_replaces_the_training_or_eval_data(tiny_bert, train_file, tmp_path, capsys):
+    # --overwrite_output_dir (given to retrain) let --encode_output replace the training file with the vectors' bytes
+    data = tmp_path / "corpus.txt"
+    data.write_text("\n".join(TEXTS) + "\n")
+    before = Path(train_file).read_bytes()
+    for target in (train_file, str(Path(train_file).parent)):  # the file, or a file inside a --train_data folder
+        argv = cli(tiny_bert, target, tmp_path / "o", "--overwrite_output_dir", "--do_encode", "--encode_data", str(data),
+                   "--encode_output", train_file)
+        assert embed.main(argv) == 2
+        assert "this run reads; write the output to another file" in capsys.readouterr().err
+    assert Path(train_file).read_bytes() == before and not (tmp_path / "o").exists()
 
 
 def test_rerank_flags_checked(tiny_bert, train_file, tmp_path, capsys):
@@ -359,6 +417,10 @@ def test_rerank_flags_checked(tiny_bert, train_file, tmp_path, capsys):
     assert "--temperature must be a finite number > 0, got 0.0" in capsys.readouterr().err
     assert rerank.main(base + ["--margin", "0.3"]) == 2
     assert "--margin does not apply to --loss_fn ce" in capsys.readouterr().err
+    # a reranker's input is the pair: --document_max_length 128 was dropped for --max_length 512, silently
+    assert rerank.main(base + ["--max_length", "512", "--document_max_length", "128"]) == 2
+    assert "--max_length 512 and --document_max_length 128: a reranker reads query and document as one input" in \
+        capsys.readouterr().err
     # one candidate per query and no in-batch ones: every label is the positive's (bce learned to score all high)
     for loss in ("bce", "CE"):
         assert rerank.main(base + ["--loss_fn", loss, "--train_group_size", "1"]) == 2

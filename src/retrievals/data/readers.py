@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from ..utils import logger
+from ..utils import UsageError, logger
 
 Source = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]], Any]
 
@@ -116,7 +116,7 @@ def iter_json_objects(path: Union[str, os.PathLike]) -> Iterator[Tuple[str, Any]
     (``file:line`` or ``file: item i``) is what error messages name."""
     path = Path(path)
     text = read_text(path)
-    if path.suffix == ".json":
+    if path.suffix.lower() == ".json":
         # The first character decides: "[" is a JSON array, and its errors are reported as such (where
         # it breaks), never retried as JSON Lines; otherwise one JSON object, else JSON Lines saved as .json.
         if re.match(r"[ \t\r\n]*\[", text):  # JSON's whitespace; no copy of a large file
@@ -168,10 +168,18 @@ def _is_broken_object(text: str) -> bool:
     return False
 
 
-DATA_SUFFIXES = (".jsonl", ".json")
+DATA_SUFFIXES = (".jsonl", ".json", ".ndjson")  # compared lower-cased: DATA.JSONL is JSON Lines too
+
+
+def is_json_file(path: Union[str, os.PathLike]) -> bool:
+    """Whether ``path`` is read as JSON / JSON Lines (by its suffix, any case); other files are plain text to the
+    readers that take both (``c.JSONL`` was embedded as raw JSON lines)."""
+    return Path(path).suffix.lower() in DATA_SUFFIXES
 
 
 def _files(source: Union[str, os.PathLike]) -> List[Path]:
+    if not str(source).strip():  # Path("") is ".": every .jsonl under the working folder became training data
+        raise DataError("an empty data path; name the JSONL/JSON files or folders to read.")
     path = Path(source)
     if path.is_dir():
         # Hidden files and folders (.ipynb_checkpoints/, .DS_Store, .git/) are never data: skipped silently.
@@ -180,12 +188,12 @@ def _files(source: Union[str, os.PathLike]) -> List[Path]:
         for p in sorted(path.rglob("*")):
             if not p.is_file() or any(part.startswith(".") for part in p.relative_to(path).parts):
                 continue
-            (files if p.suffix in DATA_SUFFIXES else skipped).append(p)
+            (files if is_json_file(p) else skipped).append(p)
         if skipped:
             names = ", ".join(str(p.relative_to(path)) for p in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
-            logger.warning(f"{path}: skipping {len(skipped)} file(s) that are not .jsonl or .json: {names}")
+            logger.warning(f"{path}: skipping {len(skipped)} file(s) that are not .jsonl, .json or .ndjson: {names}")
         if not files:
-            raise DataError(f"{path}: folder has no .jsonl or .json files.")
+            raise DataError(f"{path}: folder has no .jsonl, .json or .ndjson files.")
         return files
     if not path.exists():
         raise DataError(f"{path}: no such file or folder.")
@@ -213,21 +221,33 @@ def load_records(
     positive_key: str = "positive",
     negative_key: Optional[str] = "negative",
     min_negatives: int = 0,
+    needed_for: str = "",
 ) -> List[Record]:
     """Read and validate every record before training starts.
 
     ``min_negatives`` > 0 requires each record to have negatives (needed when the training group
-    holds hard negatives); the error names the first record without. A negative whose text is one of its record's
-    positives is dropped, with one warning for the whole source (a positive scored as its own query's negative
-    would hold even a perfect model's loss above zero); a record then shorter than the group samples its
-    remaining negatives with repeats, as any short record does, and one left with none is the error above.
+    holds hard negatives; ``needed_for`` says why in the error, by default the training group); the error names the
+    first record without, and whether its field is missing (listing the fields it has) or empty. A negative whose
+    text is one of its record's positives is dropped, with one warning for the whole source (a positive scored as its
+    own query's negative would hold even a perfect model's loss above zero); a record then shorter than the group
+    samples its remaining negatives with repeats, as any short record does, and one left with none is the error
+    above. Fields other than the three keys are not read: one warning names them (``pos_scores`` / ``neg_scores``
+    of other tools' distillation data are not teacher scores here).
     """
+    keys = [k for k in (query_key, positive_key, negative_key) if k]
+    if len(set(keys)) < len(keys):  # positive_key == query_key made every positive its own query, silently
+        raise UsageError(f"--query_key {query_key!r}, --positive_key {positive_key!r} and --negative_key "
+                         f"{negative_key!r} must name different fields.")
     records = []
+    ignored: Dict[str, str] = {}  # field name: where it was first seen
     first_seen: Dict[str, str] = {}
     duplicates: List[Tuple[str, str, str]] = []  # (query, first origin, repeated origin)
     dropped: List[Tuple[str, int]] = []  # (origin, negatives dropped there)
     for where, obj in iter_raw(source):
         record = parse_record(obj, where, query_key, positive_key, negative_key)
+        for name in obj:
+            if name not in keys:
+                ignored.setdefault(name, where)
         positives = set(record.positives)
         kept = [text for text in record.negatives if text not in positives]
         removed = len(record.negatives) - len(kept)
@@ -236,16 +256,19 @@ def load_records(
             record.negatives = kept
         if min_negatives and not record.negatives:
             also = f" once its {removed} negative(s) equal to a positive are dropped" if removed else ""
-            raise DataError(
-                f"{where}: field '{negative_key}' is empty{also} but train_group_size needs {min_negatives} negative(s) "
-                "per query; add hard negatives or use --train_group_size 1."
-            )
+            state = (f"is missing (found fields: {sorted(obj)})" if negative_key not in obj else f"is empty{also}")
+            why = needed_for or (f"train_group_size needs {min_negatives} negative(s) per query; add hard negatives "
+                                 "or use --train_group_size 1")
+            raise DataError(f"{where}: field '{negative_key}' {state} but {why}.")
         if record.query in first_seen:
             duplicates.append((record.query, first_seen[record.query], where))
         first_seen.setdefault(record.query, where)
         records.append(record)
     if not records:
         raise DataError(f"{source}: no records found.")
+    if ignored:
+        logger.warning("fields not read (only %s are): %s", ", ".join(repr(k) for k in keys),
+                       ", ".join(f"'{name}' (first at {where})" for name, where in list(ignored.items())[:8]))
     if dropped:
         _warn_positive_negatives(dropped)
     if duplicates:

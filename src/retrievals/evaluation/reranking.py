@@ -8,6 +8,7 @@ import numpy as np
 
 from ..data.readers import Record
 from ..inputs import as_texts
+from ..utils import UsageError
 from .metrics import check_k_values, evaluate_run
 
 
@@ -29,12 +30,16 @@ def evaluate_reranking(model: Any, records: Iterable[Record], k_values: Iterable
 
     Works for embedders and rerankers alike; the query's whole candidate list is ranked, so MAP is
     over all candidates. Ties count against the positives: a model that scores a positive and a negative alike has
-    not ranked the positive first.
+    not ranked the positive first. A record without negatives is refused: its positives would rank first whatever
+    the model scores (1.0 for every model).
     """
     k_values = check_k_values(k_values)
     run: Dict[str, Dict[str, float]] = {}
     qrels: Dict[str, Dict[str, int]] = {}
     for i, record in enumerate(records):
+        if not record.negatives:
+            raise UsageError(f"{getattr(record, 'origin', None) or f'record {i}'}: no negatives to rank its positives "
+                             "among; every model would score 1.0 on it.")
         docs = list(record.positives) + list(record.negatives)
         # ties are broken by doc id, descending (metrics.rank): every negative's id sorts above every positive's
         ids = [f"a{j}" for j in range(len(record.positives))] + [f"b{j}" for j in range(len(record.negatives))]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import sys
 from typing import Any, Callable, List, Optional, Sequence
@@ -19,12 +20,36 @@ USER_ERRORS = (DataError, UsageError, OutputDirError, FileNotFoundError, OutputE
                NonFiniteWeightsError)
 
 
+def unknown_flags(unknown: List[str], parser: Any) -> str:
+    """The message for arguments no flag takes, with the closest flags for each mistyped one.
+
+    >>> import argparse
+    >>> p = argparse.ArgumentParser(); _ = p.add_argument("--train_data"); _ = p.add_argument("--eval_data")
+    >>> unknown_flags(["--trian_data", "x"], p)
+    'unknown argument(s) --trian_data x: --trian_data: did you mean --train_data?'
+    """
+    # one spelling per flag: HfArgumentParser adds --train-data beside --train_data
+    known = list(dict.fromkeys(o.replace("-", "_").replace("__", "--", 1) for a in parser._actions for o in a.option_strings if o.startswith("--")))
+    hints = []
+    for arg in unknown:
+        if arg.startswith("--"):
+            close = difflib.get_close_matches(arg.split("=")[0], known, n=2, cutoff=0.75)
+            hints.append(f"{arg.split('=')[0]}: " + (f"did you mean {' or '.join(close)}?" if close else "no such flag"))
+    return f"unknown argument(s) {' '.join(unknown)}" + (f": {'; '.join(hints)}" if hints else "; see --help")
+
+
 def run_cli(arg_classes: Sequence[type], body: Callable[..., Any], argv: Optional[List[str]] = None) -> int:
     """Parse ``argv`` into ``arg_classes`` and call ``body(*parsed)``; a user error prints
     ``error: <message>`` (naming file, line and field where it can) and returns 2."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    parser = HfArgumentParser(tuple(arg_classes))
     try:
-        parsed = HfArgumentParser(tuple(arg_classes)).parse_args_into_dataclasses(args=argv)
+        try:
+            *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        except ValueError as exc:  # transformers' own checks of its flags (--logging_steps 0 with steps logging, ...)
+            raise UsageError(str(exc)) from None
+        if unknown:  # was transformers' ValueError traceback naming no flag it may have meant
+            raise UsageError(unknown_flags(unknown, parser))
         body(*parsed)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..data import EmbeddingCollator
 from ..files import atomic_write_bytes, check_new_output
-from ..data.readers import DataError, Record, iter_lines, iter_raw
+from ..data.readers import DataError, Record, is_json_file, iter_lines, iter_raw
 from ..losses import EMBEDDING_LOSSES, FlopsRegularizedLoss, MatryoshkaLoss, loss_from_args
 from ..models.embedding import AutoModelForEmbedding
 from ..models.base import saved_model_type
@@ -162,7 +162,7 @@ def read_texts(path: str, key: str) -> List[str]:
     file = Path(path)
     if not file.is_file():
         raise DataError(f"{file}: no such file.")
-    if file.suffix not in {".jsonl", ".json"}:  # one text, one row: a blank line would shift every later row
+    if not is_json_file(file):  # one text, one row: a blank line would shift every later row
         lines = list(iter_lines(file))
         if lines and not lines[-1][1]:
             lines.pop()  # the file's final newline
@@ -192,13 +192,18 @@ def encode(model: AutoModelForEmbedding, enc: EncodeArguments, output_dir: str, 
     return out
 
 
-def encode_output_path(enc: EncodeArguments, output_dir: str, overwrite: bool) -> Path:
+def encode_output_path(enc: EncodeArguments, output_dir: str, overwrite: bool,
+                       data_args: Optional[DataArguments] = None) -> Path:
     """Where ``--do_encode`` writes, checked before any model loads: an existing file is replaced only with
-    ``--overwrite_output_dir``."""
+    ``--overwrite_output_dir``, and never one the run reads (``--overwrite_output_dir``, often given just to retrain,
+    let ``--encode_output`` replace the training data with the vectors)."""
     if not enc.encode_data:
         raise DataError("--do_encode needs --encode_data (a .txt or .jsonl file).")
+    reads = {"--encode_data": enc.encode_data}
+    if data_args is not None:
+        reads.update({"--train_data": data_args.train_data, "--eval_data": data_args.eval_data})
     return check_new_output(enc.encode_output or Path(output_dir) / "embeddings.npy", overwrite, "--overwrite_output_dir",
-                            inputs={"--encode_data": enc.encode_data})
+                            inputs=reads)
 
 
 def check_tasks(data_args: DataArguments, args: RetrievalTrainingArguments, enc: EncodeArguments) -> None:
@@ -226,7 +231,7 @@ def _main(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
     if unused:  # a flag that would be silently ignored is an error
         raise UsageError(f"{' and '.join(unused)} apply to training (--do_train --train_data ...); this run only encodes.")
     if enc.do_encode:  # before training: a refused output must not cost a training run
-        encoded = encode_output_path(enc, args.output_dir, args.overwrite_output_dir)
+        encoded = encode_output_path(enc, args.output_dir, args.overwrite_output_dir, data_args)
     if training:
         model = train(model_args, data_args, args)
         if enc.do_encode and args.process_index == 0 and encoded.resolve().parent == Path(args.output_dir).resolve():

@@ -80,6 +80,10 @@ def model_settings(model_args: RerankModelArguments, data_args: DataArguments, k
     not have is refused (checked before anything loads)."""
     cls = RANKERS[kind]
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    given = (data_args.max_length, data_args.document_max_length)
+    if None not in given and given[0] != given[1]:  # 128 was dropped for 512 silently (embedders take the opposite)
+        raise UsageError(f"--max_length {given[0]} and --document_max_length {given[1]}: a reranker reads query and "
+                         "document as one input, whose length either flag sets; pass one.")
     settings = {
         "query_instruction": unescape_cli(model_args.query_instruction),
         "document_instruction": unescape_cli(model_args.document_instruction),

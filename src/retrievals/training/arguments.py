@@ -154,6 +154,23 @@ class RetrievalTrainingArguments(TrainingArguments):
             raise UsageError(f"--num_train_epochs must be > 0, got {self.num_train_epochs}.")
         if not self.learning_rate > 0:
             raise UsageError(f"--learning_rate must be > 0, got {self.learning_rate}; the model would learn nothing.")
+        # transformers' own flags: inf epochs overflowed after the model loaded, a nan learning rate, weight decay or
+        # gradient norm trained the whole run into nan weights (refused only at the first save), and a negative
+        # weight decay grew the weights instead
+        for flag, value, positive in (("--learning_rate", self.learning_rate, True),
+                                      ("--num_train_epochs", self.num_train_epochs, True),
+                                      ("--warmup_steps", self.warmup_steps, False),
+                                      ("--weight_decay", self.weight_decay, False),
+                                      ("--max_grad_norm", self.max_grad_norm, False),
+                                      ("--adam_epsilon", self.adam_epsilon, True)):
+            if value is not None:
+                finite_number(flag, value, positive=positive)
+        for flag, value in (("--adam_beta1", self.adam_beta1), ("--adam_beta2", self.adam_beta2)):
+            if not 0 <= value < 1:  # torch's optimizer refuses them only at its construction, after the model loaded
+                raise UsageError(f"{flag} must be in [0, 1), got {value}.")
+        for flag, value in (("--seed", self.seed), ("--data_seed", self.data_seed)):
+            if value is not None and not 0 <= value < 2**32:  # numpy's generator refused it after the folder was set up
+                raise UsageError(f"{flag} must be in [0, 2**32), got {value}.")
         if self.temperature is not None:  # inf: every score 0, no gradient
             finite_number("--temperature", self.temperature, positive=True)
         if self.negatives_cross_device and not self.use_inbatch_neg:

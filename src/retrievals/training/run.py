@@ -15,7 +15,7 @@ from transformers import set_seed
 from ..data import TextIdsCollator, TrainDataset, load_records
 from ..data.readers import DataError
 from ..losses.base import TEXT_IDS
-from ..models.base import is_lora_dir
+from ..models.base import check_model_path, is_lora_dir
 from ..utils import UsageError, logger
 from ..distributed import world
 from .arguments import DataArguments, RetrievalTrainingArguments
@@ -41,6 +41,8 @@ def run_training(
     ``build_model`` and ``make_collator`` get the validated training records (for what is made from the data: a start
     such as ``--pca_rotation``, a teacher's vectors of the training texts). ``settings`` (the pipeline's model and data arguments) go into the run's fingerprint with the
     data, the base model's weights and the training settings that change the result."""
+    if model_path:  # a mistyped path must fail before the output folder is settled (an overwrite retires checkpoints)
+        check_model_path(model_path)
     check_adapter_trains(model_path, settings)
     check_weights(args, settings, model_path)
     check_evaluation(data_args, args)
@@ -51,8 +53,10 @@ def run_training(
         data_args.train_data, data_args.query_key, data_args.positive_key, data_args.negative_key,
         min_negatives=data_args.train_group_size - 1,
     )
-    eval_records = (
-        load_records(data_args.eval_data, data_args.query_key, data_args.positive_key, data_args.negative_key)
+    eval_records = (  # each record's positives ranked among its negatives: without any, every model scored 1.0
+        load_records(data_args.eval_data, data_args.query_key, data_args.positive_key, data_args.negative_key,
+                     min_negatives=1, needed_for="--eval_data ranks each record's positives among its negatives (with "
+                     "none, any model scores 1.0); add negatives to the record or leave it out")
         if data_args.eval_data else None
     )
     dataset = TrainDataset(records, data_args.train_group_size, args.seed, data_args.unfold_each_positive)
