@@ -61,7 +61,8 @@ def test_bad_input_names_file_line_field(tmp_path, line, message):
 
 def test_missing_negatives_when_group_needs_them(tmp_path):
     f = write(tmp_path / "d.jsonl", [json.dumps({"query": "q", "positive": "p"})])
-    with pytest.raises(DataError, match=r"d.jsonl:1: field 'negative' is empty but train_group_size"):
+    with pytest.raises(DataError, match=r"d.jsonl:1: field 'negative' is missing \(found fields: \['positive', 'query'\]\) "
+                                        r"but train_group_size"):
         load_records(f, min_negatives=1)
 
 

@@ -330,7 +330,7 @@ def test_cli_bad_input(tiny_bert, train_file, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "q", "positive": "p", "negative": ["n"]}\n{"query": "q2", "positive": ["p2"]}\n')
     assert rerank_cli.main(_cli(tiny_bert, str(bad), out, "--train_group_size", "3")) == 2
-    assert "bad.jsonl:2: field 'negative' is empty" in capsys.readouterr().err
+    assert "bad.jsonl:2: field 'negative' is missing (found fields: ['positive', 'query'])" in capsys.readouterr().err
     assert rerank_cli.main(_cli(tiny_bert, train_file, out, "--loss_fn", "hinge")) == 2
     assert "choose one of ['bce', 'ce']" in capsys.readouterr().err
     assert rerank_cli.main(_cli(tiny_bert, train_file, out, "--model_type", "cross-encoder", "--use_inbatch_neg", "true")) == 2
