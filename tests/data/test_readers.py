@@ -378,3 +378,50 @@ def test_fields_not_read_are_named_once(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="retrievals"):
         load_records(str(path), positive_key="pos")
     assert "'positive' (first at" in caplog.text and "'pos' (" not in caplog.text
+
+
+def test_a_key_repeated_in_one_object_is_named(tmp_path):
+    # json keeps the last value: {"query": "a", ..., "query": "b"} trained on "b", silently
+    for name, text, where in (("d.jsonl", '{"query": "a", "positive": "p"}\n{"query": "a", "positive": "p", "query": "b"}\n', "d.jsonl:2"),
+                              ("d.json", '[{"query": "a", "positive": "p", "positive": "q"}]', "d.json"),
+                              ("o.json", '{"query": "a",\n "positive": "p", "positive": "q"}', "o.json")):
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        with pytest.raises(DataError, match=rf"{where}: field '(query|positive)' appears twice in one object"):
+            load_records(str(tmp_path / name))
+    (tmp_path / "n.jsonl").write_text('{"query": "a", "positive": "p", "meta": {"x": 1}, "other": {"x": 2}}\n', encoding="utf-8")
+    assert load_records(str(tmp_path / "n.jsonl"))[0].query == "a"  # the same key in two objects is fine
+
+
+def test_a_data_file_named_twice_is_refused(tmp_path):
+    # --train_data a.jsonl a.jsonl (or a folder and a file in it) doubled every record silently
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text('{"query": "a", "positive": "p"}\n', encoding="utf-8")
+    (folder / "b.jsonl").write_text('{"query": "b", "positive": "p"}\n', encoding="utf-8")
+    for source in ([str(folder / "a.jsonl"), str(folder / "a.jsonl")], [str(folder), str(folder / "b.jsonl")]):
+        with pytest.raises(DataError, match="read twice"):
+            load_records(source)
+    assert [r.query for r in load_records([str(folder / "b.jsonl"), str(folder / "a.jsonl")])] == ["b", "a"]
+    for bad in (None, 5, b"x.jsonl"):
+        with pytest.raises(TypeError, match="data source must be a path"):
+            load_records(bad)
+
+
+def test_trec_run_lines_repeated_or_not_finite_are_named(tmp_path):
+    path = tmp_path / "r.trec"
+    path.write_text("q1 Q0 d1 1 2.0 t\nq1 Q0 d1 2 0.1 t\n")
+    with pytest.raises(DataError, match=r"r.trec:2: document 'd1' is listed twice for query 'q1'"):
+        read_trec_run(path)
+    for score in ("nan", "inf", "-inf"):
+        path.write_text(f"q1 Q0 d1 1 2.0 t\nq1 Q0 d2 2 {score} t\n")
+        with pytest.raises(DataError, match=rf"r.trec:2: score '{score}' is not a finite number"):
+            read_trec_run(path)
+
+
+def test_lone_surrogates_in_texts_to_encode_are_named_with_their_line(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"_id": "1", "text": "fine"}\n{"_id": "2", "text": "a\\ud800"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"c.jsonl:2: field 'text' has a lone surrogate"):
+        read_texts(str(path), "text")
+    with pytest.raises(DataError, match=r"c.jsonl:2: field 'text' has a lone surrogate"):
+        read_jsonl_texts(path)

@@ -11,7 +11,7 @@ from typing import Dict, List, Mapping, Tuple
 
 from ..files import atomic_write_text
 from ..utils import logger
-from .readers import DataError, iter_json_objects, iter_lines
+from .readers import DataError, check_unicode, iter_json_objects, iter_lines
 
 Corpus = Dict[str, str]
 Queries = Dict[str, str]
@@ -43,6 +43,9 @@ def read_jsonl_texts(path: str | os.PathLike, id_key: str = "_id", text_key: str
         if title is not None and not isinstance(title, str):
             raise DataError(f"{where}: field '{title_key}' must be a string, got {type(title).__name__}")
         doc_id = str(raw_id)
+        for name in (text_key, title_key):  # a "\ud800" escape failed in the tokenizer, naming no line
+            if isinstance(obj.get(name), str):
+                check_unicode(obj[name], where, f"'{name}'")
         if doc_id in first:  # the second would replace the first: one of them silently lost
             raise DataError(f"{where}: id {doc_id!r} was already used at {first[doc_id]}; ids must be unique")
         first[doc_id] = where
@@ -121,9 +124,15 @@ def read_trec_run(path: str | os.PathLike) -> Run:
         if len(parts) != 6:
             raise DataError(f"{path}:{line_no}: expected 'qid Q0 docid rank score tag'")
         try:
-            run.setdefault(parts[0], {})[parts[2]] = float(parts[4])
+            score = float(parts[4])
         except ValueError:
             raise DataError(f"{path}:{line_no}: score {parts[4]!r} is not a number") from None
+        if not math.isfinite(score):  # refused later by the metrics, naming no line
+            raise DataError(f"{path}:{line_no}: score {parts[4]!r} is not a finite number")
+        scores = run.setdefault(parts[0], {})
+        if parts[2] in scores:  # the later line replaced the earlier silently
+            raise DataError(f"{path}:{line_no}: document {parts[2]!r} is listed twice for query {parts[0]!r}")
+        scores[parts[2]] = score
     return run
 
 

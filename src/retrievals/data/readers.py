@@ -38,14 +38,14 @@ def _texts(value: Any, where: str, key: str, allow_empty: bool) -> List[str]:
     for i, text in enumerate(value):
         if not isinstance(text, str):
             raise DataError(f"{where}: field '{key}'[{i}] must be a string, got {type(text).__name__}.")
-        _check_unicode(text, where, f"'{key}'[{i}]")
+        check_unicode(text, where, f"'{key}'[{i}]")
     texts = [t for t in value if t.strip()]
     if not texts and not allow_empty:
         raise DataError(f"{where}: field '{key}' is empty; every record needs at least one non-empty text.")
     return list(texts)
 
 
-def _check_unicode(text: str, where: str, name: str) -> None:
+def check_unicode(text: str, where: str, name: str) -> None:
     """A lone surrogate (a JSON "\\ud800" escape) loads as a str but no tokenizer takes it: training failed at the
     first batch holding it, mid-run, with a tokenizer TypeError naming neither the file nor the field."""
     if not text.isascii():
@@ -68,7 +68,7 @@ def parse_record(
     query = obj[query_key]
     if not isinstance(query, str) or not query.strip():
         raise DataError(f"{where}: field '{query_key}' must be a non-empty string.")
-    _check_unicode(query, where, f"'{query_key}'")
+    check_unicode(query, where, f"'{query_key}'")
     positives = _texts(obj[positive_key], where, positive_key, allow_empty=False)
     negatives = _texts(obj.get(negative_key), where, negative_key, allow_empty=True) if negative_key else []
     return Record(query=query, positives=positives, negatives=negatives, origin=where)
@@ -111,9 +111,31 @@ def iter_lines(path: Union[str, os.PathLike]) -> Iterator[Tuple[int, str]]:
     return _lines(read_text(path))
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    """json's object hook refusing a repeated key: ``{"query": "a", ..., "query": "b"}`` kept the last silently."""
+    out: Dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _loads(text: str, where: Any) -> Any:
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise DataError(f"{where() if callable(where) else where}: field '{exc}' appears twice in one object; "
+                        "JSON keeps only the last, so one value would be lost silently.") from None
+
+
 def iter_json_objects(path: Union[str, os.PathLike]) -> Iterator[Tuple[str, Any]]:
     """(location, object) pairs from a JSONL file or a JSON file holding a list of objects; the location
-    (``file:line`` or ``file: item i``) is what error messages name."""
+    (``file:line`` or ``file: item i``) is what error messages name. A key repeated within an object is an error."""
     path = Path(path)
     text = read_text(path)
     if path.suffix.lower() == ".json":
@@ -121,7 +143,7 @@ def iter_json_objects(path: Union[str, os.PathLike]) -> Iterator[Tuple[str, Any]
         # it breaks), never retried as JSON Lines; otherwise one JSON object, else JSON Lines saved as .json.
         if re.match(r"[ \t\r\n]*\[", text):  # JSON's whitespace; no copy of a large file
             try:
-                data = json.loads(text)
+                data = _loads(text, path)
             except json.JSONDecodeError as exc:
                 raise DataError(
                     f"{path}:{exc.lineno}:{exc.colno}: invalid JSON array ({exc.msg}); "
@@ -131,7 +153,7 @@ def iter_json_objects(path: Union[str, os.PathLike]) -> Iterator[Tuple[str, Any]
                 yield f"{path}: item {i}", obj
             return
         try:
-            data = json.loads(text)
+            data = _loads(text, path)
         except json.JSONDecodeError as exc:
             data = None  # fall through: JSON Lines saved with a .json name
             if _is_broken_object(text):  # a pretty-printed object: its own error, not line 1's as JSON Lines
@@ -146,7 +168,7 @@ def iter_json_objects(path: Union[str, os.PathLike]) -> Iterator[Tuple[str, Any]
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = _loads(line, f"{path}:{lineno}")
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg}, column {exc.colno}).") from None
         yield f"{path}:{lineno}", obj
@@ -208,9 +230,20 @@ def iter_raw(source: Source) -> Iterator[Tuple[str, Any]]:
         return
     items: Iterable[Any] = source
     if isinstance(source, (list, tuple)) and source and all(isinstance(s, (str, os.PathLike)) for s in source):
+        seen: Dict[Path, str] = {}  # a file named twice (or a folder and a file in it) doubled its records silently
+        files = []
         for item in source:
-            yield from iter_raw(item)
+            for file in _files(item):
+                if file.resolve() in seen:
+                    raise DataError(f"{file}: read twice (also through {seen[file.resolve()]}); name each data file once.")
+                seen[file.resolve()] = str(item)
+                files.append(file)
+        for file in files:
+            yield from iter_json_objects(file)
         return
+    if source is None or isinstance(source, (bytes, int, float)):  # was "'NoneType' object is not iterable"
+        raise TypeError(f"data source must be a path, a list of paths, a datasets.Dataset or a list of dicts, got "
+                        f"{type(source).__name__}")
     for i, obj in enumerate(items):
         yield f"dataset row {i}", obj
 

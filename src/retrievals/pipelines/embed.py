@@ -17,7 +17,7 @@ import numpy as np
 
 from ..data import EmbeddingCollator
 from ..files import atomic_write_bytes, check_new_output
-from ..data.readers import DataError, Record, is_json_file, iter_lines, iter_raw
+from ..data.readers import DataError, Record, check_unicode, is_json_file, iter_lines, iter_raw
 from ..losses import EMBEDDING_LOSSES, FlopsRegularizedLoss, MatryoshkaLoss, loss_from_args
 from ..models.embedding import AutoModelForEmbedding
 from ..models.base import saved_model_type
@@ -177,6 +177,7 @@ def read_texts(path: str, key: str) -> List[str]:
     for where, obj in iter_raw(str(file)):
         if not isinstance(obj, dict) or not isinstance(obj.get(key), str):
             raise DataError(f"{where}: field '{key}' must be a string.")
+        check_unicode(obj[key], where, f"'{key}'")  # a "\ud800" escape failed in the tokenizer, naming no line
         texts.append(obj[key])
     return texts
 
