@@ -355,6 +355,7 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
     kinds: ClassVar[Dict[str, Type["RetrievalModel"]]] = {}  # every kind by model_type (filled as classes are defined)
     lora_task_type: ClassVar[str] = "FEATURE_EXTRACTION"
     accepted_and_ignored: ClassVar[frozenset] = frozenset()  # CLI spellings that mean nothing to this kind
+    model_type_aliases: ClassVar[Dict[str, str]] = {}  # other names of kinds loadable through this class
     internal_fields: ClassVar[frozenset] = frozenset({"lora_base"})  # config fields not set from outside
     backend_output: ClassVar[Optional[str]] = None  # the backbone output a CPU backend gives (None: torch only)
 
@@ -389,6 +390,23 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
                     kind.model_type == saved or (saved is None and kind._reads_folder(path))):
                 return kind
         return cls
+
+    @classmethod
+    def _requested_kind(cls, requested: Any, found: Type["RetrievalModel"], path: str,
+                        backbone_only: bool) -> Type["RetrievalModel"]:
+        """The kind a ``model_type`` names (a kind loadable through ``cls``; ``cls.model_type_aliases`` too), refused
+        when the folder records or reads as another kind (a fresh transformers folder takes any; ``backbone_only``
+        takes its weights alone)."""
+        name = cls.model_type_aliases.get(str(requested).lower(), str(requested).lower())
+        kinds = {k: v for k, v in RetrievalModel.kinds.items() if issubclass(v, cls)}
+        if name not in kinds:
+            raise UsageError(f"model_type={requested!r}: {cls.__name__} loads {sorted([*kinds, *cls.model_type_aliases])}.")
+        wanted = kinds[name]
+        recorded = found is not cls or (os.path.isdir(path) and saved_model_type(path) is not None)
+        if recorded and not backbone_only and found is not wanted:
+            raise UsageError(f"{path} holds a {found.model_type} model, not model_type={requested!r}; drop "
+                             "model_type (it is read from the folder).")
+        return wanted
 
     @classmethod
     def _reads_folder(cls, path: str) -> bool:
@@ -541,6 +559,9 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
             raise UsageError(f"inference_precision={inference_precision!r} is for the torch backend; backend {backend!r} "
                              "takes backend_precision (fp32 | int8 | bf16).")
         kind = cls if backbone_only else cls._kind_for(check_model_path(model_name_or_path))
+        requested = settings.pop("model_type", None) if "model_type" in cls.accepted_and_ignored else None
+        if requested is not None:  # it was ignored: model_type="sparse" loaded a dense model, silently
+            kind = cls._requested_kind(requested, kind, check_model_path(model_name_or_path), backbone_only)
         if kind is not cls:
             return kind.from_pretrained(model_name_or_path, use_lora=use_lora, lora_path=lora_path, lora_r=lora_r,
                                         lora_alpha=lora_alpha, lora_dropout=lora_dropout,

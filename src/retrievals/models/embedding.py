@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from ..inputs import as_texts, check_batch_size, check_int
+from ..inputs import as_texts, check_batch_size, check_flags, check_int
 from ..utils import UsageError, instruction_as_prefix, logger, state_digest
 from .base import ModelConfig, RetrievalModel, hf_config, is_decoder_only, load_backbone
 from .pooling import POOLING_METHODS, pool
@@ -97,6 +97,7 @@ class AutoModelForEmbedding(RetrievalModel):
     config_class = EmbeddingConfig
     model_type = "embedding"
     accepted_and_ignored = frozenset({"causal_lm", "model_type"})  # the CLIs' spellings; decoders are detected
+    model_type_aliases = {"dense": "embedding"}  # model_type routes to the kind it names (dense | sparse)
     internal_fields = frozenset({"lora_base", "model_type", "decoder", "matryoshka_dims", "dense_dim", "dense_bias",
                                  "dense_activation"})
     backend_output = "last_hidden_state"
@@ -112,6 +113,10 @@ class AutoModelForEmbedding(RetrievalModel):
     def _check_config(self, config: EmbeddingConfig) -> None:
         if config.pooling_method not in POOLING_METHODS:
             raise UsageError(f"Unknown pooling_method {config.pooling_method!r}; choose one of {list(POOLING_METHODS)}.")
+        if config.decoder and config.pooling_method == "cls":  # every text sharing a first token had one vector
+            raise UsageError("pooling_method='cls' on a decoder-only model: its first token sees only itself, so texts "
+                             "that start alike (every query behind an instruction) get the same vector; use 'last' "
+                             "or 'mean'.")
 
     # ------------------------------------------------------------------ the slots of RetrievalModel
     def _make_processor(self) -> TextProcessor:
@@ -254,8 +259,14 @@ class AutoModelForEmbedding(RetrievalModel):
         d_texts, _ = as_texts(documents, "documents")
         hidden = int(self.backbone.config.hidden_size)
         dim = hidden if dim is None else dim
-        if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= hidden:
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= hidden:
             raise UsageError(f"dim must be an integer in [1, {hidden}] (the pooled size), got {dim!r}.")
+        dim = int(dim)
+        cfg = self.retrieval_config
+        needed = max([cfg.truncate_dim or 0, *(cfg.matryoshka_dims or ())])
+        if dim < needed:  # the model (and its save) would refuse every encode, and a reload
+            raise UsageError(f"dim={dim} is below the {needed} dimensions this model serves (truncate_dim "
+                             f"{cfg.truncate_dim}, Matryoshka sizes {list(cfg.matryoshka_dims or ())}).")
         if len(q_texts) + len(d_texts) < 2:
             raise UsageError(f"fit_pca needs at least 2 texts, got {len(q_texts) + len(d_texts)}.")
         parts = [self.encode(texts, batch_size=batch_size, is_query=is_query, convert_to_tensor=True, truncate_dim=hidden)
@@ -351,6 +362,8 @@ class AutoModelForEmbedding(RetrievalModel):
         ones too), and the result in the form asked for."""
         texts, single = as_texts(sentences, "sentences")
         check_batch_size(batch_size)
+        check_flags(is_query=is_query, convert_to_numpy=convert_to_numpy, convert_to_tensor=convert_to_tensor,
+                    **{k: v for k, v in options.items() if k in ("show_progress_bar", "normalize_embeddings")})
         self.check_device(device)
         ids = self.tokenize(texts, is_query=is_query, max_length=max_length)
         out = self.encode_token_ids(ids, batch_size, is_query=is_query, **options)

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type, U
 import torch
 from transformers.utils import ModelOutput
 
-from ...inputs import as_pairs, as_texts, check_batch_size, check_top_k
+from ...inputs import as_pairs, as_texts, check_batch_size, check_flags, check_top_k
 from ...utils import UsageError, apply_instruction, logger
 from ..base import ModelConfig, RetrievalModel, hf_config
 from ..processing import tokenize_user_text
@@ -146,6 +146,7 @@ class BaseRanker(RetrievalModel):
         """
         items, single = as_pairs(pairs)
         check_batch_size(batch_size)
+        check_flags(normalize=normalize, show_progress_bar=show_progress_bar)
         if not items:
             return []
         owners, units = self.pair_units(items)
