@@ -651,3 +651,43 @@ def test_a_saved_file_removed_afterwards_is_named_at_load(name, tiny_bert, tmp_p
     (tmp_path / "m" / name).unlink()
     with pytest.raises(CorruptFileError, match=f"{name}: missing \\(listed in retrievals_files.json\\)"):
         AutoModelForEmbedding.from_pretrained(str(tmp_path / "m"))
+
+
+def test_helpers_and_paths_give_named_errors(embedder, tiny_bert, tmp_path):
+    e = embedder.encode(["a", "b"])
+    with pytest.raises(UsageError, match=r"similarity needs vectors of one size: queries \(2, 32\), documents \(2, 8\)"):
+        embedder.similarity(e, e[:, :8])  # was torch's "mat1 and mat2 shapes cannot be multiplied"
+    with pytest.raises(UsageError, match="nan or inf"):
+        embedder.similarity(e, np.full_like(e, np.nan))
+    assert isinstance(embedder.truncate(e, 8), np.ndarray) and embedder.truncate(e, 8).shape == (2, 8)  # numpy in, out
+    torch.testing.assert_close(torch.from_numpy(embedder.truncate(e, 8)), embedder.truncate(torch.from_numpy(e), 8))
+    with pytest.raises(TypeError, match="max_length must be an int"):
+        embedder.encode("a", max_length="8")
+    with pytest.raises(UsageError, match="device='bogus' is not a device"):
+        embedder.encode("a", device="bogus")
+    with pytest.raises(UsageError, match="device='bogus' is not a device"):
+        AutoModelForEmbedding.from_pretrained(tiny_bert, device="bogus")
+    with pytest.raises(TypeError, match="query_instruction must be a string, got int"):
+        AutoModelForEmbedding.from_pretrained(tiny_bert, query_instruction=5)
+    for bad in ("", None):
+        with pytest.raises(UsageError, match="save_pretrained needs a folder path"):
+            embedder.save_pretrained(bad)  # "" saved into the working folder
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(UsageError, match="is a file; save_pretrained writes a folder"):
+        embedder.save_pretrained(tmp_path / "file")
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+@pytest.mark.parametrize("content, message", [("{not json", "not valid JSON"), ("[1, 2]", "expected a JSON object")])
+def test_a_broken_saved_config_is_named(content, message, tiny_bert, tmp_path):
+    from retrievals.files import CorruptFileError
+
+    AutoModelForEmbedding.from_pretrained(tiny_bert).save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "retrievals_config.json").write_text(content)  # hand-edited: its content is not checksummed
+    with pytest.raises(CorruptFileError, match=f"retrievals_config.json: {message}"):
+        AutoModelForEmbedding.from_pretrained(str(tmp_path / "m"))
+
+
+def test_settings_that_fit_no_text_are_refused_at_load(tiny_bert):
+    with pytest.raises(UsageError, match="these settings leave no room for any text"):
+        AutoModelForRanking.from_pretrained(tiny_bert, model_type="cross-encoder", max_length=4)  # was a ValueError per call

@@ -22,7 +22,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
-from ..files import atomic_directory, atomic_write_json, folder_lock, prepare_folder, verify_files
+from ..files import CorruptFileError, atomic_directory, atomic_write_json, folder_lock, prepare_folder, verify_files
 from ..inputs import check_int
 from ..st_format import st_transformer_folder
 from ..utils import UsageError, logger, require
@@ -58,7 +58,12 @@ class ModelConfig:
         path = Path(directory) / CONFIG_NAME
         if not path.is_file():
             return None
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:  # was a bare JSONDecodeError naming no file
+            raise CorruptFileError(f"{path}: not valid JSON ({exc}); fix it or save the model again.") from None
+        if not isinstance(data, dict):  # a list failed with "'list' object has no attribute 'items'"
+            raise CorruptFileError(f"{path}: expected a JSON object of settings, got {type(data).__name__}.")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -335,6 +340,8 @@ def check_config_numbers(config: ModelConfig, backbone_config: Any) -> None:
             check_int(f.name, value, 1)
         elif f.name == "padding_side" and value not in ("left", "right"):
             raise UsageError(f"padding_side must be 'left' or 'right', got {value!r}.")
+        elif f.type in (str, Optional[str], "str", "Optional[str]") and value is not None and not isinstance(value, str):
+            raise TypeError(f"{f.name} must be a string, got {type(value).__name__}")  # 5 failed deep in the tokenizer
         elif f.type in (bool, Optional[bool], "bool", "Optional[bool]") and value is not None and not isinstance(value, bool):
             # the string "false" is truthy: normalize_embeddings="false" would still normalise
             raise UsageError(f"{f.name} must be true or false, got {value!r}.")
@@ -439,6 +446,11 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
 
     def _load_extra(self, path: str, fresh: bool) -> None:
         """Load weights kept outside the backbone (ColBERT's projection)."""
+
+    def check_takes_text(self) -> None:
+        """Refuse settings that leave no room for any text (an instruction filling ``query_max_length``, an LLM
+        reranker's ``max_length`` under its prompt): every call would fail alike, so they are refused at load (and
+        when a server starts), naming the settings. A kind tokenizes a one-word input of each sort here."""
 
     def _save_extra(self, folder: Path, config: Any, lora: bool) -> None:
         """Write files kept outside the backbone into the save's scratch folder."""
@@ -610,6 +622,10 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
                                        lora_target_modules, task_type=cls.lora_task_type)
                 model = cls(backbone, tokenizer, config)  # a kind may build fresh layers (a head) here or in _load_extra
                 model._load_extra(source, fresh=not saved_by_us)
+            try:
+                model.check_takes_text()
+            except UsageError as exc:
+                raise UsageError(f"these settings leave no room for any text: {exc}") from None
             model = model.to(device_).eval()  # as transformers does; training switches modes itself
             model.inference_precision = inference_precision
             model.inference_compile = inference_compile
@@ -635,6 +651,10 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
             lora = False
         if backend is not None or backend_precision != "fp32":
             check_backend(type(self), backend or "torch", backend_precision, lora=lora)
+        if path is None or not str(path).strip():  # "" saved into the working folder
+            raise UsageError(f"save_pretrained needs a folder path, got {path!r}.")
+        if Path(path).exists() and not Path(path).is_dir():  # was FileExistsError [Errno 17]
+            raise UsageError(f"{path}: is a file; save_pretrained writes a folder.")
         with atomic_directory(path, "model") as scratch:
             backbone.save_pretrained(scratch)
             # peft writes a placeholder model card beside an adapter: it would replace a README.md of the user's
@@ -660,7 +680,10 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
     def check_device(self, device: Any) -> None:
         """``device=`` of an inference call (sentence-transformers' signature): the model's own device, or None.
         Moving the model there would outlast the call and move it under other threads' calls."""
-        asked = torch.device(device) if device is not None else None
+        try:
+            asked = torch.device(device) if device is not None else None
+        except (RuntimeError, TypeError):  # torch's message lists every device type it knows
+            raise UsageError(f"device={device!r} is not a device (cpu, cuda, cuda:1, mps).") from None
         # "cuda" is the model's cuda:0, and "cpu:0" its "cpu" (one CPU device whatever the index)
         if asked is not None and asked != self.device and not (asked.type == self.device.type and (
                 asked.index is None or asked.type == "cpu")):

@@ -282,11 +282,17 @@ class AutoModelForEmbedding(RetrievalModel):
         total = float(values.sum())
         return (values[:dim] / total).numpy() if total > 0 else np.zeros(dim)
 
+    def check_takes_text(self) -> None:
+        for is_query in (True, False):
+            self.tokenize(["a"], is_query=is_query)
+
     # ------------------------------------------------------------------ tokenization
     def tokenize(self, texts: Sequence[str], is_query: bool = False, max_length: Optional[int] = None) -> List[List[int]]:
         """Token ids of ``texts`` (see :meth:`TextProcessor.tokenize`); a ``max_length`` over the model's positions is
         refused (the config's lengths were lowered to them at loading; a call's would crash deep in the backbone)."""
         positions = getattr(self.backbone.config, "max_position_embeddings", None)
+        if max_length is not None:
+            check_int("max_length", max_length, 1)  # "8" failed comparing a str with an int
         if max_length is not None and isinstance(positions, int) and positions > 0 and max_length > positions:
             raise UsageError(f"max_length={max_length} is over the {positions} positions this model has.")
         return self.processor.tokenize(texts, is_query=is_query, max_length=max_length)
@@ -403,6 +409,9 @@ class AutoModelForEmbedding(RetrievalModel):
         """The first ``dim`` dimensions (default: the config's ``truncate_dim``; None keeps all), renormalised in
         float32 when embeddings are normalised; above their size, refused (:func:`check_truncate_dim`)."""
         dim = check_int("truncate_dim", dim, 1) if dim is not None else self.retrieval_config.truncate_dim
+        if isinstance(embeddings, np.ndarray):  # what encode returns by default; was "no attribute 'float'"
+            return truncate_embeddings(torch.from_numpy(embeddings), dim, self.retrieval_config.normalize_embeddings
+                                       if normalize is None else normalize).numpy()
         return truncate_embeddings(embeddings, dim, self.retrieval_config.normalize_embeddings if normalize is None else normalize)
 
     def encode_queries(self, queries: Union[str, Sequence[str]], **kwargs: Any) -> Union[np.ndarray, torch.Tensor]:
@@ -443,7 +452,13 @@ class AutoModelForEmbedding(RetrievalModel):
     def similarity(self, queries: np.ndarray | torch.Tensor, documents: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Dot product (cosine for normalised embeddings) between every query and document, in float32 whatever
         mix of numpy arrays, tensors and dtypes comes in."""
-        return torch.as_tensor(queries).float() @ torch.as_tensor(documents).float().T
+        q, d = torch.as_tensor(queries).float(), torch.as_tensor(documents).float()
+        q, d = (q[None, :] if q.ndim == 1 else q), (d[None, :] if d.ndim == 1 else d)
+        if q.ndim != 2 or d.ndim != 2 or q.shape[-1] != d.shape[-1]:  # was torch's "mat1 and mat2 shapes cannot be multiplied"
+            raise UsageError(f"similarity needs vectors of one size: queries {tuple(q.shape)}, documents {tuple(d.shape)}.")
+        if not (torch.isfinite(q).all() and torch.isfinite(d).all()):  # nan scores rank unpredictably
+            raise UsageError("similarity: a query or document vector has a nan or inf value.")
+        return q @ d.T
 
 
 def _is_fast(tokenizer: Any) -> bool:

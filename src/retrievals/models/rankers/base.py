@@ -156,6 +156,9 @@ class BaseRanker(RetrievalModel):
         scores = self.pair_scores(owners, unit_scores, len(items), normalize)
         return scores[0] if single else scores
 
+    def check_takes_text(self) -> None:
+        self.pair_units([("a", "a")])
+
     def pair_units(self, pairs: Sequence[Pair]) -> Tuple[List[int], List[Any]]:
         """The scoring units of ``pairs`` (one per document window) and the pair each belongs to. With
         :meth:`score_unit_list` and :meth:`pair_scores` this is :meth:`compute_score` in three steps, for

@@ -121,10 +121,6 @@ class LLMRanker(BaseRanker):
         if config.score_mode == "yes_minus_no" and self.target_id == self.negative_id:  # every score was 0
             raise UsageError(f"score_mode='yes_minus_no' with target_token {config.target_token!r} and negative_token "
                              f"{config.negative_token!r}: both score with token id {self.target_id}, so every score is 0.")
-        try:  # a max_length under the prompt loaded fine, then failed every compute_score
-            self.pair_units([("a", "a")])
-        except UsageError as exc:
-            raise UsageError(f"these settings leave no room for any text: {exc}") from None
 
     def _token_id(self, token: str) -> int:
         ids = call_tokenizer(self.tokenizer, token, add_special_tokens=False)["input_ids"]
