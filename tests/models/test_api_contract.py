@@ -292,7 +292,8 @@ def test_include_prompt_false_embeds_like_sentence_transformers(kind, side, tiny
                                                   document_instruction="passage: ")
     model.save_pretrained(tmp_path / "m")
     folder = tmp_path / "m"
-    (folder / "retrievals_config.json").unlink()  # a sentence-transformers folder, as published on the hub
+    for ours_only in ("retrievals_config.json", "retrievals_files.json"):  # a sentence-transformers folder, as on the hub
+        (folder / ours_only).unlink()
     pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
     (folder / "1_Pooling" / "config.json").write_text(json.dumps({**pooling, "include_prompt": False}))
     texts = corpus_lines(7) + ["", "tax card " * 40]  # an empty text, and one cut at the max length

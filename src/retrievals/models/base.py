@@ -363,6 +363,7 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
     lora_task_type: ClassVar[str] = "FEATURE_EXTRACTION"
     accepted_and_ignored: ClassVar[frozenset] = frozenset()  # CLI spellings that mean nothing to this kind
     model_type_aliases: ClassVar[Dict[str, str]] = {}  # other names of kinds loadable through this class
+    per_call_max_length: ClassVar[bool] = False  # whether a call may set max_length (then room is checked per call)
     internal_fields: ClassVar[frozenset] = frozenset({"lora_base"})  # config fields not set from outside
     backend_output: ClassVar[Optional[str]] = None  # the backbone output a CPU backend gives (None: torch only)
 
@@ -623,7 +624,8 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
                 model = cls(backbone, tokenizer, config)  # a kind may build fresh layers (a head) here or in _load_extra
                 model._load_extra(source, fresh=not saved_by_us)
             try:
-                model.check_takes_text()
+                if not cls.per_call_max_length:  # else a call's max_length can still make room
+                    model.check_takes_text()
             except UsageError as exc:
                 raise UsageError(f"these settings leave no room for any text: {exc}") from None
             model = model.to(device_).eval()  # as transformers does; training switches modes itself

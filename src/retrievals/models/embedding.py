@@ -98,6 +98,7 @@ class AutoModelForEmbedding(RetrievalModel):
     model_type = "embedding"
     accepted_and_ignored = frozenset({"causal_lm", "model_type"})  # the CLIs' spellings; decoders are detected
     model_type_aliases = {"dense": "embedding"}  # model_type routes to the kind it names (dense | sparse)
+    per_call_max_length = True  # encode(max_length=...) may make room an instruction leaves too little of
     internal_fields = frozenset({"lora_base", "model_type", "decoder", "matryoshka_dims", "dense_dim", "dense_bias",
                                  "dense_activation"})
     backend_output = "last_hidden_state"
