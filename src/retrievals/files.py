@@ -315,9 +315,11 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".npy", ".npz
 
 
 def verify_files(folder: str | os.PathLike, full: bool = True) -> None:
-    """Check every weights file a save recorded in ``folder``: present, same size and (``full``) same sha256.
+    """Check the files a save recorded in ``folder``: every one present (a missing ``retrievals_config.json``
+    loaded the model with default settings, scoring differently), and each weights file the same size and
+    (``full``) the same sha256.
 
-    Only weights and index data are checked: a truncated or corrupted one would load as a silently wrong
+    Weights and index data are checked byte for byte: a truncated or corrupted one would load as a silently wrong
     model. Config and tokenizer files stay editable by hand (their own parsers catch broken ones). Folders
     without a ``retrievals_files.json`` (not saved by retrievals) pass unchecked.
     """
@@ -330,11 +332,11 @@ def verify_files(folder: str | os.PathLike, full: bool = True) -> None:
     except (ValueError, KeyError, OSError) as exc:
         raise CorruptFileError(f"{record}: unreadable ({exc}); the folder was damaged after it was saved.") from None
     for name, info in files.items():
-        if not name.endswith(WEIGHT_SUFFIXES):
-            continue
         path = folder / name
         if not path.is_file():
             raise CorruptFileError(f"{path}: missing (listed in {record.name}); the saved folder is incomplete.")
+        if not name.endswith(WEIGHT_SUFFIXES):
+            continue
         stat = path.stat()
         if stat.st_size != info["size"]:
             raise CorruptFileError(f"{path}: {stat.st_size} bytes, but {info['size']} were saved; the file is truncated or altered.")

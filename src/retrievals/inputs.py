@@ -49,6 +49,11 @@ def check_encodable(text: str, where: str) -> str:
     return text
 
 
+def unordered(items: Any) -> bool:
+    """A set (results in arbitrary order) or a table (a pandas DataFrame iterates over its column names)."""
+    return isinstance(items, (set, frozenset)) or (hasattr(items, "columns") and hasattr(items, "iloc"))
+
+
 def as_texts(items: Any, name: str, documents: bool = False) -> Tuple[List[str], bool]:
     """``(texts, single)``: ``items`` as a list of strings, and whether it was one item.
 
@@ -62,6 +67,9 @@ def as_texts(items: Any, name: str, documents: bool = False) -> Tuple[List[str],
     if items is None or isinstance(items, (bytes, bytearray, dict)) or not hasattr(items, "__iter__"):
         kinds = "a string, a dict or a list of them" if documents else "a string or a list of strings"
         raise TypeError(f"{name} must be {kinds}, got {_kind(items)}")
+    if unordered(items):
+        raise TypeError(f"{name} must be an ordered sequence (list, tuple, array, Series), got {_kind(items)}: "
+                        f"{'its column names were taken as the texts' if hasattr(items, 'columns') else 'its order is arbitrary, so results could not be matched to the inputs'}")
     out = list(items)
     for i, item in enumerate(out):
         if documents:
@@ -76,7 +84,7 @@ def as_pairs(pairs: Any, name: str = "pairs") -> Tuple[List[Pair], bool]:
     """``(pairs, single)``: one ``(query, document)`` tuple of strings, or a list of tuples/lists of two strings."""
     if isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(t, str) for t in pairs):
         return [(check_encodable(pairs[0], f"{name}[0]"), check_encodable(pairs[1], f"{name}[1]"))], True
-    if pairs is None or isinstance(pairs, (str, bytes, dict)) or not hasattr(pairs, "__iter__"):
+    if pairs is None or isinstance(pairs, (str, bytes, dict)) or not hasattr(pairs, "__iter__") or unordered(pairs):
         raise TypeError(f"{name} must be a (query, document) pair or a list of them, got {_kind(pairs)}")
     out = list(pairs)
     for i, pair in enumerate(out):
@@ -103,6 +111,21 @@ def check_top_k(top_k: Any, allow_none: bool = False) -> Optional[int]:
     if top_k is None and allow_none:
         return None
     return check_int("top_k", top_k, 0)
+
+
+def check_flags(**flags: Any) -> None:
+    """Each keyword a bool (numpy's too) or None: the string ``"no"`` is truthy, so ``normalize_embeddings="no"``
+    normalised and ``is_query="no"`` encoded queries.
+
+    >>> check_flags(normalize=True, is_query=None)
+    >>> check_flags(normalize="no")
+    Traceback (most recent call last):
+    ...
+    TypeError: normalize must be True or False, got str
+    """
+    for name, value in flags.items():
+        if value is not None and not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name} must be True or False, got {_kind(value)}")
 
 
 def check_int(name: str, value: Any, minimum: int) -> int:

@@ -38,7 +38,10 @@ _DTYPES = {
 def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
     """The given device, or CUDA when available, else CPU."""
     if device is not None:
-        return torch.device(device)
+        try:
+            return torch.device(device)
+        except (RuntimeError, TypeError):  # torch's message lists every device type it knows
+            raise UsageError(f"device={device!r} is not a device (cpu, cuda, cuda:1, mps).") from None
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -292,7 +292,8 @@ def test_include_prompt_false_embeds_like_sentence_transformers(kind, side, tiny
                                                   document_instruction="passage: ")
     model.save_pretrained(tmp_path / "m")
     folder = tmp_path / "m"
-    (folder / "retrievals_config.json").unlink()  # a sentence-transformers folder, as published on the hub
+    for ours_only in ("retrievals_config.json", "retrievals_files.json"):  # a sentence-transformers folder, as on the hub
+        (folder / ours_only).unlink()
     pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
     (folder / "1_Pooling" / "config.json").write_text(json.dumps({**pooling, "include_prompt": False}))
     texts = corpus_lines(7) + ["", "tax card " * 40]  # an empty text, and one cut at the max length
@@ -562,3 +563,132 @@ def test_a_lora_adapter_whose_base_moved_loads_with_its_own_settings(tiny_qwen, 
     again = AutoModelForEmbedding.from_pretrained(str(tmp_path / "moved"), lora_path=str(tmp_path / "adapter"))
     assert again.retrieval_config.pooling_method == "mean" and again.retrieval_config.query_instruction == "Query: "
     np.testing.assert_allclose(again.encode_queries(texts), expected, atol=1e-5)
+
+
+# ---------------------------------------------------------------- break-it review of the model APIs (2026-12-02)
+
+
+def test_call_flags_must_be_bools(embedder, tiny_bert):
+    # the string "no" is truthy: normalize_embeddings="no" normalised, is_query="no" encoded a query
+    for flag in ("normalize_embeddings", "is_query", "show_progress_bar", "convert_to_tensor", "convert_to_numpy"):
+        with pytest.raises(TypeError, match=f"{flag} must be True or False, got str"):
+            embedder.encode(["a"], **{flag: "no"})
+    assert embedder.encode(["a"], normalize_embeddings=np.bool_(True)).shape[0] == 1
+    ranker = AutoModelForRanking.from_pretrained(tiny_bert, model_type="cross-encoder")
+    with pytest.raises(TypeError, match="normalize must be True or False, got str"):
+        ranker.compute_score(("q", "d"), normalize="no")
+    with pytest.raises(TypeError, match="normalize must be True or False"):
+        ranker.rerank("q", ["d"], normalize="no")
+
+
+def test_unordered_or_tabular_inputs_are_refused(embedder, tiny_bert):
+    class Frame:  # what pandas.DataFrame looks like to the inputs: iterating it gives the column names
+        columns, iloc = ["text"], None
+
+        def __iter__(self):
+            return iter(self.columns)
+
+    for bad in ({"a", "b"}, frozenset({"a"}), Frame()):
+        with pytest.raises(TypeError, match="must be an ordered sequence"):
+            embedder.encode(bad)
+    ranker = AutoModelForRanking.from_pretrained(tiny_bert, model_type="cross-encoder")
+    with pytest.raises(TypeError, match="must be an ordered sequence"):
+        ranker.rerank("q", Frame())
+    with pytest.raises(TypeError, match="pairs must be a"):
+        ranker.compute_score({("q", "d")})
+
+
+def test_settings_that_cannot_work_are_refused_at_load(tiny_bert, tiny_qwen):
+    from retrievals.models.sparse import SparseEmbedder
+
+    with pytest.raises(UsageError, match="pooling_method='cls' on a decoder-only model"):
+        AutoModelForEmbedding.from_pretrained(tiny_qwen, pooling_method="cls")  # every text starting alike: one vector
+    with pytest.raises(UsageError, match="both score with token id"):
+        AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm", score_mode="yes_minus_no", negative_token="Yes")
+    with pytest.raises(UsageError, match="these settings leave no room for any text"):
+        AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm", max_length=8)
+    with pytest.raises(UsageError, match="not normalised"):
+        SparseEmbedder.from_pretrained(tiny_bert, normalize_embeddings=True)  # recorded, then never applied
+    for bad in (True, 1.5, "5"):
+        with pytest.raises(TypeError, match="top_k must be an int"):
+            SparseEmbedder.from_pretrained(tiny_bert, top_k=bad)
+        with pytest.raises(TypeError, match="colbert_dim must be an int"):
+            AutoModelForRanking.from_pretrained(tiny_bert, model_type="colbert", colbert_dim=bad)
+    with pytest.raises(UsageError, match="fit_pca rotates dense vectors"):
+        SparseEmbedder.from_pretrained(tiny_bert).fit_pca(["a", "b"], ["c"])
+
+
+def test_fit_pca_keeps_the_dimensions_the_model_serves(tiny_bert, tmp_path):
+    # dim 8 under truncate_dim 16 saved a model that refused every encode and every reload
+    model = AutoModelForEmbedding.from_pretrained(tiny_bert, truncate_dim=16)
+    with pytest.raises(UsageError, match="dim=8 is below the 16 dimensions this model serves"):
+        model.fit_pca(LINES[:8], LINES[8:16], dim=8)
+    assert model.dense is None  # nothing changed
+    model.fit_pca(LINES[:8], LINES[8:16], dim=np.int64(16))
+    model.save_pretrained(tmp_path / "m")
+    assert AutoModelForEmbedding.from_pretrained(str(tmp_path / "m")).encode("a").shape == (16,)
+
+
+def test_model_type_routes_or_is_refused_never_ignored(tiny_bert, tmp_path):
+    from retrievals.models.sparse import SparseEmbedder
+
+    # model_type="sparse" returned a dense model, silently
+    assert type(AutoModelForEmbedding.from_pretrained(tiny_bert, model_type="sparse")) is SparseEmbedder
+    assert type(AutoModelForEmbedding.from_pretrained(tiny_bert, model_type="dense")) is AutoModelForEmbedding
+    with pytest.raises(UsageError, match=r"model_type='colbert': AutoModelForEmbedding loads \['dense', 'embedding', 'sparse'\]"):
+        AutoModelForEmbedding.from_pretrained(tiny_bert, model_type="colbert")
+    SparseEmbedder.from_pretrained(tiny_bert).save_pretrained(tmp_path / "sparse")
+    with pytest.raises(UsageError, match="holds a sparse model, not model_type='dense'"):
+        AutoModelForEmbedding.from_pretrained(str(tmp_path / "sparse"), model_type="dense")
+    assert type(AutoModelForEmbedding.from_pretrained(str(tmp_path / "sparse"), model_type="sparse")) is SparseEmbedder
+
+
+@pytest.mark.parametrize("name", ["retrievals_config.json", "tokenizer.json", "config.json"])
+def test_a_saved_file_removed_afterwards_is_named_at_load(name, tiny_bert, tmp_path):
+    # without retrievals_config.json the model loaded with default settings and scored differently
+    from retrievals.files import CorruptFileError
+
+    AutoModelForEmbedding.from_pretrained(tiny_bert, query_instruction="query: ").save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / name).unlink()
+    with pytest.raises(CorruptFileError, match=f"{name}: missing \\(listed in retrievals_files.json\\)"):
+        AutoModelForEmbedding.from_pretrained(str(tmp_path / "m"))
+
+
+def test_helpers_and_paths_give_named_errors(embedder, tiny_bert, tmp_path):
+    e = embedder.encode(["a", "b"])
+    with pytest.raises(UsageError, match=r"similarity needs vectors of one size: queries \(2, 32\), documents \(2, 8\)"):
+        embedder.similarity(e, e[:, :8])  # was torch's "mat1 and mat2 shapes cannot be multiplied"
+    with pytest.raises(UsageError, match="nan or inf"):
+        embedder.similarity(e, np.full_like(e, np.nan))
+    assert isinstance(embedder.truncate(e, 8), np.ndarray) and embedder.truncate(e, 8).shape == (2, 8)  # numpy in, out
+    torch.testing.assert_close(torch.from_numpy(embedder.truncate(e, 8)), embedder.truncate(torch.from_numpy(e), 8))
+    with pytest.raises(TypeError, match="max_length must be an int"):
+        embedder.encode("a", max_length="8")
+    with pytest.raises(UsageError, match="device='bogus' is not a device"):
+        embedder.encode("a", device="bogus")
+    with pytest.raises(UsageError, match="device='bogus' is not a device"):
+        AutoModelForEmbedding.from_pretrained(tiny_bert, device="bogus")
+    with pytest.raises(TypeError, match="query_instruction must be a string, got int"):
+        AutoModelForEmbedding.from_pretrained(tiny_bert, query_instruction=5)
+    for bad in ("", None):
+        with pytest.raises(UsageError, match="save_pretrained needs a folder path"):
+            embedder.save_pretrained(bad)  # "" saved into the working folder
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(UsageError, match="is a file; save_pretrained writes a folder"):
+        embedder.save_pretrained(tmp_path / "file")
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+@pytest.mark.parametrize("content, message", [("{not json", "not valid JSON"), ("[1, 2]", "expected a JSON object")])
+def test_a_broken_saved_config_is_named(content, message, tiny_bert, tmp_path):
+    from retrievals.files import CorruptFileError
+
+    AutoModelForEmbedding.from_pretrained(tiny_bert).save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "retrievals_config.json").write_text(content)  # hand-edited: its content is not checksummed
+    with pytest.raises(CorruptFileError, match=f"retrievals_config.json: {message}"):
+        AutoModelForEmbedding.from_pretrained(str(tmp_path / "m"))
+
+
+def test_settings_that_fit_no_text_are_refused_at_load(tiny_bert):
+    with pytest.raises(UsageError, match="these settings leave no room for any text"):
+        AutoModelForRanking.from_pretrained(tiny_bert, model_type="cross-encoder", max_length=4)  # was a ValueError per call

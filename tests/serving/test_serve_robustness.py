@@ -191,7 +191,10 @@ def test_settings_that_fit_no_text_are_refused_when_the_server_is_built(tiny_qwe
     # client to "raise max_length", which only the operator can
     from retrievals.utils import UsageError
 
-    llm = AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm", max_length=8)
+    with pytest.raises(UsageError, match="these settings leave no room for any text: max_length=8"):
+        AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm", max_length=8)  # refused at load
+    llm = AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm")
+    llm.retrieval_config.max_length = 8  # settings changed after the load: refused when the server is built
     with pytest.raises(UsageError, match="the served model cannot take any text with its settings: max_length=8"):
         create_app(None, llm, None, "llm")
 

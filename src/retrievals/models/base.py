@@ -22,7 +22,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
-from ..files import atomic_directory, atomic_write_json, folder_lock, prepare_folder, verify_files
+from ..files import CorruptFileError, atomic_directory, atomic_write_json, folder_lock, prepare_folder, verify_files
 from ..inputs import check_int
 from ..st_format import st_transformer_folder
 from ..utils import UsageError, logger, require
@@ -58,7 +58,12 @@ class ModelConfig:
         path = Path(directory) / CONFIG_NAME
         if not path.is_file():
             return None
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:  # was a bare JSONDecodeError naming no file
+            raise CorruptFileError(f"{path}: not valid JSON ({exc}); fix it or save the model again.") from None
+        if not isinstance(data, dict):  # a list failed with "'list' object has no attribute 'items'"
+            raise CorruptFileError(f"{path}: expected a JSON object of settings, got {type(data).__name__}.")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -335,6 +340,8 @@ def check_config_numbers(config: ModelConfig, backbone_config: Any) -> None:
             check_int(f.name, value, 1)
         elif f.name == "padding_side" and value not in ("left", "right"):
             raise UsageError(f"padding_side must be 'left' or 'right', got {value!r}.")
+        elif f.type in (str, Optional[str], "str", "Optional[str]") and value is not None and not isinstance(value, str):
+            raise TypeError(f"{f.name} must be a string, got {type(value).__name__}")  # 5 failed deep in the tokenizer
         elif f.type in (bool, Optional[bool], "bool", "Optional[bool]") and value is not None and not isinstance(value, bool):
             # the string "false" is truthy: normalize_embeddings="false" would still normalise
             raise UsageError(f"{f.name} must be true or false, got {value!r}.")
@@ -355,6 +362,8 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
     kinds: ClassVar[Dict[str, Type["RetrievalModel"]]] = {}  # every kind by model_type (filled as classes are defined)
     lora_task_type: ClassVar[str] = "FEATURE_EXTRACTION"
     accepted_and_ignored: ClassVar[frozenset] = frozenset()  # CLI spellings that mean nothing to this kind
+    model_type_aliases: ClassVar[Dict[str, str]] = {}  # other names of kinds loadable through this class
+    per_call_max_length: ClassVar[bool] = False  # whether a call may set max_length (then room is checked per call)
     internal_fields: ClassVar[frozenset] = frozenset({"lora_base"})  # config fields not set from outside
     backend_output: ClassVar[Optional[str]] = None  # the backbone output a CPU backend gives (None: torch only)
 
@@ -391,6 +400,23 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         return cls
 
     @classmethod
+    def _requested_kind(cls, requested: Any, found: Type["RetrievalModel"], path: str,
+                        backbone_only: bool) -> Type["RetrievalModel"]:
+        """The kind a ``model_type`` names (a kind loadable through ``cls``; ``cls.model_type_aliases`` too), refused
+        when the folder records or reads as another kind (a fresh transformers folder takes any; ``backbone_only``
+        takes its weights alone)."""
+        name = cls.model_type_aliases.get(str(requested).lower(), str(requested).lower())
+        kinds = {k: v for k, v in RetrievalModel.kinds.items() if issubclass(v, cls)}
+        if name not in kinds:
+            raise UsageError(f"model_type={requested!r}: {cls.__name__} loads {sorted([*kinds, *cls.model_type_aliases])}.")
+        wanted = kinds[name]
+        recorded = found is not cls or (os.path.isdir(path) and saved_model_type(path) is not None)
+        if recorded and not backbone_only and found is not wanted:
+            raise UsageError(f"{path} holds a {found.model_type} model, not model_type={requested!r}; drop "
+                             "model_type (it is read from the folder).")
+        return wanted
+
+    @classmethod
     def _reads_folder(cls, path: str) -> bool:
         """True when ``path`` is another library's folder of this kind (a sentence-transformers SparseEncoder)."""
         return False
@@ -421,6 +447,11 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
 
     def _load_extra(self, path: str, fresh: bool) -> None:
         """Load weights kept outside the backbone (ColBERT's projection)."""
+
+    def check_takes_text(self) -> None:
+        """Refuse settings that leave no room for any text (an instruction filling ``query_max_length``, an LLM
+        reranker's ``max_length`` under its prompt): every call would fail alike, so they are refused at load (and
+        when a server starts), naming the settings. A kind tokenizes a one-word input of each sort here."""
 
     def _save_extra(self, folder: Path, config: Any, lora: bool) -> None:
         """Write files kept outside the backbone into the save's scratch folder."""
@@ -541,6 +572,9 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
             raise UsageError(f"inference_precision={inference_precision!r} is for the torch backend; backend {backend!r} "
                              "takes backend_precision (fp32 | int8 | bf16).")
         kind = cls if backbone_only else cls._kind_for(check_model_path(model_name_or_path))
+        requested = settings.pop("model_type", None) if "model_type" in cls.accepted_and_ignored else None
+        if requested is not None:  # it was ignored: model_type="sparse" loaded a dense model, silently
+            kind = cls._requested_kind(requested, kind, check_model_path(model_name_or_path), backbone_only)
         if kind is not cls:
             return kind.from_pretrained(model_name_or_path, use_lora=use_lora, lora_path=lora_path, lora_r=lora_r,
                                         lora_alpha=lora_alpha, lora_dropout=lora_dropout,
@@ -589,6 +623,11 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
                                        lora_target_modules, task_type=cls.lora_task_type)
                 model = cls(backbone, tokenizer, config)  # a kind may build fresh layers (a head) here or in _load_extra
                 model._load_extra(source, fresh=not saved_by_us)
+            try:
+                if not cls.per_call_max_length:  # else a call's max_length can still make room
+                    model.check_takes_text()
+            except UsageError as exc:
+                raise UsageError(f"these settings leave no room for any text: {exc}") from None
             model = model.to(device_).eval()  # as transformers does; training switches modes itself
             model.inference_precision = inference_precision
             model.inference_compile = inference_compile
@@ -614,6 +653,10 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
             lora = False
         if backend is not None or backend_precision != "fp32":
             check_backend(type(self), backend or "torch", backend_precision, lora=lora)
+        if path is None or not str(path).strip():  # "" saved into the working folder
+            raise UsageError(f"save_pretrained needs a folder path, got {path!r}.")
+        if Path(path).exists() and not Path(path).is_dir():  # was FileExistsError [Errno 17]
+            raise UsageError(f"{path}: is a file; save_pretrained writes a folder.")
         with atomic_directory(path, "model") as scratch:
             backbone.save_pretrained(scratch)
             # peft writes a placeholder model card beside an adapter: it would replace a README.md of the user's
@@ -639,7 +682,10 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
     def check_device(self, device: Any) -> None:
         """``device=`` of an inference call (sentence-transformers' signature): the model's own device, or None.
         Moving the model there would outlast the call and move it under other threads' calls."""
-        asked = torch.device(device) if device is not None else None
+        try:
+            asked = torch.device(device) if device is not None else None
+        except (RuntimeError, TypeError):  # torch's message lists every device type it knows
+            raise UsageError(f"device={device!r} is not a device (cpu, cuda, cuda:1, mps).") from None
         # "cuda" is the model's cuda:0, and "cpu:0" its "cpu" (one CPU device whatever the index)
         if asked is not None and asked != self.device and not (asked.type == self.device.type and (
                 asked.index is None or asked.type == "cpu")):

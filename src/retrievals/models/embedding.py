@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from ..inputs import as_texts, check_batch_size, check_int
+from ..inputs import as_texts, check_batch_size, check_flags, check_int
 from ..utils import UsageError, instruction_as_prefix, logger, state_digest
 from .base import ModelConfig, RetrievalModel, hf_config, is_decoder_only, load_backbone
 from .pooling import POOLING_METHODS, pool
@@ -97,6 +97,8 @@ class AutoModelForEmbedding(RetrievalModel):
     config_class = EmbeddingConfig
     model_type = "embedding"
     accepted_and_ignored = frozenset({"causal_lm", "model_type"})  # the CLIs' spellings; decoders are detected
+    model_type_aliases = {"dense": "embedding"}  # model_type routes to the kind it names (dense | sparse)
+    per_call_max_length = True  # encode(max_length=...) may make room an instruction leaves too little of
     internal_fields = frozenset({"lora_base", "model_type", "decoder", "matryoshka_dims", "dense_dim", "dense_bias",
                                  "dense_activation"})
     backend_output = "last_hidden_state"
@@ -112,6 +114,10 @@ class AutoModelForEmbedding(RetrievalModel):
     def _check_config(self, config: EmbeddingConfig) -> None:
         if config.pooling_method not in POOLING_METHODS:
             raise UsageError(f"Unknown pooling_method {config.pooling_method!r}; choose one of {list(POOLING_METHODS)}.")
+        if config.decoder and config.pooling_method == "cls":  # every text sharing a first token had one vector
+            raise UsageError("pooling_method='cls' on a decoder-only model: its first token sees only itself, so texts "
+                             "that start alike (every query behind an instruction) get the same vector; use 'last' "
+                             "or 'mean'.")
 
     # ------------------------------------------------------------------ the slots of RetrievalModel
     def _make_processor(self) -> TextProcessor:
@@ -254,8 +260,14 @@ class AutoModelForEmbedding(RetrievalModel):
         d_texts, _ = as_texts(documents, "documents")
         hidden = int(self.backbone.config.hidden_size)
         dim = hidden if dim is None else dim
-        if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= hidden:
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= hidden:
             raise UsageError(f"dim must be an integer in [1, {hidden}] (the pooled size), got {dim!r}.")
+        dim = int(dim)
+        cfg = self.retrieval_config
+        needed = max([cfg.truncate_dim or 0, *(cfg.matryoshka_dims or ())])
+        if dim < needed:  # the model (and its save) would refuse every encode, and a reload
+            raise UsageError(f"dim={dim} is below the {needed} dimensions this model serves (truncate_dim "
+                             f"{cfg.truncate_dim}, Matryoshka sizes {list(cfg.matryoshka_dims or ())}).")
         if len(q_texts) + len(d_texts) < 2:
             raise UsageError(f"fit_pca needs at least 2 texts, got {len(q_texts) + len(d_texts)}.")
         parts = [self.encode(texts, batch_size=batch_size, is_query=is_query, convert_to_tensor=True, truncate_dim=hidden)
@@ -271,11 +283,17 @@ class AutoModelForEmbedding(RetrievalModel):
         total = float(values.sum())
         return (values[:dim] / total).numpy() if total > 0 else np.zeros(dim)
 
+    def check_takes_text(self) -> None:
+        for is_query in (True, False):
+            self.tokenize(["a"], is_query=is_query)
+
     # ------------------------------------------------------------------ tokenization
     def tokenize(self, texts: Sequence[str], is_query: bool = False, max_length: Optional[int] = None) -> List[List[int]]:
         """Token ids of ``texts`` (see :meth:`TextProcessor.tokenize`); a ``max_length`` over the model's positions is
         refused (the config's lengths were lowered to them at loading; a call's would crash deep in the backbone)."""
         positions = getattr(self.backbone.config, "max_position_embeddings", None)
+        if max_length is not None:
+            check_int("max_length", max_length, 1)  # "8" failed comparing a str with an int
         if max_length is not None and isinstance(positions, int) and positions > 0 and max_length > positions:
             raise UsageError(f"max_length={max_length} is over the {positions} positions this model has.")
         return self.processor.tokenize(texts, is_query=is_query, max_length=max_length)
@@ -351,6 +369,8 @@ class AutoModelForEmbedding(RetrievalModel):
         ones too), and the result in the form asked for."""
         texts, single = as_texts(sentences, "sentences")
         check_batch_size(batch_size)
+        check_flags(is_query=is_query, convert_to_numpy=convert_to_numpy, convert_to_tensor=convert_to_tensor,
+                    **{k: v for k, v in options.items() if k in ("show_progress_bar", "normalize_embeddings")})
         self.check_device(device)
         ids = self.tokenize(texts, is_query=is_query, max_length=max_length)
         out = self.encode_token_ids(ids, batch_size, is_query=is_query, **options)
@@ -390,6 +410,9 @@ class AutoModelForEmbedding(RetrievalModel):
         """The first ``dim`` dimensions (default: the config's ``truncate_dim``; None keeps all), renormalised in
         float32 when embeddings are normalised; above their size, refused (:func:`check_truncate_dim`)."""
         dim = check_int("truncate_dim", dim, 1) if dim is not None else self.retrieval_config.truncate_dim
+        if isinstance(embeddings, np.ndarray):  # what encode returns by default; was "no attribute 'float'"
+            return truncate_embeddings(torch.from_numpy(embeddings), dim, self.retrieval_config.normalize_embeddings
+                                       if normalize is None else normalize).numpy()
         return truncate_embeddings(embeddings, dim, self.retrieval_config.normalize_embeddings if normalize is None else normalize)
 
     def encode_queries(self, queries: Union[str, Sequence[str]], **kwargs: Any) -> Union[np.ndarray, torch.Tensor]:
@@ -430,7 +453,13 @@ class AutoModelForEmbedding(RetrievalModel):
     def similarity(self, queries: np.ndarray | torch.Tensor, documents: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Dot product (cosine for normalised embeddings) between every query and document, in float32 whatever
         mix of numpy arrays, tensors and dtypes comes in."""
-        return torch.as_tensor(queries).float() @ torch.as_tensor(documents).float().T
+        q, d = torch.as_tensor(queries).float(), torch.as_tensor(documents).float()
+        q, d = (q[None, :] if q.ndim == 1 else q), (d[None, :] if d.ndim == 1 else d)
+        if q.ndim != 2 or d.ndim != 2 or q.shape[-1] != d.shape[-1]:  # was torch's "mat1 and mat2 shapes cannot be multiplied"
+            raise UsageError(f"similarity needs vectors of one size: queries {tuple(q.shape)}, documents {tuple(d.shape)}.")
+        if not (torch.isfinite(q).all() and torch.isfinite(d).all()):  # nan scores rank unpredictably
+            raise UsageError("similarity: a query or document vector has a nan or inf value.")
+        return q @ d.T
 
 
 def _is_fast(tokenizer: Any) -> bool:

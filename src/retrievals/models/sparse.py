@@ -82,9 +82,14 @@ class SparseEmbedder(AutoModelForEmbedding):
     def _check_config(self, config: SparseConfig) -> None:
         if config.pooling_method != "splade":
             raise UsageError(f"a sparse embedder pools with splade, not {config.pooling_method!r}.")
-        if config.top_k < 0:
-            raise UsageError(f"top_k must be >= 0, got {config.top_k}.")
+        check_int("top_k", config.top_k, 0)  # True or 1.5 failed inside torch's topk at the first encode
+        if config.normalize_embeddings:  # recorded, then never applied: the vectors are term weights
+            raise UsageError("normalize_embeddings=True: a sparse embedder's vectors are term weights, not normalised.")
         _no_truncate_dim(config.truncate_dim)
+
+    def fit_pca(self, *args: Any, **kwargs: Any) -> Any:
+        raise UsageError("fit_pca rotates dense vectors; a sparse embedder's dimensions are vocabulary terms (keep "
+                         "the heaviest with top_k).")
 
     @classmethod
     def _default_config(cls, path: str, base_path: str, trust_remote_code: bool) -> SparseConfig:

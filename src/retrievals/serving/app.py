@@ -135,14 +135,12 @@ class Service:
         """Settings that leave no room for any text (an LLM reranker's ``max_length`` under its own prompt) fail every
         request alike, each answered as the client's fault (a 400 telling it to raise ``max_length``): refused when
         the server is built instead, where the operator reads it."""
-        try:
-            if self.embedder is not None:
-                for is_query in (True, False):
-                    self.embedder.tokenize(["a"], is_query=is_query)
-            if self.reranker is not None:
-                self.reranker.pair_units([("a", "a")])
-        except UsageError as exc:
-            raise UsageError(f"the served model cannot take any text with its settings: {exc}") from None
+        for model in (self.embedder, self.reranker):  # settings may have changed since the load checked them
+            if model is not None:
+                try:
+                    model.check_takes_text()
+                except UsageError as exc:
+                    raise UsageError(f"the served model cannot take any text with its settings: {exc}") from None
 
     # ------------------------------------------------------------------ checks
     def check_count(self, count: int, param: str) -> None:

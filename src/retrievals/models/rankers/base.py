@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type, U
 import torch
 from transformers.utils import ModelOutput
 
-from ...inputs import as_pairs, as_texts, check_batch_size, check_top_k
+from ...inputs import as_pairs, as_texts, check_batch_size, check_flags, check_top_k
 from ...utils import UsageError, apply_instruction, logger
 from ..base import ModelConfig, RetrievalModel, hf_config
 from ..processing import tokenize_user_text
@@ -146,6 +146,7 @@ class BaseRanker(RetrievalModel):
         """
         items, single = as_pairs(pairs)
         check_batch_size(batch_size)
+        check_flags(normalize=normalize, show_progress_bar=show_progress_bar)
         if not items:
             return []
         owners, units = self.pair_units(items)
@@ -154,6 +155,9 @@ class BaseRanker(RetrievalModel):
         unit_scores = self.score_unit_list(units, batch_size, show_progress_bar)
         scores = self.pair_scores(owners, unit_scores, len(items), normalize)
         return scores[0] if single else scores
+
+    def check_takes_text(self) -> None:
+        self.pair_units([("a", "a")])
 
     def pair_units(self, pairs: Sequence[Pair]) -> Tuple[List[int], List[Any]]:
         """The scoring units of ``pairs`` (one per document window) and the pair each belongs to. With

@@ -145,6 +145,9 @@ class ColBERT(BaseRanker):
     def __init__(self, backbone: nn.Module, tokenizer: Any, config: ColBERTConfig) -> None:
         super().__init__(backbone, tokenizer, config)
         hidden = int(backbone.config.hidden_size)
+        if isinstance(config.colbert_dim, bool) or not isinstance(config.colbert_dim, int):
+            # True or 1.5 failed inside torch's Linear with a message naming no setting
+            raise TypeError(f"colbert_dim must be an int (<= 0: the hidden size), got {config.colbert_dim!r}")
         dim = config.colbert_dim if config.colbert_dim > 0 else hidden
         config.colbert_dim = dim
         self.colbert_linear = nn.Linear(hidden, dim).to(next(backbone.parameters()).dtype)

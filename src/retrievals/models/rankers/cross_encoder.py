@@ -44,7 +44,7 @@ class PairProcessor(QueryCutter, PaddingOptions):
         room = cfg.max_length - self.n_special
         q_cap = min(cfg.query_max_length, max(1, room // 2))  # the document keeps at least half
         if room - q_cap < 1:
-            raise ValueError(f"max_length={cfg.max_length} leaves no room for the document: raise it or lower query_max_length.")
+            raise UsageError(f"max_length={cfg.max_length} leaves no room for the document: raise it or lower query_max_length.")
         cut = self._cut_queries([q for q, _ in pairs], q_cap, "query_max_length, at most half of max_length")
         queries = [cut[q] for q, _ in pairs]
         documents = [apply_instruction(cfg.document_instruction, d) for _, d in pairs]

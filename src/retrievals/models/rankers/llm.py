@@ -118,6 +118,9 @@ class LLMRanker(BaseRanker):
         super().__init__(backbone, tokenizer, config)
         self.target_id = self._token_id(config.target_token)
         self.negative_id = self._token_id(config.negative_token)
+        if config.score_mode == "yes_minus_no" and self.target_id == self.negative_id:  # every score was 0
+            raise UsageError(f"score_mode='yes_minus_no' with target_token {config.target_token!r} and negative_token "
+                             f"{config.negative_token!r}: both score with token id {self.target_id}, so every score is 0.")
 
     def _token_id(self, token: str) -> int:
         ids = call_tokenizer(self.tokenizer, token, add_special_tokens=False)["input_ids"]
