@@ -542,3 +542,11 @@ def test_colbert_refuses_another_librarys_multi_vector_folder_and_warns_of_a_fre
     assert "ColBERT projection" not in caplog.text  # the identity start is a usable scorer
     with pytest.raises(UsageError, match=r"document_vectors\[1\] holds no window"):
         identity.score_vectors("tax", [identity.encode_documents(["tax card"])[0], []])
+    # a wrong width was einsum's RuntimeError, numpy an AttributeError, and a nan vector a nan score, silently
+    window = identity.encode_documents(["tax card"])[0][0]
+    expected = identity.score_vectors("tax", [[window]])
+    assert identity.score_vectors("tax", [[window.numpy()]]) == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(UsageError, match=r"document_vectors\[0\]\[0\] has shape \(\d+, 8\); expected \[tokens, 32\]"):
+        identity.score_vectors("tax", [[window[:, :8]]])
+    with pytest.raises(UsageError, match=r"document_vectors\[0\]\[1\] has a nan or inf value"):
+        identity.score_vectors("tax", [[window, torch.full_like(window, float("nan"))]])

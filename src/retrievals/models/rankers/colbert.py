@@ -316,7 +316,19 @@ class ColBERT(BaseRanker):
             if len(wins) == 0:  # encode_documents gives every document at least one window
                 raise UsageError(f"document_vectors[{i}] holds no window; pass what encode_documents returned.")
             best = max(
-                float(maxsim(q, qm, w[None].to(q.device), torch.ones(1, w.shape[0], device=q.device))[0]) for w in wins
+                float(maxsim(q, qm, w[None].to(q.device, q.dtype), torch.ones(1, w.shape[0], device=q.device))[0])
+                for w in (self._window(w, f"document_vectors[{i}][{j}]") for j, w in enumerate(wins))
             )
             scores.append(best)
         return scores
+
+    def _window(self, vectors: Any, where: str) -> torch.Tensor:
+        """One window's token vectors [tokens, colbert_dim] as a float tensor (numpy too): a wrong width was einsum's
+        RuntimeError, a numpy array an AttributeError, and a nan vector a nan score, silently."""
+        w = torch.as_tensor(vectors) if not isinstance(vectors, torch.Tensor) else vectors
+        if w.ndim != 2 or w.shape[-1] != self.retrieval_config.colbert_dim:
+            raise UsageError(f"{where} has shape {tuple(w.shape)}; expected [tokens, {self.retrieval_config.colbert_dim}] "
+                             "as encode_documents returns.")
+        if not torch.isfinite(w).all():
+            raise UsageError(f"{where} has a nan or inf value.")
+        return w
