@@ -199,6 +199,23 @@ def test_inference_free_queries(sparse_model, tmp_path):
         SparseEmbedder.from_pretrained(str(tmp_path / "free"))
 
 
+def test_inference_free_queries_leave_the_instruction_out_with_include_prompt_false(sparse_model):
+    # the query bag held the instruction's tokens although include_prompt=False leaves them out of pooling
+    model = SparseEmbedder.from_pretrained(sparse_model, query_inference_free=True, include_prompt=False,
+                                           query_instruction="query: ")
+    plain = SparseEmbedder.from_pretrained(sparse_model, query_inference_free=True)
+    with torch.no_grad():
+        weights = torch.rand(model.embedding_dim) + 0.5
+        model.query_weights.copy_(weights)
+        plain.query_weights.copy_(weights)
+    texts = [" ".join(t.split()[:4]) for t in TEXTS[:5]]
+    with_prompt_out = model.encode(texts, is_query=True, convert_to_tensor=True, batch_size=2)
+    assert torch.equal(with_prompt_out, plain.encode(texts, is_query=True, convert_to_tensor=True))
+    batch = model.processor.pad(model.tokenize(texts, is_query=True))
+    assert "pooling_mask" in batch
+    assert torch.equal(model(query=batch).query_embeddings.detach(), with_prompt_out)  # training sees the same
+
+
 def test_inference_free_training_learns_query_weights(sparse_model, train_file, tmp_path):
     from retrievals.pipelines import embed
 

@@ -144,9 +144,12 @@ class SparseEmbedder(AutoModelForEmbedding):
         mask = (attention_mask if pooling_mask is None else pooling_mask).to(weights.dtype)
         return (weights * mask[..., None]).amax(dim=1)  # padding contributes 0, never the max of real tokens
 
-    def _static_queries(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Inference-free query vectors: each distinct non-special token present -> its learned weight."""
-        keep = attention_mask.bool() & ~torch.isin(input_ids, self._special_ids.to(input_ids.device))
+    def _static_queries(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        pooling_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Inference-free query vectors: each distinct non-special token present -> its learned weight; with
+        ``include_prompt=False`` the instruction's tokens are left out (``pooling_mask``), as the model's pooling does."""
+        mask = attention_mask if pooling_mask is None else pooling_mask
+        keep = mask.bool() & ~torch.isin(input_ids, self._special_ids.to(input_ids.device))
         presence = torch.zeros(input_ids.shape[0], self.embedding_dim, dtype=torch.float32, device=input_ids.device)
         presence.scatter_reduce_(1, input_ids, keep.float(), reduce="amax")  # a repeated token counts once
         return presence * self.query_weights
@@ -155,7 +158,8 @@ class SparseEmbedder(AutoModelForEmbedding):
                 document: Optional[Dict[str, torch.Tensor]] = None) -> EmbeddingOutput:
         if query is None or not self.retrieval_config.query_inference_free:
             return super().forward(query, document)
-        return EmbeddingOutput(query_embeddings=self._static_queries(query["input_ids"], query["attention_mask"]),
+        return EmbeddingOutput(query_embeddings=self._static_queries(query["input_ids"], query["attention_mask"],
+                                                                     query.get("pooling_mask")),
                                document_embeddings=self.embed(document) if document is not None else None)
 
     @torch.inference_mode()
@@ -187,9 +191,11 @@ class SparseEmbedder(AutoModelForEmbedding):
         out = torch.zeros((len(ids), self.embedding_dim), dtype=torch.float32)
         device_ = self.query_weights.device
         for start in range(0, len(ids), batch_size):
-            batch = self.processor.pad(ids[start:start + batch_size])
-            out[start:start + batch_size] = self._static_queries(batch["input_ids"].to(device_),
-                                                                 batch["attention_mask"].to(device_)).cpu()
+            # a slice is a plain list: the prompt length (include_prompt=False) goes along by hand
+            batch = {k: v.to(device_) for k, v in self.processor.pad(
+                ids[start:start + batch_size], prompt_length=getattr(ids, "prompt_length", 0)).items()}
+            out[start:start + batch_size] = self._static_queries(batch["input_ids"], batch["attention_mask"],
+                                                                 batch.get("pooling_mask")).cpu()
         return keep_top_terms(out, keep)
 
     def truncate(self, embeddings: torch.Tensor, dim: Optional[int] = None, normalize: Optional[bool] = None) -> torch.Tensor:
