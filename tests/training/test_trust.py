@@ -396,6 +396,15 @@ def test_eval_records_without_negatives_are_refused_before_loading(tiny_bert, tr
         evaluate_reranking(AutoModelForEmbedding.from_pretrained(tiny_bert), records)
 
 
+def test_eval_queries_that_are_training_queries_are_warned_of(tiny_bert, train_file, tmp_path, caplog):
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="retrievals"):
+        assert embed.main(cli(tiny_bert, train_file, out, "--eval_data", train_file, "--eval_strategy", "steps",
+                              "--eval_steps", "1", "--max_steps", "1")) == 0
+    assert "32 of 32 --eval_data queries are also training queries (e.g. " in caplog.text
+    assert "train.jsonl:1)" in caplog.text
+
+
 def test_encode_output_never_replaces_the_training_or_eval_data(tiny_bert, train_file, tmp_path, capsys):
     # --overwrite_output_dir (given to retrain) let --encode_output replace the training file with the vectors' bytes
     data = tmp_path / "corpus.txt"

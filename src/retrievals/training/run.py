@@ -59,6 +59,12 @@ def run_training(
                      "none, any model scores 1.0); add negatives to the record or leave it out")
         if data_args.eval_data else None
     )
+    if eval_records:  # a held-out curve over training queries measures memorisation, not what the run generalises
+        seen = {r.query for r in records}
+        shared = [r for r in eval_records if r.query in seen]
+        if shared:
+            logger.warning("%d of %d --eval_data queries are also training queries (e.g. %s); the held-out curve "
+                           "would score what the model memorised.", len(shared), len(eval_records), shared[0].origin)
     dataset = TrainDataset(records, data_args.train_group_size, args.seed, data_args.unfold_each_positive)
     several = sum(len(r.positives) > 1 for r in records)
     if data_args.unfold_each_positive and several and getattr(args, "use_inbatch_neg", False):
