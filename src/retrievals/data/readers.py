@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
+from ..inputs import check_encodable
 from ..utils import UsageError, logger
 
 Source = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]], Any]
@@ -47,13 +48,12 @@ def _texts(value: Any, where: str, key: str, allow_empty: bool) -> List[str]:
 
 def check_unicode(text: str, where: str, name: str) -> None:
     """A lone surrogate (a JSON "\\ud800" escape) loads as a str but no tokenizer takes it: training failed at the
-    first batch holding it, mid-run, with a tokenizer TypeError naming neither the file nor the field."""
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise DataError(f"{where}: field {name} has a lone surrogate at character {exc.start}, which is not valid "
-                            "Unicode text; fix its \\u escapes.") from None
+    first batch holding it, mid-run, with a tokenizer TypeError naming neither the file nor the field. The check
+    is :func:`retrievals.inputs.check_encodable`'s, raised as a DataError naming the file, line and field."""
+    try:
+        check_encodable(text, f"{where}: field {name}")
+    except UsageError as exc:
+        raise DataError(str(exc)) from None
 
 
 def parse_record(

@@ -571,10 +571,11 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         if backend != "torch" and inference_precision not in ("auto", "fp32"):
             raise UsageError(f"inference_precision={inference_precision!r} is for the torch backend; backend {backend!r} "
                              "takes backend_precision (fp32 | int8 | bf16).")
-        kind = cls if backbone_only else cls._kind_for(check_model_path(model_name_or_path))
+        checked = check_model_path(model_name_or_path)
+        kind = cls if backbone_only else cls._kind_for(checked)
         requested = settings.pop("model_type", None) if "model_type" in cls.accepted_and_ignored else None
         if requested is not None:  # it was ignored: model_type="sparse" loaded a dense model, silently
-            kind = cls._requested_kind(requested, kind, check_model_path(model_name_or_path), backbone_only)
+            kind = cls._requested_kind(requested, kind, checked, backbone_only)
         if kind is not cls:
             return kind.from_pretrained(model_name_or_path, use_lora=use_lora, lora_path=lora_path, lora_r=lora_r,
                                         lora_alpha=lora_alpha, lora_dropout=lora_dropout,
@@ -589,7 +590,7 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         if unknown:
             raise TypeError(f"{cls.__name__}.from_pretrained() got unexpected keyword arguments {sorted(unknown)}; known: {sorted(fields)}")
         overrides = {k: v for k, v in settings.items() if k in fields}
-        path = check_model_path(model_name_or_path)
+        path = checked
         # the whole read under the folder's lock: a save committing meanwhile would mix its files with the old ones
         with folder_lock(path) if os.path.isdir(path) else contextlib.nullcontext():
             if lora_path:
