@@ -156,10 +156,11 @@ def same_run(a: str, b: str) -> bool:
     return flags(a) == flags(b)
 
 
-def recorded_seeds(row: dict, command: str, first_stages: Dict[str, dict]) -> Dict[int, dict]:
+def recorded_seeds(row: dict, command: str, first_stages: Dict[str, dict], wanted: List[str]) -> Dict[int, dict]:
     """The seeds of ``row`` (a recipe's results from an earlier run of this script) that this run may reuse instead of
     retraining: recorded with the same rerank command (seed aside) over first stages with the same figures on the
-    same queries. Training on this CPU is deterministic for a seed (the main job and the e5 row retrain to the same
+    same queries, and measured over every row this run asks for (``wanted``: "STAGE top K" names; a seed measured
+    over the top 20 only is no answer to --top_k 20 50). Training on this CPU is deterministic for a seed (the main job and the e5 row retrain to the same
     figures), so such a seed retrained would give the same model. A row written before seeds were recorded is its
     command's one seed, over the results' first stages of that time (``legacy_first_stages``)."""
     if not row or not same_run(row.get("command", ""), command):
@@ -172,7 +173,7 @@ def recorded_seeds(row: dict, command: str, first_stages: Dict[str, dict]) -> Di
             return {}
         runs = [{**{k: row[k] for k in ("train_minutes", "curve", "reranked", "first_stage_weight") if k in row},
                  "seed": int(seed.group(1)), "first_stages": row["legacy_first_stages"], "scored_with": "torch"}]
-    return {r["seed"]: r for r in runs if r.get("first_stages") == first_stages}
+    return {r["seed"]: r for r in runs if r.get("first_stages") == first_stages and set(wanted) <= set(r.get("reranked", {}))}
 
 
 def best_two_stage(rerankers: Dict[str, dict]) -> dict:
@@ -470,7 +471,8 @@ def main() -> None:
                 command += ["--backbone_only", "true"]  # the embedder's encoder, a fresh reranker head
             if opts.max_steps:
                 command += ["--max_steps", str(opts.max_steps)]
-            reusable = recorded_seeds(previous, shown(command), results["first_stages"])
+            reusable = recorded_seeds(previous, shown(command), results["first_stages"],
+                                      [f"{stage} top {k}" for stage in stages_of for k in ks])
             if not finished(folder) and seed in reusable:
                 print(f"{kind} seed {seed}: reusing its recorded results (same command, same first stages)", flush=True)
                 seeds[seed] = reusable[seed]

@@ -76,11 +76,20 @@ def give_default_mode(path: str | os.PathLike) -> None:
         os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
 
 
+class OutputExistsError(FileExistsError):
+    """An output file is already there and replacing it was not asked for."""
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename: the old or the new content, never half.
 
     The file gets the mode ``open()`` would give it (:func:`give_default_mode`)."""
     path = Path(path)
+    if path.is_symlink():  # the rename would replace the link by a file and leave its target as it was
+        path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file():  # a device or pipe (--output /dev/null) would be replaced by a file
+        raise OutputExistsError(f"{path}: is not a regular file (a folder, device, pipe or socket); results are "
+                                "written to a file by replacing it whole: give a file path.")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -359,33 +368,34 @@ def prepare_folder(folder: str | os.PathLike) -> Optional[Path]:
     return path
 
 
-class OutputExistsError(FileExistsError):
-    """An output file is already there and replacing it was not asked for."""
-
-
 def check_new_output(path: str | os.PathLike, overwrite: bool, flag: str = "--overwrite",
                      inputs: Dict[str, Any] | None = None) -> Path:
-    """``path`` as a Path when it may be written: absent, or present with ``overwrite`` (the user named it); never
-    one of ``inputs`` (``{flag: path or list of paths}``: the files and folders the run reads; an existing file
-    inside such a folder counts as read), even with ``overwrite``; and checked before any work: a folder on the way
-    that is a file would otherwise fail only when the results are written."""
+    """``path`` as a Path when it may be written: absent, or a regular file (a link: its target) with ``overwrite``
+    (the user named it); never one of ``inputs`` (``{flag: path or list of paths}``: the files and folders the run
+    reads or writes itself, such as a model or an index folder) nor inside one of them, even with ``overwrite``
+    (a new file in a data folder is read as data by the next run; one in an index folder breaks the index); and
+    checked before any work: a folder on the way that is a file would otherwise fail only when the results are
+    written."""
     path = Path(path)
     if path.is_dir():
         raise OutputExistsError(f"{path}: is a folder; expected an output file path.")
+    if path.exists() and not path.is_file():  # a device or pipe: replacing it whole would put a file in its place
+        raise OutputExistsError(f"{path}: is not a regular file (a device, pipe or socket); results are written by "
+                                "replacing a file whole: give a file path.")
     for parent in path.absolute().parents:
         if parent.exists():
             if not parent.is_dir():
                 raise OutputExistsError(f"{path}: {parent} is a file, so nothing can be written under it.")
             break
-    if path.exists():
-        for name, given in (inputs or {}).items():
-            for source in (given if isinstance(given, (list, tuple)) else [given]):
-                if not source or not Path(source).exists():
-                    continue
-                source = Path(source).resolve()
-                if source == path.resolve() or (source.is_dir() and source in path.resolve().parents):
-                    raise OutputExistsError(f"{path}: is {'the' if source == path.resolve() else 'in the'} {name} this "
-                                            "run reads; write the output to another file.")
+    target = path.resolve()  # through links, and as far as the path exists
+    for name, given in (inputs or {}).items():
+        for source in (given if isinstance(given, (list, tuple)) else [given]):
+            if not source:
+                continue
+            source = Path(source).resolve()
+            if source == target or source in target.parents:
+                raise OutputExistsError(f"{path}: is {'the' if source == target else 'in the'} {name} this run "
+                                        "uses; write the output to another file.")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} exists; pass {flag} to replace it, or choose another path.")
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import importlib
 import logging
 import math
@@ -166,8 +167,12 @@ def state_digest(module: torch.nn.Module) -> str:
     """sha256 over a module's weights as they are in memory (names, dtypes, shapes, values) and, for a model that
     runs on a CPU backend (``inference_backend``), that backend and precision, or that autocasts its inference
     (``inference_autocast``: bf16 on a GPU by default, or asked for), that dtype: a cache keyed by it never serves
-    vectors computed by other weights or another runtime."""
+    vectors computed by other weights or another runtime. A model with a ``tokenizer`` adds it (:func:`tokenizer_digest`):
+    the same weights behind a tokenizer that does not lowercase give other vectors."""
     digest = hashlib.sha256()
+    tokenizer = getattr(module, "tokenizer", None)
+    if tokenizer is not None:
+        digest.update(f"tokenizer\0{tokenizer_digest(tokenizer)}\0".encode())
     backend = getattr(module, "inference_backend", None)
     if backend is not None:
         digest.update(f"backend\0{backend}\0".encode())
@@ -180,6 +185,22 @@ def state_digest(module: torch.nn.Module) -> str:
         digest.update(f"{name}\0{data.dtype}\0{tuple(data.shape)}\0".encode())
         digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
     return digest.hexdigest()[:16]
+
+
+def tokenizer_digest(tokenizer: object) -> str:
+    """sha256 of what decides a tokenizer's ids: a fast tokenizer's whole pipeline as JSON (normaliser, pre-tokeniser,
+    vocabulary, post-processor, added tokens), else its class, vocabulary and settings; plus its padding and
+    truncation sides and maximum length. Paths and names are left out: two copies of one tokenizer match."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # less its call state: each call sets the truncation and padding it asks for
+        pipeline = json.dumps({k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")},
+                              sort_keys=True)
+    else:
+        settings = {k: v for k, v in getattr(tokenizer, "init_kwargs", {}).items() if "name" not in k and "file" not in k}
+        pipeline = json.dumps([type(tokenizer).__name__, sorted(tokenizer.get_vocab().items()), settings],
+                              sort_keys=True, default=str)
+    sides = [getattr(tokenizer, name, None) for name in ("padding_side", "truncation_side", "model_max_length")]
+    return hashlib.sha256(json.dumps([pipeline, sides], default=str).encode()).hexdigest()[:16]
 
 
 # One spelling per concept across the CLIs; the other spellings in use stay accepted as aliases.

@@ -106,3 +106,16 @@ def test_settings_that_change_nothing_are_said_and_a_nan_ratio_refused(tiny_bert
     for ratio in (float("nan"), float("inf"), float("-inf")):  # a negative ratio is a strict filter: allowed
         with pytest.raises(UsageError, match="false_negative_ratio"):
             build_hn.HardNegativeArguments(model_name_or_path="m", input_file="-", output_file="-", false_negative_ratio=ratio)
+
+
+def test_keep_rest_follows_the_reranked_with_the_rest_in_first_stage_order():
+    # the retrieve and evaluate CLIs keep the depth they retrieved: a reranker over the top 20 of a top-100 run
+    # wrote 20 documents, so the recall@100 printed beside it was recall@20
+    from retrievals.data.io import rank
+
+    ranker = Ranker()
+    run = rerank_run(ranker, CORPUS, QUERIES, FIRST, top_k=2, keep_rest=True)
+    assert rank(run["q1"]) == ["d1", "d0", "d2", "d3"] and rank(run["q2"]) == ["d5", "d4"]
+    assert run["q1"]["d2"] < run["q1"]["d0"] and len(ranker.pairs) == 4  # the rest below, never scored
+    fused = rerank_run(Ranker(), CORPUS, QUERIES, FIRST, top_k=2, keep_rest=True, first_stage_weight=0.5)
+    assert rank(fused["q1"])[2:] == ["d2", "d3"] and set(fused["q1"]) == set(FIRST["q1"])

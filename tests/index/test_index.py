@@ -236,12 +236,15 @@ def test_build_hn(tiny_bert, train_file, tmp_path, caplog):
         assert len(rec["negative"]) == 3 and not set(rec["negative"]) & set(src["positive"])
     assert build_hn.main(base) == 2  # no silent overwrite
     with caplog.at_level("WARNING"):  # ask for more than exists: a warning, not a crash
-        assert build_hn.main(base + ["--overwrite", "--range_for_sampling", "0-5", "--negative_number", "50"]) == 0
+        assert build_hn.main(base + ["--overwrite", "--range_for_sampling", "0-5", "--negative_number", "50",
+                                     "--false_negative_ratio", "10"]) == 0
     assert "fewer than 50 negatives" in caplog.text
-    # a strict false-negative filter (candidates must score below 0 x the positive's score) keeps less
+    # a strict false-negative filter (candidates must score below 0 x the positive's score) keeps none: a file of
+    # empty negative lists would be worse than its input, so it is an error and the last file stays
+    before = out.read_text()
     assert build_hn.main(base + ["--overwrite", "--range_for_sampling", "0-30", "--negative_number", "30",
-                                 "--false_negative_ratio", "-10"]) == 0
-    assert all(not json.loads(line)["negative"] for line in out.read_text().splitlines())
+                                 "--false_negative_ratio", "-10"]) == 2
+    assert out.read_text() == before
     # --min_negatives leaves out the queries a training run with --train_group_size N+1 would refuse
     stats = build_hn.run(build_hn.HardNegativeArguments(
         model_name_or_path=tiny_bert, input_file=train_file, output_file=str(out), overwrite=True, range_for_sampling="0-5",
@@ -340,7 +343,7 @@ def test_retrieve_never_writes_over_its_inputs_and_checks_the_qrels_match(beir_f
     base = ["--corpus", corpus, "--queries", queries, "--index_type", "bm25", "--overwrite"]
     before = Path(qrels).read_bytes()
     assert retrieve.main(base + ["--qrels", qrels, "--output", qrels]) == 2
-    assert "is the --qrels this run reads" in capsys.readouterr().err and Path(qrels).read_bytes() == before
+    assert "is the --qrels this run uses" in capsys.readouterr().err and Path(qrels).read_bytes() == before
     (tmp_path / "afile").write_text("x")
     assert retrieve.main(base + ["--output", str(tmp_path / "afile" / "run.trec")]) == 2
     assert "is a file, so nothing can be written under it" in capsys.readouterr().err

@@ -577,3 +577,75 @@ def test_an_ivf_nlist_above_the_vectors_is_a_named_error(data):
     x, ids = data
     with pytest.raises(UsageError, match="nlist=60 clusters need at least as many vectors; got 50"):
         FaissIndex(x, ids, "ivf", nlist=60)  # was faiss' RuntimeError "nx >= static_cast<idx_t>(k)"
+
+
+def test_a_smaller_runs_trec_eval_ranking_is_the_top_of_a_larger_ones_in_every_backend():
+    # search_run used to cut ties by position while trec_eval ranks them by doc id, descending: with two documents of
+    # one text, top_k=1 kept "a" (hit@1 1.0) and top_k=2 was ranked "b", "a" (hit@1 0.0)
+    needs("faiss")
+    needs("bm25s")
+    from retrievals.data.io import rank
+
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.normal(size=(10, 16)).astype("float32")] * 5)  # every document five times
+    order = rng.permutation(len(x))
+    x, ids = x[order], [f"d{i:02d}" for i in order]  # ids not in position order
+    queries = rng.normal(size=(12, 16)).astype("float32")
+    texts = [f"word{i % 10} common" for i in order]
+    indexes = [(ExactIndex(x, ids), queries), (FaissIndex(x, ids), queries), (FaissIndex(x, ids, "hnsw"), queries),
+               (QuantizedIndex(x, ids, "int8"), queries), (QuantizedIndex(x, ids, rescore_multiplier=0), queries),
+               (BM25Index(texts, ids), [f"word{i} common" for i in range(10)] + ["common", "nothing"])]
+    for index, asked in indexes:
+        query_ids = [f"q{i}" for i in range(len(asked))]
+        full = {q: rank(scores) for q, scores in index.search_run(query_ids, asked, len(ids)).items()}
+        for k in (1, 2, 3, 7, 12, 49):
+            run = index.search_run(query_ids, asked, k)
+            assert {q: rank(scores) for q, scores in run.items()} == {q: docs[:k] for q, docs in full.items()}, \
+                (type(index).__name__, k)
+    a, b = np.ones((1, 4), np.float32), np.ones((1, 4), np.float32)
+    twins = ExactIndex(np.concatenate([a, b]), ["a", "b"])
+    assert twins.search_run(["q"], a, 1) == {"q": {"b": 4.0}}  # trec_eval's first of the pair, as at top_k=2
+
+
+def test_the_cache_and_a_saved_index_never_serve_vectors_of_another_tokenizer(tiny_bert, tmp_path):
+    # keyed by weights and settings only: the same weights behind a tokenizer that does not lowercase got the first
+    # model's cached shards (and its saved index), though they encode other vectors
+    import shutil
+
+    from retrievals import AutoModelForEmbedding
+    from retrievals.utils import state_digest
+
+    other = tmp_path / "cased"
+    shutil.copytree(tiny_bert, other)
+    tokenizer = json.loads((other / "tokenizer.json").read_text())
+    tokenizer["normalizer"] = None  # no lowercasing, no accent stripping
+    (other / "tokenizer.json").write_text(json.dumps(tokenizer))
+    (other / "retrievals_files.json").unlink(missing_ok=True)  # an edited copy: its checksums no longer hold
+    a = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean")
+    b = AutoModelForEmbedding.from_pretrained(str(other), pooling_method="mean")
+    texts = ["Tax CARD Renewal", "PASSPORT office"]
+    assert not np.allclose(a.encode(texts), b.encode(texts))
+    assert state_digest(a) != state_digest(b)
+    same = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean")
+    assert state_digest(a) == state_digest(same)  # a call (truncation, padding) changes nothing in the key
+    np.testing.assert_allclose(encode_sharded(b, texts, tmp_path / "cache"), b.encode_corpus(texts), atol=1e-6)
+    np.testing.assert_allclose(encode_sharded(a, texts, tmp_path / "cache"), a.encode_corpus(texts), atol=1e-6)
+
+
+def test_bm25s_debug_lines_stay_out_of_a_warning_level_log(capsys):
+    # bm25s sets its logger to DEBUG on import: "DEBUG:bm25s:Building index from IDs objects" on every build
+    needs("bm25s")
+    import logging
+
+    root = logging.getLogger()
+    handler = logging.StreamHandler()
+    root.addHandler(handler)
+    try:
+        BM25Index(["apple banana", "cherry kiwi"], ["x", "y"]).search_run(["q"], ["apple"], 1)
+        assert capsys.readouterr().err == ""  # was "Building index from IDs objects"
+        logging.getLogger("bm25s").setLevel(logging.DEBUG)  # asked for after the first build: kept
+        BM25Index(["apple banana", "cherry kiwi"], ["x", "y"])
+        assert logging.getLogger("bm25s").level == logging.DEBUG
+    finally:
+        root.removeHandler(handler)
+        logging.getLogger("bm25s").setLevel(logging.WARNING)

@@ -351,7 +351,7 @@ def test_retrieve_saves_the_sparse_index_under_index_dir_and_never_serves_anothe
     SparseEmbedder.from_pretrained(tiny_bert, query_max_length=16, document_max_length=32).save_pretrained(other)
     # the same settings, another (randomly initialised) MLM head: only the weights differ
     capsys.readouterr()
-    for argv, differs in ((base + ["--model_name_or_path", str(other), "--index_type", "sparse"], "model (weights)"),
+    for argv, differs in ((base + ["--model_name_or_path", str(other), "--index_type", "sparse"], "model (weights or tokenizer)"),
                           (sparse + ["--max_length", "8"], "model settings")):
         assert retrieve.main(argv + ["--output", str(tmp_path / "x.trec")]) == 2
         assert f"{ix / 'sparse'}: this index was built with another {differs}" in capsys.readouterr().err

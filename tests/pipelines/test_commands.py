@@ -24,6 +24,21 @@ def test_usage_and_unknown_commands(capsys):
     assert "unknown command 'trian'" in capsys.readouterr().err
 
 
+def test_version_and_a_subcommands_help_name_the_command_as_typed(capsys):
+    # "retrievals retrieve --help" printed "usage: retrievals [-h] ..."; "retrievals help retrieve" the general usage
+    import sys
+
+    import retrievals
+
+    assert commands.main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"retrievals {retrievals.__version__}"
+    program = sys.argv[0]
+    for argv in (["retrieve", "--help"], ["help", "retrieve"]):
+        with pytest.raises(SystemExit) as exit_:
+            commands.main(argv)
+        assert exit_.value.code == 0 and capsys.readouterr().out.startswith("usage: retrievals retrieve [-h]")
+        assert sys.argv[0] == program
+
+
 def test_subcommand_runs_the_pipeline(tiny_bert, tmp_path):
     data = tmp_path / "texts.txt"
     texts = corpus_lines(4)

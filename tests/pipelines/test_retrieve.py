@@ -1,8 +1,9 @@
 """The retrieve pipeline's outputs: what a rerun leaves beside its run file."""
 
 import json
+import os
 
-from retrievals.data.io import save_beir
+from retrievals.data.io import rank, read_jsonl_texts, save_beir
 from retrievals.pipelines import retrieve
 
 from ..conftest import corpus_lines
@@ -120,3 +121,89 @@ def test_truncate_dim_retrieves_with_the_leading_dimensions(tiny_bert, tmp_path)
     big = tmp_path / "index64"  # above the model's 32 dimensions: refused, no index left behind
     assert retrieve.main([*common, "--truncate_dim", "64", "--index_dir", str(big), "--output", str(tmp_path / "big.trec")]) == 2
     assert not (big / "dense" / "vectors.npy").exists() and not (tmp_path / "big.trec").exists()
+
+
+def _beir(tmp_path, n=20, queries=3):
+    lines = corpus_lines(n)
+    save_beir(tmp_path / "beir", {f"d{i}": t for i, t in enumerate(lines)}, {f"q{i}": lines[i][:20] for i in range(queries)},
+              {f"q{i}": {f"d{i}": 1} for i in range(queries)})
+    return tmp_path / "beir"
+
+
+def test_the_run_is_never_written_into_a_folder_the_run_uses(tiny_bert, tmp_path, capsys):
+    # --output IDX/dense/ids.json replaced the saved index's ids; --output MODEL/config.json --overwrite the model's
+    beir = _beir(tmp_path)
+    common = ["--dataset", str(beir), "--model_name_or_path", tiny_bert, "--pooling_method", "mean", "--index_type", "exact"]
+    for output, flag in ((tmp_path / "idx" / "dense" / "ids.json", "--index_dir"), (tmp_path / "idx" / "run", "--index_dir"),
+                         (os.path.join(tiny_bert, "config.json"), "--model_name_or_path")):
+        before = os.path.getmtime(os.path.join(tiny_bert, "config.json"))
+        assert retrieve.main([*common, "--index_dir", str(tmp_path / "idx"), "--output", str(output), "--overwrite", "true"]) == 2
+        assert f"is in the {flag} this run uses" in capsys.readouterr().err
+        assert not (tmp_path / "idx").exists() and os.path.getmtime(os.path.join(tiny_bert, "config.json")) == before
+
+
+def test_folders_that_are_files_and_contradicting_flags_are_refused_before_any_work(tiny_bert, tmp_path, capsys):
+    beir = _beir(tmp_path)
+    (tmp_path / "a_file").write_text("mine")
+    out = ["--output", str(tmp_path / "run.trec")]
+    dense = ["--dataset", str(beir), "--model_name_or_path", tiny_bert, "--index_type", "exact", *out]
+    for argv, words in (([*dense, "--index_dir", str(tmp_path / "a_file")], "--index_dir"),
+                        ([*dense, "--cache_dir", str(tmp_path / "a_file")], "--cache_dir"),
+                        ([*dense, "--corpus", str(beir / "corpus.jsonl")], "--dataset brings its own"),
+                        (["--dataset", str(beir), "--index_type", "bm25", "--model_name_or_path", tiny_bert, *out], "uses no embedder"),
+                        ([*dense, "--reranker_name_or_path", str(tmp_path / "nope")], "nope")):
+        assert retrieve.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "a_file").read_text() == "mine" and not (tmp_path / "run.trec").exists()
+
+
+def test_empty_inputs_and_qrels_naming_no_document_are_errors(tiny_bert, tmp_path, capsys):
+    # an empty corpus wrote an empty run (or, with --cache_dir, a traceback); qrels whose document ids match none of
+    # the corpus printed metrics of 0 with exit 0
+    beir = _beir(tmp_path)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text("".join(f"q{i}\t0\tdoc{i}\t1\n" for i in range(3)))
+    common = ["--model_name_or_path", tiny_bert, "--index_type", "exact", "--output", str(tmp_path / "run.trec")]
+    for files, words in (((empty, beir / "queries.jsonl"), "empty.jsonl: holds no records"),
+                         ((beir / "corpus.jsonl", empty), "empty.jsonl: holds no records"),
+                         ((beir / "corpus.jsonl", beir / "queries.jsonl", qrels), "none of its 3 relevant document ids")):
+        argv = ["--corpus", str(files[0]), "--queries", str(files[1]), *(["--qrels", str(files[2])] if len(files) > 2 else [])]
+        assert retrieve.main([*argv, *common, "--cache_dir", str(tmp_path / "cache")]) == 2
+        assert words in capsys.readouterr().err
+    assert not (tmp_path / "run.trec").exists()
+
+
+def test_the_run_keeps_top_k_documents_and_the_reranker_sees_rerank_top_k(tiny_bert, tmp_path):
+    # --top_k 100 --rerank_top_k 5 wrote 5 documents (recall@100 was recall@5); --top_k 3 --rerank_top_k 8 reranked 3
+    from retrievals import AutoModelForRanking
+    from retrievals.data.io import read_trec_run
+
+    beir = _beir(tmp_path)
+    ranker = tmp_path / "ce"
+    AutoModelForRanking.from_pretrained(tiny_bert, model_type="cross-encoder", max_length=32).save_pretrained(ranker)
+    common = ["--dataset", str(beir), "--model_name_or_path", tiny_bert, "--pooling_method", "mean", "--index_type", "exact"]
+    assert retrieve.main([*common, "--output", str(tmp_path / "first.trec"), "--top_k", "12"]) == 0
+    first = read_trec_run(tmp_path / "first.trec")
+    scored = {}
+    real = AutoModelForRanking.from_pretrained(str(ranker))
+    for top_k, rerank_top_k in ((12, 5), (3, 8)):
+        out = tmp_path / f"run{top_k}.trec"
+        assert retrieve.main([*common, "--output", str(out), "--top_k", str(top_k), "--reranker_name_or_path", str(ranker),
+                              "--rerank_top_k", str(rerank_top_k)]) == 0
+        run = read_trec_run(out)
+        for q, scores in run.items():
+            assert len(scores) == top_k
+            ranked, before = rank(scores), rank(first[q])
+            depth = min(top_k, rerank_top_k)
+            if top_k > rerank_top_k:  # the rest follows in first-stage order
+                assert set(ranked[:rerank_top_k]) == set(before[:rerank_top_k]) and ranked[rerank_top_k:] == before[rerank_top_k:top_k]
+            else:  # the best of the reranked top 8
+                candidates = before[:rerank_top_k]
+                texts, asked = read_jsonl_texts(beir / "corpus.jsonl"), read_jsonl_texts(beir / "queries.jsonl")
+                expect = real.compute_score([(asked[q], texts[d]) for d in candidates])
+                best = [d for _, d in sorted(zip(expect, candidates), key=lambda sd: (sd[0], sd[1]), reverse=True)][:depth]
+                assert ranked == best, (ranked, best)
+

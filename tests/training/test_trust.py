@@ -414,7 +414,7 @@ def test_encode_output_never_replaces_the_training_or_eval_data(tiny_bert, train
         argv = cli(tiny_bert, target, tmp_path / "o", "--overwrite_output_dir", "--do_encode", "--encode_data", str(data),
                    "--encode_output", train_file)
         assert embed.main(argv) == 2
-        assert "this run reads; write the output to another file" in capsys.readouterr().err
+        assert "this run uses; write the output to another file" in capsys.readouterr().err
     assert Path(train_file).read_bytes() == before and not (tmp_path / "o").exists()
 
 

@@ -26,6 +26,7 @@ class Record:
     positives: List[str]
     negatives: List[str] = field(default_factory=list)
     origin: str = ""  # "file:line" for error messages
+    extra: Dict[str, Any] = field(default_factory=dict)  # the other fields, when a reader keeps them (build_hn writes them back)
 
 
 def _texts(value: Any, where: str, key: str, allow_empty: bool) -> List[str]:
@@ -255,6 +256,7 @@ def load_records(
     negative_key: Optional[str] = "negative",
     min_negatives: int = 0,
     needed_for: str = "",
+    keep_fields: bool = False,
 ) -> List[Record]:
     """Read and validate every record before training starts.
 
@@ -265,7 +267,8 @@ def load_records(
     own query's negative would hold even a perfect model's loss above zero); a record then shorter than the group
     samples its remaining negatives with repeats, as any short record does, and one left with none is the error
     above. Fields other than the three keys are not read: one warning names them (``pos_scores`` / ``neg_scores``
-    of other tools' distillation data are not teacher scores here).
+    of other tools' distillation data are not teacher scores here); with ``keep_fields`` they are kept in each
+    record's ``extra`` instead, for a tool that writes the records back (``build_hn``).
     """
     keys = [k for k in (query_key, positive_key, negative_key) if k]
     if len(set(keys)) < len(keys):  # positive_key == query_key made every positive its own query, silently
@@ -280,7 +283,10 @@ def load_records(
         record = parse_record(obj, where, query_key, positive_key, negative_key)
         for name in obj:
             if name not in keys:
-                ignored.setdefault(name, where)
+                if keep_fields:
+                    record.extra[name] = obj[name]
+                else:
+                    ignored.setdefault(name, where)
         positives = set(record.positives)
         kept = [text for text in record.negatives if text not in positives]
         removed = len(record.negatives) - len(kept)

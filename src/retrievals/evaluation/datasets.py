@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Mapping, Optional
 
 from ..data.readers import DataError
 from ..data.io import beir_files, dataset_hash, load_beir
+from ..utils import logger
 
 
 @dataclass
@@ -59,3 +60,25 @@ def dataset_files(name_or_path: str, split: str = "test") -> Dict[str, Path]:
 
         return vaswani_files(name_or_path)
     return beir_files(name_or_path, split) if layout == "beir" else {}
+
+
+def check_qrels_cover(qrels: Dict[str, Dict[str, int]], queries: Mapping[str, str], corpus: Mapping[str, str],
+                      where: str) -> None:
+    """Judgments that name no query or document of this run measure nothing: none at all is an error (the metrics
+    would print 0 as if retrieval had failed), some are a warning with their count."""
+    judged = {q for q, docs in qrels.items() if any(r > 0 for r in docs.values())}
+    if not judged:
+        raise DataError(f"{where}: no query has a relevant document (every relevance is 0).")
+    missing = judged - set(queries)
+    if missing == judged:
+        raise DataError(f"{where}: none of its {len(judged)} judged query ids is a query id of this run (e.g. "
+                        f"{sorted(judged)[0]!r} vs {sorted(queries)[0] if queries else None!r}); ids must match exactly.")
+    relevant = {d for q, docs in qrels.items() if q in queries for d, r in docs.items() if r > 0}
+    unknown = relevant - set(corpus)
+    if unknown == relevant:
+        raise DataError(f"{where}: none of its {len(relevant)} relevant document ids is a document id of the corpus "
+                        f"(e.g. {sorted(relevant)[0]!r} vs {sorted(corpus)[0] if corpus else None!r}); ids must match "
+                        "exactly.")
+    if missing or unknown:
+        logger.warning("%s: %d judged queries are not among the queries (left out of the metrics) and %d relevant "
+                       "documents not in the corpus.", where, len(missing), len(unknown))

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Sequence
 
 from ..files import atomic_write_text
 from ..plotting import pyplot, save_png
+from ..utils import logger
 
 REPORTED = ("ndcg@10", "map", "mrr@10", "recall@100")
 
@@ -63,6 +64,10 @@ def write_report(folder: str | os.PathLike, dataset: Dict[str, Any], rows: Seque
     png = _chart(folder / "report.png", rows, title)
     if png:
         paths["png"] = png
+    elif (folder / "report.png").is_file():  # an earlier report's chart beside this report would pass for its own
+        (folder / "report.png").unlink()
+        logger.warning("%s: removed the earlier report's chart (no chart this time: matplotlib is not installed).",
+                       folder / "report.png")
     return paths
 
 

@@ -6,7 +6,7 @@ import math
 from typing import Any, Dict, Iterable, Mapping
 
 from ..data.io import rank
-from ..index.exact import exact_search
+from ..index.exact import ExactIndex
 from ..index.hybrid import weighted_score_fusion
 from ..inputs import check_top_k
 from ..utils import UsageError
@@ -23,10 +23,8 @@ def retrieve(model: Any, corpus: Mapping[str, str], queries: Mapping[str, str], 
         return model.search_run(index, {q: queries[q] for q in query_ids}, top_k, batch_size=batch_size)
     doc_emb = model.encode_corpus([corpus[d] for d in doc_ids], batch_size=batch_size, show_progress_bar=show_progress_bar)
     q_emb = model.encode_queries([queries[q] for q in query_ids], batch_size=batch_size, show_progress_bar=show_progress_bar)
-    scores, indices = exact_search(q_emb, doc_emb, top_k=top_k)
-    return {
-        qid: {doc_ids[j]: float(s) for s, j in zip(scores[row], indices[row])} for row, qid in enumerate(query_ids)
-    }
+    # the index's run: cut as trec_eval ranks it (equal scores by doc id), so a smaller top_k is a larger one's top
+    return ExactIndex(doc_emb, doc_ids).search_run(query_ids, q_emb, top_k)
 
 
 def evaluate_embedder(model: Any, corpus: Mapping[str, str], queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]],
@@ -47,10 +45,13 @@ def check_first_stage_weight(weight: float, flag: str = "first_stage_weight") ->
 
 def rerank_run(ranker: Any, corpus: Mapping[str, str], queries: Mapping[str, str], run: Mapping[str, Mapping[str, float]],
                top_k: int = 20, batch_size: int = 32, show_progress_bar: bool = False,
-               first_stage_weight: float = 0.0) -> Dict[str, Dict[str, float]]:
+               first_stage_weight: float = 0.0, keep_rest: bool = False) -> Dict[str, Dict[str, float]]:
     """Rescore each query's best ``top_k`` first-stage candidates with ``ranker.compute_score``.
 
-    The candidates below ``top_k`` are dropped, so metrics measure the reranked list alone.
+    The candidates below ``top_k`` are dropped, so metrics measure the reranked list alone; with ``keep_rest`` they
+    follow the reranked ones in their first-stage order (their scores become the lowest reranked score less 1, 2,
+    ...: below every reranked one, as trec_eval must rank them), so the run keeps its depth and a cut metric such
+    as recall@100 measures the list it names.
     ``first_stage_weight`` w in [0, 1]: each candidate's score becomes (1 - w) x reranker + w x first stage, both
     min-max normalised per query (:func:`retrievals.index.weighted_score_fusion`), so the reranker corrects the
     first stage rather than replacing it; 0 (default) keeps the reranker's raw scores.
@@ -77,7 +78,12 @@ def rerank_run(ranker: Any, corpus: Mapping[str, str], queries: Mapping[str, str
     reranked: Dict[str, Dict[str, float]] = {qid: {} for qid in run}
     for (qid, doc_id), score in zip(owners, new_scores):
         reranked[qid][doc_id] = float(score)
-    if first_stage_weight == 0.0:
-        return reranked
-    fused = weighted_score_fusion([reranked, candidates], weights=[1.0 - first_stage_weight, first_stage_weight])
-    return {qid: fused.get(qid, {}) for qid in run}
+    if first_stage_weight != 0.0:
+        fused = weighted_score_fusion([reranked, candidates], weights=[1.0 - first_stage_weight, first_stage_weight])
+        reranked = {qid: fused.get(qid, {}) for qid in run}
+    if keep_rest:
+        for qid, scores in run.items():
+            lowest = min(reranked[qid].values(), default=0.0)
+            rest = [doc_id for doc_id in rank(scores) if doc_id not in reranked[qid]]
+            reranked[qid].update({doc_id: lowest - i for i, doc_id in enumerate(rest, start=1)})
+    return reranked

@@ -69,14 +69,33 @@ class Index(ABC):
         """:meth:`search` for at least one query and ``1 <= k <= len(self)``."""
 
     def search_run(self, query_ids: Sequence[str], queries: Any, top_k: int = 100) -> Run:
-        """A run: query id -> {document id: score} of the best ``top_k``."""
+        """A run: query id -> {document id: score} of the best ``top_k``, cut as trec_eval ranks a run.
+
+        trec_eval orders equal scores by document id, descending (:func:`retrievals.data.io.rank`), whereas
+        :meth:`search` keeps the first documents (by position) of those tied at the k-th score. Cut that way, the
+        run at ``top_k=1`` of two documents with one text held the first while the run at ``top_k=2`` ranked the
+        second above it: a smaller run was not the top of a larger one. So the documents tied at the k-th score
+        are all fetched (the search is widened until the tie ends within it) and the best by id are kept."""
         query_ids = [query_ids] if isinstance(query_ids, str) else list(query_ids)
-        scores, ids = self.search(queries, top_k)
-        check_same_length(query_ids, ids, "query_ids and queries")
+        k = min(check_top_k(top_k), len(self.ids))
+        converted = self._queries(queries)
+        check_same_length(query_ids, converted, "query_ids and queries")
         twice = [q for q, n in Counter(map(str, query_ids)).items() if n > 1]  # a run is keyed by query id
         if twice:
             raise UsageError(f"query_ids must be unique; {twice[0]!r} occurs more than once.")
-        return {str(q): {d: float(s) for d, s in zip(row_ids, row) if d is not None} for q, row, row_ids in zip(query_ids, scores, ids)}
+        rows: List[List[Tuple[str, float]]] = [[] for _ in query_ids]
+        todo, width = list(range(len(query_ids))) if k else [], min(k + 1, len(self.ids))
+        while todo:
+            scores, ids = self._search(_take(converted, todo), width)
+            still = []
+            for row, row_scores, row_ids in zip(todo, scores, ids):
+                found = [(d, float(s)) for d, s in zip(row_ids, row_scores) if d is not None]
+                if width < len(self.ids) and len(found) == width and found[-1][1] == found[k - 1][1]:
+                    still.append(row)  # the k-th score's tie may go on past what came back
+                else:
+                    rows[row] = sorted(found, key=lambda pair: (pair[1], pair[0]), reverse=True)[:k]
+            todo, width = still, min(2 * width, len(self.ids))
+        return {str(q): dict(row) for q, row in zip(query_ids, rows)}
 
     def stored(self) -> Optional[int]:
         """How many documents the backend's own structure holds (checked against the ids on load); None: unknown."""
@@ -193,6 +212,11 @@ def ranked_search(search: Callable[[np.ndarray, int], Tuple[np.ndarray, np.ndarr
         positions[todo[done]] = np.take_along_axis(p[done], order, 1)
         todo, width = todo[open_tie], min(2 * width, n)
     return scores, positions
+
+
+def _take(queries: Any, rows: List[int]) -> Any:
+    """The converted queries (a matrix or a list, see ``Index._queries``) of ``rows``."""
+    return queries[np.asarray(rows)] if isinstance(queries, np.ndarray) else [queries[i] for i in rows]
 
 
 def top_k_by_position(scores: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,7 @@ class BM25Index(Index):
                  method: str = "lucene", stopwords: Optional[str] = None, _retriever: Any = None) -> None:
         super().__init__(ids)
         bm25s = require("bm25s", "bm25")
+        quiet_bm25s()
         self.k1, self.b, self.method, self.stopwords = k1, b, method, stopwords
         if _retriever is not None:
             self.retriever = _retriever
@@ -76,3 +77,16 @@ class BM25Index(Index):
         retriever = bm25s.BM25.load(str(folder / "bm25s"))
         return cls(None, ids, settings.get("k1", 1.5), settings.get("b", 0.75), settings.get("method", "lucene"),
                    settings.get("stopwords"), _retriever=retriever)
+
+
+def quiet_bm25s() -> None:
+    """bm25s sets its own logger to DEBUG when imported, so every index build printed "DEBUG:bm25s: Building index
+    from IDs objects" under any logging setup at WARNING; its level is raised to WARNING unless someone chose one
+    since (``logging.getLogger("bm25s").setLevel(...)`` after the first import still wins)."""
+    import logging
+
+    bm25s_logger = logging.getLogger("bm25s")
+    if bm25s_logger.level == logging.DEBUG and not getattr(bm25s_logger, "_retrievals_quieted", False):
+        bm25s_logger.setLevel(logging.WARNING)
+        bm25s_logger._retrievals_quieted = True  # once: a later DEBUG is the user's choice
+

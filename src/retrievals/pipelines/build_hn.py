@@ -67,6 +67,9 @@ class HardNegativeArguments(EmbedderFlags, RerankerFlags):
         if not math.isfinite(self.false_negative_ratio):  # nan would compare false everywhere: a silent setting
             raise UsageError(f"--false_negative_ratio must be a finite number, got {self.false_negative_ratio}.")
         parse_range(self.range_for_sampling)
+        if self.min_negatives > self.negative_number and not self.keep_original_negatives:  # no record could pass
+            raise UsageError(f"--min_negatives {self.min_negatives} is more than --negative_number "
+                             f"{self.negative_number} mines per query: every query would be left out.")
 
 
 def parse_range(text: str) -> Tuple[int, int]:
@@ -153,13 +156,17 @@ def mine(a: HardNegativeArguments, records: List[Record], pool: List[str], model
 def run(a: HardNegativeArguments) -> Dict[str, int]:
     output = check_new_output(a.output_file, a.overwrite, inputs={"--input_file": a.input_file, "--candidate_pool": a.candidate_pool})
     parse_range(a.range_for_sampling)
-    records = load_records(a.input_file, a.query_key, a.positive_key, a.negative_key)
+    records = load_records(a.input_file, a.query_key, a.positive_key, a.negative_key, keep_fields=True)
     if a.candidate_pool:
         pool = read_pool(a.candidate_pool)
     else:
         pool = list(dict.fromkeys(t for r in records for t in (*r.positives, *r.negatives)))
     if not pool:
         raise DataError("the candidate pool is empty")
+    start, _ = parse_range(a.range_for_sampling)
+    if start >= len(pool):  # every query would get no negative: say so before the encoding
+        raise UsageError(f"--range_for_sampling {a.range_for_sampling} starts at rank {start}, past the candidate pool's "
+                         f"{len(pool)} texts: start lower, or add a larger --candidate_pool.")
     reranker = a.load_reranker()  # before the encoding: a wrong path must not cost an encoding of the whole pool
     model = a.load_embedder(required_for="build_hn")
     negatives, stats = mine(a, records, pool, model, reranker)
@@ -171,8 +178,17 @@ def run(a: HardNegativeArguments) -> Dict[str, int]:
     if not kept:
         raise DataError(f"no query got --min_negatives {a.min_negatives} negatives, so {output} would be empty: widen "
                         "--range_for_sampling, raise --false_negative_ratio or add a --candidate_pool.")
-    atomic_write_text(output, "".join(
-        json.dumps({a.query_key: record.query, a.positive_key: record.positives, a.negative_key: negs}, ensure_ascii=False) + "\n"
+    if not any(negs for _, negs in kept):  # a training file with every negative list empty: worse than the input
+        raise DataError(f"no query got a negative, so {output} would hold none: widen --range_for_sampling, raise "
+                        "--false_negative_ratio or add a --candidate_pool.")
+    stale = sorted({name for record, _ in kept for name in record.extra if name.lower().startswith("neg")})
+    if stale:  # fields about the old negatives (neg_scores: another tool's teacher scores) would pair with new ones
+        logger.warning("fields %s describe the input's negatives, which mining replaced: left out of %s.", stale, output)
+        for record, _ in kept:
+            record.extra = {k: v for k, v in record.extra.items() if k not in stale}
+    atomic_write_text(output, "".join(  # the record's other fields (id, prompt, ...) go with it, unchanged
+        json.dumps({**record.extra, a.query_key: record.query, a.positive_key: record.positives, a.negative_key: negs},
+                   ensure_ascii=False) + "\n"
         for record, negs in kept))
     stats["queries"] = len(records)
     stats["left_out"] = len(records) - len(kept)

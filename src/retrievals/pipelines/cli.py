@@ -38,12 +38,38 @@ def unknown_flags(unknown: List[str], parser: Any) -> str:
     return f"unknown argument(s) {' '.join(unknown)}" + (f": {'; '.join(hints)}" if hints else "; see --help")
 
 
+def repeated_flags(argv: Sequence[str], parser: Any) -> Optional[str]:
+    """The message for a list flag given twice (or under two of its aliases): argparse keeps the last list, so
+    ``--models a=X --models b=Y`` evaluated b alone and a left the report without a word. A scalar flag given again
+    replaces the earlier value, as argparse documents and scripts use to override a default command.
+
+    >>> import argparse
+    >>> p = argparse.ArgumentParser(); _ = p.add_argument("--models", nargs="+"); _ = p.add_argument("--top_k")
+    >>> repeated_flags(["--models", "a=x", "--top_k=3", "--top_k", "4", "--models", "b=y"], p)
+    '--models is given twice; argparse would keep only the last list: give all its values after one --models.'
+    """
+    seen = {}
+    for arg in argv:
+        action = parser._option_string_actions.get(arg.split("=", 1)[0]) if arg.startswith("--") else None
+        if action is None or action.nargs not in ("+", "*"):
+            continue
+        if action.dest in seen:
+            first = seen[action.dest]
+            named = first if first == arg.split("=", 1)[0] else f"{first} (as {arg.split('=', 1)[0]})"
+            return f"{named} is given twice; argparse would keep only the last list: give all its values after one {first}."
+        seen[action.dest] = arg.split("=", 1)[0]
+    return None
+
+
 def run_cli(arg_classes: Sequence[type], body: Callable[..., Any], argv: Optional[List[str]] = None) -> int:
     """Parse ``argv`` into ``arg_classes`` and call ``body(*parsed)``; a user error prints
     ``error: <message>`` (naming file, line and field where it can) and returns 2."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     parser = HfArgumentParser(tuple(arg_classes))
     try:
+        twice = repeated_flags(sys.argv[1:] if argv is None else argv, parser)
+        if twice:
+            raise UsageError(twice)
         try:
             *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
         except ValueError as exc:  # transformers' own checks of its flags (--logging_steps 0 with steps logging, ...)

@@ -30,6 +30,13 @@ def usage() -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:
+        from .. import __version__
+
+        print(f"retrievals {__version__}")
+        return 0
+    if argv[:1] == ["help"] and len(argv) > 1:  # "retrievals help retrieve" is "retrievals retrieve --help"
+        argv = [argv[1], "--help"]
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
@@ -38,7 +45,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(f"retrievals.pipelines.{COMMANDS[name][0]}")
-    return int(module.main(argv[1:]) or 0)
+    program = sys.argv[0]
+    sys.argv[0] = f"retrievals {name}"  # argparse names the program from it: its usage line reads as typed
+    try:
+        return int(module.main(argv[1:]) or 0)
+    finally:
+        sys.argv[0] = program
 
 
 if __name__ == "__main__":

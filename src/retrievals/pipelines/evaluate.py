@@ -19,12 +19,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..evaluation.datasets import load_eval_dataset
+from ..evaluation.datasets import check_qrels_cover, dataset_files, load_eval_dataset
 from ..evaluation.metrics import evaluate_run
 from ..evaluation.report import REPORT_FILES, REPORTED, model_settings, write_report
 from ..evaluation.retrieval import check_first_stage_weight, rerank_run, retrieve
 from ..index import BM25Index, check_fusion, fuse
 from ..files import check_new_output
+from ..models.base import check_model_path
 from ..utils import UsageError, at_least, logger
 from .cli import run_cli
 
@@ -43,14 +44,16 @@ class EvaluateArguments:
     rerank_first_stage_weight: float = field(default=0.0, metadata={
         "help": "w in [0, 1]: rerank by (1 - w) x reranker + w x first-stage score (each min-max normalised per "
                 "query); 0: the reranker's scores alone."})
-    top_k: int = 100
+    top_k: int = field(default=100, metadata={"help": "How deep each first stage retrieves: at least 100 (recall@100 "
+                                                      "is reported), and at least --rerank_top_k."})
     batch_size: int = 64
     title: Optional[str] = None
     overwrite: bool = field(default=False, metadata={"help": "Replace report files already in --output_dir."})
 
     def __post_init__(self) -> None:
-        for flag in ("rerank_top_k", "top_k", "batch_size"):
+        for flag in ("rerank_top_k", "batch_size"):
             at_least(f"--{flag}", getattr(self, flag), 1)
+        at_least("--top_k", self.top_k, 100)  # a shallower run would report recall@100 of fewer documents
         check_fusion(self.fusion, self.fusion_weights)
         check_first_stage_weight(self.rerank_first_stage_weight, "--rerank_first_stage_weight")
 
@@ -93,10 +96,13 @@ def evaluate(a: EvaluateArguments) -> Dict[str, Dict]:
     from ..models.embedding import AutoModelForEmbedding
     from ..models.rankers import AutoModelForRanking
 
-    for name in REPORT_FILES:  # before any work; other files in the folder are never touched
-        check_new_output(Path(a.output_dir) / name, a.overwrite)
-    data = load_eval_dataset(a.dataset)
     models, rerankers = named(a.models), named(a.rerankers)
+    # the dataset's files and the models' folders are never written into, even with --overwrite
+    inputs = {**{f"--dataset {role} file": path for role, path in dataset_files(a.dataset).items()},
+              **{f"--models {name}": path for name, path in models if Path(path).exists()},
+              **{f"--rerankers {name}": path for name, path in rerankers if Path(path).exists()}}
+    for name in REPORT_FILES:  # before any work; other files in the folder are never touched
+        check_new_output(Path(a.output_dir) / name, a.overwrite, inputs=inputs)
     hybrids = [hybrid_parts(spec) for spec in a.hybrids]
     check_unique_names([*(("--models", n) for n, _ in models), *(("--hybrids", n) for n, _, _ in hybrids),
                         *(("--rerankers", n) for n, _ in rerankers)])
@@ -106,13 +112,21 @@ def evaluate(a: EvaluateArguments) -> Dict[str, Dict]:
             raise UsageError(f"--hybrids {name}: {sorted({first, second} - known)} are neither bm25 nor --models names")
     if not models and not rerankers:
         raise UsageError("nothing to evaluate: pass --models and/or --rerankers")
+    first = a.first_stage or (models[0][0] if models else "bm25")
+    if rerankers and first not in known:  # checked before any model runs
+        raise UsageError(f"--first_stage {first!r} is neither bm25 nor one of --models {sorted(known - {'bm25'})}")
+    for flag, specs in (("--models", models), ("--rerankers", rerankers)):
+        for name, path in specs:  # each is loaded in turn: a wrong last path must not cost the first ones' runs
+            check_model_path(path, f"{flag} {name} model")
+    data = load_eval_dataset(a.dataset)
+    check_qrels_cover(data.qrels, data.queries, data.corpus, a.dataset)
     for flag, value, needs in (("--first_stage", a.first_stage, rerankers), ("--fusion_weights", a.fusion_weights, hybrids)):
         if value and not needs:  # a setting that changes nothing must not look as if it were in the report
             logger.warning("%s is set but there are no %s: it changes nothing.", flag,
                            "--rerankers" if flag == "--first_stage" else "--hybrids")
     k_values = (10, 100)
     # how deep the first stages retrieve: at least 100 (recall@100), and every document a reranker is told to take
-    depth = max(a.top_k, 100, a.rerank_top_k if rerankers else 0)
+    depth = max(a.top_k, a.rerank_top_k if rerankers else 0)
     rows, runs = [], {}
     for name, path in models:
         model = AutoModelForEmbedding.from_pretrained(path)
@@ -142,16 +156,15 @@ def evaluate(a: EvaluateArguments) -> Dict[str, Dict]:
                      "seconds": 0.0, "metrics": {m: round(metrics[m], 4) for m in REPORTED},
                      "settings": {"fusion": a.fusion, "weights": list(weights or [1.0, 1.0])}})
     if rerankers:
-        first = a.first_stage or (models[0][0] if models else "bm25")
         if first == "bm25":
             ensure_bm25()
-        elif first not in runs:
-            raise UsageError(f"--first_stage {first!r} is neither bm25 nor one of --models {list(runs)}")
         for name, path in rerankers:
             model = AutoModelForRanking.from_pretrained(path)
             start = time.perf_counter()
+            # the first stage's documents past --rerank_top_k follow the reranked ones, so MAP and recall@100 measure
+            # as deep a list as the first stage's row (without them MAP fell under it and recall@100 was recall@20)
             run = rerank_run(model, data.corpus, data.queries, runs[first], top_k=a.rerank_top_k, batch_size=a.batch_size,
-                             first_stage_weight=a.rerank_first_stage_weight)
+                             first_stage_weight=a.rerank_first_stage_weight, keep_rest=True)
             metrics = evaluate_run(run, data.qrels, k_values)
             rows.append({"name": name, "kind": f"reranker over {first} top {a.rerank_top_k}"
                          + (f" (first stage weight {a.rerank_first_stage_weight})" if a.rerank_first_stage_weight else ""), "path": path,

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from ..data.readers import DataError
-from ..evaluation.datasets import dataset_files, load_eval_dataset
-from ..data.io import check_trec_id, dataset_hash, read_jsonl_texts, read_qrels, write_trec_run
+from ..evaluation.datasets import check_qrels_cover, dataset_files, load_eval_dataset
+from ..data.io import check_trec_id, dataset_hash, rank, read_jsonl_texts, read_qrels, write_trec_run
 from ..evaluation.metrics import evaluate_run
 from ..evaluation.retrieval import check_first_stage_weight, rerank_run
 from ..index import (
@@ -87,15 +87,30 @@ class RetrieveArguments(EmbedderFlags, RerankerFlags):
         if self.cache_dir and self.index_type in ("sparse", "bm25"):  # it would be ignored: no vectors it could hold
             raise UsageError(f"--cache_dir keeps dense corpus embeddings, which --index_type {self.index_type} has none "
                              f"of: drop it (--index_dir saves the {self.index_type} index for the next run).")
+        if self.model_name_or_path and self.index_type == "bm25":  # it would be ignored as silently
+            raise UsageError("--index_type bm25 uses no embedder: drop --model_name_or_path, or choose a dense, sparse "
+                             "or hybrid --index_type.")
+        if self.dataset and (self.corpus or self.queries or self.qrels):  # --dataset's files were used, these dropped
+            given = [f for f in ("--corpus", "--queries", "--qrels") if getattr(self, f[2:])]
+            raise UsageError(f"--dataset brings its own corpus, queries and qrels: drop {', '.join(given)}, or --dataset.")
+        for flag in ("index_dir", "cache_dir"):  # checked now: found a file only when saving, after the encoding
+            folder = getattr(self, flag)
+            if folder is not None and (folder == "" or (Path(folder).exists() and not Path(folder).is_dir())):
+                raise UsageError(f"--{flag} {folder!r}: {'is a file; ' if folder else ''}expected a folder path.")
 
 
 def load_inputs(a: RetrieveArguments):
     if a.dataset:
         data = load_eval_dataset(a.dataset)
-        return data.corpus, data.queries, data.qrels
-    if not (a.corpus and a.queries):
+        corpus, queries, qrels = data.corpus, data.queries, data.qrels
+    elif not (a.corpus and a.queries):
         raise DataError("pass --dataset, or --corpus and --queries")
-    return read_jsonl_texts(a.corpus), read_jsonl_texts(a.queries), read_qrels(a.qrels) if a.qrels else None
+    else:
+        corpus, queries, qrels = read_jsonl_texts(a.corpus), read_jsonl_texts(a.queries), read_qrels(a.qrels) if a.qrels else None
+    for texts, name in ((corpus, a.corpus or f"{a.dataset}'s corpus"), (queries, a.queries or f"{a.dataset}'s queries")):
+        if not texts:  # an empty run (or a traceback from the shard cache) said nothing of why
+            raise DataError(f"{name}: holds no records; nothing to {'search' if texts is corpus else 'ask'}.")
+    return corpus, queries, qrels
 
 
 def dense_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, str], index_type: str):
@@ -156,23 +171,7 @@ def sparse_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, 
     return model.search_run(index, queries, a.top_k, batch_size=a.batch_size)
 
 
-def check_qrels_cover(qrels: Dict[str, Dict[str, int]], queries: Dict[str, str], corpus: Dict[str, str], where: str) -> None:
-    """Judgments that name no query or document of this run measure nothing: none at all is an error (the metrics
-    would print 0 as if retrieval had failed), some are a warning with their count."""
-    judged = {q for q, docs in qrels.items() if any(r > 0 for r in docs.values())}
-    if not judged:
-        raise DataError(f"{where}: no query has a relevant document (every relevance is 0).")
-    missing = judged - set(queries)
-    if missing == judged:
-        raise DataError(f"{where}: none of its {len(judged)} judged query ids is a query id of this run (e.g. "
-                        f"{sorted(judged)[0]!r} vs {sorted(queries)[0] if queries else None!r}); ids must match exactly.")
-    unknown = {d for docs in qrels.values() for d, r in docs.items() if r > 0} - set(corpus)
-    if missing or unknown:
-        logger.warning("%s: %d judged queries are not among the queries (left out of the metrics) and %d relevant "
-                       "documents not in the corpus.", where, len(missing), len(unknown))
-
-
-SOURCE_NAMES = {"model_weights": "model (weights)", "model": "model settings", "corpus": "corpus",
+SOURCE_NAMES = {"model_weights": "model (weights or tokenizer)", "model": "model settings", "corpus": "corpus",
                 "index_type": "--index_type", "rescore_with": "--rescore_with"}  # what an index's source records
 
 
@@ -201,45 +200,61 @@ def load_matching_index(folder: Path, source: Dict) -> Index:
     return index
 
 
+def first_stage(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, str]) -> Dict[str, Dict[str, float]]:
+    """The run of ``--index_type``: the best ``a.top_k`` documents of each query."""
+    if a.index_type == "bm25":
+        return bm25_run(a, corpus, queries)
+    if a.index_type == "sparse":
+        return sparse_run(a, corpus, queries, a.model_name_or_path, "--index_type sparse")
+    if a.index_type == "hybrid":
+        lexical = sparse_run(a, corpus, queries, a.sparse_name_or_path, "--sparse_name_or_path") \
+            if a.sparse_name_or_path else bm25_run(a, corpus, queries)
+        return fuse(a.fusion, [lexical, dense_run(a, corpus, queries, "flat")], a.fusion_weights or None, a.top_k,
+                    k=a.hybrid_k)
+    return dense_run(a, corpus, queries, a.index_type)
+
+
+def local(path: Optional[str]) -> Optional[str]:
+    """``path`` when it names something on disk (a model folder), else None (an asset name, or nothing)."""
+    return path if path and Path(path).exists() else None
+
+
 def run_retrieval(a: RetrieveArguments) -> Dict[str, Dict[str, float]]:
     inputs = {"--corpus": a.corpus, "--queries": a.queries, "--qrels": a.qrels,
               # a --dataset folder's own files are inputs too: --output FOLDER/qrels/test.tsv must not replace its qrels
-              **{f"--dataset {role} file": path for role, path in (dataset_files(a.dataset) if a.dataset else {}).items()}}
+              **{f"--dataset {role} file": path for role, path in (dataset_files(a.dataset) if a.dataset else {}).items()},
+              # and the folders the run loads or saves: a run written into the index folder replaced its ids.json
+              "--index_dir": a.index_dir, "--cache_dir": a.cache_dir, "--model_name_or_path": local(a.model_name_or_path),
+              "--sparse_name_or_path": local(a.sparse_name_or_path), "--reranker_name_or_path": local(a.reranker_name_or_path)}
     check_new_output(a.output, a.overwrite, inputs=inputs)  # before any work: a refused output must not cost an encoding run
     check_new_output(a.output + ".metrics.json", a.overwrite, inputs=inputs)
     if a.index_type not in INDEX_TYPES:
         raise UsageError(f"Unknown --index_type {a.index_type!r}; choose one of {list(INDEX_TYPES)}.")
+    reranker = a.load_reranker()  # before the retrieval: a wrong reranker path must not cost an encoding run
     corpus, queries, qrels = load_inputs(a)
-    for field, ids in (("query id", queries), ("document id", corpus)):  # the run file could not hold them: say so
-        for key in ids:                                                  # now, not after the encoding
-            check_trec_id(key, field, a.output)
+    # the run file could not hold them: said now, not after the encoding, naming the file they come from
+    for field, ids, source in (("query id", queries, a.queries), ("document id", corpus, a.corpus)):
+        for key in ids:
+            check_trec_id(key, field, source or f"--dataset {a.dataset}")
     if qrels:
         check_qrels_cover(qrels, queries, corpus, a.qrels or a.dataset)
         qrels = {q: docs for q, docs in qrels.items() if q in queries}  # a query not asked is not a query missed
-    if a.index_type == "bm25":
-        run = bm25_run(a, corpus, queries)
-    elif a.index_type == "sparse":
-        run = sparse_run(a, corpus, queries, a.model_name_or_path, "--index_type sparse")
-    elif a.index_type == "hybrid":
-        lexical = sparse_run(a, corpus, queries, a.sparse_name_or_path, "--sparse_name_or_path") \
-            if a.sparse_name_or_path else bm25_run(a, corpus, queries)
-        run = fuse(a.fusion, [lexical, dense_run(a, corpus, queries, "flat")], a.fusion_weights or None, a.top_k,
-                   k=a.hybrid_k)
-    else:
-        run = dense_run(a, corpus, queries, a.index_type)
-    reranker = a.load_reranker()
-    if reranker is not None:
+    # a reranker rescores the first stage's best --rerank_top_k: retrieve that many even when --top_k asks fewer
+    depth = dataclasses.replace(a, top_k=max(a.top_k, a.rerank_top_k)) if reranker is not None else a
+    run = first_stage(depth, corpus, queries)
+    if reranker is not None:  # the documents past --rerank_top_k follow the reranked ones: the run keeps --top_k
         run = rerank_run(reranker, corpus, queries, run, top_k=a.rerank_top_k, show_progress_bar=True,
-                         first_stage_weight=a.rerank_first_stage_weight)
+                         first_stage_weight=a.rerank_first_stage_weight, keep_rest=True)
+        run = {q: {d: scores[d] for d in rank(scores)[:a.top_k]} for q, scores in run.items()}
     if world()[0] == 0:
+        # first: a run killed between the two writes must not leave the new run beside the old run's metrics
+        Path(a.output + ".metrics.json").unlink(missing_ok=True)
         write_trec_run(run, a.output, tag=f"retrievals-{a.index_type}")
         if qrels:
             metrics = {k: round(v, 4) for k, v in evaluate_run(run, qrels, (1, 10, 100)).items()
                        if k in {"map", "mrr@10", "ndcg@10", "recall@10", "recall@100", "hit@1"}}
             atomic_write_json(a.output + ".metrics.json", metrics)
             print(json.dumps(metrics))
-        else:  # an earlier run's metrics beside this run's file would pass for its own
-            Path(a.output + ".metrics.json").unlink(missing_ok=True)
     return run
 
 
