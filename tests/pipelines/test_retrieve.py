@@ -151,7 +151,8 @@ def test_folders_that_are_files_and_contradicting_flags_are_refused_before_any_w
                         ([*dense, "--cache_dir", str(tmp_path / "a_file")], "--cache_dir"),
                         ([*dense, "--corpus", str(beir / "corpus.jsonl")], "--dataset brings its own"),
                         (["--dataset", str(beir), "--index_type", "bm25", "--model_name_or_path", tiny_bert, *out], "uses no embedder"),
-                        ([*dense, "--reranker_name_or_path", str(tmp_path / "nope")], "nope")):
+                        ([*dense, "--reranker_name_or_path", str(tmp_path / "nope")], "nope"),
+                        (["--dataset", str(beir), "--index_type", "hybrid", *out], "needs --model_name_or_path")):
         assert retrieve.main(argv) == 2, argv
         err = capsys.readouterr().err
         assert words in err and len(err.strip().splitlines()) == 1, err
