@@ -104,7 +104,7 @@ def test_caches_and_saved_indexes_keep_bf16_vectors_apart_from_float32(tiny_bert
     assert retrieve.main(common) == 0
     (args,) = HfArgumentParser(retrieve.RetrieveArguments).parse_args_into_dataclasses(
         [*common, "--inference_precision", "bf16", "--overwrite", "true"])
-    with pytest.raises(UsageError, match=r"another model \(weights\) than"):  # named, not "model, settings or corpus"
+    with pytest.raises(UsageError, match=r"another model \(weights or tokenizer\) than"):  # named, not "model, settings or corpus"
         retrieve.run_retrieval(args)
 
 
