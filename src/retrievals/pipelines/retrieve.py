@@ -93,10 +93,6 @@ class RetrieveArguments(EmbedderFlags, RerankerFlags):
         if self.dataset and (self.corpus or self.queries or self.qrels):  # --dataset's files were used, these dropped
             given = [f for f in ("--corpus", "--queries", "--qrels") if getattr(self, f[2:])]
             raise UsageError(f"--dataset brings its own corpus, queries and qrels: drop {', '.join(given)}, or --dataset.")
-        if not self.model_name_or_path and self.index_type in INDEX_TYPES and self.index_type != "bm25":
-            # a hybrid found out only after building its BM25 or sparse half
-            raise UsageError(f"--index_type {self.index_type} needs --model_name_or_path (an embedder"
-                             f"{', the dense half' if self.index_type == 'hybrid' else ''}).")
         for flag in ("index_dir", "cache_dir"):  # checked now: found a file only when saving, after the encoding
             folder = getattr(self, flag)
             if folder is not None and (folder == "" or (Path(folder).exists() and not Path(folder).is_dir())):
@@ -234,6 +230,9 @@ def run_retrieval(a: RetrieveArguments) -> Dict[str, Dict[str, float]]:
     check_new_output(a.output + ".metrics.json", a.overwrite, inputs=inputs)
     if a.index_type not in INDEX_TYPES:
         raise UsageError(f"Unknown --index_type {a.index_type!r}; choose one of {list(INDEX_TYPES)}.")
+    if not a.model_name_or_path and a.index_type != "bm25":  # a hybrid found out after building its BM25 or sparse half
+        raise UsageError(f"--index_type {a.index_type} needs --model_name_or_path (an embedder"
+                         f"{', the dense half' if a.index_type == 'hybrid' else ''}).")
     reranker = a.load_reranker()  # before the retrieval: a wrong reranker path must not cost an encoding run
     corpus, queries, qrels = load_inputs(a)
     # the run file could not hold them: said now, not after the encoding, naming the file they come from
