@@ -9,6 +9,7 @@ dtype ... as accepted by the model's ``from_pretrained``).
 
 from __future__ import annotations
 
+import copy
 import numbers
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -29,6 +30,7 @@ from langchain_core.runnables.config import run_in_executor  # noqa: E402
 from pydantic import ConfigDict, Field, model_validator  # noqa: E402
 
 from ..index import Index  # noqa: E402
+from ..inputs import as_texts  # noqa: E402
 from ..models.embedding import AutoModelForEmbedding  # noqa: E402
 from ..models.generator import Generator  # noqa: E402
 from ..models.rankers import AutoModelForRanking  # noqa: E402
@@ -40,15 +42,17 @@ class LangchainEmbedding(Embeddings):
 
     def __init__(self, model: Optional[AutoModelForEmbedding] = None, model_name: Optional[str] = None,
                  model_kwargs: Optional[Dict[str, Any]] = None, encode_kwargs: Optional[Dict[str, Any]] = None) -> None:
-        self.model = model_or_load(model, model_name, AutoModelForEmbedding, model_kwargs, "AutoModelForEmbedding")
+        self.model = model_or_load(model, model_name, AutoModelForEmbedding, model_kwargs, "AutoModelForEmbedding",
+                                   "model_name", "encode_queries")
         self.encode_kwargs = dict(encode_kwargs or {})
 
     def embed_documents(self, texts: List[str]) -> List[List[float]]:
-        # list() of one string is its characters (one vector each, silently), and None read as no texts: refused
+        # one string would be its characters (one vector each, silently), a dict its keys, a set in arbitrary order
         if texts is None or isinstance(texts, str):
             raise TypeError(f"texts must be a list of strings, got {type(texts).__name__} (one document: "
                             "embed_documents([text]))")
-        return self.model.encode_corpus(list(texts), **self.encode_kwargs).tolist() if texts else []
+        texts, _ = as_texts(texts, "texts")
+        return self.model.encode_corpus(texts, **self.encode_kwargs).tolist() if texts else []
 
     def embed_query(self, text: str) -> List[float]:
         return self.model.encode_queries([text], **self.encode_kwargs)[0].tolist()
@@ -58,7 +62,8 @@ class LangchainReranker(BaseDocumentCompressor):
     """Document compressor that keeps the ``top_n`` documents by reranker score, best first; each kept
     document gets ``metadata["relevance_score"]`` (normalised to [0, 1])."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    # extra="forbid": a misspelt setting (top_k=1 for top_n) was accepted and ignored
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     model: Any
     top_n: int = 3
@@ -66,7 +71,8 @@ class LangchainReranker(BaseDocumentCompressor):
 
     def __init__(self, model: Any = None, model_name_or_path: Optional[str] = None,
                  model_kwargs: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
-        super().__init__(model=model_or_load(model, model_name_or_path, AutoModelForRanking, model_kwargs, "reranker"), **kwargs)
+        super().__init__(model=model_or_load(model, model_name_or_path, AutoModelForRanking, model_kwargs, "reranker",
+                                                   "model_name_or_path", "rerank"), **kwargs)
 
     def compress_documents(self, documents: Sequence[Document], query: str, callbacks: Any = None) -> List[Document]:
         docs = list(documents)
@@ -90,7 +96,8 @@ class LangchainRetriever(BaseRetriever):
     ``ainvoke``, ``batch``); any other keyword is a ``TypeError``.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    # extra="forbid": LangChain's usual search_kwargs={"k": 1}, or top_k=1, were accepted and ignored
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     embedder: Any
     index: Any
@@ -116,18 +123,28 @@ class LangchainRetriever(BaseRetriever):
         whose ``encode_kwargs`` then apply to the documents and to every query, as they do in it)."""
         encode_kwargs = dict(embedding.encode_kwargs) if isinstance(embedding, LangchainEmbedding) else {}
         embedder = embedding.model if isinstance(embedding, LangchainEmbedding) else embedding
-        docs = list(documents)
+        if documents is None or isinstance(documents, (str, Document)):
+            raise TypeError(f"documents must be a list of Documents, got {type(documents).__name__}")
+        # copies: a caller editing its Documents (or a search's nested metadata) afterwards would change what later
+        # searches return while the index keeps the old texts' vectors
+        docs = copy.deepcopy(list(documents))
+        for i, doc in enumerate(docs):
+            if not isinstance(doc, Document):
+                raise TypeError(f"documents[{i}] must be a langchain Document, got {type(doc).__name__} (texts: from_texts)")
         index = embedder.build_index([d.page_content for d in docs], index_type=index_type, batch_size=batch_size,
                                      encode_kwargs=encode_kwargs)
         return cls(embedder=embedder, index=index, documents=docs, encode_kwargs=encode_kwargs, **kwargs)
 
     @classmethod
     def from_texts(cls, texts: Sequence[str], embedding: Any, metadatas: Optional[Sequence[dict]] = None,
-                   **kwargs: Any) -> "LangchainRetriever":
-        metadatas = list(metadatas) if metadatas is not None else [{} for _ in texts]
-        if len(metadatas) != len(texts):
-            raise ValueError(f"{len(texts)} texts but {len(metadatas)} metadatas")
-        return cls.from_documents([Document(page_content=t, metadata=dict(m)) for t, m in zip(texts, metadatas)],
+                   ids: Optional[Sequence[str]] = None, **kwargs: Any) -> "LangchainRetriever":
+        """``texts`` with their ``metadatas`` (one dict each) and ``ids`` (one string each, as ``Document.id``)."""
+        if isinstance(texts, str):  # its characters would be the documents
+            raise TypeError("texts must be a list of strings, got str (one document: from_texts([text], ...))")
+        texts, _ = as_texts(texts, "texts")
+        metadatas = [{} for _ in texts] if metadatas is None else _same_length(metadatas, texts, "metadatas", dict)
+        ids = [None for _ in texts] if ids is None else _same_length(ids, texts, "ids", str)
+        return cls.from_documents([Document(page_content=t, metadata=m, id=i) for t, m, i in zip(texts, metadatas, ids)],
                                   embedding, **kwargs)
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: Optional[int] = None,
@@ -144,7 +161,7 @@ class LangchainRetriever(BaseRetriever):
             return []
         scores, ids = index.search(self.embedder.encode_queries([query], **self.encode_kwargs), min(depth, len(index)))
         found = [Document(page_content=self.documents[int(i)].page_content, id=self.documents[int(i)].id,
-                          metadata={**self.documents[int(i)].metadata, "score": float(s)})
+                          metadata={**copy.deepcopy(self.documents[int(i)].metadata), "score": float(s)})
                  for s, i in zip(scores[0], ids[0]) if i is not None]
         if self.reranker is not None:
             return self.reranker.model_copy(update={"top_n": k}).compress_documents(found, query)
@@ -155,6 +172,19 @@ class LangchainRetriever(BaseRetriever):
         # BaseRetriever's default drops the call's keywords (k, fetch_k): run the sync search in a thread with them
         return await run_in_executor(None, self._get_relevant_documents, query, run_manager=run_manager.get_sync(),
                                      **kwargs)
+
+
+def _same_length(items: Any, texts: List[str], name: str, kind: type) -> List[Any]:
+    """``items`` (one per text, each a ``kind``) as a list; a str or a dict is one value, not a sequence of them."""
+    if isinstance(items, (str, bytes, dict)) or not hasattr(items, "__iter__"):
+        raise TypeError(f"{name} must be a list with one {kind.__name__} per text, got {type(items).__name__}")
+    items = list(items)
+    if len(items) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(items)} {name}")
+    for i, item in enumerate(items):
+        if not isinstance(item, kind):
+            raise TypeError(f"{name}[{i}] must be a {kind.__name__}, got {type(item).__name__}")
+    return items
 
 
 def _count(name: str, value: Any) -> int:
@@ -170,17 +200,20 @@ class LangchainLLM(LLM):
     """A local causal LM (for example SmolLM2-135M-Instruct) as a LangChain ``LLM``: the prompt is sent as one
     chat turn; greedy decoding unless ``temperature > 0``."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    # extra="forbid": max_new_tokens=3 (for max_tokens) or seed=3 were accepted and ignored
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     generator: Any
-    max_tokens: int = 256
-    temperature: float = 0.0
-    top_k: Optional[int] = None
-    top_p: Optional[float] = None
+    # checked when built: max_tokens=-1 or temperature=-1 were accepted and failed (or meant greedy) at the first call
+    max_tokens: int = Field(256, ge=1, strict=True)
+    temperature: float = Field(0.0, ge=0, allow_inf_nan=False)
+    top_k: Optional[int] = Field(None, ge=1, strict=True)
+    top_p: Optional[float] = Field(None, gt=0, le=1)
 
     def __init__(self, model_name_or_path: Optional[str] = None, generator: Optional[Generator] = None,
                  model_kwargs: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
-        super().__init__(generator=model_or_load(generator, model_name_or_path, Generator, model_kwargs, "Generator"), **kwargs)
+        super().__init__(generator=model_or_load(generator, model_name_or_path, Generator, model_kwargs, "Generator",
+                                                       "model_name_or_path", "generate"), **kwargs)
 
     @property
     def _llm_type(self) -> str:
@@ -188,8 +221,11 @@ class LangchainLLM(LLM):
 
     @property
     def _identifying_params(self) -> Dict[str, Any]:
-        return {"model": getattr(self.generator.model.config, "_name_or_path", ""), "max_tokens": self.max_tokens,
-                "temperature": self.temperature}
+        # LangChain's cache key: every setting that changes an answer (top_k and top_p shared one entry before)
+        gen = self.generator
+        return {"model": getattr(gen.model.config, "_name_or_path", ""), "dtype": str(gen.model.dtype),
+                "use_chat_template": gen.use_chat_template, "max_tokens": self.max_tokens,
+                "temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
 
     def _call(self, prompt: str, stop: Optional[List[str]] = None, run_manager: Optional[CallbackManagerForLLMRun] = None,
               **kwargs: Any) -> str:

@@ -15,8 +15,9 @@ require("llama_index.core", "llama-index")
 from llama_index.core.base.embeddings.base import BaseEmbedding  # noqa: E402
 from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle  # noqa: E402
-from pydantic import PrivateAttr  # noqa: E402
+from pydantic import ConfigDict, PrivateAttr  # noqa: E402
 
+from ..inputs import as_texts  # noqa: E402
 from ..models.embedding import AutoModelForEmbedding  # noqa: E402
 from ..models.rankers import AutoModelForRanking  # noqa: E402
 from .common import model_or_load  # noqa: E402
@@ -25,13 +26,17 @@ from .common import model_or_load  # noqa: E402
 class LlamaIndexEmbedding(BaseEmbedding):
     """``BaseEmbedding`` backed by :class:`AutoModelForEmbedding`; queries get the query instruction."""
 
+    # a misspelt setting (embed_batchsize=8) was accepted and ignored: refused, as LlamaIndexReranker(top_k=1) is
+    model_config = ConfigDict(extra="forbid")
+
     _model: Any = PrivateAttr()
     _encode_kwargs: Dict[str, Any] = PrivateAttr(default_factory=dict)
 
     def __init__(self, model: Optional[AutoModelForEmbedding] = None, model_name: Optional[str] = None,
                  model_kwargs: Optional[Dict[str, Any]] = None, encode_kwargs: Optional[Dict[str, Any]] = None,
                  **kwargs: Any) -> None:
-        loaded = model_or_load(model, model_name, AutoModelForEmbedding, model_kwargs, "AutoModelForEmbedding")
+        loaded = model_or_load(model, model_name, AutoModelForEmbedding, model_kwargs, "AutoModelForEmbedding",
+                               "model_name", "encode_queries")
         super().__init__(model_name=str(model_name or "retrievals"), **kwargs)
         self._model = loaded
         self._encode_kwargs = dict(encode_kwargs or {})
@@ -58,12 +63,15 @@ class LlamaIndexEmbedding(BaseEmbedding):
         return self._get_text_embeddings([text])[0]
 
     def _get_text_embeddings(self, texts: List[str]) -> List[List[float]]:
-        return self._model.encode_corpus(list(texts), **self._encode_kwargs).tolist() if texts else []
+        texts, _ = as_texts(texts, "texts")  # a str would be its characters, a set in arbitrary order
+        return self._model.encode_corpus(texts, **self._encode_kwargs).tolist() if texts else []
 
 
 class LlamaIndexReranker(BaseNodePostprocessor):
     """Node postprocessor: rescores nodes with any of our rerankers (score normalised to [0, 1]) and keeps
     the ``top_n`` best."""
+
+    model_config = ConfigDict(extra="forbid")  # top_k=1 (for top_n) was accepted and ignored
 
     top_n: int = 3
     batch_size: int = 32
@@ -71,7 +79,8 @@ class LlamaIndexReranker(BaseNodePostprocessor):
 
     def __init__(self, model: Any = None, model_name_or_path: Optional[str] = None,
                  model_kwargs: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
-        loaded = model_or_load(model, model_name_or_path, AutoModelForRanking, model_kwargs, "reranker")
+        loaded = model_or_load(model, model_name_or_path, AutoModelForRanking, model_kwargs, "reranker", "model_name_or_path",
+                               "rerank")
         super().__init__(**kwargs)
         self._model = loaded
 

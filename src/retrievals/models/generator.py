@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from typing import Any, List, Optional, Sequence, Union
 
 import torch
 
-from ..inputs import as_texts
+from ..inputs import as_texts, check_int
 from ..utils import UsageError, finite_number, resolve_device, resolve_dtype
-from .base import load_backbone, load_tokenizer
+from .base import check_model_path, hf_config, is_decoder_only, is_lora_dir, load_backbone, load_tokenizer
 from .processing import call_tokenizer, pad_ids, tokenize_user_text
 
 _MARK = "\ue000"  # a private-use character standing for the prompt while the chat template is rendered
@@ -38,6 +39,14 @@ class Generator:
         use_chat_template: bool = True,
         trust_remote_code: bool = False,
     ) -> "Generator":
+        if not isinstance(model_name_or_path, (str, os.PathLike)):  # None was tried as a hub repo named "None"
+            raise TypeError(f"model_name_or_path must be a path or hub id, got {type(model_name_or_path).__name__}")
+        path = check_model_path(model_name_or_path)
+        if not is_lora_dir(path):  # an encoder (BERT) loads with a fresh random LM head and generates noise
+            config = hf_config(path, trust_remote_code=trust_remote_code)
+            if not is_decoder_only(config):
+                raise UsageError(f"{path}: a {getattr(config, 'model_type', '?')} model is not a decoder-only causal LM; "
+                                 "a Generator needs one (Qwen2, Llama, GPT-2 ...).")
         device_ = resolve_device(device)
         model = load_backbone(str(model_name_or_path), causal_lm=True, dtype=resolve_dtype(dtype, device_),
                               trust_remote_code=trust_remote_code).to(device_)
@@ -64,6 +73,22 @@ class Generator:
                 *tokenize_user_text(tok, prompt, add_special_tokens=False)["input_ids"],
                 *call_tokenizer(tok, after, add_special_tokens=False)["input_ids"]]
 
+    def context_length(self) -> Optional[int]:
+        """The positions the model was built for (``max_position_embeddings`` or GPT-2's ``n_positions``), if known."""
+        config = self.model.config
+        for name in ("max_position_embeddings", "n_positions"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    def _own_random_state(self, seeded: bool) -> Any:
+        """A seeded call samples from its own random state: the caller's (torch's global one) is put back after."""
+        if not seeded:
+            return contextlib.nullcontext()
+        device = self.model.device
+        return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
     @torch.inference_mode()
     def generate(
         self,
@@ -81,6 +106,13 @@ class Generator:
         ``seed`` gives the same answers from many threads as from one."""
         texts, single = as_texts(prompts, "prompts")
         finite_number("temperature (0: greedy)", temperature)  # nan and negative ones would silently mean greedy
+        # 2.5 or True tokens were taken as 3 and 1, None as the model's own default, a str failed in transformers
+        max_new_tokens = check_int("max_new_tokens", max_new_tokens, 1)
+        top_k = None if top_k is None else check_int("top_k", top_k, 1)
+        if top_p is not None and not 0 < finite_number("top_p", top_p) <= 1:  # 2.0 sampled from everything, silently
+            raise UsageError(f"top_p must be in (0, 1], got {top_p}")
+        if seed is not None and check_int("seed", seed, 0) >= 2 ** 64:  # torch's seeds are 64-bit
+            raise UsageError(f"seed must be below 2**64, got {seed}")
         # a string is one stop sequence, never iterated as its characters (each would cut the answer); any other
         # item than a string is refused by as_texts, naming its position
         stops = [] if stop is None else as_texts(stop, "stop")[0]
@@ -92,6 +124,13 @@ class Generator:
         for i, seq in enumerate(ids):
             if not seq:  # no chat template and no BOS: a model cannot continue zero tokens
                 raise UsageError(f"prompts[{i}] is empty: it tokenizes to no token.")
+        limit = self.context_length()
+        for i, seq in enumerate(ids):  # each prompt on its own: a batch refuses what one by one would
+            # past its positions a model fails deep in torch (absolute positions) or answers from untrained ones (RoPE)
+            if limit is not None and len(seq) + max_new_tokens > limit:
+                raise UsageError(f"prompts[{i}] is {len(seq)} tokens (chat template included) and max_new_tokens "
+                                 f"{max_new_tokens}: together past the model's {limit} positions; shorten the prompt "
+                                 "(fewer or shorter retrieved documents) or ask for fewer tokens.")
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         batch = {k: v.to(self.model.device) for k, v in pad_ids(ids, pad, left=True).items()}
         sampling = temperature > 0
@@ -100,7 +139,7 @@ class Generator:
             kwargs.update(temperature=temperature, top_k=top_k, top_p=top_p)
         else:  # greedy: clear sampling settings a model's generation_config may carry, so none is reported as unused
             kwargs.update(temperature=None, top_k=None, top_p=None)
-        with _SAMPLING if sampling else contextlib.nullcontext():
+        with _SAMPLING if sampling else contextlib.nullcontext(), self._own_random_state(sampling and seed is not None):
             if sampling and seed is not None:
                 torch.manual_seed(seed)
             out = self.model.generate(**batch, **kwargs)

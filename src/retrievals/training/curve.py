@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from transformers import TrainerCallback
 
-from ..plotting import pyplot, save_png
+from ..plotting import new_figure, save_png
 
 CURVE_NAME = "training_curve.png"
 RUNNING_CURVE_NAME = "training_curve.running.png"
@@ -35,11 +35,11 @@ def write_training_curve(log_history: Sequence[Dict[str, Any]], path: Path, titl
     """Draw loss (left) and held-out metrics (right) against the step; None when there is nothing to draw or
     matplotlib is missing."""
     points = curve_points(log_history)
-    plt = pyplot()
-    if plt is None or not points:
-        return None
     evals = [k for k in EVAL_METRICS if k in points]
-    fig, axes = plt.subplots(1, 2 if evals else 1, figsize=(9 if evals else 5, 3.4), squeeze=False)
+    fig = new_figure(figsize=(9 if evals else 5, 3.4)) if points else None
+    if fig is None:
+        return None
+    axes = fig.subplots(1, 2 if evals else 1, squeeze=False)
     loss_ax = axes[0][0]
     for key in ("loss", "eval_loss"):
         if key in points:
