@@ -37,3 +37,43 @@ def test_a_new_output_inside_a_folder_the_run_uses_is_refused(tmp_path):
         with pytest.raises(OutputExistsError, match=r"is in the --(input_file|index_dir)"):
             check_new_output(path, overwrite=True, inputs={"--input_file": str(data), "--index_dir": str(tmp_path / "index")})
     assert check_new_output(tmp_path / "hn.jsonl", overwrite=False, inputs={"--input_file": str(data)}) == tmp_path / "hn.jsonl"
+
+
+def test_a_users_file_inside_a_folder_a_save_replaces_is_kept(tmp_path):
+    # a save replaced or removed its own folders whole: a user's file put inside one (sentence-transformers writes
+    # its quantised onnx/model_qint8_avx512.onnx into onnx/) was deleted, while one at the top level was kept
+    from retrievals.files import atomic_directory
+
+    target = tmp_path / "model"
+    with atomic_directory(target, "model") as scratch:
+        (scratch / "onnx").mkdir()
+        (scratch / "onnx" / "model.onnx").write_bytes(b"graph 1")
+        (scratch / "1_Pooling").mkdir()
+        (scratch / "1_Pooling" / "config.json").write_text("{}")
+    (target / "onnx" / "model_qint8_avx512.onnx").write_bytes(b"the user's")
+    for keeps_onnx in (True, False):  # a save that replaces onnx/, and one that removes it
+        with pytest.raises(OutputExistsError, match=r"onnx/model_qint8_avx512\.onnx, which this library did not write"):
+            with atomic_directory(target, "model") as scratch:
+                if keeps_onnx:
+                    (scratch / "onnx").mkdir()
+                    (scratch / "onnx" / "model.onnx").write_bytes(b"graph 2")
+        assert (target / "onnx" / "model_qint8_avx512.onnx").read_bytes() == b"the user's"
+        assert (target / "onnx" / "model.onnx").read_bytes() == b"graph 1"
+        assert not [p for p in target.iterdir() if p.name.startswith(".tmp")]  # the refused save's scratch is gone
+    (target / "onnx" / "model_qint8_avx512.onnx").unlink()
+    with atomic_directory(target, "model") as scratch:  # our own files alone: replaced as before
+        (scratch / "onnx").mkdir()
+        (scratch / "onnx" / "model.onnx").write_bytes(b"graph 2")
+    assert (target / "onnx" / "model.onnx").read_bytes() == b"graph 2" and not (target / "1_Pooling").exists()
+
+
+def test_a_home_relative_save_goes_where_loading_looks(tiny_bert, tmp_path, monkeypatch):
+    # save_pretrained("~/m") wrote ./~/m (a folder named "~", an rm -rf ~ trap), from_pretrained("~/m") read $HOME/m
+    from retrievals import AutoModelForEmbedding
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    model = AutoModelForEmbedding.from_pretrained(tiny_bert)
+    model.save_pretrained("~/m")
+    assert (tmp_path / "home" / "m" / "config.json").is_file() and not (tmp_path / "~").exists()
+    assert AutoModelForEmbedding.from_pretrained("~/m").encode("tax").shape == model.encode("tax").shape

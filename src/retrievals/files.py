@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Set
 
 from filelock import FileLock, Timeout
 
@@ -129,17 +129,30 @@ def record_files(folder: Path) -> Dict[str, Dict[str, object]]:
             for p in _walk_files(folder) if p.name != FILES_NAME}
 
 
-def saved_entries(folder: str | os.PathLike) -> List[str]:
-    """Top-level entries the last save into ``folder`` wrote (from its ``retrievals_files.json``)."""
+def _saved_record(folder: str | os.PathLike) -> Optional[Dict[str, Any]]:
+    """The ``retrievals_files.json`` of the last save into ``folder``, or None (no save of ours, or unreadable)."""
     record = Path(folder) / FILES_NAME
     if not record.is_file():
-        return []
+        return None
     try:
         saved = json.loads(record.read_text(encoding="utf-8"))
     except (ValueError, OSError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def saved_entries(folder: str | os.PathLike) -> List[str]:
+    """Top-level entries the last save into ``folder`` wrote (from its ``retrievals_files.json``)."""
+    saved = _saved_record(folder)
+    if saved is None:
         return []
     files, entries = saved.get("files", {}), saved.get("entries", [])  # "entries": saves since empty folders were listed
     return sorted({name.split("/", 1)[0] for name in files} | set(entries) | {FILES_NAME})
+
+
+def saved_files(folder: str | os.PathLike) -> Set[str]:
+    """Every file (relative path) the last save into ``folder`` wrote."""
+    return set((_saved_record(folder) or {}).get("files", {}))
 
 
 # a save's kind names what the folder holds; saves of older versions did not record it: read from their files
@@ -148,12 +161,8 @@ _KIND_MARKERS = {"index_meta.json": "index", "retrievals_config.json": "model"}
 
 def saved_kind(folder: str | os.PathLike) -> Optional[str]:
     """What the last save into ``folder`` was (``model``, ``index``, ...), or None: no save of ours there."""
-    record = Path(folder) / FILES_NAME
-    if not record.is_file():
-        return None
-    try:
-        saved = json.loads(record.read_text(encoding="utf-8"))
-    except (ValueError, OSError):
+    saved = _saved_record(folder)
+    if saved is None:
         return None
     if saved.get("kind"):
         return str(saved["kind"])
@@ -276,7 +285,7 @@ def atomic_directory(target: str | os.PathLike, kind: str) -> Iterator[Path]:
     A save of another kind than the previous one is refused (an index saved into a model's folder would
     otherwise remove the model as the previous save's stale entries).
     """
-    target = Path(target)
+    target = Path(target).expanduser()  # as check_model_path reads "~/m": not a folder named "~" here
     target.mkdir(parents=True, exist_ok=True)
     with folder_lock(target):  # readers and other saves of this folder wait until this one is committed
         recover(target)
@@ -289,6 +298,7 @@ def atomic_directory(target: str | os.PathLike, kind: str) -> Iterator[Path]:
             yield scratch
             new = sorted([entry.name for entry in scratch.iterdir()] + [FILES_NAME])
             check_no_foreign_clash(target, new)
+            check_no_foreign_files_inside(target, set(new) | set(saved_entries(target)))
             # "entries" too: an empty folder (sentence-transformers' 2_Normalize) holds no file to list
             atomic_write_json(scratch / FILES_NAME, {"kind": kind, "files": record_files(scratch), "entries": new})
             stale = [name for name in saved_entries(target) if name not in new]
@@ -302,6 +312,20 @@ def atomic_directory(target: str | os.PathLike, kind: str) -> Iterator[Path]:
 
 def empty_folder(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+
+
+def check_no_foreign_files_inside(target: Path, names: Set[str]) -> None:
+    """Refuse a save that would replace or remove a folder of ours (``onnx/``, ``1_Pooling/``) holding files no save
+    of ours wrote: a whole entry is replaced at the commit, so a user's file put there (sentence-transformers'
+    quantised ``onnx/model_qint8_avx512.onnx``, a note) went with it."""
+    entries, files = set(saved_entries(target)), saved_files(target)
+    foreign = sorted(path.relative_to(target).as_posix() for name in names
+                     if name in entries and (target / name).is_dir() and not (target / name).is_symlink()
+                     for path in _walk_files(target / name) if path.relative_to(target).as_posix() not in files)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputExistsError(f"{target}: holds {shown}, which this library did not write, inside a folder this save "
+                                "replaces; save into another folder (or move those files).")
 
 
 def check_no_foreign_clash(target: Path, names: List[str]) -> None:

@@ -234,3 +234,13 @@ def warn_unsupported_prefix(kind: str) -> None:
         "prompt, so the sentence-transformers files are written without it. retrievals reloads it exactly.",
         kind,
     )
+
+
+def warn_one_max_length(query_max_length: int, document_max_length: int) -> int:
+    """The one max length written for sentence-transformers (the larger), with a warning when the two differ."""
+    if query_max_length != document_max_length:
+        logger.warning("sentence-transformers has one max length: written as the larger (%d), so there %s longer "
+                       "than %d tokens are not cut as retrievals cuts them.", max(query_max_length, document_max_length),
+                       "queries" if query_max_length < document_max_length else "documents",
+                       min(query_max_length, document_max_length))
+    return max(query_max_length, document_max_length)

@@ -174,8 +174,8 @@ def state_digest(module: torch.nn.Module) -> str:
     if tokenizer is not None:
         digest.update(f"tokenizer\0{tokenizer_digest(tokenizer)}\0".encode())
     backend = getattr(module, "inference_backend", None)
-    if backend is not None:
-        digest.update(f"backend\0{backend}\0".encode())
+    if backend is not None:  # the graph that runs (the weights it was made from), beside the torch module's own
+        digest.update(f"backend\0{backend}\0{getattr(backend, 'graph_id', '')}\0".encode())
     autocast = getattr(module, "inference_autocast", None)
     dtype = autocast() if callable(autocast) else None
     if dtype is not None:  # float32 inference adds nothing: keys of models run that way stay as they were

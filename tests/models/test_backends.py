@@ -373,3 +373,65 @@ def test_a_saved_graph_folder_is_readable_as_the_umask_says(tiny_bert, tmp_path)
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "m" / "onnx").stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "m" / "retrievals_config.json").stat().st_mode) == 0o644
+
+
+def test_a_served_graph_keeps_its_weights_and_its_key(tiny_bert, tmp_path):
+    # load_state_dict and half() were accepted: the old graph went on serving while state_digest (the key of
+    # indexes and shard caches) named the new weights, so an index of old vectors passed for the new model's
+    requires("onnx")
+    served = AutoModelForEmbedding.from_pretrained(tiny_bert, backend="onnx")
+    other = AutoModelForEmbedding.from_pretrained(tiny_bert, device="cpu")
+    with torch.no_grad():
+        for parameter in other.backbone.parameters():
+            parameter.add_(0.1)
+    for call in (lambda: served.load_state_dict(other.state_dict()), served.half, served.bfloat16, served.double,
+                 lambda: served.type(torch.float16)):
+        with pytest.raises(UsageError, match="runs the float32 graph of the weights it was loaded with"):
+            call()
+    assert all(p.dtype == torch.float32 for p in served.parameters())
+    other.save_pretrained(tmp_path / "other")
+    fresh = AutoModelForEmbedding.from_pretrained(str(tmp_path / "other"), backend="onnx")
+    with torch.no_grad():  # the torch module changed behind the graph's back: its key is no longer the graph's own
+        for mine, theirs in zip(served.backbone.parameters(), other.backbone.parameters()):
+            mine.copy_(theirs)
+    assert np.abs(served.encode(TEXTS) - fresh.encode(TEXTS)).max() > 0.05  # what runs is still the old graph
+    assert state_digest(served) != state_digest(fresh)
+    assert served.inference_backend.graph_id and served.inference_backend.graph_id != fresh.inference_backend.graph_id
+
+
+def test_a_killed_exports_scratch_is_swept(tiny_bert, tmp_path, monkeypatch):
+    # a killed export left .tmp-* (about twice the model) in the cache for good
+    import socket
+    import subprocess
+    import sys
+
+    requires("onnx")
+    monkeypatch.setenv("RETRIEVALS_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "cache" / "backends"
+    root.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    killed = root / f".tmp-{host}-{int(dead.stdout)}-abc"
+    running = root / f".tmp-{host}-{os.getpid()}-abc"  # a live export's (this process stands for it)
+    elsewhere = root / ".tmp-other-host-1-abc"
+    for folder in (killed, running, elsewhere):
+        (folder / "export").mkdir(parents=True)
+        (folder / "export" / "model.onnx").write_bytes(b"half a graph")
+    AutoModelForEmbedding.from_pretrained(tiny_bert, backend="onnx")
+    assert not killed.exists() and running.exists() and elsewhere.exists()
+    old = 2 * 24 * 3600
+    os.utime(elsewhere, (elsewhere.stat().st_atime - old, elsewhere.stat().st_mtime - old))
+    graphs.sweep_scratch(root)
+    assert not elsewhere.exists() and running.exists()
+    assert [p.name for p in root.iterdir() if p.name.startswith(".tmp-")] == [running.name]
+
+
+
+def test_a_save_that_drops_a_shipped_graph_says_so(tiny_bert, tmp_path, caplog):
+    requires("onnx")
+    model = AutoModelForEmbedding.from_pretrained(tiny_bert, device="cpu")
+    model.save_pretrained(tmp_path / "m", backend="onnx")
+    with caplog.at_level("WARNING"):
+        model.save_pretrained(tmp_path / "m")
+    assert "the onnx graph of the earlier save there is removed" in caplog.text
+    assert not (tmp_path / "m" / "onnx").exists()

@@ -387,3 +387,18 @@ def test_search_run_names_queries_and_an_index_it_cannot_search(sparse_model):
     with pytest.raises(UsageError, match="search_run searches a SparseIndex .* got ExactIndex"):
         model.search_run(model.build_index(TEXTS, index_type="exact"), {"q1": "tax"}, 3)
     assert model.search_run(index, {}, 3) == {}
+
+
+def test_a_save_sentence_transformers_reads_otherwise_is_warned_of(sparse_model, tmp_path, caplog):
+    # a sparse model without include_prompt, or with two max lengths, gave other query vectors in SparseEncoder,
+    # without a word (the dense kind warned of its lengths)
+    for settings, said in (({"query_instruction": "query: tax ", "include_prompt": False}, "SpladePooling has no include_prompt"),
+                           ({"query_max_length": 4, "document_max_length": 16}, "one max length: written as the larger (16)")):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            SparseEmbedder.from_pretrained(sparse_model, **settings).save_pretrained(tmp_path / said[:5])
+        assert said in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        SparseEmbedder.from_pretrained(sparse_model, query_max_length=32, document_max_length=32).save_pretrained(tmp_path / "same")
+    assert "sentence-transformers" not in caplog.text

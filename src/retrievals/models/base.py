@@ -22,7 +22,8 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
-from ..files import CorruptFileError, atomic_directory, atomic_write_json, folder_lock, prepare_folder, verify_files
+from ..files import (CorruptFileError, atomic_directory, atomic_write_json, folder_lock, prepare_folder, saved_entries,
+                     verify_files)
 from ..inputs import check_int
 from ..st_format import st_transformer_folder
 from ..utils import UsageError, logger, require
@@ -521,6 +522,29 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
             return self.to("cuda")  # refused, with the message of to()
         return super().cuda(device)
 
+    # a backend runs the float32 graph of the weights it was loaded with: other weights or another dtype given to the
+    # torch module were accepted, the old graph kept serving, and the cache key (state_digest) named the new weights
+    def half(self) -> "RetrievalModel":
+        return self._refuse_on_backend("half()") or super().half()
+
+    def bfloat16(self) -> "RetrievalModel":
+        return self._refuse_on_backend("bfloat16()") or super().bfloat16()
+
+    def double(self) -> "RetrievalModel":
+        return self._refuse_on_backend("double()") or super().double()
+
+    def type(self, dst_type: Any) -> "RetrievalModel":
+        return self._refuse_on_backend(f"type({dst_type})") or super().type(dst_type)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        self._refuse_on_backend("load_state_dict()")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _refuse_on_backend(self, call: str) -> None:
+        if getattr(self, "inference_backend", None) is not None:
+            raise UsageError(f"{call}: backend {self.inference_backend} runs the float32 graph of the weights it was "
+                             "loaded with; load other weights or another dtype with from_pretrained(path, backend='torch').")
+
     # ------------------------------------------------------------------ loading / saving
     @classmethod
     def from_pretrained(
@@ -644,7 +668,7 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         With a LoRA model, ``merge_lora=True`` writes a full merged model instead of the adapter. ``backend``
         (``onnx`` | ``openvino``) also writes that backend's graph of ``backend_precision`` into ``<path>/<backend>/``,
         which ``from_pretrained(path, backend=...)`` then uses instead of exporting."""
-        from .backends import check_backend, save_backend
+        from .backends import BACKENDS, check_backend, save_backend
 
         config = copy.deepcopy(self.retrieval_config)
         backbone = self.backbone
@@ -656,8 +680,13 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
             check_backend(type(self), backend or "torch", backend_precision, lora=lora)
         if path is None or not str(path).strip():  # "" saved into the working folder
             raise UsageError(f"save_pretrained needs a folder path, got {path!r}.")
-        if Path(path).exists() and not Path(path).is_dir():  # was FileExistsError [Errno 17]
+        path = Path(path).expanduser()  # "~/m" was written to ./~/m, while from_pretrained("~/m") read $HOME/m
+        if path.exists() and not path.is_dir():  # was FileExistsError [Errno 17]
             raise UsageError(f"{path}: is a file; save_pretrained writes a folder.")
+        dropped = sorted(set(saved_entries(path)) & set(BACKENDS) - {backend})
+        if dropped:  # a graph of the earlier save would not match these weights, or another backend is shipped now
+            logger.warning("%s: the %s graph of the earlier save there is removed (a save ships at most one backend's "
+                           "graph, of the weights it saves); pass backend=... to ship one.", path, ", ".join(dropped))
         with atomic_directory(path, "model") as scratch:
             backbone.save_pretrained(scratch)
             # peft writes a placeholder model card beside an adapter: it would replace a README.md of the user's

@@ -18,8 +18,8 @@ from ..utils import UsageError, instruction_as_prefix, logger, state_digest
 from .base import ModelConfig, RetrievalModel, hf_config, is_decoder_only, load_backbone
 from .pooling import POOLING_METHODS, pool
 from .processing import TextProcessor, run_in_length_chunks
-from ..st_format import (DENSE_ACTIVATIONS, DENSE_FOLDER, read_st_dense, read_st_settings, st_dense_folder, warn_unsupported_prefix,
-                         write_st_dense, write_st_files)
+from ..st_format import (DENSE_ACTIVATIONS, DENSE_FOLDER, read_st_dense, read_st_settings, st_dense_folder, warn_one_max_length,
+                         warn_unsupported_prefix, write_st_dense, write_st_files)
 
 Batch = Dict[str, torch.Tensor]
 
@@ -185,17 +185,13 @@ class AutoModelForEmbedding(RetrievalModel):
                 "This model appends EOS to every text and its tokenizer is not a fast one, so sentence-transformers "
                 "will not: load it with retrievals.AutoModelForEmbedding for identical embeddings."
             )
-        if config.query_max_length != config.document_max_length:
-            logger.warning("sentence-transformers has one max length: written as the larger (%d), so there %s longer "
-                           "than %d tokens are not cut as retrievals cuts them.", max(config.query_max_length,
-                           config.document_max_length), "queries" if config.query_max_length < config.document_max_length
-                           else "documents", min(config.query_max_length, config.document_max_length))
+        max_seq_length = warn_one_max_length(config.query_max_length, config.document_max_length)
         write_st_files(
             path,
             embedding_dim=int(self.backbone.config.hidden_size),  # what pooling gives; the Dense layer maps it
             pooling_method=config.pooling_method,
             normalize=config.normalize_embeddings,
-            max_seq_length=max(config.query_max_length, config.document_max_length),
+            max_seq_length=max_seq_length,
             query_prompt=prompts[0],
             document_prompt=prompts[1],
             include_prompt=config.include_prompt,

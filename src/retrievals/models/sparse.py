@@ -19,10 +19,10 @@ from torch import nn
 from transformers import AutoModelForMaskedLM
 
 from ..inputs import as_texts, check_batch_size, check_encodable, check_int, check_top_k
-from ..utils import UsageError
+from ..utils import UsageError, logger
 from .base import hf_config
 from .embedding import AutoModelForEmbedding, EmbeddingConfig, EmbeddingOutput
-from ..st_format import read_st_settings
+from ..st_format import read_st_settings, warn_one_max_length
 
 QUERY_WEIGHTS = "query_weights.safetensors"  # the inference-free query side's term weights
 _ST_SPLADE = "sentence_transformers.sparse_encoder.modules.splade_pooling.SpladePooling"
@@ -130,7 +130,11 @@ class SparseEmbedder(AutoModelForEmbedding):
         if config.query_inference_free:
             save_file({"weight": self.query_weights.detach().float().cpu().contiguous()}, str(folder / QUERY_WEIGHTS))
         elif not lora:  # a LoRA adapter folder is no sentence-transformers model
-            write_st_sparse_files(folder, self.embedding_dim, max(config.query_max_length, config.document_max_length),
+            if not config.include_prompt and (config.query_instruction or config.document_instruction):
+                logger.warning("sentence-transformers' SpladePooling has no include_prompt: its SparseEncoder pools the "
+                               "instruction's tokens too, so its vectors of instructed texts differ from retrievals'.")
+            write_st_sparse_files(folder, self.embedding_dim,
+                                  warn_one_max_length(config.query_max_length, config.document_max_length),
                                   config.query_instruction, config.document_instruction, config.top_k)
 
     @property

@@ -475,6 +475,21 @@ def test_saved_cross_encoder_truncates_alike_in_sentence_transformers(tiny_bert,
     assert AutoModelForRanking.from_pretrained(str(tmp_path / "ce")).tokenizer.model_max_length == 32
 
 
+def test_every_candidate_of_a_query_sees_the_same_query_text(tiny_bert):
+    """A query longer than half of max_length is cut to that half beside every document, short or long, so a
+    candidate list is ranked on one query text (sentence-transformers' CrossEncoder cuts the longer of the pair only
+    when it overflows: beside a short document such a query keeps more there, and scores otherwise; README says so).
+    Cutting per pair made a group's scores differ by how much query each document left room for."""
+    model = AutoModelForRanking.from_pretrained(tiny_bert, model_type="cross-encoder", max_length=32, score_windows=False)
+    query = " ".join(corpus_lines(3))
+    sep = model.tokenizer.sep_token_id
+    heads = []
+    for document in ("tax", "renew the card", LONG):
+        ids = model.processor.units([(query, document)], False)[0][0]["input_ids"]
+        heads.append(ids[: ids.index(sep)])
+    assert heads[0] == heads[1] == heads[2] and len(heads[0]) == 1 + (32 - 3) // 2  # [CLS] + half the room
+
+
 @pytest.mark.parametrize("kind", ["cross-encoder", "colbert", "llm"])
 def test_an_instruction_that_leaves_no_room_for_the_query_is_refused(kind, tiny_bert, tiny_qwen):
     # the instruction filled the query's tokens: different queries got one score, silently

@@ -7,13 +7,14 @@ A model kind opts in by naming the backbone output its torch code reads (``backe
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any, Optional, Sequence, Type
 
 from ...utils import UsageError
 from .base import Backend, BackendOutput, GraphSpec, cpu_threads
-from .graphs import ensure_graph, model_key
+from .graphs import ensure_graph, model_key, stored_key
 
 BACKENDS = ("torch", "onnx", "openvino")
 PRECISIONS = ("fp32", "int8", "bf16")
@@ -65,7 +66,10 @@ def load_backend(model: Any, path: Optional[str], name: str, precision: str) -> 
     """The backend running ``model``'s backbone: its graph from the saved folder ``path`` when that holds this
     model's graph, else from the cache (exported there once)."""
     cls, spec, folder = _graph(model, model.backbone, name, precision, [Path(path)] if path and Path(path).is_dir() else [])
-    return cls(folder, spec, precision)
+    backend = cls(folder, spec, precision)
+    key = {k: v for k, v in (stored_key(folder) or {}).items() if k != "versions"}
+    backend.graph_id = json.dumps(key, sort_keys=True)
+    return backend
 
 
 def save_backend(model: Any, backbone: Any, scratch: Path, name: str, precision: str) -> None:

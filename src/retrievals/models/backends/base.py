@@ -60,6 +60,7 @@ class Backend(abc.ABC):
         self.folder = folder  # where the graph was read from (a saved model's subfolder or a cache entry)
         self.spec = spec
         self.precision = precision
+        self.graph_id = ""  # what the graph was made from (its backend.json key): a cache key reads it
 
     @classmethod
     def graph_precision(cls, precision: str) -> str:

@@ -15,8 +15,10 @@ import json
 import os
 import shutil
 import logging
+import socket
 import tempfile
 import threading
+import time
 import warnings
 from importlib import metadata
 from pathlib import Path
@@ -87,7 +89,8 @@ def ensure_graph(backbone: torch.nn.Module, spec: GraphSpec, base: Dict[str, Any
     if matches(entry, key):
         return entry
     root.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    sweep_scratch(root)
+    scratch = Path(tempfile.mkdtemp(prefix=f"{_SCRATCH}{socket.gethostname()}-{os.getpid()}-", dir=root))
     give_default_mode(scratch)  # renamed into place, then copied into saved models: not 0o700
     try:
         source = backend.source(graph)
@@ -111,6 +114,39 @@ def ensure_graph(backbone: torch.nn.Module, spec: GraphSpec, base: Dict[str, Any
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return entry
+
+
+_SCRATCH = ".tmp-"
+_FOREIGN_SCRATCH_AGE = 24 * 3600  # another machine's scratch (a shared cache): its process cannot be asked
+
+
+def sweep_scratch(root: Path) -> None:
+    """Remove the scratch folders of exports whose process was killed (each holds about twice the model, hidden):
+    on this machine those whose process is gone, others' after a day. A name without a host and pid is an older
+    version's scratch."""
+    host = socket.gethostname()
+    for entry in root.glob(f"{_SCRATCH}*"):
+        parts = entry.name[len(_SCRATCH):].rsplit("-", 2)
+        try:
+            age = time.time() - entry.stat().st_mtime
+        except OSError:  # removed meanwhile by its own process
+            continue
+        if len(parts) == 3 and parts[1].isdigit() and parts[0] == host:
+            gone = not _alive(int(parts[1]))
+        else:
+            gone = age > _FOREIGN_SCRATCH_AGE
+        if gone:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 class _Forward(torch.nn.Module):
