@@ -144,3 +144,16 @@ def test_gpu_training_defaults_to_mixed_precision(tmp_path):
     assert (auto.fp16, auto.bf16) == (not torch.cuda.is_bf16_supported(), torch.cuda.is_bf16_supported())
     assert not RetrievalTrainingArguments(output_dir=str(tmp_path), auto_mixed_precision=False).bf16
     assert RetrievalTrainingArguments(output_dir=str(tmp_path), fp16=True).fp16
+
+
+def test_a_model_on_the_gpu_saves_its_cpu_graph(tiny_bert, tmp_path, monkeypatch):
+    # the exporter got CPU example inputs beside CUDA weights; the saved graph must equal a CPU load's
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    monkeypatch.setenv("RETRIEVALS_CACHE", str(tmp_path / "cache"))
+    gpu = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean", device="cuda")
+    gpu.save_pretrained(tmp_path / "m", backend="onnx")
+    served = AutoModelForEmbedding.from_pretrained(str(tmp_path / "m"), backend="onnx")
+    exact = AutoModelForEmbedding.from_pretrained(str(tmp_path / "m"), device="cpu")
+    np.testing.assert_allclose(served.encode(TEXTS), exact.encode(TEXTS), atol=1e-4)
+    assert (tmp_path / "m" / "onnx").is_dir()

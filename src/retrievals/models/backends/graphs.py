@@ -198,11 +198,13 @@ def _export(backbone: torch.nn.Module, spec: GraphSpec, file: Path) -> None:
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registration.level
     registration.setLevel(logging.ERROR)  # "torchvision is not installed": its ops are not ours
+    device = next(backbone.parameters()).device  # a model trained on a GPU saves its graph from there
+    inputs = {k: v.to(device) for k, v in example_inputs(spec, int(backbone.config.vocab_size)).items()}
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*axis name: \w+ will not be used")  # our two axes, renamed
             warnings.filterwarnings("ignore", message=r".*LeafSpec.*deprecated", category=FutureWarning)  # torch-internal
-            torch.onnx.export(module.eval(), (), str(file), kwargs=example_inputs(spec, int(backbone.config.vocab_size)),
+            torch.onnx.export(module.eval(), (), str(file), kwargs=inputs,
                               input_names=list(spec.inputs), output_names=[spec.output], dynamo=True, verbose=False,
                               dynamic_shapes={name: {0: batch, 1: sequence} for name in spec.inputs})
     finally:
