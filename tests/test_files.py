@@ -77,3 +77,74 @@ def test_a_home_relative_save_goes_where_loading_looks(tiny_bert, tmp_path, monk
     model.save_pretrained("~/m")
     assert (tmp_path / "home" / "m" / "config.json").is_file() and not (tmp_path / "~").exists()
     assert AutoModelForEmbedding.from_pretrained("~/m").encode("tax").shape == model.encode("tax").shape
+
+
+def _victims(tmp_path):
+    """A user's folder and file beside the saved folder, which no record inside it may reach."""
+    (tmp_path / "thesis").mkdir()
+    (tmp_path / "thesis" / "chapter1.tex").write_text("years of work")
+    (tmp_path / "notes.txt").write_text("keep me")
+    return lambda: (tmp_path / "thesis" / "chapter1.tex").is_file() and (tmp_path / "notes.txt").is_file()
+
+
+@pytest.mark.parametrize("journal", [
+    {"scratch": ".", "move": [], "remove": ["{abs}"]},
+    {"scratch": ".", "move": [], "remove": ["../notes.txt"]},
+    {"scratch": ".tmp-save-x", "move": [], "remove": ["../thesis"]},
+    {"scratch": ".tmp-save-x", "move": ["sub/../../notes.txt"], "remove": []},
+    {"scratch": "../thesis", "move": ["chapter1.tex"], "remove": []},
+    {"scratch": ".tmp-save-link", "move": ["chapter1.tex"], "remove": []},
+    {"scratch": ".tmp-save-x", "move": "abc", "remove": []},
+    "not json {",
+])
+def test_a_save_journal_never_reaches_outside_its_folder(tmp_path, journal):
+    # a copied or downloaded index (or model) folder carrying a crafted journal: its first load ran the journal and
+    # deleted the user's files beside it (an absolute path, "../", scratch "."), or moved them in (scratch a link)
+    import json
+
+    import numpy as np
+
+    from retrievals.files import JOURNAL_NAME, CorruptFileError
+    from retrievals.index import ExactIndex, Index
+
+    intact = _victims(tmp_path)
+    shared = tmp_path / "downloads" / "index"
+    ExactIndex(np.eye(3, dtype=np.float32), ["a", "b", "c"]).save(shared)
+    (shared / ".tmp-save-x").mkdir()
+    (shared / ".tmp-save-link").symlink_to(tmp_path / "thesis")
+    text = journal if isinstance(journal, str) else json.dumps(journal).replace("{abs}", str(tmp_path / "thesis"))
+    (shared / JOURNAL_NAME).write_text(text)
+    with pytest.raises(CorruptFileError, match=JOURNAL_NAME):
+        Index.load(shared)
+    assert intact()
+    (shared / JOURNAL_NAME).unlink()  # what the message says to do: the folder is then the complete earlier save
+    assert len(Index.load(shared)) == 3 and intact()
+
+
+@pytest.mark.parametrize("field, name", [("entries", "{abs}"), ("entries", "../notes.txt"), ("entries", ".."),
+                                         ("files", "../notes.txt"), ("files", "a/../../notes.txt")])
+def test_a_save_record_never_reaches_outside_its_folder(tmp_path, field, name):
+    # the previous save's retrievals_files.json names what the next save removes as stale (and a load checks)
+    import json
+
+    import numpy as np
+
+    from retrievals.files import FILES_NAME, CorruptFileError
+    from retrievals.index import ExactIndex, Index
+
+    intact = _victims(tmp_path)
+    target = tmp_path / "out" / "index"
+    ExactIndex(np.eye(2, dtype=np.float32), ["x", "y"]).save(target)
+    record = json.loads((target / FILES_NAME).read_text())
+    name = name.replace("{abs}", str(tmp_path / "notes.txt"))
+    if field == "files":
+        record["files"][name] = {"size": 7, "sha256": "0" * 64}
+    else:
+        record["entries"].append(name)
+    (target / FILES_NAME).write_text(json.dumps(record))
+    with pytest.raises(CorruptFileError, match=FILES_NAME):
+        ExactIndex(np.eye(2, dtype=np.float32), ["x", "y"]).save(target)
+    if field == "files":  # a load checks every listed file (the entries are only what a save replaces)
+        with pytest.raises(CorruptFileError, match=FILES_NAME):
+            Index.load(target)
+    assert intact()

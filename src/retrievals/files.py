@@ -129,8 +129,23 @@ def record_files(folder: Path) -> Dict[str, Dict[str, object]]:
             for p in _walk_files(folder) if p.name != FILES_NAME}
 
 
+def inside_name(name: Any, record: Path, field: str, nested: bool = False) -> str:
+    """``name``, read from ``field`` of one of our records in ``record.parent``, when it names an entry inside that
+    folder (``nested``: a relative path below it); else CorruptFileError. Saves and loads remove, move and read what
+    these records name, so an altered or hostile one (``"../x"``, ``"/home/u"``, a copied model folder's) would
+    otherwise reach files outside the folder."""
+    parts = name.split("/") if isinstance(name, str) else []
+    if (not parts or not all(parts) or any(p in {".", ".."} or "\\" in p or "\0" in p for p in parts)
+            or (len(parts) > 1 and not nested)):
+        raise CorruptFileError(f"{record}: {field} names {name!r}, which is not {'a path' if nested else 'an entry'} "
+                               f"inside {record.parent}; the file was altered after this library wrote it, and nothing "
+                               "was done with it.")
+    return name
+
+
 def _saved_record(folder: str | os.PathLike) -> Optional[Dict[str, Any]]:
-    """The ``retrievals_files.json`` of the last save into ``folder``, or None (no save of ours, or unreadable)."""
+    """The ``retrievals_files.json`` of the last save into ``folder``, or None (no save of ours, or unreadable).
+    One naming anything outside the folder is refused (:func:`inside_name`)."""
     record = Path(folder) / FILES_NAME
     if not record.is_file():
         return None
@@ -138,7 +153,17 @@ def _saved_record(folder: str | os.PathLike) -> Optional[Dict[str, Any]]:
         saved = json.loads(record.read_text(encoding="utf-8"))
     except (ValueError, OSError):
         return None
-    return saved if isinstance(saved, dict) else None
+    if not isinstance(saved, dict):
+        return None
+    files, entries = saved.get("files", {}), saved.get("entries", [])
+    if not isinstance(files, dict) or not isinstance(entries, list):
+        raise CorruptFileError(f"{record}: 'files' must be an object and 'entries' a list; the file was altered after "
+                               "this library wrote it.")
+    for name in files:
+        inside_name(name, record, "'files'", nested=True)
+    for name in entries:
+        inside_name(name, record, "'entries'")
+    return saved
 
 
 def saved_entries(folder: str | os.PathLike) -> List[str]:
@@ -253,7 +278,7 @@ def recover(folder: str | os.PathLike, announce: bool = True) -> None:
 def _recover(folder: Path, announce: bool) -> None:
     journal_path = folder / JOURNAL_NAME
     if journal_path.is_file():
-        journal = json.loads(journal_path.read_text(encoding="utf-8"))
+        journal = _read_journal(journal_path)
         scratch = folder / journal["scratch"]
         if not scratch.is_dir():  # removed by hand after the commit: the old files stay, nothing is half-moved
             logger.warning("%s: a save's journal names %s, which is gone; that save is dropped.", folder, scratch.name)
@@ -271,6 +296,27 @@ def _recover(folder: Path, announce: bool) -> None:
     for entry in folder.iterdir():
         if entry.name.startswith(SCRATCH_PREFIX) and entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def _read_journal(path: Path) -> Dict[str, Any]:
+    """A save's journal, checked: its scratch folder one of ours, and what it moves and removes entries inside the
+    folder (a journal in a copied or downloaded folder is run by the first load)."""
+    keep = "delete it to keep the folder as it is (an interrupted save's new files are then dropped)"
+    try:
+        journal = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise CorruptFileError(f"{path}: unreadable save journal ({exc}); {keep}.") from None
+    if not isinstance(journal, dict) or not all(isinstance(journal.get(f), list) for f in ("move", "remove")):
+        raise CorruptFileError(f"{path}: not a save journal of this library (an object with lists 'move' and "
+                               f"'remove'); {keep}.")
+    scratch = inside_name(journal.get("scratch"), path, "'scratch'")
+    if not scratch.startswith(SCRATCH_PREFIX) or (path.parent / scratch).is_symlink():
+        raise CorruptFileError(f"{path}: 'scratch' names {scratch!r}, not a scratch folder of this library (a folder "
+                               f"named {SCRATCH_PREFIX}...); {keep}.")
+    for field in ("move", "remove"):
+        for name in journal[field]:
+            inside_name(name, path, repr(field))
+    return journal
 
 
 @contextlib.contextmanager
@@ -365,7 +411,7 @@ def verify_files(folder: str | os.PathLike, full: bool = True) -> None:
     except (ValueError, KeyError, OSError) as exc:
         raise CorruptFileError(f"{record}: unreadable ({exc}); the folder was damaged after it was saved.") from None
     for name, info in files.items():
-        path = folder / name
+        path = folder / inside_name(name, record, "'files'", nested=True)
         if not path.is_file():
             raise CorruptFileError(f"{path}: missing (listed in {record.name}); the saved folder is incomplete.")
         if not name.endswith(WEIGHT_SUFFIXES):

@@ -523,3 +523,84 @@ def test_relevance_scores_stay_within_the_declared_range(tiny_bert):
     assert all(0.0 <= s <= 1.0 for s in scores), max(scores)
     assert r.json()["results"][0] == {"index": 4, "relevance_score": 1.0}  # the query itself, still first
     RerankResponse.model_validate(r.json())  # raises if a score is out of range
+
+
+def test_rerank_ranks_by_the_raw_scores_when_their_sigmoids_tie(tiny_bert):
+    # the server sorted by relevance_score (float32 sigmoid, exactly 1.0 above about 17): a confident model's or an
+    # LLM's strong documents came back in the order they were sent, and top_n=1 gave the first one sent
+    from fastapi.testclient import TestClient
+
+    from ..models.rankers.test_rankers import confident_cross_encoder
+
+    ce = confident_cross_encoder(tiny_bert)
+    docs = corpus_lines(8)
+    raw = ce.compute_score([("tax card", d) for d in docs])
+    best_first = sorted(range(len(docs)), key=lambda i: -raw[i])
+    assert best_first != list(range(len(docs))) and len(set(raw)) == len(docs)
+    with TestClient(create_app(None, ce, None, "ce")) as client:
+        body = client.post("/v1/rerank", json={"query": "tax card", "documents": docs}).json()
+        assert [r["index"] for r in body["results"]] == best_first
+        assert [r["relevance_score"] for r in body["results"]] == [1.0] * len(docs)
+        top = client.post("/v1/rerank", json={"query": "tax card", "documents": docs, "top_n": 1}).json()
+        assert [r["index"] for r in top["results"]] == best_first[:1]
+
+
+@pytest.mark.parametrize("path, field, bad", [("/v1/embeddings", "input", "x\udfff"), ("/v1/embeddings", "input", 7),
+                                              ("/v1/rerank", "documents", "x\udfff"), ("/v1/rerank", "documents", 7)])
+def test_too_many_items_are_refused_before_any_item_is_read(client, path, field, bad):
+    # the count was checked after every item had been validated (the surrogate check encodes each): a body within
+    # max_request_bytes of millions of tiny items held the event loop for seconds before its 413. An item past the
+    # limit that is itself bad shows which check came first.
+    body = {field: ["ok"] * 16 + [bad]} | ({"query": "q"} if path == "/v1/rerank" else {})
+    response = client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["message"] == (f"{field} has 17 items; this server takes at most 16 per request "
+                                                   "(--max_batch_size)")
+
+
+def test_info_names_an_adapters_base_without_its_host_path(tiny_bert, tmp_path):
+    # /info sent every client the absolute path of a LoRA model's base (500 bodies hide exception texts for that reason)
+    needs("peft")
+    from fastapi.testclient import TestClient
+
+    tuned = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean", use_lora=True)
+    tuned.save_pretrained(tmp_path / "adapter")
+    served = AutoModelForEmbedding.from_pretrained(str(tmp_path / "adapter"))
+    assert served.retrieval_config.lora_base == tiny_bert  # the model itself keeps the path it loads from
+    with TestClient(create_app(served, None, "emb")) as client:
+        response = client.get("/info")
+    assert response.json()["embedding"]["config"]["lora_base"] == tiny_bert.rstrip("/").rsplit("/", 1)[-1]
+    assert str(tmp_path) not in response.text and tiny_bert not in response.text
+
+
+@pytest.mark.parametrize("stall_s", [0.05, 0.0])
+def test_health_reports_a_stalled_model_call_and_stall_s_0_turns_that_off(tiny_bert, stall_s):
+    # nothing tested the stall report; and stall_s=0 was accepted but made every busy moment "unhealthy" (a
+    # liveness probe would restart a healthy server under load), where 0 means "off" for --request_timeout_s
+    from fastapi.testclient import TestClient
+
+    emb = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean")
+    started, release, original = threading.Event(), threading.Event(), emb.encode_token_ids
+
+    def blocked(*args, **kwargs):
+        started.set()
+        release.wait(30)
+        return original(*args, **kwargs)
+
+    emb.encode_token_ids = blocked
+    with TestClient(create_app(emb, None, "emb", limits=ServerLimits(stall_s=stall_s))) as client:
+        call = threading.Thread(target=lambda: client.post("/v1/embeddings", json={"input": "tax fee"}))
+        call.start()
+        try:
+            assert started.wait(30)
+            time.sleep(0.1)  # the call has now run longer than 0.05 s
+            health = client.get("/health")
+        finally:
+            release.set()
+            call.join(30)
+        after = client.get("/health")
+    if stall_s:
+        assert health.status_code == 503 and "model call has been running" in health.json()["reason"]
+    else:
+        assert health.status_code == 200, health.json()
+    assert after.status_code == 200

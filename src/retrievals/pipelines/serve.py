@@ -39,7 +39,8 @@ class ServeArguments(EmbedderFlags, RerankerFlags):
     max_request_bytes: int = field(default=64 * 1024 * 1024, metadata={"help": "Larger request bodies get 413."})
     shutdown_timeout_s: float = field(default=10.0, metadata={"help": "On SIGTERM/SIGINT: stop accepting, let requests in "
                                                                       "flight finish this long, cancel the rest, exit."})
-    stall_s: float = field(default=120.0, metadata={"help": "/health reports unhealthy when one model call runs longer."})
+    stall_s: float = field(default=120.0, metadata={"help": "/health reports unhealthy when one model call runs longer "
+                                                               "(0: never for that)."})
 
     def __post_init__(self) -> None:
         for flag in ("max_batch_size", "max_input_chars", "model_batch_size", "max_batch_tokens", "max_queue_items",

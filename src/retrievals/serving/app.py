@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa
 
 from .. import __version__  # noqa: E402
 from ..models.processing import TokenIds  # noqa: E402
+from ..models.rankers.base import rank_order  # noqa: E402
 from .metrics import ServerMetrics  # noqa: E402
 from .scheduler import DeadlineExceeded, JobCancelled, JobTooLarge, QueueFull, Scheduler  # noqa: E402
 from .schemas import (  # noqa: E402
@@ -265,8 +266,9 @@ class Service:
             return reranker.score_unit_list(batch, batch_size, max_tokens=max_tokens).tolist()
 
         unit_scores = await self.run(("rerank",), units, [reranker.unit_tokens(u) for u in units], score, request)
+        raw = reranker.pair_scores(owners, unit_scores, len(docs))
         scores = reranker.pair_scores(owners, unit_scores, len(docs), normalize=True)
-        order = sorted(range(len(docs)), key=lambda i: (-scores[i], i))[: req.top_n or len(docs)]
+        order = rank_order(raw, req.top_n or len(docs))
         results = []
         for i in order:
             row: Dict[str, Any] = {"index": i, "relevance_score": float(scores[i])}
@@ -312,7 +314,10 @@ async def _tokenized(*args: Any) -> Any:
 def _model_info(name: Optional[str], model: Any) -> Optional[Dict[str, Any]]:
     if model is None:
         return None
-    return {"id": name, "class": type(model).__name__, "config": dataclasses.asdict(model.retrieval_config)}
+    config = dataclasses.asdict(model.retrieval_config)
+    if config.get("lora_base"):  # an adapter's base by its folder's name: its path on this host is not the client's
+        config["lora_base"] = config["lora_base"].replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return {"id": name, "class": type(model).__name__, "config": config}
 
 
 def _where(loc: Tuple[Any, ...]) -> str:
@@ -340,6 +345,10 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
     message = f"{where or 'body'}: {str(first.get('msg', 'invalid request')).removeprefix('Value error, ')}"
     if first.get("loc", ())[-1:] == ("model",) and first.get("type") == "literal_error":
         return ApiError(404, f"model {first.get('input')!r} is not served here", param="model", code="model_not_found")
+    if first.get("type") == "too_long":  # a list over max_length: said as check_count says it
+        ctx = first.get("ctx", {})
+        message = (f"{where} has {ctx.get('actual_length')} items; this server takes at most {ctx.get('max_length')} "
+                   "per request (--max_batch_size)")
     if kinds & {"string_too_long", "too_long"}:
         return ApiError(413, message, param=where or None, code="too_large")
     if "json_invalid" in kinds:
@@ -363,7 +372,8 @@ def create_app(embedder: Any = None, reranker: Any = None, embedder_name: Option
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        service.scheduler.close(timeout_s=limits.stall_s)
+        # the call in progress may finish (bounded: with stall detection off, by the default stall time)
+        service.scheduler.close(timeout_s=limits.stall_s or ServerLimits.stall_s)
 
     app = FastAPI(title="retrievals", version=__version__, lifespan=lifespan)
     app.state.service = service

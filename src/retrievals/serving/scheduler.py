@@ -130,11 +130,12 @@ class Scheduler:
             return sum(job.pending for jobs in self._jobs.values() for job in jobs if not job.future.done())
 
     def health(self) -> Tuple[bool, str]:
-        """(healthy, reason): unhealthy when the worker died or one model call has run longer than ``stall_s``."""
+        """(healthy, reason): unhealthy when the worker died or one model call has run longer than ``stall_s``
+        (0: never for that; any call outlasts 0 s, and a busy server is not a stalled one)."""
         if not self._thread.is_alive():
             return False, "the scheduler's worker thread is not running"
         busy = self._busy_since
-        if busy is not None and time.monotonic() - busy > self.stall_s:
+        if self.stall_s and busy is not None and time.monotonic() - busy > self.stall_s:
             return False, f"one model call has been running for more than {self.stall_s:.0f} s"
         return True, "ok"
 

@@ -5,7 +5,7 @@ schema does not give."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Literal, Optional, Type, Union
+from typing import Annotated, Any, Dict, List, Literal, Optional, Type, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, create_model, field_validator
 
@@ -26,7 +26,7 @@ class ServerLimits:
     max_wait_ms: float = 2.0  # how long a lone small request waits for others to share its model call
     request_timeout_s: float = 60.0  # past it, 504 and the request's remaining work is dropped
     max_request_bytes: int = 64 * 1024 * 1024  # larger bodies get 413 before they are parsed
-    stall_s: float = 120.0  # /health fails when one model call runs longer than this
+    stall_s: float = 120.0  # /health fails when one model call runs longer than this (0: never for that)
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_input_chars", "model_batch_size", "max_batch_tokens", "max_queue_items",
@@ -129,6 +129,8 @@ def _checked_text(max_chars: int, min_chars: int = 0) -> Any:
 def request_models(limits: ServerLimits, embedder_name: Optional[str], embedding_dims: List[int],
                    reranker_name: Optional[str]) -> Dict[str, Type[BaseModel]]:
     """The request models of this server: its limits, served model names and dimensions in the schema."""
+    # the item count is checked as the list is read (max_length), before any item is validated: a body within
+    # max_request_bytes can hold millions of tiny items, each taking time on the event loop
     chars, items = limits.max_input_chars, limits.max_batch_size
     text = (str, _checked_text(chars))
 
@@ -160,7 +162,7 @@ def request_models(limits: ServerLimits, embedder_name: Optional[str], embedding
             __validators__={"_input_unicode": field_validator("input")(no_surrogates),
                             "_input_text": field_validator("input", mode="before")(no_token_ids)},
             # an empty text is refused (400), as OpenAI's API does: its vector would be the special tokens'
-            input=(Union[str, List[str]], Field(
+            input=(Union[str, Annotated[List[str], Field(max_length=items)]], Field(
                 description=f"a text or a list of 1 to {items} texts, each 1 to {chars} characters",
                 json_schema_extra={"anyOf": [{"type": "string", "minLength": 1, "maxLength": chars},
                                              {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": chars},
@@ -179,7 +181,7 @@ def request_models(limits: ServerLimits, embedder_name: Optional[str], embedding
                             "_top_n_not_bool": field_validator("top_n", mode="before")(not_a_bool)},
             query=(str, _checked_text(chars, min_chars=1)),
             documents=(List[Union[str, document]], Field(  # type: ignore[valid-type]
-                description=f"1 to {items} documents, strings or {{text}} objects, each at most {chars} characters",
+                max_length=items, description=f"1 to {items} documents, strings or {{text}} objects, each at most {chars} characters",
                 json_schema_extra={"minItems": 1, "maxItems": items})),
             # lax parsing read "top_n": true as 1 and "return_documents": "yes" as true; 1.0 stays an integer, as
             # JSON Schema's "integer" (what /openapi.json declares) has it

@@ -565,3 +565,31 @@ def test_colbert_refuses_another_librarys_multi_vector_folder_and_warns_of_a_fre
         identity.score_vectors("tax", [[window[:, :8]]])
     with pytest.raises(UsageError, match=r"document_vectors\[0\]\[1\] has a nan or inf value"):
         identity.score_vectors("tax", [[window, torch.full_like(window, float("nan"))]])
+
+
+def confident_cross_encoder(tiny_bert):
+    """A cross-encoder whose raw scores are large and distinct (a confident model's, or an LLM's "Yes" logits): their
+    float32 sigmoids are all exactly 1.0."""
+    model = AutoModelForRanking.from_pretrained(tiny_bert, model_type="cross-encoder", max_length=32)
+    head = model.backbone.classifier
+    with torch.no_grad():
+        head.weight.mul_(500.0)
+        head.bias.fill_(400.0)
+    return model
+
+
+def test_normalized_reranking_ranks_by_the_raw_scores(tiny_bert):
+    # rerank(normalize=True) (and the LangChain and LlamaIndex rerankers on it) sorted by the sigmoids: every
+    # document tied at 1.0 and came back in the order it was sent
+    model = confident_cross_encoder(tiny_bert)
+    docs = [d for _, d in PAIRS] + corpus_lines(6)
+    raw = model.compute_score([("tax card", d) for d in docs])
+    assert min(raw) > 20 and len(set(raw)) == len(docs)
+    assert set(model.compute_score([("tax card", d) for d in docs], normalize=True)) == {1.0}
+    best_first = sorted(range(len(docs)), key=lambda i: -raw[i])
+    assert best_first != list(range(len(docs)))
+    for normalize in (False, True):
+        results = model.rerank("tax card", docs, normalize=normalize)
+        assert [r.index for r in results] == best_first
+        assert [r.index for r in model.rerank("tax card", docs, top_k=1, normalize=normalize)] == best_first[:1]
+    assert [r.score for r in model.rerank("tax card", docs, normalize=True)] == [1.0] * len(docs)

@@ -210,9 +210,17 @@ class BaseRanker(RetrievalModel):
         check_batch_size(batch_size)
         if not documents or top_k == 0:
             return []
-        scores = self.compute_score([(query, d) for d in documents], batch_size=batch_size, normalize=normalize)
-        order = sorted(range(len(documents)), key=lambda i: (-scores[i], i))[:top_k]
+        raw = self.compute_score([(query, d) for d in documents], batch_size=batch_size)
+        order = rank_order(raw, top_k)
+        scores = self._postprocess(torch.tensor(raw, dtype=torch.float32)).tolist() if normalize else raw
         return [RerankResult(index=i, document=documents[i], score=scores[i], rank=r) for r, i in enumerate(order)]
+
+
+def rank_order(raw_scores: Sequence[float], top_k: Optional[int] = None) -> List[int]:
+    """Indexes of the best ``top_k`` scores (all when None), best first, equal scores in input order. Ranks by the
+    raw scores: float32's sigmoid is exactly 1.0 above about 17, so ranking by normalized scores put an LLM
+    reranker's strong documents (its raw "Yes" logits) in the order they were sent."""
+    return sorted(range(len(raw_scores)), key=lambda i: (-raw_scores[i], i))[:top_k]
 
 
 def group_targets(batch: int, device: torch.device) -> torch.Tensor:
