@@ -270,6 +270,11 @@ def test_sparse_training_flags_of_dense_embedders(sparse_model, tiny_bert, train
                           "--teacher_model", tiny_bert)) == 0
     loss = json.loads((out / "retrievals_fingerprint.json").read_text())["loss"]
     assert loss["teacher_temperature"] == 0.02 and loss["loss"]["loss"]["temperature"] == 1.0
+    # an explicit --temperature 0.02 is the user's, not "the default" (it trained at 1.0; 0.03 was honoured)
+    out = tmp_path / "explicit"
+    assert embed.main(cli(sparse_model, train_file, out, "--max_steps", "1", "--model_type", "sparse",
+                          "--temperature", "0.02")) == 0
+    assert json.loads((out / "retrievals_fingerprint.json").read_text())["loss"]["loss"]["temperature"] == 0.02
     # Matryoshka sizes would be the first d vocabulary ids: refused like --pca_rotation
     assert embed.main(cli(sparse_model, train_file, tmp_path / "m", "--model_type", "sparse", "--matryoshka_dims", "64")) == 2
     assert "--matryoshka_dims is for dense embedders" in capsys.readouterr().err

@@ -216,3 +216,96 @@ def test_auto_mixed_precision_is_gpu_only_and_yields_to_flags(tmp_path, monkeypa
         RetrievalTrainingArguments(output_dir=str(tmp_path), **flags)
     # (fp16, bf16, auto, a GPU to train on, bf16 on it): --use_cpu trains on the CPU, so no GPU to pick for
     assert seen == [(False, False, True, True, True), (False, False, False, True, True), (False, False, True, False, False)]
+
+
+@pytest.mark.parametrize("scheduler", ["reduce_lr_on_plateau", "greedy"])
+def test_a_metric_scheduler_steps_on_ndcg_and_keeps_the_rate_while_it_rises(scheduler, tiny_bert, train_file, tmp_path,
+                                                                          capsys):
+    # without --metric_for_best_model transformers chose eval_loss, which our evaluation does not report: KeyError at
+    # the first evaluation, after steps were trained; with nDCG, torch's default mode "min" cut the rate each time
+    # the model improved
+    import torch
+    from transformers import get_scheduler
+
+    from retrievals.training import RetrievalTrainingArguments
+
+    out = tmp_path / "out"
+    flags = ("--max_steps", "3", "--eval_data", train_file, "--eval_strategy", "steps", "--eval_steps", "1",
+             "--lr_scheduler_type", scheduler)
+    assert embed.main(cli(tiny_bert, train_file, out, *flags)) == 0
+    evaluations = [h for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "eval_ndcg@10" in h]
+    assert len(evaluations) == 3
+    for metric, mode in (("ndcg@10", "max"), ("map", "max")):
+        args = RetrievalTrainingArguments(output_dir=str(tmp_path / "a"), report_to="none", eval_strategy="steps",
+                                          eval_steps=1, lr_scheduler_type=scheduler, metric_for_best_model=metric)
+        assert args.lr_scheduler_kwargs["mode"] == mode
+        weight = torch.nn.Parameter(torch.zeros(1))
+        optimizer = torch.optim.SGD([weight], lr=1.0)
+        schedule = get_scheduler(args.lr_scheduler_type, optimizer=optimizer, scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+        for i in range(15):  # the metric rises at every evaluation: no plateau
+            schedule.step(0.5 + 0.01 * i)
+        assert optimizer.param_groups[0]["lr"] == 1.0
+    assert embed.main(cli(tiny_bert, train_file, tmp_path / "b", *flags, "--lr_scheduler_kwargs", '{"mode": "min"}')) == 2
+    assert "contradicts --metric_for_best_model ndcg@10" in capsys.readouterr().err
+
+
+def test_what_picks_the_saved_model_is_in_the_fingerprint(tmp_path):
+    # --load_best_model_at_end (or a metric's scheduler) with another metric or held-out set resumed silently: the
+    # restored best score (nDCG on one set) was compared with MAP, or with scores on another set
+    from retrievals.training import RetrievalTrainingArguments
+    from retrievals.training.fingerprint import describe_changes, run_fingerprint
+
+    records, held_out, other = [Record("q", ["p"])], [Record("e", ["p"], ["n"])], [Record("f", ["p"], ["n"])]
+
+    def fingerprint(eval_records=held_out, **flags):
+        args = RetrievalTrainingArguments(output_dir=str(tmp_path), report_to="none", eval_strategy="steps",
+                                          eval_steps=1, save_strategy="steps", save_steps=1, **flags)
+        return run_fingerprint("m", records, args, eval_records=eval_records)
+
+    best = fingerprint(load_best_model_at_end=True)
+    assert "model_selection" in describe_changes(best, fingerprint(load_best_model_at_end=True, metric_for_best_model="map"))
+    assert "model_selection" in describe_changes(best, fingerprint(other, load_best_model_at_end=True))
+    assert "model_selection" in describe_changes(best, fingerprint())
+    assert describe_changes(best, fingerprint(load_best_model_at_end=True)) == ""
+    plateau = fingerprint(lr_scheduler_type="reduce_lr_on_plateau")
+    assert "model_selection" in describe_changes(plateau, fingerprint(other, lr_scheduler_type="reduce_lr_on_plateau"))
+    # without either, the held-out set and metric only draw the curve: a rerun with them changed still resumes
+    plain = fingerprint()
+    assert describe_changes(plain, fingerprint(other, metric_for_best_model="map")) == ""
+    older = {k: v for k, v in plain.items() if k != "model_selection"}  # a run started before it was recorded
+    assert describe_changes(older, plain) == ""
+
+
+def test_the_step_check_counts_batches_as_accelerate_shards_them():
+    # it counted items per process (ceil(items / world) // batch): 5 items, batches of 3, 2 processes and drop_last
+    # passed, accelerate gave each process no batch, and the untrained model was saved with exit 0
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler, SequentialSampler
+
+    from retrievals.data.readers import DataError
+    from retrievals.training.run import check_steps
+
+    for world in (1, 2, 3):
+        for batch in (1, 2, 3, 4):
+            for drop_last in (True, False):
+                for items in range(1, 3 * world * batch + 2):
+                    shares = [len(BatchSamplerShard(BatchSampler(SequentialSampler(range(items)), batch, drop_last),
+                                                    num_processes=world, process_index=i)) for i in range(world)]
+                    args = SimpleNamespace(world_size=world, per_device_train_batch_size=batch,
+                                           dataloader_drop_last=drop_last)
+                    if min(shares) == 0:
+                        with pytest.raises(DataError, match="no full batch"):
+                            check_steps(items, args)
+                    else:
+                        check_steps(items, args)
+
+
+def test_several_gpus_in_one_process_are_refused_before_loading(tiny_bert, train_file, tmp_path, monkeypatch, capsys):
+    # without torchrun, transformers wraps the model in DataParallel, which splits queries and documents separately
+    # (a reranker's groups failed at the last partial batch) and multiplies the batch the fingerprint records
+    from retrievals.training import RetrievalTrainingArguments
+
+    monkeypatch.setattr(RetrievalTrainingArguments, "n_gpu", property(lambda self: 2))
+    assert embed.main(cli(tiny_bert, train_file, tmp_path / "out")) == 2
+    assert "sees 2 GPUs: run one process per GPU with torchrun --nproc_per_node 2" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -470,3 +470,13 @@ def test_mask_duplicate_positives_reaches_colbert_and_is_refused_without_an_inba
     assert rerank.main([a for a in argv if a not in ("--query_max_length", "16", "--document_max_length", "32")]) == 2
     assert "--mask_duplicate_positives: --loss_fn ce of this model kind has no softmax" in capsys.readouterr().err
     assert not (tmp_path / "ce").exists()
+    # nor without in-batch negatives (ColBERT's default; an embedder's --use_inbatch_neg false): it was accepted, did
+    # nothing, and only kept an identical rerun without it from resuming
+    argv = cli(tiny_bert, str(data), tmp_path / "cb", "--max_steps", "2", "--model_type", "colbert",
+               "--mask_duplicate_positives", "true")
+    assert rerank.main([a for a in argv if a not in ("--query_max_length", "16", "--document_max_length", "32")]) == 2
+    assert "--loss_fn ce with --use_inbatch_neg false of this model kind has no softmax" in capsys.readouterr().err
+    assert embed.main(cli(tiny_bert, str(data), tmp_path / "emb", "--max_steps", "2", "--use_inbatch_neg", "false",
+                          "--mask_duplicate_positives", "true")) == 2
+    assert "--loss_fn infonce with --use_inbatch_neg false of this model kind" in capsys.readouterr().err
+    assert not (tmp_path / "cb").exists() and not (tmp_path / "emb").exists()

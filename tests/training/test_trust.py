@@ -268,6 +268,31 @@ def test_rerun_with_other_settings_is_refused_before_loading(tiny_bert, train_fi
     assert (out / "model.safetensors").is_file()
 
 
+def test_a_named_checkpoint_is_resumed_only_as_the_folders_own_would_be(tiny_bert, train_file, tmp_path, monkeypatch,
+                                                                        capsys):
+    # --resume false --resume_from_checkpoint OUT/checkpoint-2 deleted the named checkpoint (retired with the
+    # folder's), then failed on it; a checkpoint trained with other settings was resumed under the new ones
+    args = ("--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--seed", "7")
+    out, checkpoint = tmp_path / "out", tmp_path / "out" / "checkpoint-2"
+    with monkeypatch.context() as patch:
+        kill_at_step(patch, 3)
+        with pytest.raises(Killed):
+            embed.main(cli(tiny_bert, train_file, out, *args))
+    named = ("--resume_from_checkpoint", str(checkpoint))
+    assert embed.main(cli(tiny_bert, train_file, out, *args, "--resume", "false", *named)) == 2
+    assert "pass one of them" in capsys.readouterr().err and checkpoint.is_dir()
+    elsewhere = tmp_path / "elsewhere"
+    assert embed.main(cli(tiny_bert, train_file, elsewhere, *args, "--learning_rate", "5e-4", *named)) == 2
+    assert "trained with other settings: learning_rate 0.001 -> 0.0005" in capsys.readouterr().err
+    assert embed.main(cli(tiny_bert, train_file, elsewhere, *args, "--resume_from_checkpoint", str(tmp_path))) == 2
+    assert "not a complete checkpoint" in capsys.readouterr().err
+    assert embed.main(cli(tiny_bert, train_file, elsewhere, *args, *named)) == 0  # the same settings: resumed
+    assert (elsewhere / "model.safetensors").is_file() and checkpoint.is_dir()
+    assert embed.main(cli(tiny_bert, train_file, out, *args)) == 0  # the folder's own run, resumed and finished
+    assert embed.main(cli(tiny_bert, train_file, out, *args, "--overwrite_output_dir", *named)) == 2
+    assert "copy it out of the folder" in capsys.readouterr().err
+
+
 def test_embedding_cache_never_serves_another_models_vectors(tiny_bert, tmp_path):
     from retrievals.index.sharded import encode_sharded
 
@@ -339,6 +364,8 @@ def test_nan_weights_fail_loudly_and_keep_the_good_model(tiny_bert, train_file, 
     (("--margin", "-1", "--loss_fn", "triplet"), "--margin must be a finite number >= 0, got -1.0"),
     (("--margin", "0.5"), "--margin does not apply to --loss_fn infonce"),
     (("--loss_fn", "triplet", "--temperature", "0.1"), "--temperature does not apply to --loss_fn triplet"),
+    (("--loss_fn", "triplet", "--temperature", "0.02"), "--temperature does not apply to --loss_fn triplet"),  # the
+    # default's value was taken for "not given"
     (("--use_lora", "True", "--lora_r", "0"), "--lora_r must be >= 1"),
     (("--lora_dropout", "1.5"), "--lora_dropout must be in [0, 1)"),
     (("--learning_rate", "0"), "--learning_rate must be > 0"),

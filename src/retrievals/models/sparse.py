@@ -8,7 +8,7 @@ and only documents are expanded."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Union
 
 import json
 from pathlib import Path
@@ -63,6 +63,7 @@ class SparseEmbedder(AutoModelForEmbedding):
     config_class = SparseConfig
     model_type = "sparse"
     backend_output = None  # its MLM-head forward is its own (``_embed_padded``): no CPU backend yet
+    default_temperature: ClassVar[float] = 1.0  # of the training loss when none is given: scores are raw dot products
 
     def __init__(self, backbone: nn.Module, tokenizer: Any, config: SparseConfig) -> None:
         super().__init__(backbone, tokenizer, config)

@@ -5,7 +5,6 @@ Works as written under ``torchrun --nproc_per_node N -m retrievals.pipelines.emb
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import logging
 import sys
@@ -19,6 +18,7 @@ from ..data import EmbeddingCollator
 from ..files import atomic_write_bytes, check_new_output
 from ..data.readers import DataError, Record, check_unicode, is_json_file, iter_lines, iter_raw
 from ..losses import EMBEDDING_LOSSES, FlopsRegularizedLoss, MatryoshkaLoss, loss_from_args
+from ..losses.base import ContrastiveSettings
 from ..models.embedding import AutoModelForEmbedding
 from ..models.base import saved_model_type
 from ..models.sparse import SparseEmbedder
@@ -108,15 +108,16 @@ def train(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
     sparse = model_args.model_type == "sparse"
     if sparse and args.matryoshka_dims:  # its dimensions are vocabulary ids: a prefix of them is no smaller model
         raise UsageError("--matryoshka_dims is for dense embedders.")
-    defaults = {f.name: f.default for f in dataclasses.fields(args)}
-    overrides = {"temperature": 1.0} if sparse and args.temperature == defaults["temperature"] else {}  # raw dot products
-    loss = loss_from_args(args.loss_fn, EMBEDDING_LOSSES, args, **overrides)  # first: a wrong name fails before anything loads
+    teacher_temperature = args.temperature or ContrastiveSettings.temperature  # the teacher's cosines: as given, else 0.02
+    if args.temperature is None:  # not given (an explicit 0.02 was taken for the default and trained sparse at 1)
+        args.temperature = SparseEmbedder.default_temperature if sparse else ContrastiveSettings.temperature  # recorded as trained
+    loss = loss_from_args(args.loss_fn, EMBEDDING_LOSSES, args)  # first: a wrong name fails before anything loads
     if sparse:
         loss = FlopsRegularizedLoss(loss, model_args.query_flops_weight, model_args.document_flops_weight)
     loss, collator = model_args.attach_teacher(  # the teacher (cosine scores) at --temperature, whatever the student's
         loss, masking_copies(loss, lambda model, records: EmbeddingCollator(model.processor, args.pad_to_multiple_of), args),
         data_args.query_max_length or data_args.max_length, data_args.document_max_length or data_args.max_length,
-        args.temperature)
+        teacher_temperature)
     if args.matryoshka_dims:
         loss = MatryoshkaLoss(loss, args.matryoshka_dims, args.matryoshka_weights, args.matryoshka_distill)
 

@@ -18,6 +18,7 @@ from ..utils import UsageError, finite_number
 AUTO_WORKERS = 4  # data-loader workers used by default on a GPU machine (tokenizing in the main process starves the GPU)
 SAMPLING_STRATEGIES = ("random", "sequential")  # of transformers' --train_sampling_strategy, those that fit our items
 EVAL_METRICS = ("map", "mrr@10", "ndcg@10")  # what the trainer's evaluation of --eval_data reports (evaluate_reranking)
+METRIC_SCHEDULERS = ("reduce_lr_on_plateau", "greedy")  # transformers' schedulers stepped on an evaluation's metric
 DEFAULT_BEST_METRIC = "ndcg@10"  # --metric_for_best_model when --load_best_model_at_end or --save_strategy best need one
 
 
@@ -66,7 +67,9 @@ class RetrievalTrainingArguments(TrainingArguments):
         default=True, metadata={"help": "Resume from the last complete checkpoint of an unfinished run in output_dir."}
     )
     loss_fn: str = field(default="infonce", metadata={"help": "Loss name (see retrievals.losses)."})
-    temperature: float = field(default=0.02, metadata={"help": "Softmax temperature of contrastive losses."})
+    temperature: Optional[float] = field(default=None, metadata={
+        "help": "Softmax temperature of contrastive losses (default: 0.02; 1 for sparse embedders, whose scores are raw "
+                "dot products)."})
     margin: float = field(default=0.2, metadata={"help": "Margin of margin-based losses."})
     use_inbatch_neg: bool = field(default=True, metadata={"help": "Use every document in the batch as a negative."})
     negatives_cross_device: bool = field(
@@ -125,9 +128,12 @@ class RetrievalTrainingArguments(TrainingArguments):
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
             raise UsageError(f"--pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}.")
         self._check_numbers()
-        if (self.load_best_model_at_end or self.save_strategy == "best") and self.metric_for_best_model is None:
+        metric_scheduler = str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)) in METRIC_SCHEDULERS
+        if (self.load_best_model_at_end or self.save_strategy == "best" or metric_scheduler) \
+                and self.metric_for_best_model is None:
             # transformers would pick the eval loss, which the evaluation of --eval_data does not report (a crash
-            # at the first evaluation): rank checkpoints by nDCG@10 (transformers then sets greater_is_better)
+            # at the first evaluation): rank checkpoints (and step a metric's scheduler) by nDCG@10 (transformers
+            # then sets greater_is_better)
             self.metric_for_best_model = DEFAULT_BEST_METRIC
         if self.dataloader_num_workers < 0:
             enough_cores = (os.cpu_count() or 1) >= 2 * AUTO_WORKERS
@@ -139,6 +145,19 @@ class RetrievalTrainingArguments(TrainingArguments):
                              "0's groups in every epoch; drop it (workers restart each epoch).")
         self.remove_unused_columns = False  # our collators read raw text fields
         super().__post_init__()
+        if metric_scheduler:
+            self._scheduler_mode()
+
+    def _scheduler_mode(self) -> None:
+        """transformers steps a metric's scheduler on --metric_for_best_model in torch's default mode "min": with nDCG
+        or MAP it cut the learning rate each time the model improved. Its mode follows greater_is_better."""
+        mode = "max" if self.greater_is_better else "min"
+        kwargs = dict(self.lr_scheduler_kwargs or {})
+        if kwargs.get("mode", mode) != mode:
+            raise UsageError(f"--lr_scheduler_kwargs mode {kwargs['mode']!r} contradicts --metric_for_best_model "
+                             f"{self.metric_for_best_model} (greater_is_better={self.greater_is_better}): the schedule "
+                             "would take an improvement for a plateau. Drop mode (it follows greater_is_better).")
+        self.lr_scheduler_kwargs = {**kwargs, "mode": mode}
 
 
     def _check_numbers(self) -> None:

@@ -3,8 +3,9 @@
 It holds the base model (path and a hash of its weight files; the tokenizer's files and a starting adapter's weights
 too), a hash of the training data, and the
 settings that change the outcome (optimiser and schedule, epochs, batch, group size, loss and its
-settings, seed, pooling and instructions, LoRA). Logging, saving and evaluation flags are left out:
-changing them does not change the model, so a rerun with them changed still resumes.
+settings, seed, pooling and instructions, LoRA), and what picks the saved model from evaluations when something does
+(``--load_best_model_at_end``, a metric's scheduler: the metric and the held-out data). Other logging, saving and
+evaluation flags are left out: changing them does not change the model, so a rerun with them changed still resumes.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping
+from typing import Any, Dict, Iterable, Mapping, Optional
 
 from ..files import sha256_file
 from ..models.base import is_lora_dir, lora_base_of
+from .arguments import METRIC_SCHEDULERS
 
 FINGERPRINT_NAME = "retrievals_fingerprint.json"
 
@@ -31,7 +33,7 @@ TRAINING_FIELDS = (
 )
 # Fields fingerprinted since a later version, with the value every run before it trained with: a run whose
 # fingerprint lacks one resumes when the rerun's value is that one (the same run), and is refused otherwise.
-ADDED_LATER = {"train_sampling_strategy": "random", "mask_duplicate_positives": False}
+ADDED_LATER = {"train_sampling_strategy": "random", "mask_duplicate_positives": False, "model_selection": None}
 # Argument fields that do not change the result (or are fingerprinted another way).
 IGNORED_FIELDS = {"train_data", "eval_data", "model_name_or_path", "trust_remote_code", "tokenizer_name"}
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
@@ -75,7 +77,19 @@ def flat_settings(settings: Iterable[Mapping[str, Any]]) -> Dict[str, Any]:
     return {key: value for group in settings for key, value in group.items()}
 
 
-def run_fingerprint(model_path: str, records: Iterable[Any], args: Any, *settings: Mapping[str, Any]) -> Dict[str, Any]:
+def model_selection(args: Any, eval_records: Optional[Iterable[Any]]) -> Optional[Dict[str, Any]]:
+    """What picks the saved model or steers the learning rate from evaluations, when something does: the metric, its
+    direction and the held-out data (``--load_best_model_at_end``, a metric's scheduler); else None. A rerun
+    resumed with another one compared the restored best score (nDCG on one set) with another metric or set."""
+    scheduler = str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))
+    if not (getattr(args, "load_best_model_at_end", False) or scheduler in METRIC_SCHEDULERS):
+        return None
+    return {"metric": args.metric_for_best_model, "greater_is_better": args.greater_is_better,
+            "eval_data": data_digest(eval_records or [])}
+
+
+def run_fingerprint(model_path: str, records: Iterable[Any], args: Any, *settings: Mapping[str, Any],
+                    eval_records: Optional[Iterable[Any]] = None) -> Dict[str, Any]:
     """The fingerprint as a flat dict of JSON values (compared key by key to name what changed)."""
     out: Dict[str, Any] = {
         "model": os.path.abspath(model_path) if os.path.isdir(os.path.expanduser(model_path)) else model_path,
@@ -96,6 +110,8 @@ def run_fingerprint(model_path: str, records: Iterable[Any], args: Any, *setting
     for key in TRAINING_FIELDS:
         if hasattr(args, key):
             out[key] = _plain(getattr(args, key))
+    if hasattr(args, "lr_scheduler_type"):
+        out["model_selection"] = model_selection(args, eval_records)
     return out
 
 

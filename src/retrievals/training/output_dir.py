@@ -189,8 +189,9 @@ def run_lock(output_dir: str | Path) -> Iterator[None]:
 
 
 def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool, fingerprint: Dict[str, Any],
-                       is_main: bool = True) -> RunFolder:
-    """Apply the rules above; returns the run's folder with ``resume_from`` set when it resumes."""
+                       is_main: bool = True, named_checkpoint: Optional[str] = None) -> RunFolder:
+    """Apply the rules above; returns the run's folder with ``resume_from`` set when it resumes.
+    ``named_checkpoint`` (``--resume_from_checkpoint``) is checked as a resumed run's own checkpoint is."""
     folder = Path(output_dir)
     if folder.exists() and not folder.is_dir():
         raise OutputDirError(f"{folder}: is a file; --output_dir must be a folder.")
@@ -198,6 +199,8 @@ def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool, fingerpri
         recover(folder)
     run = RunFolder(folder, fingerprint, is_main)
     manifest = read_manifest(folder) if folder.is_dir() else None
+    if named_checkpoint:
+        _check_named_checkpoint(Path(named_checkpoint).expanduser(), folder, resume, manifest, fingerprint)
     entries = _visible(folder) if folder.is_dir() else []
     if manifest is None:
         if entries:
@@ -242,6 +245,29 @@ def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool, fingerpri
         run.retire_checkpoints()
     run._write("running")
     return run
+
+
+def _check_named_checkpoint(checkpoint: Path, folder: Path, resume: bool, manifest: Optional[Dict[str, Any]],
+                            fingerprint: Dict[str, Any]) -> None:
+    """``--resume_from_checkpoint``: refused when the run would delete it before resuming (``--resume false``, or an
+    overwrite of the finished run that wrote it, retire the folder's checkpoints), when it is incomplete or lacks the
+    optimizer, or when it was trained with other settings (a changed flag resumed silently)."""
+    flag = f"--resume_from_checkpoint {checkpoint}"
+    if not resume:
+        raise OutputDirError(f"{flag} asks to resume, --resume false to start over (retiring this folder's "
+                             "checkpoints): pass one of them.")
+    if checkpoint.resolve().parent == folder.resolve() and manifest is not None and manifest["status"] == "finished":
+        raise OutputDirError(f"{flag}: a checkpoint of the finished run in {folder}, whose checkpoints an "
+                             "--overwrite_output_dir run retires before training: copy it out of the folder to resume it.")
+    if not (checkpoint.is_dir() and _readable(checkpoint / "trainer_state.json")):
+        raise OutputDirError(f"{flag}: not a complete checkpoint (no readable trainer_state.json).")
+    if not has_training_state(checkpoint):
+        raise OutputDirError(f"{flag}: has weights only (--save_only_model); resuming it would restart the optimizer "
+                             "and the learning-rate schedule.")
+    saved = _checkpoint_fingerprint(checkpoint)
+    changes = describe_changes(saved, fingerprint) if saved is not None else ""
+    if changes:
+        raise OutputDirError(f"{flag} was trained with other settings: {changes}. Restore them to resume it.")
 
 
 def _checkpoint_fingerprint(checkpoint: Path) -> Optional[Dict[str, Any]]:

@@ -44,6 +44,7 @@ def run_training(
     if model_path:  # a mistyped path must fail before the output folder is settled (an overwrite retires checkpoints)
         check_model_path(model_path)
     check_adapter_trains(model_path, settings)
+    check_one_device_per_process(args)
     check_weights(args, settings, model_path)
     check_evaluation(data_args, args)
     check_candidates(loss, data_args, args)
@@ -72,7 +73,7 @@ def run_training(
                        "items of one query in a batch are false in-batch negatives of each other (each one's positive "
                        "is scored as the other's negative).", several)
     check_steps(len(dataset), args)
-    fingerprint = run_fingerprint(model_path, records, args, *settings)
+    fingerprint = run_fingerprint(model_path, records, args, *settings, eval_records=eval_records)
     if hasattr(loss, "get_config_dict"):
         fingerprint["loss"] = loss.get_config_dict()  # the training record saved with every checkpoint and model
     rank, size = world()
@@ -80,7 +81,8 @@ def run_training(
     # run inside the main process's run, and waiting on its lock would deadlock them at the barrier below
     with run_lock(args.output_dir) if rank == 0 else contextlib.nullcontext():
         if rank == 0:  # the main process settles the folder first; the others then read what it decided
-            folder = prepare_output_dir(args.output_dir, args.overwrite_output_dir, args.resume, fingerprint)
+            folder = prepare_output_dir(args.output_dir, args.overwrite_output_dir, args.resume, fingerprint,
+                                        named_checkpoint=args.resume_from_checkpoint)
         if size > 1:
             torch.distributed.barrier()
         if rank != 0:
@@ -103,6 +105,16 @@ def run_training(
             draw_curve(trainer.state.log_history, Path(args.output_dir), folder)  # after the save: the saved model's curve
             folder.finish()
     return model
+
+
+def check_one_device_per_process(args: RetrievalTrainingArguments) -> None:
+    """Several GPUs seen by one process (no torchrun): transformers would wrap the model in DataParallel, which
+    splits a batch's queries and documents separately (a reranker's groups fail at the last partial batch, an
+    embedder loses documents), multiplies the batch and leaves the run's fingerprint and step count without it."""
+    if args.n_gpu > 1:
+        raise UsageError(f"this process sees {args.n_gpu} GPUs: run one process per GPU with torchrun "
+                         f"--nproc_per_node {args.n_gpu} (add --negatives_cross_device true to share in-batch "
+                         "negatives), or pick one GPU with CUDA_VISIBLE_DEVICES.")
 
 
 def check_adapter_trains(model_path: str, settings: Sequence[Mapping[str, Any]]) -> None:
@@ -175,9 +187,7 @@ def check_candidates(loss: nn.Module, data_args: DataArguments, args: RetrievalT
     """Every query must be scored against some candidate besides its positive: over a single candidate the softmax
     is 1 whatever the scores (loss 0, no gradient: the run saved its base model unchanged), and a triplet or a
     group-only loss has no negative (it failed at the first step, after the output folder was set up)."""
-    inner = loss
-    while isinstance(getattr(inner, "loss", None), nn.Module):  # a wrapper (FLOPS, Matryoshka, a teacher) scores as it
-        inner = inner.loss
+    inner = innermost(loss)
     group = data_args.train_group_size
     if group >= 2:
         return
@@ -192,6 +202,13 @@ def check_candidates(loss: nn.Module, data_args: DataArguments, args: RetrievalT
                          "nothing trains; raise either (or pass --negatives_cross_device true under torchrun).")
 
 
+def innermost(loss: nn.Module) -> nn.Module:
+    """The loss a wrapper (FLOPS, Matryoshka, a teacher) applies: it scores the batch as that one does."""
+    while isinstance(getattr(loss, "loss", None), nn.Module):
+        loss = loss.loss
+    return loss
+
+
 def masking_copies(loss: nn.Module, make_collator: Callable[[nn.Module, Sequence[Any]], Any],
                    args: RetrievalTrainingArguments) -> Callable[[nn.Module, Sequence[Any]], Any]:
     """``make_collator`` (model, records) -> collator, whose batches carry the documents' text ids
@@ -199,8 +216,10 @@ def masking_copies(loss: nn.Module, make_collator: Callable[[nn.Module, Sequence
     for a loss without a softmax over the batch's documents to leave copies out of (the ids would reach the model)."""
     if not args.mask_duplicate_positives:
         return make_collator
-    if TEXT_IDS not in loss.reads:
-        raise UsageError(f"--mask_duplicate_positives: --loss_fn {loss.name} of this model kind has no softmax over the "
+    group_only = getattr(innermost(loss), "use_inbatch_neg", True) is False  # its group's copies were dropped on reading
+    if TEXT_IDS not in loss.reads or group_only:
+        without = " with --use_inbatch_neg false" if group_only else ""
+        raise UsageError(f"--mask_duplicate_positives: --loss_fn {innermost(loss).name}{without} of this model kind has no softmax over the "
                          "batch's documents to leave copies out of (each query scores its own group, whose negatives "
                          "equal to its positive are dropped when the data is read); drop the flag.")
     return lambda model, records: TextIdsCollator(make_collator(model, records))
@@ -208,9 +227,13 @@ def masking_copies(loss: nn.Module, make_collator: Callable[[nn.Module, Sequence
 
 def check_steps(items: int, args: RetrievalTrainingArguments) -> None:
     """Fail before any weights load when training would take no optimizer step (a model that learned nothing)."""
-    per_process = math.ceil(items / args.world_size)  # the distributed sampler pads to equal shares
-    batches = per_process // args.per_device_train_batch_size if args.dataloader_drop_last \
-        else math.ceil(per_process / args.per_device_train_batch_size)
+    # accelerate shards batches, not items: process i takes batches i, i + world, ...; with drop_last a round of
+    # batches that is not full for every process is dropped (else it is filled by cycling)
+    batch, world_size = args.per_device_train_batch_size, args.world_size
+    if args.dataloader_drop_last:
+        batches = items // batch // world_size
+    else:
+        batches = math.ceil(math.ceil(items / batch) / world_size)
     if batches == 0:
         raise DataError(
             f"{items} training item(s) make no full batch of {args.per_device_train_batch_size} x {args.world_size} "

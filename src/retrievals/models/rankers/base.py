@@ -208,6 +208,7 @@ class BaseRanker(RetrievalModel):
         documents, _ = as_texts(documents, "documents", documents=True)
         top_k = check_top_k(top_k, allow_none=True)
         check_batch_size(batch_size)
+        check_flags(normalize=normalize)
         if not documents or top_k == 0:
             return []
         raw = self.compute_score([(query, d) for d in documents], batch_size=batch_size)
