@@ -30,6 +30,7 @@ def read_st_settings(path: str | Path) -> Dict[str, Any]:
     if not modules_file.is_file():
         return {}
     settings: Dict[str, Any] = {"normalize_embeddings": False}
+    sparse = False  # a SparseEncoder: dot products of its vocabulary weights, whatever a dense default would be
     for module in json.loads(modules_file.read_text(encoding="utf-8")):
         kind = module.get("type", "")
         folder = path / module.get("path", "")
@@ -37,6 +38,7 @@ def read_st_settings(path: str | Path) -> Dict[str, Any]:
         if name == "MLMTransformer":  # a SparseEncoder's transformer: its max length is read as any transformer's
             name = "Transformer"
         elif ".sparse_encoder." in kind:  # a SparseEncoder's pooling: models/sparse.py reads and checks it
+            sparse = True
             continue
         if name not in _MODULES_RUN:  # a module we would skip: other vectors than sentence-transformers', silently
             raise UsageError(f"{modules_file}: module {kind or module!r} is not supported; an embedder runs "
@@ -80,17 +82,35 @@ def read_st_settings(path: str | Path) -> Dict[str, Any]:
             if max_len:
                 settings["query_max_length"] = settings["document_max_length"] = int(max_len)
     prompts_file = path / "config_sentence_transformers.json"
-    if prompts_file.is_file():
-        st_config = json.loads(prompts_file.read_text(encoding="utf-8"))
-        prompts = st_config.get("prompts") or {}
-        if isinstance(st_config.get("truncate_dim"), int) and not isinstance(st_config["truncate_dim"], bool):
-            settings["truncate_dim"] = st_config["truncate_dim"]  # the size its vectors are served at
-        if prompts.get("query"):
-            settings["query_instruction"] = prompts["query"]
-        doc = prompts.get("document") or prompts.get("passage")
-        if doc:
-            settings["document_instruction"] = doc
+    st_config = json.loads(prompts_file.read_text(encoding="utf-8")) if prompts_file.is_file() else {}
+    prompts = st_config.get("prompts") or {}
+    if isinstance(st_config.get("truncate_dim"), int) and not isinstance(st_config["truncate_dim"], bool):
+        settings["truncate_dim"] = st_config["truncate_dim"]  # the size its vectors are served at
+    if prompts.get("query"):
+        settings["query_instruction"] = prompts["query"]
+    # the first of these keys the folder has, as sentence-transformers' encode_document takes it ("document": ""
+    # is no prompt, even beside a "passage" one)
+    doc = next((prompts[key] for key in DOCUMENT_PROMPT_KEYS if key in prompts), None)
+    if doc:
+        settings["document_instruction"] = doc
+    if not settings["normalize_embeddings"] and not sparse:
+        settings.update(_similarity_settings(st_config.get("similarity_fn_name") or "cosine", prompts_file))
     return settings
+
+
+DOCUMENT_PROMPT_KEYS = ("document", "passage", "corpus")
+
+
+def _similarity_settings(name: str, config_file: Path) -> Dict[str, Any]:
+    """How retrievals ranks like sentence-transformers' ``similarity_fn_name`` (cosine when unset) for a folder
+    without a Normalize module: every index and score here is a dot product, so cosine is served as normalised
+    vectors (dot-product ranking of the raw vectors differed). Distances it cannot rank by are refused."""
+    if name == "cosine":
+        return {"normalize_embeddings": True}
+    if name == "dot":
+        return {}
+    raise UsageError(f"{config_file}: similarity_fn_name {name!r} is not supported; retrievals ranks by dot product "
+                     "(or cosine) only, so its rankings would differ from sentence-transformers'.")
 
 
 def st_transformer_folder(path: str | Path) -> Optional[str]:

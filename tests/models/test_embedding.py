@@ -449,3 +449,45 @@ def test_a_template_instruction_keeps_its_tail_when_the_text_is_cut(tiny_bert, t
         assert short == model.tokenizer(apply_instruction(template, "tax"))["input_ids"]  # untouched when it fits
         np.testing.assert_allclose(model.encode(["tax " * 60, "tax"]), np.stack([model.encode("tax " * 60), model.encode("tax")]),
                                    atol=1e-5)
+
+
+@pytest.mark.parametrize("similarity", ["cosine", None, "dot"])
+def test_a_sentence_transformers_folder_without_normalize_ranks_as_its_similarity(tiny_bert, tmp_path, similarity):
+    # without a Normalize module the folder's similarity_fn_name (cosine when unset, as sentence-transformers has it)
+    # was ignored: every index and score here ranked the raw vectors by dot product, not by cosine
+    st = needs("sentence_transformers")
+    from sentence_transformers.sentence_transformer import modules
+
+    torch.manual_seed(0)
+    layers = [modules.Transformer(tiny_bert), modules.Pooling(32, "mean"), modules.Dense(32, 16, bias=True)]
+    theirs = st.SentenceTransformer(modules=layers, device="cpu", similarity_fn_name=similarity)
+    theirs.save(str(tmp_path / "st"))
+    if similarity is None:
+        config = tmp_path / "st" / "config_sentence_transformers.json"
+        config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "similarity_fn_name"}))
+    theirs = st.SentenceTransformer(str(tmp_path / "st"), device="cpu")
+    ours = AutoModelForEmbedding.from_pretrained(str(tmp_path / "st"))
+    queries, docs = corpus_lines(12)[:4], corpus_lines(12)[4:]
+    expected = theirs.similarity(theirs.encode(queries), theirs.encode(docs)).numpy()
+    np.testing.assert_allclose(ours.similarity(ours.encode_queries(queries), ours.encode_corpus(docs)), expected, atol=1e-5)
+    assert ours.retrieval_config.normalize_embeddings is (similarity != "dot")
+
+
+def test_a_sentence_transformers_document_prompt_is_the_first_key_it_has(tiny_bert, tmp_path):
+    # "document": "" means no prompt for sentence-transformers' encode_document even beside a "passage" one (it was
+    # read as "passage: "), and "corpus" is its third name (its docstring's order: document, passage, corpus)
+    st = needs("sentence_transformers")
+    from sentence_transformers.sentence_transformer import modules
+
+    texts = corpus_lines(5)
+    for prompts, expected in (({"query": "query: ", "document": "", "passage": "passage: "}, None),
+                              ({"query": "query: ", "corpus": "corpus: "}, "corpus: ")):
+        folder = tmp_path / str(len(prompts))
+        layers = [modules.Transformer(tiny_bert), modules.Pooling(32, "mean"), modules.Normalize()]
+        st.SentenceTransformer(modules=layers, device="cpu").save(str(folder))
+        config = folder / "config_sentence_transformers.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), "prompts": prompts}))  # exactly these keys
+        ours = AutoModelForEmbedding.from_pretrained(str(folder))
+        assert (ours.retrieval_config.document_instruction or None) == expected
+        theirs = st.SentenceTransformer(str(folder), device="cpu")
+        np.testing.assert_allclose(ours.encode_corpus(texts), theirs.encode(texts, prompt=expected), atol=1e-5)

@@ -59,3 +59,54 @@ def test_demo_with_a_teacher_and_its_refusals(tiny_bert, tiny_qwen, tmp_path, ca
     record = json.loads((out / "retrievals_fingerprint.json").read_text())
     assert record["loss"]["name"] == "teacher_distill" and record["loss"]["teacher_temperature"] == 0.02
     assert json.loads((out / "results.json").read_text())["settings"]["teacher_model"] == tiny_qwen
+
+
+class Stop(Exception):
+    pass
+
+
+def test_demo_checks_every_flag_and_its_output_folder_before_any_work(tiny_bert, tmp_path, capsys, monkeypatch):
+    # the training flags and the output folder were checked only after the zero-shot evaluation and the mining
+    # (minutes on this CPU, far more for an LLM); --test_fraction was not checked at all (-0.3 swapped the sides, 0
+    # crashed with a traceback)
+    calls = []
+    monkeypatch.setattr(demo, "evaluate_embedder", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(Stop()))
+    base = ["--model_name_or_path", tiny_bert, "--data_file", asset("aia-bde"), "--output_dir", str(tmp_path / "out")]
+    for flags, named in [(("--temperature", "0"), "--temperature must be a finite number > 0"),
+                         (("--learning_rate", "0"), "--learning_rate must be > 0"),
+                         (("--per_device_train_batch_size", "0"), "--per_device_train_batch_size must be >= 1"),
+                         (("--train_group_size", "0"), "--train_group_size must be >= 1"),
+                         (("--test_fraction", "0"), "test_fraction must be a number in (0, 1), got 0.0"),
+                         (("--test_fraction", "-0.3"), "test_fraction must be a number in (0, 1), got -0.3"),
+                         (("--test_fraction", "1.5"), "test_fraction must be a number in (0, 1)"),
+                         (("--test_fraction", "nan"), "test_fraction must be a number in (0, 1), got nan"),
+                         (("--test_fraction", "0.0001"), "holds out 0: each side needs at least one FAQ")]:
+        assert demo.main(base + list(flags)) == 2, flags
+        assert named in capsys.readouterr().err
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    (finished / "retrievals_run.json").write_text(json.dumps({"status": "finished", "written": [], "this_run": []}))
+    assert demo.main(base[:-1] + [str(finished)]) == 2
+    assert "already holds a finished model" in capsys.readouterr().err
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "config.json").write_text("{}")
+    assert demo.main(base[:-1] + [str(tmp_path / "theirs")]) == 2
+    assert "holds no run of ours" in capsys.readouterr().err
+    assert calls == [] and not (tmp_path / "out").exists()
+
+
+def test_demo_zero_shot_model_gets_the_instructions_the_trained_one_gets(tiny_bert, tmp_path, monkeypatch):
+    # a typed "\n" became a newline for the trained model only: the zero-shot row and the mined negatives came from
+    # another model than the one trained
+    seen = []
+
+    def spy(model, *args, **kwargs):
+        seen.append((model.retrieval_config.query_instruction, model.retrieval_config.document_instruction))
+        raise Stop()
+
+    monkeypatch.setattr(demo, "evaluate_embedder", spy)
+    with pytest.raises(Stop):
+        demo.main(["--model_name_or_path", tiny_bert, "--data_file", asset("aia-bde"), "--output_dir",
+                   str(tmp_path / "out"), "--query_instruction", "Instruct: find the FAQ\\nQuery: ",
+                   "--document_instruction", "FAQ:\\t"])
+    assert seen == [("Instruct: find the FAQ\nQuery: ", "FAQ:\t")]

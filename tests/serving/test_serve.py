@@ -42,6 +42,7 @@ def test_health_models_info(server):
     assert httpx.get(server + "/health").json() == {"status": "ok", "reason": "ok", "queued_items": 0}
     models = httpx.get(server + "/v1/models").json()
     assert [m["id"] for m in models["data"]] == ["emb", "ce"]
+    assert all(isinstance(m["created"], int) and m["object"] == "model" for m in models["data"])  # OpenAI's Model
     info = httpx.get(server + "/info").json()
     assert info["embedding"]["config"]["pooling_method"] == "mean"
     assert info["embedding"]["config"]["query_instruction"] == "query: "
@@ -71,6 +72,7 @@ def test_the_openai_client_works_against_it(server, models):
     response = client.embeddings.create(model="emb", input=TEXTS[:3])  # the client asks for base64 by default
     np.testing.assert_allclose([d.embedding for d in response.data], models[0].encode(TEXTS[:3]), atol=1e-5)
     assert response.usage.prompt_tokens > 0
+    assert [(m.id, m.object, type(m.created)) for m in client.models.list()] == [("emb", "model", int), ("ce", "model", int)]
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model="text-embedding-3-small", input="a")
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from ..utils import UsageError
 from .readers import DataError, iter_lines
 
 QUERY_TAGS = ("VIN", "VUC")
@@ -72,11 +73,18 @@ class RetrievalSplit:
 
 
 def split_by_faq(faqs: List[FAQ], test_fraction: float = 0.3, seed: int = 0) -> RetrievalSplit:
-    """Hold out ``test_fraction`` of the FAQs (and all their queries) for testing."""
+    """Hold out ``test_fraction`` of the FAQs (and all their queries) for testing: a fraction in (0, 1) leaving at
+    least one FAQ on each side."""
+    if not (isinstance(test_fraction, (int, float)) and 0 < test_fraction < 1) or isinstance(test_fraction, bool):
+        raise UsageError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}.")
+    held_out = round(len(faqs) * test_fraction)
+    if not 0 < held_out < len(faqs):
+        raise UsageError(f"test_fraction {test_fraction} of {len(faqs)} FAQs holds out {held_out}: each side needs at "
+                         "least one FAQ.")
     ids = [f.faq_id for f in faqs]
     rng = random.Random(seed)
     rng.shuffle(ids)
-    test_ids = set(ids[: round(len(ids) * test_fraction)])
+    test_ids = set(ids[:held_out])
     split = RetrievalSplit({f.faq_id: f.document for f in faqs}, {}, {}, {}, {}, [])
     for faq in faqs:
         is_test = faq.faq_id in test_ids

@@ -25,10 +25,11 @@ from ..data.aia_bde import RetrievalSplit, parse_aia_bde, split_by_faq
 from ..evaluation.retrieval import evaluate_embedder, retrieve
 from ..models.embedding import AutoModelForEmbedding
 from ..files import atomic_write_json
-from ..training.output_dir import record_written
+from ..training.output_dir import check_output_dir, record_written
 from ..training import RetrievalTrainingArguments
 from ..training.arguments import DataArguments
 from . import embed
+from ..utils import unescape_cli
 from .cli import USER_ERRORS
 
 REPORTED = ("ndcg@10", "map", "mrr@10")
@@ -105,25 +106,11 @@ def run(opts: argparse.Namespace) -> int:
         query_instruction=opts.query_instruction, document_instruction=opts.document_instruction,
         teacher_model=opts.teacher_model, teacher_temperature=opts.teacher_temperature, distill_weight=opts.distill_weight,
     )
-    print(f"[data] {len(split.corpus)} FAQs; train: {len(split.train_faq_ids)} FAQs / {len(split.train_queries)} queries; "
-          f"held-out: {len(split.corpus) - len(split.train_faq_ids)} FAQs / {len(split.test_queries)} queries", flush=True)
-
-    base = AutoModelForEmbedding.from_pretrained(model_path, query_max_length=opts.query_max_length,
-                                                 document_max_length=opts.document_max_length, pooling_method=opts.pooling_method,
-                                                 query_instruction=opts.query_instruction, document_instruction=opts.document_instruction)
-    print("[eval] zero-shot model on held-out queries ...", flush=True)
-    before = evaluate_embedder(base, split.corpus, split.test_queries, split.test_qrels, k_values=(10,), show_progress_bar=True)
     group = opts.train_group_size if opts.hard_negatives else 1
-    negatives = {qid: [] for qid in split.train_queries}
-    if opts.hard_negatives:
-        print("[mine] hard negatives among training FAQs with the zero-shot model ...", flush=True)
-        negatives = mine_hard_negatives(base, split, opts.hard_negatives, start_rank=3, depth=30)
-    del base
     # the training file goes to a scratch folder: the output folder must hold only what the run writes
     scratch = tempfile.TemporaryDirectory(prefix="retrievals-demo-")
     train_file = Path(scratch.name) / "train.jsonl"
-    write_training_file(split, negatives, train_file)
-
+    # the training flags and the output folder are checked here too, not after minutes of evaluation and mining
     data_args = DataArguments(train_data=[str(train_file)], train_group_size=group,
                               query_max_length=opts.query_max_length, document_max_length=opts.document_max_length)
     train_args = RetrievalTrainingArguments(
@@ -133,6 +120,24 @@ def run(opts: argparse.Namespace) -> int:
         save_steps=20, save_total_limit=1, seed=opts.seed, disable_tqdm=False, report_to="none",
         mask_duplicate_positives=opts.mask_duplicate_positives,
     )
+    check_output_dir(out, opts.overwrite_output_dir)
+    print(f"[data] {len(split.corpus)} FAQs; train: {len(split.train_faq_ids)} FAQs / {len(split.train_queries)} queries; "
+          f"held-out: {len(split.corpus) - len(split.train_faq_ids)} FAQs / {len(split.test_queries)} queries", flush=True)
+
+    # the instructions as the trained model gets them (a typed \n is a newline): the zero-shot row and the mined
+    # negatives are the same model's
+    base = AutoModelForEmbedding.from_pretrained(model_path, query_max_length=opts.query_max_length,
+                                                 document_max_length=opts.document_max_length, pooling_method=opts.pooling_method,
+                                                 query_instruction=unescape_cli(opts.query_instruction),
+                                                 document_instruction=unescape_cli(opts.document_instruction))
+    print("[eval] zero-shot model on held-out queries ...", flush=True)
+    before = evaluate_embedder(base, split.corpus, split.test_queries, split.test_qrels, k_values=(10,), show_progress_bar=True)
+    negatives = {qid: [] for qid in split.train_queries}
+    if opts.hard_negatives:
+        print("[mine] hard negatives among training FAQs with the zero-shot model ...", flush=True)
+        negatives = mine_hard_negatives(base, split, opts.hard_negatives, start_rank=3, depth=30)
+    del base
+    write_training_file(split, negatives, train_file)
     print(f"[train] {len(split.train_queries)} queries, group {group}, batch {opts.per_device_train_batch_size}, "
           f"{opts.num_train_epochs:g} epoch(s) -> {out}", flush=True)
     t0 = time.time()

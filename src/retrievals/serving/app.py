@@ -126,6 +126,7 @@ class Service:
                  limits: ServerLimits) -> None:
         self.embedder, self.reranker, self.limits = embedder, reranker, limits
         self.embedder_name, self.reranker_name = embedder_name, reranker_name
+        self.started = int(time.time())  # OpenAI's model objects carry a Unix time ("created"): when this server loaded them
         self.scheduler = Scheduler(limits.max_batch_tokens, limits.model_batch_size, limits.max_queue_items,
                                    limits.max_wait_ms, limits.stall_s)
         self.metrics = ServerMetrics(self.scheduler.queued_items)
@@ -438,7 +439,7 @@ def _install_routes(app: FastAPI, service: Service) -> None:
 
     @app.get("/v1/models")
     async def list_models() -> Dict[str, Any]:
-        data = [{"id": name, "object": "model", "owned_by": "retrievals", "type": kind}
+        data = [{"id": name, "object": "model", "created": service.started, "owned_by": "retrievals", "type": kind}
                 for name, kind in ((service.embedder_name, "embedding"), (service.reranker_name, "rerank")) if name is not None]
         return {"object": "list", "data": data}
 

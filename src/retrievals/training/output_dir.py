@@ -214,11 +214,7 @@ def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool, fingerpri
     if foreign:
         logger.warning("%s: leaving alone what this library did not write there: %s", folder, _listing(foreign))
     if manifest["status"] == "finished":
-        if not overwrite:
-            raise OutputDirError(
-                f"{folder} already holds a finished model ({MANIFEST_NAME}); pass --overwrite_output_dir to replace it "
-                "(only what our runs wrote is replaced), or choose another --output_dir."
-            )
+        _check_finished(folder, overwrite)
         run.retire_checkpoints()
         run._write("running")
         return run
@@ -245,6 +241,31 @@ def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool, fingerpri
         run.retire_checkpoints()
     run._write("running")
     return run
+
+
+def check_output_dir(output_dir: str | Path, overwrite: bool) -> None:
+    """The refusals of :func:`prepare_output_dir` that need no fingerprint, writing nothing: for a pipeline with
+    minutes of work before its training starts (the demo's evaluation and mining)."""
+    folder = Path(output_dir)
+    if folder.exists() and not folder.is_dir():
+        raise OutputDirError(f"{folder}: is a file; --output_dir must be a folder.")
+    if not folder.is_dir():
+        return
+    manifest, entries = read_manifest(folder), _visible(folder)
+    if manifest is None and entries:
+        if not overwrite:
+            _check_foreign_folder(folder, entries, overwrite)
+        _check_clashes(folder, entries, f"no run of ours wrote (no {MANIFEST_NAME})")
+    elif manifest is not None and manifest["status"] == "finished":
+        _check_finished(folder, overwrite)
+
+
+def _check_finished(folder: Path, overwrite: bool) -> None:
+    if not overwrite:
+        raise OutputDirError(
+            f"{folder} already holds a finished model ({MANIFEST_NAME}); pass --overwrite_output_dir to replace it "
+            "(only what our runs wrote is replaced), or choose another --output_dir."
+        )
 
 
 def _check_named_checkpoint(checkpoint: Path, folder: Path, resume: bool, manifest: Optional[Dict[str, Any]],
