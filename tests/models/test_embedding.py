@@ -491,3 +491,81 @@ def test_a_sentence_transformers_document_prompt_is_the_first_key_it_has(tiny_be
         assert (ours.retrieval_config.document_instruction or None) == expected
         theirs = st.SentenceTransformer(str(folder), device="cpu")
         np.testing.assert_allclose(ours.encode_corpus(texts), theirs.encode(texts, prompt=expected), atol=1e-5)
+
+
+def test_a_decoder_whose_tokenizer_ends_texts_itself_gets_no_second_end_token(tiny_qwen, tmp_path):
+    # Qwen3-Embedding's tokenizer ends every text with <|endoftext|> while its eos_token is <|im_end|>: an EOS was
+    # appended after it, and last-token pooling read that token instead of the one the model pools
+    import shutil
+
+    from tokenizers import processors
+    from transformers import AutoModel, AutoTokenizer
+
+    path = tmp_path / "qwen3-like"
+    shutil.copytree(tiny_qwen, path)
+    tok = AutoTokenizer.from_pretrained(str(path))
+    end = tok.convert_tokens_to_ids("<|endoftext|>")
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A <|endoftext|>", pair="$A <|endoftext|> $B:1 <|endoftext|>:1", special_tokens=[("<|endoftext|>", end)])
+    tok.eos_token, tok.pad_token = "<|im_start|>", "<|endoftext|>"  # <|im_start|> stands for <|im_end|>
+    tok.save_pretrained(str(path))
+    texts = ["tax card renew", "passport office fee online", "birth certificate"]
+    tok = AutoTokenizer.from_pretrained(str(path))
+    model = AutoModelForEmbedding.from_pretrained(str(path), pooling_method="last")
+    assert model.retrieval_config.append_eos  # a decoder's default: the tokenizer's own end token is that EOS
+    assert model.tokenize(texts) == [tok(t)["input_ids"] for t in texts]
+    backbone = AutoModel.from_pretrained(str(path)).eval()
+    with torch.no_grad():
+        expected = [torch.nn.functional.normalize(backbone(**tok(t, return_tensors="pt")).last_hidden_state[0, -1], dim=-1)
+                    for t in texts]
+    np.testing.assert_allclose(model.encode(texts), torch.stack(expected).numpy(), atol=1e-5)
+
+
+def test_roberta_style_positions_are_the_usable_ones(tiny_bert, tmp_path):
+    # XLM-R / RoBERTa number positions from pad_token_id + 1 (514 in the config, 512 usable): a max length up to
+    # max_position_embeddings passed every check and failed in the backbone with an IndexError
+    from transformers import AutoTokenizer, RobertaConfig, RobertaModel
+
+    from retrievals import AutoModelForRanking
+
+    folder = tmp_path / "tiny-roberta"
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(folder)
+    torch.manual_seed(0)
+    RobertaModel(RobertaConfig(vocab_size=len(AutoTokenizer.from_pretrained(tiny_bert)), hidden_size=32, num_hidden_layers=2,
+                               num_attention_heads=2, intermediate_size=64, max_position_embeddings=34,
+                               pad_token_id=0)).save_pretrained(folder)
+    model = AutoModelForEmbedding.from_pretrained(str(folder), pooling_method="mean")
+    assert model.retrieval_config.query_max_length == model.retrieval_config.document_max_length == 33
+    long = "tax card renew " * 30
+    assert model.encode([long]).shape == (1, 32)
+    with pytest.raises(UsageError, match="over the 33 positions"):
+        model.encode([long], max_length=34)
+    assert AutoModelForEmbedding.from_pretrained(str(folder), pooling_method="mean",
+                                                 document_max_length=34).retrieval_config.document_max_length == 33
+    ranker = AutoModelForRanking.from_pretrained(str(folder), model_type="cross-encoder")
+    assert ranker.retrieval_config.max_length == 33 and len(ranker.compute_score([("tax", long)])) == 1
+
+
+def test_a_tokenizer_that_cuts_at_the_start_is_cut_at_the_end(tiny_bert, tmp_path, caplog):
+    # some chat models save truncation_side="left": the instruction was cut off every long query, documents scored by
+    # their last tokens, and the rankers' query cut (read from the offsets' end) never shortened a query
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from retrievals import AutoModelForRanking
+
+    folder = tmp_path / "left"
+    shutil.copytree(tiny_bert, folder)
+    tok = AutoTokenizer.from_pretrained(str(folder), truncation_side="left")
+    tok.save_pretrained(str(folder))
+    assert AutoTokenizer.from_pretrained(str(folder)).truncation_side == "left"
+    long = " ".join(corpus_lines(10))
+    with caplog.at_level("WARNING", logger="retrievals"):
+        model = AutoModelForEmbedding.from_pretrained(str(folder), pooling_method="mean", query_instruction="query: ",
+                                                      query_max_length=16)
+    assert "truncation_side='left'" in caplog.text
+    ids = model.tokenize([long], is_query=True)[0]
+    assert len(ids) == 16 and ids[1:4] == tok("query: " + long)["input_ids"][1:4]  # [CLS] query : ...
+    ranker = AutoModelForRanking.from_pretrained(str(folder), model_type="cross-encoder", max_length=32)
+    assert ranker.tokenizer.truncation_side == "right" and len(ranker.compute_score([(long, long)])) == 1

@@ -112,8 +112,14 @@ def has_tokenizer(path: str) -> bool:
 
 
 def load_tokenizer(path: str, padding_side: Optional[str] = None, trust_remote_code: bool = False):
-    """Load a tokenizer and give it a pad token when it has none (decoder LLMs)."""
+    """Load a tokenizer and give it a pad token when it has none (decoder LLMs). Texts are cut at their end: a
+    tokenizer saved with ``truncation_side="left"`` (some chat models') cut away every instruction and scored
+    documents by their last tokens, in training too."""
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if getattr(tokenizer, "truncation_side", "right") != "right":
+        logger.warning("%s: its tokenizer cuts long texts at their start (truncation_side=%r); retrievals cuts them "
+                       "at their end, after the instruction.", path, tokenizer.truncation_side)
+        tokenizer.truncation_side = "right"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
     if padding_side is not None:
@@ -320,12 +326,31 @@ class CheckpointingMixin:
 
 
 
+# model types whose position ids start after the padding index (padding_idx + 1): their max_position_embeddings
+# holds pad_token_id + 1 positions no text can use (XLM-R, bge-m3, e5: 514 -> 512)
+PADDING_OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "data2vec-text",
+                                      "roberta-prelayernorm", "ibert", "xmod"})
+
+
+def usable_positions(backbone_config: Any) -> Optional[int]:
+    """The longest sequence the backbone takes (None: unknown). RoBERTa-style position ids start at
+    ``pad_token_id + 1``: a length up to ``max_position_embeddings`` passed every check and failed in the backbone
+    with an IndexError."""
+    positions = getattr(backbone_config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or positions <= 0:
+        return None
+    pad = getattr(backbone_config, "pad_token_id", None)
+    if getattr(backbone_config, "model_type", None) in PADDING_OFFSET_POSITIONS and isinstance(pad, int) and pad >= 0:
+        positions -= pad + 1
+    return positions if positions > 0 else None
+
+
 def check_config_numbers(config: ModelConfig, backbone_config: Any) -> None:
     """The config's lengths and sizes, whoever set them (a saved file, ``from_pretrained`` or a CLI flag): a named
     error here instead of a tokenizer that stops truncating, an ``OverflowError`` or an index error deep in the
     backbone. A max length over the backbone's positions is lowered to them (a default of 512 on a smaller model
     too), with a warning; ``padding_side`` is left or right."""
-    positions = getattr(backbone_config, "max_position_embeddings", None)
+    positions = usable_positions(backbone_config)
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if f.name.endswith("max_length"):

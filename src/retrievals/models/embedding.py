@@ -15,7 +15,7 @@ from transformers.utils import ModelOutput
 
 from ..inputs import as_texts, check_batch_size, check_flags, check_int
 from ..utils import UsageError, instruction_as_prefix, logger, state_digest
-from .base import ModelConfig, RetrievalModel, hf_config, is_decoder_only, load_backbone
+from .base import ModelConfig, RetrievalModel, hf_config, is_decoder_only, load_backbone, usable_positions
 from .pooling import POOLING_METHODS, pool
 from .processing import TextProcessor, run_in_length_chunks
 from ..st_format import (DENSE_ACTIVATIONS, DENSE_FOLDER, read_st_dense, read_st_settings, st_dense_folder, warn_one_max_length,
@@ -129,7 +129,7 @@ class AutoModelForEmbedding(RetrievalModel):
         hf_cfg = hf_config(base_path, trust_remote_code)
         config.decoder = is_decoder_only(hf_cfg)
         config.pooling_method = "last" if config.decoder else "cls"  # append_eos follows the pooling (_finish_config)
-        limit = getattr(hf_cfg, "max_position_embeddings", None) or 512
+        limit = usable_positions(hf_cfg) or 512
         config.query_max_length = config.document_max_length = min(512, int(limit))
         config.update(**read_st_settings(path))
         return config
@@ -287,7 +287,7 @@ class AutoModelForEmbedding(RetrievalModel):
     def tokenize(self, texts: Sequence[str], is_query: bool = False, max_length: Optional[int] = None) -> List[List[int]]:
         """Token ids of ``texts`` (see :meth:`TextProcessor.tokenize`); a ``max_length`` over the model's positions is
         refused (the config's lengths were lowered to them at loading; a call's would crash deep in the backbone)."""
-        positions = getattr(self.backbone.config, "max_position_embeddings", None)
+        positions = usable_positions(self.backbone.config)
         if max_length is not None:
             check_int("max_length", max_length, 1)  # "8" failed comparing a str with an int
         if max_length is not None and isinstance(positions, int) and positions > 0 and max_length > positions:

@@ -161,16 +161,16 @@ class TextProcessor(PaddingOptions):
         self.tokenizer = tokenizer
         self.config = config
         tokenizer.padding_side = config.padding_side
-        eos = tokenizer.eos_token_id
-        ids = call_tokenizer(tokenizer, "a", add_special_tokens=True)["input_ids"] if eos is not None else []
-        self.eos_added_by_tokenizer = bool(ids) and ids[-1] == eos
-        # the tokens the tokenizer adds to every text (and the EOS we add): a max length must leave room for a word
-        self.n_special = len(call_tokenizer(tokenizer, "", add_special_tokens=True)["input_ids"]) + int(self._add_eos())
-        # of those the tokenizer adds, how many come after the text ([SEP], an EOS): a template's tail goes before them
+        # of the tokens the tokenizer adds, how many come after the text ([SEP], an EOS): a template's tail goes before them
         framed = call_tokenizer(tokenizer, "a", add_special_tokens=True)["input_ids"]
         bare = call_tokenizer(tokenizer, "a", add_special_tokens=False)["input_ids"]
         at = next((i for i in range(len(framed) - len(bare) + 1) if framed[i:i + len(bare)] == bare), len(framed) - len(bare))
         self.n_trailing = len(framed) - at - len(bare)
+        # a tokenizer that ends every text with a token of its own ends it as its model was trained to be pooled, the
+        # EOS or another (Qwen3-Embedding's <|endoftext|>, while its eos_token is <|im_end|>): no second end token
+        self.eos_added_by_tokenizer = tokenizer.eos_token_id is not None and self.n_trailing > 0
+        # the tokens the tokenizer adds to every text (and the EOS we add): a max length must leave room for a word
+        self.n_special = len(call_tokenizer(tokenizer, "", add_special_tokens=True)["input_ids"]) + int(self._add_eos())
         self._prompt_lengths: Dict[Any, int] = {}
         self._roomy: set = set()  # (instruction, max length) pairs that leave room for text
         for instruction in (config.query_instruction, config.document_instruction):

@@ -20,7 +20,7 @@ from transformers import AutoModelForMaskedLM
 
 from ..inputs import as_texts, check_batch_size, check_encodable, check_int, check_top_k
 from ..utils import UsageError, logger
-from .base import hf_config
+from .base import hf_config, usable_positions
 from .embedding import AutoModelForEmbedding, EmbeddingConfig, EmbeddingOutput
 from ..st_format import read_st_settings, warn_one_max_length
 
@@ -95,7 +95,7 @@ class SparseEmbedder(AutoModelForEmbedding):
     @classmethod
     def _default_config(cls, path: str, base_path: str, trust_remote_code: bool) -> SparseConfig:
         config = SparseConfig()
-        limit = getattr(hf_config(base_path, trust_remote_code), "max_position_embeddings", None) or 512
+        limit = usable_positions(hf_config(base_path, trust_remote_code)) or 512
         config.query_max_length = config.document_max_length = min(512, int(limit))
         if cls._reads_folder(path):
             _check_st_pooling(Path(path))

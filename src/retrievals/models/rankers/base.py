@@ -11,7 +11,7 @@ from transformers.utils import ModelOutput
 
 from ...inputs import as_pairs, as_texts, check_batch_size, check_flags, check_top_k
 from ...utils import UsageError, apply_instruction, logger
-from ..base import ModelConfig, RetrievalModel, hf_config
+from ..base import ModelConfig, RetrievalModel, hf_config, usable_positions
 from ..processing import tokenize_user_text
 
 
@@ -117,7 +117,7 @@ class BaseRanker(RetrievalModel):
     @classmethod
     def _default_config(cls, path: str, base_path: str, trust_remote_code: bool) -> RankerConfig:
         config = cls.config_class(model_type=cls.model_type)
-        limit = getattr(hf_config(base_path, trust_remote_code), "max_position_embeddings", None) or 512
+        limit = usable_positions(hf_config(base_path, trust_remote_code)) or 512
         config.max_length = min(config.max_length, int(limit))
         return config
 
