@@ -569,3 +569,18 @@ def test_a_tokenizer_that_cuts_at_the_start_is_cut_at_the_end(tiny_bert, tmp_pat
     assert len(ids) == 16 and ids[1:4] == tok("query: " + long)["input_ids"][1:4]  # [CLS] query : ...
     ranker = AutoModelForRanking.from_pretrained(str(folder), model_type="cross-encoder", max_length=32)
     assert ranker.tokenizer.truncation_side == "right" and len(ranker.compute_score([(long, long)])) == 1
+
+
+def test_an_instruction_spelling_a_special_token_pools_as_it_is_tokenized(tiny_bert, caplog):
+    # include_prompt=False counted the prompt with its special token whole (1 token) while the text was tokenized
+    # with it split into plain pieces: pooling took in the leftover pieces of the instruction
+    instruction = "[SEP] query: "
+    with caplog.at_level("WARNING", logger="retrievals"):
+        model = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean", query_instruction=instruction,
+                                                      include_prompt=False)
+        ids = model.tokenize(["tax card"], is_query=True)
+    prompt_ids = model.tokenizer("[SEP] query: ", split_special_tokens=True)["input_ids"][:-1]  # less the final [SEP]
+    assert ids.prompt_length == len(prompt_ids) and ids[0][: len(prompt_ids)] == prompt_ids
+    # the pooled tokens are exactly the text's and the final [SEP]
+    assert len(ids[0]) - ids.prompt_length == len(model.tokenizer("tax card")["input_ids"]) - 1
+    assert "spells the special token(s) [SEP]" in caplog.text

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Type
 import torch
 
 from ..inputs import check_int
-from ..utils import UsageError, apply_instruction, instruction_as_prefix
+from ..utils import UsageError, apply_instruction, instruction_as_prefix, logger
 
 MIN_PADDING_SAVED = 0.1  # run_in_length_chunks splits a batch only when that saves at least this share of tokens
 
@@ -45,7 +45,9 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: Optional
 def tokenize_user_text(tokenizer: Any, *args: Any, **kwargs: Any) -> Any:
     """:func:`call_tokenizer` for text that comes from users (queries, documents): a special token's spelling in it
     (``<|im_end|>``, ``[SEP]``) is read as plain text, never as a control token, in training and inference alike.
-    Our own prompts and instructions, and the special tokens the tokenizer adds, are not affected."""
+    The special tokens the tokenizer adds are not affected. An embedder's or cross-encoder's instruction is
+    tokenized with its text, so a special token's spelling in it is plain text too (said once, at first use);
+    the LLM reranker's prompts keep theirs."""
     return call_tokenizer(tokenizer, *args, split_special_tokens=True, **kwargs)
 
 
@@ -199,7 +201,8 @@ class TextProcessor(PaddingOptions):
         key = (prompt, limit)
         if key not in self._prompt_lengths:
             cap = limit - 1 if self._add_eos() else limit
-            ids = call_tokenizer(self.tokenizer, prompt, truncation=True, max_length=cap)["input_ids"]
+            # as the prompt is tokenized in front of each text: a special token's spelling in it is plain text there
+            ids = tokenize_user_text(self.tokenizer, prompt, truncation=True, max_length=cap)["input_ids"]
             trailing_special = bool(ids) and ids[-1] in self.tokenizer.all_special_ids
             self._prompt_lengths[key] = len(ids) - int(trailing_special)
         return self._prompt_lengths[key]
@@ -224,6 +227,11 @@ class TextProcessor(PaddingOptions):
         """Refuse an instruction that fills ``limit`` tokens with the special tokens: truncation would cut every
         text away, and every text would get the same vector."""
         if instruction and (instruction, limit) not in self._roomy:
+            spelled = [t for t in getattr(self.tokenizer, "all_special_tokens", []) if t and t in instruction]
+            if spelled and not any(key[0] == instruction for key in self._roomy):
+                logger.warning("the instruction %r spells the special token(s) %s: it is tokenized with each text, as "
+                               "plain text (sentence-transformers reads them as control tokens).", instruction[:60],
+                               ", ".join(spelled))
             used = len(call_tokenizer(self.tokenizer, apply_instruction(instruction, ""), add_special_tokens=False)["input_ids"])
             if used + self.n_special >= limit:
                 raise UsageError(f"the instruction {instruction[:60]!r} takes {used} tokens and the special tokens "
