@@ -214,3 +214,27 @@ def test_collator_text_ids_are_equal_for_equal_texts():
     expected = int.from_bytes(hashlib.blake2b("a".encode(), digest_size=8).digest(), "little", signed=True)
     assert ids[0].item() == expected
     assert hash_text_ids(["\ud800"]).shape == (1,)  # a lone surrogate: still an id (the tokenizer names it)
+
+
+def test_aia_bde_split_checks_its_fraction_and_counts_twin_faqs():
+    # --test_fraction -0.3 swapped the sides, 0 crashed later in the metrics, 1.5 left nothing to train on; FAQs that
+    # repeat another's text word for word can straddle the split (AIA-BDE v2.0 has five such pairs)
+    import math
+
+    from retrievals.data.aia_bde import FAQ, split_by_faq, twin_faqs
+    from retrievals.utils import UsageError
+
+    faqs = [FAQ(f"faq{i}", f"question {i % 6}", f"answer {i % 6}", [f"ask {i} a", f"ask {i} b"]) for i in range(8)]
+    for fraction in (0, -0.3, 1, 1.5, math.nan, "0.3", True, 0.01):
+        with pytest.raises(UsageError, match="test_fraction"):
+            split_by_faq(faqs, fraction, 0)
+    split = split_by_faq(faqs, 0.5, 5)  # seed 5: one pair straddles the split, one is held out whole
+    groups = [("faq0", "faq6"), ("faq1", "faq7")]  # i % 6: 0 and 6, 1 and 7 share a document
+    train = set(split.train_faq_ids)
+    straddling = [g for g in groups if len(train & set(g)) == 1]
+    whole = [g for g in groups if not train & set(g)]
+    assert len(straddling) == len(whole) == 1
+    assert twin_faqs(split) == {"twin_groups": 2, "straddling_groups": len(straddling),
+                                "held_out_queries_with_a_training_twin": 2 * len(straddling),
+                                "held_out_queries_with_a_held_out_twin": 4 * len(whole)}
+    assert twin_faqs(split_by_faq(faqs[:6], 0.5, 1))["twin_groups"] == 0

@@ -96,3 +96,22 @@ def split_by_faq(faqs: List[FAQ], test_fraction: float = 0.3, seed: int = 0) -> 
             queries[qid] = query
             qrels[qid] = {faq.faq_id: 1}
     return split
+
+
+def twin_faqs(split: RetrievalSplit) -> Dict[str, int]:
+    """FAQs whose document repeats another's word for word (AIA-BDE v2.0 has five such pairs). The split is by FAQ,
+    so a pair can straddle it: a held-out query then asks for a document whose twin is a training positive, and
+    a pair held out whole has qrels crediting one of two identical documents. Counted, not changed: every published
+    figure is measured on this split."""
+    groups: Dict[str, List[str]] = {}
+    for faq_id, document in split.corpus.items():
+        groups.setdefault(document, []).append(faq_id)
+    twins = [ids for ids in groups.values() if len(ids) > 1]
+    train = set(split.train_faq_ids)
+    straddling = {i for ids in twins if train & set(ids) and set(ids) - train for i in ids if i not in train}
+    held_out = {i for ids in twins if not train & set(ids) for i in ids}
+    relevant = {qid: next(iter(rels)) for qid, rels in split.test_qrels.items()}
+    return {"twin_groups": len(twins),
+            "straddling_groups": sum(1 for ids in twins if train & set(ids) and set(ids) - train),
+            "held_out_queries_with_a_training_twin": sum(faq in straddling for faq in relevant.values()),
+            "held_out_queries_with_a_held_out_twin": sum(faq in held_out for faq in relevant.values())}

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 
 from .. import __version__
 from ..assets import ASSETS, fetch
-from ..data.aia_bde import RetrievalSplit, parse_aia_bde, split_by_faq
+from ..data.aia_bde import RetrievalSplit, parse_aia_bde, split_by_faq, twin_faqs
 from ..evaluation.retrieval import evaluate_embedder, retrieve
 from ..models.embedding import AutoModelForEmbedding
 from ..files import atomic_write_json
@@ -123,6 +123,12 @@ def run(opts: argparse.Namespace) -> int:
     check_output_dir(out, opts.overwrite_output_dir)
     print(f"[data] {len(split.corpus)} FAQs; train: {len(split.train_faq_ids)} FAQs / {len(split.train_queries)} queries; "
           f"held-out: {len(split.corpus) - len(split.train_faq_ids)} FAQs / {len(split.test_queries)} queries", flush=True)
+    twins = twin_faqs(split)
+    if twins["twin_groups"]:
+        print(f"[data] {twins['twin_groups']} groups of FAQs repeat one text word for word; "
+              f"{twins['held_out_queries_with_a_training_twin']} held-out queries ask for a document whose twin is a "
+              f"training FAQ, {twins['held_out_queries_with_a_held_out_twin']} for one whose twin is held out too "
+              "(its qrels credit one of the two)", flush=True)
 
     # the instructions as the trained model gets them (a typed \n is a newline): the zero-shot row and the mined
     # negatives are the same model's
