@@ -45,8 +45,12 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     minilm = str(fetch("all-MiniLM-L6-v2"))
     colbert = work / "minilm-colbert"
-    if not (colbert / "retrievals_config.json").is_file():
-        AutoModelForRanking.from_pretrained(minilm, model_type="colbert", max_length=256).save_pretrained(colbert)
+    config = colbert / "retrievals_config.json"
+    # colbert_dim=-1: the encoder's own token vectors (the default, 128, starts from a random projection: no
+    # zero-shot model at all); a folder saved otherwise (by this script before 2026-12-02) is made again
+    if not config.is_file() or json.loads(config.read_text())["colbert_dim"] != 384:
+        AutoModelForRanking.from_pretrained(minilm, model_type="colbert", max_length=256,
+                                            colbert_dim=-1).save_pretrained(colbert)
     rerankers = [f"minilm-colbert={colbert}"] + ([f"aia-colbert={Path(opts.trained).resolve()}"] if opts.trained else [])
     import torch
     import transformers

@@ -98,6 +98,7 @@ def main() -> int:
         "sentence-transformers torch fp32": lambda texts, query=False: theirs.encode(
             texts, batch_size=BATCH, normalize_embeddings=True, convert_to_numpy=True)}
     exports: Dict[str, float] = {}
+    # "torch bf16": bf16 weights (dtype), not inference_precision="bf16" (float32 weights under autocast)
     variants = [("torch", "fp32", {}), ("torch", "bf16", {"dtype": torch.bfloat16}), ("onnx", "fp32", {}),
                 ("onnx", "int8", {}), ("openvino", "fp32", {}), ("openvino", "bf16", {}), ("openvino", "int8", {})]
     skipped: Dict[str, str] = {}

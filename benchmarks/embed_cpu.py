@@ -59,7 +59,8 @@ def train_ours(model_path, rows, out, max_steps=None, epochs=1.0, q_len=Q_LEN, d
            "--do_train", "--per_device_train_batch_size", str(BATCH), "--learning_rate", str(LR), "--temperature", str(TEMPERATURE),
            "--train_group_size", "2", "--query_max_length", str(q_len), "--document_max_length", str(d_len),
            "--warmup_steps", "0.1", "--logging_steps", "10", "--save_strategy", "no", "--report_to", "none",
-           "--disable_tqdm", "true", "--seed", "42", "--dataloader_drop_last", "true"]
+           "--disable_tqdm", "true", "--seed", "42", "--dataloader_drop_last", "true",
+           "--auto_mixed_precision", "false"]  # float32 as sentence-transformers trains here (a GPU would autocast ours)
     cli += ["--max_steps", str(max_steps)] if max_steps else ["--num_train_epochs", str(epochs)]
     cli += list(extra)
     from transformers import HfArgumentParser
