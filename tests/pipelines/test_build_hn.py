@@ -35,3 +35,32 @@ def test_settings_no_record_could_meet_are_refused_before_encoding(tiny_bert, tr
                           str(tmp_path / "data")]) == 2  # a new file in the input folder is read as data next time
     assert "is in the --input_file" in capsys.readouterr().err
     assert not (tmp_path / "hn.jsonl").exists()
+
+
+def test_a_query_never_gets_its_own_text_or_positive_as_a_negative(tiny_bert, tmp_path):
+    # the pool's JSONL titles were dropped (the mined negatives were not the documents the model retrieves, and a
+    # titled positive was not recognised as the query's own), a .txt pool's stripped line did not match a positive
+    # with a trailing space, and the query's own text (another record's positive in pair data) could be mined
+    from ..conftest import corpus_lines
+
+    lines = corpus_lines(30)
+    records = [{"query": lines[i], "positive": [lines[i + 10] + " "]} for i in range(5)]
+    records += [{"query": lines[i + 20], "positive": [lines[i]]} for i in range(5)]  # queries 0-4 are positives here
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"title": "T", "text": t}) + "\n" for t in lines[:5])
+                    + "".join(json.dumps({"text": t}) + "\n" for t in lines[5:]))
+    txt_pool = tmp_path / "pool.txt"
+    txt_pool.write_text("".join(t + "\n" for t in lines))
+    for source in (pool, txt_pool):
+        out = tmp_path / f"hn-{source.suffix[1:]}.jsonl"
+        assert build_hn.main(["--model_name_or_path", tiny_bert, "--input_file", str(data), "--output_file", str(out),
+                              "--candidate_pool", str(source), "--range_for_sampling", "0-30", "--negative_number", "29",
+                              "--false_negative_ratio", "10"]) == 0
+        mined = [json.loads(line) for line in out.read_text().splitlines()]
+        for record in mined:
+            own = {record["query"].strip(), *(p.strip() for p in record["positive"])}
+            assert not own & {n.strip() for n in record["negative"]}, record["query"]
+        if source == pool:  # titled pool entries come back as the documents the model retrieves
+            assert any(n.startswith("T ") for r in mined for n in r["negative"])

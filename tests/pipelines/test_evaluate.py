@@ -65,3 +65,22 @@ def test_a_report_without_a_chart_removes_the_earlier_chart(tiny_bert, tmp_path,
         assert evaluate.main(argv) == 0
     assert not (tmp_path / "r" / "report.png").exists() and "removed the earlier report's chart" in caplog.text
     assert (tmp_path / "r" / "report.json").is_file()
+
+
+def test_metrics_leave_out_judged_queries_never_asked_and_record_the_run_depth(tiny_bert, tmp_path):
+    # a Vaswani-layout folder whose qrels judge a query its query file lacks: the warning said "left out of the
+    # metrics" but each metric counted it as 0; and MAP (over the whole run) depended on --top_k, never recorded
+    folder = tmp_path / "vaswani"
+    folder.mkdir()
+    lines = corpus_lines(41)
+    (folder / "doc-text.trec").write_text("".join(f"<DOC>\n<DOCNO>{i}</DOCNO>\n{lines[i]}\n</DOC>\n" for i in range(1, 41)))
+    (folder / "query-text.trec").write_text("".join(f"<top>\n<num>{i}</num>\n<title>\n{lines[i][:30].upper()}\n</title>\n"
+                                                    "</top>\n" for i in (1, 2, 3)))
+    (folder / "qrels").write_text("1 0 1 1\n2 0 2 1\n3 0 3 1\n4 0 4 1\n")  # query 4 is judged, never asked
+    for top_k in (100, 120):
+        out = tmp_path / f"r{top_k}"
+        assert evaluate.main(["--dataset", str(folder), "--output_dir", str(out), "--models", f"b={tiny_bert}",
+                              "--top_k", str(top_k)]) == 0
+        row = json.loads((out / "report.json").read_text())["results"][0]
+        assert row["metrics"]["recall@100"] == 1.0  # 40 documents, all retrieved, for each of the 3 asked queries
+        assert row["settings"]["run_depth"] == top_k

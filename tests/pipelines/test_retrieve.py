@@ -208,3 +208,27 @@ def test_the_run_keeps_top_k_documents_and_the_reranker_sees_rerank_top_k(tiny_b
                 best = [d for _, d in sorted(zip(expect, candidates), key=lambda sd: (sd[0], sd[1]), reverse=True)][:depth]
                 assert ranked == best, (ranked, best)
 
+
+
+def test_retrieve_names_only_what_its_run_measures_and_refuses_what_it_would_ignore(tiny_bert, tmp_path, capsys):
+    # --top_k 10 reported recall@100 (of 10 documents); an empty qrels file wrote no metrics and exited 0;
+    # --hybrid_k, --rerank_top_k and --rerank_first_stage_weight were ignored without a reranker or a hybrid
+    beir = _beir(tmp_path)
+    common = ["--dataset", str(beir), "--model_name_or_path", tiny_bert, "--pooling_method", "mean", "--index_type", "exact"]
+    out = tmp_path / "run.trec"
+    assert retrieve.main([*common, "--output", str(out), "--top_k", "10"]) == 0
+    metrics = json.loads((tmp_path / "run.trec.metrics.json").read_text())
+    assert "recall@100" not in metrics and metrics["run_depth"] == 10 and "recall@10" in metrics and "map" in metrics
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("query-id\tcorpus-id\tscore\n")
+    corpus, queries = tmp_path / "corpus.jsonl", tmp_path / "queries.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(corpus_lines(5))))
+    queries.write_text(json.dumps({"_id": "q0", "text": "tax"}) + "\n")
+    assert retrieve.main(["--corpus", str(corpus), "--queries", str(queries), "--qrels", str(empty), "--model_name_or_path",
+                          tiny_bert, "--index_type", "exact", "--output", str(tmp_path / "e.trec")]) == 2
+    assert "holds no judgments" in capsys.readouterr().err
+    for flags, words in ((("--hybrid_k", "10"), "--hybrid_k is the reciprocal-rank fusion constant"),
+                         (("--rerank_top_k", "5"), "pass a reranker, or drop them"),
+                         (("--rerank_first_stage_weight", "0.5"), "pass a reranker, or drop them")):
+        assert retrieve.main([*common, "--output", str(tmp_path / "x.trec"), *flags]) == 2
+        assert words in capsys.readouterr().err

@@ -27,6 +27,7 @@ from ..files import atomic_write_text, check_new_output
 from ..data.readers import DataError, Record, iter_lines, iter_raw, load_records
 from ..index.exact import exact_search
 from ..index.sharded import encode_sharded
+from ..inputs import document_text
 from ..utils import UsageError, at_least, logger
 from .cli import run_cli
 from .model_flags import EmbedderFlags, RerankerFlags
@@ -93,7 +94,10 @@ def read_pool(path: str) -> List[str]:
         if isinstance(obj, str):
             texts.append(obj)
         elif isinstance(obj, dict) and isinstance(obj.get("text"), str):
-            texts.append(obj["text"])
+            try:  # "title text", as every corpus is read here: the documents the model retrieves (the title was dropped)
+                texts.append(document_text(obj, where))
+            except TypeError as exc:
+                raise DataError(str(exc)) from None
         else:
             raise DataError(f"{where}: field 'text' must be a string.")
     return list(dict.fromkeys(texts))  # a text listed twice would be mined twice for one query (kept: its first place)
@@ -122,16 +126,18 @@ def mine(a: HardNegativeArguments, records: List[Record], pool: List[str], model
     _, ranked = exact_search(q_emb, pool_emb, top_k=min(end, len(pool)))
     stats = {"short": 0, "empty": 0, "dropped_as_false_negative": 0}
     out, offset = [], 0
-    positives_of: Dict[str, set] = {}  # pair data gives a query's positives one record each: none is its negative
+    # pair data gives a query's positives one record each: none is its negative; nor is the query's own text (pair
+    # data's pool holds other records' queries). Compared stripped: a .txt pool's lines are.
+    positives_of: Dict[str, set] = {}
     for record in records:
-        positives_of.setdefault(record.query, set()).update(record.positives)
+        positives_of.setdefault(record.query, {record.query.strip()}).update(p.strip() for p in record.positives)
     for i, record in enumerate(records):
         n_pos = len(record.positives)
         pos_scores = np.asarray(q_emb[i]) @ np.asarray(p_emb[offset : offset + n_pos]).T
         offset += n_pos
         threshold = false_negative_threshold(float(np.min(pos_scores)), a.false_negative_ratio)
         own = positives_of[record.query]
-        window = [int(j) for j in ranked[i][start:end] if pool[int(j)] not in own]
+        window = [int(j) for j in ranked[i][start:end] if pool[int(j)].strip() not in own]
         scores = np.asarray(pool_emb[window]) @ np.asarray(q_emb[i]) if window else np.zeros(0)
         keep = [j for j, s in zip(window, scores) if s <= threshold]
         if reranker is not None and keep:
@@ -144,7 +150,7 @@ def mine(a: HardNegativeArguments, records: List[Record], pool: List[str], model
         chosen = rng.sample(keep, a.negative_number) if len(keep) > a.negative_number else keep
         negatives = [pool[j] for j in chosen]
         if a.keep_original_negatives:  # screened like the mined ones: another record's positive of this query is none
-            original = [n for n in record.negatives if n not in own]
+            original = [n for n in record.negatives if n.strip() not in own]
             negatives = original + [n for n in negatives if n not in original]
         if len(negatives) < a.negative_number:
             stats["short"] += 1

@@ -120,6 +120,9 @@ def evaluate(a: EvaluateArguments) -> Dict[str, Dict]:
             check_model_path(path, f"{flag} {name} model")
     data = load_eval_dataset(a.dataset)
     check_qrels_cover(data.qrels, data.queries, data.corpus, a.dataset)
+    # a judged query that is never asked is left out of the metrics, as the warning says and retrieve does (it was
+    # scored 0, scaling every metric down)
+    qrels = {q: docs for q, docs in data.qrels.items() if q in data.queries}
     for flag, value, needs in (("--first_stage", a.first_stage, rerankers), ("--fusion_weights", a.fusion_weights, hybrids)):
         if value and not needs:  # a setting that changes nothing must not look as if it were in the report
             logger.warning("%s is set but there are no %s: it changes nothing.", flag,
@@ -132,18 +135,19 @@ def evaluate(a: EvaluateArguments) -> Dict[str, Dict]:
         model = AutoModelForEmbedding.from_pretrained(path)
         start = time.perf_counter()
         runs[name] = retrieve(model, data.corpus, data.queries, top_k=depth, batch_size=a.batch_size)
-        metrics = evaluate_run(runs[name], data.qrels, k_values)
+        metrics = evaluate_run(runs[name], qrels, k_values)
         rows.append({"name": name, "kind": "embedder", "path": path, "seconds": round(time.perf_counter() - start, 1),
-                     "metrics": {m: round(metrics[m], 4) for m in REPORTED}, "settings": model_settings(model)})
+                     "metrics": {m: round(metrics[m], 4) for m in REPORTED},
+                     "settings": {**model_settings(model), "run_depth": depth}})
 
     def ensure_bm25() -> None:  # computed once, and reported beside what it feeds
         if "bm25" in runs:
             return
         start = time.perf_counter()
         runs["bm25"] = bm25_run(data, depth)
-        metrics = evaluate_run(runs["bm25"], data.qrels, k_values)
+        metrics = evaluate_run(runs["bm25"], qrels, k_values)
         rows.append({"name": "bm25", "kind": "bm25", "path": "", "seconds": round(time.perf_counter() - start, 1),
-                     "metrics": {m: round(metrics[m], 4) for m in REPORTED}, "settings": {"implementation": "bm25s"}})
+                     "metrics": {m: round(metrics[m], 4) for m in REPORTED}, "settings": {"implementation": "bm25s", "run_depth": depth}})
 
     for name, first, second in hybrids:
         for part in (first, second):
@@ -151,10 +155,10 @@ def evaluate(a: EvaluateArguments) -> Dict[str, Dict]:
                 ensure_bm25()
         weights = a.fusion_weights or None
         runs[name] = fuse(a.fusion, [runs[first], runs[second]], weights, top_k=depth)
-        metrics = evaluate_run(runs[name], data.qrels, k_values)
+        metrics = evaluate_run(runs[name], qrels, k_values)
         rows.append({"name": name, "kind": f"hybrid {first} + {second} ({a.fusion})", "path": "",
                      "seconds": 0.0, "metrics": {m: round(metrics[m], 4) for m in REPORTED},
-                     "settings": {"fusion": a.fusion, "weights": list(weights or [1.0, 1.0])}})
+                     "settings": {"fusion": a.fusion, "weights": list(weights or [1.0, 1.0]), "run_depth": depth}})
     if rerankers:
         if first == "bm25":
             ensure_bm25()
@@ -165,11 +169,12 @@ def evaluate(a: EvaluateArguments) -> Dict[str, Dict]:
             # as deep a list as the first stage's row (without them MAP fell under it and recall@100 was recall@20)
             run = rerank_run(model, data.corpus, data.queries, runs[first], top_k=a.rerank_top_k, batch_size=a.batch_size,
                              first_stage_weight=a.rerank_first_stage_weight, keep_rest=True)
-            metrics = evaluate_run(run, data.qrels, k_values)
+            metrics = evaluate_run(run, qrels, k_values)
             rows.append({"name": name, "kind": f"reranker over {first} top {a.rerank_top_k}"
                          + (f" (first stage weight {a.rerank_first_stage_weight})" if a.rerank_first_stage_weight else ""), "path": path,
                          "seconds": round(time.perf_counter() - start, 1),
-                         "metrics": {m: round(metrics[m], 4) for m in REPORTED}, "settings": model_settings(model)})
+                         "metrics": {m: round(metrics[m], 4) for m in REPORTED},
+                         "settings": {**model_settings(model), "run_depth": depth}})
     dataset = {"name": data.name, "hash": data.hash, "queries": len(data.queries), "documents": len(data.corpus)}
     paths = write_report(a.output_dir, dataset, rows, a.title or f"Evaluation on {data.name}")
     for row in rows:

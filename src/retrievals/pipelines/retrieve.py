@@ -84,6 +84,11 @@ class RetrieveArguments(EmbedderFlags, RerankerFlags):
         check_first_stage_weight(self.rerank_first_stage_weight, "--rerank_first_stage_weight")
         if (self.sparse_name_or_path or self.fusion_weights or self.fusion != "rrf") and self.index_type != "hybrid":
             raise UsageError("--sparse_name_or_path, --fusion and --fusion_weights are for --index_type hybrid.")
+        if self.hybrid_k != 60 and not (self.index_type == "hybrid" and self.fusion == "rrf"):  # as silently ignored
+            raise UsageError("--hybrid_k is the reciprocal-rank fusion constant of --index_type hybrid (--fusion rrf).")
+        if (self.rerank_top_k != 20 or self.rerank_first_stage_weight) and not self.reranker_name_or_path:
+            raise UsageError("--rerank_top_k and --rerank_first_stage_weight set how --reranker_name_or_path reranks: "
+                             "pass a reranker, or drop them.")
         if self.cache_dir and self.index_type in ("sparse", "bm25"):  # it would be ignored: no vectors it could hold
             raise UsageError(f"--cache_dir keeps dense corpus embeddings, which --index_type {self.index_type} has none "
                              f"of: drop it (--index_dir saves the {self.index_type} index for the next run).")
@@ -239,6 +244,8 @@ def run_retrieval(a: RetrieveArguments) -> Dict[str, Dict[str, float]]:
     for field, ids, source in (("query id", queries, a.queries), ("document id", corpus, a.corpus)):
         for key in ids:
             check_trec_id(key, field, source or f"--dataset {a.dataset}")
+    if a.qrels and not qrels:  # no metrics were written, and the run exited 0 as if they had been
+        raise DataError(f"{a.qrels}: holds no judgments; pass a qrels file with some, or drop --qrels.")
     if qrels:
         check_qrels_cover(qrels, queries, corpus, a.qrels or a.dataset)
         qrels = {q: docs for q, docs in qrels.items() if q in queries}  # a query not asked is not a query missed
@@ -254,8 +261,12 @@ def run_retrieval(a: RetrieveArguments) -> Dict[str, Dict[str, float]]:
         Path(a.output + ".metrics.json").unlink(missing_ok=True)
         write_trec_run(run, a.output, tag=f"retrievals-{a.index_type}")
         if qrels:
-            metrics = {k: round(v, 4) for k, v in evaluate_run(run, qrels, (1, 10, 100)).items()
-                       if k in {"map", "mrr@10", "ndcg@10", "recall@10", "recall@100", "hit@1"}}
+            # a cut-off past the run's depth would name a shallower measure (recall@100 of a top 10): left out, and
+            # MAP is over the run's --top_k, which the metrics file records
+            cuts = {f"{m}@{k}" for m, k in (("mrr", 10), ("ndcg", 10), ("recall", 10), ("recall", 100), ("hit", 1))
+                    if k <= a.top_k}
+            metrics = {k: round(v, 4) for k, v in evaluate_run(run, qrels, (1, 10, 100)).items() if k in cuts | {"map"}}
+            metrics["run_depth"] = a.top_k
             atomic_write_json(a.output + ".metrics.json", metrics)
             print(json.dumps(metrics))
     return run
