@@ -84,3 +84,14 @@ def test_metrics_leave_out_judged_queries_never_asked_and_record_the_run_depth(t
         row = json.loads((out / "report.json").read_text())["results"][0]
         assert row["metrics"]["recall@100"] == 1.0  # 40 documents, all retrieved, for each of the 3 asked queries
         assert row["settings"]["run_depth"] == top_k
+
+
+def test_settings_that_change_nothing_are_said_to(tiny_bert, tmp_path, caplog):
+    # --rerank_top_k, --rerank_first_stage_weight and --fusion weighted without rerankers or hybrids were taken silently
+    beir = _beir(tmp_path)
+    with caplog.at_level("WARNING", logger="retrievals"):
+        assert evaluate.main(["--dataset", str(beir), "--output_dir", str(tmp_path / "r"), "--models", f"b={tiny_bert}",
+                              "--rerank_top_k", "5", "--rerank_first_stage_weight", "0.5", "--fusion", "weighted"]) == 0
+    for flag, missing in (("--rerank_top_k", "--rerankers"), ("--rerank_first_stage_weight", "--rerankers"),
+                          ("--fusion", "--hybrids")):
+        assert f"{flag} is set but there are no {missing}: it changes nothing." in caplog.text

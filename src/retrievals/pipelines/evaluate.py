@@ -123,10 +123,13 @@ def evaluate(a: EvaluateArguments) -> Dict[str, Dict]:
     # a judged query that is never asked is left out of the metrics, as the warning says and retrieve does (it was
     # scored 0, scaling every metric down)
     qrels = {q: docs for q, docs in data.qrels.items() if q in data.queries}
-    for flag, value, needs in (("--first_stage", a.first_stage, rerankers), ("--fusion_weights", a.fusion_weights, hybrids)):
+    for flag, value, needs in (("--first_stage", a.first_stage, rerankers), ("--fusion_weights", a.fusion_weights, hybrids),
+                               ("--rerank_top_k", a.rerank_top_k != 20, rerankers),
+                               ("--rerank_first_stage_weight", a.rerank_first_stage_weight, rerankers),
+                               ("--fusion", a.fusion != "rrf", hybrids)):
         if value and not needs:  # a setting that changes nothing must not look as if it were in the report
             logger.warning("%s is set but there are no %s: it changes nothing.", flag,
-                           "--rerankers" if flag == "--first_stage" else "--hybrids")
+                           "--hybrids" if flag.startswith("--fusion") else "--rerankers")
     k_values = (10, 100)
     # how deep the first stages retrieve: at least 100 (recall@100), and every document a reranker is told to take
     depth = max(a.top_k, a.rerank_top_k if rerankers else 0)
