@@ -593,3 +593,21 @@ def test_normalized_reranking_ranks_by_the_raw_scores(tiny_bert):
         assert [r.index for r in results] == best_first
         assert [r.index for r in model.rerank("tax card", docs, top_k=1, normalize=normalize)] == best_first[:1]
     assert [r.score for r in model.rerank("tax card", docs, normalize=True)] == [1.0] * len(docs)
+
+
+def test_colbert_forward_scores_stay_float32_under_autocast(tiny_bert):
+    # training runs forward under mixed precision: the scores the BCE loss and a teacher's KL read must be the
+    # float32 MaxSim inference ranks by, not a bf16 einsum's (steps of 2**-8 near 1: 0.08 logits at T 0.05)
+    from retrievals.models.rankers.colbert import maxsim
+
+    torch.manual_seed(0)
+    model = AutoModelForRanking.from_pretrained(tiny_bert, model_type="colbert", colbert_dim=-1, max_length=64).eval()
+    items = [{"query": "renew passport online fee", "documents": ["apply for a passport renewal online",
+                                                                  "tax office address change", "passport fee online"]}] * 2
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**model.processor(items))
+    docs = out.document_vectors.float().view(2, 3, *out.document_vectors.shape[1:])
+    with torch.no_grad():
+        exact = maxsim(out.query_vectors.float(), out.query_mask, docs, out.document_mask.view(2, 3, -1))
+    assert out.scores.dtype == torch.float32
+    torch.testing.assert_close(out.scores, exact, rtol=0, atol=1e-6)

@@ -43,7 +43,16 @@ def maxsim(q: torch.Tensor, q_mask: torch.Tensor, d: torch.Tensor, d_mask: torch
     >>> d = torch.tensor([[[1.0, 0.0], [0.6, 0.8], [0.0, 0.0]]])  # one document, the last token is padding
     >>> round(maxsim(q, torch.ones(1, 2), d, torch.tensor([[1, 1, 0]])).item(), 4)  # (1.0 + 0.8) / 2
     0.9
+
+    Computed in float32 with autocast off, whatever the inputs: under mixed precision (training's autocast, bf16
+    inference) the einsum would run in bf16, whose steps near 1 (2**-8) are about 0.08 logits at a 0.05 temperature,
+    and the losses that read a forward's ``scores`` would train on other scores than those inference ranks by.
     """
+    with torch.autocast(q.device.type, enabled=False):
+        return _maxsim(q.float(), q_mask, d.float(), d_mask, all_pairs)
+
+
+def _maxsim(q: torch.Tensor, q_mask: torch.Tensor, d: torch.Tensor, d_mask: torch.Tensor, all_pairs: bool) -> torch.Tensor:
     if d.dim() == 4:
         sim = torch.einsum("bqh,bgkh->bgqk", q, d).masked_fill(~d_mask.bool()[:, :, None, :], -1e4)
     elif all_pairs:
