@@ -191,6 +191,14 @@ def test_retrieve_hybrid_with_a_sparse_embedder(tiny_bert, beir_folder, tmp_path
     assert retrieve.main(dense + ["--index_type", "flat", "--fusion", "weighted", "--output", str(tmp_path / "x")]) == 2
     assert retrieve.main(dense + ["--index_type", "hybrid", "--sparse_name_or_path", tiny_bert,
                                   "--output", str(tmp_path / "x")]) == 2  # a dense model is no sparse one
+    # the dense half at a Matryoshka size: --truncate_dim is the dense model's (it was passed to the sparse one too,
+    # which refuses any, and the run failed); the sparse half's run is unchanged
+    assert retrieve.main(dense + ["--index_type", "hybrid", "--sparse_name_or_path", str(tmp_path / "sparse"),
+                                  "--truncate_dim", "16", "--output", str(tmp_path / "short.trec")]) == 0
+    assert retrieve.main(dense + ["--index_type", "flat", "--truncate_dim", "16", "--output",
+                                  str(tmp_path / "short_dense.trec")]) == 0
+    assert ranked(read_trec_run(tmp_path / "short.trec")) == ranked(reciprocal_rank_fusion(
+        [runs["sparse"], read_trec_run(tmp_path / "short_dense.trec")], top_k=20))
 
 
 def test_retrieve_binary_rescored_with_int8(tiny_bert, beir_folder, tmp_path):

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from retrievals.losses import InfoNCELoss, TripletMarginLoss, get_loss
+from retrievals.utils import UsageError
 
 
 def embeddings(b=4, g=3, d=8):
@@ -100,7 +101,7 @@ def test_matryoshka_is_the_weighted_loss_at_each_size():
         + 0.25 * base(F.normalize(q[:, :2], dim=-1), F.normalize(d[:, :2], dim=-1))
     assert loss(q, d).item() == pytest.approx(expected.item(), rel=1e-5)
     assert loss.get_config_dict() == {"name": "matryoshka", "dims": [8, 4, 2], "weights": [1.0, 0.5, 0.25],
-                                      "distill": 0.0, "loss": {"name": "infonce", "temperature": 0.05, "use_inbatch_neg": True,
+                                      "distill": 0.0, "normalize": True, "loss": {"name": "infonce", "temperature": 0.05, "use_inbatch_neg": True,
                                                "negatives_cross_device": False}}
     for bad in ([], [4, 4]):
         with pytest.raises(ValueError, match="distinct integers"):
@@ -437,9 +438,12 @@ def test_wrappers_give_the_wrapped_losses_temperature():
     tq, td = F.normalize(torch.randn(4, 6), dim=-1), F.normalize(torch.randn(12, 6), dim=-1)
     assert distill(q, d, tq, td).item() == pytest.approx((inner(q, d) + kl(tq @ td.T / 0.02, q @ d.T / 0.05)).item(),
                                                          rel=1e-5)
-    # a wrapped loss without a temperature: none through the wrapper either, so callers' defaults apply
+    # a wrapped loss without a temperature: none through the wrapper either; a teacher refuses it (the student's
+    # cosines at 1 gave a near-uniform softmax: the KL could not fall below about 1.2 whatever the student learned)
     assert not hasattr(FlopsRegularizedLoss(TripletMarginLoss()), "temperature")
-    assert TeacherDistillLoss(FlopsRegularizedLoss(TripletMarginLoss())).temperature == 1.0
+    for student in (TripletMarginLoss(), FlopsRegularizedLoss(TripletMarginLoss())):
+        with pytest.raises(UsageError, match="a teacher needs a loss with a temperature; 'triplet'|'flops'"):
+            TeacherDistillLoss(student)
 
 
 def test_loss_weights_must_be_finite():
@@ -492,3 +496,36 @@ def test_loss_inputs_and_settings_are_named():
         InfoNCELoss(use_inbatch_neg="false")
     with pytest.raises(ValueError, match="margin must be a finite number >= 0, got inf"):
         TripletMarginLoss(margin=float("inf"))
+
+
+def test_matryoshka_records_normalize_and_distils_only_with_a_temperature():
+    from retrievals.losses import MatryoshkaLoss, TripletMarginLoss
+
+    q, d = embeddings(d=8)
+    on, off = MatryoshkaLoss(InfoNCELoss(), dims=[8, 4]), MatryoshkaLoss(InfoNCELoss(), dims=[8, 4], normalize=False)
+    assert on(q, d).item() != pytest.approx(off(q, d).item())  # a setting that changes the loss is in its record
+    assert on.get_config_dict()["normalize"] is True and off.get_config_dict()["normalize"] is False
+    MatryoshkaLoss(TripletMarginLoss(), dims=[8, 4])  # without distillation a margin loss is fine
+    with pytest.raises(UsageError, match="matryoshka distill needs a loss with a temperature; 'triplet'"):
+        MatryoshkaLoss(TripletMarginLoss(), dims=[8, 4], distill=1.0)
+
+
+def test_bce_needs_negatives():
+    from retrievals.losses import PointwiseBCELoss
+
+    with pytest.raises(UsageError, match="needs train_group_size >= 2"):
+        PointwiseBCELoss()(torch.randn(3, 1), torch.zeros(3, dtype=torch.long))
+    assert PointwiseBCELoss()(torch.randn(3, 2), torch.zeros(3, dtype=torch.long)).isfinite()
+
+
+def test_teacher_vectors_must_be_finite():
+    from retrievals.data import TeacherVectors
+
+    good = torch.ones(2, 4)
+    for bad in (float("nan"), float("inf")):
+        vectors = good.clone()
+        vectors[1, 2] = bad
+        with pytest.raises(ValueError, match="teacher's vectors of 1 document texts are not finite.*'b'"):
+            TeacherVectors(["q1", "q2"], good, ["a", "b"], vectors)
+        with pytest.raises(ValueError, match="1 query texts"):
+            TeacherVectors(["q1", "q2"], vectors, ["a", "b"], good)

@@ -1,6 +1,7 @@
 """The sparse (SPLADE) embedder, its inverted index, the FLOPS loss, and training/retrieval through the CLIs."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +10,8 @@ import torch
 from retrievals.files import CorruptFileError
 from retrievals.index import Index, SparseIndex
 from retrievals.losses import FlopsRegularizedLoss, InfoNCELoss
-from retrievals.models.sparse import SparseEmbedder
+from retrievals.models.sparse import SparseConfig, SparseEmbedder
+from retrievals.utils import UsageError
 
 from ..conftest import corpus_lines, needs
 
@@ -407,3 +409,60 @@ def test_a_save_sentence_transformers_reads_otherwise_is_warned_of(sparse_model,
     with caplog.at_level("WARNING"):
         SparseEmbedder.from_pretrained(sparse_model, query_max_length=32, document_max_length=32).save_pretrained(tmp_path / "same")
     assert "sentence-transformers" not in caplog.text
+
+
+def _st_only(sparse_model, folder, legacy: bool):
+    """The saved sparse model as sentence-transformers alone would have it (no retrievals files); ``legacy``: with the
+    module paths sentence-transformers 5.x wrote (the SPLADE folders on the Hub)."""
+    import shutil
+
+    shutil.copytree(sparse_model, folder)
+    (folder / "retrievals_config.json").unlink()
+    (folder / "retrievals_files.json").unlink()
+    if legacy:
+        modules = json.loads((folder / "modules.json").read_text())
+        for module in modules:
+            module["type"] = "sentence_transformers.sparse_encoder.models." + module["type"].rsplit(".", 1)[-1]
+        (folder / "modules.json").write_text(json.dumps(modules))
+    return str(folder)
+
+
+def test_sentence_transformers_5_sparse_folders_load_as_sparse(sparse_model, tmp_path):
+    # their module paths (sparse_encoder.models.SpladePooling) were not recognised: the folder loaded as a dense
+    # 32-dim CLS embedder of the masked-LM's encoder, and evaluate reported that model's figures
+    from retrievals import AutoModelForEmbedding
+
+    legacy = _st_only(sparse_model, tmp_path / "legacy", legacy=True)
+    (Path(legacy) / "config_sentence_transformers.json").write_text(json.dumps({"max_active_dims": 5, "prompts": {}}))
+    back = AutoModelForEmbedding.from_pretrained(legacy)
+    assert isinstance(back, SparseEmbedder) and back.retrieval_config.top_k == 5
+    assert AutoModelForEmbedding.kind_of(legacy) == "sparse"
+    ours = SparseEmbedder.from_pretrained(sparse_model).encode_sparse(TEXTS[:3], top_k=5)
+    theirs = back.encode_sparse(TEXTS[:3])
+    assert [v.keys() for v in theirs] == [v.keys() for v in ours]
+    assert all(abs(a[k] - b[k]) < 1e-5 for a, b in zip(ours, theirs) for k in a)
+
+
+def test_embed_trains_a_sentence_transformers_sparse_folder_as_sparse(sparse_model, train_file, tmp_path, capsys):
+    # without --model_type the folder's kind was read from retrievals_config.json only: an ST SparseEncoder folder
+    # trained with the dense recipe (temperature 0.02, no FLOPS term) and took Matryoshka sizes of vocabulary ids
+    from retrievals.pipelines import embed
+
+    from ..training.test_training import cli
+
+    theirs = _st_only(sparse_model, tmp_path / "theirs", legacy=False)
+    out = tmp_path / "out"
+    assert embed.main(cli(theirs, train_file, out, "--max_steps", "1")) == 0
+    loss = json.loads((out / "retrievals_fingerprint.json").read_text())["loss"]
+    assert loss["name"] == "flops" and loss["loss"]["temperature"] == 1.0
+    assert embed.main(cli(theirs, train_file, tmp_path / "m", "--matryoshka_dims", "16")) == 2
+    assert "--matryoshka_dims is for dense embedders" in capsys.readouterr().err
+    for folder in (theirs, sparse_model):  # an explicit kind that contradicts the folder's
+        assert embed.main(cli(folder, train_file, tmp_path / "d", "--model_type", "dense")) == 2
+        assert "holds a sparse embedder; drop --model_type" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists() and not (tmp_path / "d").exists()
+    # a folder that records Matryoshka sizes for a sparse model is refused (the server offered them, then failed)
+    config = SparseConfig.load(sparse_model)
+    config.matryoshka_dims = [16]
+    with pytest.raises(UsageError, match="matryoshka_dims=\\[16\\]: a sparse embedder"):
+        SparseEmbedder.from_pretrained(sparse_model)._check_config(config)

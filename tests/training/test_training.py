@@ -240,6 +240,26 @@ def test_matryoshka_distillation_trains_and_is_recorded(tiny_bert, train_file, t
     assert record["loss"]["distill"] == 0.5
 
 
+def test_unnormalised_embeddings_train_raw_dot_products_at_temperature_1(tiny_bert, train_file, tmp_path, capsys, caplog):
+    # the cosine default 0.02 divided raw dot products too (a first loss of ~90 on a small model); and the Matryoshka
+    # sizes' truncation (renormalised or sliced, as the model serves them) was set after the run's record was taken
+    def loss_of(out, *extra):
+        assert embed.main(cli(tiny_bert, train_file, out, "--max_steps", "1", "--matryoshka_dims", "32", "16", *extra)) == 0
+        return json.loads((out / "retrievals_fingerprint.json").read_text())["loss"]
+
+    raw = loss_of(tmp_path / "dot", "--normalize_embeddings", "false")
+    assert raw["normalize"] is False and raw["loss"]["temperature"] == 1.0
+    assert "not normalised: the loss divides raw dot products by --temperature 1" in caplog.text
+    cosine = loss_of(tmp_path / "cos")
+    assert cosine["normalize"] is True and cosine["loss"]["temperature"] == 0.02
+    assert loss_of(tmp_path / "given", "--normalize_embeddings", "false", "--temperature", "0.05")["loss"]["temperature"] == 0.05
+    # a margin loss has no temperature: a softmax to distil into would be near uniform, so it is refused up front
+    for extra in (["--matryoshka_dims", "16", "--matryoshka_distill", "1"], ["--teacher_model", tiny_bert]):
+        assert embed.main(cli(tiny_bert, train_file, tmp_path / "t", "--loss_fn", "triplet", *extra)) == 2
+        assert "needs a loss with a temperature; 'triplet' has none" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
+
+
 def test_pca_rotation_trains_saves_and_resumes(tiny_bert, train_file, tmp_path, caplog, monkeypatch, capsys):
     args = ("--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--seed", "7", "--pca_rotation", "true",
             "--matryoshka_dims", "32", "8")

@@ -89,6 +89,11 @@ class TeacherVectors:
         self.document_row = {text: i for i, text in enumerate(documents)}
         self.query_vectors = query_vectors.float().contiguous()
         self.document_vectors = document_vectors.float().contiguous()
+        for what, texts, vectors in (("query", queries, self.query_vectors), ("document", documents, self.document_vectors)):
+            bad = (~torch.isfinite(vectors)).any(dim=-1).nonzero().flatten()
+            if len(bad):  # every batch with that text would train on a nan loss
+                raise ValueError(f"the teacher's vectors of {len(bad)} {what} texts are not finite (nan or inf), e.g. "
+                                 f"{texts[int(bad[0])][:80]!r}: a teacher loaded in a dtype that overflows, or broken weights.")
 
     def rows(self, queries: Sequence[str], documents: Sequence[str]) -> Dict[str, torch.Tensor]:
         return {"teacher_query_embeddings": self.query_vectors[self._rows(self.query_row, queries, "query")],

@@ -25,8 +25,8 @@ class MatryoshkaLoss(WrappingLoss):
 
     ``distill`` > 0 adds self-distillation: at each smaller size, the KL divergence from the full vectors' softmax over
     the batch's documents (each query against every document of the batch, the full scores detached: a teacher, not a
-    target that moves toward the student) to the truncated vectors' one, at the wrapped loss's temperature (1 if it
-    has none), times ``distill`` and that size's weight. The small sizes then learn how the full vector ranks every
+    target that moves toward the student) to the truncated vectors' one, at the wrapped loss's temperature (a loss
+    without one, the triplet margin loss, is refused), times ``distill`` and that size's weight. The small sizes then learn how the full vector ranks every
     candidate, not only which one is the positive. Documents of other processes are not used for it.
     """
 
@@ -50,12 +50,15 @@ class MatryoshkaLoss(WrappingLoss):
         self.reads = tuple(loss.reads)  # and whatever else the wrapped loss reads (a teacher's vectors), untruncated
         self.optional = tuple(loss.optional)
         distill = finite_number("matryoshka distill", distill)
+        if distill and not hasattr(loss, "temperature"):  # softmaxes of cosines at 1: near uniform on both sides
+            raise UsageError(f"matryoshka distill needs a loss with a temperature; {loss.name!r} has none (its cosines "
+                             "at temperature 1 give near-uniform softmaxes, nothing to distil): use infonce.")
         self.loss, self.dims, self.weights, self.distill = loss, dims, weights, distill
         self.normalize = bool(normalize)
 
     def get_config_dict(self) -> Dict[str, Any]:
         return {"name": self.name, "dims": list(self.dims), "weights": list(self.weights), "distill": self.distill,
-                "loss": self.loss.get_config_dict()}
+                "normalize": self.normalize, "loss": self.loss.get_config_dict()}
 
     def truncate(self, embeddings: torch.Tensor, dim: int) -> torch.Tensor:
         """The first ``dim`` dimensions as the model serves them."""

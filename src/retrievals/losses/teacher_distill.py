@@ -16,7 +16,7 @@ TEACHER_FIELDS = ("teacher_query_embeddings", "teacher_document_embeddings")
 class TeacherDistillLoss(RetrievalLoss):
     """``loss`` plus ``weight`` x the KL divergence from the teacher's softmax over each query's candidates to the
     student's; the teacher's scores (cosine, or the dot products of its vectors) at ``teacher_temperature``, the
-    student's at the wrapped loss's temperature (1 if it has none).
+    student's at the wrapped loss's temperature (a loss without one, the triplet margin loss, is refused).
 
     Inputs: the wrapped loss's, and the teacher's vectors of the batch's texts in the same rows
     (``teacher_query_embeddings`` [B, t], ``teacher_document_embeddings`` [B * G, t], documents query-major), which
@@ -43,6 +43,9 @@ class TeacherDistillLoss(RetrievalLoss):
     def __init__(self, loss: RetrievalLoss, weight: float = 1.0, teacher_temperature: Optional[float] = None) -> None:
         super().__init__()
         weight = finite_number("distill weight", weight)
+        if not hasattr(loss, "temperature"):  # a margin loss: the student's cosines at 1 could never match the teacher
+            raise UsageError(f"a teacher needs a loss with a temperature; {loss.name!r} has none (the student's cosines "
+                             "at temperature 1 give a near-uniform softmax, which cannot follow the teacher's): use infonce.")
         temperature = float(getattr(loss, "temperature", 1.0)) if teacher_temperature is None else teacher_temperature
         temperature = finite_number("teacher temperature", temperature, positive=True)
         self.loss, self.weight, self.teacher_temperature = loss, weight, temperature
@@ -55,8 +58,8 @@ class TeacherDistillLoss(RetrievalLoss):
 
     @property
     def temperature(self) -> float:
-        """The student's: the wrapped loss's (1 if it has none); a wrapper around this one reads it too."""
-        return float(getattr(self.loss, "temperature", 1.0))
+        """The student's: the wrapped loss's; a wrapper around this one reads it too."""
+        return float(self.loss.temperature)
 
     def get_config_dict(self) -> Dict[str, Any]:
         return {"name": self.name, "weight": self.weight, "teacher_temperature": self.teacher_temperature,

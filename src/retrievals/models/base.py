@@ -426,6 +426,58 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         return cls
 
     @classmethod
+    def kind_of(cls, path: str | os.PathLike) -> Optional[str]:
+        """The ``model_type`` of the model in folder ``path`` as :meth:`from_pretrained` reads it: recorded by this
+        library, or another library's layout a kind reads (a sentence-transformers SparseEncoder: ``sparse``); None
+        for a plain transformers folder, a hub id or no folder."""
+        path = os.path.expanduser(str(path))
+        if not os.path.isdir(path):
+            return None
+        saved = saved_model_type(path)
+        if saved is not None:
+            return saved
+        return next((kind.model_type for kind in RetrievalModel.kinds.values() if kind._reads_folder(path)), None)
+
+    @classmethod
+    def _start_config(cls, path: str, lora_path: Optional[str], backbone_only: bool,
+                      trust_remote_code: bool) -> Tuple[ModelConfig, str, bool, str, Optional[str]]:
+        """The config ``path`` loads with before settings and tokenizer are applied: the saved one (an adapter trained
+        by us carries its run's), else the kind's defaults for that folder; with the folder the config and extra
+        files come from, whether we saved it, the base model's path and the adapter's."""
+        # an adapter trained by us (--lora_path) carries the run's settings and extra files: they are its model's,
+        # whatever the base folder holds
+        source = lora_path if lora_path and (Path(lora_path) / CONFIG_NAME).is_file() and not backbone_only else path
+        config = cls.config_class.load(source) if os.path.isdir(source) and not backbone_only else None
+        if config is not None and config.model_type != cls.model_type:
+            raise UsageError(f"{path} holds a {config.model_type!r} model, not {cls.model_type!r}; to start a fresh "
+                             f"{cls.model_type!r} from its transformer weights, pass backbone_only=True (--backbone_only true).")
+        saved_by_us = config is not None
+        base_path, adapter_path = resolve_lora_paths(path, config.lora_base if config else None, lora_path)
+        if config is None:
+            if not backbone_only:
+                cls._check_foreign_folder(path)
+            config = cls._default_config(path, base_path, trust_remote_code)
+        return config, source, saved_by_us, base_path, adapter_path
+
+    @classmethod
+    def settings_of(cls, model_name_or_path: str, lora_path: Optional[str] = None, backbone_only: bool = False,
+                    trust_remote_code: bool = False, **overrides: Any) -> ModelConfig:
+        """The settings :meth:`from_pretrained` would load ``model_name_or_path`` with (config fields given as
+        ``overrides``), read from its config files without loading weights or tokenizer, so a training run can settle
+        what depends on them (its loss's temperature, say) before it loads anything. Settings the tokenizer decides
+        (``padding_side``, ``append_eos`` of a fresh decoder) are not settled here."""
+        checked = check_model_path(model_name_or_path)
+        kind = cls if backbone_only else cls._kind_for(checked)
+        if lora_path:
+            lora_path = check_model_path(lora_path, "LoRA adapter")
+        config = kind._start_config(checked, lora_path, backbone_only, trust_remote_code)[0]
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(kind.config_class)}
+        if unknown:
+            raise TypeError(f"{kind.__name__}.settings_of() got unexpected keyword arguments {sorted(unknown)}.")
+        config.update(**overrides)  # those given (not None)
+        return config
+
+    @classmethod
     def _requested_kind(cls, requested: Any, found: Type["RetrievalModel"], path: str,
                         backbone_only: bool) -> Type["RetrievalModel"]:
         """The kind a ``model_type`` names (a kind loadable through ``cls``; ``cls.model_type_aliases`` too), refused
@@ -646,19 +698,8 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
                 lora_path = check_model_path(lora_path, "LoRA adapter")
             if tokenizer_name and os.path.exists(tokenizer_name):
                 tokenizer_name = check_model_path(tokenizer_name, "tokenizer")
-            # an adapter trained by us (--lora_path) carries the run's settings and extra files: they are its model's,
-            # whatever the base folder holds
-            source = lora_path if lora_path and (Path(lora_path) / CONFIG_NAME).is_file() and not backbone_only else path
-            config = cls.config_class.load(source) if os.path.isdir(source) and not backbone_only else None
-            if config is not None and config.model_type != cls.model_type:
-                raise UsageError(f"{path} holds a {config.model_type!r} model, not {cls.model_type!r}; to start a fresh "
-                                 f"{cls.model_type!r} from its transformer weights, pass backbone_only=True (--backbone_only true).")
-            saved_by_us = config is not None
-            base_path, adapter_path = resolve_lora_paths(path, config.lora_base if config else None, lora_path)
-            if config is None:
-                if not backbone_only:
-                    cls._check_foreign_folder(path)
-                config = cls._default_config(path, base_path, trust_remote_code)
+            config, source, saved_by_us, base_path, adapter_path = cls._start_config(path, lora_path, backbone_only,
+                                                                                     trust_remote_code)
             config.update(**overrides)
             if overrides.get("padding_side") not in (None, "left", "right"):  # before a kind settles it (encoders: right)
                 raise UsageError(f"padding_side must be 'left' or 'right', got {overrides['padding_side']!r}.")

@@ -28,6 +28,14 @@ QUERY_WEIGHTS = "query_weights.safetensors"  # the inference-free query side's t
 _ST_SPLADE = "sentence_transformers.sparse_encoder.modules.splade_pooling.SpladePooling"
 _ST_MLM = "sentence_transformers.sparse_encoder.modules.mlm_transformer.MLMTransformer"
 
+
+def _st_class(module: Dict[str, Any]) -> str:
+    """The class name of a ``modules.json`` entry of sentence-transformers: its 6.x module paths
+    (``...sparse_encoder.modules.splade_pooling.SpladePooling``) and 5.x ones (``...sparse_encoder.models.SpladePooling``,
+    the layout of SPLADE folders on the Hub) name the same classes."""
+    kind = str(module.get("type", ""))
+    return kind.rsplit(".", 1)[-1] if kind.startswith("sentence_transformers.") else kind
+
 if TYPE_CHECKING:
     from ..index.sparse import SparseIndex
 
@@ -76,7 +84,7 @@ class SparseEmbedder(AutoModelForEmbedding):
     def _reads_folder(cls, path: str) -> bool:
         modules = Path(path) / "modules.json"
         try:
-            return modules.is_file() and any(m.get("type") == _ST_SPLADE for m in json.loads(modules.read_text("utf-8")))
+            return modules.is_file() and any(_st_class(m) == "SpladePooling" for m in json.loads(modules.read_text("utf-8")))
         except (ValueError, AttributeError):
             return False
 
@@ -87,6 +95,9 @@ class SparseEmbedder(AutoModelForEmbedding):
         if config.normalize_embeddings:  # recorded, then never applied: the vectors are term weights
             raise UsageError("normalize_embeddings=True: a sparse embedder's vectors are term weights, not normalised.")
         _no_truncate_dim(config.truncate_dim)
+        if config.matryoshka_dims:  # a folder that says so: the server would offer those sizes and fail on them
+            raise UsageError(f"matryoshka_dims={list(config.matryoshka_dims)}: a sparse embedder's dimensions are "
+                             "vocabulary terms, not Matryoshka sizes.")
 
     def fit_pca(self, *args: Any, **kwargs: Any) -> Any:
         raise UsageError("fit_pca rotates dense vectors; a sparse embedder's dimensions are vocabulary terms (keep "
@@ -272,13 +283,12 @@ def _check_st_pooling(path: Path) -> None:
     """A sentence-transformers sparse folder we can read: MLM transformer at the root, max-pooled log1p(relu)."""
     modules = json.loads((path / "modules.json").read_text(encoding="utf-8"))
     for module in modules:
-        if module.get("type") == _ST_SPLADE:
+        if _st_class(module) == "SpladePooling":
             cfg = json.loads((path / module.get("path", "") / "config.json").read_text(encoding="utf-8"))
             if cfg.get("pooling_strategy", "max") != "max" or cfg.get("activation_function", "relu") != "relu":
                 raise UsageError(f"{path / module.get('path', '') / 'config.json'}: SpladePooling {cfg} is not supported; "
                                  "retrievals reads max pooling of log(1 + relu(logits)).")
-        elif module.get("path", "") == "" and module.get("type") not in (_ST_MLM, "sentence_transformers.base.modules.transformer.Transformer",
-                                                                         "sentence_transformers.models.Transformer"):
+        elif module.get("path", "") == "" and _st_class(module) not in ("MLMTransformer", "Transformer"):
             raise UsageError(f"{path / 'modules.json'}: module {module.get('type')} is not supported for a sparse model.")
 
 

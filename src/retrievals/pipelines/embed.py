@@ -20,7 +20,6 @@ from ..data.readers import DataError, Record, check_unicode, is_json_file, iter_
 from ..losses import EMBEDDING_LOSSES, FlopsRegularizedLoss, MatryoshkaLoss, loss_from_args
 from ..losses.base import ContrastiveSettings
 from ..models.embedding import AutoModelForEmbedding
-from ..models.base import saved_model_type
 from ..models.sparse import SparseEmbedder
 from ..training import RetrievalTrainingArguments
 from ..training.arguments import DataArguments, ModelLoadingArguments
@@ -54,13 +53,19 @@ class EmbedModelArguments(TeacherArguments, ModelLoadingArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.model_type not in (None, "dense", "sparse"):
+            raise UsageError(f"--model_type must be dense or sparse, got {self.model_type!r}.")
+        # the folder's kind as loading reads it: recorded by us, or a sentence-transformers SparseEncoder (trained
+        # as dense, it got the dense loss and temperature while the model loaded sparse)
+        found = {"sparse": "sparse", "embedding": "dense"}.get(AutoModelForEmbedding.kind_of(self.model_name_or_path or ""))
         if self.model_type is None:
-            self.model_type = "sparse" if self.model_name_or_path and saved_model_type(self.model_name_or_path) == "sparse" \
-                else "dense"
+            self.model_type = found or "dense"
+        elif found and found != self.model_type and not self.backbone_only:
+            raise UsageError(f"--model_type {self.model_type}: {self.model_name_or_path} holds a {found} embedder; drop "
+                             f"--model_type (it is read from the folder), or pass --backbone_only true to start a fresh "
+                             f"{self.model_type} one from its transformer weights.")
         if self.query_inference_free is not None and self.model_type != "sparse":
             raise UsageError("--query_inference_free is for --model_type sparse.")
-        if self.model_type not in ("dense", "sparse"):
-            raise UsageError(f"--model_type must be dense or sparse, got {self.model_type!r}.")
         for flag in ("query_flops_weight", "document_flops_weight"):  # nan/inf made every step's loss nan/inf
             finite_number(f"--{flag}", getattr(self, flag))
         if self.model_type == "sparse" and self.pooling_method not in (None, "splade"):
@@ -108,9 +113,20 @@ def train(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
     sparse = model_args.model_type == "sparse"
     if sparse and args.matryoshka_dims:  # its dimensions are vocabulary ids: a prefix of them is no smaller model
         raise UsageError("--matryoshka_dims is for dense embedders.")
+    # whether the model normalises its embeddings, read from its files before anything loads: the loss's default
+    # temperature and the Matryoshka sizes' truncation follow it, and the run's fingerprint records both
+    normalize = not sparse and bool(AutoModelForEmbedding.settings_of(
+        model_args.model_name_or_path, lora_path=model_args.lora_path, backbone_only=model_args.backbone_only,
+        trust_remote_code=model_args.trust_remote_code, normalize_embeddings=model_args.normalize_embeddings,
+    ).normalize_embeddings)
     teacher_temperature = args.temperature or ContrastiveSettings.temperature  # the teacher's cosines: as given, else 0.02
     if args.temperature is None:  # not given (an explicit 0.02 was taken for the default and trained sparse at 1)
-        args.temperature = SparseEmbedder.default_temperature if sparse else ContrastiveSettings.temperature  # recorded as trained
+        # cosines at 0.02; raw dot products (sparse term weights, embeddings left unnormalised) at 1, as FlagEmbedding
+        # does: 0.02 would multiply dot products of norm ~10 by 50 (a first loss of ~90, saturated softmaxes)
+        args.temperature = ContrastiveSettings.temperature if normalize else SparseEmbedder.default_temperature
+        if not normalize and not sparse:
+            logger.warning("The embeddings are not normalised: the loss divides raw dot products by --temperature %g "
+                           "(the cosine default 0.02 does not suit them); set --temperature to change it.", args.temperature)
     loss = loss_from_args(args.loss_fn, EMBEDDING_LOSSES, args)  # first: a wrong name fails before anything loads
     if sparse:
         loss = FlopsRegularizedLoss(loss, model_args.query_flops_weight, model_args.document_flops_weight)
@@ -119,7 +135,7 @@ def train(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
         data_args.query_max_length or data_args.max_length, data_args.document_max_length or data_args.max_length,
         teacher_temperature)
     if args.matryoshka_dims:
-        loss = MatryoshkaLoss(loss, args.matryoshka_dims, args.matryoshka_weights, args.matryoshka_distill)
+        loss = MatryoshkaLoss(loss, args.matryoshka_dims, args.matryoshka_weights, args.matryoshka_distill, normalize)
 
     def build(records: Sequence[Record]) -> AutoModelForEmbedding:
         model = build_model(model_args, data_args)
@@ -130,7 +146,9 @@ def train(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
                 raise UsageError(f"--matryoshka_dims {args.matryoshka_dims}: the model's embeddings have {model.embedding_dim} "
                                  "dimensions.")
             model.retrieval_config.matryoshka_dims = sorted(set(args.matryoshka_dims), reverse=True)
-            loss.normalize = bool(model.retrieval_config.normalize_embeddings)  # each size trains as the model serves it
+        if bool(model.retrieval_config.normalize_embeddings) != normalize:  # settings_of and loading disagree: a bug
+            raise RuntimeError(f"{model_args.model_name_or_path}: read as normalize_embeddings={normalize} before loading, "
+                               f"loaded with {model.retrieval_config.normalize_embeddings}.")
         return model
 
     return run_training(build, collator, loss, data_args, args, model_path=model_args.model_name_or_path,

@@ -160,7 +160,8 @@ def sparse_run(a: RetrieveArguments, corpus: Dict[str, str], queries: Dict[str, 
 
     flags = a if path == a.model_name_or_path else dataclasses.replace(  # the dense model's settings are not its own
         a, model_name_or_path=path, pooling_method=None, query_instruction=None, document_instruction=None,
-        backend="torch", backend_precision="fp32")  # a sparse embedder has no CPU backend: --backend is the dense one's
+        backend="torch", backend_precision="fp32",  # a sparse embedder has no CPU backend: --backend is the dense one's
+        truncate_dim=None)  # the dense vectors' size (a Matryoshka model at 64 beside SPLADE); sparse ones keep top_k
     model = flags.load_embedder(required_for=flag)
     if not isinstance(model, SparseEmbedder):
         raise UsageError(f"{flag} needs a sparse embedder; {path} is a dense one.")

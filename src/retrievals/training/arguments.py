@@ -99,8 +99,8 @@ class RetrievalTrainingArguments(TrainingArguments):
                 "the same document is no negative). Off by default, as in sentence-transformers and FlagEmbedding "
                 "(the README's figures were trained without it)."})
     matryoshka_dims: List[int] = field(default_factory=list, metadata={
-        "help": "Embedders: apply the loss at these leading dimensions too (e.g. 384 256 128 64), so the model serves "
-                "each size (encode(..., truncate_dim=d), the server's dimensions)."})
+        "help": "Embedders: apply the loss at these leading dimensions only (e.g. 384 256 128 64; list the full size to "
+                "train it too), so the model serves each size (encode(..., truncate_dim=d), the server's dimensions)."})
     matryoshka_weights: List[float] = field(default_factory=list, metadata={"help": "One weight per --matryoshka_dims (default 1)."})
     matryoshka_distill: float = field(default=0.0, metadata={
         "help": "With --matryoshka_dims: weight of self-distillation, each smaller size matching the full vectors' "
