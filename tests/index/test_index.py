@@ -199,6 +199,8 @@ def test_retrieve_hybrid_with_a_sparse_embedder(tiny_bert, beir_folder, tmp_path
                                   str(tmp_path / "short_dense.trec")]) == 0
     assert ranked(read_trec_run(tmp_path / "short.trec")) == ranked(reciprocal_rank_fusion(
         [runs["sparse"], read_trec_run(tmp_path / "short_dense.trec")], top_k=20))
+    # a quantized index's search setting, given to an index that has no codes: refused like --hybrid_k, not ignored
+    assert retrieve.main(dense + ["--index_type", "flat", "--rescore_multiplier", "8", "--output", str(tmp_path / "x")]) == 2
 
 
 def test_retrieve_binary_rescored_with_int8(tiny_bert, beir_folder, tmp_path):

@@ -466,3 +466,15 @@ def test_embed_trains_a_sentence_transformers_sparse_folder_as_sparse(sparse_mod
     config.matryoshka_dims = [16]
     with pytest.raises(UsageError, match="matryoshka_dims=\\[16\\]: a sparse embedder"):
         SparseEmbedder.from_pretrained(sparse_model)._check_config(config)
+
+
+def test_sparse_index_takes_torch_sparse_tensors(sparse_model):
+    # sentence-transformers' SparseEncoder.encode returns torch sparse tensors: they failed inside numpy ("can't
+    # convert Sparse layout tensor"); the index now reads them as the dense rows they stand for
+    dense = SparseEmbedder.from_pretrained(sparse_model).encode(TEXTS[:4], convert_to_tensor=True)
+    ids = ["a", "b", "c", "d"]
+    expected = SparseIndex(list(dense), ids).search(dense[:2], 3)
+    for layout in (dense.to_sparse(), dense.to_sparse_csr()):
+        got = SparseIndex(layout, ids).search(dense[:2].to_sparse(), 3)
+        np.testing.assert_allclose(got[0], expected[0], rtol=1e-6)
+        assert got[1] == expected[1]

@@ -49,7 +49,10 @@ def _as_sparse(vector: Any, where: str) -> Dict[int, float]:
         if not np.isfinite(stored).all():
             raise UsageError(f"{where} has a nan or inf weight (or one past float32's range); weights must be finite.")
         return {k: v for k, v in out.items() if v != 0.0}
-    array = np.asarray(vector.detach().cpu().float() if hasattr(vector, "detach") else vector, dtype=np.float32)
+    if hasattr(vector, "detach"):  # a torch tensor; sparse layouts (sentence-transformers' SparseEncoder) made dense
+        vector = vector.detach().cpu().float()
+        vector = vector.to_dense() if str(vector.layout) != "torch.strided" else vector
+    array = np.asarray(vector, dtype=np.float32)
     if array.ndim != 1:
         raise TypeError(f"{where} must be a {{term: weight}} dict or a 1-d vector, got shape {array.shape}")
     if not np.isfinite(array).all():

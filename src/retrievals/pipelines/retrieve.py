@@ -78,6 +78,9 @@ class RetrieveArguments(EmbedderFlags, RerankerFlags):
         for flag in ("shard_size", "batch_size", "top_k", "hybrid_k", "rerank_top_k", "max_length"):
             at_least(f"--{flag}", getattr(self, flag), 1)
         at_least("--rescore_multiplier", self.rescore_multiplier, 0)
+        if self.rescore_multiplier != 4 and self.index_type not in QUANTIZED_TYPES:  # as silently ignored
+            raise UsageError(f"--rescore_multiplier rescores an int8 or binary index ({', '.join(QUANTIZED_TYPES)}); "
+                             f"--index_type {self.index_type} has nothing to rescore: drop it.")
         if self.rescore_with not in ("codes", "int8") or (self.rescore_with == "int8" and "binary" not in self.index_type):
             raise UsageError(f"--rescore_with {self.rescore_with!r}: codes, or int8 with a binary index type.")
         check_fusion(self.fusion, self.fusion_weights)
