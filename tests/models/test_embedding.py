@@ -584,3 +584,30 @@ def test_an_instruction_spelling_a_special_token_pools_as_it_is_tokenized(tiny_b
     # the pooled tokens are exactly the text's and the final [SEP]
     assert len(ids[0]) - ids.prompt_length == len(model.tokenizer("tax card")["input_ids"]) - 1
     assert "spells the special token(s) [SEP]" in caplog.text
+
+
+def test_settings_of_reads_what_from_pretrained_loads(tiny_bert, tmp_path):
+    # a training run settles its loss (temperature, Matryoshka truncation) from these before loading anything
+    from retrievals.models.sparse import SparseConfig, SparseEmbedder
+
+    AutoModelForEmbedding.from_pretrained(tiny_bert, normalize_embeddings=False, pooling_method="mean").save_pretrained(tmp_path / "dot")
+    for folder, override in ((tiny_bert, None), (str(tmp_path / "dot"), None), (str(tmp_path / "dot"), True)):
+        settings = AutoModelForEmbedding.settings_of(folder, normalize_embeddings=override)
+        loaded = AutoModelForEmbedding.from_pretrained(folder, normalize_embeddings=override).retrieval_config
+        assert (settings.normalize_embeddings, settings.pooling_method) == (loaded.normalize_embeddings, loaded.pooling_method)
+    assert AutoModelForEmbedding.settings_of(str(tmp_path / "dot")).normalize_embeddings is False
+    (tmp_path / "st").mkdir()  # the same model as sentence-transformers alone has it: no Normalize, dot products
+    for name in ("modules.json", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "1_Pooling"):
+        src = tmp_path / "dot" / name
+        if src.exists():
+            (tmp_path / "st" / name).symlink_to(src)
+    for similarity, normalized in (("dot", False), ("cosine", True)):
+        (tmp_path / "st" / "config_sentence_transformers.json").write_text(json.dumps({"similarity_fn_name": similarity}))
+        assert AutoModelForEmbedding.settings_of(str(tmp_path / "st")).normalize_embeddings is normalized
+        assert AutoModelForEmbedding.from_pretrained(str(tmp_path / "st")).retrieval_config.normalize_embeddings is normalized
+    SparseEmbedder.from_pretrained(tiny_bert).save_pretrained(tmp_path / "sparse")
+    assert isinstance(AutoModelForEmbedding.settings_of(str(tmp_path / "sparse")), SparseConfig)
+    assert AutoModelForEmbedding.kind_of(str(tmp_path / "sparse")) == "sparse"
+    assert AutoModelForEmbedding.kind_of(tiny_bert) is None and AutoModelForEmbedding.kind_of("org/hub-id") is None
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['colour'\\]"):
+        AutoModelForEmbedding.settings_of(tiny_bert, colour="red")
