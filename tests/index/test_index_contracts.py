@@ -649,3 +649,18 @@ def test_bm25s_debug_lines_stay_out_of_a_warning_level_log(capsys):
     finally:
         root.removeHandler(handler)
         logging.getLogger("bm25s").setLevel(logging.WARNING)
+
+
+def test_a_rescored_quantized_search_run_rescores_the_candidates_search_does():
+    # search_run fetched k + 1 (or more, to settle ties) through _search, whose rescored pool is multiplier x what it
+    # is asked: it rescored other candidates than search at the same top_k (9 of 40 queries differed in a review probe)
+    needs("faiss")
+    rng = np.random.default_rng(0)
+    x, queries = rng.normal(size=(300, 32)).astype("float32"), rng.normal(size=(40, 32)).astype("float32")
+    ids, query_ids = [f"d{i}" for i in range(300)], [f"q{i}" for i in range(40)]
+    for index in (QuantizedIndex(x, ids), QuantizedIndex(x, ids, rescore_with="int8"), QuantizedIndex(x, ids, "int8")):
+        for k in (1, 3, 10):
+            scores, found = index.search(queries, k)
+            run = index.search_run(query_ids, queries, k)
+            for q, row_scores, row_ids in zip(query_ids, scores, found):
+                assert run[q] == pytest.approx({d: float(s) for d, s in zip(row_ids, row_scores)}), (index.encoding, k, q)

@@ -68,6 +68,11 @@ class Index(ABC):
     def _search(self, queries: Any, k: int) -> Tuple[np.ndarray, List[List[str]]]:
         """:meth:`search` for at least one query and ``1 <= k <= len(self)``."""
 
+    def _search_wider(self, queries: Any, width: int, k: int) -> Tuple[np.ndarray, List[List[str]]]:
+        """:meth:`_search` of ``width`` >= ``k`` results, searched as for ``k`` (a backend whose candidates depend on
+        how many are asked, a rescored quantized index, keeps those of ``k``: ``search_run`` = ``search``)."""
+        return self._search(queries, width)
+
     def search_run(self, query_ids: Sequence[str], queries: Any, top_k: int = 100) -> Run:
         """A run: query id -> {document id: score} of the best ``top_k``, cut as trec_eval ranks a run.
 
@@ -86,7 +91,7 @@ class Index(ABC):
         rows: List[List[Tuple[str, float]]] = [[] for _ in query_ids]
         todo, width = list(range(len(query_ids))) if k else [], min(k + 1, len(self.ids))
         while todo:
-            scores, ids = self._search(_take(converted, todo), width)
+            scores, ids = self._search_wider(_take(converted, todo), width, k)
             still = []
             for row, row_scores, row_ids in zip(todo, scores, ids):
                 found = [(d, float(s)) for d, s in zip(row_ids, row_scores) if d is not None]

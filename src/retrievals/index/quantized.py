@@ -12,7 +12,7 @@ memory-mapped, so memory stays at the bits while rescoring reads only the candid
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -110,8 +110,13 @@ class QuantizedIndex(Index):
             return self.index.reconstruct_batch(positions.astype(np.int64))
         return unbinarize(self._codes()[positions], self.dim)
 
-    def _search(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, List[List[str]]]:
-        wide = min(len(self), k * self.rescore_multiplier) if self.rescore_multiplier else k
+    def _search_wider(self, queries: np.ndarray, width: int, k: int) -> Tuple[np.ndarray, List[List[str]]]:
+        return self._search(queries, width, pool_for=k)
+
+    def _search(self, queries: np.ndarray, k: int, pool_for: Optional[int] = None) -> Tuple[np.ndarray, List[List[str]]]:
+        # the rescored candidates: rescore_multiplier x the k asked (pool_for: search_run's k, while it fetches more
+        # to settle ties), as sentence-transformers' quantized search; so the results of a larger k may differ
+        wide = min(len(self), (pool_for or k) * self.rescore_multiplier) if self.rescore_multiplier else k
         scores, idx = self._candidates(queries, max(wide, k))
         if self.rescore_multiplier:
             rescored = np.full(idx.shape, -np.inf, dtype=np.float32)
