@@ -664,3 +664,20 @@ def test_a_rescored_quantized_search_run_rescores_the_candidates_search_does():
             run = index.search_run(query_ids, queries, k)
             for q, row_scores, row_ids in zip(query_ids, scores, found):
                 assert run[q] == pytest.approx({d: float(s) for d, s in zip(row_ids, row_scores)}), (index.encoding, k, q)
+
+
+def test_bm25_settings_are_checked():
+    # nan k1 found nothing (every score -inf), a negative one reversed the ranking, b=7 and k1=True were taken, and
+    # k1="1.5" failed inside bm25s naming nothing
+    needs("bm25s")
+    texts, ids = ["apple pie", "pear tart", "apple"], ["a", "b", "c"]
+    for settings, error, message in (({"k1": float("nan")}, UsageError, "k1 must be a finite number"),
+                                     ({"k1": -5}, UsageError, "k1 must be a finite number >= 0"),
+                                     ({"k1": True}, TypeError, "k1"), ({"k1": "1.5"}, TypeError, "k1"),
+                                     ({"b": 7}, UsageError, "b must be in \\[0, 1\\]"),
+                                     ({"method": "okapi"}, UsageError, "method must be one of robertson"),
+                                     ({"method": "bm25+", "k1": 0}, UsageError, "needs k1 > 0")):
+        with pytest.raises(error, match=message):
+            BM25Index(texts, ids, **settings)
+    assert BM25Index(texts, ids, k1=0.9, b=1, method="bm25+").search("apple", 1)[1] == [["c"]]
+    assert BM25Index(texts, ids, k1=0, b=0).search("apple", 3)[1] == [["a", "c", None]]  # binary term frequency

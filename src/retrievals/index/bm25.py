@@ -8,8 +8,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..inputs import as_texts
-from ..utils import UsageError, require
+from ..utils import UsageError, finite_number, require
 from .base import Index, top_k_by_position
+
+
+BM25_METHODS = ("robertson", "lucene", "bm25l", "bm25+", "atire")  # bm25s' term-frequency variants
 
 
 class BM25Index(Index):
@@ -23,6 +26,14 @@ class BM25Index(Index):
         super().__init__(ids)
         bm25s = require("bm25s", "bm25")
         quiet_bm25s()
+        # checked here: nan k1 found nothing, a negative one reversed the ranking, and both were saved with the index
+        k1, b = finite_number("k1", k1), finite_number("b", b)
+        if b > 1:
+            raise UsageError(f"b must be in [0, 1] (the share of length normalisation), got {b}.")
+        if method not in BM25_METHODS:
+            raise UsageError(f"method must be one of {', '.join(BM25_METHODS)} (bm25s' variants), got {method!r}.")
+        if method == "bm25+" and k1 == 0:  # bm25s divides 0 by 0 there: every score nan, nothing found
+            raise UsageError("method='bm25+' needs k1 > 0.")
         self.k1, self.b, self.method, self.stopwords = k1, b, method, stopwords
         if _retriever is not None:
             self.retriever = _retriever
