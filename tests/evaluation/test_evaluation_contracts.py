@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from retrievals.data.readers import Record
@@ -84,3 +85,33 @@ def test_rerank_run_contract():
     with pytest.raises(UsageError, match="'d7'.*corpus"):
         rerank_run(ByLength(), corpus, queries, {"q1": {"d7": 1.0}})
     assert rerank_run(ByLength(), corpus, queries, run, top_k=0) == {"q1": {}}
+
+
+def test_relevance_scores_and_rerank_settings_are_checked():
+    # a nan or 0.5 relevance was taken (not relevant / a gain of 0.5, while read_qrels and trec_eval take whole
+    # numbers), "1" failed in a comparison; a score past float's range was an unnamed OverflowError; rerank_run's
+    # keep_rest="no" kept the rest, first_stage_weight=True was "weights[1]", and run=None an AttributeError
+    from retrievals.evaluation import evaluate_run, rerank_run
+
+    run = {"q": {"a": 2.0, "b": 1.0}}
+    for relevance in (float("nan"), 0.5, "1", True, None):
+        with pytest.raises(UsageError, match=r"qrels\['q'\]\['a'\] is .*: relevance must be a whole number"):
+            evaluate_run(run, {"q": {"a": relevance}})
+    assert evaluate_run(run, {"q": {"a": np.int64(1), "b": -1}}, (1,))["ndcg@1"] == 1.0
+    for score in (10 ** 400, "2.0", True):
+        with pytest.raises(UsageError, match=r"run\['q'\]\['a'\] is .*: scores must be finite numbers"):
+            evaluate_run({"q": {"a": score}}, {"q": {"a": 1}})
+
+    class Ranker:
+        def compute_score(self, pairs, **kwargs):
+            return [float(len(d)) for _, d in pairs]
+
+    corpus, queries = {"a": "x", "b": "yy"}, {"q": "question"}
+    with pytest.raises(TypeError, match="keep_rest must be True or False"):
+        rerank_run(Ranker(), corpus, queries, run, top_k=1, keep_rest="no")
+    for weight, error in ((True, TypeError), ("0.5", TypeError), (float("nan"), UsageError), (1.5, UsageError)):
+        with pytest.raises(error, match="first_stage_weight"):
+            rerank_run(Ranker(), corpus, queries, run, first_stage_weight=weight)
+    with pytest.raises(TypeError, match="run must be a mapping"):
+        rerank_run(Ranker(), corpus, queries, None)
+    assert rerank_run(Ranker(), corpus, queries, run, top_k=1, keep_rest=np.bool_(False)) == {"q": {"a": 1.0}}

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
+import numpy as np
+
 from ..data.io import rank  # noqa: F401 (the one ordering of a run: metrics and written runs agree)
 from ..inputs import check_int
 from ..utils import UsageError
@@ -70,8 +72,12 @@ def check_run_scores(run: Run) -> None:
     """Every score finite: a nan compares false both ways, so a run holding one ranks by the order of its dict."""
     for qid, scores in run.items():
         for doc, score in scores.items():
-            if not math.isfinite(score):
-                raise UsageError(f"run[{qid!r}][{doc!r}] is {score}: scores must be finite numbers.")
+            try:  # a string is a TypeError, an int past float's range an OverflowError: named like a nan
+                finite = not isinstance(score, bool) and math.isfinite(score)
+            except (TypeError, OverflowError):
+                finite = False
+            if not finite:
+                raise UsageError(f"run[{qid!r}][{doc!r}] is {score!r}: scores must be finite numbers.")
 
 
 def check_ids(run: Run, qrels: Qrels) -> None:
@@ -88,6 +94,12 @@ def check_ids(run: Run, qrels: Qrels) -> None:
             bad = next((d for d in docs if not isinstance(d, str)), None)
             if bad is not None:
                 raise UsageError(f"{name}[{qid!r}]: document id {bad!r} is a {type(bad).__name__}; ids are strings.")
+            if name == "qrels":  # as read_qrels reads them and trec_eval takes them: whole numbers (0.5 and nan were
+                # gains or silently not relevant, "1" a TypeError of a comparison)
+                bad = next((d for d, r in docs.items() if isinstance(r, (bool, np.bool_)) or
+                            not isinstance(r, (int, np.integer))), None)
+                if bad is not None:
+                    raise UsageError(f"qrels[{qid!r}][{bad!r}] is {docs[bad]!r}: relevance must be a whole number.")
 
 
 def evaluate_run(run: Run, qrels: Qrels, k_values: Iterable[int] = (1, 3, 5, 10, 100)) -> Dict[str, float]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Iterable, Mapping
 
+import numpy as np
+
 from ..data.io import rank
 from ..index.exact import ExactIndex
 from ..index.hybrid import weighted_score_fusion
-from ..inputs import check_top_k
+from ..inputs import check_flags, check_top_k
 from ..utils import UsageError
 from .metrics import check_k_values, evaluate_run
 
@@ -38,9 +40,14 @@ def evaluate_embedder(model: Any, corpus: Mapping[str, str], queries: Mapping[st
     return evaluate_run(run, qrels, k_values)
 
 
-def check_first_stage_weight(weight: float, flag: str = "first_stage_weight") -> None:
-    if not 0.0 <= weight <= 1.0:
+def check_first_stage_weight(weight: float, flag: str = "first_stage_weight") -> float:
+    """``weight`` as a float in [0, 1]; a bool or a string (``True`` passed as 1, ``"0.5"`` failed in a comparison)
+    is a TypeError naming ``flag``."""
+    if isinstance(weight, (bool, np.bool_)) or not isinstance(weight, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{flag} must be a number in [0, 1], got {type(weight).__name__}.")
+    if not 0.0 <= weight <= 1.0:  # nan too
         raise UsageError(f"{flag} must be in [0, 1], got {weight}.")
+    return float(weight)
 
 
 def rerank_run(ranker: Any, corpus: Mapping[str, str], queries: Mapping[str, str], run: Mapping[str, Mapping[str, float]],
@@ -56,8 +63,11 @@ def rerank_run(ranker: Any, corpus: Mapping[str, str], queries: Mapping[str, str
     min-max normalised per query (:func:`retrievals.index.weighted_score_fusion`), so the reranker corrects the
     first stage rather than replacing it; 0 (default) keeps the reranker's raw scores.
     """
-    check_first_stage_weight(first_stage_weight)
+    first_stage_weight = check_first_stage_weight(first_stage_weight)
     top_k = check_top_k(top_k)
+    check_flags(keep_rest=keep_rest)  # "no" is truthy: it kept the rest
+    if not isinstance(run, Mapping):
+        raise TypeError(f"run must be a mapping {{query id: {{doc id: score}}}}, got {type(run).__name__}.")
     pairs, owners = [], []
     candidates: Dict[str, Dict[str, float]] = {}
     for qid, scores in run.items():
