@@ -210,9 +210,33 @@ def test_chunked_embed_equals_one_pass(kind, side, tiny_bert, tiny_qwen):
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-4)
 
 
-def test_decoder_with_eos_loads_identically_in_sentence_transformers(tiny_qwen, tmp_path):
+def _with_bos(base: str, folder, layout: str) -> str:
+    """``base`` (a tiny Qwen folder) with a tokenizer that starts every text with a BOS token, as Llama-2, Mistral and
+    Gemma do (``template``) or as Llama-3 does (``sequence``: ByteLevel, then the template)."""
+    import shutil
+
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    shutil.copytree(base, folder)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    bos = "<|im_start|>"
+    template = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos}:1 $B:1",
+                                             special_tokens=[(bos, tok.convert_tokens_to_ids(bos))])
+    tok.backend_tokenizer.post_processor = template if layout == "template" else \
+        processors.Sequence([processors.ByteLevel(trim_offsets=False), template])
+    tok.bos_token = bos
+    tok.save_pretrained(str(folder))
+    return str(folder)
+
+
+@pytest.mark.parametrize("layout", ["none", "template", "sequence"])
+def test_decoder_with_eos_loads_identically_in_sentence_transformers(layout, tiny_qwen, tmp_path):
+    # a tokenizer adding BOS was saved with a second template chained after its own, which read "BOS text" as a pair:
+    # the saved folder tokenized "BOS EOS text EOS", one token past the max length, other vectors everywhere
     st = needs("sentence_transformers")
-    model = AutoModelForEmbedding.from_pretrained(tiny_qwen, query_instruction="Query: ", padding_side="right",
+    base = tiny_qwen if layout == "none" else _with_bos(tiny_qwen, tmp_path / "bos", layout)
+    model = AutoModelForEmbedding.from_pretrained(base, query_instruction="Query: ", padding_side="right",
                                                   query_max_length=24, document_max_length=24)
     assert model.retrieval_config.append_eos and not model.processor.eos_added_by_tokenizer
     texts = corpus_lines(9) + ["tax card " * 40]  # the last one is truncated
@@ -221,6 +245,10 @@ def test_decoder_with_eos_loads_identically_in_sentence_transformers(tiny_qwen, 
     reloaded = AutoModelForEmbedding.from_pretrained(str(tmp_path / "m"))
     assert reloaded.processor.eos_added_by_tokenizer  # the saved tokenizer now adds EOS itself
     assert reloaded.tokenize(texts) == model.tokenize(texts)
+    assert max(map(len, reloaded.tokenize(texts))) == 24
+    if layout != "none":
+        first = reloaded.tokenize(texts)[0]
+        assert first[0] == model.tokenizer.bos_token_id and first[1] != model.tokenizer.eos_token_id
     np.testing.assert_allclose(reloaded.encode_queries(texts), expected_q, atol=1e-6)
     theirs = st.SentenceTransformer(str(tmp_path / "m"), device="cpu")
     np.testing.assert_allclose(theirs.encode_query(texts), expected_q, atol=1e-5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -17,7 +18,7 @@ from ..inputs import as_texts, check_batch_size, check_flags, check_int
 from ..utils import UsageError, instruction_as_prefix, logger, state_digest
 from .base import ModelConfig, RetrievalModel, hf_config, is_decoder_only, load_backbone, usable_positions
 from .pooling import POOLING_METHODS, pool
-from .processing import TextProcessor, run_in_length_chunks
+from .processing import TextProcessor, call_tokenizer, run_in_length_chunks
 from ..st_format import (DENSE_ACTIVATIONS, DENSE_FOLDER, read_st_dense, read_st_settings, st_dense_folder, warn_one_max_length,
                          warn_unsupported_prefix, write_st_dense, write_st_files)
 
@@ -203,21 +204,31 @@ class AutoModelForEmbedding(RetrievalModel):
         """The tokenizer to save: when the model appends EOS itself, a copy whose post-processor adds it,
         so the saved folder tokenizes the same in retrievals and sentence-transformers (as Qwen3-Embedding does).
 
-        Truncation then counts the EOS within the max length, exactly as :class:`TextProcessor` does.
+        Truncation then counts the EOS within the max length, exactly as :class:`TextProcessor` does. The EOS goes
+        into the tokenizer's own template (after each text), not a second template after it: chained, the second
+        read a BOS-adding template's output (Llama, Mistral, Gemma) as a pair, saving ``BOS EOS text EOS``. A copy
+        that does not add exactly that one EOS is not saved (the tokenizer is saved as it was, with a warning).
         """
         tokenizer = self.tokenizer
         if not (config.append_eos and not self.processor.eos_added_by_tokenizer and _is_fast(tokenizer)):
             return tokenizer
-        from tokenizers import processors
+        from tokenizers import Tokenizer
 
-        tokenizer = copy.deepcopy(tokenizer)
-        eos, eos_id = tokenizer.eos_token, tokenizer.eos_token_id
-        add_eos = processors.TemplateProcessing(
-            single=f"$A:0 {eos}:0", pair=f"$A:0 {eos}:0 $B:1 {eos}:1", special_tokens=[(eos, eos_id)]
-        )
-        backend = tokenizer.backend_tokenizer
-        backend.post_processor = processors.Sequence([backend.post_processor, add_eos]) if backend.post_processor else add_eos
-        return tokenizer
+        copied = copy.deepcopy(tokenizer)
+        backend = copied.backend_tokenizer
+        state = json.loads(backend.to_str())
+        state["post_processor"] = _post_processor_with_eos(state.get("post_processor"), tokenizer.eos_token,
+                                                           tokenizer.eos_token_id)
+        backend.post_processor = Tokenizer.from_str(json.dumps(state)).post_processor
+        eos = [tokenizer.eos_token_id]
+        single_ok = all(call_tokenizer(copied, t)["input_ids"] == call_tokenizer(tokenizer, t)["input_ids"] + eos
+                        for t in ("a", ""))
+        if not single_ok or copied.num_special_tokens_to_add() != tokenizer.num_special_tokens_to_add() + 1:
+            logger.warning("This model appends EOS to every text, and its tokenizer's post-processor could not be "
+                           "extended to add it: sentence-transformers will not append it; load the folder with "
+                           "retrievals.AutoModelForEmbedding for identical embeddings.")
+            return tokenizer
+        return copied
 
     def backend_inputs(self) -> List[str]:
         return ["input_ids", "attention_mask"] + (["position_ids"] if self.retrieval_config.decoder else [])
@@ -456,6 +467,39 @@ class AutoModelForEmbedding(RetrievalModel):
         if not (torch.isfinite(q).all() and torch.isfinite(d).all()):  # nan scores rank unpredictably
             raise UsageError("similarity: a query or document vector has a nan or inf value.")
         return q @ d.T
+
+
+def _post_processor_with_eos(state: Optional[Dict[str, Any]], eos: str, eos_id: int) -> Dict[str, Any]:
+    """A ``tokenizers`` post-processor (its JSON state) that also ends each sequence with ``eos``: inserted after each
+    sequence of a template (``BOS $A`` -> ``BOS $A EOS``), a template added to a sequence of processors without one,
+    or to a lone processor that adds no tokens (ByteLevel)."""
+    plain = {"type": "TemplateProcessing",
+             "single": [{"Sequence": {"id": "A", "type_id": 0}}],
+             "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+             "special_tokens": {}}
+
+    def extended(template: Dict[str, Any]) -> Dict[str, Any]:
+        out = copy.deepcopy(template)
+        for part in ("single", "pair"):
+            pieces = []
+            for piece in out[part]:
+                pieces.append(piece)
+                if "Sequence" in piece:
+                    pieces.append({"SpecialToken": {"id": eos, "type_id": piece["Sequence"]["type_id"]}})
+            out[part] = pieces
+        out["special_tokens"] = {**out.get("special_tokens", {}), eos: {"id": eos, "ids": [eos_id], "tokens": [eos]}}
+        return out
+
+    if not state:
+        return extended(plain)
+    if state.get("type") == "TemplateProcessing":
+        return extended(state)
+    if state.get("type") == "Sequence":
+        inner = state.get("processors", [])
+        if any(p.get("type") == "TemplateProcessing" for p in inner):
+            return {**state, "processors": [extended(p) if p.get("type") == "TemplateProcessing" else p for p in inner]}
+        return {**state, "processors": [*inner, extended(plain)]}
+    return {"type": "Sequence", "processors": [state, extended(plain)]}
 
 
 def _is_fast(tokenizer: Any) -> bool:
