@@ -639,3 +639,22 @@ def test_settings_of_reads_what_from_pretrained_loads(tiny_bert, tmp_path):
     assert AutoModelForEmbedding.kind_of(tiny_bert) is None and AutoModelForEmbedding.kind_of("org/hub-id") is None
     with pytest.raises(TypeError, match="unexpected keyword arguments \\['colour'\\]"):
         AutoModelForEmbedding.settings_of(tiny_bert, colour="red")
+
+
+def test_a_sentence_transformers_decoder_folder_runs_as_sentence_transformers_does(tiny_qwen, tmp_path):
+    # last-token pooling of a decoder appended our EOS, which sentence-transformers never adds: other vectors than
+    # the folder's own model (0.45 apart in a review probe)
+    st = needs("sentence_transformers")
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    transformer = Transformer(tiny_qwen, max_seq_length=64)
+    transformer.tokenizer.pad_token = transformer.tokenizer.eos_token
+    theirs = st.SentenceTransformer(modules=[transformer, Pooling(transformer.get_word_embedding_dimension(),
+                                                                  pooling_mode="lasttoken"), Normalize()], device="cpu")
+    theirs.save(str(tmp_path / "st"))
+    texts = ["tax card renew", "passport office fee online form", "a"]
+    ours = AutoModelForEmbedding.from_pretrained(str(tmp_path / "st"))
+    assert ours.retrieval_config.pooling_method == "last" and not ours.retrieval_config.append_eos
+    np.testing.assert_allclose(ours.encode(texts), theirs.encode(texts), atol=1e-5)
+    assert AutoModelForEmbedding.from_pretrained(str(tmp_path / "st"), append_eos=True).retrieval_config.append_eos
+    assert AutoModelForEmbedding.from_pretrained(tiny_qwen).retrieval_config.append_eos  # a plain folder: ours

@@ -132,7 +132,11 @@ class AutoModelForEmbedding(RetrievalModel):
         config.pooling_method = "last" if config.decoder else "cls"  # append_eos follows the pooling (_finish_config)
         limit = usable_positions(hf_cfg) or 512
         config.query_max_length = config.document_max_length = min(512, int(limit))
-        config.update(**read_st_settings(path))
+        st = read_st_settings(path)
+        config.update(**st)
+        # sentence-transformers never appends EOS itself (a model that needs one has a tokenizer that adds it): its
+        # folder's vectors are those without ours (not a field: nothing to save)
+        config.__dict__["_sentence_transformers_folder"] = bool(st)
         return config
 
     @classmethod
@@ -141,8 +145,9 @@ class AutoModelForEmbedding(RetrievalModel):
             config.padding_side = tokenizer.padding_side
         if config.decoder and not saved_by_us and overrides.get("append_eos") is None:
             # EOS is appended for last-token pooling (it reads the whole text); a decoder pooled otherwise (mean:
-            # a usable zero-shot start for a chat model) is left as its tokenizer makes it
-            config.append_eos = config.pooling_method == "last"
+            # a usable zero-shot start for a chat model) is left as its tokenizer makes it, and so is a
+            # sentence-transformers folder (as sentence-transformers runs it)
+            config.append_eos = config.pooling_method == "last" and not config.__dict__.get("_sentence_transformers_folder")
         if not config.decoder and config.padding_side != "right":
             # encoders number positions from the first slot (BERT) or from the pad tokens (RoBERTa): pad right
             logger.info("Encoder models pad on the right; ignoring padding_side=%r.", config.padding_side)
