@@ -658,3 +658,16 @@ def test_a_sentence_transformers_decoder_folder_runs_as_sentence_transformers_do
     np.testing.assert_allclose(ours.encode(texts), theirs.encode(texts), atol=1e-5)
     assert AutoModelForEmbedding.from_pretrained(str(tmp_path / "st"), append_eos=True).retrieval_config.append_eos
     assert AutoModelForEmbedding.from_pretrained(tiny_qwen).retrieval_config.append_eos  # a plain folder: ours
+
+
+def test_append_eos_false_says_when_the_tokenizer_adds_it(tiny_qwen, tmp_path, caplog):
+    # a folder saved with append_eos has a tokenizer that adds EOS: append_eos=False could not remove it, silently
+    AutoModelForEmbedding.from_pretrained(tiny_qwen).save_pretrained(tmp_path / "m")
+    with caplog.at_level("WARNING", logger="retrievals"):
+        model = AutoModelForEmbedding.from_pretrained(str(tmp_path / "m"), append_eos=False)
+    assert model.tokenize(["a b"])[0][-1] == model.tokenizer.eos_token_id
+    assert "append_eos=False: this tokenizer itself ends every text with" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="retrievals"):
+        AutoModelForEmbedding.from_pretrained(tiny_qwen, append_eos=False)  # a plain tokenizer: nothing to say
+    assert "append_eos=False" not in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import collections
 import contextlib
 import copy
 import dataclasses
@@ -265,6 +266,15 @@ def attach_lora(
         return backbone
     config.lora_base = local_abspath(base_path)
     return backbone
+
+
+def tied_lora_targets(model: torch.nn.Module) -> List[str]:
+    """The LoRA-wrapped modules whose weight another module shares (``lm_head`` tied to ``embed_tokens``: Qwen2.5,
+    SmolLM2). Merging writes the delta into that shared weight, so the other module changes too (peft only warns)."""
+    uses = collections.Counter(p.data_ptr() for _, p in model.named_parameters(remove_duplicate=False))
+    return [name for name, module in model.named_modules()
+            if hasattr(module, "base_layer") and getattr(module.base_layer, "weight", None) is not None
+            and uses[module.base_layer.weight.data_ptr()] > 1]
 
 
 def is_peft_model(model: torch.nn.Module) -> bool:
@@ -740,6 +750,11 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         backbone = self.backbone
         lora = is_peft_model(backbone)
         if lora and merge_lora:
+            tied = tied_lora_targets(backbone)
+            if tied:
+                raise UsageError(f"merge_lora: LoRA adapts {tied[0]}, whose weight is tied to another module's (the input "
+                                 "embeddings): merged, both would change. Save the adapter (merge_lora=False), or "
+                                 "train without adapting tied modules (--lora_target_modules).")
             backbone = copy.deepcopy(backbone).merge_and_unload()
             lora = False
         if backend is not None or backend_precision != "fp32":

@@ -148,6 +148,13 @@ class AutoModelForEmbedding(RetrievalModel):
             # a usable zero-shot start for a chat model) is left as its tokenizer makes it, and so is a
             # sentence-transformers folder (as sentence-transformers runs it)
             config.append_eos = config.pooling_method == "last" and not config.__dict__.get("_sentence_transformers_folder")
+        if overrides.get("append_eos") is False:  # a folder we saved with append_eos has a tokenizer that adds it
+            framed = call_tokenizer(tokenizer, "a")["input_ids"]
+            if framed and framed[-1] in tokenizer.all_special_ids and \
+                    framed[-1:] != call_tokenizer(tokenizer, "a", add_special_tokens=False)["input_ids"][-1:]:
+                logger.warning("append_eos=False: this tokenizer itself ends every text with %r (a model saved with "
+                               "append_eos has it in its tokenizer, for sentence-transformers), so texts keep it; to "
+                               "train without it, start from the base model.", tokenizer.convert_ids_to_tokens(framed[-1]))
         if not config.decoder and config.padding_side != "right":
             # encoders number positions from the first slot (BERT) or from the pad tokens (RoBERTa): pad right
             logger.info("Encoder models pad on the right; ignoring padding_side=%r.", config.padding_side)

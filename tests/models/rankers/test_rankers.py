@@ -12,7 +12,9 @@ from retrievals.losses import LOSS_FAMILIES, get_loss
 from retrievals.models.rankers import RANKERS, ColBERT, CrossEncoder, LLMRanker, maxsim
 from retrievals.pipelines import rerank as rerank_cli
 
-from ...conftest import corpus_lines
+from retrievals.utils import UsageError
+
+from ...conftest import corpus_lines, needs
 
 LONG = " ".join(corpus_lines(12))  # far longer than max_length below: several windows
 PAIRS = [("tax card renew", LONG), ("passport fee", "passport office fee online"), ("a", "b"),
@@ -611,3 +613,21 @@ def test_colbert_forward_scores_stay_float32_under_autocast(tiny_bert):
         exact = maxsim(out.query_vectors.float(), out.query_mask, docs, out.document_mask.view(2, 3, -1))
     assert out.scores.dtype == torch.float32
     torch.testing.assert_close(out.scores, exact, rtol=0, atol=1e-6)
+
+
+def test_merging_a_lora_of_a_tied_module_is_refused(tiny_qwen, train_file, tmp_path, capsys):
+    # the tiny Qwen ties lm_head to embed_tokens (as Qwen2.5 and SmolLM2 do): merging a LoRA of lm_head wrote the delta
+    # into the shared weight, so the input embeddings changed too (scores 4.4 logits off after reload)
+    needs("peft")
+    model = AutoModelForRanking.from_pretrained(tiny_qwen, model_type="llm", use_lora=True, max_length=64,
+                                                lora_target_modules=["lm_head", "q_proj"], **SHORT_PROMPT)
+    with pytest.raises(UsageError, match="merge_lora: LoRA adapts .*lm_head, whose weight is tied"):
+        model.save_pretrained(tmp_path / "merged", merge_lora=True)
+    assert not (tmp_path / "merged").exists()
+    model.save_pretrained(tmp_path / "adapter")  # the adapter itself is fine: its delta stays on lm_head's path
+    out = tmp_path / "run"
+    assert rerank_cli.main(_cli(tiny_qwen, train_file, out, "--model_type", "llm", "--max_len", "64", "--use_lora",
+                                "true", "--lora_target_modules", "lm_head", "q_proj", "--save_merged", "true",
+                                "--task_prompt", SHORT_PROMPT["task_prompt"])) == 2
+    assert "--save_merged: LoRA adapts" in capsys.readouterr().err
+    assert not (out / "trainer_state.json").exists()  # refused before training
