@@ -671,3 +671,20 @@ def test_append_eos_false_says_when_the_tokenizer_adds_it(tiny_qwen, tmp_path, c
     with caplog.at_level("WARNING", logger="retrievals"):
         AutoModelForEmbedding.from_pretrained(tiny_qwen, append_eos=False)  # a plain tokenizer: nothing to say
     assert "append_eos=False" not in caplog.text
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_a_text_with_nothing_to_pool_is_zeros_whatever_the_batch(pooling, tiny_qwen):
+    # include_prompt=False and a text that is all prompt: last pooling took the last slot (a pad, whose state depends on
+    # the other texts of the batch), so batched != single
+    model = AutoModelForEmbedding.from_pretrained(tiny_qwen, pooling_method=pooling, append_eos=False,
+                                                  include_prompt=False, query_instruction="Query: ")
+    texts = ["", "tax card renew passport office online"]
+    batched = model.encode_queries(texts, normalize_embeddings=False)
+    single = np.stack([model.encode_queries(t, normalize_embeddings=False) for t in texts])
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    np.testing.assert_array_equal(batched[0], 0.0)
+    assert np.abs(batched[1]).max() > 0
+    hidden, mask = torch.randn(2, 3, 4), torch.tensor([[0, 0, 0], [1, 1, 0]])
+    for method in ("cls", "last", "mean"):
+        assert torch.equal(pool(hidden, mask, method)[0], torch.zeros(4))
