@@ -688,3 +688,19 @@ def test_a_text_with_nothing_to_pool_is_zeros_whatever_the_batch(pooling, tiny_q
     hidden, mask = torch.randn(2, 3, 4), torch.tensor([[0, 0, 0], [1, 1, 0]])
     for method in ("cls", "last", "mean"):
         assert torch.equal(pool(hidden, mask, method)[0], torch.zeros(4))
+
+
+def test_lora_settings_that_would_be_dropped_are_refused(tiny_qwen, tmp_path):
+    # a trained adapter loads with its own r, alpha and targets: lora_r=64 given with it was dropped (the run's record
+    # said 64), and lora_target_modules=[] became "all-linear"
+    needs("peft")
+    AutoModelForEmbedding.from_pretrained(tiny_qwen, use_lora=True, lora_r=4).save_pretrained(tmp_path / "adapter")
+    for settings in ({"lora_r": 64}, {"lora_alpha": 8}, {"lora_target_modules": ["q_proj"]}):
+        with pytest.raises(UsageError, match="a trained LoRA adapter keeps its own r, alpha"):
+            AutoModelForEmbedding.from_pretrained(tiny_qwen, lora_path=str(tmp_path / "adapter"), use_lora=True, **settings)
+        with pytest.raises(UsageError, match="a trained LoRA adapter keeps its own"):
+            AutoModelForEmbedding.from_pretrained(str(tmp_path / "adapter"), use_lora=True, **settings)
+    resumed = AutoModelForEmbedding.from_pretrained(str(tmp_path / "adapter"), use_lora=True)
+    assert resumed.backbone.peft_config["default"].r == 4
+    with pytest.raises(UsageError, match="lora_target_modules is empty"):
+        AutoModelForEmbedding.from_pretrained(tiny_qwen, use_lora=True, lora_target_modules=[])

@@ -258,6 +258,13 @@ def attach_lora(
     task_type: str = "FEATURE_EXTRACTION",
 ) -> torch.nn.Module:
     """Load trained adapters (trainable with ``use_lora``) or add fresh ones; records the base in ``config``."""
+    if target_modules is not None and not target_modules:  # peft read [] as "all-linear"
+        raise UsageError("lora_target_modules is empty: name the modules to adapt, or leave it unset (all linear layers).")
+    if adapter_path and (r, alpha, dropout, target_modules) != (8, 16, 0.05, None):
+        # the adapter's own settings apply: these were dropped silently (and a run's record said they trained)
+        raise UsageError(f"{adapter_path}: a trained LoRA adapter keeps its own r, alpha, dropout and target modules; "
+                         "drop --lora_r / --lora_alpha / --lora_dropout / --lora_target_modules (lora_* settings), or "
+                         "start fresh adapters on the base model.")
     if adapter_path:
         backbone = load_lora(backbone, adapter_path, is_trainable=use_lora)
     elif use_lora:
