@@ -70,3 +70,27 @@ def test_written_files_get_the_mode_the_umask_gives(tmp_path, umask):
     modes = {name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("run.trec", "config.json", "plain.txt")}
     # before: mkstemp's 0o600 kept by the rename, unreadable for every other user whatever the umask
     assert modes == dict.fromkeys(modes, 0o666 & ~umask)
+
+
+def test_save_beir_writes_only_what_load_beir_reads_back(tmp_path):
+    # only the qrels ids were checked first: a lone surrogate in a text raised UnicodeEncodeError with corpus.jsonl and
+    # qrels/ already written; a None text, a True or 0.5 relevance and a {"title", "text"} corpus value were written
+    # and then refused (or read back nested) by load_beir
+    folder = tmp_path / "beir"
+    corpus, queries, qrels = {"d1": "a text", "d2": "another"}, {"q1": "a query"}, {"q1": {"d1": 1}}
+    for bad_corpus, bad_queries, bad_qrels, message in (
+            (corpus, {"q1": "bad \ud800"}, qrels, "queries.jsonl: field text of id 'q1' has a lone surrogate"),
+            (corpus, {"q1": None}, qrels, "queries.jsonl: id 'q1': the text must be a string"),
+            (corpus, queries, {"q1": {"d1": True}}, r"test.tsv: query 'q1', document 'd1': relevance True must be a whole"),
+            (corpus, queries, {"q1": {"d1": 0.5}}, "relevance 0.5 must be a whole number"),
+            ({"d1": {"title": 1, "text": "x"}}, queries, qrels, "corpus.jsonl: id 'd1': the title must be a string"),
+            ({("d", 1): "x"}, queries, qrels, r"corpus.jsonl: id \('d', 1\) must be a non-empty string")):
+        with pytest.raises(DataError, match=message):
+            save_beir(folder, bad_corpus, bad_queries, bad_qrels)
+        assert not folder.exists()
+    with pytest.raises(DataError, match="relevance '1' must be a whole number"):
+        write_qrels({"q1": {"d1": "1"}}, tmp_path / "qrels.txt")
+    assert not (tmp_path / "qrels.txt").exists()
+    titled = {"d1": {"title": "Tax", "text": "a text"}, "d2": "another"}
+    save_beir(folder, titled, queries, qrels)
+    assert load_beir(folder) == ({"d1": "Tax a text", "d2": "another"}, queries, qrels)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Tuple
@@ -104,12 +105,19 @@ def read_qrels(path: str | os.PathLike) -> Qrels:
     return qrels
 
 
+def check_relevance(value: object, where: str) -> None:
+    """A judgment as the qrels readers take it: a whole number (``True``, 0.5 or "1" were written, then refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise DataError(f"{where}: relevance {value!r} must be a whole number (0, 1, 2, ...)")
+
+
 def write_qrels(qrels: Mapping[str, Mapping[str, int]], path: str | os.PathLike) -> None:
     """TREC qrels (``qid 0 docid rel``); ids with whitespace are refused (see :func:`_check_trec_id`)."""
     for q, docs in qrels.items():
         check_trec_id(q, "query id", str(path))
-        for d in docs:
+        for d, r in docs.items():
             check_trec_id(d, "document id", f"{path}: query {q!r}")
+            check_relevance(r, f"{path}: query {q!r}, document {d!r}")
     lines = [f"{q} 0 {d} {r}\n" for q, docs in qrels.items() for d, r in docs.items()]
     atomic_write_text(Path(path), "".join(lines))
 
@@ -179,17 +187,42 @@ def load_beir(folder: str | os.PathLike, split: str = "test") -> Tuple[Corpus, Q
     return read_jsonl_texts(files["corpus"]), queries, qrels
 
 
+def _beir_record(key: object, value: object, where: str) -> Dict[str, object]:
+    """One corpus or queries line as :func:`read_jsonl_texts` reads it back: a text, or a ``{"title", "text"}`` dict."""
+    if isinstance(key, bool) or not isinstance(key, (str, int)) or not str(key).strip():
+        raise DataError(f"{where}: id {key!r} must be a non-empty string or integer")
+    if isinstance(value, Mapping) and set(value) <= {"title", "text"} and "text" in value:
+        fields = {name: value[name] for name in ("title", "text") if value.get(name) is not None}
+    else:
+        fields = {"text": value}
+    for name, text in fields.items():
+        if not isinstance(text, str):
+            raise DataError(f"{where}: id {key!r}: the {name} must be a string (or the text a {{'title', 'text'}} "
+                            f"dict of strings), got {type(text).__name__}")
+        check_unicode(text, where, f"{name} of id {key!r}")
+    return {"_id": key, **fields}
+
+
 def save_beir(folder: str | os.PathLike, corpus: Mapping[str, str], queries: Mapping[str, str], qrels: Qrels, split: str = "test") -> None:
+    """Write a BEIR folder that :func:`load_beir` reads back as given; everything is checked before anything is
+    written (no half-saved folder)."""
     folder = Path(folder)
-    for q, docs in qrels.items():  # checked before anything is written: no half-saved folder
+    qrels_file = folder / "qrels" / f"{split}.tsv"
+    for q, docs in qrels.items():
         for value in map(str, (q, *docs)):
             # a tab or line break would split the TSV row: read back as other columns or rows (spaces are fine)
             if not value.strip() or any(c in value for c in "\t\n\r"):
-                raise DataError(f"{folder / 'qrels' / f'{split}.tsv'}: id {value!r} is empty or contains a tab or line "
+                raise DataError(f"{qrels_file}: id {value!r} is empty or contains a tab or line "
                                 "break, which a TSV qrels file cannot hold")
+            check_unicode(value, str(qrels_file), "id")
+        for d, r in docs.items():
+            check_relevance(r, f"{qrels_file}: query {q!r}, document {d!r}")
+    lines = {name: "".join(json.dumps(_beir_record(k, v, str(folder / f"{name}.jsonl")), ensure_ascii=False) + "\n"
+                           for k, v in table.items())
+             for name, table in (("corpus", corpus), ("queries", queries))}
     (folder / "qrels").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "corpus.jsonl", "".join(json.dumps({"_id": k, "text": v}, ensure_ascii=False) + "\n" for k, v in corpus.items()))
-    atomic_write_text(folder / "queries.jsonl", "".join(json.dumps({"_id": k, "text": v}, ensure_ascii=False) + "\n" for k, v in queries.items()))
+    atomic_write_text(folder / "corpus.jsonl", lines["corpus"])
+    atomic_write_text(folder / "queries.jsonl", lines["queries"])
     rows = ["query-id\tcorpus-id\tscore\n"] + [f"{q}\t{d}\t{r}\n" for q, docs in qrels.items() for d, r in docs.items()]
     atomic_write_text(folder / "qrels" / f"{split}.tsv", "".join(rows))
 
