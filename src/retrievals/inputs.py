@@ -146,13 +146,27 @@ def check_finite(array: np.ndarray, name: str) -> np.ndarray:
     return array
 
 
+def as_float32(values: Any, name: str) -> np.ndarray:
+    """``values`` (numbers, nested lists, an array or a torch tensor) as a contiguous float32 array. Texts are a
+    TypeError: numpy read ["1", "0"] as a vector, and "tax card" failed with "could not convert string to float"
+    naming nothing; None inside was "has a nan"."""
+    if hasattr(values, "detach"):  # .float(): numpy has no bfloat16, and refused such tensors naming no argument
+        values = values.detach().cpu().float()
+    try:
+        raw = np.asarray(values)
+    except ValueError as exc:  # rows of different lengths
+        raise UsageError(f"{name} must be vectors of one size: {exc}") from None
+    if raw.size and raw.dtype.kind not in "biuf":
+        texts = raw.dtype.kind in "USO" and any(isinstance(v, str) for v in raw.ravel()[:100])
+        raise TypeError(f"{name} must be vectors of numbers, got {'texts: encode them first' if texts else raw.dtype}")
+    return np.ascontiguousarray(raw, dtype=np.float32)
+
+
 def as_query_vectors(queries: Any, dim: int) -> np.ndarray:
     """Query vectors as a float32 matrix [n, dim]: one vector (1-D) is one query, an empty list is zero queries."""
     if queries is None or isinstance(queries, (str, bytes, dict)):
         raise TypeError(f"queries must be vectors (an array [n, {dim}]), got {_kind(queries)}")
-    if hasattr(queries, "detach"):  # .float(): numpy has no bfloat16, and refused such tensors naming no argument
-        queries = queries.detach().cpu().float()
-    array = np.ascontiguousarray(np.asarray(queries, dtype=np.float32))
+    array = as_float32(queries, "queries")
     if array.size == 0:
         return np.zeros((0, dim), dtype=np.float32)
     array = array[None, :] if array.ndim == 1 else array

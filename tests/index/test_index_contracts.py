@@ -681,3 +681,30 @@ def test_bm25_settings_are_checked():
             BM25Index(texts, ids, **settings)
     assert BM25Index(texts, ids, k1=0.9, b=1, method="bm25+").search("apple", 1)[1] == [["c"]]
     assert BM25Index(texts, ids, k1=0, b=0).search("apple", 3)[1] == [["a", "c", None]]  # binary term frequency
+
+
+def test_texts_given_as_vectors_and_overflowing_scores_are_named():
+    # a dense index given texts failed in numpy ("could not convert string to float") or, for digit strings, searched
+    # them as a vector; finite vectors or weights whose float32 products overflow ranked documents scored inf by
+    # position; weighted fusion of finite scores near float's range gave nan
+    from retrievals.index import weighted_score_fusion
+
+    x, ids = np.eye(4, dtype=np.float32), ["a", "b", "c", "d"]
+    for queries in (["tax card"], ["1", "0", "0", "0"], [[1.0, None, 0.0, 0.0]]):
+        with pytest.raises(TypeError, match="queries must be vectors of numbers"):
+            ExactIndex(x, ids).search(queries, 2)
+    with pytest.raises(TypeError, match="document vectors must be vectors of numbers, got texts"):
+        ExactIndex([["1", "0"], ["0", "1"]], ["a", "b"])
+    with pytest.raises(UsageError, match="vectors of one size"):
+        ExactIndex(x, ids).search([[1.0, 0.0], [1.0, 0.0, 0.0, 0.0]], 2)
+    big = np.array([[1e20, 0.0], [2e20, 0.0]], dtype=np.float32)
+    for index in (ExactIndex(big, ["a", "b"]), SparseIndex([{1: 1e20}, {1: 1e20, 2: 1.0}], ["a", "b"])):
+        query = np.array([[1e20, 0.0]], dtype=np.float32) if isinstance(index, ExactIndex) else [{1: 1e20, 2: 1.0}]
+        with pytest.raises(UsageError, match="a score overflowed float32"):
+            index.search(query, 2)
+        with pytest.raises(UsageError, match="a score overflowed float32"):
+            index.search_run(["q"], query, 2)
+    fused = weighted_score_fusion([{"q": {"a": 1e308, "b": 0.0, "c": -1e308}}])
+    assert fused == {"q": {"a": 1.0, "b": 0.5, "c": 0.0}}
+    runs = ({"q": {"a": 2.0, "b": 1.0}} for _ in range(2))  # a generator of runs: read once, not "no len()"
+    assert weighted_score_fusion(runs) == {"q": {"a": 2.0, "b": 0.0}}

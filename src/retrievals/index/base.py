@@ -12,7 +12,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tupl
 import numpy as np
 
 from ..files import CorruptFileError, atomic_directory, folder_lock, prepare_folder, verify_files
-from ..inputs import check_finite, check_same_length, check_top_k
+from ..inputs import as_float32, check_finite, check_same_length, check_top_k
 from ..utils import UsageError
 
 Run = Dict[str, Dict[str, float]]
@@ -58,7 +58,7 @@ class Index(ABC):
         queries = self._queries(queries)
         if len(queries) == 0 or k == 0:
             return np.zeros((len(queries), k), dtype=np.float32), [[] for _ in range(len(queries))]
-        return self._search(queries, k)
+        return _finite_scores(*self._search(queries, k))
 
     @abstractmethod
     def _queries(self, queries: Any) -> Any:
@@ -91,7 +91,7 @@ class Index(ABC):
         rows: List[List[Tuple[str, float]]] = [[] for _ in query_ids]
         todo, width = list(range(len(query_ids))) if k else [], min(k + 1, len(self.ids))
         while todo:
-            scores, ids = self._search_wider(_take(converted, todo), width, k)
+            scores, ids = _finite_scores(*self._search_wider(_take(converted, todo), width, k))
             still = []
             for row, row_scores, row_ids in zip(todo, scores, ids):
                 found = [(d, float(s)) for d, s in zip(row_ids, row_scores) if d is not None]
@@ -219,6 +219,16 @@ def ranked_search(search: Callable[[np.ndarray, int], Tuple[np.ndarray, np.ndarr
     return scores, positions
 
 
+def _finite_scores(scores: np.ndarray, ids: List[List[Optional[str]]]) -> Tuple[np.ndarray, List[List[Optional[str]]]]:
+    """The search's results, when every found document's score is finite: float32 products of finite vectors or
+    weights overflow (1e20 x 2e20), and two documents scored inf were ranked by position."""
+    found = np.array([[d is not None for d in row] for row in ids], dtype=bool).reshape(scores.shape)
+    if not np.isfinite(scores[found]).all():
+        raise UsageError("a score overflowed float32 (inf or nan): the vectors or weights are too large (about 1e19 "
+                         "or more); normalise them.")
+    return scores, ids
+
+
 def _take(queries: Any, rows: List[int]) -> Any:
     """The converted queries (a matrix or a list, see ``Index._queries``) of ``rows``."""
     return queries[np.asarray(rows)] if isinstance(queries, np.ndarray) else [queries[i] for i in rows]
@@ -240,9 +250,7 @@ def as_matrix(vectors: Any) -> np.ndarray:
     """Document vectors as a finite float32 matrix [n, dim] (one 1-D vector is one document)."""
     if vectors is None or isinstance(vectors, (str, bytes, dict)):  # numpy reads None as one nan, a string as digits
         raise TypeError(f"document vectors must be a matrix [n, dim], got {type(vectors).__name__}")
-    if hasattr(vectors, "detach"):  # .float(): numpy has no bfloat16, and refused such tensors naming no argument
-        vectors = vectors.detach().cpu().float()
-    array = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+    array = as_float32(vectors, "document vectors")
     if array.shape == (0,):  # an empty list was one document of 0 dimensions, so no query matched its width
         raise UsageError("document vectors: an empty list has no dimension; give no documents as an array [0, dim]")
     array = array[None, :] if array.ndim == 1 else array

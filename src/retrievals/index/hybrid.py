@@ -64,7 +64,8 @@ def weighted_score_fusion(runs: Sequence[Run], weights: Optional[Sequence[float]
     """
     def scaled(scores: Mapping[str, float]) -> Iterable[Tuple[str, float]]:
         low, high = min(scores.values(), default=0.0), max(scores.values(), default=0.0)
-        return ((d, (s - low) / (high - low) if high > low else 1.0) for d, s in scores.items())
+        # in halves: high - low overflowed for finite scores of opposite signs near float's range (nan scores)
+        return ((d, (s / 2 - low / 2) / (high / 2 - low / 2) if high > low else 1.0) for d, s in scores.items())
 
     return _fuse(runs, weights, top_k, scaled)
 
@@ -73,7 +74,10 @@ def _fuse(runs: Sequence[Run], weights: Optional[Sequence[float]], top_k: Option
           contribution: Callable[[Mapping[str, float]], Iterable[Tuple[str, float]]]) -> Run:
     """Sum each run's weighted ``contribution`` per query and document; best first, the best ``top_k`` when given."""
     top_k = check_top_k(top_k, allow_none=True)
-    if isinstance(runs, (Mapping, str)) or not all(isinstance(run, Mapping) for run in runs):
+    if isinstance(runs, (Mapping, str)) or not isinstance(runs, Iterable):
+        raise TypeError("runs must be a list of runs ({query id: {document id: score}}), one per system fused")
+    runs = list(runs)  # a generator: read once
+    if not all(isinstance(run, Mapping) for run in runs):
         raise TypeError("runs must be a list of runs ({query id: {document id: score}}), one per system fused")
     for i, run in enumerate(runs):
         for qid, scores in run.items():
