@@ -137,3 +137,22 @@ def test_langchain_llm_cache_key_holds_every_setting_that_changes_answers(tiny_q
         LangchainLLM(generator=gen, temperature=1.0, top_k=top_k, max_tokens=4, cache=cache).invoke("the tax")
     LangchainLLM(generator=gen, temperature=1.0, top_p=0.5, max_tokens=4, cache=cache).invoke("the tax")
     assert len(cache._cache) == 3
+
+
+def test_adapter_counts_are_checked_when_built(embedder, reranker):
+    # top_n=-1 or batch_size=0 built fine and failed at the first call; True was taken as 1 (one document)
+    needs("langchain_core")
+    needs("llama_index.core")
+    from pydantic import ValidationError
+
+    from retrievals.integrations.langchain import LangchainReranker, LangchainRetriever
+    from retrievals.integrations.llama_index import LlamaIndexReranker
+
+    for adapter in (LangchainReranker, LlamaIndexReranker):
+        for settings in ({"top_n": -1}, {"top_n": True}, {"batch_size": 0}, {"batch_size": 2.0}):
+            with pytest.raises(ValidationError, match=next(iter(settings))):
+                adapter(model=reranker, **settings)
+        assert adapter(model=reranker, top_n=2, batch_size=4).top_n == 2
+    for settings in ({"k": True}, {"fetch_k": -1}):
+        with pytest.raises(ValidationError, match=next(iter(settings))):
+            LangchainRetriever.from_texts(DOCS, embedder, index_type="exact", **settings)

@@ -66,8 +66,9 @@ class LangchainReranker(BaseDocumentCompressor):
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     model: Any
-    top_n: int = 3
-    batch_size: int = 32
+    # strict: True was taken as 1 (one document), and a negative top_n or a 0 batch failed at the first call only
+    top_n: int = Field(3, ge=0, strict=True)
+    batch_size: int = Field(32, ge=1, strict=True)
 
     def __init__(self, model: Any = None, model_name_or_path: Optional[str] = None,
                  model_kwargs: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
@@ -102,8 +103,8 @@ class LangchainRetriever(BaseRetriever):
     embedder: Any
     index: Any
     documents: List[Document]
-    k: int = Field(4, ge=0)
-    fetch_k: int = Field(20, ge=0)
+    k: int = Field(4, ge=0, strict=True)  # strict: k=True was one document (the per-call k refuses a bool)
+    fetch_k: int = Field(20, ge=0, strict=True)
     reranker: Optional[LangchainReranker] = None
     encode_kwargs: Dict[str, Any] = Field(default_factory=dict)  # a LangchainEmbedding's: documents and queries alike
 

@@ -15,7 +15,7 @@ require("llama_index.core", "llama-index")
 from llama_index.core.base.embeddings.base import BaseEmbedding  # noqa: E402
 from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle  # noqa: E402
-from pydantic import ConfigDict, PrivateAttr  # noqa: E402
+from pydantic import ConfigDict, Field, PrivateAttr  # noqa: E402
 
 from ..inputs import as_texts  # noqa: E402
 from ..models.embedding import AutoModelForEmbedding  # noqa: E402
@@ -73,8 +73,9 @@ class LlamaIndexReranker(BaseNodePostprocessor):
 
     model_config = ConfigDict(extra="forbid")  # top_k=1 (for top_n) was accepted and ignored
 
-    top_n: int = 3
-    batch_size: int = 32
+    # strict: True was taken as 1 (one node), and a negative top_n or a 0 batch failed at the first call only
+    top_n: int = Field(3, ge=0, strict=True)
+    batch_size: int = Field(32, ge=1, strict=True)
     _model: Any = PrivateAttr()
 
     def __init__(self, model: Any = None, model_name_or_path: Optional[str] = None,
