@@ -631,3 +631,14 @@ def test_merging_a_lora_of_a_tied_module_is_refused(tiny_qwen, train_file, tmp_p
                                 "--task_prompt", SHORT_PROMPT["task_prompt"])) == 2
     assert "--save_merged: LoRA adapts" in capsys.readouterr().err
     assert not (out / "trainer_state.json").exists()  # refused before training
+
+
+def test_colbert_precomputed_vectors_take_what_rerank_takes(tiny_bert):
+    # encode_documents refused BEIR dicts (rerank takes them), and score_vectors passed a lone surrogate to the tokenizer
+    model = AutoModelForRanking.from_pretrained(tiny_bert, model_type="colbert", colbert_dim=16, max_length=32)
+    docs = [{"title": "Tax", "text": "renew the card online"}, "passport office"]
+    vectors = model.encode_documents(docs)
+    expected = model.compute_score([("tax card", "Tax renew the card online"), ("tax card", "passport office")])
+    assert model.score_vectors("tax card", vectors) == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(UsageError, match="query has a lone surrogate"):
+        model.score_vectors("tax \ud800", vectors)

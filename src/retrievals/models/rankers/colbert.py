@@ -13,7 +13,7 @@ from torch import nn
 
 from ...utils import UsageError, apply_instruction, logger
 from ..base import load_backbone
-from ...inputs import as_texts, check_batch_size
+from ...inputs import as_texts, check_batch_size, check_encodable
 from ..processing import PaddingOptions, at_least_one_token, call_tokenizer, pad_ids, tokenize_user_text
 from .base import BaseRanker, Batch, QueryCutter, RankerConfig, RankingOutput, group_targets
 
@@ -301,7 +301,7 @@ class ColBERT(BaseRanker):
     def encode_documents(self, documents: Sequence[str], batch_size: int = 32) -> List[List[torch.Tensor]]:
         """Token vectors of each document, one [tokens, dim] tensor per window, to score later
         with :meth:`score_vectors` (the same vectors, hence scores, as :meth:`compute_score`)."""
-        documents, _ = as_texts(documents, "documents")
+        documents, _ = as_texts(documents, "documents", documents=True)  # BEIR dicts too, as rerank takes them
         check_batch_size(batch_size)
         flat = [(i, ids) for i, wins in enumerate(self.processor.document_ids(documents, self.retrieval_config.score_windows))
                 for ids in wins]
@@ -318,6 +318,7 @@ class ColBERT(BaseRanker):
         """Scores of ``query`` against documents encoded by :meth:`encode_documents` (best window each)."""
         if not isinstance(query, str):
             raise TypeError(f"query must be a string, got {type(query).__name__}")
+        check_encodable(query, "query")  # a lone surrogate failed in the tokenizer, naming nothing
         q, qm = self._padded_token_vectors(self.processor.query_ids([query]), 1, None)
         q, qm = q.to(self.device), qm.to(self.device)
         scores = []
