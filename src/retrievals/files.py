@@ -332,6 +332,7 @@ def atomic_directory(target: str | os.PathLike, kind: str) -> Iterator[Path]:
     otherwise remove the model as the previous save's stale entries).
     """
     target = Path(target).expanduser()  # as check_model_path reads "~/m": not a folder named "~" here
+    created = not target.exists()
     target.mkdir(parents=True, exist_ok=True)
     with folder_lock(target):  # readers and other saves of this folder wait until this one is committed
         recover(target)
@@ -352,6 +353,8 @@ def atomic_directory(target: str | os.PathLike, kind: str) -> Iterator[Path]:
             atomic_write_json(target / JOURNAL_NAME, journal)  # the commit point
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
+            if created and empty_folder(target):  # a failed first save leaves nothing, not an empty folder
+                target.rmdir()
             raise
         recover(target, announce=False)  # this save's own roll-forward
 

@@ -708,3 +708,14 @@ def test_texts_given_as_vectors_and_overflowing_scores_are_named():
     assert fused == {"q": {"a": 1.0, "b": 0.5, "c": 0.0}}
     runs = ({"q": {"a": 2.0, "b": 1.0}} for _ in range(2))  # a generator of runs: read once, not "no len()"
     assert weighted_score_fusion(runs) == {"q": {"a": 2.0, "b": 0.0}}
+
+
+def test_an_id_that_cannot_be_saved_is_refused_when_the_index_is_built(tmp_path):
+    # a lone surrogate id built fine, then save raised a bare UnicodeEncodeError and left an empty folder behind
+    with pytest.raises(UsageError, match=r"ids\[1\] has a lone surrogate"):
+        ExactIndex(np.eye(2, dtype=np.float32), ["a", "b\ud800"])
+    index = ExactIndex(np.eye(2, dtype=np.float32), ["a", "b"])
+    index._save = lambda folder: 1 / 0  # any failure of a first save
+    with pytest.raises(ZeroDivisionError):
+        index.save(tmp_path / "new")
+    assert not (tmp_path / "new").exists()

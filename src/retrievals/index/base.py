@@ -12,7 +12,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tupl
 import numpy as np
 
 from ..files import CorruptFileError, atomic_directory, folder_lock, prepare_folder, verify_files
-from ..inputs import as_float32, check_finite, check_same_length, check_top_k
+from ..inputs import as_float32, check_encodable, check_finite, check_same_length, check_top_k
 from ..utils import UsageError
 
 Run = Dict[str, Dict[str, float]]
@@ -38,7 +38,7 @@ class Index(ABC):
     def __init__(self, ids: Sequence[str]) -> None:
         if isinstance(ids, (str, bytes)):  # would be split into one id per character
             raise UsageError(f"ids must be a list of document ids, got one {type(ids).__name__}: {ids[:40]!r}")
-        self.ids = [str(i) for i in ids]
+        self.ids = [check_encodable(str(i), f"ids[{n}]") for n, i in enumerate(ids)]  # ids.json must hold them
         if len(set(self.ids)) != len(self.ids):
             raise ValueError("document ids must be unique")
 
