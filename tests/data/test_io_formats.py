@@ -92,5 +92,7 @@ def test_save_beir_writes_only_what_load_beir_reads_back(tmp_path):
         write_qrels({"q1": {"d1": "1"}}, tmp_path / "qrels.txt")
     assert not (tmp_path / "qrels.txt").exists()
     titled = {"d1": {"title": "Tax", "text": "a text"}, "d2": "another"}
-    save_beir(folder, titled, queries, qrels)
+    save_beir(folder, titled, queries, {"q1": {"d1": 1.0}})  # a whole float (a pandas column) is written as 1
     assert load_beir(folder) == ({"d1": "Tax a text", "d2": "another"}, queries, qrels)
+    write_qrels({"q1": {"d1": 2.0}}, tmp_path / "qrels.txt")
+    assert read_qrels(tmp_path / "qrels.txt") == {"q1": {"d1": 2}}

@@ -98,6 +98,7 @@ def test_relevance_scores_and_rerank_settings_are_checked():
         with pytest.raises(UsageError, match=r"qrels\['q'\]\['a'\] is .*: relevance must be a whole number"):
             evaluate_run(run, {"q": {"a": relevance}})
     assert evaluate_run(run, {"q": {"a": np.int64(1), "b": -1}}, (1,))["ndcg@1"] == 1.0
+    assert evaluate_run(run, {"q": {"a": 1.0, "b": np.float64(0.0)}}, (1,))["ndcg@1"] == 1.0  # a pandas column
     for score in (10 ** 400, "2.0", True):
         with pytest.raises(UsageError, match=r"run\['q'\]\['a'\] is .*: scores must be finite numbers"):
             evaluate_run({"q": {"a": score}}, {"q": {"a": 1}})

@@ -686,8 +686,9 @@ def test_a_text_with_nothing_to_pool_is_zeros_whatever_the_batch(pooling, tiny_q
     np.testing.assert_array_equal(batched[0], 0.0)
     assert np.abs(batched[1]).max() > 0
     hidden, mask = torch.randn(2, 3, 4), torch.tensor([[0, 0, 0], [1, 1, 0]])
-    for method in ("cls", "last", "mean"):
+    for method in ("last", "mean"):
         assert torch.equal(pool(hidden, mask, method)[0], torch.zeros(4))
+    assert torch.equal(pool(hidden, mask, "cls")[0], hidden[0, 0])  # encoders pad right: slot 0, as sentence-transformers
 
 
 def test_lora_settings_that_would_be_dropped_are_refused(tiny_qwen, tmp_path):
@@ -696,11 +697,15 @@ def test_lora_settings_that_would_be_dropped_are_refused(tiny_qwen, tmp_path):
     needs("peft")
     AutoModelForEmbedding.from_pretrained(tiny_qwen, use_lora=True, lora_r=4).save_pretrained(tmp_path / "adapter")
     for settings in ({"lora_r": 64}, {"lora_alpha": 8}, {"lora_target_modules": ["q_proj"]}):
-        with pytest.raises(UsageError, match="a trained LoRA adapter keeps its own r, alpha"):
+        with pytest.raises(UsageError, match="a trained LoRA adapter keeps its own settings; given (r 64|lora_alpha 8|"
+                                             "target_modules)"):
             AutoModelForEmbedding.from_pretrained(tiny_qwen, lora_path=str(tmp_path / "adapter"), use_lora=True, **settings)
         with pytest.raises(UsageError, match="a trained LoRA adapter keeps its own"):
             AutoModelForEmbedding.from_pretrained(str(tmp_path / "adapter"), use_lora=True, **settings)
     resumed = AutoModelForEmbedding.from_pretrained(str(tmp_path / "adapter"), use_lora=True)
     assert resumed.backbone.peft_config["default"].r == 4
+    # the same settings again (a training command rerun on its adapter): what the adapter has, so nothing is dropped
+    same = AutoModelForEmbedding.from_pretrained(str(tmp_path / "adapter"), use_lora=True, lora_r=4)
+    assert same.backbone.peft_config["default"].r == 4
     with pytest.raises(UsageError, match="lora_target_modules is empty"):
         AutoModelForEmbedding.from_pretrained(tiny_qwen, use_lora=True, lora_target_modules=[])

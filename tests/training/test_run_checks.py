@@ -309,3 +309,16 @@ def test_several_gpus_in_one_process_are_refused_before_loading(tiny_bert, train
     assert embed.main(cli(tiny_bert, train_file, tmp_path / "out")) == 2
     assert "sees 2 GPUs: run one process per GPU with torchrun --nproc_per_node 2" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_matryoshka_run_recorded_before_its_loss_recorded_normalize_resumes():
+    # the loss record gained "normalize" (decided by the model and --normalize_embeddings, both fingerprinted): an
+    # unfinished run recorded without it was refused as "other settings" though nothing changed for it
+    from retrievals.training.fingerprint import describe_changes
+
+    now = {"loss": {"name": "matryoshka", "dims": [32, 16], "normalize": True, "loss": {"name": "infonce", "temperature": 0.02}}}
+    before = {"loss": {"name": "matryoshka", "dims": [32, 16], "loss": {"name": "infonce", "temperature": 0.02}}}
+    assert describe_changes(before, now) == ""
+    assert describe_changes({"loss": {**now["loss"], "normalize": False}}, now).startswith("loss ")
+    changed = {"loss": {**before["loss"], "dims": [32, 8]}}
+    assert describe_changes(changed, now).startswith("loss ")

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Tuple
 
+import numpy as np
+
 from ..files import atomic_write_text
 from ..utils import logger
 from .readers import DataError, check_unicode, iter_json_objects, iter_lines
@@ -105,10 +107,21 @@ def read_qrels(path: str | os.PathLike) -> Qrels:
     return qrels
 
 
-def check_relevance(value: object, where: str) -> None:
-    """A judgment as the qrels readers take it: a whole number (``True``, 0.5 or "1" were written, then refused)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+def is_whole_number(value: object) -> bool:
+    """An int (numpy's too), or a float equal to one (1.0: a pandas column); not a bool, a string, 0.5 or nan."""
+    if isinstance(value, bool) or isinstance(value, (np.bool_,)):
+        return False
+    if isinstance(value, numbers.Integral):
+        return True
+    return isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer()
+
+
+def check_relevance(value: object, where: str) -> int:
+    """A judgment as the qrels readers take it, as an int: a whole number (``True``, 0.5 or "1" were written, then
+    refused by the readers)."""
+    if not is_whole_number(value):
         raise DataError(f"{where}: relevance {value!r} must be a whole number (0, 1, 2, ...)")
+    return int(value)
 
 
 def write_qrels(qrels: Mapping[str, Mapping[str, int]], path: str | os.PathLike) -> None:
@@ -118,7 +131,7 @@ def write_qrels(qrels: Mapping[str, Mapping[str, int]], path: str | os.PathLike)
         for d, r in docs.items():
             check_trec_id(d, "document id", f"{path}: query {q!r}")
             check_relevance(r, f"{path}: query {q!r}, document {d!r}")
-    lines = [f"{q} 0 {d} {r}\n" for q, docs in qrels.items() for d, r in docs.items()]
+    lines = [f"{q} 0 {d} {int(r)}\n" for q, docs in qrels.items() for d, r in docs.items()]
     atomic_write_text(Path(path), "".join(lines))
 
 
@@ -223,7 +236,7 @@ def save_beir(folder: str | os.PathLike, corpus: Mapping[str, str], queries: Map
     (folder / "qrels").mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "corpus.jsonl", lines["corpus"])
     atomic_write_text(folder / "queries.jsonl", lines["queries"])
-    rows = ["query-id\tcorpus-id\tscore\n"] + [f"{q}\t{d}\t{r}\n" for q, docs in qrels.items() for d, r in docs.items()]
+    rows = ["query-id\tcorpus-id\tscore\n"] + [f"{q}\t{d}\t{int(r)}\n" for q, docs in qrels.items() for d, r in docs.items()]
     atomic_write_text(folder / "qrels" / f"{split}.tsv", "".join(rows))
 
 

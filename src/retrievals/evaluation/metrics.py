@@ -12,9 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
-import numpy as np
-
-from ..data.io import rank  # noqa: F401 (the one ordering of a run: metrics and written runs agree)
+from ..data.io import is_whole_number, rank  # noqa: F401 (rank: the one ordering of a run, metrics and written runs agree)
 from ..inputs import check_int
 from ..utils import UsageError
 
@@ -96,8 +94,7 @@ def check_ids(run: Run, qrels: Qrels) -> None:
                 raise UsageError(f"{name}[{qid!r}]: document id {bad!r} is a {type(bad).__name__}; ids are strings.")
             if name == "qrels":  # as read_qrels reads them and trec_eval takes them: whole numbers (0.5 and nan were
                 # gains or silently not relevant, "1" a TypeError of a comparison)
-                bad = next((d for d, r in docs.items() if isinstance(r, (bool, np.bool_)) or
-                            not isinstance(r, (int, np.integer))), None)
+                bad = next((d for d, r in docs.items() if not is_whole_number(r)), None)
                 if bad is not None:
                     raise UsageError(f"qrels[{qid!r}][{bad!r}] is {docs[bad]!r}: relevance must be a whole number.")
 

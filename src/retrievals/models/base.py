@@ -260,11 +260,23 @@ def attach_lora(
     """Load trained adapters (trainable with ``use_lora``) or add fresh ones; records the base in ``config``."""
     if target_modules is not None and not target_modules:  # peft read [] as "all-linear"
         raise UsageError("lora_target_modules is empty: name the modules to adapt, or leave it unset (all linear layers).")
-    if adapter_path and (r, alpha, dropout, target_modules) != (8, 16, 0.05, None):
-        # the adapter's own settings apply: these were dropped silently (and a run's record said they trained)
-        raise UsageError(f"{adapter_path}: a trained LoRA adapter keeps its own r, alpha, dropout and target modules; "
-                         "drop --lora_r / --lora_alpha / --lora_dropout / --lora_target_modules (lora_* settings), or "
-                         "start fresh adapters on the base model.")
+    if adapter_path:
+        # the adapter's own settings apply: others given were dropped silently (and a run's record said they trained);
+        # the defaults (8, 16, 0.05, all linear layers) count as not given
+        try:
+            own = json.loads((Path(adapter_path) / "adapter_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            own = {}
+        given = {"r": (r, 8), "lora_alpha": (alpha, 16), "lora_dropout": (dropout, 0.05),
+                 "target_modules": (sorted(target_modules) if target_modules else None, None)}
+        saved = {**own, "target_modules": sorted(own["target_modules"]) if isinstance(own.get("target_modules"), list)
+                 else own.get("target_modules")}
+        clash = [f"{name} {value!r} (the adapter's: {saved.get(name)!r})" for name, (value, default) in given.items()
+                 if value != default and value != saved.get(name)]
+        if clash:
+            raise UsageError(f"{adapter_path}: a trained LoRA adapter keeps its own settings; given {', '.join(clash)}. "
+                             "Drop those lora_* settings (--lora_r, --lora_alpha, --lora_dropout, "
+                             "--lora_target_modules), or start fresh adapters on the base model.")
     if adapter_path:
         backbone = load_lora(backbone, adapter_path, is_trainable=use_lora)
     elif use_lora:

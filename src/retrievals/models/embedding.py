@@ -148,9 +148,9 @@ class AutoModelForEmbedding(RetrievalModel):
             # a usable zero-shot start for a chat model) is left as its tokenizer makes it, and so is a
             # sentence-transformers folder (as sentence-transformers runs it)
             config.append_eos = config.pooling_method == "last" and not config.__dict__.get("_sentence_transformers_folder")
-        if overrides.get("append_eos") is False:  # a folder we saved with append_eos has a tokenizer that adds it
-            framed = call_tokenizer(tokenizer, "a")["input_ids"]
-            if framed and framed[-1] in tokenizer.all_special_ids and \
+        if overrides.get("append_eos") is False and config.decoder:  # a folder we saved with append_eos: its tokenizer
+            framed = call_tokenizer(tokenizer, "a")["input_ids"]  # adds the EOS (an encoder's [SEP] is no EOS of ours)
+            if framed and framed[-1] == tokenizer.eos_token_id and \
                     framed[-1:] != call_tokenizer(tokenizer, "a", add_special_tokens=False)["input_ids"][-1:]:
                 logger.warning("append_eos=False: this tokenizer itself ends every text with %r (a model saved with "
                                "append_eos has it in its tokenizer, for sentence-transformers), so texts keep it; to "
@@ -228,14 +228,18 @@ class AutoModelForEmbedding(RetrievalModel):
 
         copied = copy.deepcopy(tokenizer)
         backend = copied.backend_tokenizer
-        state = json.loads(backend.to_str())
-        state["post_processor"] = _post_processor_with_eos(state.get("post_processor"), tokenizer.eos_token,
-                                                           tokenizer.eos_token_id)
-        backend.post_processor = Tokenizer.from_str(json.dumps(state)).post_processor
-        eos = [tokenizer.eos_token_id]
-        single_ok = all(call_tokenizer(copied, t)["input_ids"] == call_tokenizer(tokenizer, t)["input_ids"] + eos
-                        for t in ("a", ""))
-        if not single_ok or copied.num_special_tokens_to_add() != tokenizer.num_special_tokens_to_add() + 1:
+        try:  # a tokenizer with custom Python components has no JSON state to extend
+            state = json.loads(backend.to_str())
+            state["post_processor"] = _post_processor_with_eos(state.get("post_processor"), tokenizer.eos_token,
+                                                               tokenizer.eos_token_id)
+            backend.post_processor = Tokenizer.from_str(json.dumps(state)).post_processor
+            eos = [tokenizer.eos_token_id]
+            extended = all(call_tokenizer(copied, t)["input_ids"] == call_tokenizer(tokenizer, t)["input_ids"] + eos
+                           for t in ("a", "")) and \
+                copied.num_special_tokens_to_add() == tokenizer.num_special_tokens_to_add() + 1
+        except Exception:  # noqa: BLE001 (any failure: the tokenizer is saved as it was, with the warning below)
+            extended = False
+        if not extended:
             logger.warning("This model appends EOS to every text, and its tokenizer's post-processor could not be "
                            "extended to add it: sentence-transformers will not append it; load the folder with "
                            "retrievals.AutoModelForEmbedding for identical embeddings.")

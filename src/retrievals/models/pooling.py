@@ -23,14 +23,17 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, method: str) -> tor
     """Pool ``hidden`` [batch, seq, dim] with ``attention_mask`` [batch, seq] by ``method``.
 
     ``cls`` takes the first real token, ``mean`` averages real tokens and ``last`` takes the last
-    real token (decoder LLMs). Padding may be on either side; a row without a real token pools to zeros.
+    real token (decoder LLMs). Padding may be on either side; a row without a real token pools to zeros (``last``,
+    ``mean``) or its first slot (``cls``, as sentence-transformers).
     """
     rows = torch.arange(hidden.shape[0], device=hidden.device)
-    if method in ("cls", "last"):
-        at = first_token_index(attention_mask) if method == "cls" else last_token_index(attention_mask)
-        # a row with nothing to pool (a text all prompt with include_prompt=False) would take a padding slot, which
-        # depends on the rest of the batch: zeros instead, as sentence-transformers (and mean pooling) give
-        return hidden[rows, at] * attention_mask.any(dim=-1, keepdim=True).to(hidden.dtype)
+    if method == "cls":  # encoders, padded right: a row with nothing to pool takes slot 0, as sentence-transformers
+        return hidden[rows, first_token_index(attention_mask)]
+    if method == "last":
+        # a row with nothing to pool (a text all prompt with include_prompt=False) took the last slot, a pad whose
+        # state depends on the rest of the batch: zeros instead, as sentence-transformers (and mean pooling) give
+        out = hidden[rows, last_token_index(attention_mask)]
+        return torch.where(attention_mask.any(dim=-1, keepdim=True), out, torch.zeros_like(out))
     if method == "mean":
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)

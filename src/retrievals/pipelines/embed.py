@@ -17,7 +17,7 @@ import numpy as np
 from ..data import EmbeddingCollator
 from ..files import atomic_write_bytes, check_new_output
 from ..data.readers import DataError, Record, check_unicode, is_json_file, iter_lines, iter_raw
-from ..losses import EMBEDDING_LOSSES, FlopsRegularizedLoss, MatryoshkaLoss, loss_from_args
+from ..losses import EMBEDDING_LOSSES, FlopsRegularizedLoss, MatryoshkaLoss, loss_class, loss_from_args
 from ..losses.base import ContrastiveSettings
 from ..models.embedding import AutoModelForEmbedding
 from ..models.sparse import SparseEmbedder
@@ -113,6 +113,7 @@ def train(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
     sparse = model_args.model_type == "sparse"
     if sparse and args.matryoshka_dims:  # its dimensions are vocabulary ids: a prefix of them is no smaller model
         raise UsageError("--matryoshka_dims is for dense embedders.")
+    loss_class(args.loss_fn, EMBEDDING_LOSSES)  # a wrong name fails before anything is read
     # whether the model normalises its embeddings, read from its files before anything loads: the loss's default
     # temperature and the Matryoshka sizes' truncation follow it, and the run's fingerprint records both
     normalize = not sparse and bool(AutoModelForEmbedding.settings_of(

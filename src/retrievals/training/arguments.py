@@ -68,8 +68,8 @@ class RetrievalTrainingArguments(TrainingArguments):
     )
     loss_fn: str = field(default="infonce", metadata={"help": "Loss name (see retrievals.losses)."})
     temperature: Optional[float] = field(default=None, metadata={
-        "help": "Softmax temperature of contrastive losses (default: 0.02; 1 for sparse embedders, whose scores are raw "
-                "dot products)."})
+        "help": "Softmax temperature of contrastive losses (default: 0.02 for cosines; 1 for raw dot products: sparse "
+                "embedders, and dense ones whose embeddings are not normalised)."})
     margin: float = field(default=0.2, metadata={"help": "Margin of margin-based losses."})
     use_inbatch_neg: bool = field(default=True, metadata={"help": "Use every document in the batch as a negative."})
     negatives_cross_device: bool = field(

@@ -34,6 +34,9 @@ TRAINING_FIELDS = (
 # Fields fingerprinted since a later version, with the value every run before it trained with: a run whose
 # fingerprint lacks one resumes when the rerun's value is that one (the same run), and is refused otherwise.
 ADDED_LATER = {"train_sampling_strategy": "random", "mask_duplicate_positives": False, "model_selection": None}
+# Settings inside the recorded loss ("loss") added by a later version, which fingerprinted inputs decided before
+# (Matryoshka's normalize: the model and --normalize_embeddings): a run that lacks one resumes.
+LOSS_ADDED_LATER = {"normalize"}
 # Argument fields that do not change the result (or are fingerprinted another way).
 IGNORED_FIELDS = {"train_data", "eval_data", "model_name_or_path", "trust_remote_code", "tokenizer_name"}
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
@@ -115,12 +118,22 @@ def run_fingerprint(model_path: str, records: Iterable[Any], args: Any, *setting
     return out
 
 
+def _same_loss(old: Any, new: Any) -> bool:
+    """The recorded loss settings equal, a setting of :data:`LOSS_ADDED_LATER` missing from the old record aside."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return all(_same_loss(old.get(k, "(unset)"), new.get(k, "(unset)")) for k in set(old) | set(new)
+                   if k in old or k not in LOSS_ADDED_LATER)
+    return old == new
+
+
 def describe_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str:
     """``"learning_rate 3e-05 -> 5e-05, train_data (content changed)"``, or ``""`` when nothing changed."""
     changes = []
     for key in sorted(set(saved) | set(current)):
         old, new = saved.get(key, "(unset)"), current.get(key, "(unset)")
         if old == new or (key not in saved and key in ADDED_LATER and new == ADDED_LATER[key]):
+            continue
+        if key == "loss" and _same_loss(old, new):
             continue
         if key in CONTENT_KEYS and key not in saved:  # a run started by a version that did not record it
             changes.append(f"{key} (not recorded by the run in that folder)")
