@@ -1,5 +1,6 @@
 """torchrun on CPU (gloo): cross-device negatives and the seed command with 2 processes."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,9 @@ def test_seed_command_two_processes(tiny_bert, train_file, tmp_path):
                                         use_inbatch_neg="true", negatives_cross_device="true", report_to="none"))
     model = AutoModelForEmbedding.from_pretrained(str(out))
     assert model.encode("tax card").shape == (32,)
+    # one data-parallel run: 32 records in global batches of 2 x 4 (on CPUs each process used to run a training of
+    # its own over every record, the same batches on both, rank 0's model saved)
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
 
 
 def test_retrieve_encodes_shards_across_two_processes(tiny_bert, tmp_path):
@@ -66,3 +70,19 @@ def test_retrieve_encodes_shards_across_two_processes(tiny_bert, tmp_path):
     assert one.keys() == two.keys()
     for q in one:
         assert list(one[q]) == list(two[q])
+
+
+def test_encode_is_split_across_processes(tiny_bert, tmp_path):
+    # the main process encoded everything while the others waited in a barrier with a timeout (--ddp_timeout): a long
+    # corpus killed the job; now each encodes its part and the main process writes them in order
+    import numpy as np
+
+    from ..conftest import corpus_lines
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(corpus_lines(9)) + "\n")
+    common = ["-m", "retrievals.pipelines.embed", "--model_name_or_path", tiny_bert, "--pooling_method", "mean",
+              "--do_encode", "--encode_data", str(texts), "--encode_batch_size", "2"]
+    run_torchrun(2, *common, "--output_dir", str(tmp_path / "two"))
+    expected = AutoModelForEmbedding.from_pretrained(tiny_bert, pooling_method="mean").encode(corpus_lines(9))
+    np.testing.assert_allclose(np.load(tmp_path / "two" / "embeddings.npy"), expected, atol=1e-5)

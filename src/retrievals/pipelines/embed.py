@@ -23,7 +23,7 @@ from ..models.embedding import AutoModelForEmbedding
 from ..models.sparse import SparseEmbedder
 from ..training import RetrievalTrainingArguments
 from ..training.arguments import DataArguments, ModelLoadingArguments
-from ..distributed import shutdown_distributed
+from ..distributed import init_distributed, shutdown_distributed, world
 from ..training.output_dir import record_written
 from ..training.run import masking_copies, run_training
 from ..training.teacher import TeacherArguments
@@ -202,10 +202,24 @@ def read_texts(path: str, key: str) -> List[str]:
     return texts
 
 
-def encode(model: AutoModelForEmbedding, enc: EncodeArguments, output_dir: str, overwrite: bool = False) -> Path:
+def encode(model: AutoModelForEmbedding, enc: EncodeArguments, output_dir: str, overwrite: bool = False) -> Optional[Path]:
+    """Embed ``--encode_data`` into ``--encode_output``. Under torchrun each process encodes its contiguous part and
+    the main process gathers and writes them (the others return None): the main process alone encoded everything
+    while the others waited in a barrier, which timed out (``--ddp_timeout``) on a long corpus and killed the job."""
     out = encode_output_path(enc, output_dir, overwrite)
     texts = read_texts(enc.encode_data, enc.encode_key)
-    emb = model.encode(texts, batch_size=enc.encode_batch_size, is_query=enc.encode_is_query, show_progress_bar=True)
+    init_distributed()
+    rank, size = world()
+    part = texts[rank * len(texts) // size: (rank + 1) * len(texts) // size]
+    emb = model.encode(part, batch_size=enc.encode_batch_size, is_query=enc.encode_is_query, show_progress_bar=rank == 0)
+    if size > 1:
+        import torch.distributed as dist
+
+        parts: Optional[List[np.ndarray]] = [np.zeros(0)] * size if rank == 0 else None
+        dist.gather_object(emb, parts, dst=0)
+        if rank != 0:
+            return None
+        emb = np.concatenate(parts)
     buffer = io.BytesIO()
     np.save(buffer, emb)
     atomic_write_bytes(out, buffer.getvalue())
@@ -261,8 +275,7 @@ def _main(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
     if enc.do_encode:
         if model is None:
             model = build_model(model_args, data_args)
-        if args.process_index == 0:
-            encode(model, enc, args.output_dir, overwrite=True)  # checked above
+        encode(model, enc, args.output_dir, overwrite=True)  # checked above; every process encodes its part
     if model is None:
         raise UsageError("nothing to do: pass --do_train with --train_data, and/or --do_encode")
     shutdown_distributed()

@@ -113,6 +113,10 @@ class RetrievalTrainingArguments(TrainingArguments):
     def __post_init__(self) -> None:
         if self.fp16 and self.bf16:  # transformers' own ValueError would surface as a traceback
             raise UsageError("--fp16 and --bf16 ask for two mixed precisions: pass one (--bf16 where the device has it).")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() and not mps_available():
+            # torchrun on CPUs: unless told it trains on the CPU, accelerate starts the process group but reports one
+            # process of one (no DDP, no sharding): N independent trainings on the same batches, rank 0's saved
+            self.use_cpu = True
         self.fp16, self.bf16 = auto_precision(self.fp16, self.bf16, self.auto_mixed_precision, *training_gpu(self.use_cpu))
         if self.bf16 and not torch.cuda.is_available() and not mps_available() and cpu_has_native_bf16():
             # transformers runs bf16 autocast on a CPU only when told it trains there (use_cpu); no GPU to lose
@@ -247,9 +251,9 @@ class RetrievalTrainingArguments(TrainingArguments):
 
     loss_registry: ClassVar[str] = "embedding"
 
-    # transformers (5.x) on CPU under torchrun reports every process as process 0 of 1 although the process group
-    # is up (and accelerate splits the data), so every process would save, and into the same folder. The ranks
-    # come from torch.distributed when it runs.
+    # transformers (5.x) on CPU under torchrun, unless use_cpu is set (__post_init__ sets it there), reports every
+    # process as process 0 of 1 although the process group is up: every process would save, into the same folder.
+    # The ranks come from torch.distributed when it runs, whatever transformers reports.
     @property
     def process_index(self) -> int:
         rank, size = world()
