@@ -722,3 +722,23 @@ def test_an_id_that_cannot_be_saved_is_refused_when_the_index_is_built(tmp_path)
     with pytest.raises(ZeroDivisionError):
         index.save(tmp_path / "new")
     assert not (tmp_path / "new").exists()
+
+
+def test_odd_inputs_of_fusion_binarize_and_search_run_are_named():
+    # mixed int/str ids were two queries (1 and "1") or a sort TypeError on a tie; numpy fusion weights were "truth
+    # value ambiguous"; binarize of one vector an AxisError; search_run(None, ...) "NoneType is not iterable"; a
+    # generator of sparse vectors "has no len()"
+    from retrievals.index import check_fusion, reciprocal_rank_fusion
+    from retrievals.index.quantized import binarize
+
+    with pytest.raises(UsageError, match="string document ids"):
+        reciprocal_rank_fusion([{"q": {"a": 1.0, 2: 1.0}}])
+    with pytest.raises(UsageError, match="under a string query id"):
+        reciprocal_rank_fusion([{1: {"a": 1.0}}, {"1": {"a": 1.0}}])
+    check_fusion("weighted", np.array([0.3, 0.7]))
+    assert binarize(np.array([1.0, -1.0, 2.0])).tolist() == binarize(np.array([[1.0, -1.0, 2.0]])).tolist()
+    x = np.eye(3, dtype=np.float32)
+    with pytest.raises(TypeError, match="query_ids must be a list of query ids, got NoneType"):
+        ExactIndex(x, ["a", "b", "c"]).search_run(None, x, 2)
+    index = SparseIndex(({1: 1.0} for _ in range(2)), ["a", "b"])
+    assert len(index) == 2 and index.search({1: 1.0}, 1)[1] == [["a"]]

@@ -7,7 +7,7 @@ import os
 from collections import Counter
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type
 
 import numpy as np
 
@@ -81,6 +81,8 @@ class Index(ABC):
         run at ``top_k=1`` of two documents with one text held the first while the run at ``top_k=2`` ranked the
         second above it: a smaller run was not the top of a larger one. So the documents tied at the k-th score
         are all fetched (the search is widened until the tie ends within it) and the best by id are kept."""
+        if query_ids is None or isinstance(query_ids, (bytes, Mapping)) or not isinstance(query_ids, (str, Iterable)):
+            raise TypeError(f"query_ids must be a list of query ids, got {type(query_ids).__name__}")
         query_ids = [query_ids] if isinstance(query_ids, str) else list(query_ids)
         k = min(check_top_k(top_k), len(self.ids))
         converted = self._queries(queries)

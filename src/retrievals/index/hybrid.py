@@ -17,8 +17,9 @@ def check_fusion(method: str, weights: Optional[Sequence[float]]) -> None:
     """The fusion settings a pipeline takes (``--fusion``, ``--fusion_weights``) for two runs: a named error."""
     if method not in FUSIONS:
         raise UsageError(f"--fusion must be one of {list(FUSIONS)}, got {method!r}.")
+    weights = list(weights) if weights is not None else []  # a numpy array's truth value is ambiguous
     if weights and len(weights) != 2:
-        raise UsageError(f"--fusion_weights takes two weights >= 0 (one per fused run), got {list(weights)}.")
+        raise UsageError(f"--fusion_weights takes two weights >= 0 (one per fused run), got {weights}.")
     if weights:
         check_weights(weights, "--fusion_weights")
 
@@ -81,7 +82,11 @@ def _fuse(runs: Sequence[Run], weights: Optional[Sequence[float]], top_k: Option
         raise TypeError("runs must be a list of runs ({query id: {document id: score}}), one per system fused")
     for i, run in enumerate(runs):
         for qid, scores in run.items():
-            if not isinstance(scores, Mapping) or not all(math.isfinite(v) for v in scores.values()):
+            # string ids, as every run of ours: 1 and "1" were two queries, and int and str ids on a tie failed to sort
+            if not isinstance(qid, str) or not isinstance(scores, Mapping) or not all(isinstance(d, str) for d in scores):
+                raise UsageError(f"runs[{i}][{qid!r}] must map string document ids to scores, under a string query id "
+                                 "(str(id)).")
+            if not all(math.isfinite(v) for v in scores.values()):
                 raise UsageError(f"runs[{i}][{qid!r}] must map document ids to finite scores.")
     weights = list(weights) if weights is not None else [1.0] * len(runs)
     if len(weights) != len(runs):

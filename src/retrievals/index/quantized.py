@@ -26,8 +26,8 @@ RESCORE_FILE = "rescore_int8.npy"  # uint8 codes, one row per document, read thr
 
 
 def binarize(vectors: np.ndarray) -> np.ndarray:
-    """Sign bits (1 where > 0), packed 8 to a byte: [n, ceil(dim / 8)] uint8."""
-    return np.packbits(np.asarray(vectors) > 0, axis=1)
+    """Sign bits (1 where > 0), packed 8 to a byte: [n, ceil(dim / 8)] uint8 (one 1-D vector is one row)."""
+    return np.packbits(np.atleast_2d(np.asarray(vectors)) > 0, axis=1)
 
 
 def unbinarize(codes: np.ndarray, dim: int) -> np.ndarray:

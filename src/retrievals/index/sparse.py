@@ -76,6 +76,8 @@ class SparseIndex(Index):
         if vectors is None or isinstance(vectors, (str, bytes, Mapping)):  # one dict would be read as its keys
             raise TypeError("vectors must be a list of {term id: weight} dicts or vectors, got "
                             f"{type(vectors).__name__}")
+        if not hasattr(vectors, "__len__"):  # a generator: read once
+            vectors = list(vectors)
         if len(vectors) != len(self.ids):
             raise UsageError(f"{len(vectors)} vectors for {len(self.ids)} ids")
         rows = [_as_sparse(v, f"vectors[{i}]") for i, v in enumerate(vectors)]
