@@ -109,7 +109,7 @@ def read_qrels(path: str | os.PathLike) -> Qrels:
 
 def is_whole_number(value: object) -> bool:
     """An int (numpy's too), or a float equal to one (1.0: a pandas column); not a bool, a string, 0.5 or nan."""
-    if isinstance(value, bool) or isinstance(value, (np.bool_,)):
+    if isinstance(value, (bool, np.bool_)):
         return False
     if isinstance(value, numbers.Integral):
         return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Dict, Iterable, Mapping
 
 import numpy as np
@@ -43,7 +44,7 @@ def evaluate_embedder(model: Any, corpus: Mapping[str, str], queries: Mapping[st
 def check_first_stage_weight(weight: float, flag: str = "first_stage_weight") -> float:
     """``weight`` as a float in [0, 1]; a bool or a string (``True`` passed as 1, ``"0.5"`` failed in a comparison)
     is a TypeError naming ``flag``."""
-    if isinstance(weight, (bool, np.bool_)) or not isinstance(weight, (int, float, np.integer, np.floating)):
+    if isinstance(weight, (bool, np.bool_)) or not isinstance(weight, numbers.Real):
         raise TypeError(f"{flag} must be a number in [0, 1], got {type(weight).__name__}.")
     if not 0.0 <= weight <= 1.0:  # nan too
         raise UsageError(f"{flag} must be in [0, 1], got {weight}.")

@@ -224,8 +224,8 @@ def ranked_search(search: Callable[[np.ndarray, int], Tuple[np.ndarray, np.ndarr
 def _finite_scores(scores: np.ndarray, ids: List[List[Optional[str]]]) -> Tuple[np.ndarray, List[List[Optional[str]]]]:
     """The search's results, when every found document's score is finite: float32 products of finite vectors or
     weights overflow (1e20 x 2e20), and two documents scored inf were ranked by position."""
-    found = np.array([[d is not None for d in row] for row in ids], dtype=bool).reshape(scores.shape)
-    if not np.isfinite(scores[found]).all():
+    # searched in numpy first: only slots that are not finite (-inf where no document was found) are looked at
+    if any(ids[r][c] is not None for r, c in np.argwhere(~np.isfinite(scores))):
         raise UsageError("a score overflowed float32 (inf or nan): the vectors or weights are too large (about 1e19 "
                          "or more); normalise them.")
     return scores, ids

@@ -75,10 +75,9 @@ def _fuse(runs: Sequence[Run], weights: Optional[Sequence[float]], top_k: Option
           contribution: Callable[[Mapping[str, float]], Iterable[Tuple[str, float]]]) -> Run:
     """Sum each run's weighted ``contribution`` per query and document; best first, the best ``top_k`` when given."""
     top_k = check_top_k(top_k, allow_none=True)
-    if isinstance(runs, (Mapping, str)) or not isinstance(runs, Iterable):
-        raise TypeError("runs must be a list of runs ({query id: {document id: score}}), one per system fused")
-    runs = list(runs)  # a generator: read once
-    if not all(isinstance(run, Mapping) for run in runs):
+    # a list of runs (a generator read once); one run, a string or a list of other things is refused
+    runs = list(runs) if isinstance(runs, Iterable) and not isinstance(runs, (Mapping, str)) else None
+    if runs is None or not all(isinstance(run, Mapping) for run in runs):
         raise TypeError("runs must be a list of runs ({query id: {document id: score}}), one per system fused")
     for i, run in enumerate(runs):
         for qid, scores in run.items():

@@ -117,8 +117,8 @@ class QuantizedIndex(Index):
         # the rescored candidates: rescore_multiplier x the k asked, as sentence-transformers' quantized search (so
         # the results of a larger k may differ); pool_for: search_run's k while it asks for more to settle ties,
         # which gets no candidate beyond that pool (with a multiplier of 1, the k + 1-th by the codes entered the top k)
-        wide = min(len(self), (pool_for or k) * self.rescore_multiplier) if self.rescore_multiplier else k
-        scores, idx = self._candidates(queries, wide if self.rescore_multiplier and pool_for else max(wide, k))
+        pool = min(len(self), (pool_for or k) * self.rescore_multiplier) if self.rescore_multiplier else k
+        scores, idx = self._candidates(queries, pool)
         if self.rescore_multiplier:
             rescored = np.full(idx.shape, -np.inf, dtype=np.float32)
             for row, (query, positions) in enumerate(zip(queries, idx)):

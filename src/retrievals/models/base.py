@@ -287,13 +287,18 @@ def attach_lora(
     return backbone
 
 
-def tied_lora_targets(model: torch.nn.Module) -> List[str]:
-    """The LoRA-wrapped modules whose weight another module shares (``lm_head`` tied to ``embed_tokens``: Qwen2.5,
-    SmolLM2). Merging writes the delta into that shared weight, so the other module changes too (peft only warns)."""
+def check_mergeable(model: torch.nn.Module, what: str) -> None:
+    """Refuse merging a LoRA that adapts a module whose weight another module shares (``lm_head`` tied to
+    ``embed_tokens``: Qwen2.5, SmolLM2): merging writes the delta into that shared weight, so the other module changes
+    too (peft only warns). ``what`` names the call or flag in the message."""
     uses = collections.Counter(p.data_ptr() for _, p in model.named_parameters(remove_duplicate=False))
-    return [name for name, module in model.named_modules()
+    tied = [name for name, module in model.named_modules()
             if hasattr(module, "base_layer") and getattr(module.base_layer, "weight", None) is not None
             and uses[module.base_layer.weight.data_ptr()] > 1]
+    if tied:
+        raise UsageError(f"{what}: LoRA adapts {tied[0]}, whose weight is tied to another module's (the input "
+                         "embeddings): merged, both would change. Keep the adapter unmerged, or leave tied modules out "
+                         "of the LoRA targets (--lora_target_modules).")
 
 
 def is_peft_model(model: torch.nn.Module) -> bool:
@@ -445,14 +450,9 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         """The kind that loads ``path``: a subclass of ``cls`` when the folder records its model type (a sparse
         embedder loaded through ``AutoModelForEmbedding``) or, for another library's folder, when the subclass
         reads its layout (:meth:`_reads_folder`); else ``cls``."""
-        if not os.path.isdir(path):
-            return cls
-        saved = saved_model_type(path)
-        for kind in RetrievalModel.kinds.values():
-            if kind is not cls and issubclass(kind, cls) and (
-                    kind.model_type == saved or (saved is None and kind._reads_folder(path))):
-                return kind
-        return cls
+        found = cls.kind_of(path)
+        return next((kind for kind in RetrievalModel.kinds.values()
+                     if kind is not cls and issubclass(kind, cls) and kind.model_type == found), cls)
 
     @classmethod
     def kind_of(cls, path: str | os.PathLike) -> Optional[str]:
@@ -769,11 +769,7 @@ class RetrievalModel(CheckpointingMixin, torch.nn.Module, metaclass=abc.ABCMeta)
         backbone = self.backbone
         lora = is_peft_model(backbone)
         if lora and merge_lora:
-            tied = tied_lora_targets(backbone)
-            if tied:
-                raise UsageError(f"merge_lora: LoRA adapts {tied[0]}, whose weight is tied to another module's (the input "
-                                 "embeddings): merged, both would change. Save the adapter (merge_lora=False), or "
-                                 "train without adapting tied modules (--lora_target_modules).")
+            check_mergeable(backbone, "merge_lora")
             backbone = copy.deepcopy(backbone).merge_and_unload()
             lora = False
         if backend is not None or backend_precision != "fp32":

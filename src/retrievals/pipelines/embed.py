@@ -128,7 +128,7 @@ def train(model_args: EmbedModelArguments, data_args: DataArguments, args: Retri
         if not normalize and not sparse:
             logger.warning("The embeddings are not normalised: the loss divides raw dot products by --temperature %g "
                            "(the cosine default 0.02 does not suit them); set --temperature to change it.", args.temperature)
-    loss = loss_from_args(args.loss_fn, EMBEDDING_LOSSES, args)  # first: a wrong name fails before anything loads
+    loss = loss_from_args(args.loss_fn, EMBEDDING_LOSSES, args)
     if sparse:
         loss = FlopsRegularizedLoss(loss, model_args.query_flops_weight, model_args.document_flops_weight)
     loss, collator = model_args.attach_teacher(  # the teacher (cosine scores) at --temperature, whatever the student's

@@ -15,7 +15,7 @@ from transformers import set_seed
 from ..data import TextIdsCollator, TrainDataset, load_records
 from ..data.readers import DataError
 from ..losses.base import TEXT_IDS
-from ..models.base import check_model_path, is_lora_dir, tied_lora_targets
+from ..models.base import check_mergeable, check_model_path, is_lora_dir
 from ..utils import UsageError, logger
 from ..distributed import world
 from .arguments import DataArguments, RetrievalTrainingArguments
@@ -92,11 +92,8 @@ def run_training(
             logger.warning("Resuming from %s", checkpoint)
         set_seed(args.seed)
         model = build_model(records)
-        tied = tied_lora_targets(model.backbone) if args.save_merged else []
-        if tied:  # before training, not when the merged copy is written at its end
-            raise UsageError(f"--save_merged: LoRA adapts {tied[0]}, whose weight is tied to the input embeddings: "
-                             "merged, both would change. Drop --save_merged (the adapter is saved), or leave tied "
-                             "modules out of --lora_target_modules.")
+        if args.save_merged:  # before training, not when the merged copy is written at its end
+            check_mergeable(model.backbone, "--save_merged")
         trainer = RetrievalTrainer(model=model, args=args, train_dataset=dataset, data_collator=make_collator(model, records),
                                    loss_fn=loss, eval_records=eval_records, run_folder=folder)
         trainer.train(resume_from_checkpoint=checkpoint)
